@@ -1,0 +1,272 @@
+//! Commands that change the replica list, and the state they apply to.
+//!
+//! The admin API, the config file (on reload), health checks and the
+//! autoscaler all speak [`Command`]; [`State::apply`] runs them one at a time
+//! and each change yields the next [`ReplicaSet`] to publish.
+
+use std::net::SocketAddr;
+
+use crate::balance::Routing;
+use crate::replica::{Replica, ReplicaId, ReplicaState};
+use crate::replica_set::ReplicaSet;
+
+/// A replica as declared by an operator or a discovery source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSpec {
+    /// Stable id.
+    pub id: ReplicaId,
+    /// The address as written.
+    pub address: String,
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// Relative share of requests.
+    pub weight: u32,
+}
+
+/// One change to the replica list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Adds an active replica.
+    Add(ReplicaSpec),
+    /// Changes a replica's weight.
+    SetWeight { id: ReplicaId, weight: u32 },
+    /// Drains a replica (no new requests) or takes a draining one back.
+    SetState { id: ReplicaId, state: ReplicaState },
+    /// Removes a replica from the snapshot at once; drain it first.
+    Remove { id: ReplicaId },
+    /// Changes the routing rule.
+    SetRouting(Routing),
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// No replica has this id.
+    #[error("no replica has id {id}")]
+    NotFound { id: ReplicaId },
+    /// The id is taken.
+    #[error("a replica with id {id} already exists")]
+    IdExists { id: ReplicaId },
+    /// Another replica already has this address.
+    #[error("replica {id} already has address {address}")]
+    AddressExists { id: ReplicaId, address: String },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The replica list changed; a new snapshot should be published.
+    Changed,
+    /// The command asked for what was already true.
+    NoChange,
+}
+
+/// The control plane's replica list; the source of every snapshot.
+#[derive(Debug, Clone)]
+pub struct State {
+    generation: u64,
+    routing: Routing,
+    replicas: Vec<Replica>,
+}
+
+impl State {
+    /// An empty list with a routing rule.
+    pub fn new(routing: Routing) -> Self {
+        Self { generation: 0, routing, replicas: Vec::new() }
+    }
+
+    /// The replicas, in the order they were added.
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// The routing rule.
+    pub fn routing(&self) -> Routing {
+        self.routing
+    }
+
+    /// The generation of the last change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A replica by id.
+    pub fn get(&self, id: &ReplicaId) -> Option<&Replica> {
+        self.replicas.iter().find(|r| &r.id == id)
+    }
+
+    fn position(&self, id: &ReplicaId) -> Result<usize, StateError> {
+        self.replicas
+            .iter()
+            .position(|r| &r.id == id)
+            .ok_or_else(|| StateError::NotFound { id: id.clone() })
+    }
+
+    /// Applies one command; on `Changed` the generation moves on.
+    pub fn apply(&mut self, command: Command) -> Result<Outcome, StateError> {
+        let outcome = match command {
+            Command::Add(spec) => {
+                if self.get(&spec.id).is_some() {
+                    return Err(StateError::IdExists { id: spec.id });
+                }
+                if let Some(other) = self.replicas.iter().find(|r| r.addr == spec.addr) {
+                    return Err(StateError::AddressExists {
+                        id: other.id.clone(),
+                        address: spec.address,
+                    });
+                }
+                self.replicas
+                    .push(Replica::new(spec.id, spec.address, spec.addr, spec.weight));
+                Outcome::Changed
+            }
+            Command::SetWeight { id, weight } => {
+                let at = self.position(&id)?;
+                let replica = &mut self.replicas[at];
+                if replica.weight == weight {
+                    Outcome::NoChange
+                } else {
+                    replica.weight = weight;
+                    Outcome::Changed
+                }
+            }
+            Command::SetState { id, state } => {
+                let at = self.position(&id)?;
+                let replica = &mut self.replicas[at];
+                if replica.state == state {
+                    Outcome::NoChange
+                } else {
+                    replica.state = state;
+                    Outcome::Changed
+                }
+            }
+            Command::Remove { id } => {
+                let at = self.position(&id)?;
+                self.replicas.remove(at);
+                Outcome::Changed
+            }
+            Command::SetRouting(routing) => {
+                if self.routing == routing {
+                    Outcome::NoChange
+                } else {
+                    self.routing = routing;
+                    Outcome::Changed
+                }
+            }
+        };
+        if outcome == Outcome::Changed {
+            self.generation += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// The snapshot of the current list, for the workers.
+    pub fn snapshot(&self) -> ReplicaSet {
+        ReplicaSet::new(self.generation, self.routing, self.replicas.clone())
+    }
+
+    /// The commands that turn this list into `desired`: adds, weight changes,
+    /// drains of replicas no longer declared, and un-drains of replicas
+    /// declared again. A replica whose address changed under the same id is
+    /// drained and re-added only by the caller's choice, so it is reported as
+    /// a drain plus an add under a new id, never silently rewired.
+    pub fn diff(&self, desired: &[ReplicaSpec]) -> Vec<Command> {
+        let mut commands = Vec::new();
+        for spec in desired {
+            match self.get(&spec.id) {
+                None => commands.push(Command::Add(spec.clone())),
+                Some(current) => {
+                    if current.weight != spec.weight {
+                        commands.push(Command::SetWeight { id: spec.id.clone(), weight: spec.weight });
+                    }
+                    if current.state == ReplicaState::Draining {
+                        commands.push(Command::SetState {
+                            id: spec.id.clone(),
+                            state: ReplicaState::Active,
+                        });
+                    }
+                }
+            }
+        }
+        for current in &self.replicas {
+            let declared = desired.iter().any(|s| s.id == current.id);
+            if !declared && current.state != ReplicaState::Draining {
+                commands.push(Command::SetState {
+                    id: current.id.clone(),
+                    state: ReplicaState::Draining,
+                });
+            }
+        }
+        commands
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, port: u16, weight: u32) -> ReplicaSpec {
+        ReplicaSpec {
+            id: ReplicaId::new(id).unwrap(),
+            address: format!("127.0.0.1:{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+        }
+    }
+
+    #[test]
+    fn add_refuses_duplicate_ids_and_addresses() {
+        let mut state = State::new(Routing::RoundRobin);
+        assert_eq!(state.apply(Command::Add(spec("a", 1, 1))), Ok(Outcome::Changed));
+        assert!(matches!(state.apply(Command::Add(spec("a", 2, 1))), Err(StateError::IdExists { .. })));
+        assert!(matches!(
+            state.apply(Command::Add(spec("b", 1, 1))),
+            Err(StateError::AddressExists { .. })
+        ));
+        assert_eq!(state.generation(), 1);
+    }
+
+    #[test]
+    fn no_change_keeps_the_generation() {
+        let mut state = State::new(Routing::RoundRobin);
+        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
+        let id = ReplicaId::new("a").unwrap();
+        assert_eq!(state.apply(Command::SetWeight { id: id.clone(), weight: 1 }), Ok(Outcome::NoChange));
+        assert_eq!(state.generation(), 1);
+        assert_eq!(state.apply(Command::SetWeight { id, weight: 3 }), Ok(Outcome::Changed));
+        assert_eq!(state.generation(), 2);
+    }
+
+    #[test]
+    fn counters_survive_republishing() {
+        let mut state = State::new(Routing::RoundRobin);
+        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
+        let before = state.snapshot();
+        let _guard = before.replicas()[0].stats.start_request();
+        state
+            .apply(Command::SetWeight { id: ReplicaId::new("a").unwrap(), weight: 7 })
+            .unwrap();
+        let after = state.snapshot();
+        assert_eq!(after.replicas()[0].stats.in_flight(), 1);
+        assert_eq!(after.generation(), before.generation() + 1);
+    }
+
+    #[test]
+    fn diff_adds_reweights_and_drains() {
+        let mut state = State::new(Routing::RoundRobin);
+        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
+        state.apply(Command::Add(spec("b", 2, 1))).unwrap();
+        let commands = state.diff(&[spec("a", 1, 5), spec("c", 3, 1)]);
+        assert_eq!(
+            commands,
+            vec![
+                Command::SetWeight { id: ReplicaId::new("a").unwrap(), weight: 5 },
+                Command::Add(spec("c", 3, 1)),
+                Command::SetState { id: ReplicaId::new("b").unwrap(), state: ReplicaState::Draining },
+            ]
+        );
+        for command in commands {
+            state.apply(command).unwrap();
+        }
+        assert!(state.diff(&[spec("a", 1, 5), spec("c", 3, 1)]).is_empty());
+    }
+}

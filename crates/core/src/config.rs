@@ -1,0 +1,520 @@
+//! Configuration: the TOML file form, and the validated form the program uses.
+//!
+//! [`FileConfig`] mirrors the file one to one (unknown fields are refused so a
+//! typo cannot silently fall back to a default); [`Config::try_from`] checks
+//! every field and turns milliseconds into `Duration`s. Each error names the
+//! field and the reason. Comments name the nginx or ALB setting each field
+//! corresponds to.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::balance::Routing;
+use crate::command::ReplicaSpec;
+use crate::replica::{check_weight, resolve_address, ReplicaId, DEFAULT_WEIGHT};
+
+/// A configuration that cannot be used, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML or has a field of the wrong type or name.
+    #[error("{0}")]
+    Parse(String),
+    /// A field has a value the program cannot use.
+    #[error("invalid value for `{field}`: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// Which monoio driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    /// io_uring, falling back to epoll (said once in the log) when the kernel
+    /// or its limits (RLIMIT_MEMLOCK, seccomp) refuse to build a ring.
+    #[default]
+    Auto,
+    /// io_uring only; start-up fails when a ring cannot be built.
+    Uring,
+    /// The epoll driver.
+    Legacy,
+}
+
+impl IoDriver {
+    /// The name used in the config and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+impl FromStr for IoDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            "legacy" | "epoll" => Ok(Self::Legacy),
+            _ => Err(format!("unknown I/O driver {s:?}: expected auto, uring or legacy")),
+        }
+    }
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address the data plane listens on. Default `0.0.0.0:8080`.
+    pub listen: Option<String>,
+    /// Worker threads, one per core; 0 or absent means one per available core
+    /// (nginx `worker_processes auto`).
+    pub workers: Option<usize>,
+    /// `auto` (io_uring, epoll where io_uring is unavailable), `uring` or `legacy`.
+    pub io_driver: Option<IoDriver>,
+    /// Pin worker N to CPU N (nginx `worker_cpu_affinity auto`). Default false.
+    pub cpu_pinning: Option<bool>,
+    /// `round_robin` (default) or `weighted_round_robin`.
+    pub routing: Option<Routing>,
+    /// Timeouts, in milliseconds.
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    /// Limits that protect the proxy from clients.
+    #[serde(default)]
+    pub limits: FileLimits,
+    /// The upstream connection pool.
+    #[serde(default)]
+    pub upstream: FileUpstream,
+    /// The replicas to start with (a state file, when present, wins).
+    #[serde(default)]
+    pub replicas: Vec<FileReplica>,
+}
+
+/// `[timeouts]`: every value in milliseconds, each above 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    /// Time for a client to send a whole request head; then 408 and close.
+    /// Default 10 000 (nginx `client_header_timeout`, 60 s there).
+    pub client_header_timeout_ms: Option<u64>,
+    /// How long an idle keep-alive client connection is kept. Default 60 000
+    /// (nginx `keepalive_timeout` 75 s; ALB idle timeout 60 s).
+    pub client_keepalive_timeout_ms: Option<u64>,
+    /// Time to establish an upstream connection before trying the next
+    /// replica. Default 2 000 (nginx `proxy_connect_timeout`, 60 s there).
+    pub upstream_connect_timeout_ms: Option<u64>,
+    /// Time from the end of the request to the response head. Inference is
+    /// slow, so the default is 300 000 (nginx `proxy_read_timeout` 60 s;
+    /// SageMaker's invocation timeout is 60 s, longer for streaming).
+    pub upstream_response_timeout_ms: Option<u64>,
+    /// Longest gap between two reads of a body, from the client or the
+    /// replica. Default 300 000 (nginx `client_body_timeout` / `proxy_read_timeout`).
+    pub body_read_timeout_ms: Option<u64>,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish.
+    /// Default 30 000 (ALB deregistration delay is 300 s; Kubernetes gives 30 s).
+    pub shutdown_drain_timeout_ms: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Largest request head (request line and headers); larger gets 431.
+    /// Default 16 384 (nginx `large_client_header_buffers 4 8k`).
+    pub max_request_head_bytes: Option<usize>,
+    /// Most header fields in a request; more gets 431. Default 100.
+    pub max_headers: Option<usize>,
+    /// Largest request body; larger gets 413. 0 means no limit, the default:
+    /// prompts and uploads to model servers vary widely (nginx
+    /// `client_max_body_size`, 1 MiB there).
+    pub max_request_body_bytes: Option<u64>,
+    /// Client connections one worker holds; past it new ones are closed at
+    /// once. Default 16 384 (nginx `worker_connections`).
+    pub max_connections_per_worker: Option<usize>,
+    /// Replicas tried for one request when connects fail, before 502.
+    /// Default 3 (nginx `proxy_next_upstream_tries`).
+    pub max_connect_attempts: Option<usize>,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    /// Idle keep-alive connections each worker keeps per replica. Default 64
+    /// (nginx `keepalive`).
+    pub max_idle_per_replica: Option<usize>,
+    /// How long an idle upstream connection is kept. Default 60 000 (nginx
+    /// `keepalive_timeout` in an upstream block). Keep it below the model
+    /// server's own idle timeout.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[[replicas]]`: one replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplica {
+    /// `ip:port`, `[ipv6]:port` or `host:port` (resolved once, at start).
+    pub address: String,
+    /// 0 to 1000; 0 takes no new requests. Default 1.
+    pub weight: Option<u64>,
+    /// Stable id; default derived from the address (`10.0.0.5:8000` → `10.0.0.5-8000`).
+    pub id: Option<String>,
+}
+
+/// Validated timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// See [`FileTimeouts::client_header_timeout_ms`].
+    pub client_header: Duration,
+    /// See [`FileTimeouts::client_keepalive_timeout_ms`].
+    pub client_keepalive: Duration,
+    /// See [`FileTimeouts::upstream_connect_timeout_ms`].
+    pub upstream_connect: Duration,
+    /// See [`FileTimeouts::upstream_response_timeout_ms`].
+    pub upstream_response: Duration,
+    /// See [`FileTimeouts::body_read_timeout_ms`].
+    pub body_read: Duration,
+    /// See [`FileTimeouts::shutdown_drain_timeout_ms`].
+    pub shutdown_drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_header: Duration::from_secs(10),
+            client_keepalive: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(2),
+            upstream_response: Duration::from_secs(300),
+            body_read: Duration::from_secs(300),
+            shutdown_drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Validated limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`FileLimits::max_request_head_bytes`].
+    pub max_request_head_bytes: usize,
+    /// See [`FileLimits::max_headers`].
+    pub max_headers: usize,
+    /// See [`FileLimits::max_request_body_bytes`]; `None` is no limit.
+    pub max_request_body_bytes: Option<u64>,
+    /// See [`FileLimits::max_connections_per_worker`].
+    pub max_connections_per_worker: usize,
+    /// See [`FileLimits::max_connect_attempts`].
+    pub max_connect_attempts: usize,
+}
+
+/// Upper bound on `max_headers`: the parser's header array lives on the
+/// stack of every request, so it is sized once, at this many entries.
+pub const MAX_HEADERS_CAP: usize = 256;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_head_bytes: 16 * 1024,
+            max_headers: 100,
+            max_request_body_bytes: None,
+            max_connections_per_worker: 16 * 1024,
+            max_connect_attempts: 3,
+        }
+    }
+}
+
+/// Validated upstream pool settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    /// See [`FileUpstream::max_idle_per_replica`].
+    pub max_idle_per_replica: usize,
+    /// See [`FileUpstream::idle_timeout_ms`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self { max_idle_per_replica: 64, idle_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// What the data plane needs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Data-plane listen address.
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Which monoio driver to run.
+    pub io_driver: IoDriver,
+    /// Pin worker N to CPU N.
+    pub cpu_pinning: bool,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+    /// Upstream pool.
+    pub upstream: Upstream,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: 0,
+            io_driver: IoDriver::Auto,
+            cpu_pinning: false,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            upstream: Upstream::default(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The worker count with 0 resolved to the available cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// The data plane.
+    pub proxy: ProxyConfig,
+    /// The routing rule.
+    pub routing: Routing,
+    /// The replicas to start with.
+    pub replicas: Vec<ReplicaSpec>,
+}
+
+impl Config {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Self::try_from(file)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Parse(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse(msg) => ConfigError::Parse(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+}
+
+/// A duration field: present or default, never 0.
+fn millis(field: &str, value: Option<u64>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::invalid(field, "must be above 0")),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    }
+}
+
+/// A count field: present or default, within `min..=max`.
+fn count(field: &str, value: Option<usize>, default: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ConfigError::invalid(field, format!("{n} is outside {min}..={max}"))),
+    }
+}
+
+/// Turns a declared replica into a spec, naming the field on failure.
+pub fn replica_spec(field: &str, replica: &FileReplica) -> Result<ReplicaSpec, ConfigError> {
+    let addr = resolve_address(&replica.address)
+        .map_err(|e| ConfigError::invalid(format!("{field}.address"), e.to_string()))?;
+    let weight = check_weight(replica.weight.unwrap_or(u64::from(DEFAULT_WEIGHT)))
+        .map_err(|e| ConfigError::invalid(format!("{field}.weight"), e.to_string()))?;
+    let id = match &replica.id {
+        Some(id) => ReplicaId::new(id).map_err(|e| ConfigError::invalid(format!("{field}.id"), e.to_string()))?,
+        None => ReplicaId::from_address(&replica.address),
+    };
+    Ok(ReplicaSpec { id, address: replica.address.clone(), addr, weight })
+}
+
+impl TryFrom<FileConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(file: FileConfig) -> Result<Self, Self::Error> {
+        let defaults = ProxyConfig::default();
+        let listen = match &file.listen {
+            None => defaults.listen,
+            Some(text) => text.parse().map_err(|_| {
+                ConfigError::invalid("listen", format!("{text:?} is not ip:port (e.g. 0.0.0.0:8080 or [::]:8080)"))
+            })?,
+        };
+        let t = &file.timeouts;
+        let td = Timeouts::default();
+        let timeouts = Timeouts {
+            client_header: millis("timeouts.client_header_timeout_ms", t.client_header_timeout_ms, td.client_header)?,
+            client_keepalive: millis(
+                "timeouts.client_keepalive_timeout_ms",
+                t.client_keepalive_timeout_ms,
+                td.client_keepalive,
+            )?,
+            upstream_connect: millis(
+                "timeouts.upstream_connect_timeout_ms",
+                t.upstream_connect_timeout_ms,
+                td.upstream_connect,
+            )?,
+            upstream_response: millis(
+                "timeouts.upstream_response_timeout_ms",
+                t.upstream_response_timeout_ms,
+                td.upstream_response,
+            )?,
+            body_read: millis("timeouts.body_read_timeout_ms", t.body_read_timeout_ms, td.body_read)?,
+            shutdown_drain: millis(
+                "timeouts.shutdown_drain_timeout_ms",
+                t.shutdown_drain_timeout_ms,
+                td.shutdown_drain,
+            )?,
+        };
+        let l = &file.limits;
+        let ld = Limits::default();
+        let limits = Limits {
+            max_request_head_bytes: count(
+                "limits.max_request_head_bytes",
+                l.max_request_head_bytes,
+                ld.max_request_head_bytes,
+                1024,
+                1024 * 1024,
+            )?,
+            max_headers: count("limits.max_headers", l.max_headers, ld.max_headers, 8, MAX_HEADERS_CAP)?,
+            max_request_body_bytes: l.max_request_body_bytes.filter(|&n| n > 0),
+            max_connections_per_worker: count(
+                "limits.max_connections_per_worker",
+                l.max_connections_per_worker,
+                ld.max_connections_per_worker,
+                1,
+                10_000_000,
+            )?,
+            max_connect_attempts: count(
+                "limits.max_connect_attempts",
+                l.max_connect_attempts,
+                ld.max_connect_attempts,
+                1,
+                16,
+            )?,
+        };
+        let u = &file.upstream;
+        let ud = Upstream::default();
+        let upstream = Upstream {
+            max_idle_per_replica: count(
+                "upstream.max_idle_per_replica",
+                u.max_idle_per_replica,
+                ud.max_idle_per_replica,
+                0,
+                100_000,
+            )?,
+            idle_timeout: millis("upstream.idle_timeout_ms", u.idle_timeout_ms, ud.idle_timeout)?,
+        };
+        let workers = count("workers", file.workers, 0, 0, 1024)?;
+        let mut replicas: Vec<ReplicaSpec> = Vec::with_capacity(file.replicas.len());
+        for (i, replica) in file.replicas.iter().enumerate() {
+            let field = format!("replicas[{i}]");
+            let spec = replica_spec(&field, replica)?;
+            if replicas.iter().any(|r| r.id == spec.id) {
+                return Err(ConfigError::invalid(format!("{field}.id"), format!("id {} is used twice", spec.id)));
+            }
+            if replicas.iter().any(|r| r.addr == spec.addr) {
+                return Err(ConfigError::invalid(
+                    format!("{field}.address"),
+                    format!("address {} is used twice", spec.address),
+                ));
+            }
+            replicas.push(spec);
+        }
+        Ok(Self {
+            proxy: ProxyConfig {
+                listen,
+                workers,
+                io_driver: file.io_driver.unwrap_or_default(),
+                cpu_pinning: file.cpu_pinning.unwrap_or(false),
+                timeouts,
+                limits,
+                upstream,
+            },
+            routing: file.routing.unwrap_or_default(),
+            replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.proxy, ProxyConfig::default());
+        assert_eq!(config.routing, Routing::RoundRobin);
+        assert!(config.replicas.is_empty());
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../deploy/inferlb.toml");
+        let config = Config::from_toml(text).unwrap();
+        assert!(!config.replicas.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let err = Config::from_toml("listen = \"0.0.0.0:1\"\nworkerz = 2\n").unwrap_err().to_string();
+        assert!(err.contains("workerz"), "{err}");
+        let err = Config::from_toml("[timeouts]\nconnect_ms = 5\n").unwrap_err().to_string();
+        assert!(err.contains("connect_ms"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field_and_reason() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("[timeouts]\nupstream_connect_timeout_ms = 0", "timeouts.upstream_connect_timeout_ms"),
+            ("[limits]\nmax_headers = 100000", "limits.max_headers"),
+            ("[[replicas]]\naddress = \"127.0.0.1:0\"", "replicas[0].address"),
+            ("[[replicas]]\naddress = \"127.0.0.1:1\"\nweight = 1001", "replicas[0].weight"),
+            ("[[replicas]]\naddress = \"127.0.0.1:1\"\nid = \"a b\"", "replicas[0].id"),
+            (
+                "[[replicas]]\naddress = \"127.0.0.1:1\"\n[[replicas]]\naddress = \"127.0.0.1:1\"",
+                "replicas[1].id",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = Config::from_toml(text).unwrap_err();
+            match &err {
+                ConfigError::Invalid { field: f, .. } => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected an invalid field, got {other}"),
+            }
+            assert!(err.to_string().contains(field));
+        }
+    }
+
+    #[test]
+    fn milliseconds_become_durations() {
+        let config = Config::from_toml("[timeouts]\nclient_header_timeout_ms = 1500").unwrap();
+        assert_eq!(config.proxy.timeouts.client_header, Duration::from_millis(1500));
+        let config = Config::from_toml("[limits]\nmax_request_body_bytes = 0").unwrap();
+        assert_eq!(config.proxy.limits.max_request_body_bytes, None);
+    }
+}

@@ -1,0 +1,26 @@
+//! The runtime-free domain of inferlb, shared by the data plane and the
+//! control plane: what a replica is, the snapshot workers route with, the
+//! balancers, the commands that change the replica list, and the config.
+//! Nothing here does I/O beyond resolving a host name when a replica is added.
+//!
+//! # Layout
+//!
+//! - [`replica`]: a replica, its id, state and shared counters.
+//! - [`replica_set`]: the immutable snapshot and the arc-swap publisher.
+//! - [`balance`]: the balancer trait and the routing algorithms.
+//! - [`command`]: `Command`, `State::apply` and `State::diff`.
+//! - [`config`]: the TOML file form and its validated form.
+
+#![forbid(unsafe_code)]
+
+pub mod replica;
+pub mod replica_set;
+pub mod balance;
+pub mod command;
+pub mod config;
+
+pub use balance::{Balancer, Cursor, Routing, Tried};
+pub use command::{Command, Outcome, ReplicaSpec, State, StateError};
+pub use config::{Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream};
+pub use replica::{Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass};
+pub use replica_set::{ReplicaSet, Snapshots};

@@ -1,0 +1,376 @@
+//! A replica: one model server the balancer may send requests to.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crossbeam::utils::CachePadded;
+use serde::{Deserialize, Serialize};
+
+/// The largest weight a replica may have. Weights are relative, so 1000 gives
+/// finer steps than anyone needs while keeping weighted schedules small.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// The weight a replica gets when none is given (nginx and HAProxy use 1 too).
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// Longest replica id accepted; ids appear in URLs, metrics labels and logs.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Why a replica id, address or weight was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// The address is neither `ip:port` nor a resolvable `host:port`.
+    #[error("address {address:?} is not valid: {reason}")]
+    Address { address: String, reason: String },
+    /// The weight is outside `0..=1000`.
+    #[error("weight {weight} is out of range: it must be between 0 and {MAX_WEIGHT}")]
+    Weight { weight: u64 },
+    /// The id is empty, too long or has characters other than `[A-Za-z0-9._-]`.
+    #[error("id {id:?} is not valid: use 1 to {MAX_ID_LEN} characters from A-Z a-z 0-9 . _ -")]
+    Id { id: String },
+}
+
+/// A replica's stable, operator-visible name (`[A-Za-z0-9._-]{1,64}`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ReplicaId(Arc<str>);
+
+impl ReplicaId {
+    /// Checks and wraps an id given by an operator.
+    pub fn new(id: &str) -> Result<Self, ReplicaError> {
+        let valid = !id.is_empty()
+            && id.len() <= MAX_ID_LEN
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if valid {
+            Ok(Self(Arc::from(id)))
+        } else {
+            Err(ReplicaError::Id { id: id.to_owned() })
+        }
+    }
+
+    /// The id derived from an address when none is given: stable across restarts
+    /// and safe in a URL (`127.0.0.1:9001` becomes `127.0.0.1-9001`).
+    pub fn from_address(address: &str) -> Self {
+        let mut id = String::with_capacity(address.len());
+        for c in address.chars() {
+            match c {
+                'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '_' => id.push(c),
+                '[' | ']' => {}
+                _ => id.push('-'),
+            }
+        }
+        id.truncate(MAX_ID_LEN);
+        if id.is_empty() {
+            id.push('r');
+        }
+        Self(Arc::from(id.as_str()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ReplicaId {
+    type Error = ReplicaError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(&value)
+    }
+}
+
+impl From<ReplicaId> for String {
+    fn from(id: ReplicaId) -> Self {
+        id.0.to_string()
+    }
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Resolves `ip:port` (IPv6 in brackets) or `host:port` to one socket address.
+///
+/// A host name is resolved once, here, when the replica is added: a load
+/// balancer that re-resolved per request would put DNS on the request path.
+/// Port 0 is refused because nothing can be reached there.
+pub fn resolve_address(address: &str) -> Result<SocketAddr, ReplicaError> {
+    let invalid = |reason: &str| ReplicaError::Address {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let addr = match address.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            let (host, port) = address
+                .rsplit_once(':')
+                .ok_or_else(|| invalid("expected ip:port or host:port"))?;
+            if host.is_empty() || host.contains(':') {
+                return Err(invalid("expected ip:port, [ipv6]:port or host:port"));
+            }
+            if port.parse::<u16>().is_err() {
+                return Err(invalid("the port must be a number from 1 to 65535"));
+            }
+            address
+                .to_socket_addrs()
+                .map_err(|e| invalid(&format!("cannot resolve host {host:?}: {e}")))?
+                .next()
+                .ok_or_else(|| invalid("the host resolved to no address"))?
+        }
+    };
+    if addr.port() == 0 {
+        return Err(invalid("port 0 cannot be connected to"));
+    }
+    Ok(addr)
+}
+
+/// Checks a weight against `0..=MAX_WEIGHT`.
+pub fn check_weight(weight: u64) -> Result<u32, ReplicaError> {
+    u32::try_from(weight)
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or(ReplicaError::Weight { weight })
+}
+
+/// Whether a replica takes new requests.
+///
+/// ```text
+///   add ──▶ Active ──drain──▶ Draining ──in-flight 0 or timeout──▶ removed
+///             ▲                   │
+///             └──── undrain ──────┘
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Takes new requests (when its weight is above 0).
+    Active,
+    /// Takes no new requests; its in-flight requests finish.
+    Draining,
+}
+
+impl ReplicaState {
+    /// The lowercase name used in the API, logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// The response classes counted per replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    /// 1xx and 2xx.
+    Success,
+    /// 3xx.
+    Redirect,
+    /// 4xx.
+    ClientError,
+    /// 5xx.
+    ServerError,
+}
+
+impl StatusClass {
+    /// The class of an HTTP status code.
+    pub fn of(status: u16) -> Self {
+        match status {
+            0..=299 => Self::Success,
+            300..=399 => Self::Redirect,
+            400..=499 => Self::ClientError,
+            _ => Self::ServerError,
+        }
+    }
+}
+
+/// Counters of one replica, shared by every worker and carried from snapshot
+/// to snapshot so that republishing never resets them.
+///
+/// Each counter sits on its own cache line: workers on different cores bump
+/// them concurrently, and false sharing would turn every increment into a
+/// cross-core cache miss.
+#[derive(Debug, Default)]
+pub struct ReplicaStats {
+    in_flight: CachePadded<AtomicU64>,
+    requests: CachePadded<AtomicU64>,
+    responses: [CachePadded<AtomicU64>; 4],
+    connect_errors: CachePadded<AtomicU64>,
+    bytes_in: CachePadded<AtomicU64>,
+    bytes_out: CachePadded<AtomicU64>,
+}
+
+impl ReplicaStats {
+    /// Requests sent to this replica whose response has not finished yet,
+    /// across all workers.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests this replica was picked for.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Responses received in one class.
+    pub fn responses(&self, class: StatusClass) -> u64 {
+        self.responses[class as usize].load(Ordering::Relaxed)
+    }
+
+    /// Connections to this replica that were refused or timed out.
+    pub fn connect_errors(&self) -> u64 {
+        self.connect_errors.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received from the replica (response heads and bodies).
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent to the replica (request heads and bodies).
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as started; the returned guard counts it as finished
+    /// when dropped, on every path out of the request.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Counts one response by its status.
+    pub fn record_response(&self, status: u16) {
+        self.responses[StatusClass::of(status) as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused or timed-out connect.
+    pub fn record_connect_error(&self) {
+        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts bytes received from the replica.
+    pub fn add_bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts bytes sent to the replica.
+    pub fn add_bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// One in-flight request; decrements the replica's in-flight count on drop.
+#[derive(Debug)]
+pub struct InFlight(Arc<ReplicaStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Hands out process-unique numbers for replicas, so that an upstream pool can
+/// tell a re-added address from the replica it replaced.
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+/// One replica as seen in a snapshot. Cheap to clone: the stats are shared.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Process-unique number, never reused; keys per-worker connection pools.
+    pub uid: u64,
+    /// Stable operator-visible id.
+    pub id: ReplicaId,
+    /// The address as the operator wrote it (`host:port` stays a host name).
+    pub address: String,
+    /// Where connections go.
+    pub addr: SocketAddr,
+    /// Relative share of new requests; 0 takes none.
+    pub weight: u32,
+    /// Active or draining.
+    pub state: ReplicaState,
+    /// When the replica was added.
+    pub added_at: SystemTime,
+    /// Counters shared by every snapshot that holds this replica.
+    pub stats: Arc<ReplicaStats>,
+}
+
+impl Replica {
+    /// A new active replica with fresh counters.
+    pub fn new(id: ReplicaId, address: String, addr: SocketAddr, weight: u32) -> Self {
+        Self {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            id,
+            address,
+            addr,
+            weight,
+            state: ReplicaState::Active,
+            added_at: SystemTime::now(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Whether the balancer may send it new requests.
+    pub fn is_routable(&self) -> bool {
+        self.state == ReplicaState::Active && self.weight > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_or_say_why() {
+        assert_eq!(resolve_address("127.0.0.1:80").unwrap().port(), 80);
+        assert!(resolve_address("[::1]:8080").unwrap().is_ipv6());
+        assert_eq!(resolve_address("localhost:81").unwrap().port(), 81);
+        let err = resolve_address("127.0.0.1:0").unwrap_err().to_string();
+        assert!(err.contains("port 0"), "{err}");
+        let err = resolve_address("127.0.0.1").unwrap_err().to_string();
+        assert!(err.contains("expected"), "{err}");
+        let err = resolve_address("host:http").unwrap_err().to_string();
+        assert!(err.contains("port must be a number"), "{err}");
+    }
+
+    #[test]
+    fn ids_are_checked_and_derived() {
+        assert!(ReplicaId::new("gpu-a.1_x").is_ok());
+        assert!(ReplicaId::new("").is_err());
+        assert!(ReplicaId::new("a/b").is_err());
+        assert!(ReplicaId::new(&"x".repeat(65)).is_err());
+        assert_eq!(ReplicaId::from_address("127.0.0.1:9001").as_str(), "127.0.0.1-9001");
+        assert_eq!(ReplicaId::from_address("[::1]:9001").as_str(), "--1-9001");
+    }
+
+    #[test]
+    fn weights_are_bounded() {
+        assert_eq!(check_weight(0), Ok(0));
+        assert_eq!(check_weight(1000), Ok(1000));
+        assert!(check_weight(1001).is_err());
+        assert!(check_weight(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn in_flight_guard_counts_down_on_drop() {
+        let stats = Arc::new(ReplicaStats::default());
+        let a = stats.start_request();
+        let b = stats.start_request();
+        assert_eq!(stats.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(stats.in_flight(), 0);
+        assert_eq!(stats.requests(), 2);
+    }
+}
