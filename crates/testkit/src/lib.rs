@@ -1,0 +1,17 @@
+//! Test equipment for inferlb: fake inference replicas with a fluent builder,
+//! and raw HTTP/1.1 helpers that send exact bytes and read exact responses.
+//! Used by the test suites, by `inferlb demo` and by `cargo xtask bench`.
+//!
+//! # Layout
+//!
+//! - [`replica`]: `FakeReplica::builder()`: latency, status, body size, SSE
+//!   token streams, framing, failure modes, and counters.
+//! - [`client`]: `RawClient`, `send_raw`, `eventually`, `wait_for_port`.
+
+#![forbid(unsafe_code)]
+
+pub mod replica;
+pub mod client;
+
+pub use client::{eventually, send_raw, send_raw_until_close, wait_for_port, RawClient, RawResponse};
+pub use replica::{Counters, FakeReplica, Failure, Framing, Latency, RecordedRequest, ReplicaBuilder, ReplicaHandle};
