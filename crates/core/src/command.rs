@@ -72,7 +72,11 @@ pub struct State {
 impl State {
     /// An empty list with a routing rule.
     pub fn new(routing: Routing) -> Self {
-        Self { generation: 0, routing, replicas: Vec::new() }
+        Self {
+            generation: 0,
+            routing,
+            replicas: Vec::new(),
+        }
     }
 
     /// The replicas, in the order they were added.
@@ -176,7 +180,10 @@ impl State {
                 None => commands.push(Command::Add(spec.clone())),
                 Some(current) => {
                     if current.weight != spec.weight {
-                        commands.push(Command::SetWeight { id: spec.id.clone(), weight: spec.weight });
+                        commands.push(Command::SetWeight {
+                            id: spec.id.clone(),
+                            weight: spec.weight,
+                        });
                     }
                     if current.state == ReplicaState::Draining {
                         commands.push(Command::SetState {
@@ -216,8 +223,14 @@ mod tests {
     #[test]
     fn add_refuses_duplicate_ids_and_addresses() {
         let mut state = State::new(Routing::RoundRobin);
-        assert_eq!(state.apply(Command::Add(spec("a", 1, 1))), Ok(Outcome::Changed));
-        assert!(matches!(state.apply(Command::Add(spec("a", 2, 1))), Err(StateError::IdExists { .. })));
+        assert_eq!(
+            state.apply(Command::Add(spec("a", 1, 1))),
+            Ok(Outcome::Changed)
+        );
+        assert!(matches!(
+            state.apply(Command::Add(spec("a", 2, 1))),
+            Err(StateError::IdExists { .. })
+        ));
         assert!(matches!(
             state.apply(Command::Add(spec("b", 1, 1))),
             Err(StateError::AddressExists { .. })
@@ -230,9 +243,18 @@ mod tests {
         let mut state = State::new(Routing::RoundRobin);
         state.apply(Command::Add(spec("a", 1, 1))).unwrap();
         let id = ReplicaId::new("a").unwrap();
-        assert_eq!(state.apply(Command::SetWeight { id: id.clone(), weight: 1 }), Ok(Outcome::NoChange));
+        assert_eq!(
+            state.apply(Command::SetWeight {
+                id: id.clone(),
+                weight: 1
+            }),
+            Ok(Outcome::NoChange)
+        );
         assert_eq!(state.generation(), 1);
-        assert_eq!(state.apply(Command::SetWeight { id, weight: 3 }), Ok(Outcome::Changed));
+        assert_eq!(
+            state.apply(Command::SetWeight { id, weight: 3 }),
+            Ok(Outcome::Changed)
+        );
         assert_eq!(state.generation(), 2);
     }
 
@@ -243,7 +265,10 @@ mod tests {
         let before = state.snapshot();
         let _guard = before.replicas()[0].stats.start_request();
         state
-            .apply(Command::SetWeight { id: ReplicaId::new("a").unwrap(), weight: 7 })
+            .apply(Command::SetWeight {
+                id: ReplicaId::new("a").unwrap(),
+                weight: 7,
+            })
             .unwrap();
         let after = state.snapshot();
         assert_eq!(after.replicas()[0].stats.in_flight(), 1);
@@ -259,9 +284,15 @@ mod tests {
         assert_eq!(
             commands,
             vec![
-                Command::SetWeight { id: ReplicaId::new("a").unwrap(), weight: 5 },
+                Command::SetWeight {
+                    id: ReplicaId::new("a").unwrap(),
+                    weight: 5
+                },
                 Command::Add(spec("c", 3, 1)),
-                Command::SetState { id: ReplicaId::new("b").unwrap(), state: ReplicaState::Draining },
+                Command::SetState {
+                    id: ReplicaId::new("b").unwrap(),
+                    state: ReplicaState::Draining
+                },
             ]
         );
         for command in commands {

@@ -30,7 +30,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid { field: field.into(), reason: reason.into() }
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -66,7 +69,9 @@ impl FromStr for IoDriver {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" => Ok(Self::Uring),
             "legacy" | "epoll" => Ok(Self::Legacy),
-            _ => Err(format!("unknown I/O driver {s:?}: expected auto, uring or legacy")),
+            _ => Err(format!(
+                "unknown I/O driver {s:?}: expected auto, uring or legacy"
+            )),
         }
     }
 }
@@ -243,7 +248,10 @@ pub struct Upstream {
 
 impl Default for Upstream {
     fn default() -> Self {
-        Self { max_idle_per_replica: 64, idle_timeout: Duration::from_secs(60) }
+        Self {
+            max_idle_per_replica: 64,
+            idle_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -305,7 +313,8 @@ pub struct Config {
 impl Config {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         Self::try_from(file)
     }
 
@@ -330,11 +339,20 @@ fn millis(field: &str, value: Option<u64>, default: Duration) -> Result<Duration
 }
 
 /// A count field: present or default, within `min..=max`.
-fn count(field: &str, value: Option<usize>, default: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+fn count(
+    field: &str,
+    value: Option<usize>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
     match value {
         None => Ok(default),
         Some(n) if (min..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ConfigError::invalid(field, format!("{n} is outside {min}..={max}"))),
+        Some(n) => Err(ConfigError::invalid(
+            field,
+            format!("{n} is outside {min}..={max}"),
+        )),
     }
 }
 
@@ -345,10 +363,16 @@ pub fn replica_spec(field: &str, replica: &FileReplica) -> Result<ReplicaSpec, C
     let weight = check_weight(replica.weight.unwrap_or(u64::from(DEFAULT_WEIGHT)))
         .map_err(|e| ConfigError::invalid(format!("{field}.weight"), e.to_string()))?;
     let id = match &replica.id {
-        Some(id) => ReplicaId::new(id).map_err(|e| ConfigError::invalid(format!("{field}.id"), e.to_string()))?,
+        Some(id) => ReplicaId::new(id)
+            .map_err(|e| ConfigError::invalid(format!("{field}.id"), e.to_string()))?,
         None => ReplicaId::from_address(&replica.address),
     };
-    Ok(ReplicaSpec { id, address: replica.address.clone(), addr, weight })
+    Ok(ReplicaSpec {
+        id,
+        address: replica.address.clone(),
+        addr,
+        weight,
+    })
 }
 
 impl TryFrom<FileConfig> for Config {
@@ -359,13 +383,20 @@ impl TryFrom<FileConfig> for Config {
         let listen = match &file.listen {
             None => defaults.listen,
             Some(text) => text.parse().map_err(|_| {
-                ConfigError::invalid("listen", format!("{text:?} is not ip:port (e.g. 0.0.0.0:8080 or [::]:8080)"))
+                ConfigError::invalid(
+                    "listen",
+                    format!("{text:?} is not ip:port (e.g. 0.0.0.0:8080 or [::]:8080)"),
+                )
             })?,
         };
         let t = &file.timeouts;
         let td = Timeouts::default();
         let timeouts = Timeouts {
-            client_header: millis("timeouts.client_header_timeout_ms", t.client_header_timeout_ms, td.client_header)?,
+            client_header: millis(
+                "timeouts.client_header_timeout_ms",
+                t.client_header_timeout_ms,
+                td.client_header,
+            )?,
             client_keepalive: millis(
                 "timeouts.client_keepalive_timeout_ms",
                 t.client_keepalive_timeout_ms,
@@ -381,7 +412,11 @@ impl TryFrom<FileConfig> for Config {
                 t.upstream_response_timeout_ms,
                 td.upstream_response,
             )?,
-            body_read: millis("timeouts.body_read_timeout_ms", t.body_read_timeout_ms, td.body_read)?,
+            body_read: millis(
+                "timeouts.body_read_timeout_ms",
+                t.body_read_timeout_ms,
+                td.body_read,
+            )?,
             shutdown_drain: millis(
                 "timeouts.shutdown_drain_timeout_ms",
                 t.shutdown_drain_timeout_ms,
@@ -398,7 +433,13 @@ impl TryFrom<FileConfig> for Config {
                 1024,
                 1024 * 1024,
             )?,
-            max_headers: count("limits.max_headers", l.max_headers, ld.max_headers, 8, MAX_HEADERS_CAP)?,
+            max_headers: count(
+                "limits.max_headers",
+                l.max_headers,
+                ld.max_headers,
+                8,
+                MAX_HEADERS_CAP,
+            )?,
             max_request_body_bytes: l.max_request_body_bytes.filter(|&n| n > 0),
             max_connections_per_worker: count(
                 "limits.max_connections_per_worker",
@@ -425,7 +466,11 @@ impl TryFrom<FileConfig> for Config {
                 0,
                 100_000,
             )?,
-            idle_timeout: millis("upstream.idle_timeout_ms", u.idle_timeout_ms, ud.idle_timeout)?,
+            idle_timeout: millis(
+                "upstream.idle_timeout_ms",
+                u.idle_timeout_ms,
+                ud.idle_timeout,
+            )?,
         };
         let workers = count("workers", file.workers, 0, 0, 1024)?;
         let mut replicas: Vec<ReplicaSpec> = Vec::with_capacity(file.replicas.len());
@@ -433,7 +478,10 @@ impl TryFrom<FileConfig> for Config {
             let field = format!("replicas[{i}]");
             let spec = replica_spec(&field, replica)?;
             if replicas.iter().any(|r| r.id == spec.id) {
-                return Err(ConfigError::invalid(format!("{field}.id"), format!("id {} is used twice", spec.id)));
+                return Err(ConfigError::invalid(
+                    format!("{field}.id"),
+                    format!("id {} is used twice", spec.id),
+                ));
             }
             if replicas.iter().any(|r| r.addr == spec.addr) {
                 return Err(ConfigError::invalid(
@@ -480,9 +528,13 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused_with_their_name() {
-        let err = Config::from_toml("listen = \"0.0.0.0:1\"\nworkerz = 2\n").unwrap_err().to_string();
+        let err = Config::from_toml("listen = \"0.0.0.0:1\"\nworkerz = 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("workerz"), "{err}");
-        let err = Config::from_toml("[timeouts]\nconnect_ms = 5\n").unwrap_err().to_string();
+        let err = Config::from_toml("[timeouts]\nconnect_ms = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("connect_ms"), "{err}");
     }
 
@@ -490,11 +542,23 @@ mod tests {
     fn invalid_values_name_the_field_and_reason() {
         let cases = [
             ("listen = \"nowhere\"", "listen"),
-            ("[timeouts]\nupstream_connect_timeout_ms = 0", "timeouts.upstream_connect_timeout_ms"),
+            (
+                "[timeouts]\nupstream_connect_timeout_ms = 0",
+                "timeouts.upstream_connect_timeout_ms",
+            ),
             ("[limits]\nmax_headers = 100000", "limits.max_headers"),
-            ("[[replicas]]\naddress = \"127.0.0.1:0\"", "replicas[0].address"),
-            ("[[replicas]]\naddress = \"127.0.0.1:1\"\nweight = 1001", "replicas[0].weight"),
-            ("[[replicas]]\naddress = \"127.0.0.1:1\"\nid = \"a b\"", "replicas[0].id"),
+            (
+                "[[replicas]]\naddress = \"127.0.0.1:0\"",
+                "replicas[0].address",
+            ),
+            (
+                "[[replicas]]\naddress = \"127.0.0.1:1\"\nweight = 1001",
+                "replicas[0].weight",
+            ),
+            (
+                "[[replicas]]\naddress = \"127.0.0.1:1\"\nid = \"a b\"",
+                "replicas[0].id",
+            ),
             (
                 "[[replicas]]\naddress = \"127.0.0.1:1\"\n[[replicas]]\naddress = \"127.0.0.1:1\"",
                 "replicas[1].id",
@@ -513,7 +577,10 @@ mod tests {
     #[test]
     fn milliseconds_become_durations() {
         let config = Config::from_toml("[timeouts]\nclient_header_timeout_ms = 1500").unwrap();
-        assert_eq!(config.proxy.timeouts.client_header, Duration::from_millis(1500));
+        assert_eq!(
+            config.proxy.timeouts.client_header,
+            Duration::from_millis(1500)
+        );
         let config = Config::from_toml("[limits]\nmax_request_body_bytes = 0").unwrap();
         assert_eq!(config.proxy.limits.max_request_body_bytes, None);
     }

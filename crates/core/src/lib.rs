@@ -13,11 +13,11 @@
 
 #![forbid(unsafe_code)]
 
-pub mod replica;
-pub mod replica_set;
 pub mod balance;
 pub mod command;
 pub mod config;
+pub mod replica;
+pub mod replica_set;
 
 pub use balance::{Balancer, Cursor, Routing, Tried};
 pub use command::{Command, Outcome, ReplicaSpec, State, StateError};

@@ -43,7 +43,9 @@ impl ReplicaId {
     pub fn new(id: &str) -> Result<Self, ReplicaError> {
         let valid = !id.is_empty()
             && id.len() <= MAX_ID_LEN
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if valid {
             Ok(Self(Arc::from(id)))
         } else {
@@ -350,7 +352,10 @@ mod tests {
         assert!(ReplicaId::new("").is_err());
         assert!(ReplicaId::new("a/b").is_err());
         assert!(ReplicaId::new(&"x".repeat(65)).is_err());
-        assert_eq!(ReplicaId::from_address("127.0.0.1:9001").as_str(), "127.0.0.1-9001");
+        assert_eq!(
+            ReplicaId::from_address("127.0.0.1:9001").as_str(),
+            "127.0.0.1-9001"
+        );
         assert_eq!(ReplicaId::from_address("[::1]:9001").as_str(), "--1-9001");
     }
 

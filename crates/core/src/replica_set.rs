@@ -21,7 +21,12 @@ impl ReplicaSet {
     /// Builds a snapshot and its balancer.
     pub fn new(generation: u64, routing: Routing, replicas: Vec<Replica>) -> Self {
         let balancer = routing.build(&replicas);
-        Self { generation, routing, replicas, balancer }
+        Self {
+            generation,
+            routing,
+            replicas,
+            balancer,
+        }
     }
 
     /// An empty snapshot (generation 0): every request gets 503.

@@ -32,7 +32,10 @@ impl RawResponse {
 
     /// How many times a header appears.
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     /// The body as text.
@@ -57,7 +60,10 @@ impl RawClient {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        Ok(Self { stream, buf: Vec::new() })
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     /// Changes the read timeout.
@@ -124,7 +130,12 @@ impl RawClient {
                         headers: resp
                             .headers
                             .iter()
-                            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.name.to_owned(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
+                            })
                             .collect(),
                         body: Vec::new(),
                     };
@@ -135,7 +146,10 @@ impl RawClient {
                     if self.fill()? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
-                            format!("closed before a complete head; got {:?}", String::from_utf8_lossy(&self.buf)),
+                            format!(
+                                "closed before a complete head; got {:?}",
+                                String::from_utf8_lossy(&self.buf)
+                            ),
                         ));
                     }
                 }
@@ -162,7 +176,12 @@ impl RawClient {
                 let line = self.line()?;
                 let text = String::from_utf8_lossy(&line);
                 let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {text:?}")))?;
+                    .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size {text:?}"),
+                    )
+                })?;
                 if size == 0 {
                     while !self.line()?.is_empty() {}
                     break;
@@ -219,7 +238,14 @@ impl RawClient {
             match self.fill() {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false
+                }
                 Err(_) => return true,
             }
         }
@@ -262,5 +288,7 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// Waits until something accepts connections on `addr`.
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
-    eventually(timeout, || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+    eventually(timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
 }

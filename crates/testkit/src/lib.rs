@@ -10,8 +10,13 @@
 
 #![forbid(unsafe_code)]
 
-pub mod replica;
 pub mod client;
+pub mod replica;
 
-pub use client::{eventually, send_raw, send_raw_until_close, wait_for_port, RawClient, RawResponse};
-pub use replica::{Counters, FakeReplica, Failure, Framing, Latency, RecordedRequest, ReplicaBuilder, ReplicaHandle};
+pub use client::{
+    eventually, send_raw, send_raw_until_close, wait_for_port, RawClient, RawResponse,
+};
+pub use replica::{
+    Counters, Failure, FakeReplica, Framing, Latency, RecordedRequest, ReplicaBuilder,
+    ReplicaHandle,
+};

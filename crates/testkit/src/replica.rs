@@ -275,7 +275,12 @@ impl ReplicaBuilder {
         if self.failure == Some(Failure::Refuse) {
             // Closing the listener leaves a port where connects are refused.
             drop(listener);
-            return Ok(ReplicaHandle { addr, counters, stop: stop_tx, thread: None });
+            return Ok(ReplicaHandle {
+                addr,
+                counters,
+                stop: stop_tx,
+                thread: None,
+            });
         }
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -285,14 +290,23 @@ impl ReplicaBuilder {
             .build()?;
         let spec = Arc::new(Spec::from_builder(self));
         let thread_counters = Arc::clone(&counters);
-        let thread = thread::Builder::new().name("fake-replica".into()).spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(listener) else { return };
-                serve(listener, spec, thread_counters, stop_rx).await;
-            });
-            runtime.shutdown_timeout(Duration::from_millis(100));
-        })?;
-        Ok(ReplicaHandle { addr, counters, stop: stop_tx, thread: Some(thread) })
+        let thread = thread::Builder::new()
+            .name("fake-replica".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    serve(listener, spec, thread_counters, stop_rx).await;
+                });
+                runtime.shutdown_timeout(Duration::from_millis(100));
+            })?;
+        Ok(ReplicaHandle {
+            addr,
+            counters,
+            stop: stop_tx,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -360,7 +374,11 @@ impl Spec {
         json.extend(std::iter::repeat_n('x', fill));
         json.push_str(tail);
         json.push('\n');
-        let extra_headers = b.headers.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+        let extra_headers = b
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
         Self {
             name: b.name,
             latency: b.latency,
@@ -377,7 +395,12 @@ impl Spec {
     }
 }
 
-async fn serve(listener: TcpListener, spec: Arc<Spec>, counters: Arc<Counters>, stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    spec: Arc<Spec>,
+    counters: Arc<Counters>,
+    stop: watch::Receiver<bool>,
+) {
     let mut stopped = stop.clone();
     loop {
         tokio::select! {
@@ -451,7 +474,11 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
 }
 
 /// Reads a chunked body out of `buf`/`stream`, returning its decoded bytes.
-async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut, keep: bool) -> io::Result<(usize, BytesMut)> {
+async fn read_chunked(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    keep: bool,
+) -> io::Result<(usize, BytesMut)> {
     let mut body = BytesMut::new();
     let mut total = 0;
     loop {
@@ -465,7 +492,8 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut, keep: bool) ->
         };
         let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
         let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| io::Error::other("bad chunk size"))?;
+        let size =
+            usize::from_str_radix(size_text, 16).map_err(|_| io::Error::other("bad chunk size"))?;
         let _ = buf.split_to(line_end + 2);
         if size == 0 {
             // Trailers, then the final empty line.
@@ -498,7 +526,12 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut BytesMut, keep: bool) ->
     }
 }
 
-async fn read_sized(stream: &mut TcpStream, buf: &mut BytesMut, len: usize, keep: bool) -> io::Result<(usize, BytesMut)> {
+async fn read_sized(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    len: usize,
+    keep: bool,
+) -> io::Result<(usize, BytesMut)> {
     let mut body = BytesMut::new();
     let mut left = len;
     while left > 0 {
@@ -581,7 +614,9 @@ async fn connection(mut stream: TcpStream, spec: &Spec, counters: &Counters) {
             read_sized(&mut stream, &mut buf, head.content_length, keep_body).await
         };
         let Ok((body_len, body)) = body else { return };
-        counters.body_bytes.fetch_add(body_len as u64, Ordering::SeqCst);
+        counters
+            .body_bytes
+            .fetch_add(body_len as u64, Ordering::SeqCst);
         let close = head.close || !spec.keep_alive;
         let is_head = head.method == "HEAD";
         counters.record(RecordedRequest {
@@ -596,7 +631,9 @@ async fn connection(mut stream: TcpStream, spec: &Spec, counters: &Counters) {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        let status = header("x-testkit-status").and_then(|v| v.parse().ok()).unwrap_or(spec.status);
+        let status = header("x-testkit-status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(spec.status);
         let latency = header("x-testkit-latency-ms")
             .and_then(|v| v.parse().ok())
             .map_or(spec.latency, |ms| Latency::Fixed(Duration::from_millis(ms)));
@@ -621,11 +658,38 @@ async fn connection(mut stream: TcpStream, spec: &Spec, counters: &Counters) {
         }
         let ok = if wants_stream {
             let (count, interval) = spec.tokens.unwrap_or((16, Duration::from_millis(50)));
-            stream_tokens(&mut stream, &mut buf, spec, status, count, interval, close, counters).await
+            stream_tokens(
+                &mut stream,
+                &mut buf,
+                spec,
+                status,
+                count,
+                interval,
+                close,
+                counters,
+            )
+            .await
         } else {
-            let body = if spec.echo { body.freeze() } else { spec.json_body.clone() };
-            let content_type = if spec.echo { "application/octet-stream" } else { "application/json" };
-            send_body(&mut stream, spec, status, content_type, &body, close, is_head).await
+            let body = if spec.echo {
+                body.freeze()
+            } else {
+                spec.json_body.clone()
+            };
+            let content_type = if spec.echo {
+                "application/octet-stream"
+            } else {
+                "application/json"
+            };
+            send_body(
+                &mut stream,
+                spec,
+                status,
+                content_type,
+                &body,
+                close,
+                is_head,
+            )
+            .await
         };
         if !ok || close {
             return;
@@ -705,8 +769,18 @@ async fn stream_tokens(
     counters: &Counters,
 ) -> bool {
     let chunked = spec.framing != Framing::UntilClose;
-    let framing = if chunked { "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n" } else { "Cache-Control: no-cache\r\n" };
-    let head = head_bytes(spec, status, "text/event-stream", framing, close || !chunked);
+    let framing = if chunked {
+        "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n"
+    } else {
+        "Cache-Control: no-cache\r\n"
+    };
+    let head = head_bytes(
+        spec,
+        status,
+        "text/event-stream",
+        framing,
+        close || !chunked,
+    );
     if stream.write_all(&head).await.is_err() {
         return false;
     }

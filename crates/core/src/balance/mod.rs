@@ -70,7 +70,9 @@ impl FromStr for Routing {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown routing {s:?}: expected round_robin or weighted_round_robin"))
+            .ok_or_else(|| {
+                format!("unknown routing {s:?}: expected round_robin or weighted_round_robin")
+            })
     }
 }
 

@@ -37,7 +37,9 @@ fn picks(routing: Routing, set: &[Replica], start: u64, n: usize) -> Vec<usize> 
 
 fn specs() -> impl Strategy<Value = Vec<(u32, bool)>> {
     prop::collection::vec((0u32..=20, prop::bool::weighted(0.2)), 1..12)
-        .prop_filter("needs a routable replica", |s| s.iter().any(|&(w, d)| w > 0 && !d))
+        .prop_filter("needs a routable replica", |s| {
+            s.iter().any(|&(w, d)| w > 0 && !d)
+        })
 }
 
 proptest! {
@@ -112,7 +114,9 @@ fn nothing_routable_picks_nothing() {
     let set = replicas(&[(0, false), (3, true)]);
     for routing in Routing::ALL {
         let balancer = routing.build(&set);
-        assert!(balancer.pick(&set, &mut Cursor::default(), &Tried::default()).is_none());
+        assert!(balancer
+            .pick(&set, &mut Cursor::default(), &Tried::default())
+            .is_none());
     }
 }
 

@@ -65,7 +65,11 @@ impl WeightedRoundRobin {
         let cycle: u64 = routable.iter().map(|&(_, w)| w / g).sum();
         let mut heap: BinaryHeap<Due> = routable
             .iter()
-            .map(|&(index, w)| Due { index, picks: 0, weight: w / g })
+            .map(|&(index, w)| Due {
+                index,
+                picks: 0,
+                weight: w / g,
+            })
             .collect();
         let mut schedule = Vec::with_capacity(cycle as usize);
         for _ in 0..cycle {

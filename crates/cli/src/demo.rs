@@ -1,0 +1,77 @@
+//! `inferlb demo`: three fake model replicas and the proxy in front of them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use inferlb_core::{Command, Config, ReplicaId, ReplicaSpec, State};
+use inferlb_testkit::{FakeReplica, Latency};
+
+/// Flags of `inferlb demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Where the proxy listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How many fake replicas to start.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Worker threads [default: one per available core].
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+pub(crate) fn run(args: DemoArgs) -> Result<()> {
+    let mut handles = Vec::with_capacity(args.replicas);
+    let mut config = Config::default();
+    config.proxy.listen = args.listen;
+    config.proxy.workers = args.workers.unwrap_or(0);
+    let mut state = State::new(config.routing);
+    for i in 0..args.replicas {
+        let name = format!("demo-{}", i + 1);
+        let replica = FakeReplica::builder()
+            .name(&name)
+            .completions()
+            .latency(Latency::Uniform(
+                Duration::from_millis(5),
+                Duration::from_millis(30),
+            ))
+            .start()
+            .with_context(|| format!("cannot start fake replica {name}"))?;
+        let addr = replica.addr();
+        state.apply(Command::Add(ReplicaSpec {
+            id: ReplicaId::new(&name)?,
+            address: addr.to_string(),
+            addr,
+            weight: 1,
+        }))?;
+        handles.push(replica);
+    }
+    let (handle, _snapshots) = crate::serve::start_proxy(&config, &state)?;
+    let at = handle.local_addr();
+    #[allow(clippy::print_stdout)]
+    {
+        println!();
+        println!(
+            "inferlb demo: {} fake replicas behind http://{at}",
+            args.replicas
+        );
+        println!();
+        println!("  # a completion (JSON), answered by the replicas in turn:");
+        println!("  curl -s http://{at}/v1/completions -H 'content-type: application/json' \\");
+        println!("       -d '{{\"prompt\": \"hello\", \"max_tokens\": 16}}'");
+        println!();
+        println!("  # a token stream (SSE), relayed event by event:");
+        println!("  curl -N http://{at}/v1/completions -H 'content-type: application/json' \\");
+        println!("       -d '{{\"prompt\": \"hello\", \"stream\": true}}'");
+        println!();
+        println!("  # which replica answered:");
+        println!("  curl -si http://{at}/v1/completions -d '{{}}' | grep -i x-replica");
+        println!();
+        println!("Ctrl-C to stop.");
+    }
+    crate::serve::wait_for_shutdown(handle)?;
+    drop(handles);
+    Ok(())
+}

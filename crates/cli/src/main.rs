@@ -1,0 +1,41 @@
+//! The `inferlb` binary: command-line parsing and wiring, nothing else.
+
+#![forbid(unsafe_code)]
+
+mod demo;
+mod serve;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// A load balancer for ML inference endpoints.
+#[derive(Debug, Parser)]
+#[command(name = "inferlb", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve(serve::ServeArgs),
+    /// Start three fake model replicas and the proxy in front of them, for a
+    /// first look with curl.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
+    }
+}

@@ -1,0 +1,337 @@
+//! Request heads: finding their end, parsing them, checking their framing,
+//! and writing the rewritten head that goes to the replica.
+
+use crate::error::ErrorKind;
+use crate::h1::{is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
+
+/// Finds where a request head ends while bytes arrive, refusing bytes that
+/// other parsers would read differently: NUL, a CR not followed by LF, and an
+/// LF not preceded by CR (httparse accepts bare LF; a backend might not).
+#[derive(Debug, Default)]
+pub(crate) struct HeadScanner {
+    scanned: usize,
+}
+
+impl HeadScanner {
+    /// Forgets progress, for the next head.
+    pub(crate) fn reset(&mut self) {
+        self.scanned = 0;
+    }
+
+    /// Scans new bytes of `head`; returns the head length once the blank
+    /// line has been seen.
+    pub(crate) fn scan(&mut self, head: &[u8]) -> Result<Option<usize>, ErrorKind> {
+        let mut i = self.scanned;
+        while i < head.len() {
+            match head[i] {
+                0 => return Err(ErrorKind::BadRequest),
+                b'\r' => {
+                    let Some(&next) = head.get(i + 1) else { break };
+                    if next != b'\n' {
+                        return Err(ErrorKind::BadRequest);
+                    }
+                    if head.get(i + 2..i + 4) == Some(b"\r\n") {
+                        return Ok(Some(i + 4));
+                    }
+                    if i + 2 < head.len() && head[i + 2] == b'\r' && i + 3 == head.len() {
+                        // "\r\n\r" at the end: the last LF is still on its way.
+                        self.scanned = i;
+                        return Ok(None);
+                    }
+                    i += 2;
+                }
+                b'\n' => return Err(ErrorKind::BadRequest),
+                _ => i += 1,
+            }
+        }
+        self.scanned = i;
+        Ok(None)
+    }
+}
+
+/// Request methods the proxy forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Options,
+    Patch,
+}
+
+impl Method {
+    fn parse(method: &str) -> Result<Self, ErrorKind> {
+        Ok(match method {
+            "GET" => Self::Get,
+            "HEAD" => Self::Head,
+            "POST" => Self::Post,
+            "PUT" => Self::Put,
+            "DELETE" => Self::Delete,
+            "OPTIONS" => Self::Options,
+            "PATCH" => Self::Patch,
+            // A reverse proxy does not tunnel, and TRACE would reflect
+            // headers (cookies, tokens) back to a script.
+            "CONNECT" | "TRACE" => return Err(ErrorKind::MethodNotAllowed),
+            _ => return Err(ErrorKind::NotImplemented),
+        })
+    }
+
+    /// Safe to send twice: a request that failed before any response byte
+    /// may be replayed on a new connection.
+    pub(crate) fn is_idempotent(self) -> bool {
+        matches!(
+            self,
+            Self::Get | Self::Head | Self::Put | Self::Delete | Self::Options
+        )
+    }
+}
+
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestBody {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What the rest of the request path needs from a parsed head; plain data,
+/// so it outlives the buffer the head was parsed from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestInfo {
+    pub(crate) method: Method,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub(crate) minor: u8,
+    pub(crate) body: RequestBody,
+    /// The client wants the connection kept open after the response.
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+    /// An HTTP/1.0 request without `Host`: the caller adds the replica's.
+    pub(crate) needs_host: bool,
+}
+
+/// Transfer codings a client may legitimately apply before `chunked`; a
+/// request using one is well framed but cannot be forwarded as is (501).
+const KNOWN_CODINGS: [&[u8]; 6] = [
+    b"gzip",
+    b"x-gzip",
+    b"deflate",
+    b"compress",
+    b"x-compress",
+    b"br",
+];
+
+/// Parses `Content-Length` values: every value (and every comma-separated
+/// element) must be the same run of digits.
+fn content_length(current: Option<u64>, value: &[u8]) -> Result<u64, ErrorKind> {
+    let mut result = current;
+    for part in value.split(|&b| b == b',') {
+        let part = trim(part);
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return Err(ErrorKind::BadRequest);
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        match result {
+            Some(prev) if prev != n => return Err(ErrorKind::BadRequest),
+            _ => result = Some(n),
+        }
+    }
+    result.ok_or(ErrorKind::BadRequest)
+}
+
+/// Checks a request's `Transfer-Encoding` list: only a single `chunked` is
+/// forwarded; a known coding before a final `chunked` is well framed but not
+/// supported (501); anything else cannot be framed safely (400).
+fn transfer_encoding(values: &[&[u8]]) -> Result<(), ErrorKind> {
+    let mut codings = values
+        .iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(trim);
+    let mut count = 0;
+    let mut last_chunked = false;
+    let mut all_known = true;
+    for coding in &mut codings {
+        count += 1;
+        let chunked = coding.eq_ignore_ascii_case(b"chunked");
+        if !chunked && !KNOWN_CODINGS.iter().any(|k| coding.eq_ignore_ascii_case(k)) {
+            all_known = false;
+        }
+        if last_chunked {
+            // `chunked` must be the final coding, applied once.
+            return Err(ErrorKind::BadRequest);
+        }
+        last_chunked = chunked;
+    }
+    match (count, last_chunked, all_known) {
+        (1, true, _) => Ok(()),
+        (_, true, true) => Err(ErrorKind::NotImplemented),
+        _ => Err(ErrorKind::BadRequest),
+    }
+}
+
+/// The status for a request line httparse refused on its version: 505 for a
+/// well-formed `HTTP/x.y` that is not 1.x, 400 for anything else.
+fn version_error(head: &[u8]) -> ErrorKind {
+    let line_end = head.iter().position(|&b| b == b'\r').unwrap_or(head.len());
+    let line = &head[..line_end];
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
+    let well_formed = version.len() == 8
+        && version.starts_with(b"HTTP/")
+        && version[5].is_ascii_digit()
+        && version[6] == b'.'
+        && version[7].is_ascii_digit();
+    let bare_major =
+        version.len() == 6 && version.starts_with(b"HTTP/") && version[5].is_ascii_digit();
+    if (well_formed && version[5] != b'1') || (bare_major && version[5] != b'1') {
+        ErrorKind::VersionNotSupported
+    } else {
+        ErrorKind::BadRequest
+    }
+}
+
+/// Where the rewritten head goes and what it adds.
+#[derive(Debug)]
+pub(crate) struct Forwarding<'a> {
+    /// The client's IP, text, for `X-Forwarded-For`.
+    pub(crate) client_ip: &'a [u8],
+}
+
+/// Parses a complete head (`head` ends with the blank line), checks it, and
+/// writes the head for the replica into `out`. The request id (the client's,
+/// when it sent a usable one) lands in `request_id`.
+pub(crate) fn parse_and_rewrite(
+    head: &[u8],
+    max_headers: usize,
+    forwarding: &Forwarding<'_>,
+    request_id: &mut RequestId,
+    out: &mut Vec<u8>,
+) -> Result<RequestInfo, ErrorKind> {
+    let mut storage = [httparse::EMPTY_HEADER; inferlb_core::config::MAX_HEADERS_CAP];
+    let headers = &mut storage[..max_headers.min(inferlb_core::config::MAX_HEADERS_CAP)];
+    let mut req = httparse::Request::new(headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(ErrorKind::BadRequest),
+        Err(httparse::Error::TooManyHeaders) => return Err(ErrorKind::HeadTooLarge),
+        Err(httparse::Error::Version) => return Err(version_error(head)),
+        Err(_) => return Err(ErrorKind::BadRequest),
+    }
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(ErrorKind::BadRequest);
+    };
+    let method = Method::parse(method)?;
+
+    let mut length: Option<u64> = None;
+    let mut te: [&[u8]; 4] = [b""; 4];
+    let mut te_count = 0;
+    let mut hosts = 0;
+    let mut connection = ConnectionTokens::default();
+    let mut expect_continue = false;
+    let mut xff: [&[u8]; 8] = [b""; 8];
+    let mut xff_count = 0;
+    request_id.clear();
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = Some(content_length(length, h.value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if te_count == te.len() {
+                return Err(ErrorKind::BadRequest);
+            }
+            te[te_count] = h.value;
+            te_count += 1;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection.add(h.value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(ErrorKind::ExpectationFailed);
+            }
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            if xff_count < xff.len() {
+                xff[xff_count] = trim(h.value);
+                xff_count += 1;
+            }
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            request_id.set_from_client(trim(h.value));
+        }
+    }
+    if minor == 1 && hosts != 1 || hosts > 1 {
+        return Err(ErrorKind::BadRequest);
+    }
+    let body = match (te_count, length) {
+        (0, None) => RequestBody::None,
+        (0, Some(0)) => RequestBody::None,
+        (0, Some(n)) => RequestBody::Length(n),
+        // Both framings at once is the classic smuggling setup; so is
+        // chunked in HTTP/1.0, which predates it.
+        (_, Some(_)) => return Err(ErrorKind::BadRequest),
+        (_, None) if minor == 0 => return Err(ErrorKind::BadRequest),
+        (n, None) => {
+            transfer_encoding(&te[..n])?;
+            RequestBody::Chunked
+        }
+    };
+    let keep_alive = if minor == 1 {
+        !connection.close
+    } else {
+        connection.keep_alive && !connection.close
+    };
+    if request_id.is_empty() {
+        request_id.generate();
+    }
+
+    out.clear();
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || connection.names(name)
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-request-id")
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    match body {
+        RequestBody::None => {}
+        RequestBody::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestBody::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for value in &xff[..xff_count] {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(forwarding.client_ip);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+
+    Ok(RequestInfo {
+        method,
+        minor,
+        body,
+        keep_alive,
+        expect_continue,
+        needs_host: hosts == 0,
+    })
+}
+
+#[cfg(test)]
+mod tests;

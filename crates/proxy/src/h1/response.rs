@@ -1,0 +1,169 @@
+//! Response heads from a replica: parsing, framing, and the rewritten head
+//! the client receives.
+
+use crate::error::ErrorKind;
+use crate::h1::request::{Method, RequestInfo};
+use crate::h1::{is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
+
+/// Most header fields accepted in a response head.
+const MAX_RESPONSE_HEADERS: usize = 128;
+
+/// How a response body is delimited on the replica's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResponseBody {
+    /// HEAD, 1xx, 204, 304.
+    None,
+    Length(u64),
+    Chunked,
+    /// No framing: the body ends when the replica closes.
+    UntilClose,
+}
+
+/// What the forwarding loop needs from a response head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResponseInfo {
+    pub(crate) status: u16,
+    pub(crate) body: ResponseBody,
+    /// 1xx other than 101: forwarded, then another head follows.
+    pub(crate) informational: bool,
+    /// The replica allows another request on this connection.
+    pub(crate) upstream_keep_alive: bool,
+    /// The client connection must close after this response.
+    pub(crate) client_close: bool,
+    /// Length of the head in the buffer it was parsed from.
+    pub(crate) head_len: usize,
+}
+
+/// Parses a response head at the start of `buf` and writes the client's head
+/// into `out`. `Ok(None)` means the head is not complete yet.
+pub(crate) fn parse_and_rewrite(
+    buf: &[u8],
+    request: &RequestInfo,
+    keep_client: bool,
+    request_id: &RequestId,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseInfo>, ErrorKind> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ErrorKind::UpstreamFailed),
+    };
+    let (Some(status), Some(minor)) = (resp.code, resp.version) else {
+        return Err(ErrorKind::UpstreamFailed);
+    };
+    // Upgrades are not proxied: the request's Upgrade header was dropped, so
+    // a 101 is a replica error.
+    if status == 101 || !(100..=599).contains(&status) {
+        return Err(ErrorKind::UpstreamFailed);
+    }
+    let informational = status < 200;
+
+    let mut length: Option<u64> = None;
+    let mut chunked_final = false;
+    let mut has_te = false;
+    let mut connection = ConnectionTokens::default();
+    let mut has_request_id = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let value = trim(h.value);
+            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+                return Err(ErrorKind::UpstreamFailed);
+            }
+            let n = value
+                .iter()
+                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|prev| prev != n) {
+                return Err(ErrorKind::UpstreamFailed);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_te = true;
+            let last = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .map(trim)
+                .unwrap_or(b"");
+            chunked_final = last.eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection.add(h.value);
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            has_request_id = true;
+        }
+    }
+    let bodiless =
+        request.method == Method::Head || informational || status == 204 || status == 304;
+    let body = if bodiless {
+        ResponseBody::None
+    } else if has_te {
+        if chunked_final {
+            ResponseBody::Chunked
+        } else {
+            ResponseBody::UntilClose
+        }
+    } else if let Some(n) = length {
+        ResponseBody::Length(n)
+    } else {
+        ResponseBody::UntilClose
+    };
+    let upstream_keep_alive = minor == 1
+        && !connection.close
+        && body != ResponseBody::UntilClose
+        && !(has_te && length.is_some());
+    let client_close = !keep_client
+        || body == ResponseBody::UntilClose
+        || (body == ResponseBody::Chunked && request.minor == 0);
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || connection.names(name)
+            || name.eq_ignore_ascii_case(b"content-length")
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    if !informational {
+        let framing_length = match body {
+            ResponseBody::Length(n) => Some(n),
+            // A HEAD or 304 response's length describes the body it omits.
+            ResponseBody::None if status != 204 && !has_te => length,
+            _ => None,
+        };
+        if let Some(n) = framing_length {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if body == ResponseBody::Chunked && request.minor == 1 {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        if !has_request_id {
+            push_header(out, b"X-Request-Id", request_id.as_bytes());
+        }
+        if client_close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if request.minor == 0 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseInfo {
+        status,
+        body,
+        informational,
+        upstream_keep_alive,
+        client_close,
+        head_len,
+    }))
+}

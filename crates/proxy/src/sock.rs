@@ -1,0 +1,58 @@
+//! Socket calls monoio does not offer: peeking at a peer's state and shutting
+//! a socket down under an in-flight operation. The only `unsafe` of the crate.
+
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use socket2::SockRef;
+
+/// What a non-blocking peek saw on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    /// Nothing to read: the peer is quiet and the connection open.
+    Quiet,
+    /// Bytes are waiting.
+    HasData,
+    /// The peer closed (EOF) or the connection failed.
+    Closed,
+}
+
+fn with_sock<R>(fd: &impl AsRawFd, f: impl FnOnce(SockRef<'_>) -> R) -> R {
+    // SAFETY: `fd` belongs to a live socket object borrowed for the whole
+    // call, so the descriptor stays open while `SockRef` uses it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    f(SockRef::from(&borrowed))
+}
+
+/// Peeks one byte without blocking and without consuming it.
+pub(crate) fn peer_state(fd: &impl AsRawFd) -> PeerState {
+    with_sock(fd, |sock| {
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        match sock.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(0) => PeerState::Closed,
+            Ok(_) => PeerState::HasData,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => PeerState::Quiet,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => PeerState::Quiet,
+            Err(_) => PeerState::Closed,
+        }
+    })
+}
+
+/// Shuts both directions down. Any read or write still pending on the socket
+/// completes at once, and the peer sees the close now rather than when the
+/// last reference to the descriptor goes away.
+pub(crate) fn shutdown(fd: &impl AsRawFd) {
+    with_sock(fd, |sock| {
+        let _ = sock.shutdown(Shutdown::Both);
+    });
+}
+
+/// Stops sending (FIN) while still reading, for a lingering close.
+pub(crate) fn shutdown_write(fd: &impl AsRawFd) {
+    with_sock(fd, |sock| {
+        let _ = sock.shutdown(Shutdown::Write);
+    });
+}

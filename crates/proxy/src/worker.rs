@@ -1,0 +1,166 @@
+//! A worker: one OS thread, one monoio runtime, one listener, one pool.
+//!
+//! Nothing here is shared with another worker except the snapshot cell (read
+//! through a per-worker cache) and the counters, so the request path takes no
+//! lock and no worker waits on another.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Cache};
+use inferlb_core::{Cursor, ProxyConfig, ReplicaSet};
+use monoio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::upstream::pool::Pool;
+
+/// Where the proxy is in its life; sent from the control thread to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// Not accepting; in-flight requests finish, then connections close.
+    Draining,
+    /// Stop now, whatever is in flight.
+    Stopped,
+}
+
+/// Counters of one worker, readable from any thread (for metrics).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    open_connections: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+    /// Client connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    /// Client connections closed at once because the worker was full.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+type SnapshotCache = Cache<Arc<ArcSwap<ReplicaSet>>, Arc<ReplicaSet>>;
+
+/// The state every connection task of a worker shares.
+pub(crate) struct Worker {
+    pub(crate) config: ProxyConfig,
+    pub(crate) snapshots: RefCell<SnapshotCache>,
+    pub(crate) cursor: RefCell<Cursor>,
+    pub(crate) pool: RefCell<Pool>,
+    pub(crate) phase: watch::Receiver<Phase>,
+    pub(crate) stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        index: usize,
+        config: ProxyConfig,
+        cell: Arc<ArcSwap<ReplicaSet>>,
+        phase: watch::Receiver<Phase>,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
+        let pool = Pool::new(
+            config.upstream.max_idle_per_replica,
+            config.upstream.idle_timeout,
+        );
+        Self {
+            config,
+            snapshots: RefCell::new(Cache::new(cell)),
+            cursor: RefCell::new(Cursor::starting_at(index as u64)),
+            pool: RefCell::new(pool),
+            phase,
+            stats,
+        }
+    }
+}
+
+/// How often idle upstream connections are checked and expired.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Decrements the open-connection count when a connection task ends.
+struct Open(Arc<WorkerStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts and serves until told to stop, then drains: no new connections,
+/// in-flight requests get the drain timeout to finish.
+pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
+    let reaper = Rc::clone(&worker);
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(REAP_INTERVAL).await;
+            let mut snapshots = reaper.snapshots.borrow_mut();
+            let set = snapshots.load();
+            reaper
+                .pool
+                .borrow_mut()
+                .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
+        }
+    });
+    let max = worker.config.limits.max_connections_per_worker as u64;
+    let mut phase = worker.phase.clone();
+    let mut last_refusal_log: Option<Instant> = None;
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            _ = phase.wait_for(|p| *p != Phase::Running) => break,
+        };
+        let (stream, peer): (_, SocketAddr) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        worker.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if worker.stats.open_connections() >= max {
+            worker.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(
+                    limit = max,
+                    "connection limit reached; closing new connections"
+                );
+                last_refusal_log = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        }
+        worker
+            .stats
+            .open_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let open = Open(Arc::clone(&worker.stats));
+        let worker = Rc::clone(&worker);
+        monoio::spawn(async move {
+            let _open = open;
+            crate::forward::serve(&worker, stream, peer).await;
+        });
+    }
+    drop(listener);
+    let deadline = Instant::now() + worker.config.timeouts.shutdown_drain;
+    while worker.stats.open_connections() > 0
+        && Instant::now() < deadline
+        && *phase.borrow() != Phase::Stopped
+    {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
