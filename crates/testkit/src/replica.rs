@@ -171,6 +171,7 @@ pub struct ReplicaBuilder {
     keep_alive: bool,
     threads: usize,
     headers: Vec<(String, String)>,
+    idle_close: Option<Duration>,
 }
 
 /// Entry point: `FakeReplica::builder()...start()`.
@@ -194,6 +195,7 @@ impl FakeReplica {
             keep_alive: true,
             threads: 1,
             headers: Vec::new(),
+            idle_close: None,
         }
     }
 }
@@ -258,6 +260,12 @@ impl ReplicaBuilder {
     /// tokio worker threads (default 1); more for load tests.
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n.max(1);
+        self
+    }
+    /// Close keep-alive connections idle this long, without a word, as model
+    /// servers with a short keep-alive timeout do.
+    pub fn idle_close(mut self, after: Duration) -> Self {
+        self.idle_close = Some(after);
         self
     }
     /// An extra response header.
@@ -361,13 +369,14 @@ struct Spec {
     keep_alive: bool,
     extra_headers: String,
     json_body: Bytes,
+    idle_close: Option<Duration>,
 }
 
 impl Spec {
     fn from_builder(b: ReplicaBuilder) -> Self {
         let mut json = format!(
-            "{{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"replica\":\"{}\",\"choices\":[{{\"text\":\"",
-            b.name
+            "{{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"replica\":\"{}\",\"choices\":[{{\"text\":\"Hello from {}. ",
+            b.name, b.name
         );
         let tail = "\"}]}";
         let fill = b.body_bytes.saturating_sub(json.len() + tail.len() + 1);
@@ -391,6 +400,7 @@ impl Spec {
             keep_alive: b.keep_alive,
             extra_headers,
             json_body: Bytes::from(json),
+            idle_close: b.idle_close,
         }
     }
 }
@@ -600,7 +610,14 @@ async fn connection(mut stream: TcpStream, spec: &Spec, counters: &Counters) {
                     None => {}
                 }
             }
-            match fill(&mut stream, &mut buf).await {
+            let filled = match spec.idle_close {
+                Some(after) if buf.is_empty() => match tokio::time::timeout(after, fill(&mut stream, &mut buf)).await {
+                    Ok(filled) => filled,
+                    Err(_) => return,
+                },
+                _ => fill(&mut stream, &mut buf).await,
+            };
+            match filled {
                 Ok(true) => {}
                 _ => return,
             }
@@ -754,7 +771,8 @@ async fn send_body(
         }
         _ => stream.write_all(payload).await,
     };
-    written.is_ok() && cut.is_none()
+    // A body delimited by the close must be followed by the close.
+    written.is_ok() && cut.is_none() && !close
 }
 
 #[allow(clippy::too_many_arguments)]
