@@ -367,14 +367,22 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
     let forwarding = request::Forwarding {
         client_ip: &client.ip,
     };
-    let info = request::parse_and_rewrite(
+    let parsed = request::parse_and_rewrite(
         head,
         config.limits.max_headers,
         &forwarding,
         &mut client.request_id,
         &mut client.out,
-    )
-    .map_err(Abort::Respond)?;
+    );
+    let info = match parsed {
+        Ok(info) => info,
+        // Sound framing, refused method: answer and keep the connection.
+        Err(kind) if !kind.closes() => {
+            client.pos += head_len;
+            return respond_keeping(client, kind, &BodyLeft::Done, true).await;
+        }
+        Err(kind) => return Err(Abort::Respond(kind)),
+    };
     client.pos += head_len;
     let limit = config.limits.max_request_body_bytes;
     let mut body = match info.body {

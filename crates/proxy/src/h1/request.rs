@@ -220,7 +220,14 @@ pub(crate) fn parse_and_rewrite(
     let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(ErrorKind::BadRequest);
     };
-    let method = Method::parse(method)?;
+    // An unsupported method is answered once the framing is known: 405
+    // keeps a bodiless connection, anything else closes it.
+    let method = Method::parse(method);
+    if let Err(kind) = method {
+        if kind != ErrorKind::MethodNotAllowed {
+            return Err(kind);
+        }
+    }
 
     let mut length: Option<u64> = None;
     let mut te: [&[u8]; 4] = [b""; 4];
@@ -275,6 +282,11 @@ pub(crate) fn parse_and_rewrite(
             transfer_encoding(&te[..n])?;
             RequestBody::Chunked
         }
+    };
+    let method = match method {
+        Ok(method) => method,
+        Err(kind) if body == RequestBody::None => return Err(kind),
+        Err(_) => return Err(ErrorKind::BadRequest),
     };
     let keep_alive = if minor == 1 {
         !connection.close
