@@ -30,13 +30,9 @@ impl HeadScanner {
                     if next != b'\n' {
                         return Err(ErrorKind::BadRequest);
                     }
-                    if head.get(i + 2..i + 4) == Some(b"\r\n") {
-                        return Ok(Some(i + 4));
-                    }
-                    if i + 2 < head.len() && head[i + 2] == b'\r' && i + 3 == head.len() {
-                        // "\r\n\r" at the end: the last LF is still on its way.
-                        self.scanned = i;
-                        return Ok(None);
+                    // A CRLF right after another one is the blank line.
+                    if i >= 2 && &head[i - 2..i] == b"\r\n" {
+                        return Ok(Some(i + 2));
                     }
                     i += 2;
                 }
