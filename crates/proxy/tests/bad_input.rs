@@ -29,9 +29,23 @@ fn expect_status_and_close(addr: std::net::SocketAddr, request: &[u8], status: u
     let resp = client
         .read_response()
         .unwrap_or_else(|e| panic!("no response to {:?}: {e}", String::from_utf8_lossy(request)));
-    assert_eq!(resp.status, status, "for {:?}", String::from_utf8_lossy(request));
-    assert_eq!(resp.header("connection"), Some("close"), "for {:?}", String::from_utf8_lossy(request));
-    assert!(client.is_closed(Duration::from_secs(3)), "left open after {:?}", String::from_utf8_lossy(request));
+    assert_eq!(
+        resp.status,
+        status,
+        "for {:?}",
+        String::from_utf8_lossy(request)
+    );
+    assert_eq!(
+        resp.header("connection"),
+        Some("close"),
+        "for {:?}",
+        String::from_utf8_lossy(request)
+    );
+    assert!(
+        client.is_closed(Duration::from_secs(3)),
+        "left open after {:?}",
+        String::from_utf8_lossy(request)
+    );
 }
 
 const CASES: &[(&str, &[u8], u16)] = &[
@@ -76,17 +90,28 @@ fn malformed_requests_get_their_status_and_a_close(driver: IoDriver) {
     for (name, request, status) in CASES {
         let mut client = RawClient::connect(proxy.addr()).unwrap();
         client.send(request).unwrap();
-        let resp = client.read_response().unwrap_or_else(|e| panic!("{name}: no response: {e}"));
+        let resp = client
+            .read_response()
+            .unwrap_or_else(|e| panic!("{name}: no response: {e}"));
         assert_eq!(resp.status, *status, "{name}");
         assert_eq!(resp.header("connection"), Some("close"), "{name}");
         assert!(resp.text().contains("\"error\""), "{name}: {}", resp.text());
-        assert!(client.is_closed(Duration::from_secs(3)), "{name}: connection left open");
+        assert!(
+            client.is_closed(Duration::from_secs(3)),
+            "{name}: connection left open"
+        );
     }
-    assert_eq!(replica.counters().requests(), 0, "a bad request reached the replica");
+    assert_eq!(
+        replica.counters().requests(),
+        0,
+        "a bad request reached the replica"
+    );
 
     // CONNECT and TRACE are refused without closing: the framing is sound.
     let mut client = RawClient::connect(proxy.addr()).unwrap();
-    client.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").unwrap();
+    client
+        .send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .unwrap();
     assert_eq!(client.read_response().unwrap().status, 405);
     client.send(b"TRACE / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!(client.read_response().unwrap().status, 405);
@@ -96,7 +121,10 @@ fn malformed_requests_get_their_status_and_a_close(driver: IoDriver) {
 fn oversized_heads_get_431(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
-    let big = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
     expect_status_and_close(proxy.addr(), big.as_bytes(), 431);
     let mut many = String::from("GET / HTTP/1.1\r\nHost: t\r\n");
     for i in 0..150 {
@@ -105,7 +133,10 @@ fn oversized_heads_get_431(driver: IoDriver) {
     many.push_str("\r\n");
     expect_status_and_close(proxy.addr(), many.as_bytes(), 431);
     // A head just under the limit is fine.
-    let fine = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(15_000));
+    let fine = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(15_000)
+    );
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     client.send(fine.as_bytes()).unwrap();
     assert_eq!(client.read_response().unwrap().status, 200);
@@ -113,7 +144,9 @@ fn oversized_heads_get_431(driver: IoDriver) {
 
 fn body_over_the_limit_gets_413(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
-    let proxy = start(driver, &[replica.addr()], |c| c.proxy.limits.max_request_body_bytes = Some(1000));
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.limits.max_request_body_bytes = Some(1000)
+    });
     let body = "x".repeat(2000);
     let request = format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n{body}");
     expect_status_and_close(proxy.addr(), request.as_bytes(), 413);
@@ -121,14 +154,22 @@ fn body_over_the_limit_gets_413(driver: IoDriver) {
     expect_status_and_close(proxy.addr(), chunked.as_bytes(), 413);
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     client
-        .send(format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{}", &body[..1000]).as_bytes())
+        .send(
+            format!(
+                "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n{}",
+                &body[..1000]
+            )
+            .as_bytes(),
+        )
         .unwrap();
     assert_eq!(client.read_response().unwrap().status, 200);
 }
 
 fn slowloris_gets_408(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
-    let proxy = start(driver, &[replica.addr()], |c| c.proxy.timeouts.client_header = Duration::from_millis(500));
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.timeouts.client_header = Duration::from_millis(500)
+    });
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let started = Instant::now();
     // A byte every 100 ms never completes the head within 500 ms.
@@ -148,7 +189,9 @@ fn slowloris_gets_408(driver: IoDriver) {
 }
 
 fn silent_connection_gets_408(driver: IoDriver) {
-    let proxy = start(driver, &[], |c| c.proxy.timeouts.client_header = Duration::from_millis(300));
+    let proxy = start(driver, &[], |c| {
+        c.proxy.timeouts.client_header = Duration::from_millis(300)
+    });
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     assert_eq!(client.read_response().unwrap().status, 408);
     assert!(client.is_closed(Duration::from_secs(2)));
@@ -169,9 +212,13 @@ fn idle_keep_alive_connection_is_closed(driver: IoDriver) {
 
 fn body_read_stall_is_bounded(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
-    let proxy = start(driver, &[replica.addr()], |c| c.proxy.timeouts.body_read = Duration::from_millis(300));
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.timeouts.body_read = Duration::from_millis(300)
+    });
     let mut client = RawClient::connect(proxy.addr()).unwrap();
-    client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-some").unwrap();
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-some")
+        .unwrap();
     let resp = client.read_response().unwrap();
     assert_eq!(resp.status, 408);
     assert!(client.is_closed(Duration::from_secs(3)));
@@ -179,7 +226,9 @@ fn body_read_stall_is_bounded(driver: IoDriver) {
 
 fn garbage_does_not_hurt_the_worker(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
-    let proxy = start(driver, &[replica.addr()], |c| c.proxy.timeouts.client_header = Duration::from_millis(300));
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.timeouts.client_header = Duration::from_millis(300)
+    });
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for round in 0..200 {
         let mut junk = Vec::new();
@@ -191,7 +240,12 @@ fn garbage_does_not_hurt_the_worker(driver: IoDriver) {
             junk.push(rng as u8);
         }
         if round % 3 == 0 {
-            junk.splice(0..0, b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".iter().copied());
+            junk.splice(
+                0..0,
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .iter()
+                    .copied(),
+            );
         }
         let mut stream = TcpStream::connect(proxy.addr()).unwrap();
         let _ = stream.write_all(&junk);

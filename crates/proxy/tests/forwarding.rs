@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use inferlb_core::{IoDriver, Routing};
-use inferlb_testkit::{eventually, FakeReplica, Failure, Framing, Latency, RawClient};
+use inferlb_testkit::{eventually, Failure, FakeReplica, Framing, Latency, RawClient};
 use support::{start, start_weighted};
 
 both_drivers!(
@@ -43,7 +43,12 @@ fn replica_name(resp: &inferlb_testkit::RawResponse) -> String {
 
 fn round_robin_gives_equal_shares(driver: IoDriver) {
     let replicas: Vec<_> = (0..3)
-        .map(|i| FakeReplica::builder().name(&format!("r{i}")).start().unwrap())
+        .map(|i| {
+            FakeReplica::builder()
+                .name(&format!("r{i}"))
+                .start()
+                .unwrap()
+        })
         .collect();
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr()).collect();
     let proxy = start(driver, &addrs, |_| {});
@@ -67,7 +72,9 @@ fn weights_three_to_one_are_honoured(driver: IoDriver) {
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let mut shares: HashMap<String, usize> = HashMap::new();
     for _ in 0..400 {
-        *shares.entry(replica_name(&client.get("/").unwrap())).or_default() += 1;
+        *shares
+            .entry(replica_name(&client.get("/").unwrap()))
+            .or_default() += 1;
     }
     assert_eq!(shares["a"], 300, "{shares:?}");
     assert_eq!(shares["b"], 100, "{shares:?}");
@@ -75,21 +82,30 @@ fn weights_three_to_one_are_honoured(driver: IoDriver) {
 
 fn keep_alive_reuses_upstream_connections(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
-    let proxy = start(driver, &[replica.addr()], |c| c.proxy.upstream.max_idle_per_replica = 4);
-    let mut clients: Vec<_> = (0..4).map(|_| RawClient::connect(proxy.addr()).unwrap()).collect();
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.upstream.max_idle_per_replica = 4
+    });
+    let mut clients: Vec<_> = (0..4)
+        .map(|_| RawClient::connect(proxy.addr()).unwrap())
+        .collect();
     for i in 0..1000 {
         let client = &mut clients[i % 4];
         assert_eq!(client.get("/").unwrap().status, 200);
     }
     assert_eq!(replica.counters().requests(), 1000);
     let connections = replica.counters().connections();
-    assert!(connections <= 4, "{connections} upstream connections for 1000 sequential requests");
+    assert!(
+        connections <= 4,
+        "{connections} upstream connections for 1000 sequential requests"
+    );
 }
 
 fn chunked_upload_arrives_byte_identical(driver: IoDriver) {
     let replica = FakeReplica::builder().echo().start().unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
-    let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let body: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     client
         .send(b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -105,7 +121,10 @@ fn chunked_upload_arrives_byte_identical(driver: IoDriver) {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body.len(), body.len());
     assert!(resp.body == body, "the echoed body differs");
-    assert_eq!(replica.counters().last_request().unwrap().body_len, body.len());
+    assert_eq!(
+        replica.counters().last_request().unwrap().body_len,
+        body.len()
+    );
 }
 
 fn first_sse_event_arrives_before_the_last_is_sent(driver: IoDriver) {
@@ -129,43 +148,71 @@ fn first_sse_event_arrives_before_the_last_is_sent(driver: IoDriver) {
     // The replica sends the last token after 9 intervals; each event must
     // arrive on its own, not batched until the end.
     assert!(first_at < interval * 5, "first event after {first_at:?}");
-    assert!(second_at >= first_at + interval / 2, "events coalesced: {first_at:?} then {second_at:?}");
+    assert!(
+        second_at >= first_at + interval / 2,
+        "events coalesced: {first_at:?} then {second_at:?}"
+    );
     client.read_until(b"[DONE]").unwrap();
 }
 
 fn client_disconnect_mid_stream_reaches_the_replica(driver: IoDriver) {
-    let replica = FakeReplica::builder().tokens(200, Duration::from_millis(50)).start().unwrap();
+    let replica = FakeReplica::builder()
+        .tokens(200, Duration::from_millis(50))
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
-    client.send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    client
+        .send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     client.read_head().unwrap();
     client.read_until(b"\n\n").unwrap();
     drop(client);
     let gone = Instant::now();
     assert!(
-        eventually(Duration::from_secs(1), || replica.counters().cancellations() == 1),
+        eventually(Duration::from_secs(1), || replica
+            .counters()
+            .cancellations()
+            == 1),
         "the replica did not see the cancellation within 1 s"
     );
     assert!(gone.elapsed() < Duration::from_secs(1));
-    assert!(eventually(Duration::from_secs(1), || replica.counters().open_connections() == 0));
+    assert!(eventually(Duration::from_secs(1), || replica
+        .counters()
+        .open_connections()
+        == 0));
 }
 
 fn client_disconnect_while_waiting_reaches_the_replica(driver: IoDriver) {
     // A long non-streaming generation: the client leaves before the head.
-    let replica = FakeReplica::builder().latency(Latency::Fixed(Duration::from_secs(30))).start().unwrap();
+    let replica = FakeReplica::builder()
+        .latency(Latency::Fixed(Duration::from_secs(30)))
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
-    client.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    assert!(eventually(Duration::from_secs(2), || replica.counters().requests() == 1));
+    client
+        .send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(eventually(Duration::from_secs(2), || replica
+        .counters()
+        .requests()
+        == 1));
     drop(client);
     assert!(
-        eventually(Duration::from_secs(1), || replica.counters().cancellations() == 1),
+        eventually(Duration::from_secs(1), || replica
+            .counters()
+            .cancellations()
+            == 1),
         "the replica kept generating for a client that left"
     );
 }
 
 fn dead_replica_is_skipped(driver: IoDriver) {
-    let dead = FakeReplica::builder().failure(Failure::Refuse).start().unwrap();
+    let dead = FakeReplica::builder()
+        .failure(Failure::Refuse)
+        .start()
+        .unwrap();
     let a = FakeReplica::builder().name("a").start().unwrap();
     let b = FakeReplica::builder().name("b").start().unwrap();
     let proxy = start(driver, &[dead.addr(), a.addr(), b.addr()], |_| {});
@@ -179,8 +226,14 @@ fn dead_replica_is_skipped(driver: IoDriver) {
 }
 
 fn all_replicas_dead_gives_502(driver: IoDriver) {
-    let dead1 = FakeReplica::builder().failure(Failure::Refuse).start().unwrap();
-    let dead2 = FakeReplica::builder().failure(Failure::Refuse).start().unwrap();
+    let dead1 = FakeReplica::builder()
+        .failure(Failure::Refuse)
+        .start()
+        .unwrap();
+    let dead2 = FakeReplica::builder()
+        .failure(Failure::Refuse)
+        .start()
+        .unwrap();
     let proxy = start(driver, &[dead1.addr(), dead2.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let resp = client.get("/").unwrap();
@@ -202,7 +255,10 @@ fn no_replicas_gives_503(driver: IoDriver) {
 }
 
 fn hanging_replica_gives_504(driver: IoDriver) {
-    let replica = FakeReplica::builder().failure(Failure::Hang).start().unwrap();
+    let replica = FakeReplica::builder()
+        .failure(Failure::Hang)
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |c| {
         c.proxy.timeouts.upstream_response = Duration::from_millis(300);
     });
@@ -211,11 +267,18 @@ fn hanging_replica_gives_504(driver: IoDriver) {
     let resp = client.get("/").unwrap();
     assert_eq!(resp.status, 504);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert!(eventually(Duration::from_secs(2), || replica.counters().open_connections() == 0));
+    assert!(eventually(Duration::from_secs(2), || replica
+        .counters()
+        .open_connections()
+        == 0));
 }
 
 fn failure_after_head_closes_the_client(driver: IoDriver) {
-    let replica = FakeReplica::builder().body_bytes(10_000).failure(Failure::CloseMidStream(100)).start().unwrap();
+    let replica = FakeReplica::builder()
+        .body_bytes(10_000)
+        .failure(Failure::CloseMidStream(100))
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -234,15 +297,25 @@ fn failure_after_head_closes_the_client(driver: IoDriver) {
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
 
     // The same through a chunked stream.
-    let streaming = FakeReplica::builder().tokens(10, Duration::from_millis(10)).failure(Failure::CloseMidStream(3)).start().unwrap();
+    let streaming = FakeReplica::builder()
+        .tokens(10, Duration::from_millis(10))
+        .failure(Failure::CloseMidStream(3))
+        .start()
+        .unwrap();
     let proxy = start(driver, &[streaming.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    assert!(client.read_response().is_err(), "a cut stream must not end cleanly");
+    assert!(
+        client.read_response().is_err(),
+        "a cut stream must not end cleanly"
+    );
 }
 
 fn failure_before_head_gives_502(driver: IoDriver) {
-    let replica = FakeReplica::builder().failure(Failure::CloseOnRequest).start().unwrap();
+    let replica = FakeReplica::builder()
+        .failure(Failure::CloseOnRequest)
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     assert_eq!(client.get("/").unwrap().status, 502);
@@ -267,7 +340,14 @@ fn headers_are_rewritten(driver: IoDriver) {
     assert_eq!(seen.header("x-forwarded-for"), Some("10.0.0.1, 127.0.0.1"));
     assert_eq!(seen.header_values("x-forwarded-proto"), vec!["http"]);
     assert_eq!(seen.header("authorization"), Some("Bearer abc"));
-    for hop in ["connection", "x-secret", "keep-alive", "te", "upgrade", "proxy-connection"] {
+    for hop in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-connection",
+    ] {
         assert_eq!(seen.header(hop), None, "{hop} was forwarded");
     }
     assert!(seen.header("x-request-id").is_some());
@@ -277,17 +357,36 @@ fn request_id_is_kept_or_generated(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
-    client.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-123\r\n\r\n").unwrap();
+    client
+        .send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Request-Id: abc-123\r\n\r\n")
+        .unwrap();
     let resp = client.read_response().unwrap();
     assert_eq!(resp.header("x-request-id"), Some("abc-123"));
-    assert_eq!(replica.counters().last_request().unwrap().header("x-request-id"), Some("abc-123"));
+    assert_eq!(
+        replica
+            .counters()
+            .last_request()
+            .unwrap()
+            .header("x-request-id"),
+        Some("abc-123")
+    );
 
     let first = client.get("/").unwrap();
     let second = client.get("/").unwrap();
-    let (a, b) = (first.header("x-request-id").unwrap(), second.header("x-request-id").unwrap());
+    let (a, b) = (
+        first.header("x-request-id").unwrap(),
+        second.header("x-request-id").unwrap(),
+    );
     assert_eq!(a.len(), 32);
     assert_ne!(a, b);
-    assert_eq!(replica.counters().last_request().unwrap().header("x-request-id"), Some(b));
+    assert_eq!(
+        replica
+            .counters()
+            .last_request()
+            .unwrap()
+            .header("x-request-id"),
+        Some(b)
+    );
 }
 
 fn pipelined_requests_are_answered_in_order(driver: IoDriver) {
@@ -297,7 +396,13 @@ fn pipelined_requests_are_answered_in_order(driver: IoDriver) {
     let mut batch = Vec::new();
     for i in 0..5 {
         let body = format!("request-{i}");
-        batch.extend_from_slice(format!("POST /{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+        batch.extend_from_slice(
+            format!(
+                "POST /{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
     }
     client.send(&batch).unwrap();
     for i in 0..5 {
@@ -320,7 +425,10 @@ fn expect_continue_works(driver: IoDriver) {
     let resp = client.read_response().unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.text(), "hello");
-    assert_eq!(replica.counters().last_request().unwrap().header("expect"), None);
+    assert_eq!(
+        replica.counters().last_request().unwrap().header("expect"),
+        None
+    );
 }
 
 fn bodiless_responses_carry_no_body(driver: IoDriver) {
@@ -345,19 +453,32 @@ fn bodiless_responses_carry_no_body(driver: IoDriver) {
 }
 
 fn stale_pooled_connection_is_replaced(driver: IoDriver) {
-    let replica = FakeReplica::builder().idle_close(Duration::from_millis(100)).start().unwrap();
+    let replica = FakeReplica::builder()
+        .idle_close(Duration::from_millis(100))
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     for method in ["GET", "POST", "GET"] {
         std::thread::sleep(Duration::from_millis(250));
-        client.send(format!("{method} / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes()).unwrap();
-        assert_eq!(client.read_response().unwrap().status, 200, "{method} after the replica closed the pooled connection");
+        client
+            .send(format!("{method} / HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(
+            client.read_response().unwrap().status,
+            200,
+            "{method} after the replica closed the pooled connection"
+        );
     }
     assert_eq!(replica.counters().connections(), 3);
 }
 
 fn http10_client_gets_a_closed_delimited_response(driver: IoDriver) {
-    let replica = FakeReplica::builder().framing(Framing::Chunked).body_bytes(300).start().unwrap();
+    let replica = FakeReplica::builder()
+        .framing(Framing::Chunked)
+        .body_bytes(300)
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     client.send(b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -367,21 +488,32 @@ fn http10_client_gets_a_closed_delimited_response(driver: IoDriver) {
     assert_eq!(resp.body.len(), 300);
     assert!(client.is_closed(Duration::from_secs(1)));
     // The replica saw a Host header, as HTTP/1.1 requires.
-    assert!(replica.counters().last_request().unwrap().header("host").is_some());
+    assert!(replica
+        .counters()
+        .last_request()
+        .unwrap()
+        .header("host")
+        .is_some());
 
     // HTTP/1.0 keep-alive with a length-delimited response.
     let replica = FakeReplica::builder().start().unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     for _ in 0..2 {
-        client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        client
+            .send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
         let resp = client.read_response().unwrap();
         assert_eq!(resp.header("connection"), Some("keep-alive"));
     }
 }
 
 fn chunked_response_passes_through(driver: IoDriver) {
-    let replica = FakeReplica::builder().framing(Framing::Chunked).body_bytes(50_000).start().unwrap();
+    let replica = FakeReplica::builder()
+        .framing(Framing::Chunked)
+        .body_bytes(50_000)
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     for _ in 0..3 {
@@ -391,7 +523,11 @@ fn chunked_response_passes_through(driver: IoDriver) {
     }
     assert_eq!(replica.counters().connections(), 1);
 
-    let replica = FakeReplica::builder().framing(Framing::UntilClose).body_bytes(5000).start().unwrap();
+    let replica = FakeReplica::builder()
+        .framing(Framing::UntilClose)
+        .body_bytes(5000)
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let resp = client.get("/").unwrap();
@@ -427,7 +563,11 @@ fn interim_responses_pass_through(driver: IoDriver) {
 fn slow_body_streams_without_buffering(driver: IoDriver) {
     // Content-Length bodies also flow as they arrive, not when complete.
     let interval = Duration::from_millis(100);
-    let replica = FakeReplica::builder().tokens(5, interval).framing(Framing::UntilClose).start().unwrap();
+    let replica = FakeReplica::builder()
+        .tokens(5, interval)
+        .framing(Framing::UntilClose)
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let started = Instant::now();

@@ -20,17 +20,24 @@ both_drivers!(
 );
 
 fn graceful_shutdown_lets_a_stream_finish(driver: IoDriver) {
-    let replica = FakeReplica::builder().tokens(10, Duration::from_millis(50)).start().unwrap();
+    let replica = FakeReplica::builder()
+        .tokens(10, Duration::from_millis(50))
+        .start()
+        .unwrap();
     let proxy = start(driver, &[replica.addr()], |_| {});
     let addr = proxy.addr();
     let mut idle = RawClient::connect(addr).unwrap();
     let mut client = RawClient::connect(addr).unwrap();
-    client.send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    client
+        .send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let head = client.read_head().unwrap();
     assert_eq!(head.status, 200);
     proxy.handle.shutdown();
     // New connections are refused once the listener is gone.
-    assert!(eventually(Duration::from_secs(2), || std::net::TcpStream::connect(addr).is_err()));
+    assert!(eventually(Duration::from_secs(2), || {
+        std::net::TcpStream::connect(addr).is_err()
+    }));
     // An idle keep-alive connection is closed.
     assert!(idle.is_closed(Duration::from_secs(2)));
     // The stream in flight finishes whole.
@@ -43,18 +50,27 @@ fn graceful_shutdown_lets_a_stream_finish(driver: IoDriver) {
 
 fn connection_limit_refuses_quickly(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
-    let proxy = start(driver, &[replica.addr()], |c| c.proxy.limits.max_connections_per_worker = 2);
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.limits.max_connections_per_worker = 2
+    });
     let mut a = RawClient::connect(proxy.addr()).unwrap();
     let mut b = RawClient::connect(proxy.addr()).unwrap();
     assert_eq!(a.get("/").unwrap().status, 200);
     assert_eq!(b.get("/").unwrap().status, 200);
     let mut c = RawClient::connect(proxy.addr()).unwrap();
     let started = Instant::now();
-    assert!(c.is_closed(Duration::from_secs(2)), "a connection past the limit was kept");
+    assert!(
+        c.is_closed(Duration::from_secs(2)),
+        "a connection past the limit was kept"
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(proxy.handle.worker_stats()[0].refused(), 1);
     drop(a);
-    assert!(eventually(Duration::from_secs(2), || proxy.handle.worker_stats()[0].open_connections() == 1));
+    assert!(eventually(Duration::from_secs(2), || proxy
+        .handle
+        .worker_stats()[0]
+        .open_connections()
+        == 1));
     let mut d = RawClient::connect(proxy.addr()).unwrap();
     assert_eq!(d.get("/").unwrap().status, 200);
 }
@@ -65,18 +81,34 @@ fn draining_and_zero_weight_replicas_get_no_new_requests(driver: IoDriver) {
     let c = FakeReplica::builder().name("c").start().unwrap();
     let mut proxy = start(driver, &[a.addr(), b.addr(), c.addr()], |_| {});
     let id = |addr: std::net::SocketAddr| ReplicaId::from_address(&addr.to_string());
-    proxy.apply(Command::SetState { id: id(b.addr()), state: ReplicaState::Draining });
-    proxy.apply(Command::SetWeight { id: id(c.addr()), weight: 0 });
+    proxy.apply(Command::SetState {
+        id: id(b.addr()),
+        state: ReplicaState::Draining,
+    });
+    proxy.apply(Command::SetWeight {
+        id: id(c.addr()),
+        weight: 0,
+    });
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     for _ in 0..50 {
         assert_eq!(client.get("/").unwrap().header("x-replica"), Some("a"));
     }
-    proxy.apply(Command::SetState { id: id(a.addr()), state: ReplicaState::Draining });
+    proxy.apply(Command::SetState {
+        id: id(a.addr()),
+        state: ReplicaState::Draining,
+    });
     assert_eq!(client.get("/").unwrap().status, 503);
 }
 
 fn two_workers_share_the_load(driver: IoDriver) {
-    let replicas: Vec<_> = (0..2).map(|i| FakeReplica::builder().name(&format!("r{i}")).start().unwrap()).collect();
+    let replicas: Vec<_> = (0..2)
+        .map(|i| {
+            FakeReplica::builder()
+                .name(&format!("r{i}"))
+                .start()
+                .unwrap()
+        })
+        .collect();
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr()).collect();
     let proxy = start(driver, &addrs, |c| c.proxy.workers = 2);
     let threads: Vec<_> = (0..8)
@@ -88,7 +120,9 @@ fn two_workers_share_the_load(driver: IoDriver) {
                 for _ in 0..100 {
                     let resp = client.get("/").unwrap();
                     assert_eq!(resp.status, 200);
-                    *shares.entry(resp.header("x-replica").unwrap().to_owned()).or_default() += 1;
+                    *shares
+                        .entry(resp.header("x-replica").unwrap().to_owned())
+                        .or_default() += 1;
                 }
                 shares
             })
@@ -105,7 +139,12 @@ fn two_workers_share_the_load(driver: IoDriver) {
     for share in total.values() {
         assert!((300..=500).contains(share), "{total:?}");
     }
-    let accepted: u64 = proxy.handle.worker_stats().iter().map(|w| w.accepted()).sum();
+    let accepted: u64 = proxy
+        .handle
+        .worker_stats()
+        .iter()
+        .map(|w| w.accepted())
+        .sum();
     assert_eq!(accepted, 8);
 }
 
@@ -136,10 +175,15 @@ fn snapshot_changes_apply_from_the_next_request(driver: IoDriver) {
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     assert_eq!(client.get("/").unwrap().header("x-replica"), Some("a"));
     proxy.apply(Command::Add(support::spec(b.addr(), 1)));
-    proxy.apply(Command::Remove { id: ReplicaId::from_address(&a.addr().to_string()) });
+    proxy.apply(Command::Remove {
+        id: ReplicaId::from_address(&a.addr().to_string()),
+    });
     for _ in 0..10 {
         assert_eq!(client.get("/").unwrap().header("x-replica"), Some("b"));
     }
     // The removed replica's pooled connection is closed by the reaper.
-    assert!(eventually(Duration::from_secs(3), || a.counters().open_connections() == 0));
+    assert!(eventually(Duration::from_secs(3), || a
+        .counters()
+        .open_connections()
+        == 0));
 }

@@ -22,11 +22,16 @@ fn a_256_mib_upload_uses_bounded_memory_on_both_drivers() {
     const SIZE: usize = 256 * 1024 * 1024;
     let replica = FakeReplica::builder().start().unwrap();
     for driver in [IoDriver::Uring, IoDriver::Legacy] {
-        let proxy = start(driver, &[replica.addr()], |c| c.proxy.timeouts.body_read = Duration::from_secs(30));
+        let proxy = start(driver, &[replica.addr()], |c| {
+            c.proxy.timeouts.body_read = Duration::from_secs(30)
+        });
         let before = peak_rss_kib();
         let mut client = RawClient::connect(proxy.addr()).unwrap();
         client
-            .send(format!("PUT /blob HTTP/1.1\r\nHost: t\r\nContent-Length: {SIZE}\r\n\r\n").as_bytes())
+            .send(
+                format!("PUT /blob HTTP/1.1\r\nHost: t\r\nContent-Length: {SIZE}\r\n\r\n")
+                    .as_bytes(),
+            )
             .unwrap();
         let chunk = vec![0x5au8; 1024 * 1024];
         let stream = client.stream();
@@ -38,6 +43,9 @@ fn a_256_mib_upload_uses_bounded_memory_on_both_drivers() {
         assert_eq!(resp.status, 200);
         assert_eq!(replica.counters().last_request().unwrap().body_len, SIZE);
         let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
-        assert!(grown_mib < 32, "{driver:?}: peak memory grew by {grown_mib} MiB for a 256 MiB upload");
+        assert!(
+            grown_mib < 32,
+            "{driver:?}: peak memory grew by {grown_mib} MiB for a 256 MiB upload"
+        );
     }
 }

@@ -611,10 +611,12 @@ async fn connection(mut stream: TcpStream, spec: &Spec, counters: &Counters) {
                 }
             }
             let filled = match spec.idle_close {
-                Some(after) if buf.is_empty() => match tokio::time::timeout(after, fill(&mut stream, &mut buf)).await {
-                    Ok(filled) => filled,
-                    Err(_) => return,
-                },
+                Some(after) if buf.is_empty() => {
+                    match tokio::time::timeout(after, fill(&mut stream, &mut buf)).await {
+                        Ok(filled) => filled,
+                        Err(_) => return,
+                    }
+                }
                 _ => fill(&mut stream, &mut buf).await,
             };
             match filled {

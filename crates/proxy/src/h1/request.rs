@@ -179,7 +179,7 @@ fn version_error(head: &[u8]) -> ErrorKind {
         && version[7].is_ascii_digit();
     let bare_major =
         version.len() == 6 && version.starts_with(b"HTTP/") && version[5].is_ascii_digit();
-    if (well_formed && version[5] != b'1') || (bare_major && version[5] != b'1') {
+    if (well_formed || bare_major) && version[5] != b'1' {
         ErrorKind::VersionNotSupported
     } else {
         ErrorKind::BadRequest

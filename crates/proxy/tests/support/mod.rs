@@ -38,10 +38,18 @@ pub fn spec(addr: SocketAddr, weight: u32) -> ReplicaSpec {
 
 /// One worker (so shares are exact), the given driver, the given replicas.
 pub fn start(driver: IoDriver, replicas: &[SocketAddr], tweak: impl FnOnce(&mut Config)) -> Proxy {
-    start_weighted(driver, &replicas.iter().map(|&a| (a, 1)).collect::<Vec<_>>(), tweak)
+    start_weighted(
+        driver,
+        &replicas.iter().map(|&a| (a, 1)).collect::<Vec<_>>(),
+        tweak,
+    )
 }
 
-pub fn start_weighted(driver: IoDriver, replicas: &[(SocketAddr, u32)], tweak: impl FnOnce(&mut Config)) -> Proxy {
+pub fn start_weighted(
+    driver: IoDriver,
+    replicas: &[(SocketAddr, u32)],
+    tweak: impl FnOnce(&mut Config),
+) -> Proxy {
     let mut config = Config::default();
     config.proxy.listen = "127.0.0.1:0".parse().unwrap();
     config.proxy.workers = 1;
@@ -54,7 +62,11 @@ pub fn start_weighted(driver: IoDriver, replicas: &[(SocketAddr, u32)], tweak: i
     }
     let snapshots = Snapshots::new(state.snapshot());
     let handle = inferlb_proxy::start(&config.proxy, snapshots.clone()).expect("proxy starts");
-    Proxy { handle, snapshots, state }
+    Proxy {
+        handle,
+        snapshots,
+        state,
+    }
 }
 
 /// Generates one `#[test]` per driver for each listed function, which takes

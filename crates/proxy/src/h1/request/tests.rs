@@ -5,7 +5,15 @@ use super::*;
 fn rewrite(head: &[u8]) -> Result<(RequestInfo, String), ErrorKind> {
     let mut id = RequestId::new();
     let mut out = Vec::new();
-    let info = parse_and_rewrite(head, 100, &Forwarding { client_ip: b"192.0.2.7" }, &mut id, &mut out)?;
+    let info = parse_and_rewrite(
+        head,
+        100,
+        &Forwarding {
+            client_ip: b"192.0.2.7",
+        },
+        &mut id,
+        &mut out,
+    )?;
     Ok((info, String::from_utf8(out).unwrap()))
 }
 
@@ -23,7 +31,11 @@ fn scanner_finds_the_end_across_reads() {
 
 #[test]
 fn scanner_refuses_bare_line_ends_and_nul() {
-    for bad in [&b"GET / HTTP/1.1\n"[..], b"GET / HTTP/1.1\rX", b"GET /\0 HTTP/1.1\r\n"] {
+    for bad in [
+        &b"GET / HTTP/1.1\n"[..],
+        b"GET / HTTP/1.1\rX",
+        b"GET /\0 HTTP/1.1\r\n",
+    ] {
         assert_eq!(HeadScanner::default().scan(bad), Err(ErrorKind::BadRequest));
     }
     // A CR at the end of what has arrived is judged when the next byte comes.
@@ -48,7 +60,12 @@ fn rewrite_adds_forwarding_headers_and_drops_hop_by_hop() {
 
 #[test]
 fn keep_alive_follows_version_and_connection() {
-    assert!(!rewrite(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").unwrap().0.keep_alive);
+    assert!(
+        !rewrite(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .0
+            .keep_alive
+    );
     assert!(!rewrite(b"GET / HTTP/1.0\r\n\r\n").unwrap().0.keep_alive);
     let (info, _) = rewrite(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
     assert!(info.keep_alive);
@@ -57,7 +74,9 @@ fn keep_alive_follows_version_and_connection() {
 
 #[test]
 fn identical_content_lengths_are_one() {
-    let (info, out) = rewrite(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 4, 4\r\n\r\n").unwrap();
+    let (info, out) =
+        rewrite(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 4, 4\r\n\r\n")
+            .unwrap();
     assert_eq!(info.body, RequestBody::Length(4));
     assert_eq!(out.matches("Content-Length").count(), 1);
 }
@@ -66,18 +85,39 @@ fn identical_content_lengths_are_one() {
 fn transfer_codings_are_classified() {
     assert_eq!(transfer_encoding(&[b"chunked"]), Ok(()));
     assert_eq!(transfer_encoding(&[b" Chunked "]), Ok(()));
-    assert_eq!(transfer_encoding(&[b"gzip, chunked"]), Err(ErrorKind::NotImplemented));
-    assert_eq!(transfer_encoding(&[b"gzip", b"chunked"]), Err(ErrorKind::NotImplemented));
-    assert_eq!(transfer_encoding(&[b"chunked, gzip"]), Err(ErrorKind::BadRequest));
-    assert_eq!(transfer_encoding(&[b"chunked", b"chunked"]), Err(ErrorKind::BadRequest));
+    assert_eq!(
+        transfer_encoding(&[b"gzip, chunked"]),
+        Err(ErrorKind::NotImplemented)
+    );
+    assert_eq!(
+        transfer_encoding(&[b"gzip", b"chunked"]),
+        Err(ErrorKind::NotImplemented)
+    );
+    assert_eq!(
+        transfer_encoding(&[b"chunked, gzip"]),
+        Err(ErrorKind::BadRequest)
+    );
+    assert_eq!(
+        transfer_encoding(&[b"chunked", b"chunked"]),
+        Err(ErrorKind::BadRequest)
+    );
     assert_eq!(transfer_encoding(&[b"gzip"]), Err(ErrorKind::BadRequest));
-    assert_eq!(transfer_encoding(&[b"foo, chunked"]), Err(ErrorKind::BadRequest));
+    assert_eq!(
+        transfer_encoding(&[b"foo, chunked"]),
+        Err(ErrorKind::BadRequest)
+    );
 }
 
 #[test]
 fn versions_are_told_apart() {
-    assert_eq!(version_error(b"GET / HTTP/2.0\r\n"), ErrorKind::VersionNotSupported);
-    assert_eq!(version_error(b"GET / HTTP/2\r\n"), ErrorKind::VersionNotSupported);
+    assert_eq!(
+        version_error(b"GET / HTTP/2.0\r\n"),
+        ErrorKind::VersionNotSupported
+    );
+    assert_eq!(
+        version_error(b"GET / HTTP/2\r\n"),
+        ErrorKind::VersionNotSupported
+    );
     assert_eq!(version_error(b"GET / HTTP/1.x\r\n"), ErrorKind::BadRequest);
     assert_eq!(version_error(b"GET / FOO\r\n"), ErrorKind::BadRequest);
 }
@@ -86,8 +126,17 @@ fn versions_are_told_apart() {
 fn request_ids_are_kept_when_sane() {
     let (_, out) = rewrite(b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc\r\n\r\n").unwrap();
     assert!(out.contains("X-Request-Id: abc\r\n"));
-    let long = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: {}\r\n\r\n", "a".repeat(200));
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: {}\r\n\r\n",
+        "a".repeat(200)
+    );
     let (_, out) = rewrite(long.as_bytes()).unwrap();
-    let id = out.split("X-Request-Id: ").nth(1).unwrap().split("\r\n").next().unwrap();
+    let id = out
+        .split("X-Request-Id: ")
+        .nth(1)
+        .unwrap()
+        .split("\r\n")
+        .next()
+        .unwrap();
     assert_eq!(id.len(), 32);
 }
