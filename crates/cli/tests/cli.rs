@@ -21,12 +21,19 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 }
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// Runs the binary to completion, bounded in time.
 fn run_to_end(mut command: Command) -> Output {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "inferlb did not exit");
@@ -42,10 +49,26 @@ fn stderr_of(output: &Output) -> String {
 #[test]
 fn invalid_config_stops_start_up_naming_the_field() {
     let cases = [
-        ("zero.toml", "[timeouts]\nupstream_connect_timeout_ms = 0\n", "timeouts.upstream_connect_timeout_ms"),
-        ("unknown.toml", "listen = \"127.0.0.1:1\"\nworkerz = 2\n", "workerz"),
-        ("weight.toml", "[[replicas]]\naddress = \"127.0.0.1:9\"\nweight = 5000\n", "replicas[0].weight"),
-        ("port.toml", "[[replicas]]\naddress = \"127.0.0.1:0\"\n", "port 0"),
+        (
+            "zero.toml",
+            "[timeouts]\nupstream_connect_timeout_ms = 0\n",
+            "timeouts.upstream_connect_timeout_ms",
+        ),
+        (
+            "unknown.toml",
+            "listen = \"127.0.0.1:1\"\nworkerz = 2\n",
+            "workerz",
+        ),
+        (
+            "weight.toml",
+            "[[replicas]]\naddress = \"127.0.0.1:9\"\nweight = 5000\n",
+            "replicas[0].weight",
+        ),
+        (
+            "port.toml",
+            "[[replicas]]\naddress = \"127.0.0.1:0\"\n",
+            "port 0",
+        ),
     ];
     for (name, text, expected) in cases {
         let path = temp_file(name, text);
@@ -72,7 +95,11 @@ fn a_port_in_use_is_refused() {
     command.args(["serve", "--workers", "1", "--listen", &addr.to_string()]);
     let output = run_to_end(command);
     assert!(!output.status.success());
-    assert!(stderr_of(&output).contains("cannot listen on"), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("cannot listen on"),
+        "{}",
+        stderr_of(&output)
+    );
 }
 
 struct Running(Child);
@@ -85,13 +112,19 @@ impl Drop for Running {
 }
 
 fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
 #[test]
 fn serve_proxies_and_sigterm_lets_the_stream_finish() {
-    let replica = FakeReplica::builder().tokens(10, Duration::from_millis(100)).start().unwrap();
+    let replica = FakeReplica::builder()
+        .tokens(10, Duration::from_millis(100))
+        .start()
+        .unwrap();
     let listen = free_addr();
     let mut command = inferlb();
     command
@@ -100,10 +133,15 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut running = Running(command.spawn().unwrap());
-    assert!(wait_for_port(listen, Duration::from_secs(10)), "inferlb did not start");
+    assert!(
+        wait_for_port(listen, Duration::from_secs(10)),
+        "inferlb did not start"
+    );
 
     let mut client = RawClient::connect(listen).unwrap();
-    client.send(b"GET /v1/completions HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    client
+        .send(b"GET /v1/completions HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     assert_eq!(client.read_head().unwrap().status, 200);
     client.read_until(b"tok0").unwrap();
     signal(&running.0, "TERM");
@@ -115,14 +153,26 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
         if let Some(status) = running.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "inferlb did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "inferlb did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
     let mut stderr = String::new();
-    running.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    running
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     for line in ["workers started", "I/O driver", "listening", "replica"] {
-        assert!(stderr.contains(line), "no {line:?} line in the log:\n{stderr}");
+        assert!(
+            stderr.contains(line),
+            "no {line:?} line in the log:\n{stderr}"
+        );
     }
 }
 
@@ -131,7 +181,15 @@ fn serve_without_replicas_answers_503() {
     let listen = free_addr();
     let mut command = inferlb();
     command
-        .args(["serve", "--workers", "1", "--io-driver", "legacy", "--listen", &listen.to_string()])
+        .args([
+            "serve",
+            "--workers",
+            "1",
+            "--io-driver",
+            "legacy",
+            "--listen",
+            &listen.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let running = Running(command.spawn().unwrap());
