@@ -20,6 +20,9 @@ pub(crate) struct DemoArgs {
     /// Worker threads [default: one per available core].
     #[arg(long)]
     workers: Option<usize>,
+    /// Where the admin API listens.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
 }
 
 pub(crate) fn run(args: DemoArgs) -> Result<()> {
@@ -48,8 +51,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         }))?;
         handles.push(replica);
     }
-    let (handle, _snapshots) = crate::serve::start_proxy(&config, &state)?;
+    let (handle, snapshots) = crate::serve::start_proxy(&config, &state)?;
     let at = handle.local_addr();
+    let admin = args.admin_listen;
     #[allow(clippy::print_stdout)]
     {
         println!();
@@ -69,9 +73,24 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         println!("  # which replica answered:");
         println!("  curl -si http://{at}/v1/completions -d '{{}}' | grep -i x-replica");
         println!();
+        println!(
+            "  # the admin API: list, add, drain replicas (changes are not persisted in the demo):"
+        );
+        println!("  curl -s http://{admin}/v1/replicas");
+        println!("  cargo run -p inferlb -- replicas list --admin http://{admin}");
+        println!("  curl -s http://{admin}/metrics | grep inferlb_replica_requests");
+        println!();
         println!("Ctrl-C to stop.");
     }
-    crate::serve::wait_for_shutdown(handle)?;
+    let plane = crate::serve::ControlPlane {
+        admin_listen: admin,
+        token: None,
+        protect_probes: false,
+        store: None,
+        config_path: None,
+    };
+    let workers = config.proxy.worker_count();
+    crate::serve::run_control_plane(handle, snapshots, state, workers, plane)?;
     drop(handles);
     Ok(())
 }

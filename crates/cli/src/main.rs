@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod replicas;
 mod serve;
 
 use anyhow::Result;
@@ -23,9 +24,26 @@ enum Command {
     /// Start three fake model replicas and the proxy in front of them, for a
     /// first look with curl.
     Demo(demo::DemoArgs),
+    /// List, add, drain, remove and reweight replicas through the admin API.
+    Replicas(replicas::ReplicasArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, without the
+            // backtrace an operator has no use for.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -39,5 +57,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Replicas(args) => replicas::run(args),
     }
 }

@@ -1,10 +1,14 @@
-//! `inferlb serve`: load the config, start the data plane, wait for signals.
+//! `inferlb serve`: load the config, start the data plane and the control
+//! plane (admin API, drain reaper, signals), run until SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use inferlb_admin::{AppState, Control, DataPlane, StateFile, DEFAULT_DRAIN};
 use inferlb_core::config::{replica_spec, FileReplica};
 use inferlb_core::{Command, Config, IoDriver, Routing, Snapshots, State};
 use inferlb_proxy::ProxyHandle;
@@ -34,6 +38,16 @@ pub(crate) struct ServeArgs {
     /// Pin worker N to CPU N.
     #[arg(long)]
     pub(crate) cpu_pinning: bool,
+    /// Admin API address [default: 127.0.0.1:9090].
+    #[arg(long)]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// File holding the admin bearer token (or set INFERLB_ADMIN_TOKEN).
+    #[arg(long)]
+    pub(crate) admin_token_file: Option<PathBuf>,
+    /// Where runtime replica changes persist [default:
+    /// $STATE_DIRECTORY/inferlb-state.json, else ./inferlb-state.json].
+    #[arg(long)]
+    pub(crate) state_file: Option<PathBuf>,
 }
 
 /// Reads the config file and applies the flags over it.
@@ -61,6 +75,15 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
         config.proxy.io_driver = driver;
     }
     config.proxy.cpu_pinning |= args.cpu_pinning;
+    if let Some(listen) = args.admin_listen {
+        config.admin.listen = listen;
+    }
+    if let Some(file) = &args.admin_token_file {
+        config.admin.token_file = Some(file.clone());
+    }
+    if let Some(file) = &args.state_file {
+        config.admin.state_file = Some(file.clone());
+    }
     for (i, address) in args.replicas.iter().enumerate() {
         let spec = replica_spec(
             &format!("--replica #{}", i + 1),
@@ -82,7 +105,25 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
-/// Builds the first snapshot from the configured replicas.
+/// The admin token: from the configured file, else `INFERLB_ADMIN_TOKEN`.
+pub(crate) fn admin_token(token_file: Option<&Path>) -> Result<Option<String>> {
+    let token = match token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+            Some(text.trim().to_owned())
+        }
+        None => std::env::var("INFERLB_ADMIN_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_owned()),
+    };
+    if token.as_deref() == Some("") {
+        bail!("the admin token is empty; put a secret in the token file or INFERLB_ADMIN_TOKEN");
+    }
+    Ok(token)
+}
+
+/// Builds the first state from the configured replicas.
 pub(crate) fn initial_state(config: &Config) -> Result<State> {
     let mut state = State::new(config.routing);
     for spec in &config.replicas {
@@ -104,29 +145,72 @@ pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle
         "workers started"
     );
     tracing::info!(driver = handle.io_driver().as_str(), "I/O driver");
-    tracing::info!(listen = %handle.local_addr(), routing = %config.routing, "listening");
+    tracing::info!(listen = %handle.local_addr(), routing = %state.routing(), "listening");
     if state.replicas().is_empty() {
         tracing::info!("no replicas yet: every request gets 503 until one is added");
     }
     for r in state.replicas() {
-        tracing::info!(id = %r.id, address = %r.address, resolved = %r.addr, weight = r.weight, "replica");
+        tracing::info!(id = %r.id, address = %r.address, resolved = %r.addr, weight = r.weight, state = r.state.as_str(), "replica");
     }
     Ok((handle, snapshots))
 }
 
-/// Waits for SIGTERM or SIGINT, then drains; a second signal stops at once.
-pub(crate) fn wait_for_shutdown(handle: ProxyHandle) -> Result<()> {
+/// What the control plane needs beside the running data plane.
+pub(crate) struct ControlPlane {
+    pub(crate) admin_listen: SocketAddr,
+    pub(crate) token: Option<String>,
+    pub(crate) protect_probes: bool,
+    pub(crate) store: Option<StateFile>,
+    /// Re-read on SIGHUP.
+    pub(crate) config_path: Option<PathBuf>,
+}
+
+/// Runs the control plane on this thread (tokio, current-thread): the admin
+/// API, the drain reaper and the signals. Returns after SIGTERM or SIGINT
+/// once the workers have drained; a second signal exits at once.
+pub(crate) fn run_control_plane(
+    handle: ProxyHandle,
+    snapshots: Snapshots,
+    state: State,
+    workers: usize,
+    plane: ControlPlane,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the control thread")?;
-    runtime.block_on(async {
+    runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut hup = signal(SignalKind::hangup())?;
+
+        let listener = tokio::net::TcpListener::bind(plane.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} for the admin API", plane.admin_listen))?;
+        let control = Arc::new(Control::new(state, snapshots, plane.store.clone()));
+        let data_plane = DataPlane {
+            workers,
+            io_driver: handle.io_driver().as_str().to_owned(),
+            worker_stats: handle.worker_stats().to_vec(),
+        };
+        let app = AppState::new(Arc::clone(&control), data_plane, plane.token.clone(), plane.protect_probes);
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(inferlb_admin::serve(listener, inferlb_admin::router(app), async move {
+            let _ = admin_stopped.await;
+        }));
+        tracing::info!(listen = %plane.admin_listen, auth = plane.token.is_some(), "admin API");
+        if let Some(store) = &plane.store {
+            tracing::info!(path = %store.path().display(), "state file");
+        }
+        tokio::spawn(Arc::clone(&control).run_reaper());
+
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => reload(&control, plane.config_path.as_deref()).await,
+            }
         }
         tracing::info!("shutting down: no new connections; in-flight requests finish");
         handle.shutdown();
@@ -136,15 +220,74 @@ pub(crate) fn wait_for_shutdown(handle: ProxyHandle) -> Result<()> {
             _ = term.recv() => { tracing::warn!("second signal: stopping now"); std::process::exit(0) }
             _ = int.recv() => { tracing::warn!("second signal: stopping now"); std::process::exit(0) }
         }
+        let _ = stop_admin.send(());
+        let _ = admin.await;
         tracing::info!("stopped");
-        Ok::<_, std::io::Error>(())
-    })?;
-    Ok(())
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// SIGHUP: re-read the config file and apply the difference as commands. An
+/// invalid file is rejected and the running configuration kept.
+async fn reload(control: &Control, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP ignored: inferlb was started without --config");
+        return;
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running configuration");
+            return;
+        }
+    };
+    let state = control.state().await;
+    let mut commands = state.diff(&config.replicas, SystemTime::now() + DEFAULT_DRAIN);
+    if config.routing != state.routing() {
+        commands.push(Command::SetRouting(config.routing));
+    }
+    let count = commands.len();
+    match control.apply(commands).await {
+        Ok(_) => {
+            tracing::info!(path = %path.display(), changes = count, "config reloaded (listen, workers, timeouts and limits need a restart)")
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running configuration")
+        }
+    }
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
-    let state = initial_state(&config)?;
-    let (handle, _snapshots) = start_proxy(&config, &state)?;
-    wait_for_shutdown(handle)
+    let token = admin_token(config.admin.token_file.as_deref())?;
+    if !config.admin.listen.ip().is_loopback() && token.is_none() {
+        bail!(
+            "refusing to serve the admin API on {} without a token: set --admin-token-file or INFERLB_ADMIN_TOKEN, \
+             or listen on a loopback address",
+            config.admin.listen
+        );
+    }
+    let store = StateFile::new(
+        config
+            .admin
+            .state_file
+            .clone()
+            .unwrap_or_else(StateFile::default_path),
+    );
+    let state = match store.load(config.routing)? {
+        Some(state) => {
+            tracing::info!(path = %store.path().display(), replicas = state.replicas().len(), "replicas restored from the state file (it wins over the config file)");
+            state
+        }
+        None => initial_state(&config)?,
+    };
+    let (handle, snapshots) = start_proxy(&config, &state)?;
+    let plane = ControlPlane {
+        admin_listen: config.admin.listen,
+        token,
+        protect_probes: config.admin.protect_probes,
+        store: Some(store),
+        config_path: args.config.clone(),
+    };
+    run_control_plane(handle, snapshots, state, config.proxy.worker_count(), plane)
 }

@@ -5,6 +5,7 @@
 //! and each change yields the next [`ReplicaSet`] to publish.
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use crate::balance::Routing;
 use crate::replica::{Replica, ReplicaId, ReplicaState};
@@ -31,7 +32,11 @@ pub enum Command {
     /// Changes a replica's weight.
     SetWeight { id: ReplicaId, weight: u32 },
     /// Drains a replica (no new requests) or takes a draining one back.
+    /// Draining this way sets no deadline; see [`Command::Drain`].
     SetState { id: ReplicaId, state: ReplicaState },
+    /// Drains a replica until its in-flight requests finish or `deadline`
+    /// passes, whichever is first (an ALB target's deregistration delay).
+    Drain { id: ReplicaId, deadline: SystemTime },
     /// Removes a replica from the snapshot at once; drain it first.
     Remove { id: ReplicaId },
     /// Changes the routing rule.
@@ -76,6 +81,15 @@ impl State {
             generation: 0,
             routing,
             replicas: Vec::new(),
+        }
+    }
+
+    /// A state restored from disk: replicas as they were, generation 1.
+    pub fn restore(routing: Routing, replicas: Vec<Replica>) -> Self {
+        Self {
+            generation: 1,
+            routing,
+            replicas,
         }
     }
 
@@ -140,6 +154,20 @@ impl State {
                     Outcome::NoChange
                 } else {
                     replica.state = state;
+                    replica.drain_deadline = None;
+                    Outcome::Changed
+                }
+            }
+            Command::Drain { id, deadline } => {
+                let at = self.position(&id)?;
+                let replica = &mut self.replicas[at];
+                if replica.state == ReplicaState::Draining
+                    && replica.drain_deadline == Some(deadline)
+                {
+                    Outcome::NoChange
+                } else {
+                    replica.state = ReplicaState::Draining;
+                    replica.drain_deadline = Some(deadline);
                     Outcome::Changed
                 }
             }
@@ -172,8 +200,9 @@ impl State {
     /// drains of replicas no longer declared, and un-drains of replicas
     /// declared again. A replica whose address changed under the same id is
     /// drained and re-added only by the caller's choice, so it is reported as
-    /// a drain plus an add under a new id, never silently rewired.
-    pub fn diff(&self, desired: &[ReplicaSpec]) -> Vec<Command> {
+    /// a drain plus an add under a new id, never silently rewired. Drains get
+    /// `drain_deadline`.
+    pub fn diff(&self, desired: &[ReplicaSpec], drain_deadline: SystemTime) -> Vec<Command> {
         let mut commands = Vec::new();
         for spec in desired {
             match self.get(&spec.id) {
@@ -197,9 +226,9 @@ impl State {
         for current in &self.replicas {
             let declared = desired.iter().any(|s| s.id == current.id);
             if !declared && current.state != ReplicaState::Draining {
-                commands.push(Command::SetState {
+                commands.push(Command::Drain {
                     id: current.id.clone(),
-                    state: ReplicaState::Draining,
+                    deadline: drain_deadline,
                 });
             }
         }
@@ -280,7 +309,8 @@ mod tests {
         let mut state = State::new(Routing::RoundRobin);
         state.apply(Command::Add(spec("a", 1, 1))).unwrap();
         state.apply(Command::Add(spec("b", 2, 1))).unwrap();
-        let commands = state.diff(&[spec("a", 1, 5), spec("c", 3, 1)]);
+        let deadline = SystemTime::UNIX_EPOCH;
+        let commands = state.diff(&[spec("a", 1, 5), spec("c", 3, 1)], deadline);
         assert_eq!(
             commands,
             vec![
@@ -289,15 +319,17 @@ mod tests {
                     weight: 5
                 },
                 Command::Add(spec("c", 3, 1)),
-                Command::SetState {
+                Command::Drain {
                     id: ReplicaId::new("b").unwrap(),
-                    state: ReplicaState::Draining
+                    deadline
                 },
             ]
         );
         for command in commands {
             state.apply(command).unwrap();
         }
-        assert!(state.diff(&[spec("a", 1, 5), spec("c", 3, 1)]).is_empty());
+        assert!(state
+            .diff(&[spec("a", 1, 5), spec("c", 3, 1)], deadline)
+            .is_empty());
     }
 }

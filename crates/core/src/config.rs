@@ -100,6 +100,9 @@ pub struct FileConfig {
     /// The upstream connection pool.
     #[serde(default)]
     pub upstream: FileUpstream,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: FileAdmin,
     /// The replicas to start with (a state file, when present, wins).
     #[serde(default)]
     pub replicas: Vec<FileReplica>,
@@ -162,6 +165,49 @@ pub struct FileUpstream {
     /// `keepalive_timeout` in an upstream block). Keep it below the model
     /// server's own idle timeout.
     pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[admin]`: the admin REST API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// Address of the admin API. Default `127.0.0.1:9090`; a non-loopback
+    /// address requires a token.
+    pub listen: Option<String>,
+    /// File holding the bearer token that protects every `/v1` route
+    /// (the `INFERLB_ADMIN_TOKEN` environment variable is the alternative).
+    pub token_file: Option<String>,
+    /// Require the token for `/healthz`, `/readyz` and `/metrics` too.
+    /// Default false: probes and scrapers usually carry no token.
+    pub protect_probes: Option<bool>,
+    /// Where runtime replica changes are persisted. Default
+    /// `$STATE_DIRECTORY/inferlb-state.json` when systemd sets
+    /// `STATE_DIRECTORY`, else `./inferlb-state.json`.
+    pub state_file: Option<String>,
+}
+
+/// Validated `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// See [`FileAdmin::listen`].
+    pub listen: SocketAddr,
+    /// See [`FileAdmin::token_file`].
+    pub token_file: Option<std::path::PathBuf>,
+    /// See [`FileAdmin::protect_probes`].
+    pub protect_probes: bool,
+    /// See [`FileAdmin::state_file`]; `None` means the default location.
+    pub state_file: Option<std::path::PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token_file: None,
+            protect_probes: false,
+            state_file: None,
+        }
+    }
 }
 
 /// `[[replicas]]`: one replica.
@@ -308,6 +354,8 @@ pub struct Config {
     pub routing: Routing,
     /// The replicas to start with.
     pub replicas: Vec<ReplicaSpec>,
+    /// The admin API.
+    pub admin: AdminConfig,
 }
 
 impl Config {
@@ -491,7 +539,23 @@ impl TryFrom<FileConfig> for Config {
             }
             replicas.push(spec);
         }
+        let admin_listen = match &file.admin.listen {
+            None => AdminConfig::default().listen,
+            Some(text) => text.parse().map_err(|_| {
+                ConfigError::invalid(
+                    "admin.listen",
+                    format!("{text:?} is not ip:port (e.g. 127.0.0.1:9090)"),
+                )
+            })?,
+        };
+        let admin = AdminConfig {
+            listen: admin_listen,
+            token_file: file.admin.token_file.as_ref().map(std::path::PathBuf::from),
+            protect_probes: file.admin.protect_probes.unwrap_or(false),
+            state_file: file.admin.state_file.as_ref().map(std::path::PathBuf::from),
+        };
         Ok(Self {
+            admin,
             proxy: ProxyConfig {
                 listen,
                 workers,

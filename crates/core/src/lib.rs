@@ -10,6 +10,7 @@
 //! - [`balance`]: the balancer trait and the routing algorithms.
 //! - [`command`]: `Command`, `State::apply` and `State::diff`.
 //! - [`config`]: the TOML file form and its validated form.
+//! - [`stats`]: lock-free histograms and worker counters.
 
 #![forbid(unsafe_code)]
 
@@ -18,9 +19,13 @@ pub mod command;
 pub mod config;
 pub mod replica;
 pub mod replica_set;
+pub mod stats;
 
 pub use balance::{Balancer, Cursor, Routing, Tried};
 pub use command::{Command, Outcome, ReplicaSpec, State, StateError};
-pub use config::{Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream};
+pub use config::{
+    AdminConfig, Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream,
+};
 pub use replica::{Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass};
 pub use replica_set::{ReplicaSet, Snapshots};
+pub use stats::{Histogram, HistogramSnapshot, WorkerStats};

@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crossbeam::utils::CachePadded;
 use serde::{Deserialize, Serialize};
+
+use crate::stats::Histogram;
 
 /// The largest weight a replica may have. Weights are relative, so 1000 gives
 /// finer steps than anyone needs while keeping weighted schedules small.
@@ -210,6 +212,9 @@ pub struct ReplicaStats {
     connect_errors: CachePadded<AtomicU64>,
     bytes_in: CachePadded<AtomicU64>,
     bytes_out: CachePadded<AtomicU64>,
+    head_time: Histogram,
+    duration: Histogram,
+    evicted: AtomicBool,
 }
 
 impl ReplicaStats {
@@ -242,6 +247,27 @@ impl ReplicaStats {
     /// Bytes sent to the replica (request heads and bodies).
     pub fn bytes_out(&self) -> u64 {
         self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Time from picking the replica to its response head.
+    pub fn head_time(&self) -> &Histogram {
+        &self.head_time
+    }
+
+    /// Time from picking the replica to the response's last byte.
+    pub fn duration(&self) -> &Histogram {
+        &self.duration
+    }
+
+    /// Whether the replica was removed while requests were still in flight
+    /// (a drain that timed out): the data plane closes those connections.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Marks the replica removed; its in-flight exchanges are cut.
+    pub fn evict(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
     }
 
     /// Counts a request as started; the returned guard counts it as finished
@@ -304,6 +330,8 @@ pub struct Replica {
     pub state: ReplicaState,
     /// When the replica was added.
     pub added_at: SystemTime,
+    /// While draining: when it is removed even with requests in flight.
+    pub drain_deadline: Option<SystemTime>,
     /// Counters shared by every snapshot that holds this replica.
     pub stats: Arc<ReplicaStats>,
 }
@@ -319,6 +347,7 @@ impl Replica {
             weight,
             state: ReplicaState::Active,
             added_at: SystemTime::now(),
+            drain_deadline: None,
             stats: Arc::default(),
         }
     }

@@ -399,6 +399,7 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
     let mut tried = Tried::default();
     let mut tried_generation = u64::MAX;
     let mut attempts = 0;
+    let mut started;
     let (picked, in_flight, mut conn) = loop {
         let choice = {
             let mut snapshots = worker.snapshots.borrow_mut();
@@ -431,6 +432,7 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
         attempts += 1;
         tried.insert(index);
         let in_flight = picked.stats.start_request();
+        started = Instant::now();
         let pooled = worker.pool.borrow_mut().take(picked.uid);
         if let Some(conn) = pooled {
             break (picked, in_flight, conn);
@@ -539,7 +541,9 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
         }
     };
     picked.stats.record_response(resp.status);
+    picked.stats.head_time().record(started.elapsed());
     let reusable = stream_response(worker, client, &mut conn, &info, &resp, &picked).await;
+    picked.stats.duration().record(started.elapsed());
     match reusable {
         Ok(true) => worker.pool.borrow_mut().put(picked.uid, conn),
         Ok(false) => {}
@@ -625,7 +629,12 @@ enum Read {
 /// Reads from the replica into the free space of `conn.buf`, within
 /// `limit`, while watching the client for a disconnect once the read has
 /// taken longer than [`WATCH_AFTER`].
-async fn read_upstream(conn: &mut UpstreamConn, client: &TcpStream, limit: Duration) -> Read {
+async fn read_upstream(
+    conn: &mut UpstreamConn,
+    client: &TcpStream,
+    stats: &ReplicaStats,
+    limit: Duration,
+) -> Read {
     if conn.buf.capacity() - conn.buf.len() < MIN_READ {
         conn.buf.reserve(MIN_READ.max(conn.buf.capacity()));
     }
@@ -644,6 +653,7 @@ async fn read_upstream(conn: &mut UpstreamConn, client: &TcpStream, limit: Durat
             biased;
             done = &mut read => done,
             _ = client_gone(client) => return Read::ClientGone,
+            _ = evicted(stats) => return Read::Failed,
             _ = monoio::time::sleep(limit - fast) => return Read::TimedOut,
         },
     };
@@ -652,6 +662,17 @@ async fn read_upstream(conn: &mut UpstreamConn, client: &TcpStream, limit: Durat
         Ok(0) => Read::Eof,
         Ok(n) => Read::Bytes(n),
         Err(_) => Read::Failed,
+    }
+}
+
+/// How often a slow exchange checks whether its replica was evicted.
+const EVICTION_CHECK: Duration = Duration::from_millis(100);
+
+/// Completes when the replica is evicted (removed after a drain timed out
+/// with this exchange still in flight).
+async fn evicted(stats: &ReplicaStats) {
+    while !stats.is_evicted() {
+        monoio::time::sleep(EVICTION_CHECK).await;
     }
 }
 
@@ -703,7 +724,7 @@ async fn read_response_head(
         if left.is_zero() {
             return Err(Abort::Respond(ErrorKind::UpstreamTimeout));
         }
-        match read_upstream(conn, &client.stream, left).await {
+        match read_upstream(conn, &client.stream, &picked.stats, left).await {
             Read::Bytes(n) => picked.stats.add_bytes_in(n),
             Read::Eof | Read::Failed => return Err(Abort::Respond(ErrorKind::UpstreamFailed)),
             Read::TimedOut => return Err(Abort::Respond(ErrorKind::UpstreamTimeout)),
@@ -811,7 +832,7 @@ async fn stream_response(
     client.write_out(timeout).await?;
     while !matches!(relay, Relay::Done) {
         conn.buf.clear();
-        let n = match read_upstream(conn, &client.stream, timeout).await {
+        let n = match read_upstream(conn, &client.stream, &picked.stats, timeout).await {
             Read::Bytes(n) => n,
             Read::Eof if matches!(relay, Relay::UntilClose) => return Ok(false),
             Read::ClientGone => return Err(Abort::ClientGone),

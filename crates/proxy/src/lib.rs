@@ -21,5 +21,6 @@ mod sock;
 mod upstream;
 mod worker;
 
+pub use inferlb_core::WorkerStats;
 pub use server::{start, ActiveDriver, ProxyHandle};
-pub use worker::{Phase, WorkerStats};
+pub use worker::Phase;

@@ -12,7 +12,9 @@ use monoio::net::{ListenerOpts, TcpListener};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use tokio::sync::watch;
 
-use crate::worker::{self, Phase, Worker, WorkerStats};
+use inferlb_core::WorkerStats;
+
+use crate::worker::{self, Phase, Worker};
 
 /// Pending connections the kernel queues per listener before refusing.
 const BACKLOG: i32 = 4096;

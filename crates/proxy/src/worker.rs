@@ -7,12 +7,11 @@
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Cache};
-use inferlb_core::{Cursor, ProxyConfig, ReplicaSet};
+use inferlb_core::{Cursor, ProxyConfig, ReplicaSet, WorkerStats};
 use monoio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -27,29 +26,6 @@ pub enum Phase {
     Draining,
     /// Stop now, whatever is in flight.
     Stopped,
-}
-
-/// Counters of one worker, readable from any thread (for metrics).
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    open_connections: AtomicU64,
-    accepted: AtomicU64,
-    refused: AtomicU64,
-}
-
-impl WorkerStats {
-    /// Client connections open now.
-    pub fn open_connections(&self) -> u64 {
-        self.open_connections.load(Ordering::Relaxed)
-    }
-    /// Client connections accepted since start.
-    pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
-    }
-    /// Client connections closed at once because the worker was full.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
-    }
 }
 
 type SnapshotCache = Cache<Arc<ArcSwap<ReplicaSet>>, Arc<ReplicaSet>>;
@@ -95,7 +71,7 @@ struct Open(Arc<WorkerStats>);
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.connection_closed();
     }
 }
 
@@ -131,9 +107,8 @@ pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
                 continue;
             }
         };
-        worker.stats.accepted.fetch_add(1, Ordering::Relaxed);
         if worker.stats.open_connections() >= max {
-            worker.stats.refused.fetch_add(1, Ordering::Relaxed);
+            worker.stats.connection_refused();
             if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 tracing::warn!(
                     limit = max,
@@ -144,10 +119,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
             drop(stream);
             continue;
         }
-        worker
-            .stats
-            .open_connections
-            .fetch_add(1, Ordering::Relaxed);
+        worker.stats.connection_opened();
         let open = Open(Arc::clone(&worker.stats));
         let worker = Rc::clone(&worker);
         monoio::spawn(async move {

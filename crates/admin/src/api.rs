@@ -1,0 +1,591 @@
+//! Routes, DTOs and handlers of the admin API.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use inferlb_core::config::{replica_spec, FileReplica};
+use inferlb_core::replica::check_weight;
+use inferlb_core::{Command, Replica, ReplicaId, ReplicaState, StatusClass, WorkerStats};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::control::{Control, DEFAULT_DRAIN};
+use crate::error::{ApiError, ErrorBody};
+use crate::metrics::Metrics;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin API reports about the data plane it sits beside.
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    /// Worker threads.
+    pub workers: usize,
+    /// `io_uring` or `legacy`.
+    pub io_driver: String,
+    /// Per-worker counters.
+    pub worker_stats: Vec<Arc<WorkerStats>>,
+}
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    control: Arc<Control>,
+    data_plane: DataPlane,
+    token: Option<Arc<str>>,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    protect_probes: bool,
+}
+
+impl AppState {
+    /// State for the router. `token`: when set, every `/v1` route requires
+    /// it; with `protect_probes`, `/healthz`, `/readyz` and `/metrics` too.
+    pub fn new(
+        control: Arc<Control>,
+        data_plane: DataPlane,
+        token: Option<String>,
+        protect_probes: bool,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new(
+            Arc::clone(&control),
+            data_plane.worker_stats.clone(),
+        ));
+        Self {
+            control,
+            data_plane,
+            token: token.map(Arc::from),
+            started: Instant::now(),
+            metrics,
+            protect_probes,
+        }
+    }
+}
+
+/// One replica as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaView {
+    /// Stable id.
+    pub id: String,
+    /// The address as given.
+    pub address: String,
+    /// The address connections go to.
+    pub resolved: String,
+    /// Relative share of new requests, 0..=1000.
+    pub weight: u32,
+    /// `active` or `draining`.
+    pub state: String,
+    /// Requests in flight now, across all workers.
+    pub in_flight: u64,
+    /// Requests sent to the replica since it was added.
+    pub requests: u64,
+    /// 5xx responses plus failed connects.
+    pub errors: u64,
+    /// Responses by status class.
+    pub responses: ResponseCounts,
+    /// Refused or timed-out connects.
+    pub connect_errors: u64,
+    /// When it was added (RFC 3339, UTC).
+    pub added_at: String,
+    /// While draining: when it is removed even with requests in flight.
+    pub drain_deadline: Option<String>,
+}
+
+/// Responses by status class.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ResponseCounts {
+    #[serde(rename = "2xx")]
+    ok: u64,
+    #[serde(rename = "3xx")]
+    redirect: u64,
+    #[serde(rename = "4xx")]
+    client_error: u64,
+    #[serde(rename = "5xx")]
+    server_error: u64,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl From<&Replica> for ReplicaView {
+    fn from(r: &Replica) -> Self {
+        let s = &r.stats;
+        Self {
+            id: r.id.to_string(),
+            address: r.address.clone(),
+            resolved: r.addr.to_string(),
+            weight: r.weight,
+            state: r.state.as_str().to_owned(),
+            in_flight: s.in_flight(),
+            requests: s.requests(),
+            errors: s.responses(StatusClass::ServerError) + s.connect_errors(),
+            responses: ResponseCounts {
+                ok: s.responses(StatusClass::Success),
+                redirect: s.responses(StatusClass::Redirect),
+                client_error: s.responses(StatusClass::ClientError),
+                server_error: s.responses(StatusClass::ServerError),
+            },
+            connect_errors: s.connect_errors(),
+            added_at: rfc3339(r.added_at),
+            drain_deadline: r.drain_deadline.map(rfc3339),
+        }
+    }
+}
+
+/// A replica to add (`POST /v1/replicas`, and each entry of `PUT`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReplica {
+    /// `ip:port`, `[ipv6]:port` or `host:port` (resolved once, now).
+    pub address: String,
+    /// 0..=1000; default 1.
+    pub weight: Option<u64>,
+    /// `[A-Za-z0-9._-]{1,64}`; default derived from the address.
+    pub id: Option<String>,
+}
+
+/// A change to one replica (`PATCH /v1/replicas/{id}`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaPatch {
+    /// New weight, 0..=1000.
+    pub weight: Option<u64>,
+    /// `active` takes a draining replica back; `draining` drains it with the
+    /// default timeout.
+    #[schema(value_type = Option<String>, example = "active")]
+    pub state: Option<ReplicaState>,
+}
+
+/// The whole replica list (`PUT /v1/replicas`): a JSON array, or an object
+/// with a `replicas` array.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReplicaList {
+    /// `[{"address": ...}, ...]`
+    Bare(Vec<NewReplica>),
+    /// `{"replicas": [{"address": ...}, ...]}`
+    Wrapped {
+        /// The replicas.
+        replicas: Vec<NewReplica>,
+    },
+}
+
+/// What `PUT /v1/replicas` changed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplaceResult {
+    /// Ids added.
+    pub added: Vec<String>,
+    /// Ids now draining.
+    pub drained: Vec<String>,
+    /// Ids whose weight or state changed.
+    pub updated: Vec<String>,
+    /// The list after the change.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// Query of `DELETE /v1/replicas/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DrainQuery {
+    /// Seconds in-flight requests may take before the replica is removed
+    /// anyway and its connections closed. Default 300; 0 removes at once.
+    pub drain_timeout_s: Option<u64>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    /// inferlb's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Data-plane worker threads.
+    pub workers: usize,
+    /// `io_uring` or `legacy`.
+    pub io_driver: String,
+    /// Generation of the published snapshot.
+    pub generation: u64,
+    /// Routing rule.
+    pub routing: String,
+    /// Replicas in the snapshot.
+    pub replicas: usize,
+    /// Replicas taking new requests.
+    pub routable: usize,
+    /// Open client connections over all workers.
+    pub open_connections: u64,
+}
+
+/// A JSON body extractor whose failures are `ApiError`s (400, 413, 415).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+fn parse_id(id: &str) -> Result<ReplicaId, ApiError> {
+    ReplicaId::new(id).map_err(|_| ApiError::NotFound(format!("no replica has id {id:?}")))
+}
+
+fn spec_of(field: &str, new: &NewReplica) -> Result<inferlb_core::ReplicaSpec, ApiError> {
+    let file = FileReplica {
+        address: new.address.clone(),
+        weight: new.weight,
+        id: new.id.clone(),
+    };
+    replica_spec(field, &file).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Lists every replica, draining ones included.
+#[utoipa::path(get, path = "/v1/replicas", tag = "replicas",
+    responses((status = 200, body = [ReplicaView]), (status = 401, body = ErrorBody)))]
+async fn list_replicas(State(app): State<AppState>) -> Json<Vec<ReplicaView>> {
+    let snapshot = app.control.snapshot();
+    Json(snapshot.replicas().iter().map(ReplicaView::from).collect())
+}
+
+/// Adds a replica; it takes requests from the next pick on.
+#[utoipa::path(post, path = "/v1/replicas", tag = "replicas", request_body = NewReplica,
+    responses((status = 201, body = ReplicaView), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+async fn add_replica(
+    State(app): State<AppState>,
+    ApiJson(new): ApiJson<NewReplica>,
+) -> Result<Response, ApiError> {
+    let spec = spec_of("replica", &new)?;
+    let id = spec.id.clone();
+    app.control.apply_one(Command::Add(spec)).await?;
+    let snapshot = app.control.snapshot();
+    let replica = snapshot
+        .replicas()
+        .iter()
+        .find(|r| r.id == id)
+        .map(ReplicaView::from);
+    Ok((StatusCode::CREATED, Json(replica)).into_response())
+}
+
+/// One replica.
+#[utoipa::path(get, path = "/v1/replicas/{id}", tag = "replicas", params(("id" = String, Path)),
+    responses((status = 200, body = ReplicaView), (status = 404, body = ErrorBody)))]
+async fn get_replica(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ReplicaView>, ApiError> {
+    let id = parse_id(&id)?;
+    let snapshot = app.control.snapshot();
+    snapshot
+        .replicas()
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| Json(ReplicaView::from(r)))
+        .ok_or_else(|| ApiError::NotFound(format!("no replica has id {id}")))
+}
+
+/// Drains a replica: no new requests; it disappears when its in-flight
+/// requests finish or the drain timeout passes.
+#[utoipa::path(delete, path = "/v1/replicas/{id}", tag = "replicas", params(("id" = String, Path), DrainQuery),
+    responses((status = 202, body = ReplicaView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_replica(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<DrainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let id = parse_id(&id)?;
+    let timeout = query
+        .drain_timeout_s
+        .map_or(DEFAULT_DRAIN, Duration::from_secs);
+    let deadline = SystemTime::now() + timeout;
+    app.control
+        .apply_one(Command::Drain {
+            id: id.clone(),
+            deadline,
+        })
+        .await?;
+    let view = app
+        .control
+        .snapshot()
+        .replicas()
+        .iter()
+        .find(|r| r.id == id)
+        .map(ReplicaView::from);
+    // An idle replica (or a zero timeout) goes at once.
+    app.control.reap_drained().await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Changes a replica's weight, or takes a draining replica back.
+#[utoipa::path(patch, path = "/v1/replicas/{id}", tag = "replicas", params(("id" = String, Path)),
+    request_body = ReplicaPatch,
+    responses((status = 200, body = ReplicaView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn patch_replica(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<ReplicaPatch>,
+) -> Result<Json<ReplicaView>, ApiError> {
+    let id = parse_id(&id)?;
+    if patch.weight.is_none() && patch.state.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give weight, state or both".into(),
+        ));
+    }
+    let mut commands = Vec::new();
+    if let Some(weight) = patch.weight {
+        let weight = check_weight(weight).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        commands.push(Command::SetWeight {
+            id: id.clone(),
+            weight,
+        });
+    }
+    match patch.state {
+        Some(ReplicaState::Draining) => {
+            let current = app
+                .control
+                .snapshot()
+                .replicas()
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| r.state);
+            if current != Some(ReplicaState::Draining) {
+                let deadline = SystemTime::now() + DEFAULT_DRAIN;
+                commands.push(Command::Drain {
+                    id: id.clone(),
+                    deadline,
+                });
+            }
+        }
+        Some(state) => commands.push(Command::SetState {
+            id: id.clone(),
+            state,
+        }),
+        None => {}
+    }
+    app.control.apply(commands).await?;
+    let snapshot = app.control.snapshot();
+    snapshot
+        .replicas()
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| Json(ReplicaView::from(r)))
+        .ok_or_else(|| ApiError::NotFound(format!("no replica has id {id}")))
+}
+
+/// Makes the replica list match the one given: adds, weight changes,
+/// un-drains, and drains (default timeout) of replicas no longer listed.
+#[utoipa::path(put, path = "/v1/replicas", tag = "replicas", request_body = ReplicaList,
+    responses((status = 200, body = ReplaceResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn replace_replicas(
+    State(app): State<AppState>,
+    ApiJson(list): ApiJson<ReplicaList>,
+) -> Result<Json<ReplaceResult>, ApiError> {
+    let entries = match list {
+        ReplicaList::Bare(v) | ReplicaList::Wrapped { replicas: v } => v,
+    };
+    let mut desired = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let spec = spec_of(&format!("replicas[{i}]"), entry)?;
+        if desired
+            .iter()
+            .any(|d: &inferlb_core::ReplicaSpec| d.id == spec.id || d.addr == spec.addr)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "replicas[{i}]: {} is listed twice",
+                spec.address
+            )));
+        }
+        desired.push(spec);
+    }
+    let state = app.control.state().await;
+    let commands = state.diff(&desired, SystemTime::now() + DEFAULT_DRAIN);
+    let (mut added, mut drained, mut updated) = (Vec::new(), Vec::new(), Vec::new());
+    for command in &commands {
+        match command {
+            Command::Add(spec) => added.push(spec.id.to_string()),
+            Command::Drain { id, .. } => drained.push(id.to_string()),
+            Command::SetWeight { id, .. } | Command::SetState { id, .. } => {
+                if !updated.contains(&id.to_string()) {
+                    updated.push(id.to_string());
+                }
+            }
+            Command::Remove { id } => drained.push(id.to_string()),
+            Command::SetRouting(_) => {}
+        }
+    }
+    app.control.apply(commands).await?;
+    app.control.reap_drained().await?;
+    let replicas = app
+        .control
+        .snapshot()
+        .replicas()
+        .iter()
+        .map(ReplicaView::from)
+        .collect();
+    Ok(Json(ReplaceResult {
+        added,
+        drained,
+        updated,
+        replicas,
+    }))
+}
+
+/// What the proxy is running with.
+#[utoipa::path(get, path = "/v1/status", tag = "status", responses((status = 200, body = Status)))]
+async fn status(State(app): State<AppState>) -> Json<Status> {
+    let snapshot = app.control.snapshot();
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_s: app.started.elapsed().as_secs(),
+        workers: app.data_plane.workers,
+        io_driver: app.data_plane.io_driver.clone(),
+        generation: snapshot.generation(),
+        routing: snapshot.routing().as_str().to_owned(),
+        replicas: snapshot.replicas().len(),
+        routable: snapshot
+            .replicas()
+            .iter()
+            .filter(|r| r.is_routable())
+            .count(),
+        open_connections: app
+            .data_plane
+            .worker_stats
+            .iter()
+            .map(|w| w.open_connections())
+            .sum(),
+    })
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "alive")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: 200 only while at least one replica is routable.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, description = "a replica is routable"), (status = 503, description = "none is")))]
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.control.snapshot().has_routable() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no routable replica\n").into_response()
+    }
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")))]
+async fn metrics(State(app): State<AppState>) -> Response {
+    match app.metrics.render() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(format!("cannot encode metrics: {e}")).into_response(),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "inferlb admin API", description = "Replica lifecycle, status and metrics of an inferlb proxy."),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Rejects requests without the configured bearer token.
+async fn require_token(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &app.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant time, so the comparison leaks nothing about the token.
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The documented routes and the OpenAPI document describing them; both
+/// come from the same `routes!` lists, so they cannot drift apart.
+fn routers(app: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::openapi::OpenApi) {
+    let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_replicas, add_replica, replace_replicas))
+        .routes(routes!(get_replica, delete_replica, patch_replica))
+        .routes(routes!(status))
+        .split_for_parts();
+    let (probes, probes_doc) = OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    doc.merge(probes_doc);
+    let v1 = v1.layer(middleware::from_fn_with_state(app.clone(), require_token));
+    let probes = if app.protect_probes {
+        probes.layer(middleware::from_fn_with_state(app.clone(), require_token))
+    } else {
+        probes
+    };
+    (v1, probes, doc)
+}
+
+/// The admin API router.
+pub fn router(app: AppState) -> Router {
+    let (v1, probes, doc) = routers(&app);
+    let doc = Arc::new(doc);
+    Router::new()
+        .merge(v1)
+        .merge(probes)
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        )
+        .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+/// The OpenAPI document, for tests and tooling.
+pub fn openapi(app: &AppState) -> utoipa::openapi::OpenApi {
+    routers(app).2
+}

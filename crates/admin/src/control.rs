@@ -1,0 +1,165 @@
+//! The control plane's single writer: applies commands one at a time,
+//! persists the result, then publishes the snapshot workers route with.
+//!
+//! ```text
+//!  admin API ─┐
+//!  SIGHUP     ├─▶ Control::apply ─▶ State (clone) ─▶ state file ─▶ Snapshots::publish
+//!  drain reaper┘        (one at a time, under a mutex)
+//! ```
+//!
+//! A change is applied to a copy of the state, written to disk, and only then
+//! made current and published: an answer of success means the change is
+//! durable, and a failed write changes nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use inferlb_core::{Command, Outcome, ReplicaSet, ReplicaState, Snapshots, State, StateError};
+use tokio::sync::Mutex;
+
+use crate::persist::{PersistError, StateFile};
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The command conflicts with the current replicas.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The change could not be made durable, so it was not made.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+}
+
+/// Default drain timeout of a removed replica (ALB's deregistration delay).
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(300);
+
+/// How often draining replicas are checked for completion.
+pub const REAP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Owns the replica list.
+#[derive(Debug)]
+pub struct Control {
+    state: Mutex<State>,
+    snapshots: Snapshots,
+    store: Option<StateFile>,
+}
+
+impl Control {
+    /// Takes over `state` (already published in `snapshots`), persisting to
+    /// `store` when given.
+    pub fn new(state: State, snapshots: Snapshots, store: Option<StateFile>) -> Self {
+        Self {
+            state: Mutex::new(state),
+            snapshots,
+            store,
+        }
+    }
+
+    /// The snapshot workers route with now.
+    pub fn snapshot(&self) -> Arc<ReplicaSet> {
+        self.snapshots.load()
+    }
+
+    /// Where changes are persisted, if anywhere.
+    pub fn store(&self) -> Option<&StateFile> {
+        self.store.as_ref()
+    }
+
+    /// Applies commands in order, all or none: the first refused command
+    /// leaves the state as it was. Persists and publishes once if anything
+    /// changed.
+    pub async fn apply(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ControlError> {
+        let mut state = self.state.lock().await;
+        let mut next = state.clone();
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            outcomes.push(next.apply(command)?);
+        }
+        if outcomes.contains(&Outcome::Changed) {
+            self.commit(&mut state, next).await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Applies one command.
+    pub async fn apply_one(&self, command: Command) -> Result<Outcome, ControlError> {
+        Ok(self
+            .apply(vec![command])
+            .await?
+            .pop()
+            .unwrap_or(Outcome::NoChange))
+    }
+
+    /// A copy of the current state, for reads that need more than the snapshot.
+    pub async fn state(&self) -> State {
+        self.state.lock().await.clone()
+    }
+
+    async fn commit(&self, state: &mut State, next: State) -> Result<(), ControlError> {
+        if let Some(store) = &self.store {
+            let store = store.clone();
+            let copy = next.clone();
+            tokio::task::spawn_blocking(move || store.save(&copy))
+                .await
+                .map_err(|e| PersistError::Io {
+                    path: self
+                        .store
+                        .as_ref()
+                        .map(|s| s.path().to_path_buf())
+                        .unwrap_or_default(),
+                    source: std::io::Error::other(e),
+                })??;
+        }
+        *state = next;
+        self.snapshots.publish(state.snapshot());
+        Ok(())
+    }
+
+    /// Removes draining replicas whose in-flight requests have finished, and
+    /// those whose drain deadline passed (their remaining exchanges are cut).
+    /// Returns how many were removed.
+    pub async fn reap_drained(&self) -> Result<usize, ControlError> {
+        let mut state = self.state.lock().await;
+        let now = SystemTime::now();
+        let mut next = state.clone();
+        let mut removed = 0;
+        for replica in state.replicas() {
+            if replica.state != ReplicaState::Draining {
+                continue;
+            }
+            let idle = replica.stats.in_flight() == 0;
+            let expired = replica.drain_deadline.is_some_and(|d| d <= now);
+            if !idle && !expired {
+                continue;
+            }
+            if !idle {
+                replica.stats.evict();
+                tracing::warn!(
+                    id = %replica.id,
+                    in_flight = replica.stats.in_flight(),
+                    "drain timeout passed; closing the replica's remaining connections"
+                );
+            } else {
+                tracing::info!(id = %replica.id, "drained replica removed");
+            }
+            next.apply(Command::Remove {
+                id: replica.id.clone(),
+            })?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.commit(&mut state, next).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Reaps drained replicas every [`REAP_INTERVAL`] until the process ends.
+    pub async fn run_reaper(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REAP_INTERVAL).await;
+            if let Err(e) = self.reap_drained().await {
+                tracing::error!(error = %e, "cannot remove drained replicas");
+            }
+        }
+    }
+}

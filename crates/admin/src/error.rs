@@ -1,0 +1,125 @@
+//! `ApiError`: every failure of an admin call, mapped to its status and a
+//! JSON body that says what is wrong. Internal details are logged, never sent.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use inferlb_core::StateError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::control::ControlError;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `bad_request`.
+    pub error: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// A failed admin call.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed or a value is invalid.
+    BadRequest(String),
+    /// 401: the bearer token is missing or wrong.
+    Unauthorized,
+    /// 404: no such replica.
+    NotFound(String),
+    /// 409: the id or address is taken.
+    Conflict(String),
+    /// 413: the body is over 64 KiB.
+    PayloadTooLarge,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 500: the change could not be made durable; nothing changed.
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m.clone()),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required (Authorization: Bearer <token>)".into(),
+            ),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
+            Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            Self::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is over 64 KiB".into())
+            }
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json".into(),
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the change could not be saved to the state file; nothing was changed (see the server log)".into(),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(error = %detail, "admin call failed");
+        }
+        let (status, error, message) = self.parts();
+        let mut response = (status, Json(ErrorBody { error, message })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::State(StateError::NotFound { id }) => {
+                Self::NotFound(format!("no replica has id {id}"))
+            }
+            ControlError::State(
+                e @ (StateError::IdExists { .. } | StateError::AddressExists { .. }),
+            ) => Self::Conflict(e.to_string()),
+            ControlError::Persist(e) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            JsonRejection::BytesRejection(_)
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Self::PayloadTooLarge
+            }
+            JsonRejection::JsonDataError(e) => {
+                Self::BadRequest(format!("invalid body: {}", e.body_text()))
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::BadRequest(format!("malformed JSON: {}", e.body_text()))
+            }
+            other => Self::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    }
+}

@@ -1,0 +1,119 @@
+//! Lock-free counters shared between the data plane (which bumps them) and
+//! the control plane (which reads them for the API and metrics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency buckets. Inference spans a 5 ms
+/// embedding to a five-minute generation, so the buckets do too.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// A fixed-bucket latency histogram that many threads record into without a
+/// lock. Buckets hold non-cumulative counts; [`Histogram::snapshot`] makes
+/// them cumulative, as Prometheus expects.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A point-in-time copy of a histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+    /// `(upper bound, cumulative count)`, the last bound `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cumulative buckets, sum and count.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let bound = LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            buckets.push((bound, cumulative));
+        }
+        HistogramSnapshot {
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count: self.count.load(Ordering::Relaxed),
+            buckets,
+        }
+    }
+}
+
+/// Counters of one data-plane worker.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    open_connections: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+    /// Client connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+    /// Client connections closed at once because the worker was full.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+    /// Counts an accepted connection that is now open.
+    pub fn connection_opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Counts an open connection closing.
+    pub fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Counts a connection refused at the limit.
+    pub fn connection_refused(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_millis(30));
+        h.record(Duration::from_secs(1000));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.005, 1));
+        assert_eq!(s.buckets[3], (0.05, 2));
+        assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 3)));
+        assert!((s.sum - 1000.033).abs() < 1e-6);
+    }
+}
