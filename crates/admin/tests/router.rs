@@ -580,3 +580,37 @@ async fn changes_are_on_disk_before_the_answer() {
     assert_eq!(loaded.replicas()[0].id.as_str(), "a");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn the_grafana_dashboard_uses_only_served_metrics() {
+    let app = app();
+    call(
+        &app,
+        Method::POST,
+        "/v1/replicas",
+        Some(json!({"address": "127.0.0.1:9001", "id": "a"})),
+    )
+    .await;
+    let (_, text) = call(&app, Method::GET, "/metrics", None).await;
+    let text = text.as_str().unwrap().to_owned();
+    let dashboard = include_str!("../../../deploy/prometheus/grafana-dashboard.json");
+    let doc: Value = serde_json::from_str(dashboard).unwrap();
+    let mut checked = 0;
+    for panel in doc["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (start, _) in expr.match_indices("inferlb_") {
+                let name: String = expr[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    text.contains(&format!("\n{name}")),
+                    "the dashboard uses {name}, which /metrics lacks"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10);
+}

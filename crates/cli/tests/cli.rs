@@ -10,7 +10,25 @@ use inferlb_testkit::{wait_for_port, FakeReplica, RawClient};
 
 fn inferlb() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_inferlb"));
-    command.env("RUST_LOG", "info").env_remove("INFERLB_CONFIG");
+    command
+        .env("RUST_LOG", "info")
+        .env_remove("INFERLB_CONFIG")
+        .env_remove("INFERLB_ADMIN_TOKEN");
+    command
+}
+
+/// `inferlb serve` with its admin API on a free port and its state file in
+/// a fresh temporary directory, so tests never share either.
+fn serve(name: &str) -> Command {
+    let dir = std::env::temp_dir().join(format!("inferlb-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = inferlb();
+    command
+        .arg("serve")
+        .args(["--admin-listen", &free_addr().to_string()])
+        .arg("--state-file")
+        .arg(dir.join("state.json"));
     command
 }
 
@@ -72,16 +90,16 @@ fn invalid_config_stops_start_up_naming_the_field() {
     ];
     for (name, text, expected) in cases {
         let path = temp_file(name, text);
-        let mut command = inferlb();
-        command.args(["serve", "--config"]).arg(&path);
+        let mut command = serve(name);
+        command.arg("--config").arg(&path);
         let output = run_to_end(command);
         assert!(!output.status.success(), "{name} was accepted");
         let stderr = stderr_of(&output);
         assert!(stderr.contains(expected), "{name}: {stderr}");
         let _ = std::fs::remove_file(path);
     }
-    let mut command = inferlb();
-    command.args(["serve", "--config", "/nonexistent/inferlb.toml"]);
+    let mut command = serve("nonexistent");
+    command.args(["--config", "/nonexistent/inferlb.toml"]);
     let output = run_to_end(command);
     assert!(!output.status.success());
     assert!(stderr_of(&output).contains("/nonexistent/inferlb.toml"));
@@ -91,8 +109,8 @@ fn invalid_config_stops_start_up_naming_the_field() {
 fn a_port_in_use_is_refused() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let mut command = inferlb();
-    command.args(["serve", "--workers", "1", "--listen", &addr.to_string()]);
+    let mut command = serve("in-use");
+    command.args(["--workers", "1", "--listen", &addr.to_string()]);
     let output = run_to_end(command);
     assert!(!output.status.success());
     assert!(
@@ -126,9 +144,9 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
         .start()
         .unwrap();
     let listen = free_addr();
-    let mut command = inferlb();
+    let mut command = serve("sigterm");
     command
-        .args(["serve", "--workers", "2", "--listen", &listen.to_string()])
+        .args(["--workers", "2", "--listen", &listen.to_string()])
         .args(["--replica", &replica.addr().to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -168,7 +186,13 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    for line in ["workers started", "I/O driver", "listening", "replica"] {
+    for line in [
+        "workers started",
+        "I/O driver",
+        "listening",
+        "replica",
+        "admin API",
+    ] {
         assert!(
             stderr.contains(line),
             "no {line:?} line in the log:\n{stderr}"
@@ -179,10 +203,9 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
 #[test]
 fn serve_without_replicas_answers_503() {
     let listen = free_addr();
-    let mut command = inferlb();
+    let mut command = serve("empty");
     command
         .args([
-            "serve",
             "--workers",
             "1",
             "--io-driver",

@@ -1,0 +1,397 @@
+//! The admin API against the real binary: runtime changes under load,
+//! draining, persistence across kill -9, tokens, and SIGHUP reloads.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inferlb_testkit::{eventually, wait_for_port, FakeReplica, RawClient};
+use serde_json::Value;
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("inferlb-admin-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Server {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(state_file: &Path, admin: SocketAddr, listen: SocketAddr) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_inferlb"));
+    command
+        .env_remove("INFERLB_CONFIG")
+        .env_remove("INFERLB_ADMIN_TOKEN")
+        .env("RUST_LOG", "warn")
+        .args(["serve", "--workers", "2"])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .arg("--state-file")
+        .arg(state_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn start(mut command: Command, listen: SocketAddr, admin: SocketAddr) -> Server {
+    let child = command.spawn().unwrap();
+    let server = Server {
+        child,
+        listen,
+        admin,
+    };
+    assert!(
+        wait_for_port(admin, Duration::from_secs(10)),
+        "admin API did not start"
+    );
+    assert!(
+        wait_for_port(listen, Duration::from_secs(10)),
+        "proxy did not start"
+    );
+    server
+}
+
+fn spawn_server(state_file: &Path) -> Server {
+    let (listen, admin) = (free_addr(), free_addr());
+    start(command(state_file, admin, listen), listen, admin)
+}
+
+/// One admin call; returns the status and the JSON body.
+fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut client = RawClient::connect(admin).unwrap();
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(request.as_bytes()).unwrap();
+    let resp = client.read_response().unwrap();
+    let value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    (resp.status, value)
+}
+
+fn ids(admin: SocketAddr) -> Vec<String> {
+    let (status, list) = call(admin, "GET", "/v1/replicas", None, None);
+    assert_eq!(status, 200);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_201_survives_kill_9() {
+    let dir = temp_dir("kill9");
+    let state = dir.join("state.json");
+    let replica = FakeReplica::builder().name("kept").start().unwrap();
+    let mut server = spawn_server(&state);
+    let body = format!(
+        r#"{{"address": "{}", "id": "kept", "weight": 7}}"#,
+        replica.addr()
+    );
+    let (status, _) = call(server.admin, "POST", "/v1/replicas", Some(&body), None);
+    assert_eq!(status, 201);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = spawn_server(&state);
+    let (_, list) = call(server.admin, "GET", "/v1/replicas", None, None);
+    assert_eq!(list[0]["id"], "kept");
+    assert_eq!(list[0]["weight"], 7);
+    let mut client = RawClient::connect(server.listen).unwrap();
+    assert_eq!(client.get("/").unwrap().header("x-replica"), Some("kept"));
+}
+
+#[test]
+fn a_corrupt_state_file_stops_start_up_and_is_kept() {
+    let dir = temp_dir("corrupt");
+    let state = dir.join("state.json");
+    std::fs::write(&state, "{\"version\": 1, \"replicas\": [").unwrap();
+    let output = command(&state, free_addr(), free_addr())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("corrupt") && stderr.contains("state.json"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        "{\"version\": 1, \"replicas\": ["
+    );
+}
+
+#[test]
+fn churn_under_load_fails_no_request() {
+    let dir = temp_dir("churn");
+    let stable: Vec<_> = (0..2)
+        .map(|i| {
+            FakeReplica::builder()
+                .name(&format!("s{i}"))
+                .threads(2)
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let extra: Vec<_> = (0..3)
+        .map(|i| {
+            FakeReplica::builder()
+                .name(&format!("e{i}"))
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let server = spawn_server(&dir.join("state.json"));
+    for (i, r) in stable.iter().enumerate() {
+        let body = format!(r#"{{"address": "{}", "id": "s{i}"}}"#, r.addr());
+        assert_eq!(
+            call(server.admin, "POST", "/v1/replicas", Some(&body), None).0,
+            201
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let (stop, ok, failed, listen) = (
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                server.listen,
+            );
+            std::thread::spawn(move || {
+                let mut client = RawClient::connect(listen).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.get("/v1/models") {
+                        Ok(resp) if resp.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            match RawClient::connect(listen) {
+                                Ok(c) => client = c,
+                                Err(_) => break,
+                            }
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+
+    // 500 operations: add, reweight, drain, over and over.
+    for op in 0..500 {
+        let k = (op / 3) % extra.len();
+        let id = format!("e{k}");
+        let (status, body) = match op % 3 {
+            0 => call(
+                server.admin,
+                "POST",
+                "/v1/replicas",
+                Some(&format!(
+                    r#"{{"address": "{}", "id": "{id}"}}"#,
+                    extra[k].addr()
+                )),
+                None,
+            ),
+            1 => call(
+                server.admin,
+                "PATCH",
+                &format!("/v1/replicas/{id}"),
+                Some(r#"{"weight": 3}"#),
+                None,
+            ),
+            _ => call(
+                server.admin,
+                "DELETE",
+                &format!("/v1/replicas/{id}?drain_timeout_s=30"),
+                None,
+                None,
+            ),
+        };
+        assert!(
+            (200..300).contains(&status),
+            "operation {op} on {id}: {status} {body}"
+        );
+        if op % 3 == 2 {
+            // A drained replica leaves once its in-flight requests finish.
+            assert!(
+                eventually(Duration::from_secs(5), || !ids(server.admin).contains(&id)),
+                "{id} never left"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed requests out of {}", ok + failed);
+    assert!(ok > 1000, "only {ok} requests went through");
+    assert!(
+        extra.iter().any(|r| r.counters().requests() > 0),
+        "the churned replicas never took traffic"
+    );
+}
+
+#[test]
+fn a_drained_replica_finishes_its_streams() {
+    let dir = temp_dir("drain");
+    let replica = FakeReplica::builder()
+        .name("slow")
+        .tokens(10, Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let server = spawn_server(&dir.join("state.json"));
+    let body = format!(r#"{{"address": "{}", "id": "slow"}}"#, replica.addr());
+    assert_eq!(
+        call(server.admin, "POST", "/v1/replicas", Some(&body), None).0,
+        201
+    );
+    let mut client = RawClient::connect(server.listen).unwrap();
+    client
+        .send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    client.read_until(b"tok0").unwrap();
+    let (status, view) = call(server.admin, "DELETE", "/v1/replicas/slow", None, None);
+    assert_eq!(status, 202);
+    assert_eq!(view["state"], "draining");
+    let (_, one) = call(server.admin, "GET", "/v1/replicas/slow", None, None);
+    assert_eq!(one["state"], "draining");
+    assert_eq!(one["in_flight"], 1);
+    // No new requests go to it.
+    let mut other = RawClient::connect(server.listen).unwrap();
+    assert_eq!(other.get("/").unwrap().status, 503);
+    // The stream in flight finishes, then the replica disappears.
+    client.read_until(b"[DONE]").unwrap();
+    assert!(eventually(Duration::from_secs(2), || ids(server.admin).is_empty()));
+}
+
+#[test]
+fn the_token_is_enforced_and_required_off_loopback() {
+    let dir = temp_dir("token");
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut cmd = command(&dir.join("state.json"), admin, listen);
+    cmd.env("INFERLB_ADMIN_TOKEN", "hunter2");
+    let server = start(cmd, listen, admin);
+    assert_eq!(call(server.admin, "GET", "/v1/replicas", None, None).0, 401);
+    assert_eq!(
+        call(server.admin, "GET", "/v1/replicas", None, Some("nope")).0,
+        401
+    );
+    assert_eq!(
+        call(server.admin, "GET", "/v1/replicas", None, Some("hunter2")).0,
+        200
+    );
+    assert_eq!(call(server.admin, "GET", "/healthz", None, None).0, 200);
+
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "from-a-file\n").unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut cmd = command(&dir.join("state2.json"), admin, listen);
+    cmd.arg("--admin-token-file").arg(&token_file);
+    let server = start(cmd, listen, admin);
+    assert_eq!(
+        call(server.admin, "GET", "/v1/status", None, Some("from-a-file")).0,
+        200
+    );
+    assert_eq!(call(server.admin, "GET", "/v1/status", None, None).0, 401);
+
+    let port = free_addr().port();
+    let output = command(
+        &dir.join("state3.json"),
+        format!("0.0.0.0:{port}").parse().unwrap(),
+        free_addr(),
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("without a token"));
+}
+
+#[test]
+fn sighup_applies_the_config_difference_and_rejects_a_bad_file() {
+    let dir = temp_dir("sighup");
+    let a = FakeReplica::builder().name("a").start().unwrap();
+    let b = FakeReplica::builder().name("b").start().unwrap();
+    let config = dir.join("inferlb.toml");
+    std::fs::write(
+        &config,
+        format!("[[replicas]]\naddress = \"{}\"\nid = \"a\"\n", a.addr()),
+    )
+    .unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut cmd = command(&dir.join("state.json"), admin, listen);
+    cmd.arg("--config").arg(&config);
+    let server = start(cmd, listen, admin);
+    assert_eq!(ids(server.admin), ["a"]);
+
+    std::fs::write(
+        &config,
+        format!(
+            "[[replicas]]\naddress = \"{}\"\nid = \"b\"\nweight = 2\n",
+            b.addr()
+        ),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-s", "HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    hup(server.child.id());
+    assert!(
+        eventually(Duration::from_secs(5), || ids(server.admin) == ["b"]),
+        "{:?}",
+        ids(server.admin)
+    );
+
+    std::fs::write(&config, "workers = \"many\"\n").unwrap();
+    hup(server.child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ids(server.admin), ["b"]);
+    let mut client = RawClient::connect(server.listen).unwrap();
+    assert_eq!(client.get("/").unwrap().header("x-replica"), Some("b"));
+}
