@@ -831,6 +831,10 @@ async fn stream_response(
     conn.buf.clear();
     client.write_out(timeout).await?;
     while !matches!(relay, Relay::Done) {
+        if picked.stats.is_evicted() {
+            // The replica's drain timed out: cut what is still flowing.
+            return Err(Abort::AfterHead);
+        }
         conn.buf.clear();
         let n = match read_upstream(conn, &client.stream, &picked.stats, timeout).await {
             Read::Bytes(n) => n,
