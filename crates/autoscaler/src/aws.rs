@@ -1,0 +1,768 @@
+//! Application Auto Scaling and CloudWatch: reading the current state,
+//! making a plan's calls, and turning SDK errors into messages that name the
+//! call, the resource and AWS's reason.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_applicationautoscaling as aas;
+use aws_sdk_cloudwatch as cw;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_types::DateTime;
+
+use crate::model::{AutoscalingFile, Scheduled, StepScaling, Suspended, Target, TargetTracking};
+use crate::plan::{
+    epoch_seconds, Change, Current, CurrentAlarm, CurrentPolicy, CurrentScheduled, CurrentTarget,
+    Kind, Op, Plan, PolicyShape, ALARM_DIMENSION, ALARM_METRIC, ALARM_NAMESPACE,
+};
+
+/// Pages read from one paginated Describe call before giving up: a service
+/// (or an emulator) that keeps returning a next token must not hang the agent.
+pub const MAX_PAGES: usize = 100;
+
+/// A failed AWS call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{call} for {resource} failed: {code}: {message}")]
+pub struct AwsError {
+    /// The API call, e.g. `PutScalingPolicy`.
+    pub call: &'static str,
+    /// The resource it was about.
+    pub resource: String,
+    /// AWS's error code (`ValidationException`, `ThrottlingException`, ...)
+    /// or the kind of transport failure.
+    pub code: String,
+    /// AWS's message.
+    pub message: String,
+}
+
+fn aws_error<E, R>(
+    call: &'static str,
+    resource: &str,
+    err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
+) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_smithy_runtime_api::client::result::SdkError;
+    let (code, message) = match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            (
+                e.code().unwrap_or("ServiceError").to_owned(),
+                e.message().unwrap_or("no message").to_owned(),
+            )
+        }
+        SdkError::TimeoutError(_) => ("Timeout".to_owned(), "the call timed out".to_owned()),
+        SdkError::DispatchFailure(d) => (
+            "DispatchFailure".to_owned(),
+            d.as_connector_error()
+                .map(|c| {
+                    format!(
+                        "{}",
+                        aws_smithy_types::error::display::DisplayErrorContext(c)
+                    )
+                })
+                .unwrap_or_else(|| format!("{d:?}")),
+        ),
+        other => (
+            "Error".to_owned(),
+            format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(other)
+            ),
+        ),
+    };
+    AwsError {
+        call,
+        resource: resource.to_owned(),
+        code,
+        message,
+    }
+}
+
+/// The HTTP client of every AWS call: hyper over rustls with ring, so the
+/// build needs no C toolchain for aws-lc. Plain `http://` (an emulator) works
+/// through it too.
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+/// How to reach AWS.
+#[derive(Debug, Clone, Default)]
+pub struct AwsOptions {
+    /// Region; else the file's, else the default chain's.
+    pub region: Option<String>,
+    /// Shared-config profile.
+    pub profile: Option<String>,
+    /// Endpoint override, e.g. an emulator at `http://127.0.0.1:5000`.
+    pub endpoint_url: Option<String>,
+    /// Attempts per call, throttling and 5xx included (default 5).
+    pub max_attempts: Option<u32>,
+}
+
+/// Clients for the two services the agent calls.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    aas: aas::Client,
+    cw: cw::Client,
+}
+
+fn namespace() -> aas::types::ServiceNamespace {
+    aas::types::ServiceNamespace::Sagemaker
+}
+
+fn dimension_of(target: &Target) -> aas::types::ScalableDimension {
+    aas::types::ScalableDimension::from(target.dimension().unwrap_or_default().as_str())
+}
+
+fn build_err(call: &'static str, resource: &str, e: impl std::fmt::Display) -> AwsError {
+    AwsError {
+        call,
+        resource: resource.to_owned(),
+        code: "InvalidInput".into(),
+        message: e.to_string(),
+    }
+}
+
+fn datetime(text: &str) -> Option<DateTime> {
+    epoch_seconds(text).map(DateTime::from_secs)
+}
+
+impl Aws {
+    /// Loads credentials and region through aws-config's default chain
+    /// (environment, profile, web identity, ECS, IMDS) with the overrides
+    /// given, over rustls with ring, with standard retries and backoff.
+    pub async fn connect(options: &AwsOptions, file_region: Option<&str>) -> Self {
+        let retry = RetryConfig::standard()
+            .with_max_attempts(options.max_attempts.unwrap_or(5).max(1))
+            .with_initial_backoff(Duration::from_millis(200));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
+            .retry_config(retry);
+        if let Some(profile) = &options.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = options.region.clone().or_else(|| {
+            // The file's region applies only when the environment names none.
+            std::env::var("AWS_REGION")
+                .err()
+                .and(file_region.map(str::to_owned))
+        }) {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let config = loader.load().await;
+        Self {
+            aas: aas::Client::new(&config),
+            cw: cw::Client::new(&config),
+        }
+    }
+
+    /// From existing clients (tests).
+    pub fn from_clients(aas: aas::Client, cw: cw::Client) -> Self {
+        Self { aas, cw }
+    }
+
+    /// The Application Auto Scaling client, for callers that need more.
+    pub fn autoscaling(&self) -> &aas::Client {
+        &self.aas
+    }
+
+    /// The CloudWatch client.
+    pub fn cloudwatch(&self) -> &cw::Client {
+        &self.cw
+    }
+
+    /// Reads what AWS has for the resources the file names.
+    pub async fn read(&self, file: &AutoscalingFile) -> Result<Current, AwsError> {
+        let mut current = Current::default();
+        let ids: Vec<String> = file.targets.iter().map(|t| t.resource_id.clone()).collect();
+        if ids.is_empty() {
+            return Ok(current);
+        }
+        let mut token: Option<String> = None;
+        let mut seen_tokens = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let out = self
+                .aas
+                .describe_scalable_targets()
+                .service_namespace(namespace())
+                .set_resource_ids(Some(ids.clone()))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| aws_error("DescribeScalableTargets", &ids.join(", "), e))?;
+            for t in out.scalable_targets() {
+                if !ids.iter().any(|id| id == t.resource_id())
+                    || current.target(t.resource_id()).is_some()
+                {
+                    continue;
+                }
+                let s = t.suspended_state();
+                current.targets.push(CurrentTarget {
+                    resource_id: t.resource_id().to_owned(),
+                    dimension: t.scalable_dimension().as_str().to_owned(),
+                    min_capacity: t.min_capacity(),
+                    max_capacity: t.max_capacity(),
+                    suspended: Suspended {
+                        dynamic_scaling_in: s
+                            .and_then(|s| s.dynamic_scaling_in_suspended())
+                            .unwrap_or(false),
+                        dynamic_scaling_out: s
+                            .and_then(|s| s.dynamic_scaling_out_suspended())
+                            .unwrap_or(false),
+                        scheduled_scaling: s
+                            .and_then(|s| s.scheduled_scaling_suspended())
+                            .unwrap_or(false),
+                    },
+                });
+            }
+            token = next_token(out.next_token(), &mut seen_tokens);
+            if token.is_none() {
+                break;
+            }
+        }
+        for target in &file.targets {
+            self.read_policies(target, &mut current).await?;
+            self.read_scheduled(target, &mut current).await?;
+        }
+        let alarms: Vec<String> = file.targets.iter().filter_map(Target::alarm_name).collect();
+        if !alarms.is_empty() {
+            self.read_alarms(&alarms, &mut current).await?;
+        }
+        Ok(current)
+    }
+
+    async fn read_policies(&self, target: &Target, current: &mut Current) -> Result<(), AwsError> {
+        let mut token: Option<String> = None;
+        let mut seen_tokens = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let out = self
+                .aas
+                .describe_scaling_policies()
+                .service_namespace(namespace())
+                .resource_id(&target.resource_id)
+                .scalable_dimension(dimension_of(target))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| aws_error("DescribeScalingPolicies", &target.resource_id, e))?;
+            for p in out.scaling_policies() {
+                if p.resource_id() != target.resource_id
+                    || current.policy(p.resource_id(), p.policy_name()).is_some()
+                {
+                    continue;
+                }
+                let policy = if let Some(tt) = p.target_tracking_scaling_policy_configuration() {
+                    PolicyShape::TargetTracking {
+                        predefined_metric: tt
+                            .predefined_metric_specification()
+                            .map(|m| m.predefined_metric_type().as_str().to_owned()),
+                        customized_metric: tt.customized_metric_specification().map(|m| {
+                            (
+                                m.namespace().unwrap_or_default().to_owned(),
+                                m.metric_name().unwrap_or_default().to_owned(),
+                                m.statistic()
+                                    .map(|s| s.as_str().to_owned())
+                                    .unwrap_or_default(),
+                            )
+                        }),
+                        target_value: tt.target_value(),
+                        scale_out_cooldown_s: tt.scale_out_cooldown(),
+                        scale_in_cooldown_s: tt.scale_in_cooldown(),
+                        disable_scale_in: tt.disable_scale_in().unwrap_or(false),
+                    }
+                } else {
+                    let step = p.step_scaling_policy_configuration();
+                    PolicyShape::StepScaling {
+                        adjustment_type: step
+                            .and_then(|s| s.adjustment_type())
+                            .map(|a| a.as_str().to_owned()),
+                        steps: step
+                            .map(|s| {
+                                s.step_adjustments()
+                                    .iter()
+                                    .map(|a| {
+                                        (
+                                            a.metric_interval_lower_bound(),
+                                            a.metric_interval_upper_bound(),
+                                            a.scaling_adjustment(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        cooldown_s: step.and_then(|s| s.cooldown()),
+                        metric_aggregation_type: step
+                            .and_then(|s| s.metric_aggregation_type())
+                            .map(|m| m.as_str().to_owned()),
+                        min_adjustment_magnitude: step.and_then(|s| s.min_adjustment_magnitude()),
+                    }
+                };
+                current.policies.push(CurrentPolicy {
+                    resource_id: p.resource_id().to_owned(),
+                    name: p.policy_name().to_owned(),
+                    arn: p.policy_arn().to_owned(),
+                    policy,
+                });
+            }
+            token = next_token(out.next_token(), &mut seen_tokens);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_scheduled(&self, target: &Target, current: &mut Current) -> Result<(), AwsError> {
+        let mut token: Option<String> = None;
+        let mut seen_tokens = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let out = self
+                .aas
+                .describe_scheduled_actions()
+                .service_namespace(namespace())
+                .resource_id(&target.resource_id)
+                .scalable_dimension(dimension_of(target))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| aws_error("DescribeScheduledActions", &target.resource_id, e))?;
+            for s in out.scheduled_actions() {
+                if s.resource_id() != target.resource_id
+                    || current
+                        .scheduled(s.resource_id(), s.scheduled_action_name())
+                        .is_some()
+                {
+                    continue;
+                }
+                let action = s.scalable_target_action();
+                current.scheduled.push(CurrentScheduled {
+                    resource_id: s.resource_id().to_owned(),
+                    name: s.scheduled_action_name().to_owned(),
+                    schedule: s.schedule().to_owned(),
+                    timezone: s.timezone().map(str::to_owned),
+                    start_time: s.start_time().map(DateTime::secs),
+                    end_time: s.end_time().map(DateTime::secs),
+                    min_capacity: action.and_then(|a| a.min_capacity()),
+                    max_capacity: action.and_then(|a| a.max_capacity()),
+                });
+            }
+            token = next_token(out.next_token(), &mut seen_tokens);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_alarms(&self, names: &[String], current: &mut Current) -> Result<(), AwsError> {
+        let mut token: Option<String> = None;
+        let mut seen_tokens = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let out = self
+                .cw
+                .describe_alarms()
+                .set_alarm_names(Some(names.to_vec()))
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| aws_error("DescribeAlarms", &names.join(", "), e))?;
+            for a in out.metric_alarms() {
+                let name = a.alarm_name().unwrap_or_default();
+                if !names.iter().any(|n| n == name) || current.alarm(name).is_some() {
+                    continue;
+                }
+                current.alarms.push(CurrentAlarm {
+                    name: name.to_owned(),
+                    namespace: a.namespace().map(str::to_owned),
+                    metric_name: a.metric_name().map(str::to_owned),
+                    component: a
+                        .dimensions()
+                        .iter()
+                        .find(|d| d.name() == Some(ALARM_DIMENSION))
+                        .and_then(|d| d.value().map(str::to_owned)),
+                    period_s: a.period(),
+                    evaluation_periods: a.evaluation_periods(),
+                    actions: a.alarm_actions().to_vec(),
+                    state: a.state_value().map(|s| s.as_str().to_owned()),
+                });
+            }
+            token = next_token(out.next_token(), &mut seen_tokens);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a plan's calls in its order. Returns the calls made.
+    pub async fn execute(
+        &self,
+        file: &AutoscalingFile,
+        plan: &Plan,
+        current: &Current,
+    ) -> Result<Vec<String>, AwsError> {
+        let mut made = Vec::new();
+        let mut arns: Vec<(String, String, String)> = current
+            .policies
+            .iter()
+            .map(|p| (p.resource_id.clone(), p.name.clone(), p.arn.clone()))
+            .collect();
+        for change in &plan.changes {
+            let target = file
+                .targets
+                .iter()
+                .find(|t| t.resource_id == change.resource_id);
+            let Some(target) = target else { continue };
+            let call = self.make(change, target, &mut arns).await?;
+            made.push(format!(
+                "{call} {}{}",
+                change.resource_id,
+                if change.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", change.name)
+                }
+            ));
+        }
+        Ok(made)
+    }
+
+    async fn make(
+        &self,
+        change: &Change,
+        target: &Target,
+        arns: &mut Vec<(String, String, String)>,
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        match (change.kind, change.op) {
+            (Kind::ScalableTarget, Op::Create | Op::Update) => {
+                let s = target.suspended;
+                self.aas
+                    .register_scalable_target()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .min_capacity(target.min_capacity)
+                    .max_capacity(target.max_capacity)
+                    .suspended_state(
+                        aas::types::SuspendedState::builder()
+                            .dynamic_scaling_in_suspended(s.dynamic_scaling_in)
+                            .dynamic_scaling_out_suspended(s.dynamic_scaling_out)
+                            .scheduled_scaling_suspended(s.scheduled_scaling)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("RegisterScalableTarget", id, e))?;
+                Ok("RegisterScalableTarget")
+            }
+            (Kind::ScalableTarget, Op::Delete) => {
+                self.aas
+                    .deregister_scalable_target()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DeregisterScalableTarget", id, e))?;
+                Ok("DeregisterScalableTarget")
+            }
+            (Kind::ScalingPolicy, Op::Create | Op::Update) => {
+                let resource = format!("{id} policy {:?}", change.name);
+                let request = self
+                    .aas
+                    .put_scaling_policy()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .policy_name(&change.name);
+                let request = if let Some(tt) = target
+                    .target_tracking
+                    .iter()
+                    .find(|p| p.name == change.name)
+                {
+                    request
+                        .policy_type(aas::types::PolicyType::TargetTrackingScaling)
+                        .target_tracking_scaling_policy_configuration(target_tracking_config(
+                            tt, &resource,
+                        )?)
+                } else if let Some(step) =
+                    target.step_scaling.iter().find(|p| p.name == change.name)
+                {
+                    request
+                        .policy_type(aas::types::PolicyType::StepScaling)
+                        .step_scaling_policy_configuration(step_config(step, &resource)?)
+                } else {
+                    return Err(build_err(
+                        "PutScalingPolicy",
+                        &resource,
+                        "the policy is not in the file",
+                    ));
+                };
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("PutScalingPolicy", &resource, e))?;
+                arns.retain(|(r, n, _)| !(r == id && n == &change.name));
+                arns.push((
+                    id.to_owned(),
+                    change.name.clone(),
+                    out.policy_arn().to_owned(),
+                ));
+                Ok("PutScalingPolicy")
+            }
+            (Kind::ScalingPolicy, Op::Delete) => {
+                let resource = format!("{id} policy {:?}", change.name);
+                self.aas
+                    .delete_scaling_policy()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .policy_name(&change.name)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DeleteScalingPolicy", &resource, e))?;
+                Ok("DeleteScalingPolicy")
+            }
+            (Kind::ScheduledAction, Op::Create | Op::Update) => {
+                let resource = format!("{id} scheduled action {:?}", change.name);
+                let Some(s) = target.scheduled.iter().find(|s| s.name == change.name) else {
+                    return Err(build_err(
+                        "PutScheduledAction",
+                        &resource,
+                        "the action is not in the file",
+                    ));
+                };
+                put_scheduled(&self.aas, target, s)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("PutScheduledAction", &resource, e))?;
+                Ok("PutScheduledAction")
+            }
+            (Kind::ScheduledAction, Op::Delete) => {
+                let resource = format!("{id} scheduled action {:?}", change.name);
+                self.aas
+                    .delete_scheduled_action()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .scheduled_action_name(&change.name)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DeleteScheduledAction", &resource, e))?;
+                Ok("DeleteScheduledAction")
+            }
+            (Kind::Alarm, Op::Create | Op::Update) => {
+                let resource = format!("alarm {:?} of {id}", change.name);
+                let recipe = target.scale_to_zero.as_ref().ok_or_else(|| {
+                    build_err("PutMetricAlarm", &resource, "no scale_to_zero in the file")
+                })?;
+                let arn = arns
+                    .iter()
+                    .find(|(r, n, _)| r == id && n == &recipe.step_policy)
+                    .map(|(_, _, arn)| arn.clone())
+                    .ok_or_else(|| {
+                        build_err(
+                            "PutMetricAlarm",
+                            &resource,
+                            "the step policy has no ARN yet",
+                        )
+                    })?;
+                let dimension = cw::types::Dimension::builder()
+                    .name(ALARM_DIMENSION)
+                    .value(target.component_name().unwrap_or_default())
+                    .build();
+                self.cw
+                    .put_metric_alarm()
+                    .alarm_name(&change.name)
+                    .alarm_description(format!(
+                        "Managed by inferlb: adds a copy of {} when requests find none (scale to zero).",
+                        target.component_name().unwrap_or_default()
+                    ))
+                    .namespace(ALARM_NAMESPACE)
+                    .metric_name(ALARM_METRIC)
+                    .dimensions(dimension)
+                    .statistic(cw::types::Statistic::Maximum)
+                    .period(recipe.period_s.unwrap_or(10))
+                    .evaluation_periods(recipe.evaluation_periods.unwrap_or(1))
+                    .datapoints_to_alarm(1)
+                    .threshold(1.0)
+                    .comparison_operator(cw::types::ComparisonOperator::GreaterThanOrEqualToThreshold)
+                    .treat_missing_data("missing")
+                    .alarm_actions(arn)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("PutMetricAlarm", &resource, e))?;
+                Ok("PutMetricAlarm")
+            }
+            (Kind::Alarm, Op::Delete) => {
+                let resource = format!("alarm {:?} of {id}", change.name);
+                self.cw
+                    .delete_alarms()
+                    .alarm_names(&change.name)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DeleteAlarms", &resource, e))?;
+                Ok("DeleteAlarms")
+            }
+        }
+    }
+
+    /// Recent scaling activities of a target, newest first; `Ok(None)` where
+    /// the service (or an emulator) does not offer them.
+    pub async fn activities(
+        &self,
+        target: &Target,
+        max: i32,
+    ) -> Result<Option<Vec<String>>, AwsError> {
+        let result = self
+            .aas
+            .describe_scaling_activities()
+            .service_namespace(namespace())
+            .resource_id(&target.resource_id)
+            .scalable_dimension(dimension_of(target))
+            .max_results(max)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(
+                out.scaling_activities()
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} {}: {}",
+                            a.start_time(),
+                            a.status_code().as_str(),
+                            a.description()
+                        )
+                    })
+                    .collect(),
+            )),
+            Err(e) => {
+                let err = aws_error("DescribeScalingActivities", &target.resource_id, e);
+                let unsupported = err.code.contains("NotImplemented")
+                    || err.message.contains("not yet been implemented")
+                    || err.code == "Error"
+                    || err.code == "ServiceError";
+                if unsupported {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+}
+
+/// The next page token, or `None` when the listing is done or a token
+/// repeats (some emulators return the same token forever).
+fn next_token(token: Option<&str>, seen: &mut Vec<String>) -> Option<String> {
+    let token = token.filter(|t| !t.is_empty())?;
+    if seen.iter().any(|s| s == token) {
+        tracing::warn!(
+            token,
+            "a Describe call returned a page token again; stopping there"
+        );
+        return None;
+    }
+    seen.push(token.to_owned());
+    Some(token.to_owned())
+}
+
+fn target_tracking_config(
+    p: &TargetTracking,
+    resource: &str,
+) -> Result<aas::types::TargetTrackingScalingPolicyConfiguration, AwsError> {
+    let mut config = aas::types::TargetTrackingScalingPolicyConfiguration::builder()
+        .target_value(p.target_value)
+        .disable_scale_in(p.disable_scale_in)
+        .set_scale_out_cooldown(p.scale_out_cooldown_s)
+        .set_scale_in_cooldown(p.scale_in_cooldown_s);
+    if let Some(metric) = &p.predefined_metric {
+        config = config.predefined_metric_specification(
+            aas::types::PredefinedMetricSpecification::builder()
+                .predefined_metric_type(aas::types::MetricType::from(metric.as_str()))
+                .build()
+                .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+        );
+    }
+    if let Some(custom) = &p.customized_metric {
+        let mut spec = aas::types::CustomizedMetricSpecification::builder()
+            .namespace(&custom.namespace)
+            .metric_name(&custom.metric_name)
+            .statistic(aas::types::MetricStatistic::from(custom.statistic.as_str()))
+            .set_unit(custom.unit.clone());
+        for d in &custom.dimensions {
+            spec = spec.dimensions(
+                aas::types::MetricDimension::builder()
+                    .name(&d.name)
+                    .value(&d.value)
+                    .build()
+                    .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+            );
+        }
+        config = config.customized_metric_specification(spec.build());
+    }
+    config
+        .build()
+        .map_err(|e| build_err("PutScalingPolicy", resource, e))
+}
+
+fn step_config(
+    p: &StepScaling,
+    resource: &str,
+) -> Result<aas::types::StepScalingPolicyConfiguration, AwsError> {
+    let mut config = aas::types::StepScalingPolicyConfiguration::builder()
+        .adjustment_type(aas::types::AdjustmentType::from(p.adjustment_type.as_str()))
+        .set_cooldown(p.cooldown_s)
+        .set_min_adjustment_magnitude(p.min_adjustment_magnitude)
+        .set_metric_aggregation_type(
+            p.metric_aggregation_type
+                .as_deref()
+                .map(aas::types::MetricAggregationType::from),
+        );
+    for step in &p.steps {
+        config = config.step_adjustments(
+            aas::types::StepAdjustment::builder()
+                .set_metric_interval_lower_bound(step.lower_bound)
+                .set_metric_interval_upper_bound(step.upper_bound)
+                .scaling_adjustment(step.adjustment)
+                .build()
+                .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+        );
+    }
+    Ok(config.build())
+}
+
+fn put_scheduled(
+    client: &aas::Client,
+    target: &Target,
+    s: &Scheduled,
+) -> aas::operation::put_scheduled_action::builders::PutScheduledActionFluentBuilder {
+    client
+        .put_scheduled_action()
+        .service_namespace(namespace())
+        .resource_id(&target.resource_id)
+        .scalable_dimension(dimension_of(target))
+        .scheduled_action_name(&s.name)
+        .schedule(&s.schedule)
+        .set_timezone(s.timezone.clone())
+        .set_start_time(s.start_time.as_deref().and_then(datetime))
+        .set_end_time(s.end_time.as_deref().and_then(datetime))
+        .scalable_target_action(
+            aas::types::ScalableTargetAction::builder()
+                .set_min_capacity(s.min_capacity)
+                .set_max_capacity(s.max_capacity)
+                .build(),
+        )
+}

@@ -1,0 +1,27 @@
+//! The autoscaling agent of inferlb: it makes Application Auto Scaling match
+//! a declared file for SageMaker endpoint variants and inference components,
+//! the way `terraform plan` / `apply` would, with local validation first and
+//! only declared resources touched.
+//!
+//! # Layout
+//!
+//! - [`model`]: the declared file: targets, target-tracking and step-scaling
+//!   policies, scheduled actions, the scale-to-zero recipe.
+//! - [`validate`]: every local rule, each problem naming its field.
+//! - [`plan`]: current state in, ordered changes out (pure).
+//! - [`aws`]: reading state and making calls through the AWS SDK.
+//! - [`agent`]: plan, apply, destroy, status, run.
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod aws;
+pub mod model;
+pub mod plan;
+pub mod validate;
+
+pub use agent::{Agent, AgentError, Outcome, TargetStatus};
+pub use aws::{Aws, AwsError, AwsOptions};
+pub use model::AutoscalingFile;
+pub use plan::{render, Plan};
+pub use validate::{validate, Invalid, Problem};

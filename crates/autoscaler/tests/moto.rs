@@ -1,0 +1,348 @@
+//! The agent against a real `moto_server` (started by `cargo xtask test`,
+//! which sets `INFERLB_MOTO_URL`). Every result is checked with Describe
+//! calls of its own, never with the agent's own output alone.
+//!
+//! moto is looser than AWS (no pairing checks, no cascade on deregister, a
+//! pagination loop): these tests show the calls are made and read back; the
+//! local validation tests show AWS's rules are kept.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Mutex, MutexGuard};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_applicationautoscaling as aas;
+use aws_sdk_cloudwatch as cw;
+use inferlb_autoscaler::plan::{Kind, Op};
+use inferlb_autoscaler::{Agent, AutoscalingFile, Aws};
+
+/// moto is one server with one account: tests take turns and reset it.
+static MOTO: Mutex<()> = Mutex::new(());
+
+fn moto_url() -> String {
+    std::env::var("INFERLB_MOTO_URL").unwrap_or_else(|_| {
+        panic!(
+            "INFERLB_MOTO_URL is not set: these tests need moto_server. Run them with `cargo xtask test`, \
+             which installs moto[server]==5.2.5 and starts it, or start xtask/moto/serve.py PORT yourself \
+             and set INFERLB_MOTO_URL=http://127.0.0.1:PORT"
+        )
+    })
+}
+
+/// `POST /moto-api/reset`, over a plain socket.
+fn reset(url: &str) {
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(addr).expect("moto_server is reachable");
+    write!(stream, "POST /moto-api/reset HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+        "reset failed: {response}"
+    );
+}
+
+struct Moto {
+    _turn: MutexGuard<'static, ()>,
+    aas: aas::Client,
+    cw: cw::Client,
+}
+
+async fn moto() -> Moto {
+    let turn = MOTO.lock().unwrap_or_else(|e| e.into_inner());
+    let url = moto_url();
+    reset(&url);
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(inferlb_autoscaler::aws::https_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&url)
+        .credentials_provider(aas::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .load()
+        .await;
+    Moto {
+        _turn: turn,
+        aas: aas::Client::new(&config),
+        cw: cw::Client::new(&config),
+    }
+}
+
+impl Moto {
+    fn agent(&self, file: &AutoscalingFile) -> Agent {
+        Agent::new(
+            Aws::from_clients(self.aas.clone(), self.cw.clone()),
+            file.clone(),
+        )
+        .unwrap()
+    }
+
+    async fn target_ids(&self) -> Vec<(String, i32, i32)> {
+        let out = self
+            .aas
+            .describe_scalable_targets()
+            .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+            .send()
+            .await
+            .unwrap();
+        out.scalable_targets()
+            .iter()
+            .map(|t| {
+                (
+                    t.resource_id().to_owned(),
+                    t.min_capacity(),
+                    t.max_capacity(),
+                )
+            })
+            .collect()
+    }
+
+    async fn policy_names(&self) -> Vec<(String, String)> {
+        let out = self
+            .aas
+            .describe_scaling_policies()
+            .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+            .send()
+            .await
+            .unwrap();
+        let mut names: Vec<_> = out
+            .scaling_policies()
+            .iter()
+            .map(|p| (p.resource_id().to_owned(), p.policy_name().to_owned()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn scheduled_names(&self) -> Vec<String> {
+        let out = self
+            .aas
+            .describe_scheduled_actions()
+            .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+            .send()
+            .await
+            .unwrap();
+        out.scheduled_actions()
+            .iter()
+            .map(|s| s.scheduled_action_name().to_owned())
+            .collect()
+    }
+
+    async fn alarms(&self) -> Vec<cw::types::MetricAlarm> {
+        self.cw
+            .describe_alarms()
+            .send()
+            .await
+            .unwrap()
+            .metric_alarms()
+            .to_vec()
+    }
+}
+
+fn example() -> AutoscalingFile {
+    AutoscalingFile::from_toml(include_str!("../../../deploy/autoscaling.example.toml")).unwrap()
+}
+
+#[tokio::test]
+async fn plan_apply_plan_is_idempotent() {
+    let moto = moto().await;
+    let file = example();
+    let agent = moto.agent(&file);
+
+    let plan = agent.plan().await.unwrap();
+    assert_eq!(plan.changes.len(), 8, "{plan:?}");
+    assert!(plan.changes.iter().all(|c| c.op == Op::Create));
+    assert!(moto.target_ids().await.is_empty(), "plan changed something");
+
+    let applied = agent.apply(false).await.unwrap();
+    assert_eq!(applied.calls.len(), 8, "{:?}", applied.calls);
+    let targets = moto.target_ids().await;
+    assert!(
+        targets.contains(&("endpoint/chat-llm/variant/AllTraffic".into(), 1, 8)),
+        "{targets:?}"
+    );
+    assert!(
+        targets.contains(&("inference-component/chat-llm-ic".into(), 0, 4)),
+        "{targets:?}"
+    );
+    assert_eq!(moto.policy_names().await.len(), 3);
+    let mut scheduled = moto.scheduled_names().await;
+    scheduled.sort();
+    assert_eq!(scheduled, ["chat-llm-business-hours", "chat-llm-nights"]);
+
+    let again = agent.plan().await.unwrap();
+    assert!(again.is_empty(), "a second plan wants changes: {again:?}");
+    let second = agent.apply(false).await.unwrap();
+    assert!(
+        second.calls.is_empty(),
+        "a second apply made write calls: {:?}",
+        second.calls
+    );
+}
+
+#[tokio::test]
+async fn scale_to_zero_alarm_triggers_the_step_policy() {
+    let moto = moto().await;
+    let file = example();
+    moto.agent(&file).apply(false).await.unwrap();
+    let policies = moto
+        .aas
+        .describe_scaling_policies()
+        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+        .resource_id("inference-component/chat-llm-ic")
+        .send()
+        .await
+        .unwrap();
+    let step = policies
+        .scaling_policies()
+        .iter()
+        .find(|p| p.policy_name() == "chat-llm-ic-scale-out-from-zero")
+        .expect("the step policy exists");
+    assert_eq!(
+        step.scalable_dimension().as_str(),
+        "sagemaker:inference-component:DesiredCopyCount"
+    );
+    let alarms = moto.alarms().await;
+    let alarm = alarms
+        .iter()
+        .find(|a| a.alarm_name() == Some("chat-llm-ic-no-capacity"))
+        .expect("the alarm exists");
+    assert_eq!(alarm.namespace(), Some("AWS/SageMaker"));
+    assert_eq!(alarm.metric_name(), Some("NoCapacityInvocationFailures"));
+    let dimension = &alarm.dimensions()[0];
+    assert_eq!(
+        (dimension.name(), dimension.value()),
+        (Some("InferenceComponentName"), Some("chat-llm-ic"))
+    );
+    assert_eq!(alarm.alarm_actions(), [step.policy_arn().to_owned()]);
+}
+
+#[tokio::test]
+async fn drift_is_planned_and_fixed() {
+    let moto = moto().await;
+    let file = example();
+    let agent = moto.agent(&file);
+    agent.apply(false).await.unwrap();
+    // Someone raises max capacity by hand.
+    moto.aas
+        .register_scalable_target()
+        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+        .resource_id("endpoint/chat-llm/variant/AllTraffic")
+        .scalable_dimension(aas::types::ScalableDimension::SageMakerVariantDesiredInstanceCount)
+        .min_capacity(1)
+        .max_capacity(20)
+        .send()
+        .await
+        .unwrap();
+    let plan = agent.plan().await.unwrap();
+    assert_eq!(plan.changes.len(), 1, "{plan:?}");
+    let change = &plan.changes[0];
+    assert_eq!((change.op, change.kind), (Op::Update, Kind::ScalableTarget));
+    assert!(
+        change
+            .differences
+            .iter()
+            .any(|d| d.contains("max_capacity: 20 -> 8")),
+        "{:?}",
+        change.differences
+    );
+    agent.apply(false).await.unwrap();
+    assert!(moto.target_ids().await.contains(&(
+        "endpoint/chat-llm/variant/AllTraffic".into(),
+        1,
+        8
+    )));
+    assert!(agent.plan().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn destroy_leaves_nothing_declared_and_spares_the_rest() {
+    let moto = moto().await;
+    let file = example();
+    let agent = moto.agent(&file);
+    agent.apply(false).await.unwrap();
+    // A policy the file does not name, on a declared target.
+    moto.aas
+        .put_scaling_policy()
+        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+        .resource_id("endpoint/chat-llm/variant/AllTraffic")
+        .scalable_dimension(aas::types::ScalableDimension::SageMakerVariantDesiredInstanceCount)
+        .policy_name("someone-elses")
+        .policy_type(aas::types::PolicyType::TargetTrackingScaling)
+        .target_tracking_scaling_policy_configuration(
+            aas::types::TargetTrackingScalingPolicyConfiguration::builder()
+                .target_value(10.0)
+                .predefined_metric_specification(
+                    aas::types::PredefinedMetricSpecification::builder()
+                        .predefined_metric_type(
+                            aas::types::MetricType::SageMakerVariantInvocationsPerInstance,
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let plan = agent.plan().await.unwrap();
+    assert!(plan.is_empty());
+    assert_eq!(
+        plan.unmanaged,
+        ["scaling policy \"someone-elses\" on endpoint/chat-llm/variant/AllTraffic"]
+    );
+
+    let dry = agent.destroy(true).await.unwrap();
+    assert!(dry.calls.is_empty());
+    assert_eq!(
+        moto.policy_names().await.len(),
+        4,
+        "a dry run deleted something"
+    );
+
+    let destroyed = agent.destroy(false).await.unwrap();
+    assert_eq!(destroyed.calls.len(), 8, "{:?}", destroyed.calls);
+    assert!(destroyed.calls[0].starts_with("DeleteAlarms"));
+    assert!(destroyed
+        .calls
+        .last()
+        .unwrap()
+        .starts_with("DeregisterScalableTarget"));
+    assert!(moto.target_ids().await.is_empty());
+    assert!(moto.scheduled_names().await.is_empty());
+    assert!(moto
+        .alarms()
+        .await
+        .iter()
+        .all(|a| a.alarm_name() != Some("chat-llm-ic-no-capacity")));
+    // moto does not cascade, and the agent never relies on it: only the
+    // undeclared policy is left.
+    assert_eq!(
+        moto.policy_names().await,
+        [(
+            "endpoint/chat-llm/variant/AllTraffic".to_owned(),
+            "someone-elses".to_owned()
+        )]
+    );
+    assert!(agent.destroy(false).await.unwrap().calls.is_empty());
+}
+
+#[tokio::test]
+async fn status_reads_back_what_exists() {
+    let moto = moto().await;
+    let file = example();
+    let agent = moto.agent(&file);
+    let before = agent.status().await.unwrap();
+    assert!(before.iter().all(|t| !t.registered));
+    agent.apply(false).await.unwrap();
+    let after = agent.status().await.unwrap();
+    let ic = after
+        .iter()
+        .find(|t| t.resource_id == "inference-component/chat-llm-ic")
+        .unwrap();
+    assert!(ic.registered);
+    assert_eq!((ic.min_capacity, ic.max_capacity), (Some(0), Some(4)));
+    assert_eq!(ic.policies.len(), 2);
+    assert_eq!(ic.alarms.len(), 1);
+}
