@@ -7,8 +7,10 @@
 
 #![forbid(unsafe_code)]
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -49,12 +51,24 @@ fn workspace_root() -> PathBuf {
 
 /// Runs one step, echoing it first; fails with the step's name.
 fn step(root: &Path, name: &str, program: &str, args: &[&str]) -> Result<()> {
+    step_with_env(root, name, program, args, &[])
+}
+
+/// Like [`step`], with extra environment variables.
+fn step_with_env(
+    root: &Path,
+    name: &str,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<()> {
     #[allow(clippy::print_stderr)]
     {
         eprintln!("==> {name}: {program} {}", args.join(" "));
     }
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .status()
         .with_context(|| format!("cannot run {program} for step {name:?}"))?;
@@ -81,9 +95,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             "warnings",
         ],
     )?;
+    let moto = Moto::start(root)?;
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
-    step(root, "test", &cargo, &args)?;
+    let result = step_with_env(
+        root,
+        "test",
+        &cargo,
+        &args,
+        &[("INFERLB_MOTO_URL", moto.url.as_str())],
+    );
+    drop(moto);
+    result?;
     #[allow(clippy::print_stderr)]
     {
         eprintln!("==> all checks passed");
@@ -155,4 +178,93 @@ fn dist(root: &Path) -> Result<()> {
         eprintln!("==> {}", dist.join(&tarball).display());
     }
     Ok(())
+}
+
+/// The pinned AWS stand-in, installed into a venv under `target/`.
+const MOTO_REQUIREMENTS: &str = "xtask/moto/requirements.txt";
+/// How long moto_server may take to answer after start.
+const MOTO_START: Duration = Duration::from_secs(60);
+
+/// A running moto_server; stopped on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    /// Installs moto (once) and starts it on a free loopback port.
+    fn start(root: &Path) -> Result<Self> {
+        let venv = root.join("target/moto-venv");
+        let python = venv.join("bin/python");
+        let stamp = venv.join(".installed");
+        let requirements = std::fs::read_to_string(root.join(MOTO_REQUIREMENTS))
+            .context("cannot read the moto requirements")?;
+        let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
+        if installed != requirements {
+            let venv_text = venv.to_string_lossy().into_owned();
+            step(root, "moto venv", "python3", &["-m", "venv", &venv_text])?;
+            let python_text = python.to_string_lossy().into_owned();
+            step(
+                root,
+                "moto install",
+                &python_text,
+                &[
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                    MOTO_REQUIREMENTS,
+                ],
+            )?;
+            std::fs::write(&stamp, &requirements)
+                .context("cannot mark the moto venv as installed")?;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("cannot find a free port for moto_server")?
+            .port();
+        let log = std::fs::File::create(root.join("target/moto-server.log"))
+            .context("cannot create the moto log")?;
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!(
+                "==> moto: xtask/moto/serve.py on 127.0.0.1:{port} (log: target/moto-server.log)"
+            );
+        }
+        let child = Command::new(&python)
+            .arg(root.join("xtask/moto/serve.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start moto_server")?;
+        let mut moto = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + MOTO_START;
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(moto);
+            }
+            if let Some(status) = moto.child.try_wait()? {
+                bail!("moto_server exited during start-up ({status}); see target/moto-server.log");
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "moto_server did not answer within {MOTO_START:?}; see target/moto-server.log"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

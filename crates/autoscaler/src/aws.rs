@@ -21,6 +21,24 @@ use crate::plan::{
 /// (or an emulator) that keeps returning a next token must not hang the agent.
 pub const MAX_PAGES: usize = 100;
 
+/// Every API action the agent calls, as IAM names them; the IAM policy in
+/// `deploy/iam/inferlb-autoscaler.json` grants exactly these (a test checks).
+pub const ACTIONS: [&str; 13] = [
+    "application-autoscaling:RegisterScalableTarget",
+    "application-autoscaling:DeregisterScalableTarget",
+    "application-autoscaling:DescribeScalableTargets",
+    "application-autoscaling:PutScalingPolicy",
+    "application-autoscaling:DeleteScalingPolicy",
+    "application-autoscaling:DescribeScalingPolicies",
+    "application-autoscaling:PutScheduledAction",
+    "application-autoscaling:DeleteScheduledAction",
+    "application-autoscaling:DescribeScheduledActions",
+    "application-autoscaling:DescribeScalingActivities",
+    "cloudwatch:PutMetricAlarm",
+    "cloudwatch:DescribeAlarms",
+    "cloudwatch:DeleteAlarms",
+];
+
 /// A failed AWS call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{call} for {resource} failed: {code}: {message}")]
@@ -765,4 +783,43 @@ fn put_scheduled(
                 .set_max_capacity(s.max_capacity)
                 .build(),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ACTIONS;
+
+    #[test]
+    fn the_iam_policy_grants_exactly_the_calls_made() {
+        let policy: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/iam/inferlb-autoscaler.json"))
+                .unwrap();
+        let mut granted: Vec<String> = Vec::new();
+        for statement in policy["Statement"].as_array().unwrap() {
+            assert_eq!(statement["Effect"], "Allow");
+            match &statement["Action"] {
+                serde_json::Value::String(a) => granted.push(a.clone()),
+                serde_json::Value::Array(list) => {
+                    granted.extend(list.iter().map(|a| a.as_str().unwrap().to_owned()))
+                }
+                other => panic!("unexpected Action {other}"),
+            }
+        }
+        let mut expected: Vec<String> = ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+        expected.push("iam:CreateServiceLinkedRole".into());
+        granted.sort();
+        expected.sort();
+        assert_eq!(granted, expected);
+        // Each action is one this module really calls.
+        let source = include_str!("aws.rs");
+        for action in ACTIONS {
+            let call = action.split(':').nth(1).unwrap();
+            assert!(
+                source.contains(&format!("(\"{call}\"")),
+                "{call} is granted but never called"
+            );
+        }
+        let slr = policy["Statement"][2]["Resource"].as_str().unwrap();
+        assert!(slr.ends_with("AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"));
+    }
 }

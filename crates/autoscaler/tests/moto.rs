@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Mutex, MutexGuard};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_applicationautoscaling as aas;
@@ -17,7 +16,7 @@ use inferlb_autoscaler::plan::{Kind, Op};
 use inferlb_autoscaler::{Agent, AutoscalingFile, Aws};
 
 /// moto is one server with one account: tests take turns and reset it.
-static MOTO: Mutex<()> = Mutex::new(());
+static MOTO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn moto_url() -> String {
     std::env::var("INFERLB_MOTO_URL").unwrap_or_else(|_| {
@@ -43,13 +42,13 @@ fn reset(url: &str) {
 }
 
 struct Moto {
-    _turn: MutexGuard<'static, ()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     aas: aas::Client,
     cw: cw::Client,
 }
 
 async fn moto() -> Moto {
-    let turn = MOTO.lock().unwrap_or_else(|e| e.into_inner());
+    let turn = MOTO.lock().await;
     let url = moto_url();
     reset(&url);
     let config = aws_config::defaults(BehaviorVersion::latest())

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod autoscale;
 mod demo;
 mod replicas;
 mod serve;
@@ -26,11 +27,13 @@ enum Command {
     Demo(demo::DemoArgs),
     /// List, add, drain, remove and reweight replicas through the admin API.
     Replicas(replicas::ReplicasArgs),
+    /// Make SageMaker autoscaling (Application Auto Scaling) match a file.
+    Autoscale(autoscale::AutoscaleArgs),
 }
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // `{:#}` prints the whole context chain on one line, without the
             // backtrace an operator has no use for.
@@ -43,7 +46,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> Result<()> {
+fn run() -> Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -55,8 +58,9 @@ fn run() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve::run(args),
-        Command::Demo(args) => demo::run(args),
-        Command::Replicas(args) => replicas::run(args),
+        Command::Serve(args) => serve::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Demo(args) => demo::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Replicas(args) => replicas::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Autoscale(args) => autoscale::run(args),
     }
 }

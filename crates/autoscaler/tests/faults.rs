@@ -1,0 +1,265 @@
+//! Error paths, through a fault-injecting HTTP server that answers each AWS
+//! call with a scripted response: throttling then success, a validation
+//! error, a missing object. Each error must name the call, the resource and
+//! AWS's message.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_applicationautoscaling as aas;
+use aws_sdk_cloudwatch as cw;
+use inferlb_autoscaler::{Agent, AgentError, AutoscalingFile, Aws};
+
+/// Decides the answer to one call: `(status, JSON body)`.
+type Script = dyn Fn(&str, usize) -> (u16, String) + Send + Sync;
+
+struct FaultServer {
+    addr: SocketAddr,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+/// The operation name of an awsJson request (`X-Amz-Target: Service.Operation`).
+fn operation(head: &str) -> String {
+    head.lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("x-amz-target:"))
+        .and_then(|l| l.split('.').next_back())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn serve(script: Arc<Script>) -> FaultServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&calls);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (script, seen) = (Arc::clone(&script), Arc::clone(&seen));
+            thread::spawn(move || handle(stream, &*script, &seen));
+        }
+    });
+    FaultServer { addr, calls }
+}
+
+fn handle(mut stream: TcpStream, script: &Script, seen: &Mutex<Vec<String>>) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    loop {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => buf.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let length: usize = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-length:"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if stream.read_exact(&mut body).is_err() {
+            return;
+        }
+        let op = operation(&head);
+        let n = {
+            let mut calls = seen.lock().unwrap();
+            calls.push(op.clone());
+            calls.iter().filter(|c| **c == op).count()
+        };
+        let (status, json) = script(&op, n);
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        if stream.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+async fn agent(server: &FaultServer, file: &AutoscalingFile) -> Agent {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(inferlb_autoscaler::aws::https_client())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{}", server.addr))
+        .credentials_provider(aas::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(4)
+                .with_initial_backoff(Duration::from_millis(10)),
+        )
+        .load()
+        .await;
+    Agent::new(
+        Aws::from_clients(aas::Client::new(&config), cw::Client::new(&config)),
+        file.clone(),
+    )
+    .unwrap()
+}
+
+fn variant_only() -> AutoscalingFile {
+    AutoscalingFile::from_toml(
+        r#"
+[[targets]]
+resource_id = "endpoint/ep/variant/AllTraffic"
+min_capacity = 1
+max_capacity = 3
+[[targets.target_tracking]]
+name = "tt"
+predefined_metric = "SageMakerVariantInvocationsPerInstance"
+target_value = 10.0
+"#,
+    )
+    .unwrap()
+}
+
+const THROTTLED: &str = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+
+#[tokio::test]
+async fn throttling_is_retried_until_it_succeeds() {
+    let script: Arc<Script> = Arc::new(|op: &str, n: usize| match (op, n) {
+        ("DescribeScalableTargets", 1 | 2) => (400, THROTTLED.to_owned()),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    let plan = agent(&server, &variant_only()).await.plan().await.unwrap();
+    assert_eq!(plan.changes.len(), 2);
+    let calls = server.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| *c == "DescribeScalableTargets")
+            .count(),
+        3,
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn throttling_past_the_attempt_limit_is_reported() {
+    let script: Arc<Script> = Arc::new(|_: &str, _| (400, THROTTLED.to_owned()));
+    let server = serve(script);
+    let err = agent(&server, &variant_only())
+        .await
+        .plan()
+        .await
+        .unwrap_err();
+    let AgentError::Aws(e) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(e.call, "DescribeScalableTargets");
+    assert_eq!(e.code, "ThrottlingException");
+    assert_eq!(
+        server.calls.lock().unwrap().len(),
+        4,
+        "attempts are bounded by max_attempts"
+    );
+    assert!(err.to_string().contains("Rate exceeded"), "{err}");
+}
+
+#[tokio::test]
+async fn a_validation_error_names_the_call_and_the_resource() {
+    let script: Arc<Script> = Arc::new(|op: &str, _| {
+        match op {
+        "PutScalingPolicy" => (
+            400,
+            r#"{"__type":"ValidationException","message":"Target value is out of range for this metric"}"#.to_owned(),
+        ),
+        "RegisterScalableTarget" => (200, r#"{"ScalableTargetARN":"arn:aws:application-autoscaling:x"}"#.to_owned()),
+        _ => (200, "{}".to_owned()),
+    }
+    });
+    let server = serve(script);
+    let err = agent(&server, &variant_only())
+        .await
+        .apply(false)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "PutScalingPolicy",
+        "endpoint/ep/variant/AllTraffic",
+        "\"tt\"",
+        "ValidationException",
+        "out of range",
+    ] {
+        assert!(text.contains(needle), "{text:?} lacks {needle:?}");
+    }
+    // The target was registered before its policy, and nothing was retried.
+    let calls = server.calls.lock().unwrap().clone();
+    let register = calls
+        .iter()
+        .position(|c| c == "RegisterScalableTarget")
+        .unwrap();
+    let put = calls.iter().position(|c| c == "PutScalingPolicy").unwrap();
+    assert!(register < put);
+    assert_eq!(calls.iter().filter(|c| *c == "PutScalingPolicy").count(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_object_is_reported() {
+    let script: Arc<Script> = Arc::new(|op: &str, _| {
+        match op {
+        "DescribeScalableTargets" => (
+            200,
+            r#"{"ScalableTargets":[{"ServiceNamespace":"sagemaker","ResourceId":"endpoint/ep/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000}]}"#
+                .to_owned(),
+        ),
+        "DeregisterScalableTarget" => (
+            400,
+            r#"{"__type":"ObjectNotFoundException","message":"No scalable target registered for service namespace: sagemaker"}"#
+                .to_owned(),
+        ),
+        _ => (200, "{}".to_owned()),
+    }
+    });
+    let server = serve(script);
+    let err = agent(&server, &variant_only())
+        .await
+        .destroy(false)
+        .await
+        .unwrap_err();
+    let AgentError::Aws(e) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        (e.call, e.code.as_str()),
+        ("DeregisterScalableTarget", "ObjectNotFoundException")
+    );
+    assert_eq!(e.resource, "endpoint/ep/variant/AllTraffic");
+    assert!(e.message.contains("No scalable target"));
+}
+
+#[tokio::test]
+async fn a_next_token_that_repeats_does_not_loop_forever() {
+    let script: Arc<Script> = Arc::new(|op: &str, _| match op {
+        "DescribeScalableTargets" => (
+            200,
+            r#"{"ScalableTargets":[],"NextToken":"same"}"#.to_owned(),
+        ),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    agent(&server, &variant_only()).await.plan().await.unwrap();
+    let calls = server.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| *c == "DescribeScalableTargets")
+            .count(),
+        2,
+        "{calls:?}"
+    );
+}

@@ -1,0 +1,188 @@
+//! `inferlb autoscale ...`: make Application Auto Scaling match a file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use inferlb_autoscaler::{render, Agent, AgentError, AutoscalingFile, Aws, AwsOptions, Outcome};
+
+/// Flags shared by every `autoscale` command.
+#[derive(Debug, Args)]
+pub(crate) struct AutoscaleArgs {
+    #[command(subcommand)]
+    command: AutoscaleCommand,
+    /// The autoscaling file (see deploy/autoscaling.example.toml).
+    #[arg(long, short = 'f', global = true, default_value = "autoscaling.toml")]
+    file: PathBuf,
+    /// AWS region [default: from the environment, the profile, or the file].
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// AWS shared-config profile.
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    profile: Option<String>,
+    /// Endpoint override, e.g. an emulator: http://127.0.0.1:5000.
+    #[arg(long, global = true)]
+    endpoint_url: Option<String>,
+    /// Attempts per AWS call; throttling and 5xx are retried with backoff.
+    #[arg(long, global = true, default_value_t = 5)]
+    max_attempts: u32,
+    /// text (default) or json.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum AutoscaleCommand {
+    /// Show what apply would change; changes nothing. Exit 2 when changes are pending.
+    Plan,
+    /// Make AWS match the file. A second apply makes no write call.
+    Apply {
+        /// Show the plan without making any write call.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show targets, policies, alarms and recent scaling activities.
+    Status,
+    /// Remove what the file declares: alarms, policies, scheduled actions, targets.
+    Destroy {
+        /// Show what would be removed without removing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Apply on an interval, correcting drift, until SIGTERM or SIGINT.
+    Run {
+        /// Time between reconciliations, e.g. 60s or 5m.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+}
+
+#[allow(clippy::print_stdout)]
+fn print_outcome(outcome: &Outcome, output: Output, verb: &str) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(outcome)?);
+        return Ok(());
+    }
+    print!("{}", render(&outcome.plan));
+    if outcome.dry_run {
+        println!("Dry run: no call was made.");
+    } else if outcome.calls.is_empty() {
+        println!("Nothing to {verb}: no write call was made.");
+    } else {
+        for call in &outcome.calls {
+            println!("done: {call}");
+        }
+        println!("{} write calls made.", outcome.calls.len());
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
+    let file = AutoscalingFile::load(&args.file)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let options = AwsOptions {
+            region: args.region.clone(),
+            profile: args.profile.clone(),
+            endpoint_url: args.endpoint_url.clone(),
+            max_attempts: Some(args.max_attempts),
+        };
+        // Validate before building clients: an invalid file makes no call.
+        inferlb_autoscaler::validate(&file)?;
+        let aws = Aws::connect(&options, file.region.as_deref()).await;
+        let agent = Agent::new(aws, file).map_err(describe)?;
+        match args.command {
+            AutoscaleCommand::Plan => {
+                let plan = agent.plan().await.map_err(describe)?;
+                if args.output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                } else {
+                    print!("{}", render(&plan));
+                }
+                Ok(if plan.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                })
+            }
+            AutoscaleCommand::Apply { dry_run } => {
+                let outcome = agent.apply(dry_run).await.map_err(describe)?;
+                print_outcome(&outcome, args.output, "apply")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            AutoscaleCommand::Destroy { dry_run } => {
+                let outcome = agent.destroy(dry_run).await.map_err(describe)?;
+                print_outcome(&outcome, args.output, "destroy")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            AutoscaleCommand::Status => {
+                let status = agent.status().await.map_err(describe)?;
+                if args.output == Output::Json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                for t in &status {
+                    match (t.registered, t.min_capacity, t.max_capacity) {
+                        (true, Some(min), Some(max)) => {
+                            println!("{}: registered, capacity {min}..={max}", t.resource_id)
+                        }
+                        _ => println!("{}: not registered", t.resource_id),
+                    }
+                    for p in &t.policies {
+                        println!("  policy {p}");
+                    }
+                    for s in &t.scheduled_actions {
+                        println!("  scheduled {s}");
+                    }
+                    for a in &t.alarms {
+                        println!("  alarm {a}");
+                    }
+                    match &t.activities {
+                        None => println!("  activities: not offered by this endpoint"),
+                        Some(list) if list.is_empty() => println!("  activities: none recently"),
+                        Some(list) => {
+                            for a in list {
+                                println!("  activity {a}");
+                            }
+                        }
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            AutoscaleCommand::Run { interval } => {
+                tracing::info!(?interval, "reconciling on an interval");
+                let stop = async {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let (Ok(mut term), Ok(mut int)) = (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) else {
+                        return std::future::pending().await;
+                    };
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                };
+                agent.run(interval, stop).await;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+fn describe(e: AgentError) -> anyhow::Error {
+    anyhow::Error::new(e)
+}

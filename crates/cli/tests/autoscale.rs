@@ -1,0 +1,131 @@
+//! `inferlb autoscale` against moto_server (started by `cargo xtask test`):
+//! exit codes, idempotence, dry runs and JSON output through the binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output};
+
+fn moto_url() -> String {
+    std::env::var("INFERLB_MOTO_URL").unwrap_or_else(|_| {
+        panic!("INFERLB_MOTO_URL is not set: run these tests with `cargo xtask test`, which starts moto_server")
+    })
+}
+
+fn reset(url: &str) {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "POST /moto-api/reset HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).unwrap();
+    assert!(out.contains(" 200 "), "{out}");
+}
+
+fn autoscale(url: &str, args: &[&str]) -> Output {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/autoscaling.example.toml"
+    );
+    Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .arg("autoscale")
+        .args(args)
+        .args([
+            "--file",
+            example,
+            "--endpoint-url",
+            url,
+            "--region",
+            "us-east-1",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn plan_apply_destroy_through_the_binary() {
+    let url = moto_url();
+    reset(&url);
+
+    let plan = autoscale(&url, &["plan"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "changes pending: {}",
+        text(&plan)
+    );
+    assert!(text(&plan).contains("Plan: 8 to create"), "{}", text(&plan));
+
+    let dry = autoscale(&url, &["apply", "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0));
+    assert!(text(&dry).contains("Dry run"));
+    assert_eq!(
+        autoscale(&url, &["plan"]).status.code(),
+        Some(2),
+        "a dry run changed something"
+    );
+
+    let apply = autoscale(&url, &["apply", "--output", "json"]);
+    assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+    let outcome: serde_json::Value = serde_json::from_slice(&apply.stdout).unwrap();
+    assert_eq!(outcome["calls"].as_array().unwrap().len(), 8);
+
+    let plan = autoscale(&url, &["plan"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    let again = autoscale(&url, &["apply"]);
+    assert!(
+        text(&again).contains("no write call was made"),
+        "{}",
+        text(&again)
+    );
+
+    let status = autoscale(&url, &["status", "--output", "json"]);
+    assert_eq!(status.status.code(), Some(0));
+    let targets: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(targets
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["registered"] == true));
+
+    let destroy = autoscale(&url, &["destroy"]);
+    assert_eq!(destroy.status.code(), Some(0), "{}", text(&destroy));
+    assert_eq!(
+        autoscale(&url, &["plan"]).status.code(),
+        Some(2),
+        "destroy left something behind"
+    );
+}
+
+#[test]
+fn errors_exit_1_with_the_reason() {
+    let url = moto_url();
+    let dir = std::env::temp_dir().join(format!("inferlb-autoscale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[targets]]\nresource_id = \"endpoint/x\"\nmin_capacity = 3\nmax_capacity = 1\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .args(["autoscale", "plan", "--endpoint-url", &url, "--file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let message = text(&output);
+    assert!(
+        message.contains("targets[0].resource_id") && message.contains("targets[0].min_capacity"),
+        "{message}"
+    );
+}
