@@ -1,7 +1,23 @@
-//! Fixtures shared by inferlb's criterion micro-benchmarks (`cargo bench -p
-//! inferlb-benches`). The end-to-end load scenarios live in `cargo xtask bench`.
+//! inferlb's benchmarks: fixtures for the criterion micro-benchmarks
+//! (`cargo bench -p inferlb-benches`) and the load-test runner behind
+//! `cargo xtask bench` (the `inferlb-bench` binary).
+//!
+//! # Layout
+//!
+//! - [`loadgen`]: the load generator: closed and open loop, SSE streams,
+//!   HdrHistogram percentiles, errors by kind.
+//! - [`scenario`]: `benches/scenarios/*.toml`.
+//! - [`peers`]: starting inferlb, nginx, HAProxy (or none: direct) pinned.
+//! - [`procstat`]: CPU seconds and memory of a process tree, machine facts.
+//! - [`report`]: medians, the table, the JSON record, the SVG chart.
 
 #![forbid(unsafe_code)]
+
+pub mod loadgen;
+pub mod scenario;
+pub mod peers;
+pub mod procstat;
+pub mod report;
 
 use std::net::SocketAddr;
 

@@ -172,6 +172,7 @@ pub struct ReplicaBuilder {
     threads: usize,
     headers: Vec<(String, String)>,
     idle_close: Option<Duration>,
+    lean: bool,
 }
 
 /// Entry point: `FakeReplica::builder()...start()`.
@@ -196,6 +197,7 @@ impl FakeReplica {
             threads: 1,
             headers: Vec::new(),
             idle_close: None,
+            lean: false,
         }
     }
 }
@@ -268,6 +270,14 @@ impl ReplicaBuilder {
         self.idle_close = Some(after);
         self
     }
+    /// Load-test mode: requests are counted but not recorded, and a static
+    /// answer is written from a prepared buffer, so the replica costs as
+    /// little CPU per request as it can (it shares cores with the load
+    /// generator in `cargo xtask bench`).
+    pub fn lean(mut self) -> Self {
+        self.lean = true;
+        self
+    }
     /// An extra response header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
@@ -296,7 +306,22 @@ impl ReplicaBuilder {
             .thread_name(format!("fake-{}", self.name))
             .enable_all()
             .build()?;
-        let spec = Arc::new(Spec::from_builder(self));
+        let mut spec = Spec::from_builder(self);
+        let is_static = spec.lean
+            && spec.tokens.is_none()
+            && spec.failure.is_none()
+            && !spec.echo
+            && !spec.completions
+            && spec.latency == Latency::None
+            && spec.framing == Framing::ContentLength
+            && spec.keep_alive;
+        if is_static {
+            let framing = format!("Content-Length: {}\r\n", spec.json_body.len());
+            let mut answer = head_bytes(&spec, spec.status, "application/json", &framing, false);
+            answer.extend_from_slice(&spec.json_body);
+            spec.prepared = Some(Bytes::from(answer));
+        }
+        let spec = Arc::new(spec);
         let thread_counters = Arc::clone(&counters);
         let thread = thread::Builder::new()
             .name("fake-replica".into())
@@ -370,6 +395,9 @@ struct Spec {
     extra_headers: String,
     json_body: Bytes,
     idle_close: Option<Duration>,
+    lean: bool,
+    /// The whole answer (head and body) when it never varies.
+    prepared: Option<Bytes>,
 }
 
 impl Spec {
@@ -401,6 +429,8 @@ impl Spec {
             extra_headers,
             json_body: Bytes::from(json),
             idle_close: b.idle_close,
+            lean: b.lean,
+            prepared: None,
         }
     }
 }
@@ -445,30 +475,47 @@ struct Head {
     content_length: usize,
 }
 
-fn parse_head(buf: &[u8]) -> Option<Result<(Head, usize), ()>> {
+fn parse_head(buf: &[u8], keep_headers: bool) -> Option<Result<(Head, usize), ()>> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => {
             let mut head = Head {
-                method: req.method.unwrap_or("").to_owned(),
-                path: req.path.unwrap_or("").to_owned(),
+                method: if keep_headers {
+                    req.method.unwrap_or("").to_owned()
+                } else {
+                    String::new()
+                },
+                path: if keep_headers {
+                    req.path.unwrap_or("").to_owned()
+                } else {
+                    String::new()
+                },
                 headers: Vec::with_capacity(req.headers.len()),
                 close: req.version == Some(0),
                 chunked: false,
                 content_length: 0,
             };
             for h in req.headers.iter() {
-                let value = String::from_utf8_lossy(h.value).into_owned();
                 if h.name.eq_ignore_ascii_case("connection") {
-                    let v = value.to_ascii_lowercase();
+                    let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
                     head.close = v.contains("close") || (head.close && !v.contains("keep-alive"));
                 } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    head.chunked = value.to_ascii_lowercase().contains("chunked");
+                    head.chunked = String::from_utf8_lossy(h.value)
+                        .to_ascii_lowercase()
+                        .contains("chunked");
                 } else if h.name.eq_ignore_ascii_case("content-length") {
-                    head.content_length = value.trim().parse().unwrap_or(0);
+                    head.content_length = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
                 }
-                head.headers.push((h.name.to_owned(), value));
+                if keep_headers {
+                    head.headers.push((
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    ));
+                }
             }
             Some(Ok((head, len)))
         }
@@ -599,7 +646,7 @@ async fn connection(mut stream: TcpStream, spec: &Spec, counters: &Counters) {
     loop {
         let (head, head_len) = loop {
             if !buf.is_empty() {
-                match parse_head(&buf) {
+                match parse_head(&buf, !spec.lean) {
                     Some(Ok(parsed)) => break parsed,
                     Some(Err(())) => {
                         let _ = stream
@@ -635,15 +682,23 @@ async fn connection(mut stream: TcpStream, spec: &Spec, counters: &Counters) {
         let Ok((body_len, body)) = body else { return };
         counters
             .body_bytes
-            .fetch_add(body_len as u64, Ordering::SeqCst);
+            .fetch_add(body_len as u64, Ordering::Relaxed);
         let close = head.close || !spec.keep_alive;
+        if let Some(answer) = &spec.prepared {
+            if stream.write_all(answer).await.is_err() || close {
+                return;
+            }
+            continue;
+        }
         let is_head = head.method == "HEAD";
-        counters.record(RecordedRequest {
-            method: head.method.clone(),
-            path: head.path.clone(),
-            headers: head.headers.clone(),
-            body_len,
-        });
+        if !spec.lean {
+            counters.record(RecordedRequest {
+                method: head.method.clone(),
+                path: head.path.clone(),
+                headers: head.headers.clone(),
+                body_len,
+            });
+        }
         let header = |name: &str| {
             head.headers
                 .iter()

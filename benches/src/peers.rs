@@ -1,0 +1,244 @@
+//! The proxies under comparison: inferlb, nginx and HAProxy, each started on
+//! the same replicas with the same worker count and CPU pinning, plus
+//! "direct" (no proxy: the limit).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::procstat;
+
+/// A load balancer in the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Peer {
+    Direct,
+    Inferlb,
+    Nginx,
+    Haproxy,
+}
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Inferlb => "inferlb",
+            Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+        }
+    }
+
+    /// Whether the peer's program is on this machine.
+    pub fn installed(self) -> bool {
+        match self {
+            Self::Direct | Self::Inferlb => true,
+            Self::Nginx => which("nginx").is_some(),
+            Self::Haproxy => which("haproxy").is_some(),
+        }
+    }
+}
+
+/// The path of a program on `PATH` (and the sbin folders apt uses).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file());
+    found
+}
+
+/// How every proxy runs.
+#[derive(Debug, Clone)]
+pub struct PeerSettings {
+    pub workers: usize,
+    /// CPUs the proxy is pinned to (`taskset -c`), empty for no pinning.
+    pub proxy_cpus: Vec<usize>,
+    /// The inferlb binary.
+    pub inferlb: PathBuf,
+    /// Scratch directory for configs and logs.
+    pub dir: PathBuf,
+    /// Routing rule for inferlb.
+    pub routing: String,
+    /// Keep-alive connections per upstream (nginx `keepalive`).
+    pub upstream_keepalive: usize,
+}
+
+/// The descriptor limit a peer may raise itself to (the hard limit).
+fn nofile_limit() -> u64 {
+    rlimit::Resource::NOFILE.get().map_or(65_536, |(_, hard)| hard.min(1 << 20))
+}
+
+/// A running peer.
+#[derive(Debug)]
+pub struct Running {
+    pub peer: Peer,
+    pub addr: SocketAddr,
+    /// The admin API, for inferlb.
+    pub admin: Option<SocketAddr>,
+    child: Option<Child>,
+}
+
+impl Running {
+    /// Root process id (nginx's master, HAProxy, inferlb); none for direct.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU seconds used so far by the peer and its children.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pid().map_or(0.0, procstat::tree_cpu_seconds)
+    }
+
+    /// Peak resident memory of the peer and its children, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.pid().map_or(0, procstat::tree_peak_rss_kib)
+    }
+
+    /// Current resident memory of the peer and its children, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.pid().map_or(0, procstat::tree_rss_kib)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_for(addr: SocketAddr, child: &mut Child, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited during start-up ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `taskset -c CPUS program args...`, or the program alone without pinning.
+fn pinned(program: &Path, cpus: &[usize]) -> Command {
+    if cpus.is_empty() || which("taskset").is_none() {
+        return Command::new(program);
+    }
+    let list = cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(list).arg(program);
+    c
+}
+
+/// Starts a peer in front of `replicas`.
+pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Running> {
+    std::fs::create_dir_all(&s.dir)?;
+    match peer {
+        Peer::Direct => Ok(Running { peer, addr: replicas[0], admin: None, child: None }),
+        Peer::Inferlb => {
+            let addr = free_port()?;
+            let admin = free_port()?;
+            let mut cmd = pinned(&s.inferlb, &s.proxy_cpus);
+            cmd.args(["serve", "--listen", &addr.to_string(), "--admin-listen", &admin.to_string()])
+                .args(["--workers", &s.workers.to_string(), "--routing", &s.routing])
+                .arg("--state-file")
+                .arg(s.dir.join(format!("state-{}.json", addr.port())))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(s.dir.join("inferlb.log"))?);
+            for r in replicas {
+                cmd.args(["--replica", &r.to_string()]);
+            }
+            let mut child = cmd.spawn().context("cannot start inferlb")?;
+            wait_for(addr, &mut child, "inferlb")?;
+            Ok(Running { peer, addr, admin: Some(admin), child: Some(child) })
+        }
+        Peer::Nginx => {
+            let addr = free_port()?;
+            let servers: String = replicas.iter().map(|r| format!("        server {r};\n")).collect();
+            let conf = format!(
+                "worker_processes {workers};\nerror_log {dir}/nginx-error.log warn;\npid {dir}/nginx.pid;\n\
+                 worker_rlimit_nofile {nofile};\nevents {{ worker_connections {conns}; }}\n\
+                 http {{\n    access_log off;\n    keepalive_requests 1000000;\n    keepalive_timeout 120s;\n\
+                 \n    upstream replicas {{\n{servers}        keepalive {keepalive};\n        keepalive_requests 1000000;\n    }}\n\
+                 \n    server {{\n        listen {addr} reuseport;\n        location / {{\n            proxy_pass http://replicas;\n\
+                             proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n\
+                             proxy_buffering off;\n            proxy_request_buffering off;\n        }}\n    }}\n}}\n",
+                workers = s.workers,
+                dir = s.dir.display(),
+                keepalive = s.upstream_keepalive,
+                nofile = nofile_limit(),
+                conns = nofile_limit().saturating_sub(100).max(1024),
+            );
+            let path = s.dir.join("nginx.conf");
+            std::fs::write(&path, conf)?;
+            let nginx = which("nginx").context("nginx is not installed (use --install-peers)")?;
+            let mut child = pinned(&nginx, &s.proxy_cpus)
+                .arg("-c")
+                .arg(&path)
+                .arg("-p")
+                .arg(&s.dir)
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start nginx")?;
+            wait_for(addr, &mut child, "nginx")?;
+            Ok(Running { peer, addr, admin: None, child: Some(child) })
+        }
+        Peer::Haproxy => {
+            let addr = free_port()?;
+            let servers: String = replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| format!("    server r{i} {r}\n"))
+                .collect();
+            let conf = format!(
+                "global\n    nbthread {workers}\n    maxconn {maxconn}\n\ndefaults\n    mode http\n    timeout connect 2s\n\
+                 timeout client 120s\n    timeout server 300s\n    timeout http-keep-alive 120s\n    option http-keep-alive\n\n\
+                 frontend fe\n    bind {addr}\n    default_backend be\n\nbackend be\n    balance roundrobin\n\
+                     http-reuse always\n{servers}",
+                workers = s.workers,
+                // HAProxy needs two descriptors per connection plus a margin.
+                maxconn = (nofile_limit().saturating_sub(200) / 2).max(1024),
+            );
+            let path = s.dir.join("haproxy.cfg");
+            std::fs::write(&path, conf)?;
+            let haproxy = which("haproxy").context("haproxy is not installed (use --install-peers)")?;
+            let mut child = pinned(&haproxy, &s.proxy_cpus)
+                .arg("-f")
+                .arg(&path)
+                .arg("-db")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start haproxy")?;
+            wait_for(addr, &mut child, "haproxy")?;
+            Ok(Running { peer, addr, admin: None, child: Some(child) })
+        }
+    }
+}

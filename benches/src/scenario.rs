@@ -1,0 +1,115 @@
+//! Scenario files (`benches/scenarios/*.toml`).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// What a scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Whole responses, closed or open loop.
+    Requests,
+    /// SSE token streams: time to first token and inter-token gaps.
+    Stream,
+    /// Many idle keep-alive connections: memory per connection.
+    Connections,
+    /// Load while replicas are added and drained through the admin API.
+    Churn,
+    /// One slow replica of four, per routing rule.
+    Skew,
+}
+
+/// One load point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadPoint {
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Requests per second (open loop); absent means closed loop.
+    pub rate: Option<f64>,
+}
+
+/// A scenario.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub kind: Kind,
+    /// Peers compared, in round order.
+    #[serde(default = "default_peers")]
+    pub peers: Vec<String>,
+    /// Fake replicas.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Response body size.
+    #[serde(default = "default_body")]
+    pub body_bytes: usize,
+    /// Replica latency before the response head, ms.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Tokens per stream (stream).
+    #[serde(default)]
+    pub tokens: usize,
+    /// Gap between tokens, ms (stream).
+    #[serde(default)]
+    pub token_interval_ms: u64,
+    /// Idle connections held open (connections).
+    #[serde(default)]
+    pub idle_connections: usize,
+    /// Time between admin operations, ms (churn).
+    #[serde(default)]
+    pub churn_interval_ms: u64,
+    /// How much slower the slow replica is (skew).
+    #[serde(default)]
+    pub slow_factor: u64,
+    /// Routing rules compared (skew).
+    #[serde(default)]
+    pub routings: Vec<String>,
+    /// Default seconds per measurement.
+    #[serde(default = "default_duration")]
+    pub duration_s: u64,
+    /// Load points.
+    pub load: Vec<LoadPoint>,
+}
+
+fn default_peers() -> Vec<String> {
+    ["direct", "inferlb", "nginx", "haproxy"].iter().map(|s| (*s).to_owned()).collect()
+}
+fn default_replicas() -> usize {
+    2
+}
+fn default_body() -> usize {
+    1024
+}
+fn default_duration() -> u64 {
+    5
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid scenario {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_file_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let scenario = Scenario::load(&path).unwrap();
+            assert!(!scenario.load.is_empty(), "{}", path.display());
+            names.push(scenario.name);
+        }
+        names.sort();
+        assert_eq!(names, ["churn", "connections", "rate", "skew", "small", "stream"]);
+    }
+}
