@@ -6,7 +6,7 @@
 //!
 //! - [`loadgen`]: the load generator: closed and open loop, SSE streams,
 //!   HdrHistogram percentiles, errors by kind.
-//! - [`scenario`]: `benches/scenarios/*.toml`.
+//! - [`scenario`]: the scenario files in benches/scenarios.
 //! - [`peers`]: starting inferlb, nginx, HAProxy (or none: direct) pinned.
 //! - [`procstat`]: CPU seconds and memory of a process tree, machine facts.
 //! - [`report`]: medians, the table, the JSON record, the SVG chart.
@@ -14,10 +14,10 @@
 #![forbid(unsafe_code)]
 
 pub mod loadgen;
-pub mod scenario;
 pub mod peers;
 pub mod procstat;
 pub mod report;
+pub mod scenario;
 
 use std::net::SocketAddr;
 

@@ -167,13 +167,19 @@ pub fn run(spec: &LoadSpec) -> LoadResult {
 }
 
 fn thread_main(index: usize, spec: &LoadSpec) -> LoadResult {
-    let mut runtime = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(4096).build() {
+    let mut runtime = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .build()
+    {
         Ok(rt) => rt,
         Err(_) => return LoadResult::empty(),
     };
     runtime.block_on(async move {
         let threads = spec.threads.max(1);
-        let mine: Vec<usize> = (0..spec.connections).filter(|c| c % threads == index).collect();
+        let mine: Vec<usize> = (0..spec.connections)
+            .filter(|c| c % threads == index)
+            .collect();
         let result = Rc::new(RefCell::new(LoadResult::empty()));
         let start = Instant::now();
         let deadline = start + spec.duration;
@@ -212,7 +218,9 @@ impl Reader {
         }
         let buf = std::mem::take(&mut self.buf);
         let (len, cap) = (buf.len(), buf.capacity());
-        let (res, slice) = stream.read(monoio::buf::IoBufMut::slice_mut(buf, len..cap)).await;
+        let (res, slice) = stream
+            .read(monoio::buf::IoBufMut::slice_mut(buf, len..cap))
+            .await;
         self.buf = slice.into_inner();
         match res {
             Ok(0) | Err(_) => Err(ReadError::Io),
@@ -221,7 +229,11 @@ impl Reader {
     }
 
     /// Reads a response; `on_event` is called at each `\n\n` of the body.
-    async fn response(&mut self, stream: &mut TcpStream, mut on_event: impl FnMut()) -> Result<u16, ReadError> {
+    async fn response(
+        &mut self,
+        stream: &mut TcpStream,
+        mut on_event: impl FnMut(),
+    ) -> Result<u16, ReadError> {
         let (status, head_len, length, chunked) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut resp = httparse::Response::new(&mut headers);
@@ -231,7 +243,9 @@ impl Reader {
                     let mut chunked = false;
                     for h in resp.headers.iter() {
                         if h.name.eq_ignore_ascii_case("content-length") {
-                            length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+                            length = std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<usize>().ok());
                         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                             chunked = h.value.eq_ignore_ascii_case(b"chunked");
                         }
@@ -258,9 +272,11 @@ impl Reader {
                     }
                     self.fill(stream).await?;
                 };
-                let size_text = std::str::from_utf8(&self.buf[pos..line_end]).map_err(|_| ReadError::Protocol)?;
-                let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                let size_text = std::str::from_utf8(&self.buf[pos..line_end])
                     .map_err(|_| ReadError::Protocol)?;
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| ReadError::Protocol)?;
                 pos = line_end + 2;
                 if size == 0 {
                     while self.buf.len() < pos + 2 {
@@ -272,7 +288,10 @@ impl Reader {
                 while self.buf.len() < pos + size + 2 {
                     self.fill(stream).await?;
                 }
-                let events = self.buf[pos..pos + size].windows(2).filter(|w| *w == b"\n\n").count();
+                let events = self.buf[pos..pos + size]
+                    .windows(2)
+                    .filter(|w| *w == b"\n\n")
+                    .count();
                 for _ in 0..events {
                     on_event();
                 }
@@ -291,21 +310,37 @@ impl Reader {
 }
 
 async fn connect(target: SocketAddr) -> Option<TcpStream> {
-    let stream = monoio::time::timeout(Duration::from_secs(5), TcpStream::connect_addr(target)).await.ok()?.ok()?;
+    let stream = monoio::time::timeout(Duration::from_secs(5), TcpStream::connect_addr(target))
+        .await
+        .ok()?
+        .ok()?;
     let _ = stream.set_nodelay(true);
     Some(stream)
 }
 
-async fn connection(index: usize, spec: &LoadSpec, start: Instant, deadline: Instant, result: &Rc<RefCell<LoadResult>>) {
+async fn connection(
+    index: usize,
+    spec: &LoadSpec,
+    start: Instant,
+    deadline: Instant,
+    result: &Rc<RefCell<LoadResult>>,
+) {
     let target = spec.targets[index % spec.targets.len()];
     let mut stream = None;
-    let mut reader = Reader { buf: Vec::with_capacity(16 * 1024) };
+    let mut reader = Reader {
+        buf: Vec::with_capacity(16 * 1024),
+    };
     let interval = match spec.pace {
         Pace::Closed => None,
-        Pace::Open { rate } => Some(Duration::from_secs_f64(spec.connections as f64 / rate.max(1e-6))),
+        Pace::Open { rate } => Some(Duration::from_secs_f64(
+            spec.connections as f64 / rate.max(1e-6),
+        )),
     };
     // Spread the connections' schedules over one interval.
-    let mut due = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / spec.connections as f64));
+    let mut due = start
+        + interval.map_or(Duration::ZERO, |i| {
+            i.mul_f64(index as f64 / spec.connections as f64)
+        });
     let mut request = spec.request.clone();
     loop {
         if interval.is_some() {
@@ -327,7 +362,11 @@ async fn connection(index: usize, spec: &LoadSpec, start: Instant, deadline: Ins
             reader.buf.clear();
         }
         let Some(s) = stream.as_mut() else { continue };
-        let sent_at = if interval.is_some() { due } else { Instant::now() };
+        let sent_at = if interval.is_some() {
+            due
+        } else {
+            Instant::now()
+        };
         let (res, back) = s.write_all(request).await;
         request = back;
         if res.is_err() {
@@ -356,10 +395,14 @@ async fn connection(index: usize, spec: &LoadSpec, start: Instant, deadline: Ins
             Ok(status) if (200..400).contains(&status) => {
                 r.completed += 1;
                 spec.progress.fetch_add(1, Ordering::Relaxed);
-                let _ = r.latency.record(done.duration_since(sent_at).as_micros().max(1) as u64);
+                let _ = r
+                    .latency
+                    .record(done.duration_since(sent_at).as_micros().max(1) as u64);
                 if spec.mode == Mode::Stream {
                     if let Some(f) = first {
-                        let _ = r.first_event.record(f.duration_since(sent_at).as_micros().max(1) as u64);
+                        let _ = r
+                            .first_event
+                            .record(f.duration_since(sent_at).as_micros().max(1) as u64);
                     }
                     for g in gaps {
                         let _ = r.event_gap.record(g.max(1));
@@ -390,19 +433,26 @@ pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConn
     let opened = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&opened);
     let thread = std::thread::spawn(move || {
-        let Ok(mut runtime) = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(4096).build()
+        let Ok(mut runtime) = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .with_entries(4096)
+            .build()
         else {
             return;
         };
         runtime.block_on(async move {
             let mut held = Vec::with_capacity(count);
             for _ in 0..count {
-                let Some(mut s) = connect(target).await else { continue };
+                let Some(mut s) = connect(target).await else {
+                    continue;
+                };
                 let (res, _) = s.write_all(request.clone()).await;
                 if res.is_err() {
                     continue;
                 }
-                let mut reader = Reader { buf: Vec::with_capacity(1024) };
+                let mut reader = Reader {
+                    buf: Vec::with_capacity(1024),
+                };
                 if reader.response(&mut s, || {}).await.is_ok() {
                     counter.fetch_add(1, Ordering::Relaxed);
                     held.push(s);
@@ -414,7 +464,11 @@ pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConn
             drop(held);
         });
     });
-    IdleConnections { stop: Some(stop_tx), thread: Some(thread), opened }
+    IdleConnections {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        opened,
+    }
 }
 
 /// Idle connections held open; closed on drop.

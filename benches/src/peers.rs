@@ -71,7 +71,9 @@ pub struct PeerSettings {
 
 /// The descriptor limit a peer may raise itself to (the hard limit).
 fn nofile_limit() -> u64 {
-    rlimit::Resource::NOFILE.get().map_or(65_536, |(_, hard)| hard.min(1 << 20))
+    rlimit::Resource::NOFILE
+        .get()
+        .map_or(65_536, |(_, hard)| hard.min(1 << 20))
 }
 
 /// A running peer.
@@ -109,7 +111,9 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -148,7 +152,11 @@ fn pinned(program: &Path, cpus: &[usize]) -> Command {
     if cpus.is_empty() || which("taskset").is_none() {
         return Command::new(program);
     }
-    let list = cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let list = cpus
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut c = Command::new("taskset");
     c.arg("-c").arg(list).arg(program);
     c
@@ -158,28 +166,47 @@ fn pinned(program: &Path, cpus: &[usize]) -> Command {
 pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Running> {
     std::fs::create_dir_all(&s.dir)?;
     match peer {
-        Peer::Direct => Ok(Running { peer, addr: replicas[0], admin: None, child: None }),
+        Peer::Direct => Ok(Running {
+            peer,
+            addr: replicas[0],
+            admin: None,
+            child: None,
+        }),
         Peer::Inferlb => {
             let addr = free_port()?;
             let admin = free_port()?;
             let mut cmd = pinned(&s.inferlb, &s.proxy_cpus);
-            cmd.args(["serve", "--listen", &addr.to_string(), "--admin-listen", &admin.to_string()])
-                .args(["--workers", &s.workers.to_string(), "--routing", &s.routing])
-                .arg("--state-file")
-                .arg(s.dir.join(format!("state-{}.json", addr.port())))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(s.dir.join("inferlb.log"))?);
+            cmd.args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .args(["--workers", &s.workers.to_string(), "--routing", &s.routing])
+            .arg("--state-file")
+            .arg(s.dir.join(format!("state-{}.json", addr.port())))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(s.dir.join("inferlb.log"))?);
             for r in replicas {
                 cmd.args(["--replica", &r.to_string()]);
             }
             let mut child = cmd.spawn().context("cannot start inferlb")?;
             wait_for(addr, &mut child, "inferlb")?;
-            Ok(Running { peer, addr, admin: Some(admin), child: Some(child) })
+            Ok(Running {
+                peer,
+                addr,
+                admin: Some(admin),
+                child: Some(child),
+            })
         }
         Peer::Nginx => {
             let addr = free_port()?;
-            let servers: String = replicas.iter().map(|r| format!("        server {r};\n")).collect();
+            let servers: String = replicas
+                .iter()
+                .map(|r| format!("        server {r};\n"))
+                .collect();
             let conf = format!(
                 "worker_processes {workers};\nerror_log {dir}/nginx-error.log warn;\npid {dir}/nginx.pid;\n\
                  worker_rlimit_nofile {nofile};\nevents {{ worker_connections {conns}; }}\n\
@@ -208,7 +235,12 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                 .spawn()
                 .context("cannot start nginx")?;
             wait_for(addr, &mut child, "nginx")?;
-            Ok(Running { peer, addr, admin: None, child: Some(child) })
+            Ok(Running {
+                peer,
+                addr,
+                admin: None,
+                child: Some(child),
+            })
         }
         Peer::Haproxy => {
             let addr = free_port()?;
@@ -228,7 +260,8 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             );
             let path = s.dir.join("haproxy.cfg");
             std::fs::write(&path, conf)?;
-            let haproxy = which("haproxy").context("haproxy is not installed (use --install-peers)")?;
+            let haproxy =
+                which("haproxy").context("haproxy is not installed (use --install-peers)")?;
             let mut child = pinned(&haproxy, &s.proxy_cpus)
                 .arg("-f")
                 .arg(&path)
@@ -238,7 +271,12 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                 .spawn()
                 .context("cannot start haproxy")?;
             wait_for(addr, &mut child, "haproxy")?;
-            Ok(Running { peer, addr, admin: None, child: Some(child) })
+            Ok(Running {
+                peer,
+                addr,
+                admin: None,
+                child: Some(child),
+            })
         }
     }
 }

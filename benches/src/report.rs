@@ -84,12 +84,19 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 pub fn write_json(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n").with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes `target/bench/<scenario>.svg`: grouped bars of one figure per peer
 /// at each load point. Text is SVG `<text>`, so no font files are needed.
-pub fn write_svg(dir: &Path, name: &str, title: &str, unit: &str, bars: &[(String, String, f64)]) -> Result<()> {
+pub fn write_svg(
+    dir: &Path,
+    name: &str,
+    title: &str,
+    unit: &str,
+    bars: &[(String, String, f64)],
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{name}.svg"));
     let points: Vec<String> = bars.iter().fold(Vec::new(), |mut v, (p, _, _)| {
@@ -122,25 +129,46 @@ pub fn write_svg(dir: &Path, name: &str, title: &str, unit: &str, bars: &[(Strin
         .y_desc(unit)
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let palette = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189)];
+    let palette = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+    ];
     for (pi, point) in points.iter().enumerate() {
         for (ki, peer) in peers.iter().enumerate() {
-            let Some((_, _, v)) = bars.iter().find(|(p, k, _)| p == point && k == peer) else { continue };
+            let Some((_, _, v)) = bars.iter().find(|(p, k, _)| p == point && k == peer) else {
+                continue;
+            };
             let x0 = (pi * (peers.len() + 1) + ki) as f64 + 0.1;
             let color = palette[ki % palette.len()];
             let bar = chart
-                .draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x0 + 0.8, *v)], color.filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x0, 0.0), (x0 + 0.8, *v)],
+                    color.filled(),
+                )))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if pi == 0 {
-                bar.label(peer.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                bar.label(peer.clone()).legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
             }
             chart
-                .draw_series(std::iter::once(Text::new(format!("{v:.3}"), (x0, *v + max * 0.01), ("sans-serif", 11))))
+                .draw_series(std::iter::once(Text::new(
+                    format!("{v:.3}"),
+                    (x0, *v + max * 0.01),
+                    ("sans-serif", 11),
+                )))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let x = (pi * (peers.len() + 1)) as f64 + peers.len() as f64 / 2.0 - 0.5;
         chart
-            .draw_series(std::iter::once(Text::new(point.clone(), (x, -max * 0.06), ("sans-serif", 13))))
+            .draw_series(std::iter::once(Text::new(
+                point.clone(),
+                (x, -max * 0.06),
+                ("sans-serif", 13),
+            )))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     // One legend entry per peer: the first point's bars carry the labels.

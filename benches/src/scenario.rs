@@ -76,7 +76,10 @@ pub struct Scenario {
 }
 
 fn default_peers() -> Vec<String> {
-    ["direct", "inferlb", "nginx", "haproxy"].iter().map(|s| (*s).to_owned()).collect()
+    ["direct", "inferlb", "nginx", "haproxy"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 fn default_replicas() -> usize {
     2
@@ -90,7 +93,8 @@ fn default_duration() -> u64 {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid scenario {}", path.display()))
     }
 }
@@ -110,6 +114,9 @@ mod tests {
             names.push(scenario.name);
         }
         names.sort();
-        assert_eq!(names, ["churn", "connections", "rate", "skew", "small", "stream"]);
+        assert_eq!(
+            names,
+            ["churn", "connections", "rate", "skew", "small", "stream"]
+        );
     }
 }

@@ -4,6 +4,9 @@
 //!   this (`.ci/run`); a failing step stops the run with its exit status.
 //! - `cargo xtask dist`: a release tarball with the binary, the example
 //!   config, the systemd unit and the monitoring files.
+//! - `cargo xtask bench`: builds release binaries and runs the load
+//!   scenarios of `benches/scenarios` against direct, inferlb, nginx and
+//!   HAProxy (`--install-peers` installs the last two with apt-get).
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +23,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
         Some("dist") => dist(&root),
+        Some("bench") => bench(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             usage();
             Ok(())
@@ -37,7 +41,9 @@ fn usage() {
         "usage: cargo xtask <task>\n\n\
          tasks:\n  \
          test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
-         dist    release tarball in target/dist/"
+         dist    release tarball in target/dist/\n  \
+         bench   [SCENARIO ...] [--duration SECS] [--rounds N] [--peers nginx,haproxy|none]\n          \
+         [--workers N] [--install-peers]: load tests, results in target/bench/"
     );
 }
 
@@ -267,4 +273,56 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut forwarded: Vec<String> = Vec::new();
+    let mut install = false;
+    for arg in args {
+        if arg == "--install-peers" {
+            install = true;
+        } else {
+            forwarded.push(arg.clone());
+        }
+    }
+    if install {
+        step(root, "apt-get update", "apt-get", &["update", "-q"])?;
+        step(
+            root,
+            "install peers",
+            "apt-get",
+            &["install", "-y", "-q", "nginx-light", "haproxy"],
+        )?;
+    }
+    step(
+        root,
+        "build",
+        &cargo,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "inferlb",
+            "-p",
+            "inferlb-benches",
+        ],
+    )?;
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let mut full = vec!["--commit".to_owned(), commit];
+    full.extend(forwarded);
+    let runner = root
+        .join("target/release/inferlb-bench")
+        .to_string_lossy()
+        .into_owned();
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    step(root, "bench", &runner, &full)
 }

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use inferlb_benches::loadgen::{self, LoadSpec, Mode, Pace, Percentiles};
 use inferlb_benches::peers::{self, Peer, PeerSettings};
+use inferlb_benches::procstat;
 use inferlb_benches::report::{self, Measurement, Row};
 use inferlb_benches::scenario::{Kind, Scenario};
-use inferlb_benches::procstat;
 use inferlb_testkit::{FakeReplica, Latency, ReplicaHandle};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 /// Load tests of inferlb against direct, nginx and HAProxy.
@@ -60,17 +60,29 @@ struct Layout {
 fn layout(workers: usize) -> Layout {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores <= workers {
-        return Layout { cores, proxy_cpus: vec![], load_cpus: vec![] };
+        return Layout {
+            cores,
+            proxy_cpus: vec![],
+            load_cpus: vec![],
+        };
     }
     let proxy_cpus = (cores - workers..cores).collect();
     let load_cpus = (0..cores - workers).collect();
-    Layout { cores, proxy_cpus, load_cpus }
+    Layout {
+        cores,
+        proxy_cpus,
+        load_cpus,
+    }
 }
 
 fn start_replicas(s: &Scenario, load_threads: usize) -> Result<Vec<ReplicaHandle>> {
     (0..s.replicas)
         .map(|i| {
-            let mut b = FakeReplica::builder().name(&format!("r{i}")).lean().body_bytes(s.body_bytes).threads(load_threads);
+            let mut b = FakeReplica::builder()
+                .name(&format!("r{i}"))
+                .lean()
+                .body_bytes(s.body_bytes)
+                .threads(load_threads);
             if s.kind == Kind::Stream {
                 b = b.tokens(s.tokens, Duration::from_millis(s.token_interval_ms));
             }
@@ -93,10 +105,15 @@ fn request_bytes(kind: Kind) -> Vec<u8> {
     }
 }
 
-fn progress(total: Duration, label: String, counter: Arc<AtomicU64>) -> (ProgressBar, std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+fn progress(
+    total: Duration,
+    label: String,
+    counter: Arc<AtomicU64>,
+) -> (ProgressBar, std::thread::JoinHandle<()>, Arc<AtomicBool>) {
     let bar = ProgressBar::new(total.as_millis() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(label);
     let done = Arc::new(AtomicBool::new(false));
@@ -122,7 +139,11 @@ fn measure(
     load_threads: usize,
 ) -> Measurement {
     let pace = point.rate.map_or(Pace::Closed, |rate| Pace::Open { rate });
-    let mode = if scenario.kind == Kind::Stream { Mode::Stream } else { Mode::Requests };
+    let mode = if scenario.kind == Kind::Stream {
+        Mode::Stream
+    } else {
+        Mode::Requests
+    };
     // Warm-up: fill pools and caches, not measured.
     let warm = LoadSpec {
         targets: targets.clone(),
@@ -136,8 +157,17 @@ fn measure(
     };
     loadgen::run(&warm);
     let counter = Arc::new(AtomicU64::new(0));
-    let spec = LoadSpec { duration, progress: Arc::clone(&counter), ..warm };
-    let label = format!("{} {} c={}", scenario.name, peer.peer.name(), point.connections);
+    let spec = LoadSpec {
+        duration,
+        progress: Arc::clone(&counter),
+        ..warm
+    };
+    let label = format!(
+        "{} {} c={}",
+        scenario.name,
+        peer.peer.name(),
+        point.connections
+    );
     let (bar, ticker, done) = progress(duration, label, counter);
     let cpu_before = peer.cpu_seconds();
     let result = loadgen::run(&spec);
@@ -153,14 +183,19 @@ fn measure(
         latency: Percentiles::of(&result.latency),
         first_token: (mode == Mode::Stream).then(|| Percentiles::of(&result.first_event)),
         token_gap: (mode == Mode::Stream).then(|| Percentiles::of(&result.event_gap)),
-        cpu_s_per_100k: (is_proxy && result.completed > 0).then(|| cpu / result.completed as f64 * 100_000.0),
+        cpu_s_per_100k: (is_proxy && result.completed > 0)
+            .then(|| cpu / result.completed as f64 * 100_000.0),
         peak_rss_kib: is_proxy.then(|| peer.peak_rss_kib()),
         extra: serde_json::Map::new(),
     }
 }
 
 fn peer_list(s: &Scenario, args: &Args) -> Vec<Peer> {
-    let allowed: Vec<&str> = if args.peers == "none" { vec![] } else { args.peers.split(',').collect() };
+    let allowed: Vec<&str> = if args.peers == "none" {
+        vec![]
+    } else {
+        args.peers.split(',').collect()
+    };
     s.peers
         .iter()
         .filter_map(|p| match p.as_str() {
@@ -173,14 +208,23 @@ fn peer_list(s: &Scenario, args: &Args) -> Vec<Peer> {
         .filter(|p| {
             let ok = p.installed();
             if !ok {
-                eprintln!("  {} is not installed; skipped (cargo xtask bench --install-peers)", p.name());
+                eprintln!(
+                    "  {} is not installed; skipped (cargo xtask bench --install-peers)",
+                    p.name()
+                );
             }
             ok
         })
         .collect()
 }
 
-fn settings(args: &Args, layout: &Layout, routing: &str, dir: &std::path::Path, connections: usize) -> PeerSettings {
+fn settings(
+    args: &Args,
+    layout: &Layout,
+    routing: &str,
+    dir: &std::path::Path,
+    connections: usize,
+) -> PeerSettings {
     PeerSettings {
         workers: args.workers,
         proxy_cpus: layout.proxy_cpus.clone(),
@@ -192,7 +236,13 @@ fn settings(args: &Args, layout: &Layout, routing: &str, dir: &std::path::Path, 
 }
 
 /// Comparison scenarios: every peer at every load point, rounds interleaved.
-fn compare(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load_threads: usize) -> Result<Vec<Row>> {
+fn compare(
+    s: &Scenario,
+    args: &Args,
+    layout: &Layout,
+    dir: &std::path::Path,
+    load_threads: usize,
+) -> Result<Vec<Row>> {
     let replicas = start_replicas(s, load_threads)?;
     let addrs: Vec<SocketAddr> = replicas.iter().map(ReplicaHandle::addr).collect();
     let duration = Duration::from_secs(args.duration.unwrap_or(s.duration_s));
@@ -202,8 +252,16 @@ fn compare(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, lo
         let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); peers.len()];
         for _round in 0..args.rounds {
             for (i, &peer) in peers.iter().enumerate() {
-                let running = peers::start(peer, &addrs, &settings(args, layout, "round_robin", dir, point.connections))?;
-                let targets = if peer == Peer::Direct { addrs.clone() } else { vec![running.addr] };
+                let running = peers::start(
+                    peer,
+                    &addrs,
+                    &settings(args, layout, "round_robin", dir, point.connections),
+                )?;
+                let targets = if peer == Peer::Direct {
+                    addrs.clone()
+                } else {
+                    vec![running.addr]
+                };
                 let mut m = if s.kind == Kind::Connections {
                     connections_measurement(s, &running, targets, point, duration, load_threads)
                 } else {
@@ -216,13 +274,22 @@ fn compare(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, lo
         for (i, peer) in peers.iter().enumerate() {
             let key: fn(&Measurement) -> f64 = match s.kind {
                 Kind::Stream => |m| m.first_token.as_ref().map_or(0.0, |p| p.p99_ms),
-                Kind::Connections => |m| m.extra.get("rss_per_connection_kib").and_then(|v| v.as_f64()).unwrap_or(0.0),
+                Kind::Connections => |m| {
+                    m.extra
+                        .get("rss_per_connection_kib")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(0.0)
+                },
                 _ if s.load.iter().any(|l| l.rate.is_some()) => |m| m.cpu_s_per_100k.unwrap_or(0.0),
                 _ => |m| m.throughput_rps,
             };
             let median = report::median(&rounds[i], key);
             rows.push(Row {
-                point: format!("connections={}{}", point.connections, point.rate.map(|r| format!(" rate={r}")).unwrap_or_default()),
+                point: format!(
+                    "connections={}{}",
+                    point.connections,
+                    point.rate.map(|r| format!(" rate={r}")).unwrap_or_default()
+                ),
                 peer: peer.name().into(),
                 rounds: rounds[i].clone(),
                 median,
@@ -267,7 +334,9 @@ fn connections_measurement(
 /// A raw HTTP call to the admin API; returns the status.
 fn admin_call(admin: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)) else { return 0 };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)) else {
+        return 0;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -278,11 +347,20 @@ fn admin_call(admin: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
     }
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Load while replicas come and go through the admin API.
-fn churn(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load_threads: usize) -> Result<Vec<Row>> {
+fn churn(
+    s: &Scenario,
+    args: &Args,
+    layout: &Layout,
+    dir: &std::path::Path,
+    load_threads: usize,
+) -> Result<Vec<Row>> {
     let replicas = start_replicas(s, load_threads)?;
     let addrs: Vec<SocketAddr> = replicas.iter().map(ReplicaHandle::addr).collect();
     let (stable, extra) = addrs.split_at(2);
@@ -290,7 +368,11 @@ fn churn(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load
     let point = &s.load[0];
     let mut rounds = Vec::new();
     for _ in 0..args.rounds {
-        let running = peers::start(Peer::Inferlb, stable, &settings(args, layout, "round_robin", dir, point.connections))?;
+        let running = peers::start(
+            Peer::Inferlb,
+            stable,
+            &settings(args, layout, "round_robin", dir, point.connections),
+        )?;
         let admin = running.admin.context("inferlb has an admin API")?;
         let stop = Arc::new(AtomicBool::new(false));
         let ops = Arc::new(AtomicU64::new(0));
@@ -303,9 +385,19 @@ fn churn(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load
             while !stop2.load(Ordering::Relaxed) {
                 let r = extra[k % extra.len()];
                 let id = format!("churn{}", k % extra.len());
-                let add = admin_call(admin, "POST", "/v1/replicas", &format!(r#"{{"address":"{r}","id":"{id}"}}"#));
+                let add = admin_call(
+                    admin,
+                    "POST",
+                    "/v1/replicas",
+                    &format!(r#"{{"address":"{r}","id":"{id}"}}"#),
+                );
                 std::thread::sleep(interval);
-                let drain = admin_call(admin, "DELETE", &format!("/v1/replicas/{id}?drain_timeout_s=30"), "");
+                let drain = admin_call(
+                    admin,
+                    "DELETE",
+                    &format!("/v1/replicas/{id}?drain_timeout_s=30"),
+                    "",
+                );
                 std::thread::sleep(interval);
                 ops2.fetch_add(2, Ordering::Relaxed);
                 if !(200..300).contains(&add) || !(200..300).contains(&drain) {
@@ -314,20 +406,45 @@ fn churn(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load
                 k += 1;
             }
         });
-        let mut m = measure(s, &running, vec![running.addr], point, duration, load_threads);
+        let mut m = measure(
+            s,
+            &running,
+            vec![running.addr],
+            point,
+            duration,
+            load_threads,
+        );
         stop.store(true, Ordering::Relaxed);
         let _ = churner.join();
-        m.extra.insert("admin_operations".into(), json!(ops.load(Ordering::Relaxed)));
-        m.extra.insert("failed_admin_operations".into(), json!(failed_ops.load(Ordering::Relaxed)));
-        m.extra.insert("failed_requests".into(), json!(m.errors.total()));
+        m.extra.insert(
+            "admin_operations".into(),
+            json!(ops.load(Ordering::Relaxed)),
+        );
+        m.extra.insert(
+            "failed_admin_operations".into(),
+            json!(failed_ops.load(Ordering::Relaxed)),
+        );
+        m.extra
+            .insert("failed_requests".into(), json!(m.errors.total()));
         rounds.push(m);
     }
     let median = report::median(&rounds, |m| m.errors.total() as f64);
-    Ok(vec![Row { point: format!("connections={}", point.connections), peer: "inferlb".into(), rounds, median }])
+    Ok(vec![Row {
+        point: format!("connections={}", point.connections),
+        peer: "inferlb".into(),
+        rounds,
+        median,
+    }])
 }
 
 /// One slow replica; the same offered load per routing rule.
-fn skew(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load_threads: usize) -> Result<Vec<Row>> {
+fn skew(
+    s: &Scenario,
+    args: &Args,
+    layout: &Layout,
+    dir: &std::path::Path,
+    load_threads: usize,
+) -> Result<Vec<Row>> {
     let duration = Duration::from_secs(args.duration.unwrap_or(s.duration_s));
     let point = &s.load[0];
     let mut rows = Vec::new();
@@ -337,17 +454,31 @@ fn skew(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load_
         for _ in 0..args.rounds {
             let replicas = start_replicas(s, load_threads)?;
             let addrs: Vec<SocketAddr> = replicas.iter().map(ReplicaHandle::addr).collect();
-            let running = match peers::start(Peer::Inferlb, &addrs, &settings(args, layout, routing, dir, point.connections)) {
+            let running = match peers::start(
+                Peer::Inferlb,
+                &addrs,
+                &settings(args, layout, routing, dir, point.connections),
+            ) {
                 Ok(r) => r,
                 Err(_) => {
                     available = false;
                     break;
                 }
             };
-            let mut m = measure(s, &running, vec![running.addr], point, duration, load_threads);
+            let mut m = measure(
+                s,
+                &running,
+                vec![running.addr],
+                point,
+                duration,
+                load_threads,
+            );
             let total: u64 = replicas.iter().map(|r| r.counters().requests()).sum();
             let slow = replicas[0].counters().requests();
-            m.extra.insert("slow_replica_share".into(), json!(slow as f64 / total.max(1) as f64));
+            m.extra.insert(
+                "slow_replica_share".into(),
+                json!(slow as f64 / total.max(1) as f64),
+            );
             rounds.push(m);
         }
         if !available {
@@ -355,17 +486,29 @@ fn skew(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path, load_
             continue;
         }
         let median = report::median(&rounds, |m| m.latency.p90_ms);
-        rows.push(Row { point: routing.clone(), peer: "inferlb".into(), rounds, median });
+        rows.push(Row {
+            point: routing.clone(),
+            peer: "inferlb".into(),
+            rounds,
+            median,
+        });
     }
     Ok(rows)
 }
 
 fn print_rows(s: &Scenario, rows: &[Row]) {
-    let direct = |point: &str| rows.iter().find(|r| r.point == point && r.peer == "direct").map(|r| r.median.throughput_rps);
+    let direct = |point: &str| {
+        rows.iter()
+            .find(|r| r.point == point && r.peer == "direct")
+            .map(|r| r.median.throughput_rps)
+    };
     let mut table = Vec::new();
     for r in rows {
         let m = &r.median;
-        let vs_direct = direct(&r.point).filter(|d| *d > 0.0).map(|d| format!("{:.2}x", m.throughput_rps / d)).unwrap_or_default();
+        let vs_direct = direct(&r.point)
+            .filter(|d| *d > 0.0)
+            .map(|d| format!("{:.2}x", m.throughput_rps / d))
+            .unwrap_or_default();
         let mut row = vec![
             r.point.clone(),
             r.peer.clone(),
@@ -373,8 +516,12 @@ fn print_rows(s: &Scenario, rows: &[Row]) {
             vs_direct,
             format!("{:.2}", m.latency.p50_ms),
             format!("{:.2}", m.latency.p99_ms),
-            m.cpu_s_per_100k.map(|c| format!("{c:.2}")).unwrap_or_default(),
-            m.peak_rss_kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_default(),
+            m.cpu_s_per_100k
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_default(),
+            m.peak_rss_kib
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_default(),
             m.errors.total().to_string(),
         ];
         let extra = match s.kind {
@@ -382,7 +529,12 @@ fn print_rows(s: &Scenario, rows: &[Row]) {
                 .first_token
                 .as_ref()
                 .zip(m.token_gap.as_ref())
-                .map(|(f, g)| format!("ttft p50 {:.1} p99 {:.1} ms; gap p99 {:.1} ms", f.p50_ms, f.p99_ms, g.p99_ms))
+                .map(|(f, g)| {
+                    format!(
+                        "ttft p50 {:.1} p99 {:.1} ms; gap p99 {:.1} ms",
+                        f.p50_ms, f.p99_ms, g.p99_ms
+                    )
+                })
                 .unwrap_or_default(),
             Kind::Connections => m
                 .extra
@@ -394,7 +546,13 @@ fn print_rows(s: &Scenario, rows: &[Row]) {
                 .extra
                 .get("slow_replica_share")
                 .and_then(|v| v.as_f64())
-                .map(|v| format!("slow share {:.1}%, p90 {:.1} ms", v * 100.0, m.latency.p90_ms))
+                .map(|v| {
+                    format!(
+                        "slow share {:.1}%, p90 {:.1} ms",
+                        v * 100.0,
+                        m.latency.p90_ms
+                    )
+                })
                 .unwrap_or_default(),
             Kind::Churn => format!(
                 "{} admin ops, {} failed requests",
@@ -408,7 +566,21 @@ fn print_rows(s: &Scenario, rows: &[Row]) {
     }
     println!(
         "{}",
-        report::table(&["point", "peer", "req/s", "vs direct", "p50 ms", "p99 ms", "cpu s/100k", "peak MiB", "errors", "notes"], &table)
+        report::table(
+            &[
+                "point",
+                "peer",
+                "req/s",
+                "vs direct",
+                "p50 ms",
+                "p99 ms",
+                "cpu s/100k",
+                "peak MiB",
+                "errors",
+                "notes"
+            ],
+            &table
+        )
     );
 }
 
@@ -421,16 +593,28 @@ fn ratios(rows: &[Row]) -> serde_json::Value {
         v
     });
     for point in points {
-        let get = |peer: &str| rows.iter().find(|r| &r.point == point && r.peer == peer).map(|r| &r.median);
-        let Some(inferlb) = get("inferlb") else { continue };
+        let get = |peer: &str| {
+            rows.iter()
+                .find(|r| &r.point == point && r.peer == peer)
+                .map(|r| &r.median)
+        };
+        let Some(inferlb) = get("inferlb") else {
+            continue;
+        };
         let mut m = serde_json::Map::new();
         for other in ["direct", "nginx", "haproxy"] {
             if let Some(o) = get(other) {
                 if o.throughput_rps > 0.0 {
-                    m.insert(format!("throughput_inferlb_over_{other}"), json!(inferlb.throughput_rps / o.throughput_rps));
+                    m.insert(
+                        format!("throughput_inferlb_over_{other}"),
+                        json!(inferlb.throughput_rps / o.throughput_rps),
+                    );
                 }
                 if let (Some(a), Some(b)) = (inferlb.cpu_s_per_100k, o.cpu_s_per_100k) {
-                    m.insert(format!("cpu_per_request_inferlb_over_{other}"), json!(a / b));
+                    m.insert(
+                        format!("cpu_per_request_inferlb_over_{other}"),
+                        json!(a / b),
+                    );
                 }
             }
         }
@@ -453,12 +637,18 @@ fn main() -> Result<()> {
         layout.cores, layout.proxy_cpus, layout.load_cpus
     );
     if !args.inferlb.is_file() {
-        bail!("{} not found; build it with cargo build --release -p inferlb", args.inferlb.display());
+        bail!(
+            "{} not found; build it with cargo build --release -p inferlb",
+            args.inferlb.display()
+        );
     }
     let load_threads = layout.load_cpus.len().max(1);
     let mut names = args.scenarios.clone();
     if names.is_empty() {
-        names = ["small", "rate", "stream", "connections", "churn", "skew"].iter().map(|s| (*s).to_owned()).collect();
+        names = ["small", "rate", "stream", "connections", "churn", "skew"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
     }
     let dir = std::env::temp_dir().join(format!("inferlb-bench-{}", std::process::id()));
     for name in names {
@@ -490,19 +680,48 @@ fn main() -> Result<()> {
         });
         report::write_json(&args.out, &scenario.name, &record)?;
         let (title, unit, value): (String, &str, fn(&Row) -> f64) = match scenario.kind {
-            Kind::Stream => (format!("{}: time to first token, p99", scenario.name), "ms", |r| r.median.first_token.as_ref().map_or(0.0, |p| p.p99_ms)),
-            Kind::Connections => (format!("{}: resident memory per idle connection", scenario.name), "KiB", |r| {
-                r.median.extra.get("rss_per_connection_kib").and_then(|v| v.as_f64()).unwrap_or(0.0)
-            }),
-            Kind::Skew => (format!("{}: p90 latency per routing rule", scenario.name), "ms", |r| r.median.latency.p90_ms),
-            _ if scenario.load.iter().any(|l| l.rate.is_some()) => {
-                (format!("{}: CPU seconds per 100 000 requests", scenario.name), "CPU s", |r| r.median.cpu_s_per_100k.unwrap_or(0.0))
-            }
-            _ => (format!("{}: throughput", scenario.name), "requests/s", |r| r.median.throughput_rps),
+            Kind::Stream => (
+                format!("{}: time to first token, p99", scenario.name),
+                "ms",
+                |r| r.median.first_token.as_ref().map_or(0.0, |p| p.p99_ms),
+            ),
+            Kind::Connections => (
+                format!("{}: resident memory per idle connection", scenario.name),
+                "KiB",
+                |r| {
+                    r.median
+                        .extra
+                        .get("rss_per_connection_kib")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(0.0)
+                },
+            ),
+            Kind::Skew => (
+                format!("{}: p90 latency per routing rule", scenario.name),
+                "ms",
+                |r| r.median.latency.p90_ms,
+            ),
+            _ if scenario.load.iter().any(|l| l.rate.is_some()) => (
+                format!("{}: CPU seconds per 100 000 requests", scenario.name),
+                "CPU s",
+                |r| r.median.cpu_s_per_100k.unwrap_or(0.0),
+            ),
+            _ => (
+                format!("{}: throughput", scenario.name),
+                "requests/s",
+                |r| r.median.throughput_rps,
+            ),
         };
-        let bars: Vec<(String, String, f64)> = rows.iter().map(|r| (r.point.clone(), r.peer.clone(), value(r))).collect();
+        let bars: Vec<(String, String, f64)> = rows
+            .iter()
+            .map(|r| (r.point.clone(), r.peer.clone(), value(r)))
+            .collect();
         report::write_svg(&args.out, &scenario.name, &title, unit, &bars)?;
-        println!("wrote {}/{}.json and .svg", args.out.display(), scenario.name);
+        println!(
+            "wrote {}/{}.json and .svg",
+            args.out.display(),
+            scenario.name
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

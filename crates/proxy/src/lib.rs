@@ -23,4 +23,36 @@ mod worker;
 
 pub use inferlb_core::WorkerStats;
 pub use server::{start, ActiveDriver, ProxyHandle};
+
+/// Entry points for the micro-benchmarks in `benches/`; not a stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    use crate::h1::request::{parse_and_rewrite, Forwarding};
+    use crate::h1::RequestId;
+
+    /// Parses a complete request head and writes the rewritten head into
+    /// `out`, as the hot path does; returns whether it was accepted.
+    pub fn rewrite_request(head: &[u8], request_id: &mut RequestIdBuf, out: &mut Vec<u8>) -> bool {
+        parse_and_rewrite(
+            head,
+            100,
+            &Forwarding {
+                client_ip: b"192.0.2.1",
+            },
+            &mut request_id.0,
+            out,
+        )
+        .is_ok()
+    }
+
+    /// The request-id buffer the hot path reuses per connection.
+    #[derive(Debug)]
+    pub struct RequestIdBuf(RequestId);
+
+    impl Default for RequestIdBuf {
+        fn default() -> Self {
+            Self(RequestId::new())
+        }
+    }
+}
 pub use worker::Phase;
