@@ -82,7 +82,8 @@ pub struct ReplicaView {
     pub resolved: String,
     /// Relative share of new requests, 0..=1000.
     pub weight: u32,
-    /// `active` or `draining`.
+    /// `active`, `draining`, `unhealthy` (failing its health checks) or
+    /// `ejected` (failing requests; back after its ejection).
     pub state: String,
     /// Requests in flight now, across all workers.
     pub in_flight: u64,
@@ -125,7 +126,7 @@ impl From<&Replica> for ReplicaView {
             address: r.address.clone(),
             resolved: r.addr.to_string(),
             weight: r.weight,
-            state: r.state.as_str().to_owned(),
+            state: crate::health::effective_state(r, inferlb_core::clock::now_ms()).to_owned(),
             in_flight: s.in_flight(),
             requests: s.requests(),
             errors: s.responses(StatusClass::ServerError) + s.connect_errors(),
@@ -423,7 +424,7 @@ async fn replace_replicas(
                 }
             }
             Command::Remove { id } => drained.push(id.to_string()),
-            Command::SetRouting(_) => {}
+            Command::SetRouting(_) | Command::SetHealth { .. } | Command::SetPolicy(_) => {}
         }
     }
     app.control.apply(commands).await?;

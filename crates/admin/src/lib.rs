@@ -9,6 +9,7 @@
 //! - [`persist`]: the state file, written atomically and durably.
 //! - [`api`]: routes, DTOs, handlers, bearer-token auth, the OpenAPI document.
 //! - [`metrics`]: the Prometheus collector behind `/metrics`.
+//! - [`health`]: active health checks, turned into `SetHealth` commands.
 //! - [`error`]: `ApiError` and the status each variant maps to.
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod control;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod persist;
 

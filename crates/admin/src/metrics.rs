@@ -131,17 +131,28 @@ impl Collector for Source {
         }
         let mut m = encoder.encode_descriptor(
             "inferlb_replica_state",
-            "1 for the replica's current state (active, draining).",
+            "1 for the replica's current state (active, draining, unhealthy, ejected).",
             None,
             MetricType::Gauge,
         )?;
         for r in replicas {
-            for state in ["active", "draining"] {
+            let current = crate::health::effective_state(r, inferlb_core::clock::now_ms());
+            for state in ["active", "draining", "unhealthy", "ejected"] {
                 let mut labels = id(r);
                 labels.push(("state", Cow::Borrowed(state)));
                 m.encode_family(&labels)?
-                    .encode_gauge(&i64::from(r.state.as_str() == state))?;
+                    .encode_gauge(&i64::from(current == state))?;
             }
+        }
+        let mut m = encoder.encode_descriptor(
+            "inferlb_replica_ejections",
+            "Times the replica was ejected as an outlier.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in replicas {
+            m.encode_family(&id(r))?
+                .encode_counter::<NoLabelSet, _, u64>(&r.stats.ejections(), None)?;
         }
         let heads: Vec<_> = replicas
             .iter()

@@ -88,6 +88,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         protect_probes: false,
         store: None,
         config_path: None,
+        health: config.health.clone(),
     };
     let workers = config.proxy.worker_count();
     crate::serve::run_control_plane(handle, snapshots, state, workers, plane)?;

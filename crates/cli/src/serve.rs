@@ -29,7 +29,7 @@ pub(crate) struct ServeArgs {
     /// the config file's replicas.
     #[arg(long = "replica", value_name = "ADDR")]
     pub(crate) replicas: Vec<String>,
-    /// round_robin or weighted_round_robin.
+    /// round_robin, weighted_round_robin, least_outstanding or p2c.
     #[arg(long)]
     pub(crate) routing: Option<Routing>,
     /// auto (io_uring, epoll where unavailable), uring, or legacy (epoll).
@@ -126,6 +126,7 @@ pub(crate) fn admin_token(token_file: Option<&Path>) -> Result<Option<String>> {
 /// Builds the first state from the configured replicas.
 pub(crate) fn initial_state(config: &Config) -> Result<State> {
     let mut state = State::new(config.routing);
+    state.apply(Command::SetPolicy(config.policy))?;
     for spec in &config.replicas {
         state
             .apply(Command::Add(spec.clone()))
@@ -163,6 +164,8 @@ pub(crate) struct ControlPlane {
     pub(crate) store: Option<StateFile>,
     /// Re-read on SIGHUP.
     pub(crate) config_path: Option<PathBuf>,
+    /// Active health checks.
+    pub(crate) health: inferlb_core::config::HealthCheck,
 }
 
 /// Runs the control plane on this thread (tokio, current-thread): the admin
@@ -204,6 +207,10 @@ pub(crate) fn run_control_plane(
             tracing::info!(path = %store.path().display(), "state file");
         }
         tokio::spawn(Arc::clone(&control).run_reaper());
+        if plane.health.enabled {
+            tracing::info!(path = %plane.health.path, interval = ?plane.health.interval, "active health checks");
+            tokio::spawn(inferlb_admin::health::run(Arc::clone(&control), plane.health.clone()));
+        }
 
         loop {
             tokio::select! {
@@ -246,6 +253,9 @@ async fn reload(control: &Control, path: Option<&Path>) {
     if config.routing != state.routing() {
         commands.push(Command::SetRouting(config.routing));
     }
+    if config.policy != state.policy() {
+        commands.push(Command::SetPolicy(config.policy));
+    }
     let count = commands.len();
     match control.apply(commands).await {
         Ok(_) => {
@@ -275,7 +285,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             .unwrap_or_else(StateFile::default_path),
     );
     let state = match store.load(config.routing)? {
-        Some(state) => {
+        Some(mut state) => {
+            state.apply(Command::SetPolicy(config.policy))?;
             tracing::info!(path = %store.path().display(), replicas = state.replicas().len(), "replicas restored from the state file (it wins over the config file)");
             state
         }
@@ -288,6 +299,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         protect_probes: config.admin.protect_probes,
         store: Some(store),
         config_path: args.config.clone(),
+        health: config.health.clone(),
     };
     run_control_plane(handle, snapshots, state, config.proxy.worker_count(), plane)
 }

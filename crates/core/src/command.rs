@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::balance::Routing;
-use crate::replica::{Replica, ReplicaId, ReplicaState};
+use crate::replica::{Health, Replica, ReplicaId, ReplicaState};
+use crate::replica_set::Policy;
 use crate::replica_set::ReplicaSet;
 
 /// A replica as declared by an operator or a discovery source.
@@ -41,6 +42,10 @@ pub enum Command {
     Remove { id: ReplicaId },
     /// Changes the routing rule.
     SetRouting(Routing),
+    /// Records an active health-check verdict.
+    SetHealth { id: ReplicaId, health: Health },
+    /// Changes the slow-start and fail-open settings.
+    SetPolicy(Policy),
 }
 
 /// Why a command was refused.
@@ -71,6 +76,7 @@ pub enum Outcome {
 pub struct State {
     generation: u64,
     routing: Routing,
+    policy: Policy,
     replicas: Vec<Replica>,
 }
 
@@ -80,6 +86,7 @@ impl State {
         Self {
             generation: 0,
             routing,
+            policy: Policy::default(),
             replicas: Vec::new(),
         }
     }
@@ -89,6 +96,7 @@ impl State {
         Self {
             generation: 1,
             routing,
+            policy: Policy::default(),
             replicas,
         }
     }
@@ -96,6 +104,11 @@ impl State {
     /// The replicas, in the order they were added.
     pub fn replicas(&self) -> &[Replica] {
         &self.replicas
+    }
+
+    /// The slow-start and fail-open settings.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// The routing rule.
@@ -176,6 +189,28 @@ impl State {
                 self.replicas.remove(at);
                 Outcome::Changed
             }
+            Command::SetHealth { id, health } => {
+                let at = self.position(&id)?;
+                let replica = &mut self.replicas[at];
+                if replica.health == health {
+                    Outcome::NoChange
+                } else {
+                    replica.health = health;
+                    if health == Health::Healthy {
+                        // A recovered replica ramps up again.
+                        replica.ramp_from_ms = crate::clock::now_ms();
+                    }
+                    Outcome::Changed
+                }
+            }
+            Command::SetPolicy(policy) => {
+                if self.policy == policy {
+                    Outcome::NoChange
+                } else {
+                    self.policy = policy;
+                    Outcome::Changed
+                }
+            }
             Command::SetRouting(routing) => {
                 if self.routing == routing {
                     Outcome::NoChange
@@ -193,7 +228,12 @@ impl State {
 
     /// The snapshot of the current list, for the workers.
     pub fn snapshot(&self) -> ReplicaSet {
-        ReplicaSet::new(self.generation, self.routing, self.replicas.clone())
+        ReplicaSet::with_policy(
+            self.generation,
+            self.routing,
+            self.policy,
+            self.replicas.clone(),
+        )
     }
 
     /// The commands that turn this list into `desired`: adds, weight changes,

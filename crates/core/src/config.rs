@@ -103,6 +103,18 @@ pub struct FileConfig {
     /// The admin API.
     #[serde(default)]
     pub admin: FileAdmin,
+    /// Slow start: a new or recovered replica's share ramps up linearly over
+    /// this long (ms); 0 or absent is off (ALB `slow_start.duration_seconds`).
+    pub slow_start_ms: Option<u64>,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: FileHealth,
+    /// Passive outlier ejection.
+    #[serde(default)]
+    pub outlier: FileOutlier,
+    /// Retries on another replica.
+    #[serde(default)]
+    pub retries: FileRetries,
     /// The replicas to start with (a state file, when present, wins).
     #[serde(default)]
     pub replicas: Vec<FileReplica>,
@@ -165,6 +177,115 @@ pub struct FileUpstream {
     /// `keepalive_timeout` in an upstream block). Keep it below the model
     /// server's own idle timeout.
     pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[health]`: active health checks (ALB target-group health checks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    /// Check replicas at all. Default true.
+    pub enabled: Option<bool>,
+    /// Path of the HTTP GET. Default `/health` (vLLM, TGI and Triton serve one).
+    pub path: Option<String>,
+    /// Time between checks of one replica. Default 5 000 (ALB `interval`).
+    pub interval_ms: Option<u64>,
+    /// A check slower than this fails. Default 2 000 (ALB `timeout`).
+    pub timeout_ms: Option<u64>,
+    /// Passing checks in a row to become healthy. Default 2 (ALB `healthy_threshold`).
+    pub healthy_threshold: Option<u32>,
+    /// Failing checks in a row to become unhealthy. Default 2 (ALB `unhealthy_threshold`).
+    pub unhealthy_threshold: Option<u32>,
+    /// When every replica is unhealthy, route to all anyway. Default true (ALB fails open too).
+    pub fail_open: Option<bool>,
+}
+
+/// `[outlier]`: passive ejection of replicas that keep failing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlier {
+    /// Connect failures or 5xx responses in a row that eject. Default 5; 0 is off.
+    pub consecutive_failures: Option<u64>,
+    /// First ejection; the n-th lasts n times this. Default 30 000.
+    pub base_ejection_ms: Option<u64>,
+    /// Longest ejection. Default 300 000.
+    pub max_ejection_ms: Option<u64>,
+    /// Most replicas ejected at once, percent. Default 50.
+    pub max_ejection_percent: Option<u64>,
+}
+
+/// `[retries]`: a request whose replica failed before any response byte is
+/// retried on another replica.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetries {
+    /// Retries per request. Default 2 (nginx `proxy_next_upstream_tries` 0 = unlimited).
+    pub max_retries: Option<u32>,
+    /// Retries allowed as a percentage of requests over the window. Default 20.
+    pub budget_percent: Option<u64>,
+    /// The budget's window. Default 10 000.
+    pub budget_window_ms: Option<u64>,
+    /// A body is replayed only when it is at most this large (the proxy keeps
+    /// it in memory). Default 65 536.
+    pub max_replay_body_bytes: Option<usize>,
+    /// Also retry POST and PATCH (not idempotent). Default false.
+    pub non_idempotent: Option<bool>,
+}
+
+/// Validated `[retries]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// See [`FileRetries::max_retries`].
+    pub max_retries: u32,
+    /// See [`FileRetries::budget_percent`].
+    pub budget_percent: u64,
+    /// See [`FileRetries::budget_window_ms`].
+    pub budget_window_ms: u64,
+    /// See [`FileRetries::max_replay_body_bytes`].
+    pub max_replay_body_bytes: usize,
+    /// See [`FileRetries::non_idempotent`].
+    pub non_idempotent: bool,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            budget_percent: 20,
+            budget_window_ms: 10_000,
+            max_replay_body_bytes: 64 * 1024,
+            non_idempotent: false,
+        }
+    }
+}
+
+/// Validated `[health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// See [`FileHealth::enabled`].
+    pub enabled: bool,
+    /// See [`FileHealth::path`].
+    pub path: String,
+    /// See [`FileHealth::interval_ms`].
+    pub interval: Duration,
+    /// See [`FileHealth::timeout_ms`].
+    pub timeout: Duration,
+    /// See [`FileHealth::healthy_threshold`].
+    pub healthy_threshold: u32,
+    /// See [`FileHealth::unhealthy_threshold`].
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
 }
 
 /// `[admin]`: the admin REST API.
@@ -318,6 +439,10 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// Upstream pool.
     pub upstream: Upstream,
+    /// Retries on another replica.
+    pub retries: Retries,
+    /// Passive outlier ejection.
+    pub outlier: crate::outlier::Ejection,
 }
 
 impl Default for ProxyConfig {
@@ -330,6 +455,8 @@ impl Default for ProxyConfig {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             upstream: Upstream::default(),
+            retries: Retries::default(),
+            outlier: crate::outlier::Ejection::default(),
         }
     }
 }
@@ -356,6 +483,10 @@ pub struct Config {
     pub replicas: Vec<ReplicaSpec>,
     /// The admin API.
     pub admin: AdminConfig,
+    /// Active health checks.
+    pub health: HealthCheck,
+    /// Slow start and fail-open.
+    pub policy: crate::replica_set::Policy,
 }
 
 impl Config {
@@ -554,7 +685,108 @@ impl TryFrom<FileConfig> for Config {
             protect_probes: file.admin.protect_probes.unwrap_or(false),
             state_file: file.admin.state_file.as_ref().map(std::path::PathBuf::from),
         };
+        let h = &file.health;
+        let hd = HealthCheck::default();
+        let path = h.path.clone().unwrap_or(hd.path.clone());
+        if !path.starts_with('/')
+            || path
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(ConfigError::invalid(
+                "health.path",
+                format!("{path:?} must start with '/' and have no spaces"),
+            ));
+        }
+        let health = HealthCheck {
+            enabled: h.enabled.unwrap_or(true),
+            path,
+            interval: millis("health.interval_ms", h.interval_ms, hd.interval)?,
+            timeout: millis("health.timeout_ms", h.timeout_ms, hd.timeout)?,
+            healthy_threshold: count(
+                "health.healthy_threshold",
+                h.healthy_threshold.map(|v| v as usize),
+                2,
+                1,
+                10,
+            )? as u32,
+            unhealthy_threshold: count(
+                "health.unhealthy_threshold",
+                h.unhealthy_threshold.map(|v| v as usize),
+                2,
+                1,
+                10,
+            )? as u32,
+        };
+        if health.timeout >= health.interval {
+            return Err(ConfigError::invalid(
+                "health.timeout_ms",
+                "must be below health.interval_ms",
+            ));
+        }
+        let o = &file.outlier;
+        let od = crate::outlier::Ejection::default();
+        let outlier = crate::outlier::Ejection {
+            consecutive_failures: o.consecutive_failures.unwrap_or(od.consecutive_failures),
+            base_ms: millis(
+                "outlier.base_ejection_ms",
+                o.base_ejection_ms,
+                Duration::from_millis(od.base_ms),
+            )?
+            .as_millis() as u64,
+            max_ms: millis(
+                "outlier.max_ejection_ms",
+                o.max_ejection_ms,
+                Duration::from_millis(od.max_ms),
+            )?
+            .as_millis() as u64,
+            max_percent: count(
+                "outlier.max_ejection_percent",
+                o.max_ejection_percent.map(|v| v as usize),
+                od.max_percent as usize,
+                0,
+                100,
+            )? as u64,
+        };
+        let r = &file.retries;
+        let rd = Retries::default();
+        let retries = Retries {
+            max_retries: count(
+                "retries.max_retries",
+                r.max_retries.map(|v| v as usize),
+                rd.max_retries as usize,
+                0,
+                10,
+            )? as u32,
+            budget_percent: count(
+                "retries.budget_percent",
+                r.budget_percent.map(|v| v as usize),
+                rd.budget_percent as usize,
+                0,
+                100,
+            )? as u64,
+            budget_window_ms: millis(
+                "retries.budget_window_ms",
+                r.budget_window_ms,
+                Duration::from_millis(rd.budget_window_ms),
+            )?
+            .as_millis() as u64,
+            max_replay_body_bytes: count(
+                "retries.max_replay_body_bytes",
+                r.max_replay_body_bytes,
+                rd.max_replay_body_bytes,
+                0,
+                16 * 1024 * 1024,
+            )?,
+            non_idempotent: r.non_idempotent.unwrap_or(false),
+        };
+        let policy = crate::replica_set::Policy {
+            slow_start_ms: file.slow_start_ms.unwrap_or(0),
+            fail_open: h.fail_open.unwrap_or(true),
+        };
         Ok(Self {
+            health,
+            policy,
             admin,
             proxy: ProxyConfig {
                 listen,
@@ -564,6 +796,8 @@ impl TryFrom<FileConfig> for Config {
                 timeouts,
                 limits,
                 upstream,
+                retries,
+                outlier,
             },
             routing: file.routing.unwrap_or_default(),
             replicas,

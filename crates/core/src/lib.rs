@@ -11,12 +11,16 @@
 //! - [`command`]: `Command`, `State::apply` and `State::diff`.
 //! - [`config`]: the TOML file form and its validated form.
 //! - [`stats`]: lock-free histograms and worker counters.
+//! - [`clock`]: the process-wide millisecond clock of deadlines.
+//! - [`outlier`]: passive outlier ejection.
 
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod clock;
 pub mod command;
 pub mod config;
+pub mod outlier;
 pub mod replica;
 pub mod replica_set;
 pub mod stats;
@@ -26,6 +30,8 @@ pub use command::{Command, Outcome, ReplicaSpec, State, StateError};
 pub use config::{
     AdminConfig, Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream,
 };
-pub use replica::{Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass};
-pub use replica_set::{ReplicaSet, Snapshots};
+pub use replica::{
+    Health, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass,
+};
+pub use replica_set::{Policy, ReplicaSet, Snapshots};
 pub use stats::{Histogram, HistogramSnapshot, WorkerStats};

@@ -215,6 +215,17 @@ pub struct ReplicaStats {
     head_time: Histogram,
     duration: Histogram,
     evicted: AtomicBool,
+    /// Peak-EWMA of the time to response head, in microseconds (f64 bits).
+    ewma_head_us: AtomicU64,
+    /// Until when (clock ms) the replica is avoided after a 429 or a 503
+    /// with `Retry-After`.
+    penalty_until: AtomicU64,
+    /// Until when (clock ms) the replica is ejected as an outlier.
+    ejected_until: AtomicU64,
+    /// Connect failures and 5xx responses in a row.
+    consecutive_failures: AtomicU64,
+    /// Times ejected so far.
+    ejections: AtomicU64,
 }
 
 impl ReplicaStats {
@@ -270,6 +281,72 @@ impl ReplicaStats {
         self.evicted.store(true, Ordering::Relaxed);
     }
 
+    /// The peak-EWMA of the time to response head, in microseconds; 0
+    /// before the first response.
+    pub fn ewma_head_us(&self) -> f64 {
+        f64::from_bits(self.ewma_head_us.load(Ordering::Relaxed))
+    }
+
+    /// Records a time to response head: the histogram, and the peak-EWMA
+    /// (a slower sample is taken at once; faster ones decay it gradually,
+    /// so a replica that just stalled is avoided until it proves fast).
+    pub fn record_head_time(&self, d: std::time::Duration) {
+        self.head_time.record(d);
+        let sample = d.as_secs_f64() * 1e6;
+        let current = self.ewma_head_us();
+        let next = if sample > current || current == 0.0 {
+            sample
+        } else {
+            current + (sample - current) * EWMA_DECAY
+        };
+        self.ewma_head_us.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Avoids the replica until `until_ms` (a soft penalty: used only when
+    /// nothing else is left).
+    pub fn penalize_until(&self, until_ms: u64) {
+        self.penalty_until.fetch_max(until_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the replica is penalized at `now_ms`.
+    pub fn is_penalized(&self, now_ms: u64) -> bool {
+        self.penalty_until.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Whether the replica is ejected at `now_ms`.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Until when the replica is ejected (clock ms; 0 if never).
+    pub fn ejected_until(&self) -> u64 {
+        self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Times the replica has been ejected.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a success: the run of failures is over.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure; returns the length of the current run.
+    pub fn record_failure(&self) -> u64 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ejects the replica until `until_ms` and starts a new run.
+    pub fn eject_until(&self, until_ms: u64) {
+        self.ejected_until.store(until_ms, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
     /// Counts a request as started; the returned guard counts it as finished
     /// when dropped, on every path out of the request.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
@@ -299,6 +376,9 @@ impl ReplicaStats {
     }
 }
 
+/// Weight of a faster sample in the peak-EWMA (a slower one replaces it).
+const EWMA_DECAY: f64 = 0.3;
+
 /// One in-flight request; decrements the replica's in-flight count on drop.
 #[derive(Debug)]
 pub struct InFlight(Arc<ReplicaStats>);
@@ -308,6 +388,10 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// The share a replica in slow start gets at first: small, not zero, so a
+/// new replica starts warming up at once.
+const SLOW_START_FLOOR: f64 = 0.05;
 
 /// Hands out process-unique numbers for replicas, so that an upstream pool can
 /// tell a re-added address from the replica it replaced.
@@ -334,6 +418,20 @@ pub struct Replica {
     pub drain_deadline: Option<SystemTime>,
     /// Counters shared by every snapshot that holds this replica.
     pub stats: Arc<ReplicaStats>,
+    /// What the active health checks say.
+    pub health: Health,
+    /// When (clock ms) the replica joined or recovered, for slow start.
+    pub ramp_from_ms: u64,
+}
+
+/// Active health-check verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Passing (or not checked yet).
+    Healthy,
+    /// Failed the unhealthy threshold of checks in a row.
+    Unhealthy,
 }
 
 impl Replica {
@@ -349,12 +447,26 @@ impl Replica {
             added_at: SystemTime::now(),
             drain_deadline: None,
             stats: Arc::default(),
+            health: Health::Healthy,
+            ramp_from_ms: crate::clock::now_ms(),
         }
     }
 
-    /// Whether the balancer may send it new requests.
+    /// Whether the balancer may send it new requests (before dynamic
+    /// penalties and ejections, and before failing open).
     pub fn is_routable(&self) -> bool {
-        self.state == ReplicaState::Active && self.weight > 0
+        self.state == ReplicaState::Active && self.weight > 0 && self.health == Health::Healthy
+    }
+
+    /// The weight multiplier of slow start at `now_ms`: ramps linearly from a
+    /// small floor to 1 over `slow_start_ms` after the replica joined or
+    /// recovered; 1 when slow start is off.
+    pub fn ramp(&self, now_ms: u64, slow_start_ms: u64) -> f64 {
+        if slow_start_ms == 0 {
+            return 1.0;
+        }
+        let elapsed = now_ms.saturating_sub(self.ramp_from_ms) as f64;
+        (elapsed / slow_start_ms as f64).clamp(SLOW_START_FLOOR, 1.0)
     }
 }
 

@@ -14,7 +14,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inferlb_core::{ReplicaStats, Tried};
+use inferlb_core::{clock, ReplicaStats, Tried};
 use monoio::buf::IoBuf;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -39,9 +39,6 @@ const BODY_BUFFER: usize = 64 * 1024;
 const MIN_READ: usize = 2 * 1024;
 /// Largest response head accepted from a replica.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Body bytes that ride along in the same write as a head rather than in a
-/// write of their own: a small request or response then costs one write.
-const COALESCE_LIMIT: usize = 64 * 1024;
 /// How long an upstream read may take before the proxy also starts watching
 /// the client for a disconnect. Fast responses never pay for the watch (a
 /// poll on the client socket); a slow generation is cancelled within this
@@ -395,153 +392,233 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
     };
     let keep_client = info.keep_alive;
 
-    // Pick a replica and get a connection, moving on when a connect fails.
+    // Pick a replica and get a connection, moving on when a connect fails;
+    // then send the request and read the response head. A replica that
+    // fails before any response byte is retried on another (idempotent or
+    // opted-in requests whose body was kept, within the retry budget).
     let mut tried = Tried::default();
     let mut tried_generation = u64::MAX;
     let mut attempts = 0;
+    let mut retries = 0;
     let mut started;
-    let (picked, in_flight, mut conn) = loop {
-        let choice = {
-            let mut snapshots = worker.snapshots.borrow_mut();
-            let set = snapshots.load();
-            if set.generation() != tried_generation {
-                tried.clear();
-                tried_generation = set.generation();
-            }
-            let mut cursor = worker.cursor.borrow_mut();
-            set.pick_index(&mut cursor, &tried).map(|i| {
-                let r = &set.replicas()[i];
-                (
-                    i,
-                    Picked {
-                        uid: r.uid,
-                        addr: r.addr,
-                        stats: Arc::clone(&r.stats),
-                    },
-                )
-            })
-        };
-        let Some((index, picked)) = choice else {
-            let kind = if attempts == 0 {
-                ErrorKind::NoReplica
-            } else {
-                ErrorKind::ConnectFailed
-            };
-            return respond_keeping(client, kind, &body, keep_client).await;
-        };
-        attempts += 1;
-        tried.insert(index);
-        let in_flight = picked.stats.start_request();
-        started = Instant::now();
-        let pooled = worker.pool.borrow_mut().take(picked.uid);
-        if let Some(conn) = pooled {
-            break (picked, in_flight, conn);
-        }
-        match upstream::connect(picked.addr, config.timeouts.upstream_connect).await {
-            Ok(conn) => break (picked, in_flight, conn),
-            Err(error) => {
-                picked.stats.record_connect_error();
-                tracing::debug!(replica = %picked.addr, ?error, "connect failed");
-                if attempts >= config.limits.max_connect_attempts {
-                    return respond_keeping(client, ErrorKind::ConnectFailed, &body, keep_client)
-                        .await;
-                }
-            }
-        }
-    };
-    let _in_flight = in_flight;
-    if info.needs_host {
-        // An HTTP/1.0 request without Host: name the replica, as HTTP/1.1 requires.
-        client.out.truncate(client.out.len() - 2);
-        use std::io::Write;
-        let _ = write!(client.out, "Host: {}\r\n\r\n", picked.addr);
-    }
-
-    // The head plus whatever body already arrived go out in one write. When
-    // that is the whole request, it can be replayed on a fresh connection if
-    // a pooled one turns out to have been closed by the replica.
-    take_body(client, &mut body, limit, COALESCE_LIMIT, true).map_err(Abort::Respond)?;
-    let replayable = body.is_done();
-    let mut replayed = false;
+    let mut host_added = false;
+    let mut body_taken = false;
+    let mut replayable = false;
     let mut sent_continue = false;
     let keep_client = keep_client && *worker.phase.borrow() == Phase::Running;
-    let resp = 'attempt: loop {
-        let out = mem::take(&mut client.out);
-        let written = out.len();
-        let (result, out) = conn.stream.write_all(out).await;
-        client.out = out;
-        if result.is_err() {
-            if conn.reused && replayable && !replayed {
-                replayed = true;
-                conn = reconnect(worker, &picked).await?;
-                continue 'attempt;
-            }
-            sock::shutdown(&conn.stream);
-            return Err(Abort::Respond(ErrorKind::UpstreamFailed));
-        }
-        picked.stats.add_bytes_out(written);
-
-        // A client that asked to be told before sending its body hears it
-        // now that a replica is ready for it (nginx answers 100 itself too).
-        if info.expect_continue
-            && info.minor == 1
-            && !body.is_done()
-            && client.pending() == 0
-            && !sent_continue
-        {
-            sent_continue = true;
-            let request = mem::replace(&mut client.out, Vec::with_capacity(64));
-            client
-                .out
-                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            let sent = client.write_out(ERROR_WRITE_TIMEOUT).await;
-            client.out = request;
-            sent?;
-        }
-        if let Err(abort) =
-            stream_request_body(worker, client, &mut conn, &mut body, limit, &picked).await
-        {
-            sock::shutdown(&conn.stream);
-            return Err(abort);
-        }
-
-        // The response head, passing interim 1xx responses on.
-        let mut interim = false;
-        loop {
-            match read_response_head(worker, client, &mut conn, &info, keep_client, &picked).await {
-                Ok(resp) if resp.informational => {
-                    interim = true;
-                    if info.minor == 1 && !(resp.status == 100 && sent_continue) {
-                        client.write_out(config.timeouts.body_read).await?;
-                    }
-                    conn.buf.drain(..resp.head_len);
+    worker.retry_budget.borrow_mut().on_request(clock::now_ms());
+    let (picked, _in_flight, mut conn, resp) = 'replica: loop {
+        let (picked, in_flight, mut conn) = loop {
+            let choice = {
+                let mut snapshots = worker.snapshots.borrow_mut();
+                let set = snapshots.load();
+                if set.generation() != tried_generation {
+                    tried.clear();
+                    tried_generation = set.generation();
                 }
-                Ok(resp) => break 'attempt resp,
-                Err(Abort::Respond(ErrorKind::UpstreamFailed))
-                    if conn.reused
-                        && replayable
-                        && !replayed
-                        && !interim
-                        && info.method.is_idempotent() =>
-                {
-                    // The pooled connection died under the request before
-                    // any response byte: an idempotent request is replayed
-                    // once on a fresh connection. (A failed write, above,
-                    // is replayed for any method: nothing reached the replica.)
+                let mut cursor = worker.cursor.borrow_mut();
+                set.pick_index(&mut cursor, &tried).map(|i| {
+                    let r = &set.replicas()[i];
+                    (
+                        i,
+                        Picked {
+                            uid: r.uid,
+                            addr: r.addr,
+                            stats: Arc::clone(&r.stats),
+                        },
+                    )
+                })
+            };
+            let Some((index, picked)) = choice else {
+                let kind = if attempts == 0 {
+                    ErrorKind::NoReplica
+                } else {
+                    ErrorKind::ConnectFailed
+                };
+                return respond_keeping(client, kind, &body, keep_client).await;
+            };
+            attempts += 1;
+            tried.insert(index);
+            let in_flight = picked.stats.start_request();
+            started = Instant::now();
+            let pooled = worker.pool.borrow_mut().take(picked.uid);
+            if let Some(conn) = pooled {
+                break (picked, in_flight, conn);
+            }
+            match upstream::connect(picked.addr, config.timeouts.upstream_connect).await {
+                Ok(conn) => break (picked, in_flight, conn),
+                Err(error) => {
+                    picked.stats.record_connect_error();
+                    record_failure(worker, picked.uid);
+                    tracing::debug!(replica = %picked.addr, ?error, "connect failed");
+                    if attempts >= config.limits.max_connect_attempts {
+                        return respond_keeping(
+                            client,
+                            ErrorKind::ConnectFailed,
+                            &body,
+                            keep_client,
+                        )
+                        .await;
+                    }
+                }
+            }
+        };
+        if info.needs_host && !host_added {
+            // An HTTP/1.0 request without Host: name the replica, as HTTP/1.1 requires.
+            host_added = true;
+            client.out.truncate(client.out.len() - 2);
+            use std::io::Write;
+            let _ = write!(client.out, "Host: {}\r\n\r\n", picked.addr);
+        }
+        if !body_taken {
+            // The head plus whatever body already arrived go out in one
+            // write. When that is the whole request, it can be replayed on a
+            // fresh connection or another replica.
+            body_taken = true;
+            take_body(
+                client,
+                &mut body,
+                limit,
+                config.retries.max_replay_body_bytes,
+                true,
+            )
+            .map_err(Abort::Respond)?;
+            replayable = body.is_done();
+        }
+        let mut replayed = false;
+        let outcome: Result<ResponseInfo, Abort> = 'attempt: loop {
+            let out = mem::take(&mut client.out);
+            let written = out.len();
+            let (result, out) = conn.stream.write_all(out).await;
+            client.out = out;
+            if result.is_err() {
+                if conn.reused && replayable && !replayed {
                     replayed = true;
-                    sock::shutdown(&conn.stream);
-                    conn = reconnect(worker, &picked).await?;
+                    conn = match reconnect(worker, &picked).await {
+                        Ok(c) => c,
+                        Err(abort) => break 'attempt Err(abort),
+                    };
                     continue 'attempt;
                 }
-                Err(abort) => {
+                break 'attempt Err(Abort::Respond(ErrorKind::UpstreamFailed));
+            }
+            picked.stats.add_bytes_out(written);
+
+            // A client that asked to be told before sending its body hears it
+            // now that a replica is ready for it (nginx answers 100 itself too).
+            if info.expect_continue
+                && info.minor == 1
+                && !body.is_done()
+                && client.pending() == 0
+                && !sent_continue
+            {
+                sent_continue = true;
+                let request = mem::replace(&mut client.out, Vec::with_capacity(64));
+                client
+                    .out
+                    .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                let sent = client.write_out(ERROR_WRITE_TIMEOUT).await;
+                client.out = request;
+                if let Err(abort) = sent {
                     sock::shutdown(&conn.stream);
                     return Err(abort);
                 }
             }
+            if let Err(abort) =
+                stream_request_body(worker, client, &mut conn, &mut body, limit, &picked).await
+            {
+                sock::shutdown(&conn.stream);
+                return Err(abort);
+            }
+
+            // The response head, passing interim 1xx responses on.
+            let mut interim = false;
+            loop {
+                match read_response_head(worker, client, &mut conn, &info, keep_client, &picked)
+                    .await
+                {
+                    Ok(resp) if resp.informational => {
+                        interim = true;
+                        if info.minor == 1 && !(resp.status == 100 && sent_continue) {
+                            if let Err(abort) = client.write_out(config.timeouts.body_read).await {
+                                sock::shutdown(&conn.stream);
+                                return Err(abort);
+                            }
+                        }
+                        conn.buf.drain(..resp.head_len);
+                    }
+                    Ok(resp) => break 'attempt Ok(resp),
+                    Err(Abort::Respond(ErrorKind::UpstreamFailed))
+                        if conn.reused
+                            && replayable
+                            && !replayed
+                            && !interim
+                            && info.method.is_idempotent() =>
+                    {
+                        // The pooled connection died under the request before
+                        // any response byte: an idempotent request is replayed
+                        // once on a fresh connection. (A failed write, above,
+                        // is replayed for any method: nothing reached the replica.)
+                        replayed = true;
+                        sock::shutdown(&conn.stream);
+                        conn = match reconnect(worker, &picked).await {
+                            Ok(c) => c,
+                            Err(abort) => break 'attempt Err(abort),
+                        };
+                        continue 'attempt;
+                    }
+                    Err(Abort::Respond(ErrorKind::UpstreamFailed)) if interim => {
+                        // Part of a response (an interim one) already went
+                        // out: close rather than answer twice.
+                        sock::shutdown(&conn.stream);
+                        return Err(Abort::AfterHead);
+                    }
+                    Err(abort) => break 'attempt Err(abort),
+                }
+            }
+        };
+        match outcome {
+            Ok(resp) => break 'replica (picked, in_flight, conn, resp),
+            Err(Abort::Respond(kind @ (ErrorKind::UpstreamFailed | ErrorKind::ConnectFailed))) => {
+                sock::shutdown(&conn.stream);
+                record_failure(worker, picked.uid);
+                drop(in_flight);
+                let may_retry = replayable
+                    && (info.method.is_idempotent() || config.retries.non_idempotent)
+                    && retries < config.retries.max_retries
+                    && worker.retry_budget.borrow_mut().try_retry(clock::now_ms());
+                if !may_retry {
+                    return Err(Abort::Respond(kind));
+                }
+                retries += 1;
+                tracing::debug!(replica = %picked.addr, retries, "replica failed before responding; retrying on another");
+            }
+            Err(abort) => {
+                sock::shutdown(&conn.stream);
+                return Err(abort);
+            }
         }
     };
     picked.stats.record_response(resp.status);
-    picked.stats.head_time().record(started.elapsed());
+    picked.stats.record_head_time(started.elapsed());
+    if resp.status >= 500 {
+        record_failure(worker, picked.uid);
+    } else {
+        picked.stats.record_success();
+    }
+    if let Some(seconds) = resp
+        .retry_after_s
+        .filter(|_| resp.status == 429 || resp.status == 503)
+    {
+        // Back off as the replica asked (a penalty, not an ejection).
+        picked
+            .stats
+            .penalize_until(clock::now_ms() + seconds.min(MAX_PENALTY_S) * 1000);
+    } else if resp.status == 429 {
+        picked
+            .stats
+            .penalize_until(clock::now_ms() + DEFAULT_PENALTY_S * 1000);
+    }
     let reusable = stream_response(worker, client, &mut conn, &info, &resp, &picked).await;
     picked.stats.duration().record(started.elapsed());
     match reusable {
@@ -557,6 +634,27 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
     } else {
         Next::KeepAlive
     })
+}
+
+/// A 429 without `Retry-After` avoids the replica this long.
+const DEFAULT_PENALTY_S: u64 = 1;
+/// The longest `Retry-After` honoured, so a bogus header cannot park a
+/// replica for hours.
+const MAX_PENALTY_S: u64 = 300;
+
+/// Counts a connect failure or 5xx against a replica; ejects it after a run.
+fn record_failure(worker: &Worker, uid: u64) {
+    let mut snapshots = worker.snapshots.borrow_mut();
+    let set = snapshots.load();
+    if let Some(index) = set.replicas().iter().position(|r| r.uid == uid) {
+        if let Some(ms) = worker
+            .config
+            .outlier
+            .on_failure(set, index, clock::now_ms())
+        {
+            tracing::warn!(replica = %set.replicas()[index].id, ejected_ms = ms, "replica ejected after consecutive failures");
+        }
+    }
 }
 
 /// A fresh connection to the same replica, for a replay.

@@ -5,6 +5,8 @@
 //! [`Cursor`] (one per worker), so picking takes no lock and touches no cache
 //! line shared with another core.
 
+mod least_outstanding;
+mod p2c;
 mod round_robin;
 mod weighted_round_robin;
 
@@ -13,17 +15,53 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use least_outstanding::LeastOutstanding;
+pub use p2c::PowerOfTwoChoices;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 
 use crate::replica::Replica;
 
+/// What a pick sees: the snapshot's replicas, the ones already tried for
+/// this request, and the time (for penalties, ejections and slow start).
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The snapshot's replicas.
+    pub replicas: &'a [Replica],
+    /// Replicas this request already tried.
+    pub tried: &'a Tried,
+    /// `clock::now_ms()`, or any time in a test.
+    pub now_ms: u64,
+    /// The slow-start ramp length; 0 is off.
+    pub slow_start_ms: u64,
+}
+
+impl View<'_> {
+    /// Not tried, not ejected.
+    #[inline]
+    fn usable(&self, i: usize) -> bool {
+        !self.tried.contains(i) && !self.replicas[i].stats.is_ejected(self.now_ms)
+    }
+
+    /// Recently answered 429 or 503 with `Retry-After`.
+    #[inline]
+    fn penalized(&self, i: usize) -> bool {
+        self.replicas[i].stats.is_penalized(self.now_ms)
+    }
+
+    /// The slow-start ramp alone.
+    #[inline]
+    fn ramp(&self, i: usize) -> f64 {
+        self.replicas[i].ramp(self.now_ms, self.slow_start_ms)
+    }
+}
+
 /// Picks a replica for a request.
 pub trait Balancer: Send + Sync + fmt::Debug {
     /// The index (into the snapshot's replicas) of the replica for the next
-    /// request, skipping those in `tried`; `None` when no routable replica is
-    /// left.
-    fn pick(&self, replicas: &[Replica], cursor: &mut Cursor, tried: &Tried) -> Option<usize>;
+    /// request: never one already tried or ejected; a penalized one only
+    /// when nothing else is left. `None` when no replica can be used.
+    fn pick(&self, view: &View<'_>, cursor: &mut Cursor) -> Option<usize>;
 }
 
 /// The routing rules a snapshot can be built with.
@@ -35,25 +73,44 @@ pub enum Routing {
     RoundRobin,
     /// Smooth weighted round robin: weights 5:1 give 5:1, interleaved.
     WeightedRoundRobin,
+    /// The fewest requests in flight across all workers (per unit of weight),
+    /// ties broken round robin.
+    LeastOutstanding,
+    /// Power of two choices: two distinct random replicas, the less loaded
+    /// wins (in flight, then peak-EWMA of time to response head).
+    P2c,
 }
 
 impl Routing {
     /// Every routing rule, by name.
-    pub const ALL: [Routing; 2] = [Routing::RoundRobin, Routing::WeightedRoundRobin];
+    pub const ALL: [Routing; 4] = [
+        Routing::RoundRobin,
+        Routing::WeightedRoundRobin,
+        Routing::LeastOutstanding,
+        Routing::P2c,
+    ];
 
     /// The name used in the config, the CLI and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RoundRobin => "round_robin",
             Self::WeightedRoundRobin => "weighted_round_robin",
+            Self::LeastOutstanding => "least_outstanding",
+            Self::P2c => "p2c",
         }
     }
 
-    /// Builds this rule's balancer over a snapshot's replicas.
-    pub fn build(self, replicas: &[Replica]) -> Box<dyn Balancer> {
+    /// Builds this rule's balancer over a snapshot's replicas; `routable`
+    /// says which may take requests (see `ReplicaSet`).
+    pub fn build(self, replicas: &[Replica], routable: &[bool]) -> Box<dyn Balancer> {
+        let order: Vec<u32> = (0..replicas.len() as u32)
+            .filter(|&i| routable[i as usize])
+            .collect();
         match self {
-            Self::RoundRobin => Box::new(RoundRobin::build(replicas)),
-            Self::WeightedRoundRobin => Box::new(WeightedRoundRobin::build(replicas)),
+            Self::RoundRobin => Box::new(RoundRobin::new(order)),
+            Self::WeightedRoundRobin => Box::new(WeightedRoundRobin::build(replicas, &order)),
+            Self::LeastOutstanding => Box::new(LeastOutstanding::new(order)),
+            Self::P2c => Box::new(PowerOfTwoChoices::new(order)),
         }
     }
 }
@@ -71,23 +128,54 @@ impl FromStr for Routing {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown routing {s:?}: expected round_robin or weighted_round_robin")
+                format!("unknown routing {s:?}: expected round_robin, weighted_round_robin, least_outstanding or p2c")
             })
     }
 }
 
 /// A worker's position in the balancer's rotation. Each worker owns one, so
 /// round robin advances without any shared counter.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Cursor {
     next: u64,
+    rng: u64,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self::starting_at(0)
+    }
 }
 
 impl Cursor {
     /// A cursor starting at `start`; workers start at their own index so that
     /// the first requests of N workers do not all land on one replica.
     pub fn starting_at(start: u64) -> Self {
-        Self { next: start }
+        Self {
+            next: start,
+            rng: start.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+        }
+    }
+
+    /// xorshift64*: cheap, per worker, good enough to spread picks.
+    #[inline]
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A uniform number in `[0, 1)`.
+    #[inline]
+    fn unit(&mut self) -> f64 {
+        (self.random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A uniform number in `0..n`.
+    #[inline]
+    fn below(&mut self, n: usize) -> usize {
+        (((self.random() >> 32) * n as u64) >> 32) as usize
     }
 }
 
@@ -121,16 +209,31 @@ impl Tried {
     }
 }
 
-/// Walks `order` from the cursor and returns the first index not yet tried.
-fn next_untried(order: &[u32], cursor: &mut Cursor, tried: &Tried) -> Option<usize> {
+/// Walks `order` from the cursor and returns the first usable index. The
+/// first pass skips penalized replicas and lets a replica in slow start
+/// through with the probability of its ramp; the second pass (only when the
+/// first found nothing) takes any usable one.
+fn rotate(order: &[u32], view: &View<'_>, cursor: &mut Cursor) -> Option<usize> {
     let len = order.len() as u64;
     if len == 0 {
         return None;
     }
-    for step in 0..len {
-        let at = cursor.next.wrapping_add(step);
-        let index = order[(at % len) as usize] as usize;
-        if !tried.contains(index) {
+    for strict in [true, false] {
+        for step in 0..len {
+            let at = cursor.next.wrapping_add(step);
+            let index = order[(at % len) as usize] as usize;
+            if !view.usable(index) {
+                continue;
+            }
+            if strict {
+                if view.penalized(index) {
+                    continue;
+                }
+                let ramp = view.ramp(index);
+                if ramp < 1.0 && cursor.unit() >= ramp {
+                    continue;
+                }
+            }
             cursor.next = at.wrapping_add(1);
             return Some(index);
         }

@@ -1,7 +1,6 @@
 //! Round robin: each routable replica in turn, weights ignored.
 
-use super::{next_untried, Balancer, Cursor, Tried};
-use crate::replica::Replica;
+use super::{rotate, Balancer, Cursor, View};
 
 /// The routable replicas' indices, in snapshot order.
 #[derive(Debug, Clone)]
@@ -10,17 +9,14 @@ pub struct RoundRobin {
 }
 
 impl RoundRobin {
-    /// Keeps the replicas that take new requests: active, weight above 0.
-    pub fn build(replicas: &[Replica]) -> Self {
-        let order = (0..replicas.len() as u32)
-            .filter(|&i| replicas[i as usize].is_routable())
-            .collect();
+    /// Over the routable replicas' indices.
+    pub fn new(order: Vec<u32>) -> Self {
         Self { order }
     }
 }
 
 impl Balancer for RoundRobin {
-    fn pick(&self, _replicas: &[Replica], cursor: &mut Cursor, tried: &Tried) -> Option<usize> {
-        next_untried(&self.order, cursor, tried)
+    fn pick(&self, view: &View<'_>, cursor: &mut Cursor) -> Option<usize> {
+        rotate(&self.order, view, cursor)
     }
 }

@@ -27,11 +27,26 @@ fn replicas(specs: &[(u32, bool)]) -> Vec<Replica> {
         .collect()
 }
 
+fn build(routing: Routing, set: &[Replica]) -> Box<dyn Balancer> {
+    let routable: Vec<bool> = set.iter().map(Replica::is_routable).collect();
+    routing.build(set, &routable)
+}
+
+fn view<'a>(set: &'a [Replica], tried: &'a Tried, now_ms: u64) -> View<'a> {
+    View {
+        replicas: set,
+        tried,
+        now_ms,
+        slow_start_ms: 0,
+    }
+}
+
 fn picks(routing: Routing, set: &[Replica], start: u64, n: usize) -> Vec<usize> {
-    let balancer = routing.build(set);
+    let balancer = build(routing, set);
     let mut cursor = Cursor::starting_at(start);
+    let tried = Tried::default();
     (0..n)
-        .map(|_| balancer.pick(set, &mut cursor, &Tried::default()).unwrap())
+        .map(|_| balancer.pick(&view(set, &tried, 0), &mut cursor).unwrap())
         .collect()
 }
 
@@ -61,7 +76,8 @@ proptest! {
         let n = (total * 3) as usize;
         let picked = picks(Routing::WeightedRoundRobin, &set, start, n);
         prop_assert!(picked.iter().all(|&p| set[p].is_routable()));
-        let balancer = WeightedRoundRobin::build(&set);
+        let order: Vec<u32> = (0..set.len() as u32).filter(|&i| set[i as usize].is_routable()).collect();
+        let balancer = WeightedRoundRobin::build(&set, &order);
         let cycle = balancer.schedule().len();
         // Whole cycles give exact shares (weights reduced by their gcd).
         for (i, r) in set.iter().enumerate().filter(|(_, r)| r.is_routable()) {
@@ -88,16 +104,17 @@ proptest! {
     fn tried_replicas_are_skipped(specs in specs(), start in 0u64..100) {
         let set = replicas(&specs);
         for routing in Routing::ALL {
-            let balancer = routing.build(&set);
+            let balancer = build(routing, &set);
             let mut cursor = Cursor::starting_at(start);
             let mut tried = Tried::default();
             let routable = set.iter().filter(|r| r.is_routable()).count();
             for _ in 0..routable {
-                let p = balancer.pick(&set, &mut cursor, &tried).unwrap();
+                let p = balancer.pick(&view(&set, &tried, 0), &mut cursor).unwrap();
                 prop_assert!(!tried.contains(p));
+                prop_assert!(set[p].is_routable());
                 tried.insert(p);
             }
-            prop_assert!(balancer.pick(&set, &mut cursor, &tried).is_none());
+            prop_assert!(balancer.pick(&view(&set, &tried, 0), &mut cursor).is_none());
         }
     }
 }
@@ -113,9 +130,10 @@ fn five_to_one_is_interleaved() {
 fn nothing_routable_picks_nothing() {
     let set = replicas(&[(0, false), (3, true)]);
     for routing in Routing::ALL {
-        let balancer = routing.build(&set);
+        let balancer = build(routing, &set);
+        let tried = Tried::default();
         assert!(balancer
-            .pick(&set, &mut Cursor::default(), &Tried::default())
+            .pick(&view(&set, &tried, 0), &mut Cursor::default())
             .is_none());
     }
 }
@@ -126,4 +144,133 @@ fn routing_names_round_trip() {
         assert_eq!(routing.as_str().parse::<Routing>(), Ok(routing));
     }
     assert!("random".parse::<Routing>().is_err());
+}
+
+proptest! {
+    #[test]
+    fn least_outstanding_picks_a_least_loaded_replica(
+        loads in prop::collection::vec(0u64..20, 1..10),
+        weights in prop::collection::vec(1u32..5, 10),
+        start in 0u64..100,
+    ) {
+        let set = replicas(&loads.iter().enumerate().map(|(i, _)| (weights[i], false)).collect::<Vec<_>>());
+        let _guards: Vec<_> = set
+            .iter()
+            .zip(&loads)
+            .flat_map(|(r, &n)| (0..n).map(move |_| r.stats.start_request()))
+            .collect();
+        let balancer = build(Routing::LeastOutstanding, &set);
+        let tried = Tried::default();
+        let mut cursor = Cursor::starting_at(start);
+        for _ in 0..5 {
+            let p = balancer.pick(&view(&set, &tried, 0), &mut cursor).unwrap();
+            let score = |i: usize| set[i].stats.in_flight() as f64 / f64::from(set[i].weight);
+            for other in 0..set.len() {
+                prop_assert!(score(p) <= score(other), "picked {} ({}) over {} ({})", p, score(p), other, score(other));
+            }
+        }
+    }
+
+    #[test]
+    fn p2c_compares_two_distinct_replicas(n in 2usize..12, seed in 0u64..1000) {
+        let set = replicas(&vec![(1, false); n]);
+        let balancer = PowerOfTwoChoices::new((0..n as u32).collect());
+        let tried = Tried::default();
+        let mut cursor = Cursor::starting_at(seed);
+        for _ in 0..50 {
+            let (a, b) = balancer.candidates(&view(&set, &tried, 0), &mut cursor).unwrap();
+            let b = b.expect("two usable replicas give two candidates");
+            prop_assert_ne!(a, b);
+        }
+    }
+
+    #[test]
+    fn ejected_replicas_are_never_picked_and_penalized_only_as_a_last_resort(
+        n in 2usize..8, ejected in 0usize..8, penalized in 0usize..8, start in 0u64..50,
+    ) {
+        let set = replicas(&vec![(1, false); n]);
+        let (ejected, penalized) = (ejected % n, penalized % n);
+        set[ejected].stats.eject_until(1_000);
+        set[penalized].stats.penalize_until(1_000);
+        for routing in Routing::ALL {
+            let balancer = build(routing, &set);
+            let tried = Tried::default();
+            let mut cursor = Cursor::starting_at(start);
+            for _ in 0..20 {
+                let p = balancer.pick(&view(&set, &tried, 500), &mut cursor).unwrap();
+                prop_assert_ne!(p, ejected, "{:?} picked an ejected replica", routing);
+                let others_clean = (0..n).any(|i| i != ejected && i != penalized);
+                if others_clean {
+                    prop_assert_ne!(p, penalized, "{:?} picked a penalized replica", routing);
+                }
+            }
+            // After the deadlines pass, both come back.
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..200 {
+                seen.insert(balancer.pick(&view(&set, &tried, 2_000), &mut cursor).unwrap());
+            }
+            prop_assert!(seen.contains(&ejected) || routing == Routing::LeastOutstanding);
+        }
+    }
+}
+
+#[test]
+fn slow_start_ramps_a_new_replica_in() {
+    let mut set = replicas(&[(1, false), (1, false)]);
+    set[1].ramp_from_ms = 10_000;
+    let slow_start_ms = 10_000;
+    for routing in Routing::ALL {
+        let balancer = build(routing, &set);
+        let tried = Tried::default();
+        let mut cursor = Cursor::starting_at(7);
+        let share = |now_ms: u64, cursor: &mut Cursor| {
+            let v = View {
+                replicas: &set,
+                tried: &tried,
+                now_ms,
+                slow_start_ms,
+            };
+            (0..2000)
+                .filter(|_| balancer.pick(&v, cursor) == Some(1))
+                .count() as f64
+                / 2000.0
+        };
+        let early = share(10_500, &mut cursor);
+        let half = share(15_000, &mut cursor);
+        let done = share(25_000, &mut cursor);
+        assert!(early < 0.15, "{routing:?}: {early} right after joining");
+        assert!(
+            early < half && half < done + 0.05,
+            "{routing:?}: {early} {half} {done}"
+        );
+        assert!(done > 0.4, "{routing:?}: {done} after the ramp");
+    }
+}
+
+#[test]
+fn unhealthy_replicas_are_skipped_until_all_are_unhealthy() {
+    use crate::replica::Health;
+    use crate::replica_set::{Policy, ReplicaSet};
+    let mut set = replicas(&[(1, false), (1, false)]);
+    set[0].health = Health::Unhealthy;
+    let snapshot = ReplicaSet::with_policy(1, Routing::RoundRobin, Policy::default(), set.clone());
+    let mut cursor = Cursor::default();
+    for _ in 0..10 {
+        assert_eq!(snapshot.pick_at(&mut cursor, &Tried::default(), 0), Some(1));
+    }
+    set[1].health = Health::Unhealthy;
+    let open = ReplicaSet::with_policy(2, Routing::RoundRobin, Policy::default(), set.clone());
+    assert!(open.failing_open());
+    assert!(open.pick_at(&mut cursor, &Tried::default(), 0).is_some());
+    let closed = ReplicaSet::with_policy(
+        3,
+        Routing::RoundRobin,
+        Policy {
+            fail_open: false,
+            ..Policy::default()
+        },
+        set,
+    );
+    assert!(!closed.has_routable());
+    assert!(closed.pick_at(&mut cursor, &Tried::default(), 0).is_none());
 }

@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use super::{next_untried, Balancer, Cursor, Tried};
+use super::{rotate, Balancer, Cursor, View};
 use crate::replica::Replica;
 
 /// One cycle of picks in smooth order.
@@ -53,13 +53,11 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl WeightedRoundRobin {
-    /// Builds one cycle over the routable replicas.
-    pub fn build(replicas: &[Replica]) -> Self {
-        let routable: Vec<(u32, u64)> = replicas
+    /// Builds one cycle over the routable replicas (`order`).
+    pub fn build(replicas: &[Replica], order: &[u32]) -> Self {
+        let routable: Vec<(u32, u64)> = order
             .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_routable())
-            .map(|(i, r)| (i as u32, u64::from(r.weight)))
+            .map(|&i| (i, u64::from(replicas[i as usize].weight.max(1))))
             .collect();
         let g = routable.iter().fold(0, |g, &(_, w)| gcd(g, w)).max(1);
         let cycle: u64 = routable.iter().map(|&(_, w)| w / g).sum();
@@ -88,7 +86,7 @@ impl WeightedRoundRobin {
 }
 
 impl Balancer for WeightedRoundRobin {
-    fn pick(&self, _replicas: &[Replica], cursor: &mut Cursor, tried: &Tried) -> Option<usize> {
-        next_untried(&self.schedule, cursor, tried)
+    fn pick(&self, view: &View<'_>, cursor: &mut Cursor) -> Option<usize> {
+        rotate(&self.schedule, view, cursor)
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct ResponseInfo {
     pub(crate) client_close: bool,
     /// Length of the head in the buffer it was parsed from.
     pub(crate) head_len: usize,
+    /// `Retry-After` in seconds, when given as a number.
+    pub(crate) retry_after_s: Option<u64>,
 }
 
 /// Parses a response head at the start of `buf` and writes the client's head
@@ -65,6 +67,7 @@ pub(crate) fn parse_and_rewrite(
     let mut has_te = false;
     let mut connection = ConnectionTokens::default();
     let mut has_request_id = false;
+    let mut retry_after_s = None;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -92,6 +95,10 @@ pub(crate) fn parse_and_rewrite(
             connection.add(h.value);
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
             has_request_id = true;
+        } else if name.eq_ignore_ascii_case(b"retry-after") {
+            retry_after_s = std::str::from_utf8(trim(h.value))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
         }
     }
     let bodiless =
@@ -165,5 +172,6 @@ pub(crate) fn parse_and_rewrite(
         upstream_keep_alive,
         client_close,
         head_len,
+        retry_after_s,
     }))
 }
