@@ -58,6 +58,9 @@ pub struct LoadSpec {
     pub progress: Arc<AtomicU64>,
 }
 
+/// How long one response may take before it counts as an I/O error.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Errors by kind.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Errors {
@@ -377,8 +380,7 @@ async fn connection(
         let mut first: Option<Instant> = None;
         let mut last: Option<Instant> = None;
         let mut gaps: Vec<u64> = Vec::new();
-        let outcome = reader
-            .response(s, || {
+        let reading = reader.response(s, || {
                 let now = Instant::now();
                 if first.is_none() {
                     first = Some(now);
@@ -387,8 +389,12 @@ async fn connection(
                     gaps.push(now.duration_since(prev).as_micros() as u64);
                 }
                 last = Some(now);
-            })
-            .await;
+            });
+        // A response that never comes is an error, not a hang.
+        let outcome = match monoio::time::timeout(RESPONSE_TIMEOUT, reading).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ReadError::Io),
+        };
         let done = Instant::now();
         let mut r = result.borrow_mut();
         match outcome {
