@@ -32,7 +32,7 @@ use crate::worker::{Phase, Worker};
 /// Initial capacity of a client connection's buffer. Small, because idle
 /// keep-alive connections are the common case; it grows for large heads and
 /// bodies.
-const CLIENT_BUFFER: usize = 4 * 1024;
+const CLIENT_BUFFER: usize = 1024;
 /// Capacity a client buffer grows to while a large body streams through.
 const BODY_BUFFER: usize = 64 * 1024;
 /// The least free space a read is given.
@@ -188,7 +188,7 @@ pub(crate) async fn serve(worker: &Worker, stream: TcpStream, peer: SocketAddr) 
         stream,
         buf: Vec::with_capacity(CLIENT_BUFFER),
         pos: 0,
-        out: Vec::with_capacity(1024),
+        out: Vec::new(),
         ip: peer.ip().to_canonical().to_string().into_bytes(),
         scanner: HeadScanner::default(),
         request_id: RequestId::new(),
