@@ -448,20 +448,29 @@ pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConn
         };
         runtime.block_on(async move {
             let mut held = Vec::with_capacity(count);
+            let mut failures = 0;
             for _ in 0..count {
+                // A peer at its connection limit stops answering; give up
+                // after a few misses rather than wait forever.
+                if failures >= 3 || !matches!(stop_rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
+                    break;
+                }
                 let Some(mut s) = connect(target).await else {
+                    failures += 1;
                     continue;
                 };
                 let (res, _) = s.write_all(request.clone()).await;
                 if res.is_err() {
+                    failures += 1;
                     continue;
                 }
-                let mut reader = Reader {
-                    buf: Vec::with_capacity(1024),
-                };
-                if reader.response(&mut s, || {}).await.is_ok() {
+                let mut reader = Reader { buf: Vec::with_capacity(1024) };
+                let answered = monoio::time::timeout(Duration::from_secs(2), reader.response(&mut s, || {})).await;
+                if matches!(answered, Ok(Ok(_))) {
                     counter.fetch_add(1, Ordering::Relaxed);
                     held.push(s);
+                } else {
+                    failures += 1;
                 }
             }
             while let Err(std::sync::mpsc::TryRecvError::Empty) = stop_rx.try_recv() {

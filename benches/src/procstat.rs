@@ -71,7 +71,7 @@ pub fn tree_rss_kib(pid: u32) -> u64 {
 }
 
 /// Facts about this machine for the report.
-pub fn machine() -> serde_json::Value {
+pub fn machine(cores: usize) -> serde_json::Value {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -84,7 +84,6 @@ pub fn machine() -> serde_json::Value {
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let memory_kib = fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {

@@ -665,7 +665,7 @@ fn main() -> Result<()> {
             "scenario": scenario.name,
             "description": scenario.description,
             "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            "machine": procstat::machine(),
+            "machine": procstat::machine(layout.cores),
             "commit": args.commit,
             "settings": {
                 "rounds": args.rounds,

@@ -459,13 +459,16 @@ impl Replica {
     }
 
     /// The weight multiplier of slow start at `now_ms`: ramps linearly from a
-    /// small floor to 1 over `slow_start_ms` after the replica joined or
-    /// recovered; 1 when slow start is off.
+    /// small floor to 1 over `slow_start_ms` after the replica joined,
+    /// recovered its health, or came back from an ejection; 1 when slow
+    /// start is off.
     pub fn ramp(&self, now_ms: u64, slow_start_ms: u64) -> f64 {
         if slow_start_ms == 0 {
             return 1.0;
         }
-        let elapsed = now_ms.saturating_sub(self.ramp_from_ms) as f64;
+        // An ejection ending is a recovery too: the ramp starts again there.
+        let from = self.ramp_from_ms.max(self.stats.ejected_until());
+        let elapsed = now_ms.saturating_sub(from) as f64;
         (elapsed / slow_start_ms as f64).clamp(SLOW_START_FLOOR, 1.0)
     }
 }
@@ -506,6 +509,17 @@ mod tests {
         assert_eq!(check_weight(1000), Ok(1000));
         assert!(check_weight(1001).is_err());
         assert!(check_weight(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn slow_start_ramps_after_joining_and_after_an_ejection() {
+        let mut r = Replica::new(ReplicaId::new("a").unwrap(), "127.0.0.1:1".into(), "127.0.0.1:1".parse().unwrap(), 1);
+        r.ramp_from_ms = 1_000;
+        assert_eq!(r.ramp(5_000, 0), 1.0);
+        assert!((r.ramp(6_000, 10_000) - 0.5).abs() < 1e-9);
+        assert_eq!(r.ramp(20_000, 10_000), 1.0);
+        r.stats.eject_until(30_000);
+        assert!(r.ramp(31_000, 10_000) < 0.15);
     }
 
     #[test]
