@@ -381,15 +381,15 @@ async fn connection(
         let mut last: Option<Instant> = None;
         let mut gaps: Vec<u64> = Vec::new();
         let reading = reader.response(s, || {
-                let now = Instant::now();
-                if first.is_none() {
-                    first = Some(now);
-                }
-                if let Some(prev) = last {
-                    gaps.push(now.duration_since(prev).as_micros() as u64);
-                }
-                last = Some(now);
-            });
+            let now = Instant::now();
+            if first.is_none() {
+                first = Some(now);
+            }
+            if let Some(prev) = last {
+                gaps.push(now.duration_since(prev).as_micros() as u64);
+            }
+            last = Some(now);
+        });
         // A response that never comes is an error, not a hang.
         let outcome = match monoio::time::timeout(RESPONSE_TIMEOUT, reading).await {
             Ok(outcome) => outcome,
@@ -452,7 +452,12 @@ pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConn
             for _ in 0..count {
                 // A peer at its connection limit stops answering; give up
                 // after a few misses rather than wait forever.
-                if failures >= 3 || !matches!(stop_rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
+                if failures >= 3
+                    || !matches!(
+                        stop_rx.try_recv(),
+                        Err(std::sync::mpsc::TryRecvError::Empty)
+                    )
+                {
                     break;
                 }
                 let Some(mut s) = connect(target).await else {
@@ -464,8 +469,12 @@ pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConn
                     failures += 1;
                     continue;
                 }
-                let mut reader = Reader { buf: Vec::with_capacity(1024) };
-                let answered = monoio::time::timeout(Duration::from_secs(2), reader.response(&mut s, || {})).await;
+                let mut reader = Reader {
+                    buf: Vec::with_capacity(1024),
+                };
+                let answered =
+                    monoio::time::timeout(Duration::from_secs(2), reader.response(&mut s, || {}))
+                        .await;
                 if matches!(answered, Ok(Ok(_))) {
                     counter.fetch_add(1, Ordering::Relaxed);
                     held.push(s);

@@ -513,7 +513,12 @@ mod tests {
 
     #[test]
     fn slow_start_ramps_after_joining_and_after_an_ejection() {
-        let mut r = Replica::new(ReplicaId::new("a").unwrap(), "127.0.0.1:1".into(), "127.0.0.1:1".parse().unwrap(), 1);
+        let mut r = Replica::new(
+            ReplicaId::new("a").unwrap(),
+            "127.0.0.1:1".into(),
+            "127.0.0.1:1".parse().unwrap(),
+            1,
+        );
         r.ramp_from_ms = 1_000;
         assert_eq!(r.ramp(5_000, 0), 1.0);
         assert!((r.ramp(6_000, 10_000) - 0.5).abs() < 1e-9);
