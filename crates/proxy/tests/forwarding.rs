@@ -221,8 +221,11 @@ fn dead_replica_is_skipped(driver: IoDriver) {
         assert_eq!(client.get("/").unwrap().status, 200);
     }
     assert_eq!(a.counters().requests() + b.counters().requests(), 30);
+    // Five refused connects in a row eject it; after that it is not tried.
     let snapshot = proxy.snapshots.load();
-    assert!(snapshot.replicas()[0].stats.connect_errors() >= 10);
+    let dead_stats = &snapshot.replicas()[0].stats;
+    assert_eq!(dead_stats.connect_errors(), 5);
+    assert_eq!(dead_stats.ejections(), 1);
 }
 
 fn all_replicas_dead_gives_502(driver: IoDriver) {
