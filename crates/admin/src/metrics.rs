@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use inferlb_core::{HistogramSnapshot, StatusClass, WorkerStats};
+use inferlb_core::{HistogramSnapshot, Replica, StatusClass, WorkerStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -25,42 +25,94 @@ struct Source {
 }
 
 type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
+type Result = std::result::Result<(), std::fmt::Error>;
 
-fn histogram(
-    encoder: &mut DescriptorEncoder<'_>,
+fn id(r: &Replica) -> Labels<'_> {
+    vec![("replica", Cow::Borrowed(r.id.as_str()))]
+}
+
+/// A counter with one series per replica.
+fn per_replica_counter(
+    e: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    series: &[(Labels<'_>, HistogramSnapshot)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric =
-        encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
-    for (labels, h) in series {
-        metric
-            .encode_family(labels)?
+    replicas: &[Replica],
+    value: impl Fn(&Replica) -> u64,
+) -> Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for r in replicas {
+        m.encode_family(&id(r))?
+            .encode_counter::<NoLabelSet, _, u64>(&value(r), None)?;
+    }
+    Ok(())
+}
+
+/// A gauge with one series per replica.
+fn per_replica_gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    replicas: &[Replica],
+    value: impl Fn(&Replica) -> i64,
+) -> Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for r in replicas {
+        m.encode_family(&id(r))?.encode_gauge(&value(r))?;
+    }
+    Ok(())
+}
+
+/// A metric with one series per worker.
+fn per_worker(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    workers: &[Arc<WorkerStats>],
+    value: impl Fn(&WorkerStats) -> u64,
+) -> Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (i, w) in workers.iter().enumerate() {
+        let labels: Labels<'_> = vec![("worker", Cow::Owned(i.to_string()))];
+        let mut series = m.encode_family(&labels)?;
+        if kind == MetricType::Counter {
+            series.encode_counter::<NoLabelSet, _, u64>(&value(w), None)?;
+        } else {
+            series.encode_gauge(&(value(w) as i64))?;
+        }
+    }
+    Ok(())
+}
+
+/// A histogram with one series per replica.
+fn per_replica_histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    replicas: &[Replica],
+    value: impl Fn(&Replica) -> HistogramSnapshot,
+) -> Result {
+    let mut m = e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    for r in replicas {
+        let h = value(r);
+        m.encode_family(&id(r))?
             .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
     }
     Ok(())
 }
 
 impl Collector for Source {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result {
         let snapshot = self.control.snapshot();
         let replicas = snapshot.replicas();
-        fn id(r: &inferlb_core::Replica) -> Labels<'_> {
-            vec![("replica", Cow::Borrowed(r.id.as_str()))]
-        }
-
-        let mut m = encoder.encode_descriptor(
+        per_replica_counter(
+            &mut e,
             "inferlb_replica_requests",
             "Requests sent to the replica.",
-            None,
-            MetricType::Counter,
+            replicas,
+            |r| r.stats.requests(),
         )?;
-        for r in replicas {
-            m.encode_family(&id(r))?
-                .encode_counter::<NoLabelSet, _, u64>(&r.stats.requests(), None)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        let mut m = e.encode_descriptor(
             "inferlb_replica_responses",
             "Responses from the replica by status class.",
             None,
@@ -79,64 +131,57 @@ impl Collector for Source {
                     .encode_counter::<NoLabelSet, _, u64>(&r.stats.responses(class), None)?;
             }
         }
-        let mut m = encoder.encode_descriptor(
+        per_replica_counter(
+            &mut e,
             "inferlb_replica_connect_errors",
             "Refused or timed-out connects to the replica.",
-            None,
-            MetricType::Counter,
+            replicas,
+            |r| r.stats.connect_errors(),
         )?;
-        for r in replicas {
-            m.encode_family(&id(r))?
-                .encode_counter::<NoLabelSet, _, u64>(&r.stats.connect_errors(), None)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        per_replica_counter(
+            &mut e,
             "inferlb_replica_received_bytes",
             "Bytes received from the replica.",
-            None,
-            MetricType::Counter,
+            replicas,
+            |r| r.stats.bytes_in(),
         )?;
-        for r in replicas {
-            m.encode_family(&id(r))?
-                .encode_counter::<NoLabelSet, _, u64>(&r.stats.bytes_in(), None)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        per_replica_counter(
+            &mut e,
             "inferlb_replica_sent_bytes",
             "Bytes sent to the replica.",
-            None,
-            MetricType::Counter,
+            replicas,
+            |r| r.stats.bytes_out(),
         )?;
-        for r in replicas {
-            m.encode_family(&id(r))?
-                .encode_counter::<NoLabelSet, _, u64>(&r.stats.bytes_out(), None)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        per_replica_counter(
+            &mut e,
+            "inferlb_replica_ejections",
+            "Times the replica was ejected as an outlier.",
+            replicas,
+            |r| r.stats.ejections(),
+        )?;
+        per_replica_gauge(
+            &mut e,
             "inferlb_replica_in_flight",
             "Requests in flight to the replica, across all workers.",
-            None,
-            MetricType::Gauge,
+            replicas,
+            |r| r.stats.in_flight() as i64,
         )?;
-        for r in replicas {
-            m.encode_family(&id(r))?
-                .encode_gauge(&(r.stats.in_flight() as i64))?;
-        }
-        let mut m = encoder.encode_descriptor(
+        per_replica_gauge(
+            &mut e,
             "inferlb_replica_weight",
             "The replica's routing weight.",
-            None,
-            MetricType::Gauge,
+            replicas,
+            |r| i64::from(r.weight),
         )?;
-        for r in replicas {
-            m.encode_family(&id(r))?
-                .encode_gauge(&i64::from(r.weight))?;
-        }
-        let mut m = encoder.encode_descriptor(
+        let mut m = e.encode_descriptor(
             "inferlb_replica_state",
             "1 for the replica's current state (active, draining, unhealthy, ejected).",
             None,
             MetricType::Gauge,
         )?;
+        let now = inferlb_core::clock::now_ms();
         for r in replicas {
-            let current = crate::health::effective_state(r, inferlb_core::clock::now_ms());
+            let current = crate::health::effective_state(r, now);
             for state in ["active", "draining", "unhealthy", "ejected"] {
                 let mut labels = id(r);
                 labels.push(("state", Cow::Borrowed(state)));
@@ -144,79 +189,53 @@ impl Collector for Source {
                     .encode_gauge(&i64::from(current == state))?;
             }
         }
-        let mut m = encoder.encode_descriptor(
-            "inferlb_replica_ejections",
-            "Times the replica was ejected as an outlier.",
-            None,
-            MetricType::Counter,
-        )?;
-        for r in replicas {
-            m.encode_family(&id(r))?
-                .encode_counter::<NoLabelSet, _, u64>(&r.stats.ejections(), None)?;
-        }
-        let heads: Vec<_> = replicas
-            .iter()
-            .map(|r| (id(r), r.stats.head_time().snapshot()))
-            .collect();
-        histogram(
-            &mut encoder,
+        per_replica_histogram(
+            &mut e,
             "inferlb_replica_response_head",
             "Time from picking the replica to its response head.",
-            &heads,
+            replicas,
+            |r| r.stats.head_time().snapshot(),
         )?;
-        let totals: Vec<_> = replicas
-            .iter()
-            .map(|r| (id(r), r.stats.duration().snapshot()))
-            .collect();
-        histogram(
-            &mut encoder,
+        per_replica_histogram(
+            &mut e,
             "inferlb_replica_request_duration",
             "Time from picking the replica to the last byte of its response.",
-            &totals,
+            replicas,
+            |r| r.stats.duration().snapshot(),
         )?;
-
-        let mut m = encoder.encode_descriptor(
+        let workers = &self.workers;
+        per_worker(
+            &mut e,
             "inferlb_worker_open_connections",
             "Client connections open on the worker.",
-            None,
             MetricType::Gauge,
+            workers,
+            |w| w.open_connections(),
         )?;
-        for (i, w) in self.workers.iter().enumerate() {
-            let labels: Labels<'_> = vec![("worker", Cow::Owned(i.to_string()))];
-            m.encode_family(&labels)?
-                .encode_gauge(&(w.open_connections() as i64))?;
-        }
-        let mut m = encoder.encode_descriptor(
+        per_worker(
+            &mut e,
             "inferlb_worker_accepted_connections",
             "Client connections accepted by the worker.",
-            None,
             MetricType::Counter,
+            workers,
+            |w| w.accepted(),
         )?;
-        for (i, w) in self.workers.iter().enumerate() {
-            let labels: Labels<'_> = vec![("worker", Cow::Owned(i.to_string()))];
-            m.encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(&w.accepted(), None)?;
-        }
-        let mut m = encoder.encode_descriptor(
+        per_worker(
+            &mut e,
             "inferlb_worker_refused_connections",
             "Client connections closed at once because the worker was at its limit.",
-            None,
             MetricType::Counter,
+            workers,
+            |w| w.refused(),
         )?;
-        for (i, w) in self.workers.iter().enumerate() {
-            let labels: Labels<'_> = vec![("worker", Cow::Owned(i.to_string()))];
-            m.encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(&w.refused(), None)?;
-        }
-        let generation = snapshot.generation() as i64;
-        let mut m = encoder.encode_descriptor(
+        let mut m = e.encode_descriptor(
             "inferlb_snapshot_generation",
             "Generation of the replica snapshot the workers route with.",
             None,
             MetricType::Gauge,
         )?;
-        m.encode_gauge(&generation)?;
-        let mut m = encoder.encode_descriptor(
+        m.encode_gauge(&(snapshot.generation() as i64))?;
+        let mut m = e.encode_descriptor(
             "inferlb_build_info",
             "Build information; the value is always 1.",
             None,
@@ -237,7 +256,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self) -> Result<String, std::fmt::Error> {
+    pub fn render(&self) -> std::result::Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
         Ok(out)
