@@ -588,10 +588,17 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
                     && retries < config.retries.max_retries
                     && worker.retry_budget.borrow_mut().try_retry(clock::now_ms());
                 if !may_retry {
-                    return Err(Abort::Respond(kind));
+                    // The connection stays usable when the whole request was read.
+                    return respond_keeping(client, kind, &body, keep_client).await;
                 }
                 retries += 1;
                 tracing::debug!(replica = %picked.addr, retries, "replica failed before responding; retrying on another");
+            }
+            Err(Abort::Respond(kind @ ErrorKind::UpstreamTimeout)) => {
+                // The replica may still be generating: close its connection,
+                // never retry, and keep the client's when it can be kept.
+                sock::shutdown(&conn.stream);
+                return respond_keeping(client, kind, &body, keep_client).await;
             }
             Err(abort) => {
                 sock::shutdown(&conn.stream);

@@ -270,6 +270,8 @@ fn hanging_replica_gives_504(driver: IoDriver) {
     let resp = client.get("/").unwrap();
     assert_eq!(resp.status, 504);
     assert!(started.elapsed() >= Duration::from_millis(300));
+    // The client's connection stays usable; the replica's is closed.
+    assert_eq!(client.get("/").unwrap().status, 504);
     assert!(eventually(Duration::from_secs(2), || replica
         .counters()
         .open_connections()
@@ -322,6 +324,11 @@ fn failure_before_head_gives_502(driver: IoDriver) {
     let proxy = start(driver, &[replica.addr()], |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     assert_eq!(client.get("/").unwrap().status, 502);
+    assert_eq!(
+        client.get("/").unwrap().status,
+        502,
+        "a 502 closed a connection that could be kept"
+    );
 }
 
 fn headers_are_rewritten(driver: IoDriver) {
