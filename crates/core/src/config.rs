@@ -89,7 +89,7 @@ pub struct FileConfig {
     pub io_driver: Option<IoDriver>,
     /// Pin worker N to CPU N (nginx `worker_cpu_affinity auto`). Default false.
     pub cpu_pinning: Option<bool>,
-    /// `round_robin` (default) or `weighted_round_robin`.
+    /// `round_robin` (default), `weighted_round_robin`, `least_outstanding` or `p2c`.
     pub routing: Option<Routing>,
     /// Timeouts, in milliseconds.
     #[serde(default)]
