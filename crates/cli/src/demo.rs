@@ -84,6 +84,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
     }
     let plane = crate::serve::ControlPlane {
         admin_listen: admin,
+        admin_listen_given: true,
         token: None,
         protect_probes: false,
         store: None,

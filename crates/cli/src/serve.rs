@@ -77,6 +77,7 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
     config.proxy.cpu_pinning |= args.cpu_pinning;
     if let Some(listen) = args.admin_listen {
         config.admin.listen = listen;
+        config.admin.listen_given = true;
     }
     if let Some(file) = &args.admin_token_file {
         config.admin.token_file = Some(file.clone());
@@ -159,6 +160,10 @@ pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle
 /// What the control plane needs beside the running data plane.
 pub(crate) struct ControlPlane {
     pub(crate) admin_listen: SocketAddr,
+    /// The admin address was chosen by the operator (not the default): a
+    /// failure to bind it stops start-up. A defaulted one already in use
+    /// (another inferlb on this host) only disables the admin API, loudly.
+    pub(crate) admin_listen_given: bool,
     pub(crate) token: Option<String>,
     pub(crate) protect_probes: bool,
     pub(crate) store: Option<StateFile>,
@@ -188,9 +193,21 @@ pub(crate) fn run_control_plane(
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
 
-        let listener = tokio::net::TcpListener::bind(plane.admin_listen)
-            .await
-            .with_context(|| format!("cannot listen on {} for the admin API", plane.admin_listen))?;
+        let listener = match tokio::net::TcpListener::bind(plane.admin_listen).await {
+            Ok(listener) => Some(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !plane.admin_listen_given => {
+                tracing::warn!(
+                    listen = %plane.admin_listen,
+                    "the default admin address is in use (another inferlb?): running WITHOUT the admin API; \
+                     set --admin-listen to choose another address"
+                );
+                None
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot listen on {} for the admin API", plane.admin_listen)))
+            }
+        };
         let control = Arc::new(Control::new(state, snapshots, plane.store.clone()));
         let data_plane = DataPlane {
             workers,
@@ -199,10 +216,12 @@ pub(crate) fn run_control_plane(
         };
         let app = AppState::new(Arc::clone(&control), data_plane, plane.token.clone(), plane.protect_probes);
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = tokio::spawn(inferlb_admin::serve(listener, inferlb_admin::router(app), async move {
-            let _ = admin_stopped.await;
-        }));
-        tracing::info!(listen = %plane.admin_listen, auth = plane.token.is_some(), "admin API");
+        let admin = listener.map(|listener| {
+            tracing::info!(listen = %plane.admin_listen, auth = plane.token.is_some(), "admin API");
+            tokio::spawn(inferlb_admin::serve(listener, inferlb_admin::router(app), async move {
+                let _ = admin_stopped.await;
+            }))
+        });
         if let Some(store) = &plane.store {
             tracing::info!(path = %store.path().display(), "state file");
         }
@@ -228,7 +247,9 @@ pub(crate) fn run_control_plane(
             _ = int.recv() => { tracing::warn!("second signal: stopping now"); std::process::exit(0) }
         }
         let _ = stop_admin.send(());
-        let _ = admin.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
@@ -295,6 +316,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let (handle, snapshots) = start_proxy(&config, &state)?;
     let plane = ControlPlane {
         admin_listen: config.admin.listen,
+        admin_listen_given: config.admin.listen_given,
         token,
         protect_probes: config.admin.protect_probes,
         store: Some(store),

@@ -221,3 +221,60 @@ fn serve_without_replicas_answers_503() {
     assert_eq!(client.get("/").unwrap().status, 503);
     signal(&running.0, "INT");
 }
+
+#[test]
+fn a_busy_default_admin_port_disables_the_admin_api_but_not_the_proxy() {
+    // Hold the default admin port (or find it already held).
+    let _held = TcpListener::bind("127.0.0.1:9090");
+    let listen = free_addr();
+    let dir = std::env::temp_dir().join(format!("inferlb-cli-{}-busy-admin", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = inferlb();
+    command
+        .args(["serve", "--workers", "1", "--listen", &listen.to_string()])
+        .arg("--state-file")
+        .arg(dir.join("state.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut running = Running(command.spawn().unwrap());
+    assert!(
+        wait_for_port(listen, Duration::from_secs(10)),
+        "the proxy did not start"
+    );
+    let mut client = RawClient::connect(listen).unwrap();
+    assert_eq!(client.get("/").unwrap().status, 503);
+    signal(&running.0, "TERM");
+    let _ = running.0.wait();
+    let mut stderr = String::new();
+    running
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("WITHOUT the admin API"), "{stderr}");
+
+    // An address the operator chose must be free, or start-up fails.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut command = inferlb();
+    command
+        .args([
+            "serve",
+            "--workers",
+            "1",
+            "--listen",
+            &free_addr().to_string(),
+        ])
+        .args(["--admin-listen", &taken.local_addr().unwrap().to_string()])
+        .arg("--state-file")
+        .arg(dir.join("state2.json"));
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("for the admin API"),
+        "{}",
+        stderr_of(&output)
+    );
+}

@@ -318,6 +318,8 @@ pub struct AdminConfig {
     pub protect_probes: bool,
     /// See [`FileAdmin::state_file`]; `None` means the default location.
     pub state_file: Option<std::path::PathBuf>,
+    /// Whether `listen` was set (rather than defaulted).
+    pub listen_given: bool,
 }
 
 impl Default for AdminConfig {
@@ -327,6 +329,7 @@ impl Default for AdminConfig {
             token_file: None,
             protect_probes: false,
             state_file: None,
+            listen_given: false,
         }
     }
 }
@@ -684,6 +687,7 @@ impl TryFrom<FileConfig> for Config {
             token_file: file.admin.token_file.as_ref().map(std::path::PathBuf::from),
             protect_probes: file.admin.protect_probes.unwrap_or(false),
             state_file: file.admin.state_file.as_ref().map(std::path::PathBuf::from),
+            listen_given: file.admin.listen.is_some(),
         };
         let h = &file.health;
         let hd = HealthCheck::default();
