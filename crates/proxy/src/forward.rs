@@ -27,7 +27,7 @@ use crate::h1::response::{self, ResponseBody, ResponseInfo};
 use crate::h1::RequestId;
 use crate::sock::{self, peer_state, PeerState};
 use crate::upstream::{self, UpstreamConn};
-use crate::worker::{Phase, Worker};
+use crate::worker::Worker;
 
 /// Initial capacity of a client connection's buffer. Small, because idle
 /// keep-alive connections are the common case; it grows for large heads and
@@ -251,13 +251,14 @@ async fn read_head(
         } else {
             timeouts.client_keepalive
         };
-        let mut phase = worker.phase.clone();
-        if *phase.borrow() != Phase::Running {
+        // Registered before the flag is read, so a stop in between is not missed.
+        let stop = worker.stop.notified();
+        if worker.stopping.get() {
             return Ok(None);
         }
         let read = monoio::select! {
             read = monoio::time::timeout(idle, client.fill(CLIENT_BUFFER)) => read,
-            _ = phase.wait_for(|p| *p != Phase::Running) => return Ok(None),
+            _ = stop => return Ok(None),
         };
         match read {
             Ok(Ok(n)) if n > 0 => {}
@@ -405,7 +406,7 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
     let mut body_taken = false;
     let mut replayable = false;
     let mut sent_continue = false;
-    let keep_client = keep_client && *worker.phase.borrow() == Phase::Running;
+    let keep_client = keep_client && !worker.stopping.get();
     worker.retry_budget.borrow_mut().on_request(clock::now_ms());
     let (picked, _in_flight, mut conn, resp) = 'replica: loop {
         let (picked, in_flight, mut conn) = loop {

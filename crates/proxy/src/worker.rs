@@ -4,7 +4,7 @@
 //! through a per-worker cache) and the counters, so the request path takes no
 //! lock and no worker waits on another.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Cache};
 use inferlb_core::{Cursor, ProxyConfig, ReplicaSet, WorkerStats};
 use monoio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::upstream::pool::Pool;
 
@@ -39,6 +39,12 @@ pub(crate) struct Worker {
     pub(crate) phase: watch::Receiver<Phase>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) retry_budget: RefCell<RetryBudget>,
+    /// Set once the worker stops accepting. Connections read this (and wait
+    /// on `stop`) instead of the shared phase channel, so a request touches
+    /// nothing another worker writes.
+    pub(crate) stopping: Cell<bool>,
+    /// Wakes idle connections when `stopping` is set.
+    pub(crate) stop: Notify,
 }
 
 /// How many retries a worker may make: a share of its recent requests, so
@@ -127,6 +133,8 @@ impl Worker {
             phase,
             stats,
             retry_budget: RefCell::new(retry_budget),
+            stopping: Cell::new(false),
+            stop: Notify::new(),
         }
     }
 }
@@ -195,6 +203,8 @@ pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
             crate::forward::serve(&worker, stream, peer).await;
         });
     }
+    worker.stopping.set(true);
+    worker.stop.notify_waiters();
     drop(listener);
     let deadline = Instant::now() + worker.config.timeouts.shutdown_drain;
     while worker.stats.open_connections() > 0
