@@ -303,7 +303,11 @@ fn a_drained_replica_finishes_its_streams() {
     assert_eq!(other.get("/").unwrap().status, 503);
     // The stream in flight finishes, then the replica disappears.
     client.read_until(b"[DONE]").unwrap();
-    assert!(eventually(Duration::from_secs(2), || ids(server.admin).is_empty()));
+    assert!(
+        eventually(Duration::from_secs(5), || ids(server.admin).is_empty()),
+        "{:?}",
+        ids(server.admin)
+    );
 }
 
 #[test]
