@@ -323,7 +323,7 @@ fn take_body(
     max: usize,
     into_out: bool,
 ) -> Result<usize, ErrorKind> {
-    let avail = &client.buf[client.pos..client.buf.len().min(client.pos + max)];
+    let avail = &client.buf[client.pos..client.buf.len().min(client.pos.saturating_add(max))];
     let n = match body {
         BodyLeft::Done => 0,
         BodyLeft::Length(left) => {

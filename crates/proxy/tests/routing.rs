@@ -14,6 +14,8 @@ use support::start;
 both_drivers!(
     least_outstanding_and_p2c_avoid_a_slow_replica,
     a_429_moves_traffic_away_for_its_retry_after,
+    a_503_moves_traffic_away_only_with_retry_after,
+    only_small_bodies_are_replayed,
     a_failing_replica_is_ejected_with_no_client_error_and_comes_back,
     non_idempotent_requests_are_not_retried,
     the_retry_budget_stops_a_retry_storm,
@@ -101,6 +103,73 @@ fn a_429_moves_traffic_away_for_its_retry_after(driver: IoDriver) {
     assert_eq!(
         busy.counters().requests(),
         statuses.iter().filter(|s| **s == 429).count() as u64
+    );
+}
+
+fn a_503_moves_traffic_away_only_with_retry_after(driver: IoDriver) {
+    for (retry_after, penalized) in [(Some("2"), true), (None, false)] {
+        let mut builder = FakeReplica::builder().name("busy").status(503);
+        if let Some(seconds) = retry_after {
+            builder = builder.header("Retry-After", seconds);
+        }
+        let busy = builder.start().unwrap();
+        let free = FakeReplica::builder().name("free").start().unwrap();
+        // Ejection off: only the penalty may move traffic here.
+        let proxy = start(driver, &[busy.addr(), free.addr()], |c| {
+            c.proxy.outlier.consecutive_failures = 0
+        });
+        let mut client = RawClient::connect(proxy.addr()).unwrap();
+        let unavailable = (0..20)
+            .filter(|_| client.get("/").unwrap().status == 503)
+            .count();
+        if penalized {
+            assert!(
+                unavailable <= 1,
+                "503 with Retry-After: {unavailable} of 20 still went there"
+            );
+        } else {
+            assert_eq!(
+                unavailable, 10,
+                "a plain 503 is not a penalty: round robin continues"
+            );
+        }
+    }
+}
+
+fn only_small_bodies_are_replayed(driver: IoDriver) {
+    let failing = FakeReplica::builder()
+        .name("sick")
+        .failure(Failure::CloseOnRequest)
+        .start()
+        .unwrap();
+    let good = FakeReplica::builder().name("good").start().unwrap();
+    let proxy = start(driver, &[failing.addr(), good.addr()], |c| {
+        c.proxy.outlier.consecutive_failures = 0;
+        c.proxy.retries.non_idempotent = true;
+        c.proxy.retries.max_replay_body_bytes = 16;
+        // Every request may meet the failing replica first; let the budget
+        // allow a retry for each.
+        c.proxy.retries.budget_percent = 100;
+    });
+    let post = |body: &str| {
+        let mut client = RawClient::connect(proxy.addr()).unwrap();
+        let request = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.send(request.as_bytes()).unwrap();
+        client.read_response().unwrap().status
+    };
+    // A body small enough to keep is replayed on the good replica.
+    let small: Vec<u16> = (0..4).map(|_| post("{}")).collect();
+    assert!(small.iter().all(|s| *s == 200), "{small:?}");
+    // A larger one is not kept, so a failure before the response is a 502.
+    let large = "x".repeat(100);
+    let statuses: Vec<u16> = (0..4).map(|_| post(&large)).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{statuses:?}"
     );
 }
 
