@@ -139,6 +139,26 @@ impl Worker {
     }
 }
 
+/// Runs a future, turning a panic inside it into `Err(())` so that it ends
+/// only its own task.
+struct Isolated<'a, F>(std::pin::Pin<&'a mut F>);
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for Isolated<'_, F> {
+    type Output = Result<(), ()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(())) => std::task::Poll::Ready(Ok(())),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
+}
+
 /// How often idle upstream connections are checked and expired.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -200,7 +220,13 @@ pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
         let worker = Rc::clone(&worker);
         monoio::spawn(async move {
             let _open = open;
-            crate::forward::serve(&worker, stream, peer).await;
+            // A bug in one connection must cost that connection, not the
+            // worker and every connection it holds.
+            let served =
+                Isolated(std::pin::pin!(crate::forward::serve(&worker, stream, peer))).await;
+            if served.is_err() {
+                tracing::error!(%peer, "a connection task panicked; its connection was closed");
+            }
         });
     }
     worker.stopping.set(true);
