@@ -79,25 +79,24 @@ impl Agent {
 
     /// Makes AWS match the file. A second run makes no write call.
     pub async fn apply(&self, dry_run: bool) -> Result<Outcome, AgentError> {
-        let current = self.current().await?;
-        let plan = plan_apply(&self.file, &current);
-        let calls = if dry_run || plan.is_empty() {
-            Vec::new()
-        } else {
-            self.aws.execute(&self.file, &plan, &current).await?
-        };
-        Ok(Outcome {
-            plan,
-            calls,
-            dry_run,
-        })
+        self.carry_out(plan_apply, dry_run).await
     }
 
     /// Removes what the file declares: alarms, policies, scheduled actions,
     /// then targets.
     pub async fn destroy(&self, dry_run: bool) -> Result<Outcome, AgentError> {
+        self.carry_out(plan_destroy, dry_run).await
+    }
+
+    /// Reads the current state, plans with `planner`, and makes the plan's
+    /// calls unless it is a dry run or there is nothing to do.
+    async fn carry_out(
+        &self,
+        planner: fn(&AutoscalingFile, &Current) -> Plan,
+        dry_run: bool,
+    ) -> Result<Outcome, AgentError> {
         let current = self.current().await?;
-        let plan = plan_destroy(&self.file, &current);
+        let plan = planner(&self.file, &current);
         let calls = if dry_run || plan.is_empty() {
             Vec::new()
         } else {

@@ -206,47 +206,51 @@ impl Aws {
         if ids.is_empty() {
             return Ok(current);
         }
-        let mut token: Option<String> = None;
-        let mut seen_tokens = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let out = self
+        let targets = all_pages(|token| {
+            let request = self
                 .aas
                 .describe_scalable_targets()
                 .service_namespace(namespace())
                 .set_resource_ids(Some(ids.clone()))
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| aws_error("DescribeScalableTargets", &ids.join(", "), e))?;
-            for t in out.scalable_targets() {
-                if !ids.iter().any(|id| id == t.resource_id())
-                    || current.target(t.resource_id()).is_some()
-                {
-                    continue;
-                }
-                let s = t.suspended_state();
-                current.targets.push(CurrentTarget {
-                    resource_id: t.resource_id().to_owned(),
-                    dimension: t.scalable_dimension().as_str().to_owned(),
-                    min_capacity: t.min_capacity(),
-                    max_capacity: t.max_capacity(),
-                    suspended: Suspended {
-                        dynamic_scaling_in: s
-                            .and_then(|s| s.dynamic_scaling_in_suspended())
-                            .unwrap_or(false),
-                        dynamic_scaling_out: s
-                            .and_then(|s| s.dynamic_scaling_out_suspended())
-                            .unwrap_or(false),
-                        scheduled_scaling: s
-                            .and_then(|s| s.scheduled_scaling_suspended())
-                            .unwrap_or(false),
-                    },
-                });
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeScalableTargets", &ids.join(", "), e))?;
+                Ok((
+                    out.scalable_targets().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
             }
-            token = next_token(out.next_token(), &mut seen_tokens);
-            if token.is_none() {
-                break;
+        })
+        .await?;
+        for t in targets {
+            if !ids.iter().any(|id| id == t.resource_id())
+                || current.target(t.resource_id()).is_some()
+            {
+                continue;
             }
+            let s = t.suspended_state();
+            let flag =
+                |f: fn(&aas::types::SuspendedState) -> Option<bool>| s.and_then(f).unwrap_or(false);
+            current.targets.push(CurrentTarget {
+                resource_id: t.resource_id().to_owned(),
+                dimension: t.scalable_dimension().as_str().to_owned(),
+                min_capacity: t.min_capacity(),
+                max_capacity: t.max_capacity(),
+                suspended: Suspended {
+                    dynamic_scaling_in: flag(
+                        aas::types::SuspendedState::dynamic_scaling_in_suspended,
+                    ),
+                    dynamic_scaling_out: flag(
+                        aas::types::SuspendedState::dynamic_scaling_out_suspended,
+                    ),
+                    scheduled_scaling: flag(
+                        aas::types::SuspendedState::scheduled_scaling_suspended,
+                    ),
+                },
+            });
         }
         for target in &file.targets {
             self.read_policies(target, &mut current).await?;
@@ -260,164 +264,170 @@ impl Aws {
     }
 
     async fn read_policies(&self, target: &Target, current: &mut Current) -> Result<(), AwsError> {
-        let mut token: Option<String> = None;
-        let mut seen_tokens = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let out = self
+        let policies = all_pages(|token| {
+            let request = self
                 .aas
                 .describe_scaling_policies()
                 .service_namespace(namespace())
                 .resource_id(&target.resource_id)
                 .scalable_dimension(dimension_of(target))
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| aws_error("DescribeScalingPolicies", &target.resource_id, e))?;
-            for p in out.scaling_policies() {
-                if p.resource_id() != target.resource_id
-                    || current.policy(p.resource_id(), p.policy_name()).is_some()
-                {
-                    continue;
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeScalingPolicies", &target.resource_id, e))?;
+                Ok((
+                    out.scaling_policies().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
+            }
+        })
+        .await?;
+        for p in policies {
+            if p.resource_id() != target.resource_id
+                || current.policy(p.resource_id(), p.policy_name()).is_some()
+            {
+                continue;
+            }
+            let policy = if let Some(tt) = p.target_tracking_scaling_policy_configuration() {
+                PolicyShape::TargetTracking {
+                    predefined_metric: tt
+                        .predefined_metric_specification()
+                        .map(|m| m.predefined_metric_type().as_str().to_owned()),
+                    customized_metric: tt.customized_metric_specification().map(|m| {
+                        (
+                            m.namespace().unwrap_or_default().to_owned(),
+                            m.metric_name().unwrap_or_default().to_owned(),
+                            m.statistic()
+                                .map(|s| s.as_str().to_owned())
+                                .unwrap_or_default(),
+                        )
+                    }),
+                    target_value: tt.target_value(),
+                    scale_out_cooldown_s: tt.scale_out_cooldown(),
+                    scale_in_cooldown_s: tt.scale_in_cooldown(),
+                    disable_scale_in: tt.disable_scale_in().unwrap_or(false),
                 }
-                let policy = if let Some(tt) = p.target_tracking_scaling_policy_configuration() {
-                    PolicyShape::TargetTracking {
-                        predefined_metric: tt
-                            .predefined_metric_specification()
-                            .map(|m| m.predefined_metric_type().as_str().to_owned()),
-                        customized_metric: tt.customized_metric_specification().map(|m| {
-                            (
-                                m.namespace().unwrap_or_default().to_owned(),
-                                m.metric_name().unwrap_or_default().to_owned(),
-                                m.statistic()
-                                    .map(|s| s.as_str().to_owned())
-                                    .unwrap_or_default(),
-                            )
-                        }),
-                        target_value: tt.target_value(),
-                        scale_out_cooldown_s: tt.scale_out_cooldown(),
-                        scale_in_cooldown_s: tt.scale_in_cooldown(),
-                        disable_scale_in: tt.disable_scale_in().unwrap_or(false),
-                    }
-                } else {
-                    let step = p.step_scaling_policy_configuration();
-                    PolicyShape::StepScaling {
-                        adjustment_type: step
-                            .and_then(|s| s.adjustment_type())
-                            .map(|a| a.as_str().to_owned()),
-                        steps: step
-                            .map(|s| {
-                                s.step_adjustments()
-                                    .iter()
-                                    .map(|a| {
-                                        (
-                                            a.metric_interval_lower_bound(),
-                                            a.metric_interval_upper_bound(),
-                                            a.scaling_adjustment(),
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                        cooldown_s: step.and_then(|s| s.cooldown()),
-                        metric_aggregation_type: step
-                            .and_then(|s| s.metric_aggregation_type())
-                            .map(|m| m.as_str().to_owned()),
-                        min_adjustment_magnitude: step.and_then(|s| s.min_adjustment_magnitude()),
-                    }
-                };
-                current.policies.push(CurrentPolicy {
-                    resource_id: p.resource_id().to_owned(),
-                    name: p.policy_name().to_owned(),
-                    arn: p.policy_arn().to_owned(),
-                    policy,
-                });
-            }
-            token = next_token(out.next_token(), &mut seen_tokens);
-            if token.is_none() {
-                break;
-            }
+            } else {
+                let step = p.step_scaling_policy_configuration();
+                PolicyShape::StepScaling {
+                    adjustment_type: step
+                        .and_then(|s| s.adjustment_type())
+                        .map(|a| a.as_str().to_owned()),
+                    steps: step
+                        .map(|s| {
+                            s.step_adjustments()
+                                .iter()
+                                .map(|a| {
+                                    (
+                                        a.metric_interval_lower_bound(),
+                                        a.metric_interval_upper_bound(),
+                                        a.scaling_adjustment(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    cooldown_s: step.and_then(|s| s.cooldown()),
+                    metric_aggregation_type: step
+                        .and_then(|s| s.metric_aggregation_type())
+                        .map(|m| m.as_str().to_owned()),
+                    min_adjustment_magnitude: step.and_then(|s| s.min_adjustment_magnitude()),
+                }
+            };
+            current.policies.push(CurrentPolicy {
+                resource_id: p.resource_id().to_owned(),
+                name: p.policy_name().to_owned(),
+                arn: p.policy_arn().to_owned(),
+                policy,
+            });
         }
         Ok(())
     }
 
     async fn read_scheduled(&self, target: &Target, current: &mut Current) -> Result<(), AwsError> {
-        let mut token: Option<String> = None;
-        let mut seen_tokens = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let out = self
+        let actions = all_pages(|token| {
+            let request = self
                 .aas
                 .describe_scheduled_actions()
                 .service_namespace(namespace())
                 .resource_id(&target.resource_id)
                 .scalable_dimension(dimension_of(target))
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| aws_error("DescribeScheduledActions", &target.resource_id, e))?;
-            for s in out.scheduled_actions() {
-                if s.resource_id() != target.resource_id
-                    || current
-                        .scheduled(s.resource_id(), s.scheduled_action_name())
-                        .is_some()
-                {
-                    continue;
-                }
-                let action = s.scalable_target_action();
-                current.scheduled.push(CurrentScheduled {
-                    resource_id: s.resource_id().to_owned(),
-                    name: s.scheduled_action_name().to_owned(),
-                    schedule: s.schedule().to_owned(),
-                    timezone: s.timezone().map(str::to_owned),
-                    start_time: s.start_time().map(DateTime::secs),
-                    end_time: s.end_time().map(DateTime::secs),
-                    min_capacity: action.and_then(|a| a.min_capacity()),
-                    max_capacity: action.and_then(|a| a.max_capacity()),
-                });
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeScheduledActions", &target.resource_id, e))?;
+                Ok((
+                    out.scheduled_actions().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
             }
-            token = next_token(out.next_token(), &mut seen_tokens);
-            if token.is_none() {
-                break;
+        })
+        .await?;
+        for s in actions {
+            if s.resource_id() != target.resource_id
+                || current
+                    .scheduled(s.resource_id(), s.scheduled_action_name())
+                    .is_some()
+            {
+                continue;
             }
+            let action = s.scalable_target_action();
+            current.scheduled.push(CurrentScheduled {
+                resource_id: s.resource_id().to_owned(),
+                name: s.scheduled_action_name().to_owned(),
+                schedule: s.schedule().to_owned(),
+                timezone: s.timezone().map(str::to_owned),
+                start_time: s.start_time().map(DateTime::secs),
+                end_time: s.end_time().map(DateTime::secs),
+                min_capacity: action.and_then(|a| a.min_capacity()),
+                max_capacity: action.and_then(|a| a.max_capacity()),
+            });
         }
         Ok(())
     }
 
     async fn read_alarms(&self, names: &[String], current: &mut Current) -> Result<(), AwsError> {
-        let mut token: Option<String> = None;
-        let mut seen_tokens = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let out = self
+        let alarms = all_pages(|token| {
+            let request = self
                 .cw
                 .describe_alarms()
                 .set_alarm_names(Some(names.to_vec()))
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| aws_error("DescribeAlarms", &names.join(", "), e))?;
-            for a in out.metric_alarms() {
-                let name = a.alarm_name().unwrap_or_default();
-                if !names.iter().any(|n| n == name) || current.alarm(name).is_some() {
-                    continue;
-                }
-                current.alarms.push(CurrentAlarm {
-                    name: name.to_owned(),
-                    namespace: a.namespace().map(str::to_owned),
-                    metric_name: a.metric_name().map(str::to_owned),
-                    component: a
-                        .dimensions()
-                        .iter()
-                        .find(|d| d.name() == Some(ALARM_DIMENSION))
-                        .and_then(|d| d.value().map(str::to_owned)),
-                    period_s: a.period(),
-                    evaluation_periods: a.evaluation_periods(),
-                    actions: a.alarm_actions().to_vec(),
-                    state: a.state_value().map(|s| s.as_str().to_owned()),
-                });
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeAlarms", &names.join(", "), e))?;
+                Ok((
+                    out.metric_alarms().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
             }
-            token = next_token(out.next_token(), &mut seen_tokens);
-            if token.is_none() {
-                break;
+        })
+        .await?;
+        for a in alarms {
+            let name = a.alarm_name().unwrap_or_default();
+            if !names.iter().any(|n| n == name) || current.alarm(name).is_some() {
+                continue;
             }
+            current.alarms.push(CurrentAlarm {
+                name: name.to_owned(),
+                namespace: a.namespace().map(str::to_owned),
+                metric_name: a.metric_name().map(str::to_owned),
+                component: a
+                    .dimensions()
+                    .iter()
+                    .find(|d| d.name() == Some(ALARM_DIMENSION))
+                    .and_then(|d| d.value().map(str::to_owned)),
+                period_s: a.period(),
+                evaluation_periods: a.evaluation_periods(),
+                actions: a.alarm_actions().to_vec(),
+                state: a.state_value().map(|s| s.as_str().to_owned()),
+            });
         }
         Ok(())
     }
@@ -680,6 +690,28 @@ impl Aws {
             }
         }
     }
+}
+
+/// Every item of a paginated Describe call. `page` makes one call with the
+/// given token and returns that page's items and the next token. At most
+/// [`MAX_PAGES`] pages are read, and a repeated token ends the listing.
+async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, AwsError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), AwsError>>,
+{
+    let mut items = Vec::new();
+    let mut token = None;
+    let mut seen = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let (mut page_items, next) = page(token.take()).await?;
+        items.append(&mut page_items);
+        token = next_token(next.as_deref(), &mut seen);
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(items)
 }
 
 /// The next page token, or `None` when the listing is done or a token

@@ -345,3 +345,34 @@ async fn status_reads_back_what_exists() {
     assert_eq!(ic.policies.len(), 2);
     assert_eq!(ic.alarms.len(), 1);
 }
+
+#[tokio::test]
+async fn run_corrects_drift_on_its_interval() {
+    let moto = moto().await;
+    let file = example();
+    let agent = moto.agent(&file);
+    agent.apply(false).await.unwrap();
+    moto.aas
+        .register_scalable_target()
+        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+        .resource_id("inference-component/chat-llm-ic")
+        .scalable_dimension(
+            aas::types::ScalableDimension::SageMakerInferenceComponentDesiredCopyCount,
+        )
+        .min_capacity(0)
+        .max_capacity(9)
+        .send()
+        .await
+        .unwrap();
+    agent
+        .run(
+            std::time::Duration::from_millis(100),
+            tokio::time::sleep(std::time::Duration::from_millis(700)),
+        )
+        .await;
+    assert!(moto
+        .target_ids()
+        .await
+        .contains(&("inference-component/chat-llm-ic".into(), 0, 4)));
+    assert!(agent.plan().await.unwrap().is_empty());
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use inferlb_autoscaler::{render, Agent, AgentError, AutoscalingFile, Aws, AwsOptions, Outcome};
+use inferlb_autoscaler::{render, Agent, AutoscalingFile, Aws, AwsOptions, Outcome};
 
 /// Flags shared by every `autoscale` command.
 #[derive(Debug, Args)]
@@ -102,10 +102,10 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         // Validate before building clients: an invalid file makes no call.
         inferlb_autoscaler::validate(&file)?;
         let aws = Aws::connect(&options, file.region.as_deref()).await;
-        let agent = Agent::new(aws, file).map_err(describe)?;
+        let agent = Agent::new(aws, file)?;
         match args.command {
             AutoscaleCommand::Plan => {
-                let plan = agent.plan().await.map_err(describe)?;
+                let plan = agent.plan().await?;
                 if args.output == Output::Json {
                     println!("{}", serde_json::to_string_pretty(&plan)?);
                 } else {
@@ -118,17 +118,17 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                 })
             }
             AutoscaleCommand::Apply { dry_run } => {
-                let outcome = agent.apply(dry_run).await.map_err(describe)?;
+                let outcome = agent.apply(dry_run).await?;
                 print_outcome(&outcome, args.output, "apply")?;
                 Ok(ExitCode::SUCCESS)
             }
             AutoscaleCommand::Destroy { dry_run } => {
-                let outcome = agent.destroy(dry_run).await.map_err(describe)?;
+                let outcome = agent.destroy(dry_run).await?;
                 print_outcome(&outcome, args.output, "destroy")?;
                 Ok(ExitCode::SUCCESS)
             }
             AutoscaleCommand::Status => {
-                let status = agent.status().await.map_err(describe)?;
+                let status = agent.status().await?;
                 if args.output == Output::Json {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                     return Ok(ExitCode::SUCCESS);
@@ -181,8 +181,4 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
             }
         }
     })
-}
-
-fn describe(e: AgentError) -> anyhow::Error {
-    anyhow::Error::new(e)
 }

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use inferlb_core::{Command, IoDriver, ReplicaId, ReplicaState};
@@ -111,29 +110,7 @@ fn two_workers_share_the_load(driver: IoDriver) {
         .collect();
     let addrs: Vec<_> = replicas.iter().map(|r| r.addr()).collect();
     let proxy = start(driver, &addrs, |c| c.proxy.workers = 2);
-    let threads: Vec<_> = (0..8)
-        .map(|_| {
-            let addr = proxy.addr();
-            std::thread::spawn(move || {
-                let mut shares: HashMap<String, usize> = HashMap::new();
-                let mut client = RawClient::connect(addr).unwrap();
-                for _ in 0..100 {
-                    let resp = client.get("/").unwrap();
-                    assert_eq!(resp.status, 200);
-                    *shares
-                        .entry(resp.header("x-replica").unwrap().to_owned())
-                        .or_default() += 1;
-                }
-                shares
-            })
-        })
-        .collect();
-    let mut total: HashMap<String, usize> = HashMap::new();
-    for t in threads {
-        for (k, v) in t.join().unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
+    let total = support::shares_under_load(proxy.addr(), 8, 100);
     assert_eq!(total.values().sum::<usize>(), 800);
     // Each worker alternates on its own cursor, so the split stays even.
     for share in total.values() {

@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use inferlb_core::{IoDriver, Routing};
 use inferlb_testkit::{eventually, Failure, FakeReplica, Latency, RawClient};
-use support::start;
+use support::{shares_under_load, start};
 
 both_drivers!(
     least_outstanding_and_p2c_avoid_a_slow_replica,
@@ -20,36 +19,6 @@ both_drivers!(
     non_idempotent_requests_are_not_retried,
     the_retry_budget_stops_a_retry_storm,
 );
-
-fn shares_under_load(
-    addr: std::net::SocketAddr,
-    clients: usize,
-    requests: usize,
-) -> HashMap<String, usize> {
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut shares: HashMap<String, usize> = HashMap::new();
-                let mut client = RawClient::connect(addr).unwrap();
-                for _ in 0..requests {
-                    let resp = client.get("/").unwrap();
-                    assert_eq!(resp.status, 200);
-                    *shares
-                        .entry(resp.header("x-replica").unwrap_or("?").to_owned())
-                        .or_default() += 1;
-                }
-                shares
-            })
-        })
-        .collect();
-    let mut total = HashMap::new();
-    for t in threads {
-        for (k, v) in t.join().unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
-    total
-}
 
 fn least_outstanding_and_p2c_avoid_a_slow_replica(driver: IoDriver) {
     let slow = FakeReplica::builder()

@@ -274,3 +274,23 @@ fn unhealthy_replicas_are_skipped_until_all_are_unhealthy() {
     assert!(!closed.has_routable());
     assert!(closed.pick_at(&mut cursor, &Tried::default(), 0).is_none());
 }
+
+#[test]
+fn p2c_breaks_load_ties_by_peak_ewma() {
+    let set = replicas(&[(1, false), (1, false)]);
+    set[0]
+        .stats
+        .record_head_time(std::time::Duration::from_millis(200));
+    set[1]
+        .stats
+        .record_head_time(std::time::Duration::from_millis(5));
+    let balancer = build(Routing::P2c, &set);
+    let tried = Tried::default();
+    let mut cursor = Cursor::starting_at(3);
+    for _ in 0..50 {
+        assert_eq!(balancer.pick(&view(&set, &tried, 0), &mut cursor), Some(1));
+    }
+    // Load comes first: the slow replica wins when the fast one is busier.
+    let _busy: Vec<_> = (0..3).map(|_| set[1].stats.start_request()).collect();
+    assert_eq!(balancer.pick(&view(&set, &tried, 0), &mut cursor), Some(0));
+}

@@ -3,10 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use inferlb_core::{Command, Config, IoDriver, ReplicaId, ReplicaSpec, Routing, Snapshots, State};
 use inferlb_proxy::ProxyHandle;
+use inferlb_testkit::RawClient;
 
 /// A running proxy and the state it was built from.
 pub struct Proxy {
@@ -67,6 +69,38 @@ pub fn start_weighted(
         snapshots,
         state,
     }
+}
+
+/// `clients` keep-alive connections, each sending `requests` GETs at once;
+/// every answer must be 200. Returns requests per replica (`X-Replica`).
+pub fn shares_under_load(
+    addr: SocketAddr,
+    clients: usize,
+    requests: usize,
+) -> HashMap<String, usize> {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut shares: HashMap<String, usize> = HashMap::new();
+                let mut client = RawClient::connect(addr).unwrap();
+                for _ in 0..requests {
+                    let resp = client.get("/").unwrap();
+                    assert_eq!(resp.status, 200);
+                    *shares
+                        .entry(resp.header("x-replica").unwrap_or("?").to_owned())
+                        .or_default() += 1;
+                }
+                shares
+            })
+        })
+        .collect();
+    let mut total = HashMap::new();
+    for t in threads {
+        for (k, v) in t.join().unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    total
 }
 
 /// Generates one `#[test]` per driver for each listed function, which takes
