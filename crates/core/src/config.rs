@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::balance::Routing;
+use crate::cidr::Cidr;
 use crate::command::ReplicaSpec;
 use crate::replica::{check_weight, resolve_address, ReplicaId, DEFAULT_WEIGHT};
 
@@ -91,6 +92,17 @@ pub struct FileConfig {
     pub cpu_pinning: Option<bool>,
     /// `round_robin` (default), `weighted_round_robin`, `least_outstanding` or `p2c`.
     pub routing: Option<Routing>,
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Real-IP` and
+    /// `Forwarded` headers are believed and appended to, as CIDRs
+    /// (`10.0.0.0/8`, `::1/128`, or a bare address). Default empty: nobody
+    /// is trusted, as at an edge, and those headers are replaced (nginx
+    /// `set_real_ip_from`; Envoy `xff_num_trusted_hops`).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Forward request headers whose names contain `_`. Default false: they
+    /// are dropped, because a CGI/WSGI backend reads `X_Forwarded_For` and
+    /// `X-Forwarded-For` as the same variable (nginx `underscores_in_headers`).
+    pub underscores_in_headers: Option<bool>,
     /// Timeouts, in milliseconds.
     #[serde(default)]
     pub timeouts: FileTimeouts,
@@ -140,6 +152,11 @@ pub struct FileTimeouts {
     /// Longest gap between two reads of a body, from the client or the
     /// replica. Default 300 000 (nginx `client_body_timeout` / `proxy_read_timeout`).
     pub body_read_timeout_ms: Option<u64>,
+    /// Longest a write to a replica (the request head or a piece of its
+    /// body) may wait for the replica to read; then the exchange ends (504
+    /// before any response byte). Default: `body_read_timeout_ms` (nginx
+    /// `proxy_send_timeout`, 60 s there).
+    pub upstream_write_timeout_ms: Option<u64>,
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     /// Default 30 000 (ALB deregistration delay is 300 s; Kubernetes gives 30 s).
     pub shutdown_drain_timeout_ms: Option<u64>,
@@ -162,8 +179,14 @@ pub struct FileLimits {
     /// once. Default 16 384 (nginx `worker_connections`).
     pub max_connections_per_worker: Option<usize>,
     /// Replicas tried for one request when connects fail, before 502.
-    /// Default 3 (nginx `proxy_next_upstream_tries`).
+    /// Default 3 (nginx `proxy_next_upstream_tries`). Together with
+    /// `retries.max_retries` this bounds the replicas one request touches:
+    /// see the README's "Retries and connect attempts".
     pub max_connect_attempts: Option<usize>,
+    /// Total bytes of chunk extensions (`;name=value` after a chunk size)
+    /// one request may carry; more gets 400 and a close. Extensions also
+    /// count toward `max_request_body_bytes`. Default 4 096.
+    pub max_chunk_extension_bytes: Option<usize>,
 }
 
 /// `[upstream]`.
@@ -359,6 +382,8 @@ pub struct Timeouts {
     pub upstream_response: Duration,
     /// See [`FileTimeouts::body_read_timeout_ms`].
     pub body_read: Duration,
+    /// See [`FileTimeouts::upstream_write_timeout_ms`].
+    pub upstream_write: Duration,
     /// See [`FileTimeouts::shutdown_drain_timeout_ms`].
     pub shutdown_drain: Duration,
 }
@@ -371,6 +396,7 @@ impl Default for Timeouts {
             upstream_connect: Duration::from_secs(2),
             upstream_response: Duration::from_secs(300),
             body_read: Duration::from_secs(300),
+            upstream_write: Duration::from_secs(300),
             shutdown_drain: Duration::from_secs(30),
         }
     }
@@ -389,6 +415,8 @@ pub struct Limits {
     pub max_connections_per_worker: usize,
     /// See [`FileLimits::max_connect_attempts`].
     pub max_connect_attempts: usize,
+    /// See [`FileLimits::max_chunk_extension_bytes`].
+    pub max_chunk_extension_bytes: usize,
 }
 
 /// Upper bound on `max_headers`: the parser's header array lives on the
@@ -403,6 +431,7 @@ impl Default for Limits {
             max_request_body_bytes: None,
             max_connections_per_worker: 16 * 1024,
             max_connect_attempts: 3,
+            max_chunk_extension_bytes: 4096,
         }
     }
 }
@@ -446,6 +475,10 @@ pub struct ProxyConfig {
     pub retries: Retries,
     /// Passive outlier ejection.
     pub outlier: crate::outlier::Ejection,
+    /// See [`FileConfig::trusted_proxies`].
+    pub trusted_proxies: Vec<Cidr>,
+    /// See [`FileConfig::underscores_in_headers`].
+    pub underscores_in_headers: bool,
 }
 
 impl Default for ProxyConfig {
@@ -460,6 +493,8 @@ impl Default for ProxyConfig {
             upstream: Upstream::default(),
             retries: Retries::default(),
             outlier: crate::outlier::Ejection::default(),
+            trusted_proxies: Vec::new(),
+            underscores_in_headers: false,
         }
     }
 }
@@ -599,6 +634,11 @@ impl TryFrom<FileConfig> for Config {
                 t.body_read_timeout_ms,
                 td.body_read,
             )?,
+            upstream_write: millis(
+                "timeouts.upstream_write_timeout_ms",
+                t.upstream_write_timeout_ms.or(t.body_read_timeout_ms),
+                td.upstream_write,
+            )?,
             shutdown_drain: millis(
                 "timeouts.shutdown_drain_timeout_ms",
                 t.shutdown_drain_timeout_ms,
@@ -637,6 +677,13 @@ impl TryFrom<FileConfig> for Config {
                 1,
                 16,
             )?,
+            max_chunk_extension_bytes: count(
+                "limits.max_chunk_extension_bytes",
+                l.max_chunk_extension_bytes,
+                ld.max_chunk_extension_bytes,
+                0,
+                1024 * 1024,
+            )?,
         };
         let u = &file.upstream;
         let ud = Upstream::default();
@@ -655,6 +702,15 @@ impl TryFrom<FileConfig> for Config {
             )?,
         };
         let workers = count("workers", file.workers, 0, 0, 1024)?;
+        let trusted_proxies = file
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.parse::<Cidr>()
+                    .map_err(|reason| ConfigError::invalid(format!("trusted_proxies[{i}]"), reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut replicas: Vec<ReplicaSpec> = Vec::with_capacity(file.replicas.len());
         for (i, replica) in file.replicas.iter().enumerate() {
             let field = format!("replicas[{i}]");
@@ -802,6 +858,8 @@ impl TryFrom<FileConfig> for Config {
                 upstream,
                 retries,
                 outlier,
+                trusted_proxies,
+                underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
             },
             routing: file.routing.unwrap_or_default(),
             replicas,

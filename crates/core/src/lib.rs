@@ -13,19 +13,24 @@
 //! - [`stats`]: lock-free histograms and worker counters.
 //! - [`clock`]: the process-wide millisecond clock of deadlines.
 //! - [`outlier`]: passive outlier ejection.
+//! - [`penalty`]: the back-off a 429 or `Retry-After` asks for.
+//! - [`cidr`]: address ranges, for `trusted_proxies`.
 
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod cidr;
 pub mod clock;
 pub mod command;
 pub mod config;
 pub mod outlier;
+pub mod penalty;
 pub mod replica;
 pub mod replica_set;
 pub mod stats;
 
 pub use balance::{Balancer, Cursor, Routing, Tried};
+pub use cidr::Cidr;
 pub use command::{Command, Outcome, ReplicaSpec, State, StateError};
 pub use config::{
     AdminConfig, Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream,

@@ -30,6 +30,8 @@ pub(crate) enum ErrorKind {
     UpstreamFailed,
     /// No response head within the upstream timeout; 504.
     UpstreamTimeout,
+    /// The replica did not read the request within the write timeout; 504.
+    UpstreamWriteTimeout,
 }
 
 impl ErrorKind {
@@ -46,7 +48,9 @@ impl ErrorKind {
             Self::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
             Self::NoReplica => b"HTTP/1.1 503 Service Unavailable\r\n",
             Self::ConnectFailed | Self::UpstreamFailed => b"HTTP/1.1 502 Bad Gateway\r\n",
-            Self::UpstreamTimeout => b"HTTP/1.1 504 Gateway Timeout\r\n",
+            Self::UpstreamTimeout | Self::UpstreamWriteTimeout => {
+                b"HTTP/1.1 504 Gateway Timeout\r\n"
+            }
         }
     }
 
@@ -65,6 +69,7 @@ impl ErrorKind {
             Self::ConnectFailed => br#"{"error":"bad_gateway","message":"no replica accepted a connection"}"#,
             Self::UpstreamFailed => br#"{"error":"bad_gateway","message":"the replica closed or sent an invalid response"}"#,
             Self::UpstreamTimeout => br#"{"error":"gateway_timeout","message":"the replica did not answer in time"}"#,
+            Self::UpstreamWriteTimeout => br#"{"error":"gateway_timeout","message":"the replica did not read the request in time"}"#,
         }
     }
 
@@ -77,6 +82,7 @@ impl ErrorKind {
                 | Self::ConnectFailed
                 | Self::UpstreamFailed
                 | Self::UpstreamTimeout
+                | Self::UpstreamWriteTimeout
                 | Self::MethodNotAllowed
         )
     }

@@ -7,18 +7,34 @@
 //!
 //! - [`server`]: `start` the workers, `ProxyHandle` to stop them.
 //! - `worker`: one thread's accept loop, drain and pool reaping.
-//! - `forward`: one client connection, request by request.
-//! - `h1`: request and response heads, chunked bodies, header rules.
+//! - `connection`: a client connection between requests, owning no buffer.
+//! - `handler`: the tasks a worker reuses to serve requests.
+//! - `forward`: one request, top to bottom: classify, pick, connect,
+//!   exchange, retry decision, stream. Start reading here.
+//! - `exchange`: one attempt of a request on one upstream connection.
+//! - `client`: the client side: buffers, heads, error responses, linger.
+//! - `watch`: upstream I/O that gives up when the client leaves, the replica
+//!   is evicted or time runs out.
+//! - `h1`: request and response heads, the body framer, header rules.
 //! - `upstream`: connecting to replicas and the keep-alive pool.
+//! - `buffers`: the worker's pool of I/O buffers.
+//! - `retry_budget`: how many retries a worker may make.
 //! - `error`: hot-path error kinds and the status each maps to.
 //! - `sock`: the few socket calls monoio lacks (the crate's only `unsafe`).
 
+mod buffers;
+mod client;
+mod connection;
 mod error;
+mod exchange;
 mod forward;
 mod h1;
+mod handler;
+mod retry_budget;
 pub mod server;
 mod sock;
 mod upstream;
+mod watch;
 mod worker;
 
 pub use inferlb_core::WorkerStats;
@@ -38,6 +54,8 @@ pub mod bench_support {
             100,
             &Forwarding {
                 client_ip: b"192.0.2.1",
+                trusted: false,
+                underscores: false,
             },
             &mut request_id.0,
             out,

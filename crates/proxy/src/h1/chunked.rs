@@ -52,6 +52,7 @@ pub(crate) struct ChunkedDecoder {
     line: usize,
     trailer: usize,
     data: u64,
+    extensions: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -70,6 +71,7 @@ impl ChunkedDecoder {
             line: 0,
             trailer: 0,
             data: 0,
+            extensions: 0,
         }
     }
 
@@ -81,6 +83,12 @@ impl ChunkedDecoder {
     /// Payload bytes seen so far (the decoded body size).
     pub(crate) fn data_len(&self) -> u64 {
         self.data
+    }
+
+    /// Chunk-extension bytes seen so far (each `;` and what follows it on a
+    /// size line), over the whole body.
+    pub(crate) fn extension_len(&self) -> u64 {
+        self.extensions
     }
 
     /// Consumes bytes of `input` up to the end of the body, calling `on_data`
@@ -119,11 +127,15 @@ impl ChunkedDecoder {
                     self.digits += 1;
                     State::Size
                 }
-                (State::Size, b';') if self.digits > 0 => State::Ext,
+                (State::Size, b';') if self.digits > 0 => {
+                    self.extensions += 1;
+                    State::Ext
+                }
                 (State::Size, b'\r') if self.digits > 0 => State::SizeLf,
                 (State::Ext, b'\r') => State::SizeLf,
                 (State::Ext, 0 | b'\n') => return Err(ChunkError),
                 (State::Ext, _) => {
+                    self.extensions += 1;
                     self.line += 1;
                     if self.line > MAX_LINE {
                         return Err(ChunkError);
@@ -203,6 +215,16 @@ mod tests {
         }
         assert!(d.is_done());
         assert_eq!(out, b"0123456789x");
+    }
+
+    #[test]
+    fn extension_bytes_are_counted_across_chunks() {
+        let mut d = ChunkedDecoder::new();
+        d.feed(b"3;a=1\r\nabc\r\n2;bb\r\nde\r\n0\r\n\r\n", |_| {})
+            .unwrap();
+        assert!(d.is_done());
+        assert_eq!(d.extension_len(), 4 + 3);
+        assert_eq!(d.data_len(), 5);
     }
 
     #[test]

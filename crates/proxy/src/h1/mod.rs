@@ -1,6 +1,7 @@
-//! HTTP/1.1 codec pieces: request and response heads, chunked bodies, and
-//! the header rules both directions share.
+//! HTTP/1.1 codec pieces: request and response heads, the body framer and
+//! its chunked decoder, and the header rules both directions share.
 
+pub(crate) mod body;
 pub(crate) mod chunked;
 pub(crate) mod request;
 pub(crate) mod response;
@@ -31,20 +32,24 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The tokens of `Connection` headers: `close`, `keep-alive`, and the names
-/// of further hop-by-hop headers to drop (up to 16; more is not plausible).
+/// The tokens of `Connection` headers: `close`, `keep-alive`, and whether
+/// any other token names a header to drop. Every token counts, however many
+/// there are: the names are looked up in the header values again when a
+/// header is written, so nothing is stored and nothing is capped.
 #[derive(Debug, Default)]
-pub(crate) struct ConnectionTokens<'a> {
+pub(crate) struct ConnectionTokens {
     pub(crate) close: bool,
     pub(crate) keep_alive: bool,
-    names: [&'a [u8]; 16],
-    count: usize,
+    names: bool,
 }
 
-impl<'a> ConnectionTokens<'a> {
-    pub(crate) fn add(&mut self, value: &'a [u8]) {
-        for token in value.split(|&b| b == b',') {
-            let token = trim(token);
+/// Headers a `Connection` token cannot remove: the proxy needs `Host` to
+/// reach the replica's virtual host, and writes the framing headers itself.
+const NOT_DROPPABLE: [&[u8]; 3] = [b"host", b"content-length", b"transfer-encoding"];
+
+impl ConnectionTokens {
+    pub(crate) fn add(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(trim) {
             if token.is_empty() {
                 continue;
             }
@@ -52,18 +57,23 @@ impl<'a> ConnectionTokens<'a> {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
-            } else if self.count < self.names.len() {
-                self.names[self.count] = token;
-                self.count += 1;
+            } else {
+                self.names = true;
             }
         }
     }
 
-    /// Whether `name` was listed in a `Connection` header.
-    pub(crate) fn names(&self, name: &[u8]) -> bool {
-        self.names[..self.count]
+    /// Whether a `Connection` header among `headers` names `name`, so that
+    /// it is dropped as hop-by-hop (never `Host` or the framing headers).
+    pub(crate) fn drops(&self, headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+        if !self.names || NOT_DROPPABLE.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            return false;
+        }
+        headers
             .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|token| trim(token).eq_ignore_ascii_case(name))
     }
 }
 

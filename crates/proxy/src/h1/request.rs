@@ -2,6 +2,7 @@
 //! and writing the rewritten head that goes to the replica.
 
 use crate::error::ErrorKind;
+use crate::h1::body::Framing;
 use crate::h1::{is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
 
 /// Finds where a request head ends while bytes arrive, refusing bytes that
@@ -84,14 +85,6 @@ impl Method {
     }
 }
 
-/// How a request body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RequestBody {
-    None,
-    Length(u64),
-    Chunked,
-}
-
 /// What the rest of the request path needs from a parsed head; plain data,
 /// so it outlives the buffer the head was parsed from.
 #[derive(Debug, Clone, Copy)]
@@ -99,12 +92,16 @@ pub(crate) struct RequestInfo {
     pub(crate) method: Method,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub(crate) minor: u8,
-    pub(crate) body: RequestBody,
+    /// How the body is delimited: `None`, `Length` or `Chunked`.
+    pub(crate) body: Framing,
     /// The client wants the connection kept open after the response.
     pub(crate) keep_alive: bool,
     pub(crate) expect_continue: bool,
     /// An HTTP/1.0 request without `Host`: the caller adds the replica's.
     pub(crate) needs_host: bool,
+    /// The request is well framed but refused (405 for CONNECT and TRACE):
+    /// answer it, keeping the connection only when `keep_alive` allows.
+    pub(crate) refused: Option<ErrorKind>,
 }
 
 /// Transfer codings a client may legitimately apply before `chunked`; a
@@ -186,11 +183,44 @@ fn version_error(head: &[u8]) -> ErrorKind {
     }
 }
 
-/// Where the rewritten head goes and what it adds.
+/// Who sent the request, and what the rewritten head may keep from it.
 #[derive(Debug)]
 pub(crate) struct Forwarding<'a> {
-    /// The client's IP, text, for `X-Forwarded-For`.
+    /// The client's IP, text, for `X-Forwarded-For` and `X-Real-IP`.
     pub(crate) client_ip: &'a [u8],
+    /// The client is a trusted proxy (`trusted_proxies`): its forwarding
+    /// headers are kept and appended to. From anyone else they are replaced.
+    pub(crate) trusted: bool,
+    /// Forward header names containing `_` (`underscores_in_headers`).
+    pub(crate) underscores: bool,
+}
+
+/// Forwarding headers the proxy writes itself, from the client's address
+/// and (for a trusted client) the client's own values.
+const FORWARDING: [&[u8]; 4] = [
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-real-ip",
+    b"forwarded",
+];
+
+/// Splits an absolute-form target (`http://host:port/path?q`) into its
+/// authority and origin-form path (RFC 9112 §3.2.2); `None` when `target`
+/// is not in absolute form.
+fn absolute_form(target: &str) -> Option<Result<(&str, &str), ErrorKind>> {
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+    })?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        // No host, or user info (deprecated, and a phishing tool).
+        return Some(Err(ErrorKind::BadRequest));
+    }
+    Some(Ok((authority, path)))
 }
 
 /// Parses a complete head (`head` ends with the blank line), checks it, and
@@ -213,17 +243,33 @@ pub(crate) fn parse_and_rewrite(
         Err(httparse::Error::Version) => return Err(version_error(head)),
         Err(_) => return Err(ErrorKind::BadRequest),
     }
-    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(ErrorKind::BadRequest);
     };
+
     // An unsupported method is answered once the framing is known: 405
     // keeps a bodiless connection, anything else closes it.
+    let method_name = method;
     let method = Method::parse(method);
     if let Err(kind) = method {
         if kind != ErrorKind::MethodNotAllowed {
             return Err(kind);
         }
     }
+    // Origin form (`/path`), `*` for OPTIONS, or absolute form, which goes
+    // on in origin form with `Host` taken from its authority. (A refused
+    // CONNECT's authority form is judged by its method.)
+    let (authority, path) = match absolute_form(target) {
+        Some(split) => {
+            let (authority, path) = split?;
+            (Some(authority), path)
+        }
+        None if target.starts_with('/') || (target == "*" && method_name == "OPTIONS") => {
+            (None, target)
+        }
+        None if method.is_err() => (None, target),
+        None => return Err(ErrorKind::BadRequest),
+    };
 
     let mut length: Option<u64> = None;
     let mut te: [&[u8]; 4] = [b""; 4];
@@ -231,8 +277,6 @@ pub(crate) fn parse_and_rewrite(
     let mut hosts = 0;
     let mut connection = ConnectionTokens::default();
     let mut expect_continue = false;
-    let mut xff: [&[u8]; 8] = [b""; 8];
-    let mut xff_count = 0;
     request_id.clear();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -254,11 +298,6 @@ pub(crate) fn parse_and_rewrite(
             } else {
                 return Err(ErrorKind::ExpectationFailed);
             }
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            if xff_count < xff.len() {
-                xff[xff_count] = trim(h.value);
-                xff_count += 1;
-            }
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
             request_id.set_from_client(trim(h.value));
         }
@@ -267,28 +306,41 @@ pub(crate) fn parse_and_rewrite(
         return Err(ErrorKind::BadRequest);
     }
     let body = match (te_count, length) {
-        (0, None) => RequestBody::None,
-        (0, Some(0)) => RequestBody::None,
-        (0, Some(n)) => RequestBody::Length(n),
+        (0, None) => Framing::None,
+        (0, Some(0)) => Framing::None,
+        (0, Some(n)) => Framing::Length(n),
         // Both framings at once is the classic smuggling setup; so is
         // chunked in HTTP/1.0, which predates it.
         (_, Some(_)) => return Err(ErrorKind::BadRequest),
         (_, None) if minor == 0 => return Err(ErrorKind::BadRequest),
         (n, None) => {
             transfer_encoding(&te[..n])?;
-            RequestBody::Chunked
+            Framing::Chunked
         }
-    };
-    let method = match method {
-        Ok(method) => method,
-        Err(kind) if body == RequestBody::None => return Err(kind),
-        Err(_) => return Err(ErrorKind::BadRequest),
     };
     let keep_alive = if minor == 1 {
         !connection.close
     } else {
         connection.keep_alive && !connection.close
     };
+    let (method, refused) = match method {
+        Ok(method) => (method, None),
+        // Sound framing and no body: answer, keeping the connection if the
+        // client wants it kept.
+        Err(kind) if body == Framing::None => (Method::Get, Some(kind)),
+        Err(_) => return Err(ErrorKind::BadRequest),
+    };
+    if refused.is_some() {
+        return Ok(RequestInfo {
+            method,
+            minor,
+            body,
+            keep_alive,
+            expect_continue: false,
+            needs_host: false,
+            refused,
+        });
+    }
     if request_id.is_empty() {
         request_id.generate();
     }
@@ -296,38 +348,42 @@ pub(crate) fn parse_and_rewrite(
     out.clear();
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
+    if !path.starts_with(['/', '*']) {
+        // `http://host` or `http://host?q`: the origin form's path is `/`.
+        out.push(b'/');
+    }
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
+    if let Some(authority) = authority {
+        push_header(out, b"Host", authority.as_bytes());
+    }
+    let headers = &*req.headers;
+    for h in headers {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
-            || connection.names(name)
+            || connection.drops(headers, name)
             || name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"x-forwarded-for")
-            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-request-id")
+            || FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
+            || (authority.is_some() && name.eq_ignore_ascii_case(b"host"))
+            || (!forwarding.underscores && name.contains(&b'_'))
         {
             continue;
         }
         push_header(out, name, h.value);
     }
     match body {
-        RequestBody::None => {}
-        RequestBody::Length(n) => {
+        Framing::Length(n) => {
             out.extend_from_slice(b"Content-Length: ");
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        RequestBody::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
     }
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for value in &xff[..xff_count] {
-        out.extend_from_slice(value);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(forwarding.client_ip);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+    write_forwarding(out, headers, forwarding);
+    out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
 
@@ -337,8 +393,51 @@ pub(crate) fn parse_and_rewrite(
         body,
         keep_alive,
         expect_continue,
-        needs_host: hosts == 0,
+        needs_host: hosts == 0 && authority.is_none(),
+        refused: None,
     })
+}
+
+/// Writes `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Real-IP` and
+/// `Forwarded`. From an untrusted client they say only what the proxy saw;
+/// a trusted proxy's values are kept, with this hop appended to the lists.
+fn write_forwarding(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    forwarding: &Forwarding<'_>,
+) {
+    let ip = forwarding.client_ip;
+    let theirs = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| forwarding.trusted && h.name.eq_ignore_ascii_case(name))
+            .map(|h| trim(h.value))
+            .filter(|v| !v.is_empty())
+    };
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for value in theirs("x-forwarded-for") {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(theirs("x-forwarded-proto").next().unwrap_or(b"http"));
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    out.extend_from_slice(theirs("x-real-ip").next().unwrap_or(ip));
+    out.extend_from_slice(b"\r\nForwarded: ");
+    for value in theirs("forwarded") {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+    let v6 = ip.contains(&b':');
+    out.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
+    out.extend_from_slice(ip);
+    out.extend_from_slice(if v6 {
+        b"]\";proto=http\r\n"
+    } else {
+        b";proto=http\r\n"
+    });
 }
 
 #[cfg(test)]

@@ -2,28 +2,19 @@
 //! the client receives.
 
 use crate::error::ErrorKind;
+use crate::h1::body::Framing;
 use crate::h1::request::{Method, RequestInfo};
 use crate::h1::{is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
 
 /// Most header fields accepted in a response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
 
-/// How a response body is delimited on the replica's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ResponseBody {
-    /// HEAD, 1xx, 204, 304.
-    None,
-    Length(u64),
-    Chunked,
-    /// No framing: the body ends when the replica closes.
-    UntilClose,
-}
-
 /// What the forwarding loop needs from a response head.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ResponseInfo {
     pub(crate) status: u16,
-    pub(crate) body: ResponseBody,
+    /// How the body is delimited on the replica's side.
+    pub(crate) body: Framing,
     /// 1xx other than 101: forwarded, then another head follows.
     pub(crate) informational: bool,
     /// The replica allows another request on this connection.
@@ -63,6 +54,9 @@ pub(crate) fn parse_and_rewrite(
     let informational = status < 200;
 
     let mut length: Option<u64> = None;
+    // Every Transfer-Encoding line counts: a list split over several lines
+    // is one list (RFC 9110 §5.3).
+    let mut chunked_count = 0;
     let mut chunked_final = false;
     let mut has_te = false;
     let mut connection = ConnectionTokens::default();
@@ -83,14 +77,14 @@ pub(crate) fn parse_and_rewrite(
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            has_te = true;
-            let last = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .map(trim)
-                .unwrap_or(b"");
-            chunked_final = last.eq_ignore_ascii_case(b"chunked");
+            for coding in h.value.split(|&b| b == b',').map(trim) {
+                if coding.is_empty() {
+                    continue;
+                }
+                has_te = true;
+                chunked_final = coding.eq_ignore_ascii_case(b"chunked");
+                chunked_count += usize::from(chunked_final);
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             connection.add(h.value);
         } else if name.eq_ignore_ascii_case(b"x-request-id") {
@@ -104,25 +98,27 @@ pub(crate) fn parse_and_rewrite(
     let bodiless =
         request.method == Method::Head || informational || status == 204 || status == 304;
     let body = if bodiless {
-        ResponseBody::None
+        Framing::None
     } else if has_te {
-        if chunked_final {
-            ResponseBody::Chunked
-        } else {
-            ResponseBody::UntilClose
+        // Only a lone `chunked` can be relayed: another coding would reach
+        // the client undeclared, and a non-chunked final coding leaves the
+        // body's end to the close, where a response can be cut short unseen.
+        if !(chunked_final && chunked_count == 1) {
+            return Err(ErrorKind::UpstreamFailed);
         }
+        Framing::Chunked
     } else if let Some(n) = length {
-        ResponseBody::Length(n)
+        Framing::Length(n)
     } else {
-        ResponseBody::UntilClose
+        Framing::UntilClose
     };
     let upstream_keep_alive = minor == 1
         && !connection.close
-        && body != ResponseBody::UntilClose
+        && body != Framing::UntilClose
         && !(has_te && length.is_some());
     let client_close = !keep_client
-        || body == ResponseBody::UntilClose
-        || (body == ResponseBody::Chunked && request.minor == 0);
+        || body == Framing::UntilClose
+        || (body == Framing::Chunked && request.minor == 0);
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -133,7 +129,7 @@ pub(crate) fn parse_and_rewrite(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
-            || connection.names(name)
+            || connection.drops(&*resp.headers, name)
             || name.eq_ignore_ascii_case(b"content-length")
         {
             continue;
@@ -142,9 +138,9 @@ pub(crate) fn parse_and_rewrite(
     }
     if !informational {
         let framing_length = match body {
-            ResponseBody::Length(n) => Some(n),
+            Framing::Length(n) => Some(n),
             // A HEAD or 304 response's length describes the body it omits.
-            ResponseBody::None if status != 204 && !has_te => length,
+            Framing::None if status != 204 && !has_te => length,
             _ => None,
         };
         if let Some(n) = framing_length {
@@ -152,7 +148,7 @@ pub(crate) fn parse_and_rewrite(
             out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        if body == ResponseBody::Chunked && request.minor == 1 {
+        if body == Framing::Chunked && request.minor == 1 {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
         if !has_request_id {

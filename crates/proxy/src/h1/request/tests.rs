@@ -10,6 +10,8 @@ fn rewrite(head: &[u8]) -> Result<(RequestInfo, String), ErrorKind> {
         100,
         &Forwarding {
             client_ip: b"192.0.2.7",
+            trusted: false,
+            underscores: false,
         },
         &mut id,
         &mut out,
@@ -47,13 +49,14 @@ fn rewrite_adds_forwarding_headers_and_drops_hop_by_hop() {
     let (info, out) =
         rewrite(b"POST /v1 HTTP/1.1\r\nHost: h\r\nConnection: x-a\r\nX-A: 1\r\nContent-Length: 3\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n")
             .unwrap();
-    assert_eq!(info.body, RequestBody::Length(3));
+    assert_eq!(info.body, Framing::Length(3));
     assert!(info.keep_alive);
     assert!(out.starts_with("POST /v1 HTTP/1.1\r\nHost: h\r\n"));
     assert!(!out.contains("X-A"));
     assert!(!out.to_ascii_lowercase().contains("connection"));
     assert!(out.contains("Content-Length: 3\r\n"));
-    assert!(out.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"));
+    // The client is not a trusted proxy: its X-Forwarded-For is replaced.
+    assert!(out.contains("X-Forwarded-For: 192.0.2.7\r\n"));
     assert!(out.contains("X-Forwarded-Proto: http\r\n"));
     assert!(out.ends_with("\r\n\r\n"));
 }
@@ -77,7 +80,7 @@ fn identical_content_lengths_are_one() {
     let (info, out) =
         rewrite(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 4, 4\r\n\r\n")
             .unwrap();
-    assert_eq!(info.body, RequestBody::Length(4));
+    assert_eq!(info.body, Framing::Length(4));
     assert_eq!(out.matches("Content-Length").count(), 1);
 }
 

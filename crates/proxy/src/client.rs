@@ -1,0 +1,261 @@
+//! The client side of a connection: its socket, the buffers it rents while
+//! a request is in progress, reading request heads, proxy-generated error
+//! responses, and the lingering close.
+//!
+//! Each buffer has one role and one owner:
+//! - `buf`: bytes read from the client (heads, then body bytes);
+//! - `out`: bytes for the client (a response head with the body bytes that
+//!   came with it, a de-chunked piece of body, or an error response);
+//! - `request`: the request as the replica gets it (the rewritten head and
+//!   the body bytes kept for a replay).
+//!
+//! All three are rented from the worker's pool ([`crate::buffers`]) for the
+//! length of a request and given back when the connection goes idle.
+
+use std::io;
+use std::mem;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::buffers::Buffers;
+use crate::error::{Abort, ErrorKind};
+use crate::h1::request::HeadScanner;
+use crate::h1::RequestId;
+use crate::sock;
+use crate::worker::Worker;
+
+/// The least free space a read is given.
+pub(crate) const MIN_READ: usize = 2 * 1024;
+/// Capacity a client buffer may grow to while a large body streams through.
+pub(crate) const BODY_BUFFER: usize = 64 * 1024;
+/// Time allowed to write a proxy-generated response before giving up.
+pub(crate) const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After an error that closes the connection, unread client bytes are read
+/// and discarded for at most this long, so that closing does not reset the
+/// connection before the client has read the error (nginx `lingering_close`).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// The client's address as text, held inline (an IPv6 address is at most
+/// 45 characters) so that a connection allocates nothing for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IpText {
+    bytes: [u8; 46],
+    len: u8,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        use std::io::Write;
+        let mut bytes = [0; 46];
+        let mut cursor = io::Cursor::new(&mut bytes[..]);
+        let _ = write!(cursor, "{}", ip.to_canonical());
+        let len = cursor.position() as u8;
+        Self { bytes, len }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A client connection and the buffers it holds while a request is in
+/// progress.
+pub(crate) struct Client {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the client; `buf[pos..]` are not consumed yet.
+    pub(crate) buf: Vec<u8>,
+    pub(crate) pos: usize,
+    /// Bytes for the client.
+    pub(crate) out: Vec<u8>,
+    /// The request as the replica gets it.
+    pub(crate) request: Vec<u8>,
+    pub(crate) ip: IpText,
+    /// The client is one of `trusted_proxies`.
+    pub(crate) trusted: bool,
+    pub(crate) scanner: HeadScanner,
+    pub(crate) request_id: RequestId,
+    /// The accept time, until the first request head has arrived: that head
+    /// must arrive within the header timeout of the accept.
+    pub(crate) accepted: Option<Instant>,
+}
+
+impl Client {
+    pub(crate) fn new(stream: TcpStream, ip: IpAddr, trusted: bool) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+            out: Vec::new(),
+            request: Vec::new(),
+            ip: IpText::new(ip),
+            trusted,
+            scanner: HeadScanner::default(),
+            request_id: RequestId::new(),
+            accepted: Some(Instant::now()),
+        }
+    }
+
+    /// Bytes read but not consumed yet (the start of a pipelined request).
+    pub(crate) fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Rents the buffers a request needs.
+    pub(crate) fn rent(&mut self, buffers: &mut Buffers) {
+        buffers.rent(&mut self.buf);
+        buffers.rent(&mut self.out);
+        buffers.rent(&mut self.request);
+    }
+
+    /// Gives the buffers back between requests; `buf` stays while it holds
+    /// the start of a pipelined request.
+    pub(crate) fn give_back(&mut self, buffers: &mut Buffers) {
+        if self.pending() == 0 {
+            self.pos = 0;
+            buffers.give_back(&mut self.buf);
+        }
+        buffers.give_back(&mut self.out);
+        buffers.give_back(&mut self.request);
+    }
+
+    /// Reads more bytes after those pending, growing the buffer up to `max`
+    /// when less than [`MIN_READ`] is free.
+    pub(crate) async fn fill(&mut self, max: usize) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 0 && self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < MIN_READ {
+            let grown = (self.buf.capacity() * 2).clamp(MIN_READ, max.max(MIN_READ));
+            self.buf
+                .reserve(grown.max(self.buf.len() + MIN_READ) - self.buf.len());
+        }
+        let buf = mem::take(&mut self.buf);
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (result, slice) = self.stream.read(buf.slice_mut(len..cap)).await;
+        self.buf = slice.into_inner();
+        result
+    }
+
+    /// Drops empty lines before a request line (RFC 9112 §2.2 asks servers to
+    /// ignore at least one, which some clients send after a body).
+    fn skip_empty_lines(&mut self) {
+        while self.buf[self.pos..].starts_with(b"\r\n") {
+            self.pos += 2;
+        }
+    }
+
+    /// Reads a request head on a connection that is readable or has bytes
+    /// pending. `Ok(None)`: close quietly (the client left without starting
+    /// a request).
+    pub(crate) async fn read_head(&mut self, worker: &Worker) -> Result<Option<usize>, ErrorKind> {
+        let timeouts = &worker.config.timeouts;
+        let max_head = worker.config.limits.max_request_head_bytes;
+        let deadline = self.accepted.unwrap_or_else(Instant::now) + timeouts.client_header;
+        self.scanner.reset();
+        loop {
+            self.skip_empty_lines();
+            if self.pending() > 0 {
+                if let Some(len) = self.scanner.scan(&self.buf[self.pos..])? {
+                    if len > max_head {
+                        return Err(ErrorKind::HeadTooLarge);
+                    }
+                    self.accepted = None;
+                    return Ok(Some(len));
+                }
+                if self.pending() >= max_head {
+                    return Err(ErrorKind::HeadTooLarge);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ErrorKind::HeadTimeout);
+            }
+            match monoio::time::timeout(left, self.fill(max_head + MIN_READ)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Ok(None),
+                Err(_) => return Err(ErrorKind::HeadTimeout),
+            }
+        }
+    }
+
+    /// Writes `out` to the client.
+    pub(crate) async fn write_out(&mut self, timeout: Duration) -> Result<(), Abort> {
+        let out = mem::take(&mut self.out);
+        match monoio::time::timeout(timeout, self.stream.write_all(out)).await {
+            Ok((Ok(_), out)) => {
+                self.out = out;
+                Ok(())
+            }
+            _ => Err(Abort::ClientGone),
+        }
+    }
+
+    /// Writes `buf[..end]` to the client and gives the buffer back.
+    pub(crate) async fn write_prefix(
+        &mut self,
+        buf: Vec<u8>,
+        end: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Abort> {
+        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(..end))).await {
+            Ok((Ok(_), slice)) => Ok(slice.into_inner()),
+            _ => Err(Abort::ClientGone),
+        }
+    }
+
+    /// Sends a proxy-generated error response; false when the client is gone.
+    pub(crate) async fn respond_error(&mut self, kind: ErrorKind, close: bool) -> bool {
+        if self.request_id.is_empty() {
+            self.request_id.generate();
+        }
+        let body = kind.body();
+        self.out.clear();
+        self.out.extend_from_slice(kind.status_line());
+        self.out
+            .extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(kind.extra_headers());
+        self.out.extend_from_slice(b"X-Request-Id: ");
+        self.out.extend_from_slice(self.request_id.as_bytes());
+        self.out.extend_from_slice(if close {
+            b"\r\nConnection: close\r\n\r\n"
+        } else {
+            b"\r\n\r\n"
+        });
+        self.out.extend_from_slice(body);
+        self.write_out(ERROR_WRITE_TIMEOUT).await.is_ok()
+    }
+
+    /// Closes after an error without resetting the connection: stop sending,
+    /// then read and discard what the client still sends, briefly.
+    pub(crate) async fn linger_close(&mut self) {
+        sock::shutdown_write(&self.stream);
+        let deadline = Instant::now() + LINGER;
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.buf.clear();
+            self.pos = 0;
+            match monoio::time::timeout(left, self.fill(BODY_BUFFER)).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => break,
+            }
+        }
+    }
+}

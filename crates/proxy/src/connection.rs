@@ -1,0 +1,75 @@
+//! A client connection's life between requests. While idle it waits for
+//! readability owning no buffer and no request state (an io_uring poll, not
+//! a read with a buffer behind it); each request is then served by one of
+//! the worker's handlers, and the connection waits again.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::client::Client;
+use crate::handler;
+use crate::worker::Worker;
+
+/// How an idle wait ended.
+enum Wait {
+    /// Bytes (or a close) arrived.
+    Readable,
+    /// Nothing arrived within the header or keep-alive timeout.
+    TimedOut,
+    /// The worker is stopping.
+    Stop,
+}
+
+/// Serves one client connection until it closes.
+pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let trusted = worker
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|range| range.contains(peer.ip()));
+    let mut client = Client::new(stream, peer.ip(), trusted);
+    loop {
+        let mut head_timed_out = false;
+        if client.pending() == 0 {
+            match wait(&worker, &client).await {
+                Wait::Readable => {}
+                // A connection that never sent a byte gets 408 like a slow
+                // one (HAProxy does the same); an idle keep-alive one just
+                // closes.
+                Wait::TimedOut if client.accepted.is_some() => head_timed_out = true,
+                Wait::TimedOut | Wait::Stop => return,
+            }
+        }
+        match handler::run(&worker, client, head_timed_out).await {
+            Some(kept) => client = kept,
+            None => return,
+        }
+    }
+}
+
+/// Waits for the next request on an idle connection: the rest of the header
+/// timeout before a connection's first request, the keep-alive timeout
+/// after it.
+async fn wait(worker: &Worker, client: &Client) -> Wait {
+    let timeouts = &worker.config.timeouts;
+    let limit = match client.accepted {
+        Some(at) => (at + timeouts.client_header).saturating_duration_since(Instant::now()),
+        None => timeouts.client_keepalive,
+    };
+    // Registered before the flag is read, so a stop in between is not missed.
+    let stop = worker.stop.notified();
+    if worker.stopping.get() {
+        return Wait::Stop;
+    }
+    monoio::select! {
+        ready = monoio::time::timeout(limit, client.stream.readable(false)) => match ready {
+            // An error is found again by the read that follows.
+            Ok(_) => Wait::Readable,
+            Err(_) => Wait::TimedOut,
+        },
+        _ = stop => Wait::Stop,
+    }
+}

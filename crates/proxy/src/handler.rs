@@ -1,0 +1,201 @@
+//! The worker's request handlers.
+//!
+//! Serving a request takes a few KiB of future state (the exchange, the
+//! retry loop, the streaming), while a keep-alive connection spends most of
+//! its life idle. So a connection's own task only waits for its next
+//! request, and the request itself runs in one of the worker's handler
+//! tasks, which serve request after request for whichever connection hands
+//! one over. A handler is spawned only when every existing one is busy and
+//! is kept for the next burst, up to [`MAX_SPARE`] idle ones: in steady state
+//! nothing is spawned and nothing is allocated.
+//!
+//! ```text
+//!  connection task                 handler task
+//!  ───────────────                 ────────────
+//!  acquire a slot ──── job ──────▶ serve_request(client)
+//!  wait            ◀─── done ───── (client back, or closed)
+//!  release the slot                wait for the next job
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use crate::client::Client;
+use crate::forward::{self, Next};
+use crate::worker::Worker;
+
+/// Idle handlers a worker keeps; more are ended when they finish. Each holds
+/// a request's future state (about 5 KiB), so this bounds what a burst
+/// leaves behind.
+const MAX_SPARE: usize = 64;
+
+/// A worker's idle handlers.
+#[derive(Default)]
+pub(crate) struct Handlers {
+    free: RefCell<Vec<Rc<Slot>>>,
+}
+
+/// Where a connection task and a handler task meet.
+#[derive(Default)]
+struct Slot {
+    /// The connection handed to the handler, and whether its first head
+    /// timed out.
+    job: Cell<Option<(Client, bool)>>,
+    /// The handler's answer: the connection to keep, or `None` (closed).
+    done: Cell<Option<Option<Client>>>,
+    handler: Cell<Option<Waker>>,
+    owner: Cell<Option<Waker>>,
+    /// No more jobs: the handler task ends.
+    retire: Cell<bool>,
+    /// The connection task went away mid-request; the handler frees itself.
+    orphaned: Cell<bool>,
+}
+
+impl Handlers {
+    fn acquire(&self, worker: &Rc<Worker>) -> Rc<Slot> {
+        if let Some(slot) = self.free.borrow_mut().pop() {
+            return slot;
+        }
+        let slot = Rc::new(Slot::default());
+        monoio::spawn(handle(Rc::clone(worker), Rc::clone(&slot)));
+        slot
+    }
+
+    fn release(&self, slot: Rc<Slot>) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < MAX_SPARE {
+            free.push(slot);
+        } else {
+            slot.retire.set(true);
+            wake(&slot.handler);
+        }
+    }
+}
+
+/// Hands one request of `client` to a handler and waits for it; returns the
+/// connection when it stays open.
+pub(crate) async fn run(
+    worker: &Rc<Worker>,
+    client: Client,
+    head_timed_out: bool,
+) -> Option<Client> {
+    let slot = worker.handlers.acquire(worker);
+    let mut lease = Lease {
+        worker,
+        slot: Some(slot),
+    };
+    let slot = lease.slot.as_deref().expect("leased");
+    slot.job.set(Some((client, head_timed_out)));
+    wake(&slot.handler);
+    let kept = poll_fn(|cx| match slot.done.take() {
+        Some(kept) => Poll::Ready(kept),
+        None => {
+            register(&slot.owner, cx.waker());
+            Poll::Pending
+        }
+    })
+    .await;
+    lease.finish();
+    kept
+}
+
+/// A slot in use by a connection task. Dropped before the handler answered
+/// (the connection task was cancelled), it leaves the handler to free
+/// itself when done.
+struct Lease<'a> {
+    worker: &'a Worker,
+    slot: Option<Rc<Slot>>,
+}
+
+impl Lease<'_> {
+    fn finish(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.worker.handlers.release(slot);
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.orphaned.set(true);
+        }
+    }
+}
+
+/// A handler task: serves the requests handed to its slot until retired.
+async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
+    loop {
+        let job = poll_fn(|cx| {
+            if slot.retire.get() {
+                return Poll::Ready(None);
+            }
+            match slot.job.take() {
+                Some(job) => Poll::Ready(Some(job)),
+                None => {
+                    register(&slot.handler, cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let Some((mut client, head_timed_out)) = job else {
+            return;
+        };
+        // A bug in one request must cost that connection, not the worker
+        // and every connection it holds.
+        let served = Isolated(pin!(forward::serve_request(
+            &worker,
+            &mut client,
+            head_timed_out
+        )))
+        .await;
+        let kept = match served {
+            Ok(Next::KeepAlive) => Some(client),
+            Ok(Next::Close) => None,
+            Err(()) => {
+                tracing::error!("a request handler panicked; its connection was closed");
+                None
+            }
+        };
+        if slot.orphaned.replace(false) {
+            drop(kept);
+            worker.handlers.release(Rc::clone(&slot));
+        } else {
+            slot.done.set(Some(kept));
+            wake(&slot.owner);
+        }
+    }
+}
+
+/// Keeps `waker` in `cell`, cloning it only when it changed.
+fn register(cell: &Cell<Option<Waker>>, waker: &Waker) {
+    let kept = cell.take().filter(|w| w.will_wake(waker));
+    cell.set(Some(kept.unwrap_or_else(|| waker.clone())));
+}
+
+fn wake(cell: &Cell<Option<Waker>>) {
+    if let Some(waker) = cell.take() {
+        waker.wake();
+    }
+}
+
+/// Runs a future, turning a panic inside it into `Err(())` so that it ends
+/// only its own request.
+struct Isolated<'a, F>(Pin<&'a mut F>);
+
+impl<F: Future> Future for Isolated<'_, F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

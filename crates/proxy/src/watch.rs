@@ -1,0 +1,136 @@
+//! I/O on a replica's connection that gives up as soon as the request no
+//! longer matters: the client left, the replica was evicted (its drain
+//! timed out), or the time limit passed.
+//!
+//! Fast operations never pay for the watch: the client and the eviction
+//! flag are watched only once an operation has taken longer than
+//! [`WATCH_AFTER`]. An operation given up on is cancelled by dropping it;
+//! the caller then shuts the connection down.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use inferlb_core::ReplicaStats;
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::client::MIN_READ;
+use crate::sock::{peer_state, PeerState};
+use crate::upstream::UpstreamConn;
+
+/// How long an operation may take before the proxy also starts watching the
+/// client and the replica's eviction. A slow generation is cancelled within
+/// this long of the client leaving.
+const WATCH_AFTER: Duration = Duration::from_millis(20);
+/// How often a slow operation checks whether its replica was evicted.
+const EVICTION_CHECK: Duration = Duration::from_millis(100);
+
+/// How a watched operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Io {
+    /// Bytes read, or the whole buffer written.
+    Done(usize),
+    /// The replica closed its side (reads only).
+    Eof,
+    /// The socket failed.
+    Failed,
+    TimedOut,
+    ClientGone,
+    Evicted,
+}
+
+/// Reads from the replica into the free space of `conn.buf`.
+pub(crate) async fn read(
+    conn: &mut UpstreamConn,
+    client: &TcpStream,
+    stats: &ReplicaStats,
+    limit: Duration,
+) -> Io {
+    if conn.buf.capacity() - conn.buf.len() < MIN_READ {
+        conn.buf.reserve(MIN_READ.max(conn.buf.capacity()));
+    }
+    let buf = std::mem::take(&mut conn.buf);
+    let (len, cap) = (buf.len(), buf.capacity());
+    let op = conn.stream.read(buf.slice_mut(len..cap));
+    match watched(op, client, stats, limit).await {
+        Ok((result, slice)) => {
+            conn.buf = slice.into_inner();
+            match result {
+                Ok(0) => Io::Eof,
+                Ok(n) => Io::Done(n),
+                Err(_) => Io::Failed,
+            }
+        }
+        Err(io) => io,
+    }
+}
+
+/// Writes all of `buf` to the replica. The buffer comes back unless the
+/// write was given up on (then it went down with the cancelled operation).
+pub(crate) async fn write<T: IoBuf + 'static>(
+    stream: &mut TcpStream,
+    buf: T,
+    client: &TcpStream,
+    stats: &ReplicaStats,
+    limit: Duration,
+) -> (Io, Option<T>) {
+    let len = buf.bytes_init();
+    match watched(stream.write_all(buf), client, stats, limit).await {
+        Ok((Ok(_), buf)) => (Io::Done(len), Some(buf)),
+        Ok((Err(_), buf)) => (Io::Failed, Some(buf)),
+        Err(io) => (io, None),
+    }
+}
+
+/// Runs `op` within `limit`, watching the client and the eviction flag once
+/// it has taken longer than [`WATCH_AFTER`].
+async fn watched<F: std::future::Future>(
+    op: F,
+    client: &TcpStream,
+    stats: &ReplicaStats,
+    limit: Duration,
+) -> Result<F::Output, Io> {
+    let mut op = pin!(op);
+    let fast = WATCH_AFTER.min(limit);
+    let early = monoio::select! {
+        biased;
+        done = &mut op => Some(done),
+        _ = monoio::time::sleep(fast) => None,
+    };
+    match early {
+        Some(done) => Ok(done),
+        None => monoio::select! {
+            biased;
+            done = &mut op => Ok(done),
+            _ = client_gone(client) => Err(Io::ClientGone),
+            _ = evicted(stats) => Err(Io::Evicted),
+            _ = monoio::time::sleep(limit - fast) => Err(Io::TimedOut),
+        },
+    }
+}
+
+/// Completes when the replica is evicted (removed after a drain timed out
+/// with this exchange still in flight).
+async fn evicted(stats: &ReplicaStats) {
+    while !stats.is_evicted() {
+        monoio::time::sleep(EVICTION_CHECK).await;
+    }
+}
+
+/// Completes when the client has closed its side or the connection failed.
+/// Bytes from the client (a body still coming, or a pipelined request) mean
+/// it is still there: then this never completes.
+pub(crate) async fn client_gone(client: &TcpStream) {
+    loop {
+        if client.readable(false).await.is_err() {
+            return;
+        }
+        match peer_state(client) {
+            PeerState::Closed => return,
+            PeerState::HasData => std::future::pending::<()>().await,
+            // A spurious wake-up; do not spin on it.
+            PeerState::Quiet => monoio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
