@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use inferlb_core::{IoDriver, ProxyConfig, Snapshots};
 use monoio::net::{ListenerOpts, TcpListener};
@@ -108,9 +109,7 @@ static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHandle> {
     // A plain bind first: SO_REUSEPORT would let a second process share the
     // port silently, and this also resolves port 0 for every worker.
-    let probe = std::net::TcpListener::bind(config.listen).map_err(|e| {
-        io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-    })?;
+    let probe = bind_retrying(config.listen)?;
     let local_addr = probe.local_addr()?;
     drop(probe);
 
@@ -160,6 +159,37 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         handle.driver = ActiveDriver::Legacy;
     }
     Ok(handle)
+}
+
+/// How long start-up waits for a listen address still in use, and how
+/// often it tries again. Right after a `kill -9` the io_uring ring of the
+/// dead process releases its sockets asynchronously, so the port is busy for
+/// a moment; nginx retries its bind five times, half a second apart.
+const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
+const BIND_RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// Binds `addr`, retrying for [`BIND_RETRY_FOR`] while it is in use.
+fn bind_retrying(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + BIND_RETRY_FOR;
+    let mut logged = false;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(%addr, "listen address in use; retrying for up to 5 s");
+                    logged = true;
+                }
+                thread::sleep(BIND_RETRY_EVERY);
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                ))
+            }
+        }
+    }
 }
 
 /// Builds the worker's runtime and serves on it until the phase says stop.

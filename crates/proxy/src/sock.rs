@@ -41,6 +41,20 @@ pub(crate) fn peer_state(fd: &impl AsRawFd) -> PeerState {
     })
 }
 
+/// Whether the peer has closed its sending side (its FIN arrived), even
+/// with unread bytes queued before the FIN, which a peek cannot see past.
+pub(crate) fn peer_hung_up(fd: &impl AsRawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd` and a zero timeout: the call only reports
+    // the state of a descriptor the caller keeps open.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Shuts both directions down. Any read or write still pending on the socket
 /// completes at once, and the peer sees the close now rather than when the
 /// last reference to the descriptor goes away.
