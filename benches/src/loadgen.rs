@@ -433,9 +433,22 @@ async fn connection(
     }
 }
 
+/// How each idle connection is warmed up before it is left idle: one
+/// request, written in two parts (separate TCP segments) when `split_at`
+/// falls inside it, so that a proxy sees a head spanning two reads.
+#[derive(Debug, Clone)]
+pub struct Warmup {
+    pub request: Vec<u8>,
+    pub split_at: usize,
+}
+
+/// Connections warmed up at once: enough to be quick, few enough that the
+/// proxy's per-request state is measured as what it is, transient.
+const WARMUP_CONCURRENCY: usize = 32;
+
 /// Opens `count` connections to `target`, sends one request on each and
 /// keeps them open, idle, until the returned handle is dropped.
-pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConnections {
+pub fn hold_idle(target: SocketAddr, count: usize, warmup: Warmup) -> IdleConnections {
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let opened = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&opened);
@@ -448,45 +461,43 @@ pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConn
             return;
         };
         runtime.block_on(async move {
-            let mut held = Vec::with_capacity(count);
-            let mut failures = 0;
-            for _ in 0..count {
-                // A peer at its connection limit stops answering; give up
-                // after a few misses rather than wait forever.
-                if failures >= 3
-                    || !matches!(
-                        stop_rx.try_recv(),
-                        Err(std::sync::mpsc::TryRecvError::Empty)
-                    )
-                {
-                    break;
-                }
-                let Some(mut s) = connect(target).await else {
-                    failures += 1;
-                    continue;
-                };
-                let (res, _) = s.write_all(request.clone()).await;
-                if res.is_err() {
-                    failures += 1;
-                    continue;
-                }
-                let mut reader = Reader {
-                    buf: Vec::with_capacity(1024),
-                };
-                let answered =
-                    monoio::time::timeout(Duration::from_secs(2), reader.response(&mut s, || {}))
-                        .await;
-                if matches!(answered, Ok(Ok(_))) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    held.push(s);
-                } else {
-                    failures += 1;
-                }
-            }
+            let held = Rc::new(RefCell::new(Vec::with_capacity(count)));
+            let stopped = Rc::new(std::cell::Cell::new(false));
+            let warmup = Rc::new(warmup);
+            let tasks: Vec<_> = (0..WARMUP_CONCURRENCY)
+                .map(|task| {
+                    let (held, stopped, warmup) =
+                        (Rc::clone(&held), Rc::clone(&stopped), Rc::clone(&warmup));
+                    let counter = Arc::clone(&counter);
+                    let share =
+                        count / WARMUP_CONCURRENCY + usize::from(task < count % WARMUP_CONCURRENCY);
+                    monoio::spawn(async move {
+                        let mut failures = 0;
+                        for _ in 0..share {
+                            // A peer at its connection limit stops answering;
+                            // give up after a few misses rather than wait.
+                            if failures >= 3 || stopped.get() {
+                                break;
+                            }
+                            match warm(target, &warmup).await {
+                                Some(s) => {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                    held.borrow_mut().push(s);
+                                }
+                                None => failures += 1,
+                            }
+                        }
+                    })
+                })
+                .collect();
             while let Err(std::sync::mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
                 monoio::time::sleep(Duration::from_millis(50)).await;
             }
-            drop(held);
+            stopped.set(true);
+            for task in tasks {
+                task.await;
+            }
+            held.borrow_mut().clear();
         });
     });
     IdleConnections {
@@ -494,6 +505,30 @@ pub fn hold_idle(target: SocketAddr, count: usize, request: Vec<u8>) -> IdleConn
         thread: Some(thread),
         opened,
     }
+}
+
+/// Opens one connection and carries the warm-up request on it.
+async fn warm(target: SocketAddr, warmup: &Warmup) -> Option<TcpStream> {
+    let mut s = connect(target).await?;
+    let split = warmup.split_at.min(warmup.request.len());
+    let (first, second) = warmup.request.split_at(split);
+    for (i, part) in [first, second].into_iter().enumerate() {
+        if part.is_empty() {
+            continue;
+        }
+        if i == 1 {
+            // Long enough for the first part to leave as its own segment.
+            monoio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (res, _) = s.write_all(part.to_vec()).await;
+        res.ok()?;
+    }
+    let mut reader = Reader {
+        buf: Vec::with_capacity(1024),
+    };
+    let answered =
+        monoio::time::timeout(Duration::from_secs(5), reader.response(&mut s, || {})).await;
+    matches!(answered, Ok(Ok(_))).then_some(s)
 }
 
 /// Idle connections held open; closed on drop.

@@ -1,6 +1,7 @@
 //! The proxies under comparison: inferlb, nginx and HAProxy, each started on
 //! the same replicas with the same worker count and CPU pinning, plus
-//! "direct" (no proxy: the limit).
+//! "direct" (no proxy: the limit) and an L4 relay (HAProxy in `mode tcp`:
+//! it forwards bytes without parsing them, the floor for any proxy's CPU).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -20,6 +21,10 @@ pub enum Peer {
     Inferlb,
     Nginx,
     Haproxy,
+    /// HAProxy in `mode tcp`: each client connection relayed byte for byte
+    /// to one replica.
+    #[serde(rename = "haproxy-tcp")]
+    HaproxyTcp,
 }
 
 impl Peer {
@@ -29,6 +34,7 @@ impl Peer {
             Self::Inferlb => "inferlb",
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
+            Self::HaproxyTcp => "haproxy-tcp",
         }
     }
 
@@ -37,7 +43,7 @@ impl Peer {
         match self {
             Self::Direct | Self::Inferlb => true,
             Self::Nginx => which("nginx").is_some(),
-            Self::Haproxy => which("haproxy").is_some(),
+            Self::Haproxy | Self::HaproxyTcp => which("haproxy").is_some(),
         }
     }
 }
@@ -242,23 +248,34 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                 child: Some(child),
             })
         }
-        Peer::Haproxy => {
+        Peer::Haproxy | Peer::HaproxyTcp => {
             let addr = free_port()?;
             let servers: String = replicas
                 .iter()
                 .enumerate()
                 .map(|(i, r)| format!("    server r{i} {r}\n"))
                 .collect();
-            let conf = format!(
-                "global\n    nbthread {workers}\n    maxconn {maxconn}\n\ndefaults\n    mode http\n    timeout connect 2s\n\
-                 timeout client 120s\n    timeout server 300s\n    timeout http-keep-alive 120s\n    option http-keep-alive\n\n\
-                 frontend fe\n    bind {addr}\n    default_backend be\n\nbackend be\n    balance roundrobin\n\
-                     http-reuse always\n{servers}",
-                workers = s.workers,
-                // HAProxy needs two descriptors per connection plus a margin.
-                maxconn = (nofile_limit().saturating_sub(200) / 2).max(1024),
-            );
-            let path = s.dir.join("haproxy.cfg");
+            // HAProxy needs two descriptors per connection plus a margin.
+            let maxconn = (nofile_limit().saturating_sub(200) / 2).max(1024);
+            let conf = if peer == Peer::HaproxyTcp {
+                // Round robin per connection: each client connection is
+                // relayed to one replica for its whole life.
+                format!(
+                    "global\n    nbthread {workers}\n    maxconn {maxconn}\n\ndefaults\n    mode tcp\n    timeout connect 2s\n\
+                     timeout client 120s\n    timeout server 300s\n\n\
+                     frontend fe\n    bind {addr}\n    default_backend be\n\nbackend be\n    balance roundrobin\n{servers}",
+                    workers = s.workers,
+                )
+            } else {
+                format!(
+                    "global\n    nbthread {workers}\n    maxconn {maxconn}\n\ndefaults\n    mode http\n    timeout connect 2s\n\
+                     timeout client 120s\n    timeout server 300s\n    timeout http-keep-alive 120s\n    option http-keep-alive\n\n\
+                     frontend fe\n    bind {addr}\n    default_backend be\n\nbackend be\n    balance roundrobin\n\
+                         http-reuse always\n{servers}",
+                    workers = s.workers,
+                )
+            };
+            let path = s.dir.join(format!("{}.cfg", peer.name()));
             std::fs::write(&path, conf)?;
             let haproxy =
                 which("haproxy").context("haproxy is not installed (use --install-peers)")?;

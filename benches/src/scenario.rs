@@ -76,7 +76,7 @@ pub struct Scenario {
 }
 
 fn default_peers() -> Vec<String> {
-    ["direct", "inferlb", "nginx", "haproxy"]
+    ["direct", "inferlb", "nginx", "haproxy", "haproxy-tcp"]
         .iter()
         .map(|s| (*s).to_owned())
         .collect()

@@ -203,6 +203,9 @@ fn peer_list(s: &Scenario, args: &Args) -> Vec<Peer> {
             "inferlb" => Some(Peer::Inferlb),
             "nginx" if allowed.contains(&"nginx") => Some(Peer::Nginx),
             "haproxy" if allowed.contains(&"haproxy") => Some(Peer::Haproxy),
+            "haproxy-tcp" if allowed.contains(&"haproxy") || allowed.contains(&"haproxy-tcp") => {
+                Some(Peer::HaproxyTcp)
+            }
             _ => None,
         })
         .filter(|p| {
@@ -300,6 +303,9 @@ fn compare(
     Ok(rows)
 }
 
+/// Size of the header each idle connection's warm-up request carries.
+const WARMUP_HEADER_BYTES: usize = 12 * 1024;
+
 /// Idle connections held on the peer, with light load; RSS per connection
 /// is the growth of the peer's resident memory over its idle baseline.
 fn connections_measurement(
@@ -312,7 +318,19 @@ fn connections_measurement(
 ) -> Measurement {
     std::thread::sleep(Duration::from_millis(300));
     let baseline = peer.rss_kib();
-    let idle = loadgen::hold_idle(targets[0], s.idle_connections, request_bytes(s.kind));
+    // Each connection first carries a request with a 12 KiB header that
+    // arrives in two TCP segments, and a response of the scenario's size
+    // (64 KiB): buffers a proxy grew for it must not stay with the idle
+    // connection.
+    let head = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: bench\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(WARMUP_HEADER_BYTES)
+    );
+    let warmup = loadgen::Warmup {
+        split_at: head.len() / 2,
+        request: head.into_bytes(),
+    };
+    let idle = loadgen::hold_idle(targets[0], s.idle_connections, warmup);
     let deadline = Instant::now() + Duration::from_secs(60);
     while idle.opened() < s.idle_connections as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -602,7 +620,7 @@ fn ratios(rows: &[Row]) -> serde_json::Value {
             continue;
         };
         let mut m = serde_json::Map::new();
-        for other in ["direct", "nginx", "haproxy"] {
+        for other in ["direct", "nginx", "haproxy", "haproxy-tcp"] {
             if let Some(o) = get(other) {
                 if o.throughput_rps > 0.0 {
                     m.insert(

@@ -880,6 +880,36 @@ mod tests {
     }
 
     #[test]
+    fn the_write_timeout_follows_the_body_timeout_unless_given() {
+        let config = Config::from_toml("[timeouts]\nbody_read_timeout_ms = 7000").unwrap();
+        assert_eq!(config.proxy.timeouts.upstream_write, Duration::from_secs(7));
+        let config = Config::from_toml(
+            "[timeouts]\nbody_read_timeout_ms = 7000\nupstream_write_timeout_ms = 500",
+        )
+        .unwrap();
+        assert_eq!(
+            config.proxy.timeouts.upstream_write,
+            Duration::from_millis(500)
+        );
+        let err = Config::from_toml("[timeouts]\nupstream_write_timeout_ms = 0").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("timeouts.upstream_write_timeout_ms"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_parsed_and_a_bad_one_is_named() {
+        let config = Config::from_toml(r#"trusted_proxies = ["10.0.0.0/8", "::1"]"#).unwrap();
+        assert_eq!(config.proxy.trusted_proxies.len(), 2);
+        assert!(!config.proxy.underscores_in_headers);
+        let err = Config::from_toml(r#"trusted_proxies = ["10.0.0.0/8", "10.0.0.0/40"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trusted_proxies[1]"), "{err}");
+        assert!(err.contains("prefix length"), "{err}");
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../../../deploy/inferlb.toml");
         let config = Config::from_toml(text).unwrap();

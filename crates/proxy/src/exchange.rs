@@ -276,3 +276,198 @@ pub(crate) fn body_error(error: BodyError) -> ErrorKind {
         BodyError::TooLarge => ErrorKind::BodyTooLarge,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The exchange's outcomes against scripted replicas on real sockets.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arc_swap::ArcSwap;
+    use inferlb_core::{ProxyConfig, ReplicaSet, ReplicaStats, Routing, WorkerStats};
+    use monoio::net::TcpStream;
+
+    use super::*;
+    use crate::h1::body::Body;
+    use crate::h1::request::{parse_and_rewrite, Forwarding};
+    use crate::worker::Phase;
+
+    /// What the scripted replica does with the one connection it accepts.
+    #[derive(Clone, Copy)]
+    enum Script {
+        /// Reads the request head, then writes these bytes and closes.
+        Answer(&'static [u8]),
+        /// Resets the connection before reading anything.
+        Reset,
+        /// Reads the request head and answers nothing for a second.
+        Silent,
+    }
+
+    fn replica(script: Script) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            match script {
+                Script::Answer(_) | Script::Silent => {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    match script {
+                        Script::Answer(bytes) => {
+                            let _ = stream.write_all(bytes);
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        _ => std::thread::sleep(Duration::from_secs(1)),
+                    }
+                }
+                Script::Reset => {
+                    socket2::SockRef::from(&stream)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                }
+            }
+        });
+        addr
+    }
+
+    /// Runs one exchange of `GET /` against a replica following `script`.
+    fn run(script: Script, tweak: impl FnOnce(&mut ProxyConfig)) -> Outcome {
+        let mut config = ProxyConfig::default();
+        tweak(&mut config);
+        let replica_addr = replica(script);
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let cell = Arc::new(ArcSwap::from_pointee(ReplicaSet::empty(
+                Routing::RoundRobin,
+            )));
+            let (_phase_tx, phase) = tokio::sync::watch::channel(Phase::Running);
+            let worker = Worker::new(0, config, cell, phase, Arc::new(WorkerStats::default()));
+            // The client: a real connection, quiet for the whole exchange.
+            let front = TcpListener::bind("127.0.0.1:0").unwrap();
+            let _peer = std::net::TcpStream::connect(front.local_addr().unwrap()).unwrap();
+            let (accepted, peer) = front.accept().unwrap();
+            let stream = TcpStream::from_std(accepted).unwrap();
+            let mut client = Client::new(stream, peer.ip(), false);
+            worker.buffers.borrow_mut().rent(&mut client.request);
+            let info = parse_and_rewrite(
+                b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+                100,
+                &Forwarding {
+                    client_ip: b"127.0.0.1",
+                    trusted: false,
+                    underscores: false,
+                },
+                &mut client.request_id,
+                &mut client.request,
+            )
+            .unwrap();
+            let mut conn = crate::upstream::connect(replica_addr, Duration::from_secs(2))
+                .await
+                .unwrap();
+            if matches!(script, Script::Reset) {
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let stats = ReplicaStats::default();
+            let exchange = Exchange {
+                worker: &worker,
+                info: &info,
+                stats: &stats,
+                keep_client: true,
+            };
+            let mut body = Body::new(info.body);
+            exchange
+                .run(&mut client, &mut conn, &mut body, &mut Progress::default())
+                .await
+        })
+    }
+
+    #[test]
+    fn a_final_head_is_a_response() {
+        let outcome = run(
+            Script::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            |_| {},
+        );
+        assert!(
+            matches!(outcome, Outcome::Response { resp, .. } if resp.status == 200),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_close_before_any_response_byte_is_retryable() {
+        let outcome = run(Script::Answer(b""), |_| {});
+        assert!(
+            matches!(outcome, Outcome::Retryable(Stage::AwaitHead)),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_send_is_retryable() {
+        let outcome = run(Script::Reset, |_| {});
+        assert!(
+            matches!(outcome, Outcome::Retryable(Stage::Send | Stage::AwaitHead)),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_close_after_response_bytes_is_fatal() {
+        let outcome = run(Script::Answer(b"HTTP/1.1 200 OK\r\nContent-Le"), |_| {});
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Fatal(Abort::Respond(ErrorKind::UpstreamFailed))
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_close_after_an_interim_response_closes_the_client() {
+        let outcome = run(Script::Answer(b"HTTP/1.1 103 Early Hints\r\n\r\n"), |_| {});
+        assert!(
+            matches!(outcome, Outcome::Fatal(Abort::AfterHead)),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_head_is_fatal() {
+        let outcome = run(Script::Answer(b"NOT HTTP\r\n\r\n"), |_| {});
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Fatal(Abort::Respond(ErrorKind::UpstreamFailed))
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn no_head_in_time_is_a_timeout() {
+        // The replica reads the request and stays silent past the limit.
+        let outcome = run(Script::Silent, |c| {
+            c.timeouts.upstream_response = Duration::from_millis(100);
+        });
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Fatal(Abort::Respond(ErrorKind::UpstreamTimeout))
+            ),
+            "{outcome:?}"
+        );
+    }
+}
