@@ -78,7 +78,6 @@ pub(crate) struct Client {
     /// The client is one of `trusted_proxies`.
     pub(crate) trusted: bool,
     pub(crate) scanner: HeadScanner,
-    pub(crate) request_id: RequestId,
     /// The accept time, until the first request head has arrived: that head
     /// must arrive within the header timeout of the accept.
     pub(crate) accepted: Option<Instant>,
@@ -96,7 +95,6 @@ impl Client {
             ip: IpText::new(ip),
             trusted,
             scanner: HeadScanner::default(),
-            request_id: RequestId::new(),
             accepted: Some(Instant::now()),
         }
     }
@@ -215,9 +213,14 @@ impl Client {
     }
 
     /// Sends a proxy-generated error response; false when the client is gone.
-    pub(crate) async fn respond_error(&mut self, kind: ErrorKind, close: bool) -> bool {
-        if self.request_id.is_empty() {
-            self.request_id.generate();
+    pub(crate) async fn respond_error(
+        &mut self,
+        kind: ErrorKind,
+        close: bool,
+        request_id: &mut RequestId,
+    ) -> bool {
+        if request_id.is_empty() {
+            request_id.generate();
         }
         let body = kind.body();
         self.out.clear();
@@ -229,7 +232,7 @@ impl Client {
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(kind.extra_headers());
         self.out.extend_from_slice(b"X-Request-Id: ");
-        self.out.extend_from_slice(self.request_id.as_bytes());
+        self.out.extend_from_slice(request_id.as_bytes());
         self.out.extend_from_slice(if close {
             b"\r\nConnection: close\r\n\r\n"
         } else {

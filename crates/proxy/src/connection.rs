@@ -3,14 +3,18 @@
 //! a read with a buffer behind it); each request is then served by one of
 //! the worker's handlers, and the connection waits again.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
 
 use crate::client::Client;
 use crate::handler;
+use crate::idle::IdleTable;
 use crate::worker::Worker;
 
 /// How an idle wait ended.
@@ -52,24 +56,46 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
 
 /// Waits for the next request on an idle connection: the rest of the header
 /// timeout before a connection's first request, the keep-alive timeout
-/// after it.
+/// after it. The deadline lives in the worker's idle table, not in a timer
+/// of this connection's own.
 async fn wait(worker: &Worker, client: &Client) -> Wait {
     let timeouts = &worker.config.timeouts;
-    let limit = match client.accepted {
-        Some(at) => (at + timeouts.client_header).saturating_duration_since(Instant::now()),
-        None => timeouts.client_keepalive,
+    let deadline = match client.accepted {
+        Some(at) => at + timeouts.client_header,
+        None => Instant::now() + timeouts.client_keepalive,
     };
-    // Registered before the flag is read, so a stop in between is not missed.
-    let stop = worker.stop.notified();
     if worker.stopping.get() {
         return Wait::Stop;
     }
-    monoio::select! {
-        ready = monoio::time::timeout(limit, client.stream.readable(false)) => match ready {
-            // An error is found again by the read that follows.
-            Ok(_) => Wait::Readable,
-            Err(_) => Wait::TimedOut,
-        },
-        _ = stop => Wait::Stop,
+    let row = Row {
+        table: &worker.idle,
+        index: worker.idle.register(deadline),
+    };
+    let mut readable = pin!(client.stream.readable(false));
+    poll_fn(|cx| {
+        // An error is found again by the read that follows.
+        if readable.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wait::Readable);
+        }
+        if worker.stopping.get() {
+            return Poll::Ready(Wait::Stop);
+        }
+        if row.table.expired(row.index, cx.waker()) {
+            return Poll::Ready(Wait::TimedOut);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A row of the idle table, freed when the wait ends.
+struct Row<'a> {
+    table: &'a IdleTable,
+    index: usize,
+}
+
+impl Drop for Row<'_> {
+    fn drop(&mut self) {
+        self.table.release(self.index);
     }
 }

@@ -28,6 +28,7 @@ use crate::error::{Abort, ErrorKind};
 use crate::h1::body::{Body, BodyError};
 use crate::h1::request::RequestInfo;
 use crate::h1::response::{self, ResponseInfo};
+use crate::h1::RequestId;
 use crate::upstream::UpstreamConn;
 use crate::watch::{self, Io};
 use crate::worker::Worker;
@@ -66,6 +67,7 @@ pub(crate) struct Exchange<'a> {
     pub(crate) worker: &'a Worker,
     pub(crate) info: &'a RequestInfo,
     pub(crate) stats: &'a ReplicaStats,
+    pub(crate) request_id: &'a RequestId,
     /// The client connection stays open after the response.
     pub(crate) keep_client: bool,
 }
@@ -193,7 +195,7 @@ impl Exchange<'_> {
                     &conn.buf,
                     self.info,
                     self.keep_client,
-                    &client.request_id,
+                    self.request_id,
                     &mut client.out,
                 );
                 match parsed {
@@ -360,6 +362,7 @@ mod tests {
             let (accepted, peer) = front.accept().unwrap();
             let stream = TcpStream::from_std(accepted).unwrap();
             let mut client = Client::new(stream, peer.ip(), false);
+            let mut request_id = RequestId::new();
             worker.buffers.borrow_mut().rent(&mut client.request);
             let info = parse_and_rewrite(
                 b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -369,7 +372,7 @@ mod tests {
                     trusted: false,
                     underscores: false,
                 },
-                &mut client.request_id,
+                &mut request_id,
                 &mut client.request,
             )
             .unwrap();
@@ -384,6 +387,7 @@ mod tests {
                 worker: &worker,
                 info: &info,
                 stats: &stats,
+                request_id: &request_id,
                 keep_client: true,
             };
             let mut body = Body::new(info.body);

@@ -23,6 +23,7 @@ use crate::exchange::{body_error, Exchange, Outcome, Progress, Stage};
 use crate::h1::body::{Body, Framing};
 use crate::h1::request::{self, RequestInfo};
 use crate::h1::response::ResponseInfo;
+use crate::h1::RequestId;
 use crate::sock;
 use crate::upstream::{self, UpstreamConn};
 use crate::watch::{self, Io};
@@ -41,15 +42,16 @@ pub(crate) enum Next {
 pub(crate) async fn serve_request(
     worker: &Worker,
     client: &mut Client,
+    id: &mut RequestId,
     head_timed_out: bool,
 ) -> Next {
     client.rent(&mut worker.buffers.borrow_mut());
-    client.request_id.clear();
+    id.clear();
     let result = if head_timed_out {
         Err(Abort::Respond(ErrorKind::HeadTimeout))
     } else {
         match client.read_head(worker).await {
-            Ok(Some(head_len)) => forward(worker, client, head_len).await,
+            Ok(Some(head_len)) => forward(worker, client, id, head_len).await,
             Ok(None) => Err(Abort::ClientGone),
             Err(kind) => Err(Abort::Respond(kind)),
         }
@@ -61,7 +63,7 @@ pub(crate) async fn serve_request(
             Next::Close
         }
         Err(Abort::Respond(kind)) => {
-            if client.respond_error(kind, true).await {
+            if client.respond_error(kind, true, id).await {
                 client.linger_close().await;
             }
             Next::Close
@@ -83,13 +85,18 @@ struct Picked {
 }
 
 /// Forwards one request whose head is `client.buf[pos..pos + head_len]`.
-async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Result<Next, Abort> {
+async fn forward(
+    worker: &Worker,
+    client: &mut Client,
+    id: &mut RequestId,
+    head_len: usize,
+) -> Result<Next, Abort> {
     let config = &worker.config;
 
     // Classify: parse and check the head, write the replica's version of it.
-    let info = classify(worker, client, head_len)?;
+    let info = classify(worker, client, id, head_len)?;
     if let Some(kind) = info.refused {
-        return respond_keeping(client, kind, true, info.keep_alive).await;
+        return respond_keeping(client, id, kind, true, info.keep_alive).await;
     }
     let limit = config.limits.max_request_body_bytes;
     if matches!(info.body, Framing::Length(n) if limit.is_some_and(|l| n > l)) {
@@ -112,7 +119,8 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
     loop {
         // Pick a replica not tried yet.
         let Some(picked) = pick(worker, &mut tried, &mut tried_generation) else {
-            return respond_keeping(client, attempts.give_up(), body.is_done(), keep_client).await;
+            return respond_keeping(client, id, attempts.give_up(), body.is_done(), keep_client)
+                .await;
         };
         let _in_flight = picked.stats.start_request();
         let started = Instant::now();
@@ -124,6 +132,7 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
             }
             return respond_keeping(
                 client,
+                id,
                 ErrorKind::ConnectFailed,
                 body.is_done(),
                 keep_client,
@@ -141,6 +150,7 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
             worker,
             info: &info,
             stats: &picked.stats,
+            request_id: id,
             keep_client,
         };
         let mut outcome = exchange
@@ -178,6 +188,7 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
                 }
                 return respond_keeping(
                     client,
+                    id,
                     ErrorKind::UpstreamFailed,
                     body.is_done(),
                     keep_client,
@@ -189,12 +200,12 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
                 return match abort {
                     Abort::Respond(kind @ ErrorKind::UpstreamFailed) => {
                         record_failure(worker, picked.uid);
-                        respond_keeping(client, kind, body.is_done(), keep_client).await
+                        respond_keeping(client, id, kind, body.is_done(), keep_client).await
                     }
                     // The replica may still be working: never retried.
                     Abort::Respond(
                         kind @ (ErrorKind::UpstreamTimeout | ErrorKind::UpstreamWriteTimeout),
-                    ) => respond_keeping(client, kind, body.is_done(), keep_client).await,
+                    ) => respond_keeping(client, id, kind, body.is_done(), keep_client).await,
                     other => Err(other),
                 };
             }
@@ -204,7 +215,12 @@ async fn forward(worker: &Worker, client: &mut Client, head_len: usize) -> Resul
 
 /// Parses and checks the head at `client.buf[pos..pos + head_len]` and
 /// writes the replica's version of it into `client.request`.
-fn classify(worker: &Worker, client: &mut Client, head_len: usize) -> Result<RequestInfo, Abort> {
+fn classify(
+    worker: &Worker,
+    client: &mut Client,
+    id: &mut RequestId,
+    head_len: usize,
+) -> Result<RequestInfo, Abort> {
     let config = &worker.config;
     let head = &client.buf[client.pos..client.pos + head_len];
     let forwarding = request::Forwarding {
@@ -216,7 +232,7 @@ fn classify(worker: &Worker, client: &mut Client, head_len: usize) -> Result<Req
         head,
         config.limits.max_headers,
         &forwarding,
-        &mut client.request_id,
+        id,
         &mut client.request,
     );
     client.pos += head_len;
@@ -475,12 +491,13 @@ fn finish(
 /// and the client wants it kept.
 async fn respond_keeping(
     client: &mut Client,
+    id: &mut RequestId,
     kind: ErrorKind,
     body_done: bool,
     keep_client: bool,
 ) -> Result<Next, Abort> {
     let close = kind.closes() || !body_done || !keep_client;
-    if !client.respond_error(kind, close).await {
+    if !client.respond_error(kind, close, id).await {
         return Err(Abort::ClientGone);
     }
     Ok(if close { Next::Close } else { Next::KeepAlive })

@@ -25,6 +25,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::client::Client;
 use crate::forward::{self, Next};
+use crate::h1::RequestId;
 use crate::worker::Worker;
 
 /// Idle handlers a worker keeps; more are ended when they finish. Each holds
@@ -128,6 +129,8 @@ impl Drop for Lease<'_> {
 
 /// A handler task: serves the requests handed to its slot until retired.
 async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
+    // Request ids are generated per handler: a random prefix and a counter.
+    let mut request_id = RequestId::new();
     loop {
         let job = poll_fn(|cx| {
             if slot.retire.get() {
@@ -150,6 +153,7 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
         let served = Isolated(pin!(forward::serve_request(
             &worker,
             &mut client,
+            &mut request_id,
             head_timed_out
         )))
         .await;

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Cache};
 use inferlb_core::{Cursor, ProxyConfig, ReplicaSet, WorkerStats};
 use monoio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::buffers::Buffers;
 use crate::handler::Handlers;
+use crate::idle::{IdleTable, SWEEP_EVERY};
 use crate::retry_budget::RetryBudget;
 use crate::upstream::pool::Pool;
 
@@ -46,12 +47,13 @@ pub(crate) struct Worker {
     pub(crate) buffers: RefCell<Buffers>,
     /// Tasks that serve requests for idle-waiting connections.
     pub(crate) handlers: Handlers,
-    /// Set once the worker stops accepting. Connections read this (and wait
-    /// on `stop`) instead of the shared phase channel, so a request touches
+    /// Set once the worker stops accepting. Connections read this (and are
+    /// woken through `idle`) instead of the shared phase channel, so a request touches
     /// nothing another worker writes.
     pub(crate) stopping: Cell<bool>,
-    /// Wakes idle connections when `stopping` is set.
-    pub(crate) stop: Notify,
+    /// Deadlines of idle connections; woken all at once when `stopping`
+    /// is set.
+    pub(crate) idle: IdleTable,
 }
 
 impl Worker {
@@ -81,7 +83,7 @@ impl Worker {
             buffers: RefCell::new(Buffers::default()),
             handlers: Handlers::default(),
             stopping: Cell::new(false),
-            stop: Notify::new(),
+            idle: IdleTable::default(),
         }
     }
 }
@@ -101,16 +103,22 @@ impl Drop for Open {
 /// Accepts and serves until told to stop, then drains: no new connections,
 /// in-flight requests get the drain timeout to finish.
 pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
-    let reaper = Rc::clone(&worker);
+    let sweeper = Rc::clone(&worker);
     monoio::spawn(async move {
+        let mut last_reap = Instant::now();
         loop {
-            monoio::time::sleep(REAP_INTERVAL).await;
-            let mut snapshots = reaper.snapshots.borrow_mut();
-            let set = snapshots.load();
-            reaper
-                .pool
-                .borrow_mut()
-                .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
+            monoio::time::sleep(SWEEP_EVERY).await;
+            let now = Instant::now();
+            sweeper.idle.sweep(now);
+            if now.duration_since(last_reap) >= REAP_INTERVAL {
+                last_reap = now;
+                let mut snapshots = sweeper.snapshots.borrow_mut();
+                let set = snapshots.load();
+                sweeper
+                    .pool
+                    .borrow_mut()
+                    .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
+            }
         }
     });
     let max = worker.config.limits.max_connections_per_worker as u64;
@@ -151,7 +159,7 @@ pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
         });
     }
     worker.stopping.set(true);
-    worker.stop.notify_waiters();
+    worker.idle.wake_all();
     drop(listener);
     let deadline = Instant::now() + worker.config.timeouts.shutdown_drain;
     while worker.stats.open_connections() > 0
