@@ -41,18 +41,19 @@ pub(crate) fn peer_state(fd: &impl AsRawFd) -> PeerState {
     })
 }
 
-/// Whether the peer has closed its sending side (its FIN arrived), even
-/// with unread bytes queued before the FIN, which a peek cannot see past.
-pub(crate) fn peer_hung_up(fd: &impl AsRawFd) -> bool {
+/// Whether the connection is dead: reset by the peer, or failed. Bytes it
+/// sent before the reset may still be queued, so a peek cannot tell. A
+/// peer that only half-closed (sent FIN, still reading) is not dead.
+pub(crate) fn peer_reset(fd: &impl AsRawFd) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLRDHUP,
+        events: 0,
         revents: 0,
     };
     // SAFETY: one valid `pollfd` and a zero timeout: the call only reports
     // the state of a descriptor the caller keeps open.
     let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-    ready > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    ready > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Shuts both directions down. Any read or write still pending on the socket

@@ -16,7 +16,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::client::MIN_READ;
-use crate::sock::{peer_hung_up, peer_state, PeerState};
+use crate::sock::{peer_reset, peer_state, PeerState};
 use crate::upstream::UpstreamConn;
 
 /// How long an operation may take before the proxy also starts watching the
@@ -118,13 +118,14 @@ async fn evicted(stats: &ReplicaStats) {
     }
 }
 
-/// How often a client with unread bytes is checked for a close behind them.
-const HANGUP_CHECK: Duration = Duration::from_millis(100);
+/// How often a client with unread bytes is checked for a reset behind them.
+const RESET_CHECK: Duration = Duration::from_millis(100);
 
 /// Completes when the client has closed its side or the connection failed.
 /// Bytes waiting from the client (a body the replica is slow to take, or a
-/// pipelined request) hide a close from a peek, so then the FIN itself is
-/// looked for, every [`HANGUP_CHECK`].
+/// pipelined request) mean it is still there, as with nginx's check for a
+/// broken client connection, unless the connection was reset behind them
+/// (a killed client): that is looked for every [`RESET_CHECK`].
 pub(crate) async fn client_gone(client: &TcpStream) {
     loop {
         if client.readable(false).await.is_err() {
@@ -133,8 +134,8 @@ pub(crate) async fn client_gone(client: &TcpStream) {
         match peer_state(client) {
             PeerState::Closed => return,
             PeerState::HasData => {
-                while !peer_hung_up(client) {
-                    monoio::time::sleep(HANGUP_CHECK).await;
+                while !peer_reset(client) {
+                    monoio::time::sleep(RESET_CHECK).await;
                 }
                 return;
             }

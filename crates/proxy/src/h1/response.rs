@@ -1,6 +1,8 @@
 //! Response heads from a replica: parsing, framing, and the rewritten head
 //! the client receives.
 
+use std::mem::MaybeUninit;
+
 use crate::error::ErrorKind;
 use crate::h1::body::Framing;
 use crate::h1::request::{Method, RequestInfo};
@@ -36,9 +38,16 @@ pub(crate) fn parse_and_rewrite(
     request_id: &RequestId,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseInfo>, ErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    // Left uninitialised, as for requests: httparse writes what it finds.
+    let mut headers =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ErrorKind::UpstreamFailed),
