@@ -159,7 +159,10 @@ impl Client {
     pub(crate) async fn read_head(&mut self, worker: &Worker) -> Result<Option<usize>, ErrorKind> {
         let timeouts = &worker.config.timeouts;
         let max_head = worker.config.limits.max_request_head_bytes;
-        let deadline = self.accepted.unwrap_or_else(Instant::now) + timeouts.client_header;
+        // With nothing pending, the connection was just found readable: the
+        // first read completes at once and needs no timer of its own.
+        let mut ready = self.pending() == 0;
+        let mut deadline = None;
         self.scanner.reset();
         loop {
             self.skip_empty_lines();
@@ -175,11 +178,19 @@ impl Client {
                     return Err(ErrorKind::HeadTooLarge);
                 }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ErrorKind::HeadTimeout);
-            }
-            match monoio::time::timeout(left, self.fill(max_head + MIN_READ)).await {
+            let read = if std::mem::take(&mut ready) {
+                Ok(self.fill(max_head + MIN_READ).await)
+            } else {
+                let deadline = *deadline.get_or_insert_with(|| {
+                    self.accepted.unwrap_or_else(|| worker.now()) + timeouts.client_header
+                });
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ErrorKind::HeadTimeout);
+                }
+                monoio::time::timeout(left, self.fill(max_head + MIN_READ)).await
+            };
+            match read {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Ok(None),
                 Err(_) => return Err(ErrorKind::HeadTimeout),

@@ -8,13 +8,11 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Instant;
 
 use monoio::net::TcpStream;
 
 use crate::client::Client;
 use crate::handler;
-use crate::idle::IdleTable;
 use crate::worker::Worker;
 
 /// How an idle wait ended.
@@ -62,15 +60,12 @@ async fn wait(worker: &Worker, client: &Client) -> Wait {
     let timeouts = &worker.config.timeouts;
     let deadline = match client.accepted {
         Some(at) => at + timeouts.client_header,
-        None => Instant::now() + timeouts.client_keepalive,
+        None => worker.now() + timeouts.client_keepalive,
     };
     if worker.stopping.get() {
         return Wait::Stop;
     }
-    let row = Row {
-        table: &worker.idle,
-        index: worker.idle.register(deadline),
-    };
+    let row = worker.idle.register(deadline);
     let mut readable = pin!(client.stream.readable(false));
     poll_fn(|cx| {
         // An error is found again by the read that follows.
@@ -80,22 +75,10 @@ async fn wait(worker: &Worker, client: &Client) -> Wait {
         if worker.stopping.get() {
             return Poll::Ready(Wait::Stop);
         }
-        if row.table.expired(row.index, cx.waker()) {
+        if row.expired(cx.waker()) {
             return Poll::Ready(Wait::TimedOut);
         }
         Poll::Pending
     })
     .await
-}
-
-/// A row of the idle table, freed when the wait ends.
-struct Row<'a> {
-    table: &'a IdleTable,
-    index: usize,
-}
-
-impl Drop for Row<'_> {
-    fn drop(&mut self) {
-        self.table.release(self.index);
-    }
 }

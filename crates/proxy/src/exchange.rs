@@ -92,6 +92,7 @@ impl Exchange<'_> {
         let timeouts = &self.worker.config.timeouts;
         let request = std::mem::take(&mut client.request);
         let (io, request) = watch::write(
+            self.worker,
             &mut conn.stream,
             request,
             &client.stream,
@@ -160,6 +161,7 @@ impl Exchange<'_> {
             let buf = std::mem::take(&mut client.buf);
             let (start, end) = (client.pos, client.pos + n);
             let (io, slice) = watch::write(
+                self.worker,
                 &mut conn.stream,
                 buf.slice(start..end),
                 &client.stream,
@@ -224,7 +226,7 @@ impl Exchange<'_> {
             let io = if left.is_zero() {
                 Io::TimedOut
             } else {
-                watch::read(conn, &client.stream, self.stats, left).await
+                watch::read(self.worker, conn, &client.stream, self.stats, left).await
             };
             match io {
                 Io::Done(n) => self.stats.add_bytes_in(n),
@@ -355,7 +357,14 @@ mod tests {
                 Routing::RoundRobin,
             )));
             let (_phase_tx, phase) = tokio::sync::watch::channel(Phase::Running);
-            let worker = Worker::new(0, config, cell, phase, Arc::new(WorkerStats::default()));
+            let worker = std::rc::Rc::new(Worker::new(
+                0,
+                config,
+                cell,
+                phase,
+                Arc::new(WorkerStats::default()),
+            ));
+            monoio::spawn(crate::worker::sweep(std::rc::Rc::clone(&worker)));
             // The client: a real connection, quiet for the whole exchange.
             let front = TcpListener::bind("127.0.0.1:0").unwrap();
             let _peer = std::net::TcpStream::connect(front.local_addr().unwrap()).unwrap();

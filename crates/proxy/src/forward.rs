@@ -106,7 +106,9 @@ async fn forward(
     let keep_client = info.keep_alive && !worker.stopping.get();
     let head_end = client.request.len();
     let replayable = keep_for_replay(client, &mut body, config.retries.max_replay_body_bytes)?;
-    worker.retry_budget.borrow_mut().on_request(clock::now_ms());
+    // One clock read serves the budget and every pick of this request.
+    let now_ms = clock::now_ms();
+    worker.retry_budget.borrow_mut().on_request(now_ms);
     let mut attempts = Attempts::new(
         worker,
         replayable && (info.method.is_idempotent() || config.retries.non_idempotent),
@@ -118,7 +120,7 @@ async fn forward(
 
     loop {
         // Pick a replica not tried yet.
-        let Some(picked) = pick(worker, &mut tried, &mut tried_generation) else {
+        let Some(picked) = pick(worker, &mut tried, &mut tried_generation, now_ms) else {
             return respond_keeping(client, id, attempts.give_up(), body.is_done(), keep_client)
                 .await;
         };
@@ -258,14 +260,19 @@ fn keep_for_replay(client: &mut Client, body: &mut Body, max: usize) -> Result<b
 
 /// Picks a replica of the current snapshot that this request has not
 /// tried; what was tried is forgotten when the snapshot changes.
-fn pick(worker: &Worker, tried: &mut Tried, tried_generation: &mut u64) -> Option<Picked> {
+fn pick(
+    worker: &Worker,
+    tried: &mut Tried,
+    tried_generation: &mut u64,
+    now_ms: u64,
+) -> Option<Picked> {
     let mut snapshots = worker.snapshots.borrow_mut();
     let set = snapshots.load();
     if set.generation() != *tried_generation {
         tried.clear();
         *tried_generation = set.generation();
     }
-    let index = set.pick_index(&mut worker.cursor.borrow_mut(), tried)?;
+    let index = set.pick_at(&mut worker.cursor.borrow_mut(), tried, now_ms)?;
     tried.insert(index);
     let replica = &set.replicas()[index];
     Some(Picked {
@@ -278,7 +285,7 @@ fn pick(worker: &Worker, tried: &mut Tried, tried_generation: &mut u64) -> Optio
 /// A pooled connection to the replica, or a new one; `None` when the
 /// connect was refused or timed out (counted against the replica).
 async fn connect(worker: &Worker, picked: &Picked) -> Option<UpstreamConn> {
-    let pooled = worker.pool.borrow_mut().take(picked.uid);
+    let pooled = worker.pool.borrow_mut().take(picked.uid, worker.now());
     let mut conn = match pooled {
         Some(conn) => conn,
         None => match upstream::connect(picked.addr, worker.config.timeouts.upstream_connect).await
@@ -374,12 +381,14 @@ fn account(worker: &Worker, picked: &Picked, resp: &ResponseInfo, head_time: Dur
     } else {
         picked.stats.record_success();
     }
-    penalty::on_response(
-        &picked.stats,
-        resp.status,
-        resp.retry_after_s,
-        clock::now_ms(),
-    );
+    if matches!(resp.status, 429 | 503) {
+        penalty::on_response(
+            &picked.stats,
+            resp.status,
+            resp.retry_after_s,
+            clock::now_ms(),
+        );
+    }
 }
 
 /// Sends the response head and streams the body, each read written to the
@@ -414,7 +423,7 @@ async fn stream(
             return Err(Abort::AfterHead);
         }
         conn.buf.clear();
-        let n = match watch::read(conn, &client.stream, stats, timeout).await {
+        let n = match watch::read(worker, conn, &client.stream, stats, timeout).await {
             Io::Done(n) => n,
             Io::Eof if body.ends_at_close() => return Ok(false),
             Io::ClientGone => return Err(Abort::ClientGone),
@@ -472,7 +481,7 @@ fn finish(
 ) -> Result<Next, Abort> {
     worker.buffers.borrow_mut().give_back(&mut conn.buf);
     match streamed {
-        Ok(true) => worker.pool.borrow_mut().put(uid, conn),
+        Ok(true) => worker.pool.borrow_mut().put(uid, conn, worker.now()),
         Ok(false) => {}
         Err(abort) => {
             sock::shutdown(&conn.stream);

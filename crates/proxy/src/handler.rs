@@ -181,10 +181,14 @@ fn register(cell: &Cell<Option<Waker>>, waker: &Waker) {
     cell.set(Some(kept.unwrap_or_else(|| waker.clone())));
 }
 
+/// Wakes the task in `cell`, keeping its waker for the next time (the
+/// same task waits there again, so nothing is cloned per request).
 fn wake(cell: &Cell<Option<Waker>>) {
-    if let Some(waker) = cell.take() {
-        waker.wake();
+    let waker = cell.take();
+    if let Some(waker) = &waker {
+        waker.wake_by_ref();
     }
+    cell.set(waker);
 }
 
 /// Runs a future, turning a panic inside it into `Err(())` so that it ends

@@ -9,7 +9,7 @@
 //! - `worker`: one thread's accept loop, drain and pool reaping.
 //! - `connection`: a client connection between requests, owning no buffer.
 //! - `handler`: the tasks a worker reuses to serve requests.
-//! - `idle`: the worker's table of idle-connection deadlines.
+//! - `deadlines`: coarse deadlines swept per worker, instead of timers.
 //! - `forward`: one request, top to bottom: classify, pick, connect,
 //!   exchange, retry decision, stream. Start reading here.
 //! - `exchange`: one attempt of a request on one upstream connection.
@@ -26,12 +26,12 @@
 mod buffers;
 mod client;
 mod connection;
+mod deadlines;
 mod error;
 mod exchange;
 mod forward;
 mod h1;
 mod handler;
-mod idle;
 mod retry_budget;
 pub mod server;
 mod sock;

@@ -7,7 +7,9 @@
 //! [`WATCH_AFTER`]. An operation given up on is cancelled by dropping it;
 //! the caller then shuts the connection down.
 
+use std::future::{poll_fn, Future};
 use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use inferlb_core::ReplicaStats;
@@ -18,10 +20,12 @@ use monoio::net::TcpStream;
 use crate::client::MIN_READ;
 use crate::sock::{peer_reset, peer_state, PeerState};
 use crate::upstream::UpstreamConn;
+use crate::worker::Worker;
 
 /// How long an operation may take before the proxy also starts watching the
-/// client and the replica's eviction. A slow generation is cancelled within
-/// this long of the client leaving.
+/// client and the replica's eviction (rounded up to the next sweep of the
+/// worker's deadline table, at most 100 ms later). A slow generation is
+/// cancelled within about this long of the client leaving.
 const WATCH_AFTER: Duration = Duration::from_millis(20);
 /// How often a slow operation checks whether its replica was evicted.
 const EVICTION_CHECK: Duration = Duration::from_millis(100);
@@ -42,6 +46,7 @@ pub(crate) enum Io {
 
 /// Reads from the replica into the free space of `conn.buf`.
 pub(crate) async fn read(
+    worker: &Worker,
     conn: &mut UpstreamConn,
     client: &TcpStream,
     stats: &ReplicaStats,
@@ -53,7 +58,7 @@ pub(crate) async fn read(
     let buf = std::mem::take(&mut conn.buf);
     let (len, cap) = (buf.len(), buf.capacity());
     let op = conn.stream.read(buf.slice_mut(len..cap));
-    match watched(op, client, stats, limit).await {
+    match watched(worker, op, client, stats, limit).await {
         Ok((result, slice)) => {
             conn.buf = slice.into_inner();
             match result {
@@ -69,6 +74,7 @@ pub(crate) async fn read(
 /// Writes all of `buf` to the replica. The buffer comes back unless the
 /// write was given up on (then it went down with the cancelled operation).
 pub(crate) async fn write<T: IoBuf + 'static>(
+    worker: &Worker,
     stream: &mut TcpStream,
     buf: T,
     client: &TcpStream,
@@ -76,7 +82,7 @@ pub(crate) async fn write<T: IoBuf + 'static>(
     limit: Duration,
 ) -> (Io, Option<T>) {
     let len = buf.bytes_init();
-    match watched(stream.write_all(buf), client, stats, limit).await {
+    match watched(worker, stream.write_all(buf), client, stats, limit).await {
         Ok((Ok(_), buf)) => (Io::Done(len), Some(buf)),
         Ok((Err(_), buf)) => (Io::Failed, Some(buf)),
         Err(io) => (io, None),
@@ -84,29 +90,43 @@ pub(crate) async fn write<T: IoBuf + 'static>(
 }
 
 /// Runs `op` within `limit`, watching the client and the eviction flag once
-/// it has taken longer than [`WATCH_AFTER`].
-async fn watched<F: std::future::Future>(
+/// it has taken longer than [`WATCH_AFTER`]. The fast phase holds no timer:
+/// its deadline sits in the worker's `watching` table, so it ends at the
+/// first sweep after [`WATCH_AFTER`]; a slow operation then gets a timer for
+/// what is left of `limit`.
+async fn watched<F: Future>(
+    worker: &Worker,
     op: F,
     client: &TcpStream,
     stats: &ReplicaStats,
     limit: Duration,
 ) -> Result<F::Output, Io> {
     let mut op = pin!(op);
-    let fast = WATCH_AFTER.min(limit);
-    let early = monoio::select! {
-        biased;
-        done = &mut op => Some(done),
-        _ = monoio::time::sleep(fast) => None,
-    };
+    let started = worker.now();
+    let row = worker.watching.register(started + WATCH_AFTER);
+    let early = poll_fn(|cx| {
+        if let Poll::Ready(done) = op.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if row.expired(cx.waker()) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(row);
     match early {
         Some(done) => Ok(done),
-        None => monoio::select! {
-            biased;
-            done = &mut op => Ok(done),
-            _ = client_gone(client) => Err(Io::ClientGone),
-            _ = evicted(stats) => Err(Io::Evicted),
-            _ = monoio::time::sleep(limit - fast) => Err(Io::TimedOut),
-        },
+        None => {
+            let left = limit.saturating_sub(worker.now().saturating_duration_since(started));
+            monoio::select! {
+                biased;
+                done = &mut op => Ok(done),
+                _ = client_gone(client) => Err(Io::ClientGone),
+                _ = evicted(stats) => Err(Io::Evicted),
+                _ = monoio::time::sleep(left) => Err(Io::TimedOut),
+            }
+        }
     }
 }
 

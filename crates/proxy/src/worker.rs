@@ -16,8 +16,8 @@ use monoio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::buffers::Buffers;
+use crate::deadlines::{DeadlineTable, SWEEP_EVERY};
 use crate::handler::Handlers;
-use crate::idle::{IdleTable, SWEEP_EVERY};
 use crate::retry_budget::RetryBudget;
 use crate::upstream::pool::Pool;
 
@@ -53,10 +53,21 @@ pub(crate) struct Worker {
     pub(crate) stopping: Cell<bool>,
     /// Deadlines of idle connections; woken all at once when `stopping`
     /// is set.
-    pub(crate) idle: IdleTable,
+    pub(crate) idle: DeadlineTable,
+    /// Deadlines of the fast phase of upstream reads and writes.
+    pub(crate) watching: DeadlineTable,
+    /// The time, refreshed every [`SWEEP_EVERY`]: for deadlines of seconds
+    /// (keep-alive, header, pool idle), where a clock read per use would
+    /// cost more than the precision is worth (nginx caches its time too).
+    coarse_now: Cell<Instant>,
 }
 
 impl Worker {
+    /// The coarse time: at most [`SWEEP_EVERY`] old.
+    pub(crate) fn now(&self) -> Instant {
+        self.coarse_now.get()
+    }
+
     pub(crate) fn new(
         index: usize,
         config: ProxyConfig,
@@ -83,7 +94,9 @@ impl Worker {
             buffers: RefCell::new(Buffers::default()),
             handlers: Handlers::default(),
             stopping: Cell::new(false),
-            idle: IdleTable::default(),
+            idle: DeadlineTable::default(),
+            watching: DeadlineTable::default(),
+            coarse_now: Cell::new(Instant::now()),
         }
     }
 }
@@ -100,27 +113,33 @@ impl Drop for Open {
     }
 }
 
+/// Keeps the worker's clocks and tables current: the coarse time and the
+/// deadline tables every [`SWEEP_EVERY`], the upstream pool every
+/// [`REAP_INTERVAL`]. Runs for the worker's life.
+pub(crate) async fn sweep(worker: Rc<Worker>) {
+    let mut last_reap = Instant::now();
+    loop {
+        monoio::time::sleep(SWEEP_EVERY).await;
+        let now = Instant::now();
+        worker.coarse_now.set(now);
+        worker.idle.sweep(now);
+        worker.watching.sweep(now);
+        if now.duration_since(last_reap) >= REAP_INTERVAL {
+            last_reap = now;
+            let mut snapshots = worker.snapshots.borrow_mut();
+            let set = snapshots.load();
+            worker
+                .pool
+                .borrow_mut()
+                .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
+        }
+    }
+}
+
 /// Accepts and serves until told to stop, then drains: no new connections,
 /// in-flight requests get the drain timeout to finish.
 pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
-    let sweeper = Rc::clone(&worker);
-    monoio::spawn(async move {
-        let mut last_reap = Instant::now();
-        loop {
-            monoio::time::sleep(SWEEP_EVERY).await;
-            let now = Instant::now();
-            sweeper.idle.sweep(now);
-            if now.duration_since(last_reap) >= REAP_INTERVAL {
-                last_reap = now;
-                let mut snapshots = sweeper.snapshots.borrow_mut();
-                let set = snapshots.load();
-                sweeper
-                    .pool
-                    .borrow_mut()
-                    .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
-            }
-        }
-    });
+    monoio::spawn(sweep(Rc::clone(&worker)));
     let max = worker.config.limits.max_connections_per_worker as u64;
     let mut phase = worker.phase.clone();
     let mut last_refusal_log: Option<Instant> = None;

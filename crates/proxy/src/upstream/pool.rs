@@ -37,9 +37,8 @@ impl Pool {
     /// candidate is checked with a non-blocking peek first: a replica that
     /// closed an idle connection has left an EOF on it, and sending a request
     /// there would fail it for nothing.
-    pub(crate) fn take(&mut self, uid: u64) -> Option<UpstreamConn> {
+    pub(crate) fn take(&mut self, uid: u64, now: Instant) -> Option<UpstreamConn> {
         let list = self.idle.get_mut(&uid)?;
-        let now = Instant::now();
         while let Some(idle) = list.pop() {
             if now.duration_since(idle.since) >= self.idle_timeout {
                 continue;
@@ -58,7 +57,7 @@ impl Pool {
 
     /// Returns a connection after a complete exchange; beyond the limit the
     /// connection is closed instead.
-    pub(crate) fn put(&mut self, uid: u64, mut conn: UpstreamConn) {
+    pub(crate) fn put(&mut self, uid: u64, mut conn: UpstreamConn, now: Instant) {
         if self.max_idle == 0 {
             return;
         }
@@ -67,10 +66,7 @@ impl Pool {
         if list.len() >= self.max_idle {
             list.remove(0);
         }
-        list.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        list.push(Idle { conn, since: now });
     }
 
     /// Closes connections idle too long or closed by their replica, and every

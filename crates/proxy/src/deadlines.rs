@@ -1,12 +1,14 @@
-//! Deadlines of a worker's idle client connections, kept in one table and
-//! swept on a coarse tick, so that an idle connection holds no timer of its
-//! own (a monoio timer entry is 640 bytes, cache-padded; a row here is 40).
+//! Coarse deadlines, kept in a worker-wide table and swept on a tick, for
+//! waits that need no timer of their own: idle client connections (a monoio
+//! timer entry is 640 bytes, cache-padded; a row here is 40) and the fast
+//! phase of upstream I/O (a timer registered and removed per read or write
+//! costs more than the I/O's bookkeeping).
 //!
-//! An idle connection registers its deadline and waker; the worker's sweeper
-//! wakes the rows whose deadline passed, and a stopping worker wakes them
-//! all. Timeouts are therefore precise to one [`SWEEP_EVERY`], which is
-//! plenty for keep-alive and header timeouts measured in seconds. Rows are
-//! reused, so steady state allocates nothing.
+//! A waiter registers its deadline and waker; the worker's sweeper wakes the
+//! rows whose deadline passed, and a stopping worker wakes them all.
+//! Deadlines are therefore precise to one [`SWEEP_EVERY`], which is plenty
+//! for timeouts measured in seconds. Rows are reused, so steady state
+//! allocates nothing.
 
 use std::cell::RefCell;
 use std::task::Waker;
@@ -16,31 +18,31 @@ use std::time::{Duration, Instant};
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
-struct Row {
+struct Entry {
     deadline: Instant,
     waker: Option<Waker>,
     expired: bool,
     used: bool,
 }
 
-/// The idle table of one worker.
+/// One table of deadlines of one worker.
 #[derive(Debug, Default)]
-pub(crate) struct IdleTable {
-    rows: RefCell<Vec<Row>>,
+pub(crate) struct DeadlineTable {
+    rows: RefCell<Vec<Entry>>,
     free: RefCell<Vec<usize>>,
 }
 
-impl IdleTable {
-    /// Registers an idle connection until `deadline`; returns its row.
-    pub(crate) fn register(&self, deadline: Instant) -> usize {
-        let row = Row {
+impl DeadlineTable {
+    /// Registers a waiter until `deadline`; returns its row.
+    pub(crate) fn register(&self, deadline: Instant) -> Row<'_> {
+        let row = Entry {
             deadline,
             waker: None,
             expired: false,
             used: true,
         };
         let mut rows = self.rows.borrow_mut();
-        match self.free.borrow_mut().pop() {
+        let index = match self.free.borrow_mut().pop() {
             Some(index) => {
                 rows[index] = row;
                 index
@@ -49,12 +51,13 @@ impl IdleTable {
                 rows.push(row);
                 rows.len() - 1
             }
-        }
+        };
+        Row { table: self, index }
     }
 
     /// Whether the row's deadline passed; otherwise keeps `waker` to be
     /// woken when it does.
-    pub(crate) fn expired(&self, index: usize, waker: &Waker) -> bool {
+    fn expired(&self, index: usize, waker: &Waker) -> bool {
         let mut rows = self.rows.borrow_mut();
         let row = &mut rows[index];
         if row.expired {
@@ -67,8 +70,8 @@ impl IdleTable {
         false
     }
 
-    /// Frees a row (the connection woke up, or its wait was dropped).
-    pub(crate) fn release(&self, index: usize) {
+    /// Frees a row (the waiter woke up, or its wait was dropped).
+    fn release(&self, index: usize) {
         let mut rows = self.rows.borrow_mut();
         let row = &mut rows[index];
         row.used = false;
@@ -76,7 +79,7 @@ impl IdleTable {
         self.free.borrow_mut().push(index);
     }
 
-    /// Wakes the connections whose deadline passed by `now`.
+    /// Wakes the waiters whose deadline passed by `now`.
     pub(crate) fn sweep(&self, now: Instant) {
         for row in self.rows.borrow_mut().iter_mut() {
             if row.used && !row.expired && row.deadline <= now {
@@ -88,13 +91,34 @@ impl IdleTable {
         }
     }
 
-    /// Wakes every idle connection (the worker is stopping).
+    /// Wakes every waiter (the worker is stopping).
     pub(crate) fn wake_all(&self) {
         for row in self.rows.borrow_mut().iter_mut() {
             if let Some(waker) = row.waker.take() {
                 waker.wake();
             }
         }
+    }
+}
+
+/// A registered deadline, freed when dropped.
+#[derive(Debug)]
+pub(crate) struct Row<'a> {
+    table: &'a DeadlineTable,
+    index: usize,
+}
+
+impl Row<'_> {
+    /// Whether the deadline passed; otherwise the waiter in `waker` is
+    /// woken when the sweeper finds it passed.
+    pub(crate) fn expired(&self, waker: &Waker) -> bool {
+        self.table.expired(self.index, waker)
+    }
+}
+
+impl Drop for Row<'_> {
+    fn drop(&mut self) {
+        self.table.release(self.index);
     }
 }
 
@@ -115,22 +139,23 @@ mod tests {
 
     #[test]
     fn rows_expire_at_their_deadline_and_are_reused() {
-        let table = IdleTable::default();
+        let table = DeadlineTable::default();
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&count));
         let start = Instant::now();
         let early = table.register(start + Duration::from_secs(1));
         let late = table.register(start + Duration::from_secs(5));
-        assert!(!table.expired(early, &waker));
-        assert!(!table.expired(late, &waker));
+        assert!(!early.expired(&waker));
+        assert!(!late.expired(&waker));
         table.sweep(start + Duration::from_secs(2));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert!(table.expired(early, &waker));
-        assert!(!table.expired(late, &waker));
-        table.release(early);
+        assert!(early.expired(&waker));
+        assert!(!late.expired(&waker));
+        let freed = early.index;
+        drop(early);
         let again = table.register(start + Duration::from_secs(9));
-        assert_eq!(again, early, "a freed row is reused");
-        assert!(!table.expired(again, &waker));
+        assert_eq!(again.index, freed, "a freed row is reused");
+        assert!(!again.expired(&waker));
         table.wake_all();
         assert_eq!(count.0.load(Ordering::SeqCst), 3);
     }
