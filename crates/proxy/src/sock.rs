@@ -41,19 +41,23 @@ pub(crate) fn peer_state(fd: &impl AsRawFd) -> PeerState {
     })
 }
 
-/// Whether the connection is dead: reset by the peer, or failed. Bytes it
-/// sent before the reset may still be queued, so a peek cannot tell. A
-/// peer that only half-closed (sent FIN, still reading) is not dead.
-pub(crate) fn peer_reset(fd: &impl AsRawFd) -> bool {
+/// Whether the peer has left: the connection was reset or failed, or (when
+/// `half_close` counts) the peer sent its FIN. Bytes it sent before may
+/// still be queued, and a peek cannot see past them; `poll` can.
+pub(crate) fn peer_left(fd: &impl AsRawFd, half_close: bool) -> bool {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: 0,
+        events: libc::POLLRDHUP,
         revents: 0,
     };
     // SAFETY: one valid `pollfd` and a zero timeout: the call only reports
     // the state of a descriptor the caller keeps open.
     let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
-    ready > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    let mut left = libc::POLLHUP | libc::POLLERR;
+    if half_close {
+        left |= libc::POLLRDHUP;
+    }
+    ready > 0 && pfd.revents & left != 0
 }
 
 /// Shuts both directions down. Any read or write still pending on the socket

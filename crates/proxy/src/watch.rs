@@ -18,7 +18,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::client::MIN_READ;
-use crate::sock::{peer_reset, peer_state, PeerState};
+use crate::sock::{peer_left, peer_state, PeerState};
 use crate::upstream::UpstreamConn;
 use crate::worker::Worker;
 
@@ -58,7 +58,7 @@ pub(crate) async fn read(
     let buf = std::mem::take(&mut conn.buf);
     let (len, cap) = (buf.len(), buf.capacity());
     let op = conn.stream.read(buf.slice_mut(len..cap));
-    match watched(worker, op, client, stats, limit).await {
+    match watched(worker, op, client, Phase::Response, stats, limit).await {
         Ok((result, slice)) => {
             conn.buf = slice.into_inner();
             match result {
@@ -82,7 +82,16 @@ pub(crate) async fn write<T: IoBuf + 'static>(
     limit: Duration,
 ) -> (Io, Option<T>) {
     let len = buf.bytes_init();
-    match watched(worker, stream.write_all(buf), client, stats, limit).await {
+    match watched(
+        worker,
+        stream.write_all(buf),
+        client,
+        Phase::Upload,
+        stats,
+        limit,
+    )
+    .await
+    {
         Ok((Ok(_), buf)) => (Io::Done(len), Some(buf)),
         Ok((Err(_), buf)) => (Io::Failed, Some(buf)),
         Err(io) => (io, None),
@@ -98,6 +107,7 @@ async fn watched<F: Future>(
     worker: &Worker,
     op: F,
     client: &TcpStream,
+    phase: Phase,
     stats: &ReplicaStats,
     limit: Duration,
 ) -> Result<F::Output, Io> {
@@ -122,7 +132,7 @@ async fn watched<F: Future>(
             monoio::select! {
                 biased;
                 done = &mut op => Ok(done),
-                _ = client_gone(client) => Err(Io::ClientGone),
+                _ = client_gone(client, phase) => Err(Io::ClientGone),
                 _ = evicted(stats) => Err(Io::Evicted),
                 _ = monoio::time::sleep(left) => Err(Io::TimedOut),
             }
@@ -138,15 +148,27 @@ async fn evicted(stats: &ReplicaStats) {
     }
 }
 
-/// How often a client with unread bytes is checked for a reset behind them.
-const RESET_CHECK: Duration = Duration::from_millis(100);
+/// How often a client with unread bytes is checked for a close behind them.
+const LEFT_CHECK: Duration = Duration::from_millis(100);
+
+/// Which way a watched operation goes, which decides what counts as the
+/// client leaving while its bytes wait unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Sending the request: the unread bytes are this request's body, and a
+    /// client that closed behind them (FIN or reset) has left.
+    Upload,
+    /// Awaiting or relaying the response: unread bytes are a pipelined
+    /// request, and a client that half-closed after sending it still waits
+    /// for its answers (as nginx's broken-connection check sees it); only a
+    /// reset means it left.
+    Response,
+}
 
 /// Completes when the client has closed its side or the connection failed.
-/// Bytes waiting from the client (a body the replica is slow to take, or a
-/// pipelined request) mean it is still there, as with nginx's check for a
-/// broken client connection, unless the connection was reset behind them
-/// (a killed client): that is looked for every [`RESET_CHECK`].
-pub(crate) async fn client_gone(client: &TcpStream) {
+/// Bytes waiting from the client hide a close from a peek; behind them the
+/// close itself is looked for every [`LEFT_CHECK`] (see [`Phase`]).
+async fn client_gone(client: &TcpStream, phase: Phase) {
     loop {
         if client.readable(false).await.is_err() {
             return;
@@ -154,8 +176,8 @@ pub(crate) async fn client_gone(client: &TcpStream) {
         match peer_state(client) {
             PeerState::Closed => return,
             PeerState::HasData => {
-                while !peer_reset(client) {
-                    monoio::time::sleep(RESET_CHECK).await;
+                while !peer_left(client, phase == Phase::Upload) {
+                    monoio::time::sleep(LEFT_CHECK).await;
                 }
                 return;
             }

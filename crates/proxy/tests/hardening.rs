@@ -18,6 +18,7 @@ use support::{scripted, stalled, start, Proxy};
 both_drivers!(
     a_stalled_replica_write_times_out,
     a_client_leaving_ends_a_stalled_write,
+    a_client_closing_after_its_body_ends_the_exchange,
     evicting_a_replica_ends_a_stalled_write,
     chunk_extensions_count_toward_the_limits,
     upload_time_is_not_response_time,
@@ -128,6 +129,37 @@ fn a_client_leaving_ends_a_stalled_write(driver: IoDriver) {
     assert!(
         eventually(Duration::from_secs(3), || stats.in_flight() == 0),
         "a client that left still pins the replica"
+    );
+}
+
+fn a_client_closing_after_its_body_ends_the_exchange(driver: IoDriver) {
+    // The whole body leaves the client; the replica never reads it (the
+    // socket buffers on the way absorb it here, so the proxy waits for a
+    // head) when the client closes: the exchange ends.
+    let (replica, held) = stalled();
+    let proxy = start(driver, &[replica], |_| {});
+    let stats = replica_stats(&proxy);
+    let mut client = TcpStream::connect(proxy.addr()).unwrap();
+    let body = vec![b'x'; 256 * 1024];
+    client
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    client.write_all(&body).unwrap();
+    assert!(eventually(Duration::from_secs(5), || held
+        .load(Ordering::SeqCst)
+        == 1));
+    assert!(eventually(Duration::from_secs(5), || stats.in_flight() == 1));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(client);
+    assert!(
+        eventually(Duration::from_secs(3), || stats.in_flight() == 0),
+        "a client that closed still pins the replica"
     );
 }
 

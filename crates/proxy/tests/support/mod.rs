@@ -182,12 +182,19 @@ pub fn scripted(response: &'static [u8], close_after: bool) -> Scripted {
 }
 
 /// A replica that accepts connections and never reads from them, so writes
-/// to it stall once the socket buffers are full. Returns its address and
-/// the count of connections it holds.
+/// to it stall once the socket buffers are full (its receive buffer is made
+/// small, so that happens after a few KiB). Returns its address and the
+/// count of connections it holds.
 pub fn stalled() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(16).unwrap();
+    let listener: std::net::TcpListener = socket.into();
     let addr = listener.local_addr().unwrap();
     let held = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&held);
