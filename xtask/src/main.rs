@@ -42,7 +42,7 @@ fn usage() {
          tasks:\n  \
          test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
          dist    release tarball in target/dist/\n  \
-         bench   [SCENARIO ...] [--duration SECS] [--rounds N] [--peers nginx,haproxy|none]\n          \
+         bench   [SCENARIO ...] [--duration SECS] [--rounds N] [--peers nginx,haproxy,haproxy-tcp|none]\n          \
          [--workers N] [--install-peers]: load tests, results in target/bench/"
     );
 }

@@ -29,7 +29,8 @@ struct Args {
     /// Rounds, interleaved A B C A B C; medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Peers besides inferlb and direct: nginx,haproxy or none.
+    /// Peers besides inferlb and direct: nginx, haproxy, haproxy-tcp (the L4
+    /// relay; also run whenever haproxy is), or none.
     #[arg(long, default_value = "nginx,haproxy")]
     peers: String,
     /// Worker threads (processes for nginx) of every proxy.
