@@ -14,6 +14,8 @@ pub(crate) enum ErrorKind {
     BodyTooLarge,
     /// The client did not send a whole head in time; 408 and close.
     HeadTimeout,
+    /// The request body stalled past the body timeout; 408 and close.
+    BodyTimeout,
     /// An HTTP version other than 1.0 and 1.1; 505 and close.
     VersionNotSupported,
     /// CONNECT or TRACE, which a reverse proxy does not serve; 405.
@@ -41,7 +43,7 @@ impl ErrorKind {
             Self::BadRequest => b"HTTP/1.1 400 Bad Request\r\n",
             Self::HeadTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             Self::BodyTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
-            Self::HeadTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
+            Self::HeadTimeout | Self::BodyTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
             Self::VersionNotSupported => b"HTTP/1.1 505 HTTP Version Not Supported\r\n",
             Self::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
             Self::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
@@ -61,6 +63,7 @@ impl ErrorKind {
             Self::HeadTooLarge => br#"{"error":"request_header_fields_too_large","message":"the request head is over the size or field-count limit"}"#,
             Self::BodyTooLarge => br#"{"error":"content_too_large","message":"the request body is over the configured limit"}"#,
             Self::HeadTimeout => br#"{"error":"request_timeout","message":"the request head did not arrive in time"}"#,
+            Self::BodyTimeout => br#"{"error":"request_timeout","message":"the request body stalled past the body timeout"}"#,
             Self::VersionNotSupported => br#"{"error":"http_version_not_supported","message":"only HTTP/1.0 and HTTP/1.1 are served"}"#,
             Self::MethodNotAllowed => br#"{"error":"method_not_allowed","message":"CONNECT and TRACE are not served by this proxy"}"#,
             Self::NotImplemented => br#"{"error":"not_implemented","message":"the method or transfer coding is not supported"}"#,

@@ -152,7 +152,7 @@ impl Exchange<'_> {
                 match monoio::time::timeout(timeouts.body_read, client.fill(BODY_BUFFER)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(_) => return Err(Abort::ClientGone),
-                    Err(_) => return Err(Abort::Respond(ErrorKind::HeadTimeout)),
+                    Err(_) => return Err(Abort::Respond(ErrorKind::BodyTimeout)),
                 }
             }
             let n = body

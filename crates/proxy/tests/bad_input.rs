@@ -221,6 +221,8 @@ fn body_read_stall_is_bounded(driver: IoDriver) {
         .unwrap();
     let resp = client.read_response().unwrap();
     assert_eq!(resp.status, 408);
+    // The message names the body, not the head.
+    assert!(resp.text().contains("body"), "{}", resp.text());
     assert!(client.is_closed(Duration::from_secs(3)));
 }
 
