@@ -114,7 +114,14 @@ pub struct ResponseCounts {
     server_error: u64,
 }
 
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const RFC3339_MAX_S: u64 = 253_402_300_799;
+
+/// Formats a time as RFC 3339, clamped into the years it can express, so
+/// that no stored time can make a listing fail.
 fn rfc3339(t: SystemTime) -> String {
+    let max = SystemTime::UNIX_EPOCH + Duration::from_secs(RFC3339_MAX_S);
+    let t = t.clamp(SystemTime::UNIX_EPOCH, max);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -194,12 +201,16 @@ pub struct ReplaceResult {
     pub replicas: Vec<ReplicaView>,
 }
 
+/// The longest drain timeout accepted: an hour, as ALB's deregistration delay.
+const MAX_DRAIN_S: u64 = 3600;
+
 /// Query of `DELETE /v1/replicas/{id}`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DrainQuery {
     /// Seconds in-flight requests may take before the replica is removed
-    /// anyway and its connections closed. Default 300; 0 removes at once.
+    /// anyway and its connections closed: 0 to 3600 (ALB's deregistration
+    /// delay range). Default 300; 0 removes at once.
     pub drain_timeout_s: Option<u64>,
 }
 
@@ -308,9 +319,15 @@ async fn delete_replica(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let id = parse_id(&id)?;
-    let timeout = query
-        .drain_timeout_s
-        .map_or(DEFAULT_DRAIN, Duration::from_secs);
+    let timeout = match query.drain_timeout_s {
+        None => DEFAULT_DRAIN,
+        Some(s) if s <= MAX_DRAIN_S => Duration::from_secs(s),
+        Some(s) => {
+            return Err(ApiError::BadRequest(format!(
+                "drain_timeout_s must be within 0..={MAX_DRAIN_S} seconds (ALB's deregistration delay range), not {s}"
+            )))
+        }
+    };
     let deadline = SystemTime::now() + timeout;
     app.control
         .apply_one(Command::Drain {
@@ -589,4 +606,18 @@ pub fn router(app: AppState) -> Router {
 /// The OpenAPI document, for tests and tooling.
 pub fn openapi(app: &AppState) -> utoipa::openapi::OpenApi {
     routers(app).2
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use super::*;
+
+    #[test]
+    fn every_time_formats() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(5);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00Z");
+    }
 }

@@ -191,6 +191,45 @@ async fn a_busy_replica_drains_until_idle_and_can_be_taken_back() {
 }
 
 #[tokio::test]
+async fn drain_timeouts_outside_an_hour_are_refused_without_harm() {
+    let app = app();
+    call(
+        &app,
+        Method::POST,
+        "/v1/replicas",
+        Some(json!({"address": "127.0.0.1:9001", "id": "a"})),
+    )
+    .await;
+    let _busy = app.control.snapshot().replicas()[0].stats.start_request();
+    // These overflowed the clock or the RFC 3339 formatter before.
+    for huge in ["18446744073709551615", "300000000000", "3601"] {
+        let (status, body) = call(
+            &app,
+            Method::DELETE,
+            &format!("/v1/replicas/a?drain_timeout_s={huge}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{huge}");
+        assert!(message(&body).contains("0..=3600"), "{}", message(&body));
+    }
+    let (status, one) = call(&app, Method::GET, "/v1/replicas/a", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["state"], "active");
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        "/v1/replicas/a?drain_timeout_s=3600",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, listed) = call(&app, Method::GET, "/v1/replicas", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(listed.to_string().contains("drain_deadline"));
+}
+
+#[tokio::test]
 async fn a_drain_timeout_evicts_the_replica() {
     let app = app();
     call(
