@@ -166,13 +166,8 @@ impl StateFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let temp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp)?;
+        let (temp, mut f) = create_temp(&dir, &name).map_err(|e| self.io(e))?;
+        let mut write = || -> io::Result<()> {
             f.write_all(&json)?;
             f.sync_all()?;
             fs::rename(&temp, &self.path)?;
@@ -185,9 +180,56 @@ impl StateFile {
     }
 }
 
+/// Attempts at a fresh temp name before giving up.
+const TEMP_ATTEMPTS: usize = 8;
+
+/// Creates the temp file the state is written to before the rename: a name
+/// nobody can predict, created only if nothing is there (`O_CREAT|O_EXCL`,
+/// which also refuses to follow a symlink planted at the name), readable by
+/// the owner only. A name already taken is skipped, never overwritten.
+fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    let mut last = None;
+    for _ in 0..TEMP_ATTEMPTS {
+        let temp = dir.join(format!(".{name}.{:016x}.tmp", fastrand::u64(..)));
+        match create_new(&temp) {
+            Ok(f) => return Ok((temp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temp file name")))
+}
+
+/// Opens `path` for writing only if it does not exist (not even as a symlink).
+fn create_new(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_files_are_new_unpredictable_and_never_follow_a_symlink() {
+        let dir = temp_dir("temp-names");
+        let (a, _) = create_temp(&dir, "state.json").unwrap();
+        let (b, _) = create_temp(&dir, "state.json").unwrap();
+        assert_ne!(a, b, "two temp files got the same name");
+        // A symlink planted where a temp file would go is refused, and
+        // what it points to is left alone.
+        let target = dir.join("precious");
+        fs::write(&target, b"keep").unwrap();
+        let planted = dir.join("planted.tmp");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let err = create_new(&planted).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+    }
     use inferlb_core::{Command, ReplicaSpec};
 
     fn temp_dir(name: &str) -> PathBuf {
