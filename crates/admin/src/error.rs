@@ -36,6 +36,8 @@ pub enum ApiError {
     /// 415: the body is not `application/json`.
     UnsupportedMediaType,
     /// 500: the change could not be made durable; nothing changed.
+    Persist(String),
+    /// 500: something else failed on the server (e.g. encoding metrics).
     Internal(String),
 }
 
@@ -58,10 +60,15 @@ impl ApiError {
                 "unsupported_media_type",
                 "send the body as JSON with Content-Type: application/json".into(),
             ),
-            Self::Internal(_) => (
+            Self::Persist(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "the change could not be saved to the state file; nothing was changed (see the server log)".into(),
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server could not answer this request (see the server log)".into(),
             ),
         }
     }
@@ -69,7 +76,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(detail) = &self {
+        if let Self::Persist(detail) | Self::Internal(detail) = &self {
             tracing::error!(error = %detail, "admin call failed");
         }
         let (status, error, message) = self.parts();
@@ -93,7 +100,7 @@ impl From<ControlError> for ApiError {
             ControlError::State(
                 e @ (StateError::IdExists { .. } | StateError::AddressExists { .. }),
             ) => Self::Conflict(e.to_string()),
-            ControlError::Persist(e) => Self::Internal(e.to_string()),
+            ControlError::Persist(e) => Self::Persist(e.to_string()),
         }
     }
 }
@@ -121,5 +128,19 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::BadRequest(format!("invalid query: {}", rejection.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_persistence_failure_talks_about_the_state_file() {
+        let (_, _, persist) = ApiError::Persist("disk full".into()).parts();
+        assert!(persist.contains("state file"));
+        let (status, _, other) = ApiError::Internal("cannot encode metrics".into()).parts();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!other.contains("state file"), "{other}");
     }
 }
