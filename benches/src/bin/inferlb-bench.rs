@@ -361,7 +361,7 @@ fn admin_call(admin: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     if s.write_all(req.as_bytes()).is_err() {

@@ -543,6 +543,47 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Without a token, serves only requests addressed to a loopback name: a
+/// web page the operator visits could otherwise point a name of its own at
+/// 127.0.0.1 (DNS rebinding) and drive the API from the browser. A request
+/// without `Host` (HTTP/1.0, a local script) is no browser's and passes.
+async fn require_loopback_host(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if app.token.is_none() {
+        if let Some(host) = headers.get(header::HOST) {
+            if !host.to_str().is_ok_and(is_loopback_host) {
+                return ApiError::MisdirectedHost.into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` value names this machine's loopback: `localhost`, an
+/// address in 127.0.0.0/8 or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Rejects requests without the configured bearer token.
 async fn require_token(
     State(app): State<AppState>,
@@ -591,21 +632,62 @@ fn routers(app: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::opena
 pub fn router(app: AppState) -> Router {
     let (v1, probes, doc) = routers(&app);
     let doc = Arc::new(doc);
+    let mut openapi = Router::new().route(
+        "/openapi.json",
+        get(move || async move { Json(doc.as_ref().clone()) }),
+    );
+    if app.protect_probes {
+        // The document maps the API: protected with the probes.
+        openapi = openapi.layer(middleware::from_fn_with_state(app.clone(), require_token));
+    }
     Router::new()
         .merge(v1)
         .merge(probes)
-        .route(
-            "/openapi.json",
-            get(move || async move { Json(doc.as_ref().clone()) }),
-        )
+        .merge(openapi)
         .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            require_loopback_host,
+        ))
         .with_state(app)
 }
 
 /// The OpenAPI document, for tests and tooling.
 pub fn openapi(app: &AppState) -> utoipa::openapi::OpenApi {
     routers(app).2
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_names_with_or_without_a_port() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:9090",
+            "127.0.0.1",
+            "127.0.0.1:9090",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:9090",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9090",
+            "10.0.0.1:9090",
+            "localhost.evil.example",
+            "[::2]:9090",
+            "127.0.0.1:x",
+            "[::1]x",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

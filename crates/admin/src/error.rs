@@ -31,6 +31,8 @@ pub enum ApiError {
     NotFound(String),
     /// 409: the id or address is taken.
     Conflict(String),
+    /// 421: without a token, only a loopback `Host` is served.
+    MisdirectedHost,
     /// 413: the body is over 64 KiB.
     PayloadTooLarge,
     /// 415: the body is not `application/json`.
@@ -52,6 +54,11 @@ impl ApiError {
             ),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
             Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            Self::MisdirectedHost => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_request",
+                "without an admin token only requests to localhost or a loopback address are served (DNS rebinding protection); configure a token to reach the API by another name".into(),
+            ),
             Self::PayloadTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is over 64 KiB".into())
             }

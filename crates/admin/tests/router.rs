@@ -505,6 +505,77 @@ async fn the_token_protects_v1_but_not_the_probes() {
     }
 }
 
+/// Sends a GET with the given `Host`.
+async fn get_with_host(app: &App, uri: &str, host: &str, token: Option<&str>) -> StatusCode {
+    let mut request = Request::builder().uri(uri).header("host", host);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request.body(Body::empty()).unwrap();
+    app.router.clone().oneshot(request).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn without_a_token_only_loopback_hosts_are_served() {
+    // A page that points its own name at 127.0.0.1 (DNS rebinding) sends
+    // that name as Host.
+    let app = app();
+    for path in ["/v1/replicas", "/metrics", "/healthz", "/openapi.json"] {
+        assert_eq!(
+            get_with_host(&app, path, "evil.example:9090", None).await,
+            StatusCode::MISDIRECTED_REQUEST,
+            "{path}"
+        );
+    }
+    for host in [
+        "127.0.0.1:9090",
+        "localhost:9090",
+        "[::1]:9090",
+        "localhost",
+    ] {
+        assert_eq!(
+            get_with_host(&app, "/v1/replicas", host, None).await,
+            StatusCode::OK,
+            "{host}"
+        );
+    }
+    // With a token the token is the guard, whatever the name.
+    let guarded = app_with(Some("s3cret"), None);
+    assert_eq!(
+        get_with_host(
+            &guarded,
+            "/v1/replicas",
+            "admin.internal:9090",
+            Some("s3cret")
+        )
+        .await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn protected_probes_protect_the_openapi_document_too() {
+    let state = State::new(Routing::RoundRobin);
+    let snapshots = Snapshots::new(state.snapshot());
+    let control = Arc::new(Control::new(state, snapshots, None));
+    let data_plane = DataPlane {
+        workers: 1,
+        io_driver: "io_uring".into(),
+        worker_stats: Vec::new(),
+    };
+    let router = inferlb_admin::router(AppState::new(
+        control,
+        data_plane,
+        Some("s3cret".into()),
+        true,
+    ));
+    for path in ["/openapi.json", "/metrics", "/healthz"] {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let status = router.clone().oneshot(request).await.unwrap().status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn probes_status_and_metrics() {
     let app = app();

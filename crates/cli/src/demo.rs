@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use inferlb_core::{Command, Config, ReplicaId, ReplicaSpec, State};
 use inferlb_testkit::{FakeReplica, Latency};
@@ -26,6 +26,15 @@ pub(crate) struct DemoArgs {
 }
 
 pub(crate) fn run(args: DemoArgs) -> Result<()> {
+    // The demo takes no token, so, like `serve` without one, it keeps the
+    // admin API on loopback.
+    if !args.admin_listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve the admin API on {} without a token: the demo has none; \
+             use a loopback address, or `inferlb serve` with --admin-token-file",
+            args.admin_listen
+        );
+    }
     let mut handles = Vec::with_capacity(args.replicas);
     let mut config = Config::default();
     config.proxy.listen = args.listen;

@@ -106,6 +106,25 @@ fn invalid_config_stops_start_up_naming_the_field() {
 }
 
 #[test]
+fn the_demo_keeps_a_tokenless_admin_api_on_loopback() {
+    let mut command = inferlb();
+    command.args([
+        "demo",
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("without a token"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
 fn a_port_in_use_is_refused() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
