@@ -174,8 +174,11 @@ impl State {
             Command::Drain { id, deadline } => {
                 let at = self.position(&id)?;
                 let replica = &mut self.replicas[at];
+                // Draining again keeps the drain that runs: a repeated or
+                // concurrent DELETE cannot push its deadline out. Only an
+                // earlier deadline (e.g. `drain_timeout_s=0`) moves it.
                 if replica.state == ReplicaState::Draining
-                    && replica.drain_deadline == Some(deadline)
+                    && replica.drain_deadline.is_some_and(|d| d <= deadline)
                 {
                     Outcome::NoChange
                 } else {
@@ -287,6 +290,26 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight,
         }
+    }
+
+    #[test]
+    fn draining_again_keeps_the_running_drain_unless_it_ends_sooner() {
+        let mut state = State::new(Routing::RoundRobin);
+        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
+        let id = ReplicaId::new("a").unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let later = t0 + std::time::Duration::from_secs(300);
+        let drain = |deadline| Command::Drain {
+            id: id.clone(),
+            deadline,
+        };
+        assert_eq!(state.apply(drain(t0)), Ok(Outcome::Changed));
+        assert_eq!(state.apply(drain(later)), Ok(Outcome::NoChange));
+        assert_eq!(state.apply(drain(t0)), Ok(Outcome::NoChange));
+        assert_eq!(state.get(&id).unwrap().drain_deadline, Some(t0));
+        let sooner = t0 - std::time::Duration::from_secs(1);
+        assert_eq!(state.apply(drain(sooner)), Ok(Outcome::Changed));
+        assert_eq!(state.get(&id).unwrap().drain_deadline, Some(sooner));
     }
 
     #[test]
