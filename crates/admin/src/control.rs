@@ -14,7 +14,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use inferlb_core::{Command, Outcome, ReplicaSet, ReplicaState, Snapshots, State, StateError};
+use inferlb_core::{
+    Command, Outcome, ReplicaSet, ReplicaSpec, ReplicaState, Snapshots, State, StateError,
+};
 use tokio::sync::Mutex;
 
 use crate::persist::{PersistError, StateFile};
@@ -42,6 +44,9 @@ pub struct Control {
     state: Mutex<State>,
     snapshots: Snapshots,
     store: Option<StateFile>,
+    /// The declared replica list (config file and flags) the state was
+    /// built from; the state file records what differs from it.
+    declared: std::sync::Mutex<Vec<ReplicaSpec>>,
 }
 
 impl Control {
@@ -52,7 +57,21 @@ impl Control {
             state: Mutex::new(state),
             snapshots,
             store,
+            declared: std::sync::Mutex::default(),
         }
+    }
+
+    /// Records the declared replica list (at start, and on each reload).
+    pub fn set_declared(&self, declared: Vec<ReplicaSpec>) {
+        *self.declared.lock().unwrap_or_else(|e| e.into_inner()) = declared;
+    }
+
+    /// The declared replica list.
+    pub fn declared(&self) -> Vec<ReplicaSpec> {
+        self.declared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The snapshot workers route with now.
@@ -69,6 +88,10 @@ impl Control {
     /// leaves the state as it was. Persists and publishes once if anything
     /// changed.
     pub async fn apply(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ControlError> {
+        // Health verdicts are not runtime changes: published, never written.
+        let durable = commands
+            .iter()
+            .any(|c| !matches!(c, Command::SetHealth { .. }));
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         let mut outcomes = Vec::with_capacity(commands.len());
@@ -76,7 +99,7 @@ impl Control {
             outcomes.push(next.apply(command)?);
         }
         if outcomes.contains(&Outcome::Changed) {
-            self.commit(&mut state, next).await?;
+            self.commit(&mut state, next, durable).await?;
         }
         Ok(outcomes)
     }
@@ -95,11 +118,17 @@ impl Control {
         self.state.lock().await.clone()
     }
 
-    async fn commit(&self, state: &mut State, next: State) -> Result<(), ControlError> {
-        if let Some(store) = &self.store {
+    async fn commit(
+        &self,
+        state: &mut State,
+        next: State,
+        durable: bool,
+    ) -> Result<(), ControlError> {
+        if let Some(store) = self.store.as_ref().filter(|_| durable) {
             let store = store.clone();
             let copy = next.clone();
-            tokio::task::spawn_blocking(move || store.save(&copy))
+            let declared = self.declared();
+            tokio::task::spawn_blocking(move || store.save(&copy, &declared))
                 .await
                 .map_err(|e| PersistError::Io {
                     path: self
@@ -148,7 +177,7 @@ impl Control {
             removed += 1;
         }
         if removed > 0 {
-            self.commit(&mut state, next).await?;
+            self.commit(&mut state, next, true).await?;
         }
         Ok(removed)
     }

@@ -32,7 +32,7 @@ use tokio::sync::{watch, Semaphore};
 pub use api::{router, AppState, DataPlane};
 pub use control::{Control, ControlError, DEFAULT_DRAIN};
 pub use error::ApiError;
-pub use persist::{PersistError, StateFile};
+pub use persist::{desired_after_reload, PersistError, StateFile};
 
 /// What one admin client may hold: the API is reachable before any token is
 /// checked, so none of it may be unbounded.

@@ -1,25 +1,38 @@
-//! The state file: runtime changes to the replica list, written atomically so
-//! that a 2xx answer means the change is on disk.
+//! The state file: the runtime changes made through the admin API, kept on
+//! top of the declared replica list (the config file's `[[replicas]]` and
+//! `--replica` flags), written atomically so that a 2xx answer means the
+//! change is on disk.
+//!
+//! The file never holds the whole list: it holds what the operator changed
+//! at runtime relative to what is declared — replicas added, declared ones
+//! removed (with when), and declared ones reweighted or drained. At start
+//! those changes are applied on top of the declared list, so a replica
+//! declared today is served even if an earlier run's file never heard of
+//! it, and a declared replica the file removes is logged, never dropped
+//! silently. Health verdicts are not runtime changes and are not written.
 //!
 //! Writing goes temp file → fsync → rename over the old file → fsync of the
-//! directory, so after a crash at any point the file is either the old list
-//! or the new one, never a torn mix. A file that cannot be read back is an
-//! error at start-up and is never overwritten.
+//! directory, so after a crash at any point the file is either the old
+//! changes or the new ones, never a torn mix. A file that cannot be read
+//! back is an error at start-up and is never overwritten.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inferlb_core::replica::{check_weight, resolve_address};
-use inferlb_core::{Replica, ReplicaId, ReplicaState, Routing, State};
+use inferlb_core::{Replica, ReplicaId, ReplicaSpec, ReplicaState, Routing, State};
 use serde::{Deserialize, Serialize};
 
 /// The file name used when only a directory is known.
 pub const STATE_FILE_NAME: &str = "inferlb-state.json";
 
-/// Format version written to the file; a future format bumps it.
-const FORMAT_VERSION: u32 = 1;
+/// Format version written to the file. Version 1 held the whole list; it is
+/// still read (as the changes it implies against today's declared list).
+const FORMAT_VERSION: u32 = 2;
 
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -34,15 +47,35 @@ pub enum PersistError {
     Corrupt { path: PathBuf, reason: String },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileState {
+/// Only the version, to choose how to read the rest.
+#[derive(Debug, Deserialize)]
+struct Version {
     version: u32,
-    routing: Routing,
+}
+
+/// Version 2: runtime changes on top of the declared list.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileChanges {
+    version: u32,
+    /// Replicas added at runtime (not declared).
+    #[serde(default)]
+    added: Vec<FileReplica>,
+    /// Declared replicas changed at runtime.
+    #[serde(default)]
+    changed: Vec<FileChange>,
+    /// Declared replicas removed at runtime.
+    #[serde(default)]
+    removed: Vec<FileRemoval>,
+}
+
+/// Version 1: the whole list (its `version` and `routing` are not needed).
+#[derive(Debug, Deserialize)]
+struct FileStateV1 {
     replicas: Vec<FileReplica>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileReplica {
     id: ReplicaId,
@@ -51,6 +84,22 @@ struct FileReplica {
     state: ReplicaState,
     added_at_unix_ms: u64,
     drain_deadline_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileChange {
+    id: ReplicaId,
+    weight: u64,
+    state: ReplicaState,
+    drain_deadline_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRemoval {
+    id: ReplicaId,
+    removed_at_unix_ms: u64,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -62,29 +111,33 @@ fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-/// Where the replica list is persisted.
+/// Where runtime changes are persisted.
 #[derive(Debug, Clone)]
 pub struct StateFile {
     path: PathBuf,
+    /// When each declared replica was removed at runtime, so a save keeps
+    /// the date an earlier save recorded.
+    removed_at: Arc<Mutex<HashMap<ReplicaId, u64>>>,
 }
 
 impl StateFile {
     /// A state file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            removed_at: Arc::default(),
+        }
     }
 
-    /// The default location: `$STATE_DIRECTORY` (set by systemd's
-    /// `StateDirectory=`) when set, else the working directory.
-    pub fn default_path() -> PathBuf {
-        let dir = std::env::var_os("STATE_DIRECTORY")
-            .map(|v| {
-                // systemd may list several directories separated by ':'.
-                let text = v.to_string_lossy().into_owned();
-                PathBuf::from(text.split(':').next().unwrap_or(".").to_owned())
-            })
-            .unwrap_or_else(|| PathBuf::from("."));
-        dir.join(STATE_FILE_NAME)
+    /// The location under systemd: `$STATE_DIRECTORY` (set by the unit's
+    /// `StateDirectory=`), when set. Outside systemd there is no default:
+    /// persistence is asked for with `--state-file`.
+    pub fn systemd_path() -> Option<PathBuf> {
+        let dir = std::env::var_os("STATE_DIRECTORY")?;
+        // systemd may list several directories separated by ':'.
+        let text = dir.to_string_lossy().into_owned();
+        let first = text.split(':').next().unwrap_or_default();
+        (!first.is_empty()).then(|| PathBuf::from(first).join(STATE_FILE_NAME))
     }
 
     /// The path.
@@ -99,33 +152,92 @@ impl StateFile {
         }
     }
 
-    /// Reads the saved replica list; `Ok(None)` when there is no file yet.
-    pub fn load(&self, routing: Routing) -> Result<Option<State>, PersistError> {
+    fn corrupt(&self, reason: String) -> PersistError {
+        PersistError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// The declared list with the saved runtime changes applied; `Ok(None)`
+    /// when there is no file yet. A declared replica the file removes is
+    /// logged (once, here), with the date it was removed.
+    pub fn load(
+        &self,
+        routing: Routing,
+        declared: &[ReplicaSpec],
+    ) -> Result<Option<State>, PersistError> {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
         };
-        let corrupt = |reason: String| PersistError::Corrupt {
-            path: self.path.clone(),
-            reason,
+        let version: Version =
+            serde_json::from_str(&text).map_err(|e| self.corrupt(e.to_string()))?;
+        let changes = match version.version {
+            1 => {
+                let v1: FileStateV1 =
+                    serde_json::from_str(&text).map_err(|e| self.corrupt(e.to_string()))?;
+                changes_from_full_list(&v1.replicas, declared)
+            }
+            FORMAT_VERSION => {
+                serde_json::from_str(&text).map_err(|e| self.corrupt(e.to_string()))?
+            }
+            other => {
+                return Err(self.corrupt(format!("format version {other} is not {FORMAT_VERSION}")))
+            }
         };
-        let file: FileState = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-        if file.version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {} is not {FORMAT_VERSION}",
-                file.version
-            )));
+        self.apply_changes(routing, declared, changes).map(Some)
+    }
+
+    fn apply_changes(
+        &self,
+        routing: Routing,
+        declared: &[ReplicaSpec],
+        changes: FileChanges,
+    ) -> Result<State, PersistError> {
+        let removed: HashMap<ReplicaId, u64> = changes
+            .removed
+            .iter()
+            .map(|r| (r.id.clone(), r.removed_at_unix_ms))
+            .collect();
+        let mut replicas: Vec<Replica> = Vec::with_capacity(declared.len() + changes.added.len());
+        for spec in declared {
+            if let Some(&at) = removed.get(&spec.id) {
+                tracing::warn!(
+                    id = %spec.id,
+                    address = %spec.address,
+                    "declared replica removed at runtime on {}; `inferlb replicas add` or delete the state file to bring it back",
+                    humantime::format_rfc3339_seconds(from_unix_ms(at.min(253_402_300_799_000)))
+                );
+                continue;
+            }
+            let mut replica = Replica::new(
+                spec.id.clone(),
+                spec.address.clone(),
+                spec.addr,
+                spec.weight,
+            );
+            if let Some(change) = changes.changed.iter().find(|c| c.id == spec.id) {
+                replica.weight = check_weight(change.weight)
+                    .map_err(|e| self.corrupt(format!("replica {}: {e}", change.id)))?;
+                replica.state = change.state;
+                replica.drain_deadline = change.drain_deadline_unix_ms.map(from_unix_ms);
+            }
+            replicas.push(replica);
         }
-        let _ = file.routing;
-        let mut replicas: Vec<Replica> = Vec::with_capacity(file.replicas.len());
-        for entry in file.replicas {
+        for entry in changes.added {
+            if replicas.iter().any(|r| r.id == entry.id) {
+                // Declared since it was added at runtime: the declaration wins.
+                continue;
+            }
             let addr = resolve_address(&entry.address)
-                .map_err(|e| corrupt(format!("replica {}: {e}", entry.id)))?;
+                .map_err(|e| self.corrupt(format!("replica {}: {e}", entry.id)))?;
             let weight = check_weight(entry.weight)
-                .map_err(|e| corrupt(format!("replica {}: {e}", entry.id)))?;
-            if replicas.iter().any(|r| r.id == entry.id || r.addr == addr) {
-                return Err(corrupt(format!("replica {} appears twice", entry.id)));
+                .map_err(|e| self.corrupt(format!("replica {}: {e}", entry.id)))?;
+            if replicas.iter().any(|r| r.addr == addr) {
+                tracing::warn!(id = %entry.id, address = %entry.address, "a replica added at runtime has the address of a declared one; the declared one is kept");
+                continue;
             }
             let mut replica = Replica::new(entry.id, entry.address, addr, weight);
             replica.state = entry.state;
@@ -133,27 +245,50 @@ impl StateFile {
             replica.drain_deadline = entry.drain_deadline_unix_ms.map(from_unix_ms);
             replicas.push(replica);
         }
-        Ok(Some(State::restore(routing, replicas)))
+        *self.removed_at.lock().unwrap_or_else(|e| e.into_inner()) = removed;
+        Ok(State::restore(routing, replicas))
     }
 
-    /// Writes the replica list atomically and durably.
-    pub fn save(&self, state: &State) -> Result<(), PersistError> {
-        let file = FileState {
+    /// Writes the runtime changes — `state` against `declared` — atomically
+    /// and durably.
+    pub fn save(&self, state: &State, declared: &[ReplicaSpec]) -> Result<(), PersistError> {
+        let now = unix_ms(SystemTime::now());
+        let mut removed_at = self.removed_at.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = FileChanges {
             version: FORMAT_VERSION,
-            routing: state.routing(),
-            replicas: state
-                .replicas()
-                .iter()
-                .map(|r| FileReplica {
-                    id: r.id.clone(),
-                    address: r.address.clone(),
-                    weight: u64::from(r.weight),
-                    state: r.state,
-                    added_at_unix_ms: unix_ms(r.added_at),
-                    drain_deadline_unix_ms: r.drain_deadline.map(unix_ms),
-                })
-                .collect(),
+            ..FileChanges::default()
         };
+        for replica in state.replicas() {
+            match declared.iter().find(|d| d.id == replica.id) {
+                Some(spec) if spec.addr == replica.addr => {
+                    if replica.weight != spec.weight
+                        || replica.state != ReplicaState::Active
+                        || replica.drain_deadline.is_some()
+                    {
+                        file.changed.push(FileChange {
+                            id: replica.id.clone(),
+                            weight: u64::from(replica.weight),
+                            state: replica.state,
+                            drain_deadline_unix_ms: replica.drain_deadline.map(unix_ms),
+                        });
+                    }
+                }
+                _ => file.added.push(file_replica(replica)),
+            }
+        }
+        let mut still_removed = HashMap::new();
+        for spec in declared {
+            if !state.replicas().iter().any(|r| r.id == spec.id) {
+                let at = removed_at.get(&spec.id).copied().unwrap_or(now);
+                file.removed.push(FileRemoval {
+                    id: spec.id.clone(),
+                    removed_at_unix_ms: at,
+                });
+                still_removed.insert(spec.id.clone(), at);
+            }
+        }
+        *removed_at = still_removed;
+        drop(removed_at);
         let mut json =
             serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
         json.push(b'\n');
@@ -178,6 +313,79 @@ impl StateFile {
             self.io(e)
         })
     }
+}
+
+fn file_replica(replica: &Replica) -> FileReplica {
+    FileReplica {
+        id: replica.id.clone(),
+        address: replica.address.clone(),
+        weight: u64::from(replica.weight),
+        state: replica.state,
+        added_at_unix_ms: unix_ms(replica.added_at),
+        drain_deadline_unix_ms: replica.drain_deadline.map(unix_ms),
+    }
+}
+
+/// A version-1 file (the whole list) read as the changes it implies
+/// against today's declared list.
+fn changes_from_full_list(list: &[FileReplica], declared: &[ReplicaSpec]) -> FileChanges {
+    let now = unix_ms(SystemTime::now());
+    let mut changes = FileChanges {
+        version: FORMAT_VERSION,
+        ..FileChanges::default()
+    };
+    for entry in list {
+        if declared.iter().any(|d| d.id == entry.id) {
+            changes.changed.push(FileChange {
+                id: entry.id.clone(),
+                weight: entry.weight,
+                state: entry.state,
+                drain_deadline_unix_ms: entry.drain_deadline_unix_ms,
+            });
+        } else {
+            changes.added.push(entry.clone());
+        }
+    }
+    for spec in declared {
+        if !list.iter().any(|e| e.id == spec.id) {
+            changes.removed.push(FileRemoval {
+                id: spec.id.clone(),
+                removed_at_unix_ms: now,
+            });
+        }
+    }
+    changes
+}
+
+/// The list a reload should converge to: the new declared list with the
+/// runtime changes made so far kept on top — replicas added at runtime stay,
+/// declared replicas removed at runtime stay removed. `old_declared` is the
+/// list the running state was built from.
+pub fn desired_after_reload(
+    state: &State,
+    old_declared: &[ReplicaSpec],
+    new_declared: &[ReplicaSpec],
+) -> Vec<ReplicaSpec> {
+    let removed_at_runtime = |id: &ReplicaId| {
+        old_declared.iter().any(|d| &d.id == id) && !state.replicas().iter().any(|r| &r.id == id)
+    };
+    let mut desired: Vec<ReplicaSpec> = new_declared
+        .iter()
+        .filter(|spec| !removed_at_runtime(&spec.id))
+        .cloned()
+        .collect();
+    for replica in state.replicas() {
+        let added_at_runtime = !old_declared.iter().any(|d| d.id == replica.id);
+        if added_at_runtime && !desired.iter().any(|d| d.id == replica.id) {
+            desired.push(ReplicaSpec {
+                id: replica.id.clone(),
+                address: replica.address.clone(),
+                addr: replica.addr,
+                weight: replica.weight,
+            });
+        }
+    }
+    desired
 }
 
 /// Attempts at a fresh temp name before giving up.
@@ -240,20 +448,41 @@ mod tests {
         dir
     }
 
+    fn spec(id: &str, port: u16, weight: u32) -> ReplicaSpec {
+        ReplicaSpec {
+            id: ReplicaId::new(id).unwrap(),
+            address: format!("127.0.0.1:{port}"),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            weight,
+        }
+    }
+
+    fn ids(state: &State) -> Vec<&str> {
+        state.replicas().iter().map(|r| r.id.as_str()).collect()
+    }
+
     #[test]
-    fn saved_state_loads_back() {
-        let dir = temp_dir("roundtrip");
+    fn runtime_changes_are_kept_on_top_of_the_declared_list() {
+        let dir = temp_dir("overlay");
         let file = StateFile::new(dir.join("state.json"));
-        assert!(file.load(Routing::RoundRobin).unwrap().is_none());
+        let declared = vec![spec("a", 9001, 1), spec("b", 9002, 1)];
+        assert!(file.load(Routing::RoundRobin, &declared).unwrap().is_none());
         let mut state = State::new(Routing::RoundRobin);
-        let addr = "127.0.0.1:9001".parse().unwrap();
+        for s in &declared {
+            state.apply(Command::Add(s.clone())).unwrap();
+        }
+        // At runtime: c added, b removed, a reweighted and draining.
+        state.apply(Command::Add(spec("c", 9003, 2))).unwrap();
         state
-            .apply(Command::Add(ReplicaSpec {
+            .apply(Command::Remove {
+                id: ReplicaId::new("b").unwrap(),
+            })
+            .unwrap();
+        state
+            .apply(Command::SetWeight {
                 id: ReplicaId::new("a").unwrap(),
-                address: "127.0.0.1:9001".into(),
-                addr,
                 weight: 7,
-            }))
+            })
             .unwrap();
         let deadline = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
         state
@@ -262,16 +491,59 @@ mod tests {
                 deadline,
             })
             .unwrap();
-        file.save(&state).unwrap();
-        let loaded = file.load(Routing::RoundRobin).unwrap().unwrap();
-        let r = &loaded.replicas()[0];
-        assert_eq!(
-            (r.id.as_str(), r.weight, r.state, r.addr),
-            ("a", 7, ReplicaState::Draining, addr)
-        );
-        assert_eq!(r.drain_deadline, Some(deadline));
-        // No temp file is left behind.
+        file.save(&state, &declared).unwrap();
+        // No temp file is left behind, and the file holds changes only.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        let text = fs::read_to_string(file.path()).unwrap();
+        assert!(
+            text.contains("\"removed\"") && text.contains("\"added\""),
+            "{text}"
+        );
+
+        let loaded = file.load(Routing::RoundRobin, &declared).unwrap().unwrap();
+        assert_eq!(ids(&loaded), ["a", "c"]);
+        let a = &loaded.replicas()[0];
+        assert_eq!(
+            (a.weight, a.state, a.drain_deadline),
+            (7, ReplicaState::Draining, Some(deadline))
+        );
+
+        // Another declared list: its replicas are served, with the runtime
+        // add kept; b (removed at runtime) stays out only while declared.
+        let today = vec![spec("d", 9004, 1)];
+        let loaded = file.load(Routing::RoundRobin, &today).unwrap().unwrap();
+        assert_eq!(ids(&loaded), ["d", "c"]);
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_as_changes() {
+        let dir = temp_dir("v1");
+        let path = dir.join("state.json");
+        fs::write(
+            &path,
+            r#"{"version":1,"routing":"round_robin","replicas":[{"id":"x","address":"127.0.0.1:9100","weight":3,"state":"active","added_at_unix_ms":0,"drain_deadline_unix_ms":null}]}"#,
+        )
+        .unwrap();
+        let declared = vec![spec("a", 9001, 1)];
+        let loaded = StateFile::new(&path)
+            .load(Routing::RoundRobin, &declared)
+            .unwrap()
+            .unwrap();
+        // The old file's list was the whole truth then: a was not in it.
+        assert_eq!(ids(&loaded), ["x"]);
+    }
+
+    #[test]
+    fn a_reload_keeps_runtime_changes() {
+        let old = vec![spec("a", 9001, 1), spec("b", 9002, 1)];
+        let mut state = State::new(Routing::RoundRobin);
+        state.apply(Command::Add(spec("a", 9001, 1))).unwrap();
+        state.apply(Command::Add(spec("c", 9003, 1))).unwrap();
+        // b was removed at runtime, c added; the new file declares a, b, e.
+        let new = vec![spec("a", 9001, 1), spec("b", 9002, 1), spec("e", 9005, 1)];
+        let desired = desired_after_reload(&state, &old, &new);
+        let ids: Vec<&str> = desired.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["a", "e", "c"]);
     }
 
     #[test]
@@ -280,7 +552,7 @@ mod tests {
         let path = dir.join("state.json");
         fs::write(&path, "{ not json").unwrap();
         let err = StateFile::new(&path)
-            .load(Routing::RoundRobin)
+            .load(Routing::RoundRobin, &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("corrupt"), "{err}");

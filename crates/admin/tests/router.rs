@@ -684,10 +684,46 @@ async fn changes_are_on_disk_before_the_answer() {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     let loaded = StateFile::new(&path)
-        .load(Routing::RoundRobin)
+        .load(Routing::RoundRobin, &[])
         .unwrap()
         .unwrap();
     assert_eq!(loaded.replicas()[0].id.as_str(), "a");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn health_verdicts_are_published_but_never_written() {
+    let dir = std::env::temp_dir().join(format!("inferlb-router-health-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.json");
+    let _ = std::fs::remove_file(&path);
+    let state = {
+        let mut state = State::new(Routing::RoundRobin);
+        state
+            .apply(inferlb_core::Command::Add(inferlb_core::ReplicaSpec {
+                id: inferlb_core::ReplicaId::new("a").unwrap(),
+                address: "127.0.0.1:9001".into(),
+                addr: "127.0.0.1:9001".parse().unwrap(),
+                weight: 1,
+            }))
+            .unwrap();
+        state
+    };
+    let snapshots = Snapshots::new(state.snapshot());
+    let control = Control::new(state, snapshots, Some(StateFile::new(&path)));
+    let generation = control.snapshot().generation();
+    control
+        .apply_one(inferlb_core::Command::SetHealth {
+            id: inferlb_core::ReplicaId::new("a").unwrap(),
+            health: inferlb_core::Health::Unhealthy,
+        })
+        .await
+        .unwrap();
+    assert!(
+        control.snapshot().generation() > generation,
+        "not published"
+    );
+    assert!(!path.exists(), "a health flip wrote the state file");
     let _ = std::fs::remove_dir_all(dir);
 }
 

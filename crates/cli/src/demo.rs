@@ -97,6 +97,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         token: None,
         protect_probes: false,
         store: None,
+        declared: Vec::new(),
         config_path: None,
         health: config.health.clone(),
     };

@@ -44,8 +44,9 @@ pub(crate) struct ServeArgs {
     /// File holding the admin bearer token (or set INFERLB_ADMIN_TOKEN).
     #[arg(long)]
     pub(crate) admin_token_file: Option<PathBuf>,
-    /// Where runtime replica changes persist [default:
-    /// $STATE_DIRECTORY/inferlb-state.json, else ./inferlb-state.json].
+    /// Where runtime replica changes persist [default: under systemd,
+    /// $STATE_DIRECTORY/inferlb-state.json; otherwise they are kept in
+    /// memory only].
     #[arg(long)]
     pub(crate) state_file: Option<PathBuf>,
 }
@@ -167,6 +168,8 @@ pub(crate) struct ControlPlane {
     pub(crate) token: Option<String>,
     pub(crate) protect_probes: bool,
     pub(crate) store: Option<StateFile>,
+    /// The declared replicas (config file and flags).
+    pub(crate) declared: Vec<inferlb_core::ReplicaSpec>,
     /// Re-read on SIGHUP.
     pub(crate) config_path: Option<PathBuf>,
     /// Active health checks.
@@ -209,6 +212,7 @@ pub(crate) fn run_control_plane(
             }
         };
         let control = Arc::new(Control::new(state, snapshots, plane.store.clone()));
+        control.set_declared(plane.declared.clone());
         let data_plane = DataPlane {
             workers,
             io_driver: handle.io_driver().as_str().to_owned(),
@@ -222,8 +226,9 @@ pub(crate) fn run_control_plane(
                 let _ = admin_stopped.await;
             }))
         });
-        if let Some(store) = &plane.store {
-            tracing::info!(path = %store.path().display(), "state file");
+        match &plane.store {
+            Some(store) => tracing::info!(path = %store.path().display(), "state file: runtime changes persist on top of the declared replicas"),
+            None => tracing::info!("runtime changes are kept in memory only: pass --state-file (or run under systemd, which sets $STATE_DIRECTORY) to keep them across restarts"),
         }
         tokio::spawn(Arc::clone(&control).run_reaper());
         if plane.health.enabled {
@@ -270,7 +275,10 @@ async fn reload(control: &Control, path: Option<&Path>) {
         }
     };
     let state = control.state().await;
-    let mut commands = state.diff(&config.replicas, SystemTime::now() + DEFAULT_DRAIN);
+    // The new declared list, with the runtime changes made so far on top.
+    let desired =
+        inferlb_admin::desired_after_reload(&state, &control.declared(), &config.replicas);
+    let mut commands = state.diff(&desired, SystemTime::now() + DEFAULT_DRAIN);
     if config.routing != state.routing() {
         commands.push(Command::SetRouting(config.routing));
     }
@@ -278,6 +286,7 @@ async fn reload(control: &Control, path: Option<&Path>) {
         commands.push(Command::SetPolicy(config.policy));
     }
     let count = commands.len();
+    control.set_declared(config.replicas.clone());
     match control.apply(commands).await {
         Ok(_) => {
             tracing::info!(path = %path.display(), changes = count, "config reloaded (listen, workers, timeouts and limits need a restart)")
@@ -298,17 +307,25 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             config.admin.listen
         );
     }
-    let store = StateFile::new(
-        config
-            .admin
-            .state_file
-            .clone()
-            .unwrap_or_else(StateFile::default_path),
-    );
-    let state = match store.load(config.routing)? {
+    // Persistence is asked for (a flag or the config), or given by systemd;
+    // nothing an earlier run left in the working directory is read.
+    let store = config
+        .admin
+        .state_file
+        .clone()
+        .or_else(StateFile::systemd_path)
+        .map(StateFile::new);
+    let loaded = match &store {
+        Some(store) => store.load(config.routing, &config.replicas)?,
+        None => None,
+    };
+    let state = match loaded {
         Some(mut state) => {
             state.apply(Command::SetPolicy(config.policy))?;
-            tracing::info!(path = %store.path().display(), replicas = state.replicas().len(), "replicas restored from the state file (it wins over the config file)");
+            tracing::info!(
+                replicas = state.replicas().len(),
+                "runtime changes from the state file applied on top of the declared replicas"
+            );
             state
         }
         None => initial_state(&config)?,
@@ -319,7 +336,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         admin_listen_given: config.admin.listen_given,
         token,
         protect_probes: config.admin.protect_probes,
-        store: Some(store),
+        store,
+        declared: config.replicas.clone(),
         config_path: args.config.clone(),
         health: config.health.clone(),
     };

@@ -399,3 +399,115 @@ fn sighup_applies_the_config_difference_and_rejects_a_bad_file() {
     let mut client = RawClient::connect(server.listen).unwrap();
     assert_eq!(client.get("/").unwrap().header("x-replica"), Some("b"));
 }
+
+/// `inferlb serve` with the given replicas, no state file flag, run in `dir`.
+fn serve_in(dir: &Path, replicas: &[SocketAddr], extra: &[&str]) -> Server {
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_inferlb"));
+    command
+        .current_dir(dir)
+        .env_remove("INFERLB_CONFIG")
+        .env_remove("INFERLB_ADMIN_TOKEN")
+        .env_remove("STATE_DIRECTORY")
+        .env("RUST_LOG", "warn")
+        .args(["serve", "--workers", "1"])
+        .args([
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for replica in replicas {
+        command.args(["--replica", &replica.to_string()]);
+    }
+    start(command, listen, admin)
+}
+
+/// Which replica answers a GET through the proxy.
+fn answered_by(listen: SocketAddr) -> String {
+    let mut client = RawClient::connect(listen).unwrap();
+    let resp = client.get("/").unwrap();
+    assert_eq!(resp.status, 200);
+    resp.header("x-replica").unwrap_or("?").to_owned()
+}
+
+#[test]
+fn a_second_run_in_the_same_directory_serves_what_it_declares() {
+    let a = FakeReplica::builder().name("A").start().unwrap();
+    let b = FakeReplica::builder().name("B").start().unwrap();
+    let c = FakeReplica::builder().name("C").start().unwrap();
+    let dir = temp_dir("second-run");
+    {
+        let server = serve_in(&dir, &[a.addr()], &[]);
+        assert_eq!(answered_by(server.listen), "A");
+        // A runtime change, kept in memory only: no --state-file here.
+        let (status, _) = call(
+            server.admin,
+            "POST",
+            "/v1/replicas",
+            Some(&format!(r#"{{"address": "{}", "id": "c"}}"#, c.addr())),
+            None,
+        );
+        assert_eq!(status, 201);
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "a run without --state-file wrote into its working directory"
+    );
+    let server = serve_in(&dir, &[b.addr()], &[]);
+    assert_eq!(
+        ids(server.admin),
+        vec![format!("{}", b.addr()).replace(':', "-")]
+    );
+    assert_eq!(answered_by(server.listen), "B");
+}
+
+#[test]
+fn runtime_changes_persist_on_top_of_what_is_declared() {
+    let a = FakeReplica::builder().name("A").start().unwrap();
+    let b = FakeReplica::builder().name("B").start().unwrap();
+    let c = FakeReplica::builder().name("C").start().unwrap();
+    let dir = temp_dir("overlay");
+    let state = dir.join("state.json");
+    let state_arg = state.to_string_lossy().into_owned();
+    let a_id = a.addr().to_string().replace(':', "-");
+    {
+        let server = serve_in(&dir, &[a.addr()], &["--state-file", &state_arg]);
+        let (status, _) = call(
+            server.admin,
+            "POST",
+            "/v1/replicas",
+            Some(&format!(r#"{{"address": "{}", "id": "c"}}"#, c.addr())),
+            None,
+        );
+        assert_eq!(status, 201);
+    }
+    // A different declared list: B is served, with the runtime add kept.
+    {
+        let server = serve_in(&dir, &[b.addr()], &["--state-file", &state_arg]);
+        let mut listed = ids(server.admin);
+        listed.sort();
+        let mut expected = vec![b.addr().to_string().replace(':', "-"), "c".to_owned()];
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+    // A declared replica removed at runtime stays removed while the file
+    // says so (and the start-up log says how to bring it back).
+    {
+        let server = serve_in(&dir, &[a.addr()], &["--state-file", &state_arg]);
+        let (status, _) = call(
+            server.admin,
+            "DELETE",
+            &format!("/v1/replicas/{a_id}?drain_timeout_s=0"),
+            None,
+            None,
+        );
+        assert_eq!(status, 202);
+    }
+    let server = serve_in(&dir, &[a.addr()], &["--state-file", &state_arg]);
+    assert_eq!(ids(server.admin), vec!["c".to_owned()]);
+}

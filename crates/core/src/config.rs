@@ -127,7 +127,8 @@ pub struct FileConfig {
     /// Retries on another replica.
     #[serde(default)]
     pub retries: FileRetries,
-    /// The replicas to start with (a state file, when present, wins).
+    /// The declared replicas; runtime changes from a state file, when one is
+    /// used, are applied on top of them.
     #[serde(default)]
     pub replicas: Vec<FileReplica>,
 }
@@ -324,9 +325,9 @@ pub struct FileAdmin {
     /// Require the token for `/healthz`, `/readyz` and `/metrics` too.
     /// Default false: probes and scrapers usually carry no token.
     pub protect_probes: Option<bool>,
-    /// Where runtime replica changes are persisted. Default
-    /// `$STATE_DIRECTORY/inferlb-state.json` when systemd sets
-    /// `STATE_DIRECTORY`, else `./inferlb-state.json`.
+    /// Where runtime replica changes are persisted, on top of the declared
+    /// replicas. Default `$STATE_DIRECTORY/inferlb-state.json` when systemd
+    /// sets `STATE_DIRECTORY`; otherwise none (changes live in memory).
     pub state_file: Option<String>,
 }
 
@@ -339,7 +340,7 @@ pub struct AdminConfig {
     pub token_file: Option<std::path::PathBuf>,
     /// See [`FileAdmin::protect_probes`].
     pub protect_probes: bool,
-    /// See [`FileAdmin::state_file`]; `None` means the default location.
+    /// See [`FileAdmin::state_file`]; `None` means systemd's location, if any.
     pub state_file: Option<std::path::PathBuf>,
     /// Whether `listen` was set (rather than defaulted).
     pub listen_given: bool,
