@@ -428,8 +428,10 @@ async fn replace_replicas(
         }
         desired.push(spec);
     }
-    let state = app.control.state().await;
-    let commands = state.diff(&desired, SystemTime::now() + DEFAULT_DRAIN);
+    let commands = app
+        .control
+        .converge(SystemTime::now() + DEFAULT_DRAIN, |_| (desired, Vec::new()))
+        .await?;
     let (mut added, mut drained, mut updated) = (Vec::new(), Vec::new(), Vec::new());
     for command in &commands {
         match command {
@@ -444,7 +446,6 @@ async fn replace_replicas(
             Command::SetRouting(_) | Command::SetHealth { .. } | Command::SetPolicy(_) => {}
         }
     }
-    app.control.apply(commands).await?;
     app.control.reap_drained().await?;
     let replicas = app
         .control

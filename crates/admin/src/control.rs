@@ -104,6 +104,32 @@ impl Control {
         Ok(outcomes)
     }
 
+    /// Makes the replica list match what `plan` asks of the current state:
+    /// the desired list (and extra commands, e.g. a routing change). The plan,
+    /// the difference and the changes all happen under the lock, in one
+    /// step, so a change landing meanwhile is neither lost nor undone.
+    /// Returns the commands applied. Replicas no longer desired are drained
+    /// until `drain_deadline`.
+    pub async fn converge(
+        &self,
+        drain_deadline: SystemTime,
+        plan: impl FnOnce(&State) -> (Vec<ReplicaSpec>, Vec<Command>),
+    ) -> Result<Vec<Command>, ControlError> {
+        let mut state = self.state.lock().await;
+        let (desired, extra) = plan(&state);
+        let mut commands = state.diff(&desired, drain_deadline);
+        commands.extend(extra);
+        let mut next = state.clone();
+        let mut changed = false;
+        for command in commands.iter().cloned() {
+            changed |= next.apply(command)? == Outcome::Changed;
+        }
+        if changed {
+            self.commit(&mut state, next, true).await?;
+        }
+        Ok(commands)
+    }
+
     /// Applies one command.
     pub async fn apply_one(&self, command: Command) -> Result<Outcome, ControlError> {
         Ok(self

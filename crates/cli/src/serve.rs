@@ -274,24 +274,30 @@ async fn reload(control: &Control, path: Option<&Path>) {
             return;
         }
     };
-    let state = control.state().await;
-    // The new declared list, with the runtime changes made so far on top.
-    let desired =
-        inferlb_admin::desired_after_reload(&state, &control.declared(), &config.replicas);
-    let mut commands = state.diff(&desired, SystemTime::now() + DEFAULT_DRAIN);
-    if config.routing != state.routing() {
-        commands.push(Command::SetRouting(config.routing));
-    }
-    if config.policy != state.policy() {
-        commands.push(Command::SetPolicy(config.policy));
-    }
-    let count = commands.len();
+    // The new declared list, with the runtime changes made so far on top,
+    // diffed and applied under the control lock in one step.
+    let old_declared = control.declared();
     control.set_declared(config.replicas.clone());
-    match control.apply(commands).await {
-        Ok(_) => {
-            tracing::info!(path = %path.display(), changes = count, "config reloaded (listen, workers, timeouts and limits need a restart)")
+    let converged = control
+        .converge(SystemTime::now() + DEFAULT_DRAIN, |state| {
+            let desired =
+                inferlb_admin::desired_after_reload(state, &old_declared, &config.replicas);
+            let mut extra = Vec::new();
+            if config.routing != state.routing() {
+                extra.push(Command::SetRouting(config.routing));
+            }
+            if config.policy != state.policy() {
+                extra.push(Command::SetPolicy(config.policy));
+            }
+            (desired, extra)
+        })
+        .await;
+    match converged {
+        Ok(commands) => {
+            tracing::info!(path = %path.display(), changes = commands.len(), "config reloaded (listen, workers, timeouts and limits need a restart)")
         }
         Err(e) => {
+            control.set_declared(old_declared);
             tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running configuration")
         }
     }
