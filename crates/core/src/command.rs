@@ -242,14 +242,20 @@ impl State {
     /// The commands that turn this list into `desired`: adds, weight changes,
     /// drains of replicas no longer declared, and un-drains of replicas
     /// declared again. A replica whose address changed under the same id is
-    /// drained and re-added only by the caller's choice, so it is reported as
-    /// a drain plus an add under a new id, never silently rewired. Drains get
-    /// `drain_deadline`.
+    /// taken out and added again at the new address (`Remove` then `Add`):
+    /// requests in flight to the old address finish, new ones go to the new
+    /// one, and its counters start afresh. Drains get `drain_deadline`.
     pub fn diff(&self, desired: &[ReplicaSpec], drain_deadline: SystemTime) -> Vec<Command> {
         let mut commands = Vec::new();
         for spec in desired {
             match self.get(&spec.id) {
                 None => commands.push(Command::Add(spec.clone())),
+                Some(current) if current.addr != spec.addr || current.address != spec.address => {
+                    commands.push(Command::Remove {
+                        id: spec.id.clone(),
+                    });
+                    commands.push(Command::Add(spec.clone()));
+                }
                 Some(current) => {
                     if current.weight != spec.weight {
                         commands.push(Command::SetWeight {
@@ -290,6 +296,24 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight,
         }
+    }
+
+    #[test]
+    fn an_address_changed_under_the_same_id_is_replaced() {
+        let mut state = State::new(Routing::RoundRobin);
+        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
+        state.apply(Command::Add(spec("b", 2, 1))).unwrap();
+        let old_stats = std::sync::Arc::clone(&state.replicas()[0].stats);
+        let desired = [spec("a", 11, 1), spec("b", 2, 1)];
+        let commands = state.diff(&desired, SystemTime::UNIX_EPOCH);
+        assert_eq!(commands.len(), 2, "{commands:?}");
+        for command in commands {
+            state.apply(command).unwrap();
+        }
+        let a = state.get(&ReplicaId::new("a").unwrap()).unwrap();
+        assert_eq!(a.addr, SocketAddr::from(([127, 0, 0, 1], 11)));
+        assert!(!std::sync::Arc::ptr_eq(&a.stats, &old_stats));
+        assert!(state.diff(&desired, SystemTime::UNIX_EPOCH).is_empty());
     }
 
     #[test]

@@ -90,10 +90,13 @@ proptest! {
             counts[p] += 1;
             for (i, r) in set.iter().enumerate().filter(|(_, r)| r.is_routable()) {
                 let ideal = (k as f64 + 1.0) * f64::from(r.weight) / total as f64;
-                // Earliest-deadline order keeps every prefix within a pick
-                // or so of the ideal (a little over one with many replicas);
-                // a burst would break this bound.
-                let bound = 2.0;
+                // Earliest-deadline order keeps every prefix of a cycle
+                // within a pick or so of the ideal (a little over one with
+                // many replicas). Picks here start anywhere in the cycle,
+                // and a run from the middle is the difference of two such
+                // prefixes, so it may be off by twice that (2.17 seen with
+                // six replicas); a burst would break this bound.
+                let bound = 3.0;
                 prop_assert!((counts[i] as f64 - ideal).abs() <= bound + 1e-9,
                     "replica {} has {} picks after {}, ideal {}", i, counts[i], k + 1, ideal);
             }
