@@ -133,7 +133,9 @@ impl From<&Replica> for ReplicaView {
             address: r.address.clone(),
             resolved: r.addr.to_string(),
             weight: r.weight,
-            state: crate::health::effective_state(r, inferlb_core::clock::now_ms()).to_owned(),
+            state: crate::health::effective_state(r, inferlb_core::clock::now_ms())
+                .as_str()
+                .to_owned(),
             in_flight: s.in_flight(),
             requests: s.requests(),
             errors: s.responses(StatusClass::ServerError) + s.connect_errors(),

@@ -1,13 +1,6 @@
 //! Active health checks from the control plane: an HTTP GET per replica on
-//! an interval; a verdict flips after N passes or failures in a row (ALB's
-//! healthy and unhealthy thresholds) and becomes a `SetHealth` command.
-//!
-//! ```text
-//!            unhealthy_threshold failures in a row
-//!   Healthy ─────────────────────────────────────▶ Unhealthy
-//!      ▲                                               │
-//!      └──────── healthy_threshold passes in a row ────┘
-//! ```
+//! an interval; each replica's results go through a core `Tracker`, and a
+//! verdict it flips becomes a `SetHealth` command.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,24 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inferlb_core::config::HealthCheck;
-use inferlb_core::{Command, Health, Replica, ReplicaState};
+use inferlb_core::{Command, Health, Replica, ReplicaStatus, Thresholds, Tracker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::control::Control;
 
-/// The state an operator sees: draining wins, then an ejection, then a
-/// failing health check.
-pub fn effective_state(r: &Replica, now_ms: u64) -> &'static str {
-    if r.state == ReplicaState::Draining {
-        "draining"
-    } else if r.stats.is_ejected(now_ms) {
-        "ejected"
-    } else if r.health == Health::Unhealthy {
-        "unhealthy"
-    } else {
-        "active"
-    }
+/// The state an operator sees (see [`ReplicaStatus::of`]).
+pub fn effective_state(r: &Replica, now_ms: u64) -> ReplicaStatus {
+    ReplicaStatus::of(r, now_ms)
 }
 
 /// One check: a GET of `path` answered 200–399 within `timeout`.
@@ -61,8 +45,11 @@ pub async fn check(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
 
 /// Checks every replica of the current snapshot each interval, forever.
 pub async fn run(control: Arc<Control>, config: HealthCheck) {
-    // Passes (positive) or failures (negative) in a row, per replica uid.
-    let mut runs: HashMap<u64, i64> = HashMap::new();
+    let thresholds = Thresholds {
+        healthy: config.healthy_threshold,
+        unhealthy: config.unhealthy_threshold,
+    };
+    let mut trackers: HashMap<u64, Tracker> = HashMap::new();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -77,32 +64,28 @@ pub async fn run(control: Arc<Control>, config: HealthCheck) {
         while let Some(Ok((uid, passed))) = checks.join_next().await {
             verdicts.insert(uid, passed);
         }
-        runs.retain(|uid, _| verdicts.contains_key(uid));
+        trackers.retain(|uid, _| verdicts.contains_key(uid));
         let mut commands = Vec::new();
         for r in snapshot.replicas() {
             let Some(&passed) = verdicts.get(&r.uid) else {
                 continue;
             };
-            let run = runs.entry(r.uid).or_insert(0);
-            *run = match (passed, *run) {
-                (true, n) if n > 0 => n + 1,
-                (true, _) => 1,
-                (false, n) if n < 0 => n - 1,
-                (false, _) => -1,
+            let tracker = trackers.entry(r.uid).or_default();
+            let Some(health) = tracker.record(passed, r.health, thresholds) else {
+                continue;
             };
-            if r.health == Health::Healthy && -*run >= i64::from(config.unhealthy_threshold) {
-                tracing::warn!(id = %r.id, address = %r.address, path = %config.path, "replica failed its health checks: unhealthy");
-                commands.push(Command::SetHealth {
-                    id: r.id.clone(),
-                    health: Health::Unhealthy,
-                });
-            } else if r.health == Health::Unhealthy && *run >= i64::from(config.healthy_threshold) {
-                tracing::info!(id = %r.id, address = %r.address, "replica passes its health checks again: healthy");
-                commands.push(Command::SetHealth {
-                    id: r.id.clone(),
-                    health: Health::Healthy,
-                });
+            match health {
+                Health::Unhealthy => {
+                    tracing::warn!(id = %r.id, address = %r.address, path = %config.path, "replica failed its health checks: unhealthy");
+                }
+                Health::Healthy => {
+                    tracing::info!(id = %r.id, address = %r.address, "replica passes its health checks again: healthy");
+                }
             }
+            commands.push(Command::SetHealth {
+                id: r.id.clone(),
+                health,
+            });
         }
         if !commands.is_empty() {
             // A replica removed meanwhile makes its command fail; apply the

@@ -182,9 +182,9 @@ impl Collector for Source {
         let now = inferlb_core::clock::now_ms();
         for r in replicas {
             let current = crate::health::effective_state(r, now);
-            for state in ["active", "draining", "unhealthy", "ejected"] {
+            for state in inferlb_core::ReplicaStatus::ALL {
                 let mut labels = id(r);
-                labels.push(("state", Cow::Borrowed(state)));
+                labels.push(("state", Cow::Borrowed(state.as_str())));
                 m.encode_family(&labels)?
                     .encode_gauge(&i64::from(current == state))?;
             }

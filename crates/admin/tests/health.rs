@@ -77,7 +77,7 @@ async fn checks_flip_health_both_ways_and_fail_open() {
     }
     assert_eq!(
         inferlb_admin::health::effective_state(&snapshot.replicas()[1], 0),
-        "unhealthy"
+        inferlb_core::ReplicaStatus::Unhealthy
     );
 
     // The good one stops answering: every replica is unhealthy, and routing

@@ -15,6 +15,7 @@
 //! - [`outlier`]: passive outlier ejection.
 //! - [`penalty`]: the back-off a 429 or `Retry-After` asks for.
 //! - [`cidr`]: address ranges, for `trusted_proxies`.
+//! - [`health`]: the health-check verdict machine and the replica status.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod cidr;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod health;
 pub mod outlier;
 pub mod penalty;
 pub mod replica;
@@ -35,6 +37,7 @@ pub use command::{Command, Outcome, ReplicaSpec, State, StateError};
 pub use config::{
     AdminConfig, Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream,
 };
+pub use health::{ReplicaStatus, Thresholds, Tracker};
 pub use replica::{
     Health, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass,
 };
