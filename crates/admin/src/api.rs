@@ -131,7 +131,11 @@ impl From<&Replica> for ReplicaView {
         Self {
             id: r.id.to_string(),
             address: r.address.clone(),
-            resolved: r.addr.to_string(),
+            resolved: if r.resolved {
+                r.addr.to_string()
+            } else {
+                "unresolved".to_owned()
+            },
             weight: r.weight,
             state: crate::health::effective_state(r, inferlb_core::clock::now_ms())
                 .as_str()
@@ -256,13 +260,19 @@ fn parse_id(id: &str) -> Result<ReplicaId, ApiError> {
     ReplicaId::new(id).map_err(|_| ApiError::NotFound(format!("no replica has id {id:?}")))
 }
 
-fn spec_of(field: &str, new: &NewReplica) -> Result<inferlb_core::ReplicaSpec, ApiError> {
+/// Validates a new replica, resolving its name on the blocking pool so a
+/// slow resolver holds up this request only, never the control thread.
+async fn spec_of(field: &str, new: &NewReplica) -> Result<inferlb_core::ReplicaSpec, ApiError> {
     let file = FileReplica {
         address: new.address.clone(),
         weight: new.weight,
         id: new.id.clone(),
     };
-    replica_spec(field, &file).map_err(|e| ApiError::BadRequest(e.to_string()))
+    let field = field.to_owned();
+    tokio::task::spawn_blocking(move || replica_spec(&field, &file))
+        .await
+        .map_err(|e| ApiError::Internal(format!("resolver task failed: {e}")))?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 /// Lists every replica, draining ones included.
@@ -281,7 +291,7 @@ async fn add_replica(
     State(app): State<AppState>,
     ApiJson(new): ApiJson<NewReplica>,
 ) -> Result<Response, ApiError> {
-    let spec = spec_of("replica", &new)?;
+    let spec = spec_of("replica", &new).await?;
     let id = spec.id.clone();
     app.control.apply_one(Command::Add(spec)).await?;
     let snapshot = app.control.snapshot();
@@ -418,7 +428,7 @@ async fn replace_replicas(
     };
     let mut desired = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
-        let spec = spec_of(&format!("replicas[{i}]"), entry)?;
+        let spec = spec_of(&format!("replicas[{i}]"), entry).await?;
         if desired
             .iter()
             .any(|d: &inferlb_core::ReplicaSpec| d.id == spec.id || d.addr == spec.addr)
@@ -445,6 +455,7 @@ async fn replace_replicas(
                 }
             }
             Command::Remove { id } => drained.push(id.to_string()),
+            Command::SetAddress { id, .. } => updated.push(id.to_string()),
             Command::SetRouting(_) | Command::SetHealth { .. } | Command::SetPolicy(_) => {}
         }
     }

@@ -88,10 +88,11 @@ impl Control {
     /// leaves the state as it was. Persists and publishes once if anything
     /// changed.
     pub async fn apply(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ControlError> {
-        // Health verdicts are not runtime changes: published, never written.
+        // Health verdicts and name resolutions are not runtime changes:
+        // published, never written.
         let durable = commands
             .iter()
-            .any(|c| !matches!(c, Command::SetHealth { .. }));
+            .any(|c| !matches!(c, Command::SetHealth { .. } | Command::SetAddress { .. }));
         let mut state = self.state.lock().await;
         let mut next = state.clone();
         let mut outcomes = Vec::with_capacity(commands.len());

@@ -10,12 +10,15 @@
 //! - [`api`]: routes, DTOs, handlers, bearer-token auth, the OpenAPI document.
 //! - [`metrics`]: the Prometheus collector behind `/metrics`.
 //! - [`health`]: active health checks, turned into `SetHealth` commands.
+//! - [`dns`]: replica host names resolved again on an interval, off the
+//!   control thread.
 //! - [`error`]: `ApiError` and the status each variant maps to.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod control;
+pub mod dns;
 pub mod error;
 pub mod health;
 pub mod metrics;

@@ -231,15 +231,23 @@ impl StateFile {
                 // Declared since it was added at runtime: the declaration wins.
                 continue;
             }
-            let addr = resolve_address(&entry.address)
-                .map_err(|e| self.corrupt(format!("replica {}: {e}", entry.id)))?;
             let weight = check_weight(entry.weight)
                 .map_err(|e| self.corrupt(format!("replica {}: {e}", entry.id)))?;
-            if replicas.iter().any(|r| r.addr == addr) {
-                tracing::warn!(id = %entry.id, address = %entry.address, "a replica added at runtime has the address of a declared one; the declared one is kept");
-                continue;
-            }
-            let mut replica = Replica::new(entry.id, entry.address, addr, weight);
+            let mut replica = match resolve_address(&entry.address) {
+                Ok(addr) => {
+                    if replicas.iter().any(|r| r.resolved && r.addr == addr) {
+                        tracing::warn!(id = %entry.id, address = %entry.address, "a replica added at runtime has the address of a declared one; the declared one is kept");
+                        continue;
+                    }
+                    Replica::new(entry.id, entry.address, addr, weight)
+                }
+                // A name that does not resolve now (DNS down, a host not up
+                // yet) is kept and retried, never a reason to refuse the file.
+                Err(error) => {
+                    tracing::warn!(id = %entry.id, address = %entry.address, %error, "replica from the state file does not resolve; kept as unresolved (no traffic) and retried");
+                    Replica::unresolved(entry.id, entry.address, weight)
+                }
+            };
             replica.state = entry.state;
             replica.added_at = from_unix_ms(entry.added_at_unix_ms);
             replica.drain_deadline = entry.drain_deadline_unix_ms.map(from_unix_ms);
@@ -513,6 +521,28 @@ mod tests {
         let today = vec![spec("d", 9004, 1)];
         let loaded = file.load(Routing::RoundRobin, &today).unwrap().unwrap();
         assert_eq!(ids(&loaded), ["d", "c"]);
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_is_kept_as_unresolved() {
+        let dir = temp_dir("unresolved");
+        let path = dir.join("state.json");
+        fs::write(
+            &path,
+            r#"{"version":2,"added":[{"id":"m","address":"no-such-host.invalid:8000","weight":2,"state":"active","added_at_unix_ms":0,"drain_deadline_unix_ms":null}]}"#,
+        )
+        .unwrap();
+        let loaded = StateFile::new(&path)
+            .load(Routing::RoundRobin, &[])
+            .unwrap()
+            .unwrap();
+        let m = &loaded.replicas()[0];
+        assert_eq!((m.id.as_str(), m.weight, m.resolved), ("m", 2, false));
+        assert_eq!(
+            inferlb_core::ReplicaStatus::of(m, 0),
+            inferlb_core::ReplicaStatus::Unresolved
+        );
+        assert!(!loaded.snapshot().has_routable());
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         protect_probes: false,
         store: None,
         declared: Vec::new(),
+        dns_refresh: None,
         config_path: None,
         health: config.health.clone(),
     };

@@ -170,6 +170,8 @@ pub(crate) struct ControlPlane {
     pub(crate) store: Option<StateFile>,
     /// The declared replicas (config file and flags).
     pub(crate) declared: Vec<inferlb_core::ReplicaSpec>,
+    /// How often replica host names are resolved again.
+    pub(crate) dns_refresh: Option<std::time::Duration>,
     /// Re-read on SIGHUP.
     pub(crate) config_path: Option<PathBuf>,
     /// Active health checks.
@@ -231,6 +233,13 @@ pub(crate) fn run_control_plane(
             None => tracing::info!("runtime changes are kept in memory only: pass --state-file (or run under systemd, which sets $STATE_DIRECTORY) to keep them across restarts"),
         }
         tokio::spawn(Arc::clone(&control).run_reaper());
+        if let Some(interval) = plane.dns_refresh {
+            tokio::spawn(inferlb_admin::dns::run(
+                Arc::clone(&control),
+                interval,
+                Arc::new(inferlb_admin::dns::SystemResolver),
+            ));
+        }
         if plane.health.enabled {
             tracing::info!(path = %plane.health.path, interval = ?plane.health.interval, "active health checks");
             tokio::spawn(inferlb_admin::health::run(Arc::clone(&control), plane.health.clone()));
@@ -267,9 +276,16 @@ async fn reload(control: &Control, path: Option<&Path>) {
         tracing::warn!("SIGHUP ignored: inferlb was started without --config");
         return;
     };
-    let config = match Config::load(path) {
-        Ok(config) => config,
+    // Loading resolves host names: on the blocking pool, not the control thread.
+    let file = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
+    let config = match loaded {
+        Ok(Ok(config)) => config,
         Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "config reload failed; keeping the running configuration");
+            return;
+        }
+        Ok(Err(e)) => {
             tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running configuration");
             return;
         }
@@ -344,6 +360,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         protect_probes: config.admin.protect_probes,
         store,
         declared: config.replicas.clone(),
+        dns_refresh: config.dns_refresh,
         config_path: args.config.clone(),
         health: config.health.clone(),
     };

@@ -46,6 +46,12 @@ pub enum Command {
     SetHealth { id: ReplicaId, health: Health },
     /// Changes the slow-start and fail-open settings.
     SetPolicy(Policy),
+    /// A replica's host name now resolves to `addr`: when that differs (or
+    /// it did not resolve before), the replica is replaced by a fresh one
+    /// at the new address under the same id and weight — requests in
+    /// flight to the old address finish, new ones go to the new one, which
+    /// ramps up under slow start. A draining replica keeps its address.
+    SetAddress { id: ReplicaId, addr: SocketAddr },
 }
 
 /// Why a command was refused.
@@ -206,6 +212,26 @@ impl State {
                     Outcome::Changed
                 }
             }
+            Command::SetAddress { id, addr } => {
+                let at = self.position(&id)?;
+                let replica = &self.replicas[at];
+                if (replica.resolved && replica.addr == addr)
+                    || replica.state == ReplicaState::Draining
+                {
+                    Outcome::NoChange
+                } else if let Some(other) =
+                    self.replicas.iter().find(|r| r.id != id && r.addr == addr)
+                {
+                    return Err(StateError::AddressExists {
+                        id: other.id.clone(),
+                        address: addr.to_string(),
+                    });
+                } else {
+                    let fresh = Replica::new(id, replica.address.clone(), addr, replica.weight);
+                    self.replicas[at] = fresh;
+                    Outcome::Changed
+                }
+            }
             Command::SetPolicy(policy) => {
                 if self.policy == policy {
                     Outcome::NoChange
@@ -296,6 +322,64 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight,
         }
+    }
+
+    #[test]
+    fn a_new_resolution_replaces_the_replica_unless_it_drains() {
+        let mut state = State::new(Routing::RoundRobin);
+        state.apply(Command::Add(spec("a", 1, 3))).unwrap();
+        let id = ReplicaId::new("a").unwrap();
+        let old_uid = state.replicas()[0].uid;
+        let same = SocketAddr::from(([127, 0, 0, 1], 1));
+        let moved = SocketAddr::from(([127, 0, 0, 1], 2));
+        assert_eq!(
+            state.apply(Command::SetAddress {
+                id: id.clone(),
+                addr: same
+            }),
+            Ok(Outcome::NoChange)
+        );
+        assert_eq!(
+            state.apply(Command::SetAddress {
+                id: id.clone(),
+                addr: moved
+            }),
+            Ok(Outcome::Changed)
+        );
+        let a = state.get(&id).unwrap();
+        assert_eq!((a.addr, a.weight), (moved, 3));
+        assert_ne!(
+            a.uid, old_uid,
+            "the old address's pooled connections must not be reused"
+        );
+        // An unresolved replica becomes routable once resolved.
+        let mut state = State::restore(
+            Routing::RoundRobin,
+            vec![Replica::unresolved(
+                id.clone(),
+                "model.internal:8000".into(),
+                1,
+            )],
+        );
+        assert!(!state.snapshot().has_routable());
+        state
+            .apply(Command::SetAddress {
+                id: id.clone(),
+                addr: moved,
+            })
+            .unwrap();
+        assert!(state.snapshot().has_routable());
+        // A draining replica keeps its address.
+        state
+            .apply(Command::SetState {
+                id: id.clone(),
+                state: ReplicaState::Draining,
+            })
+            .unwrap();
+        assert_eq!(
+            state.apply(Command::SetAddress { id, addr: same }),
+            Ok(Outcome::NoChange)
+        );
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub struct FileConfig {
     /// Active health checks.
     #[serde(default)]
     pub health: FileHealth,
+    /// Re-resolving replica host names.
+    #[serde(default)]
+    pub dns: FileDns,
     /// Passive outlier ejection.
     #[serde(default)]
     pub outlier: FileOutlier,
@@ -201,6 +204,16 @@ pub struct FileUpstream {
     /// `keepalive_timeout` in an upstream block). Keep it below the model
     /// server's own idle timeout.
     pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[dns]`: replica host names are resolved again on an interval, off the
+/// control thread; an address that changed is replaced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    /// How often replica host names are resolved again. Default 30 000
+    /// (nginx's `resolver valid=30s`); 0 turns re-resolution off.
+    pub refresh_interval_ms: Option<u64>,
 }
 
 /// `[health]`: active health checks (ALB target-group health checks).
@@ -524,6 +537,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Active health checks.
     pub health: HealthCheck,
+    /// How often replica host names are resolved again; `None` is off.
+    pub dns_refresh: Option<Duration>,
     /// Slow start and fail-open.
     pub policy: crate::replica_set::Policy,
 }
@@ -845,8 +860,14 @@ impl TryFrom<FileConfig> for Config {
             slow_start_ms: file.slow_start_ms.unwrap_or(0),
             fail_open: h.fail_open.unwrap_or(true),
         };
+        let dns_refresh = match file.dns.refresh_interval_ms {
+            None => Some(Duration::from_secs(30)),
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        };
         Ok(Self {
             health,
+            dns_refresh,
             policy,
             admin,
             proxy: ProxyConfig {

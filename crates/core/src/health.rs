@@ -54,24 +54,34 @@ impl Tracker {
     }
 }
 
-/// What an operator sees of a replica: draining wins, then an ejection,
-/// then a failing health check.
+/// What an operator sees of a replica: draining wins, then an unresolved
+/// name, then an ejection, then a failing health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaStatus {
     Active,
     Draining,
     Unhealthy,
     Ejected,
+    /// Its host name did not resolve; it is retried.
+    Unresolved,
 }
 
 impl ReplicaStatus {
     /// Every status, in the order metrics list them.
-    pub const ALL: [Self; 4] = [Self::Active, Self::Draining, Self::Unhealthy, Self::Ejected];
+    pub const ALL: [Self; 5] = [
+        Self::Active,
+        Self::Draining,
+        Self::Unhealthy,
+        Self::Ejected,
+        Self::Unresolved,
+    ];
 
     /// The status of `replica` at `now_ms`.
     pub fn of(replica: &Replica, now_ms: u64) -> Self {
         if replica.state == ReplicaState::Draining {
             Self::Draining
+        } else if !replica.resolved {
+            Self::Unresolved
         } else if replica.stats.is_ejected(now_ms) {
             Self::Ejected
         } else if replica.health == Health::Unhealthy {
@@ -88,6 +98,7 @@ impl ReplicaStatus {
             Self::Draining => "draining",
             Self::Unhealthy => "unhealthy",
             Self::Ejected => "ejected",
+            Self::Unresolved => "unresolved",
         }
     }
 }

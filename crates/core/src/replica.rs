@@ -422,6 +422,10 @@ pub struct Replica {
     pub health: Health,
     /// When (clock ms) the replica joined or recovered, for slow start.
     pub ramp_from_ms: u64,
+    /// Its host name resolved: false for a replica restored from the state
+    /// file whose name did not resolve at start. It takes no traffic (its
+    /// `addr` is a placeholder) and is retried by the resolver.
+    pub resolved: bool,
 }
 
 /// Active health-check verdict.
@@ -449,13 +453,26 @@ impl Replica {
             stats: Arc::default(),
             health: Health::Healthy,
             ramp_from_ms: crate::clock::now_ms(),
+            resolved: true,
+        }
+    }
+
+    /// A replica whose host name does not resolve yet: kept, shown, retried,
+    /// never routed to.
+    pub fn unresolved(id: ReplicaId, address: String, weight: u32) -> Self {
+        Self {
+            resolved: false,
+            ..Self::new(id, address, SocketAddr::from(([0, 0, 0, 0], 0)), weight)
         }
     }
 
     /// Whether the balancer may send it new requests (before dynamic
     /// penalties and ejections, and before failing open).
     pub fn is_routable(&self) -> bool {
-        self.state == ReplicaState::Active && self.weight > 0 && self.health == Health::Healthy
+        self.state == ReplicaState::Active
+            && self.weight > 0
+            && self.health == Health::Healthy
+            && self.resolved
     }
 
     /// The weight multiplier of slow start at `now_ms`: ramps linearly from a

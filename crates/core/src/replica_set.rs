@@ -52,7 +52,8 @@ impl ReplicaSet {
         policy: Policy,
         replicas: Vec<Replica>,
     ) -> Self {
-        let active = |r: &Replica| r.state == ReplicaState::Active && r.weight > 0;
+        // Failing open never reaches a replica whose name does not resolve.
+        let active = |r: &Replica| r.state == ReplicaState::Active && r.weight > 0 && r.resolved;
         let mut routable: Vec<bool> = replicas.iter().map(Replica::is_routable).collect();
         let failing_open =
             policy.fail_open && replicas.iter().any(active) && !routable.contains(&true);
