@@ -302,7 +302,8 @@ fn a_busy_default_admin_port_disables_the_admin_api_but_not_the_proxy() {
 fn the_systemd_unit_keeps_the_proxy_off_instance_metadata() {
     let unit = include_str!("../../../deploy/systemd/inferlb.service");
     assert!(
-        unit.lines().any(|l| l.trim() == "IPAddressDeny=169.254.169.254"),
+        unit.lines()
+            .any(|l| l.trim() == "IPAddressDeny=169.254.169.254"),
         "the unit no longer denies the instance metadata address"
     );
     // Persistence under systemd comes from the state directory it sets.
