@@ -608,6 +608,270 @@ pub fn replica_spec(field: &str, replica: &FileReplica) -> Result<ReplicaSpec, C
     })
 }
 
+// Each section of the file, validated on its own; `Config::try_from` joins them.
+
+fn timeouts(t: &FileTimeouts) -> Result<Timeouts, ConfigError> {
+    let td = Timeouts::default();
+    let timeouts = Timeouts {
+        client_header: millis(
+            "timeouts.client_header_timeout_ms",
+            t.client_header_timeout_ms,
+            td.client_header,
+        )?,
+        client_keepalive: millis(
+            "timeouts.client_keepalive_timeout_ms",
+            t.client_keepalive_timeout_ms,
+            td.client_keepalive,
+        )?,
+        upstream_connect: millis(
+            "timeouts.upstream_connect_timeout_ms",
+            t.upstream_connect_timeout_ms,
+            td.upstream_connect,
+        )?,
+        upstream_response: millis(
+            "timeouts.upstream_response_timeout_ms",
+            t.upstream_response_timeout_ms,
+            td.upstream_response,
+        )?,
+        body_read: millis(
+            "timeouts.body_read_timeout_ms",
+            t.body_read_timeout_ms,
+            td.body_read,
+        )?,
+        upstream_write: millis(
+            "timeouts.upstream_write_timeout_ms",
+            t.upstream_write_timeout_ms.or(t.body_read_timeout_ms),
+            td.upstream_write,
+        )?,
+        shutdown_drain: millis(
+            "timeouts.shutdown_drain_timeout_ms",
+            t.shutdown_drain_timeout_ms,
+            td.shutdown_drain,
+        )?,
+    };
+    Ok(timeouts)
+}
+
+fn limits(l: &FileLimits) -> Result<Limits, ConfigError> {
+    let ld = Limits::default();
+    let limits = Limits {
+        max_request_head_bytes: count(
+            "limits.max_request_head_bytes",
+            l.max_request_head_bytes,
+            ld.max_request_head_bytes,
+            1024,
+            1024 * 1024,
+        )?,
+        max_headers: count(
+            "limits.max_headers",
+            l.max_headers,
+            ld.max_headers,
+            8,
+            MAX_HEADERS_CAP,
+        )?,
+        max_request_body_bytes: l.max_request_body_bytes.filter(|&n| n > 0),
+        max_connections_per_worker: count(
+            "limits.max_connections_per_worker",
+            l.max_connections_per_worker,
+            ld.max_connections_per_worker,
+            1,
+            10_000_000,
+        )?,
+        max_connect_attempts: count(
+            "limits.max_connect_attempts",
+            l.max_connect_attempts,
+            ld.max_connect_attempts,
+            1,
+            16,
+        )?,
+        max_chunk_extension_bytes: count(
+            "limits.max_chunk_extension_bytes",
+            l.max_chunk_extension_bytes,
+            ld.max_chunk_extension_bytes,
+            0,
+            1024 * 1024,
+        )?,
+    };
+    Ok(limits)
+}
+
+fn upstream(u: &FileUpstream) -> Result<Upstream, ConfigError> {
+    let ud = Upstream::default();
+    let upstream = Upstream {
+        max_idle_per_replica: count(
+            "upstream.max_idle_per_replica",
+            u.max_idle_per_replica,
+            ud.max_idle_per_replica,
+            0,
+            100_000,
+        )?,
+        idle_timeout: millis(
+            "upstream.idle_timeout_ms",
+            u.idle_timeout_ms,
+            ud.idle_timeout,
+        )?,
+    };
+    Ok(upstream)
+}
+
+fn trusted_proxies(list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    let trusted_proxies = list
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse::<Cidr>()
+                .map_err(|reason| ConfigError::invalid(format!("trusted_proxies[{i}]"), reason))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(trusted_proxies)
+}
+
+fn replicas(list: &[FileReplica]) -> Result<Vec<ReplicaSpec>, ConfigError> {
+    let mut replicas: Vec<ReplicaSpec> = Vec::with_capacity(list.len());
+    for (i, replica) in list.iter().enumerate() {
+        let field = format!("replicas[{i}]");
+        let spec = replica_spec(&field, replica)?;
+        if replicas.iter().any(|r| r.id == spec.id) {
+            return Err(ConfigError::invalid(
+                format!("{field}.id"),
+                format!("id {} is used twice", spec.id),
+            ));
+        }
+        if replicas.iter().any(|r| r.addr == spec.addr) {
+            return Err(ConfigError::invalid(
+                format!("{field}.address"),
+                format!("address {} is used twice", spec.address),
+            ));
+        }
+        replicas.push(spec);
+    }
+    Ok(replicas)
+}
+
+fn admin(a: &FileAdmin) -> Result<AdminConfig, ConfigError> {
+    let admin_listen = match &a.listen {
+        None => AdminConfig::default().listen,
+        Some(text) => text.parse().map_err(|_| {
+            ConfigError::invalid(
+                "admin.listen",
+                format!("{text:?} is not ip:port (e.g. 127.0.0.1:9090)"),
+            )
+        })?,
+    };
+    let admin = AdminConfig {
+        listen: admin_listen,
+        token_file: a.token_file.as_ref().map(std::path::PathBuf::from),
+        protect_probes: a.protect_probes.unwrap_or(false),
+        state_file: a.state_file.as_ref().map(std::path::PathBuf::from),
+        listen_given: a.listen.is_some(),
+    };
+    Ok(admin)
+}
+
+fn health(h: &FileHealth) -> Result<HealthCheck, ConfigError> {
+    let hd = HealthCheck::default();
+    let path = h.path.clone().unwrap_or(hd.path.clone());
+    if !path.starts_with('/')
+        || path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(ConfigError::invalid(
+            "health.path",
+            format!("{path:?} must start with '/' and have no spaces"),
+        ));
+    }
+    let health = HealthCheck {
+        enabled: h.enabled.unwrap_or(true),
+        path,
+        interval: millis("health.interval_ms", h.interval_ms, hd.interval)?,
+        timeout: millis("health.timeout_ms", h.timeout_ms, hd.timeout)?,
+        healthy_threshold: count(
+            "health.healthy_threshold",
+            h.healthy_threshold.map(|v| v as usize),
+            2,
+            1,
+            10,
+        )? as u32,
+        unhealthy_threshold: count(
+            "health.unhealthy_threshold",
+            h.unhealthy_threshold.map(|v| v as usize),
+            2,
+            1,
+            10,
+        )? as u32,
+    };
+    if health.timeout >= health.interval {
+        return Err(ConfigError::invalid(
+            "health.timeout_ms",
+            "must be below health.interval_ms",
+        ));
+    }
+    Ok(health)
+}
+
+fn outlier(o: &FileOutlier) -> Result<crate::outlier::Ejection, ConfigError> {
+    let od = crate::outlier::Ejection::default();
+    let outlier = crate::outlier::Ejection {
+        consecutive_failures: o.consecutive_failures.unwrap_or(od.consecutive_failures),
+        base_ms: millis(
+            "outlier.base_ejection_ms",
+            o.base_ejection_ms,
+            Duration::from_millis(od.base_ms),
+        )?
+        .as_millis() as u64,
+        max_ms: millis(
+            "outlier.max_ejection_ms",
+            o.max_ejection_ms,
+            Duration::from_millis(od.max_ms),
+        )?
+        .as_millis() as u64,
+        max_percent: count(
+            "outlier.max_ejection_percent",
+            o.max_ejection_percent.map(|v| v as usize),
+            od.max_percent as usize,
+            0,
+            100,
+        )? as u64,
+    };
+    Ok(outlier)
+}
+
+fn retries(r: &FileRetries) -> Result<Retries, ConfigError> {
+    let rd = Retries::default();
+    let retries = Retries {
+        max_retries: count(
+            "retries.max_retries",
+            r.max_retries.map(|v| v as usize),
+            rd.max_retries as usize,
+            0,
+            10,
+        )? as u32,
+        budget_percent: count(
+            "retries.budget_percent",
+            r.budget_percent.map(|v| v as usize),
+            rd.budget_percent as usize,
+            0,
+            100,
+        )? as u64,
+        budget_window_ms: millis(
+            "retries.budget_window_ms",
+            r.budget_window_ms,
+            Duration::from_millis(rd.budget_window_ms),
+        )?
+        .as_millis() as u64,
+        max_replay_body_bytes: count(
+            "retries.max_replay_body_bytes",
+            r.max_replay_body_bytes,
+            rd.max_replay_body_bytes,
+            0,
+            16 * 1024 * 1024,
+        )?,
+        non_idempotent: r.non_idempotent.unwrap_or(false),
+    };
+    Ok(retries)
+}
+
 impl TryFrom<FileConfig> for Config {
     type Error = ConfigError;
 
@@ -622,243 +886,11 @@ impl TryFrom<FileConfig> for Config {
                 )
             })?,
         };
-        let t = &file.timeouts;
-        let td = Timeouts::default();
-        let timeouts = Timeouts {
-            client_header: millis(
-                "timeouts.client_header_timeout_ms",
-                t.client_header_timeout_ms,
-                td.client_header,
-            )?,
-            client_keepalive: millis(
-                "timeouts.client_keepalive_timeout_ms",
-                t.client_keepalive_timeout_ms,
-                td.client_keepalive,
-            )?,
-            upstream_connect: millis(
-                "timeouts.upstream_connect_timeout_ms",
-                t.upstream_connect_timeout_ms,
-                td.upstream_connect,
-            )?,
-            upstream_response: millis(
-                "timeouts.upstream_response_timeout_ms",
-                t.upstream_response_timeout_ms,
-                td.upstream_response,
-            )?,
-            body_read: millis(
-                "timeouts.body_read_timeout_ms",
-                t.body_read_timeout_ms,
-                td.body_read,
-            )?,
-            upstream_write: millis(
-                "timeouts.upstream_write_timeout_ms",
-                t.upstream_write_timeout_ms.or(t.body_read_timeout_ms),
-                td.upstream_write,
-            )?,
-            shutdown_drain: millis(
-                "timeouts.shutdown_drain_timeout_ms",
-                t.shutdown_drain_timeout_ms,
-                td.shutdown_drain,
-            )?,
-        };
-        let l = &file.limits;
-        let ld = Limits::default();
-        let limits = Limits {
-            max_request_head_bytes: count(
-                "limits.max_request_head_bytes",
-                l.max_request_head_bytes,
-                ld.max_request_head_bytes,
-                1024,
-                1024 * 1024,
-            )?,
-            max_headers: count(
-                "limits.max_headers",
-                l.max_headers,
-                ld.max_headers,
-                8,
-                MAX_HEADERS_CAP,
-            )?,
-            max_request_body_bytes: l.max_request_body_bytes.filter(|&n| n > 0),
-            max_connections_per_worker: count(
-                "limits.max_connections_per_worker",
-                l.max_connections_per_worker,
-                ld.max_connections_per_worker,
-                1,
-                10_000_000,
-            )?,
-            max_connect_attempts: count(
-                "limits.max_connect_attempts",
-                l.max_connect_attempts,
-                ld.max_connect_attempts,
-                1,
-                16,
-            )?,
-            max_chunk_extension_bytes: count(
-                "limits.max_chunk_extension_bytes",
-                l.max_chunk_extension_bytes,
-                ld.max_chunk_extension_bytes,
-                0,
-                1024 * 1024,
-            )?,
-        };
-        let u = &file.upstream;
-        let ud = Upstream::default();
-        let upstream = Upstream {
-            max_idle_per_replica: count(
-                "upstream.max_idle_per_replica",
-                u.max_idle_per_replica,
-                ud.max_idle_per_replica,
-                0,
-                100_000,
-            )?,
-            idle_timeout: millis(
-                "upstream.idle_timeout_ms",
-                u.idle_timeout_ms,
-                ud.idle_timeout,
-            )?,
-        };
         let workers = count("workers", file.workers, 0, 0, 1024)?;
-        let trusted_proxies = file
-            .trusted_proxies
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                text.parse::<Cidr>()
-                    .map_err(|reason| ConfigError::invalid(format!("trusted_proxies[{i}]"), reason))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut replicas: Vec<ReplicaSpec> = Vec::with_capacity(file.replicas.len());
-        for (i, replica) in file.replicas.iter().enumerate() {
-            let field = format!("replicas[{i}]");
-            let spec = replica_spec(&field, replica)?;
-            if replicas.iter().any(|r| r.id == spec.id) {
-                return Err(ConfigError::invalid(
-                    format!("{field}.id"),
-                    format!("id {} is used twice", spec.id),
-                ));
-            }
-            if replicas.iter().any(|r| r.addr == spec.addr) {
-                return Err(ConfigError::invalid(
-                    format!("{field}.address"),
-                    format!("address {} is used twice", spec.address),
-                ));
-            }
-            replicas.push(spec);
-        }
-        let admin_listen = match &file.admin.listen {
-            None => AdminConfig::default().listen,
-            Some(text) => text.parse().map_err(|_| {
-                ConfigError::invalid(
-                    "admin.listen",
-                    format!("{text:?} is not ip:port (e.g. 127.0.0.1:9090)"),
-                )
-            })?,
-        };
-        let admin = AdminConfig {
-            listen: admin_listen,
-            token_file: file.admin.token_file.as_ref().map(std::path::PathBuf::from),
-            protect_probes: file.admin.protect_probes.unwrap_or(false),
-            state_file: file.admin.state_file.as_ref().map(std::path::PathBuf::from),
-            listen_given: file.admin.listen.is_some(),
-        };
-        let h = &file.health;
-        let hd = HealthCheck::default();
-        let path = h.path.clone().unwrap_or(hd.path.clone());
-        if !path.starts_with('/')
-            || path
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(ConfigError::invalid(
-                "health.path",
-                format!("{path:?} must start with '/' and have no spaces"),
-            ));
-        }
-        let health = HealthCheck {
-            enabled: h.enabled.unwrap_or(true),
-            path,
-            interval: millis("health.interval_ms", h.interval_ms, hd.interval)?,
-            timeout: millis("health.timeout_ms", h.timeout_ms, hd.timeout)?,
-            healthy_threshold: count(
-                "health.healthy_threshold",
-                h.healthy_threshold.map(|v| v as usize),
-                2,
-                1,
-                10,
-            )? as u32,
-            unhealthy_threshold: count(
-                "health.unhealthy_threshold",
-                h.unhealthy_threshold.map(|v| v as usize),
-                2,
-                1,
-                10,
-            )? as u32,
-        };
-        if health.timeout >= health.interval {
-            return Err(ConfigError::invalid(
-                "health.timeout_ms",
-                "must be below health.interval_ms",
-            ));
-        }
-        let o = &file.outlier;
-        let od = crate::outlier::Ejection::default();
-        let outlier = crate::outlier::Ejection {
-            consecutive_failures: o.consecutive_failures.unwrap_or(od.consecutive_failures),
-            base_ms: millis(
-                "outlier.base_ejection_ms",
-                o.base_ejection_ms,
-                Duration::from_millis(od.base_ms),
-            )?
-            .as_millis() as u64,
-            max_ms: millis(
-                "outlier.max_ejection_ms",
-                o.max_ejection_ms,
-                Duration::from_millis(od.max_ms),
-            )?
-            .as_millis() as u64,
-            max_percent: count(
-                "outlier.max_ejection_percent",
-                o.max_ejection_percent.map(|v| v as usize),
-                od.max_percent as usize,
-                0,
-                100,
-            )? as u64,
-        };
-        let r = &file.retries;
-        let rd = Retries::default();
-        let retries = Retries {
-            max_retries: count(
-                "retries.max_retries",
-                r.max_retries.map(|v| v as usize),
-                rd.max_retries as usize,
-                0,
-                10,
-            )? as u32,
-            budget_percent: count(
-                "retries.budget_percent",
-                r.budget_percent.map(|v| v as usize),
-                rd.budget_percent as usize,
-                0,
-                100,
-            )? as u64,
-            budget_window_ms: millis(
-                "retries.budget_window_ms",
-                r.budget_window_ms,
-                Duration::from_millis(rd.budget_window_ms),
-            )?
-            .as_millis() as u64,
-            max_replay_body_bytes: count(
-                "retries.max_replay_body_bytes",
-                r.max_replay_body_bytes,
-                rd.max_replay_body_bytes,
-                0,
-                16 * 1024 * 1024,
-            )?,
-            non_idempotent: r.non_idempotent.unwrap_or(false),
-        };
+        let health = health(&file.health)?;
         let policy = crate::replica_set::Policy {
             slow_start_ms: file.slow_start_ms.unwrap_or(0),
-            fail_open: h.fail_open.unwrap_or(true),
+            fail_open: file.health.fail_open.unwrap_or(true),
         };
         let dns_refresh = match file.dns.refresh_interval_ms {
             None => Some(Duration::from_secs(30)),
@@ -869,22 +901,22 @@ impl TryFrom<FileConfig> for Config {
             health,
             dns_refresh,
             policy,
-            admin,
+            admin: admin(&file.admin)?,
             proxy: ProxyConfig {
                 listen,
                 workers,
                 io_driver: file.io_driver.unwrap_or_default(),
                 cpu_pinning: file.cpu_pinning.unwrap_or(false),
-                timeouts,
-                limits,
-                upstream,
-                retries,
-                outlier,
-                trusted_proxies,
+                timeouts: timeouts(&file.timeouts)?,
+                limits: limits(&file.limits)?,
+                upstream: upstream(&file.upstream)?,
+                retries: retries(&file.retries)?,
+                outlier: outlier(&file.outlier)?,
+                trusted_proxies: trusted_proxies(&file.trusted_proxies)?,
                 underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
             },
             routing: file.routing.unwrap_or_default(),
-            replicas,
+            replicas: replicas(&file.replicas)?,
         })
     }
 }
