@@ -137,7 +137,7 @@ impl From<&Replica> for ReplicaView {
                 "unresolved".to_owned()
             },
             weight: r.weight,
-            state: crate::health::effective_state(r, inferlb_core::clock::now_ms())
+            state: inferlb_core::ReplicaStatus::of(r, inferlb_core::clock::now_ms())
                 .as_str()
                 .to_owned(),
             in_flight: s.in_flight(),

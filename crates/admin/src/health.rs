@@ -8,16 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inferlb_core::config::HealthCheck;
-use inferlb_core::{Command, Health, Replica, ReplicaStatus, Thresholds, Tracker};
+use inferlb_core::{Command, Health, Thresholds, Tracker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::control::Control;
-
-/// The state an operator sees (see [`ReplicaStatus::of`]).
-pub fn effective_state(r: &Replica, now_ms: u64) -> ReplicaStatus {
-    ReplicaStatus::of(r, now_ms)
-}
 
 /// One check: a GET of `path` answered 200–399 within `timeout`.
 pub async fn check(addr: SocketAddr, path: &str, timeout: Duration) -> bool {

@@ -181,7 +181,7 @@ impl Collector for Source {
         )?;
         let now = inferlb_core::clock::now_ms();
         for r in replicas {
-            let current = crate::health::effective_state(r, now);
+            let current = inferlb_core::ReplicaStatus::of(r, now);
             for state in inferlb_core::ReplicaStatus::ALL {
                 let mut labels = id(r);
                 labels.push(("state", Cow::Borrowed(state.as_str())));

@@ -76,7 +76,7 @@ async fn checks_flip_health_both_ways_and_fail_open() {
         assert_eq!(picked.id.as_str(), "good");
     }
     assert_eq!(
-        inferlb_admin::health::effective_state(&snapshot.replicas()[1], 0),
+        inferlb_core::ReplicaStatus::of(&snapshot.replicas()[1], 0),
         inferlb_core::ReplicaStatus::Unhealthy
     );
 

@@ -20,6 +20,10 @@ struct App {
 }
 
 fn app_with(token: Option<&str>, store: Option<StateFile>) -> App {
+    app_with_probes(token, store, false)
+}
+
+fn app_with_probes(token: Option<&str>, store: Option<StateFile>, protect_probes: bool) -> App {
     let state = State::new(Routing::RoundRobin);
     let snapshots = Snapshots::new(state.snapshot());
     let control = Arc::new(Control::new(state, snapshots, store));
@@ -35,7 +39,7 @@ fn app_with(token: Option<&str>, store: Option<StateFile>) -> App {
         Arc::clone(&control),
         data_plane,
         token.map(str::to_owned),
-        false,
+        protect_probes,
     );
     App {
         router: inferlb_admin::router(state.clone()),
@@ -555,23 +559,9 @@ async fn without_a_token_only_loopback_hosts_are_served() {
 
 #[tokio::test]
 async fn protected_probes_protect_the_openapi_document_too() {
-    let state = State::new(Routing::RoundRobin);
-    let snapshots = Snapshots::new(state.snapshot());
-    let control = Arc::new(Control::new(state, snapshots, None));
-    let data_plane = DataPlane {
-        workers: 1,
-        io_driver: "io_uring".into(),
-        worker_stats: Vec::new(),
-    };
-    let router = inferlb_admin::router(AppState::new(
-        control,
-        data_plane,
-        Some("s3cret".into()),
-        true,
-    ));
+    let app = app_with_probes(Some("s3cret"), None, true);
     for path in ["/openapi.json", "/metrics", "/healthz"] {
-        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
-        let status = router.clone().oneshot(request).await.unwrap().status();
+        let (status, _) = call_raw(&app, Method::GET, path, None, "", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
     }
 }

@@ -434,6 +434,18 @@ fn answered_by(listen: SocketAddr) -> String {
     resp.header("x-replica").unwrap_or("?").to_owned()
 }
 
+/// Adds a replica through the admin API; it must be accepted.
+fn add_replica(admin: SocketAddr, id: &str, addr: SocketAddr) {
+    let body = format!(r#"{{"address": "{addr}", "id": "{id}"}}"#);
+    let (status, _) = call(admin, "POST", "/v1/replicas", Some(&body), None);
+    assert_eq!(status, 201);
+}
+
+/// The id a replica gets from its address (`127.0.0.1:9` → `127.0.0.1-9`).
+fn id_of(addr: SocketAddr) -> String {
+    addr.to_string().replace(':', "-")
+}
+
 #[test]
 fn a_second_run_in_the_same_directory_serves_what_it_declares() {
     let a = FakeReplica::builder().name("A").start().unwrap();
@@ -444,14 +456,7 @@ fn a_second_run_in_the_same_directory_serves_what_it_declares() {
         let server = serve_in(&dir, &[a.addr()], &[]);
         assert_eq!(answered_by(server.listen), "A");
         // A runtime change, kept in memory only: no --state-file here.
-        let (status, _) = call(
-            server.admin,
-            "POST",
-            "/v1/replicas",
-            Some(&format!(r#"{{"address": "{}", "id": "c"}}"#, c.addr())),
-            None,
-        );
-        assert_eq!(status, 201);
+        add_replica(server.admin, "c", c.addr());
     }
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
@@ -459,10 +464,7 @@ fn a_second_run_in_the_same_directory_serves_what_it_declares() {
         "a run without --state-file wrote into its working directory"
     );
     let server = serve_in(&dir, &[b.addr()], &[]);
-    assert_eq!(
-        ids(server.admin),
-        vec![format!("{}", b.addr()).replace(':', "-")]
-    );
+    assert_eq!(ids(server.admin), vec![id_of(b.addr())]);
     assert_eq!(answered_by(server.listen), "B");
 }
 
@@ -474,24 +476,17 @@ fn runtime_changes_persist_on_top_of_what_is_declared() {
     let dir = temp_dir("overlay");
     let state = dir.join("state.json");
     let state_arg = state.to_string_lossy().into_owned();
-    let a_id = a.addr().to_string().replace(':', "-");
+    let a_id = id_of(a.addr());
     {
         let server = serve_in(&dir, &[a.addr()], &["--state-file", &state_arg]);
-        let (status, _) = call(
-            server.admin,
-            "POST",
-            "/v1/replicas",
-            Some(&format!(r#"{{"address": "{}", "id": "c"}}"#, c.addr())),
-            None,
-        );
-        assert_eq!(status, 201);
+        add_replica(server.admin, "c", c.addr());
     }
     // A different declared list: B is served, with the runtime add kept.
     {
         let server = serve_in(&dir, &[b.addr()], &["--state-file", &state_arg]);
         let mut listed = ids(server.admin);
         listed.sort();
-        let mut expected = vec![b.addr().to_string().replace(':', "-"), "c".to_owned()];
+        let mut expected = vec![id_of(b.addr()), "c".to_owned()];
         expected.sort();
         assert_eq!(listed, expected);
     }
