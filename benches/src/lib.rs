@@ -35,6 +35,7 @@ pub fn state_with(n: usize, routing: Routing) -> State {
             address: addr.to_string(),
             addr,
             weight: 1 + (i % 10) as u32,
+            pool: Default::default(),
         };
         state.apply(Command::Add(spec)).expect("distinct replicas");
     }

@@ -9,9 +9,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use inferlb_core::config::{replica_spec, FileReplica};
+use inferlb_core::config::{replica_spec_in, FileReplica};
 use inferlb_core::replica::check_weight;
-use inferlb_core::{Command, Replica, ReplicaId, ReplicaState, StatusClass, WorkerStats};
+use inferlb_core::{
+    Command, PoolName, PoolSpec, Replica, ReplicaId, ReplicaState, Routing, StatusClass,
+    WorkerStats,
+};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -39,7 +42,7 @@ pub struct DataPlane {
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    control: Arc<Control>,
+    pub(crate) control: Arc<Control>,
     data_plane: DataPlane,
     token: Option<Arc<str>>,
     started: Instant,
@@ -80,6 +83,8 @@ pub struct ReplicaView {
     pub address: String,
     /// The address connections go to.
     pub resolved: String,
+    /// The pool (model) it serves.
+    pub pool: String,
     /// Relative share of new requests, 0..=1000.
     pub weight: u32,
     /// `active`, `draining`, `unhealthy` (failing its health checks) or
@@ -99,6 +104,24 @@ pub struct ReplicaView {
     pub added_at: String,
     /// While draining: when it is removed even with requests in flight.
     pub drain_deadline: Option<String>,
+    /// The load its model server last reported (engine metrics), if scraped.
+    pub engine: Option<EngineView>,
+}
+
+/// A replica's engine load, from its Prometheus metrics.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EngineView {
+    /// Requests waiting in the engine's queue.
+    pub waiting: f64,
+    /// Requests running.
+    pub running: f64,
+    /// KV-cache usage, 0 to 1.
+    pub kv_usage: f64,
+    /// Milliseconds since the scrape.
+    pub age_ms: u64,
+    /// Recent enough to route on (4 scrape intervals); otherwise routing
+    /// uses inferlb's own in-flight count.
+    pub fresh: bool,
 }
 
 /// Responses by status class.
@@ -152,6 +175,17 @@ impl From<&Replica> for ReplicaView {
             connect_errors: s.connect_errors(),
             added_at: rfc3339(r.added_at),
             drain_deadline: r.drain_deadline.map(rfc3339),
+            pool: r.pool.to_string(),
+            engine: s.engine_last().map(|(load, at)| {
+                let now = inferlb_core::clock::now_ms();
+                EngineView {
+                    waiting: load.waiting,
+                    running: load.running,
+                    kv_usage: load.kv_usage,
+                    age_ms: now.saturating_sub(at),
+                    fresh: s.engine(now).is_some(),
+                }
+            }),
         }
     }
 }
@@ -166,6 +200,9 @@ pub struct NewReplica {
     pub weight: Option<u64>,
     /// `[A-Za-z0-9._-]{1,64}`; default derived from the address.
     pub id: Option<String>,
+    /// The pool (model) it serves; default `default`. A pool that does not
+    /// exist yet is created with default settings.
+    pub pool: Option<String>,
 }
 
 /// A change to one replica (`PATCH /v1/replicas/{id}`).
@@ -187,11 +224,32 @@ pub struct ReplicaPatch {
 pub enum ReplicaList {
     /// `[{"address": ...}, ...]`
     Bare(Vec<NewReplica>),
-    /// `{"replicas": [{"address": ...}, ...]}`
+    /// `{"replicas": [...], "pools": [{"name": ..., "replicas": [...]}]}`
     Wrapped {
-        /// The replicas.
+        /// The replicas (each may name its `pool`).
+        #[serde(default)]
         replicas: Vec<NewReplica>,
+        /// When given, the pool declarations become exactly these (and
+        /// their replicas are added to the list).
+        pools: Option<Vec<NewPool>>,
     },
+}
+
+/// A pool declaration in `PUT /v1/replicas`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPool {
+    /// The model name clients send: `[A-Za-z0-9._:-]{1,128}`.
+    pub name: String,
+    /// Other names of the model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The pool's routing rule; default: the top-level one.
+    #[schema(value_type = Option<String>, example = "prefix")]
+    pub routing: Option<Routing>,
+    /// Its replicas (their `pool` is this one).
+    #[serde(default)]
+    pub replicas: Vec<NewReplica>,
 }
 
 /// What `PUT /v1/replicas` changed.
@@ -239,6 +297,8 @@ pub struct Status {
     pub replicas: usize,
     /// Replicas taking new requests.
     pub routable: usize,
+    /// Pools (models).
+    pub pools: usize,
     /// Open client connections over all workers.
     pub open_connections: u64,
 }
@@ -256,20 +316,32 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
     }
 }
 
-fn parse_id(id: &str) -> Result<ReplicaId, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<ReplicaId, ApiError> {
     ReplicaId::new(id).map_err(|_| ApiError::NotFound(format!("no replica has id {id:?}")))
+}
+
+/// A pool name from a request, or 400 saying what is wrong with it.
+pub(crate) fn parse_pool(field: &str, name: &str) -> Result<PoolName, ApiError> {
+    PoolName::new(name).map_err(|e| ApiError::BadRequest(format!("{field}: {e}")))
 }
 
 /// Validates a new replica, resolving its name on the blocking pool so a
 /// slow resolver holds up this request only, never the control thread.
-async fn spec_of(field: &str, new: &NewReplica) -> Result<inferlb_core::ReplicaSpec, ApiError> {
+pub(crate) async fn spec_of(
+    field: &str,
+    new: &NewReplica,
+) -> Result<inferlb_core::ReplicaSpec, ApiError> {
+    let pool = match &new.pool {
+        Some(name) => parse_pool(&format!("{field}.pool"), name)?,
+        None => PoolName::default_pool(),
+    };
     let file = FileReplica {
         address: new.address.clone(),
         weight: new.weight,
         id: new.id.clone(),
     };
     let field = field.to_owned();
-    tokio::task::spawn_blocking(move || replica_spec(&field, &file))
+    tokio::task::spawn_blocking(move || replica_spec_in(&field, &file, pool))
         .await
         .map_err(|e| ApiError::Internal(format!("resolver task failed: {e}")))?
         .map_err(|e| ApiError::BadRequest(e.to_string()))
@@ -291,7 +363,12 @@ async fn add_replica(
     State(app): State<AppState>,
     ApiJson(new): ApiJson<NewReplica>,
 ) -> Result<Response, ApiError> {
-    let spec = spec_of("replica", &new).await?;
+    add(&app, &new).await
+}
+
+/// Adds a replica and answers 201 with it.
+pub(crate) async fn add(app: &AppState, new: &NewReplica) -> Result<Response, ApiError> {
+    let spec = spec_of("replica", new).await?;
     let id = spec.id.clone();
     app.control.apply_one(Command::Add(spec)).await?;
     let snapshot = app.control.snapshot();
@@ -423,26 +500,77 @@ async fn replace_replicas(
     State(app): State<AppState>,
     ApiJson(list): ApiJson<ReplicaList>,
 ) -> Result<Json<ReplaceResult>, ApiError> {
-    let entries = match list {
-        ReplicaList::Bare(v) | ReplicaList::Wrapped { replicas: v } => v,
+    let (entries, pools) = match list {
+        ReplicaList::Bare(v) => (v, None),
+        ReplicaList::Wrapped { replicas, pools } => (replicas, pools),
     };
-    let mut desired = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let spec = spec_of(&format!("replicas[{i}]"), entry).await?;
+    let mut listed: Vec<(String, NewReplica)> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (format!("replicas[{i}]"), e))
+        .collect();
+    let mut pool_specs = Vec::new();
+    for (p, pool) in pools.iter().flatten().enumerate() {
+        let name = parse_pool(&format!("pools[{p}].name"), &pool.name)?;
+        for (i, alias) in pool.aliases.iter().enumerate() {
+            inferlb_core::pool::check_alias(alias)
+                .map_err(|e| ApiError::BadRequest(format!("pools[{p}].aliases[{i}]: {e}")))?;
+        }
+        if pool_specs.iter().any(|s: &PoolSpec| s.name == name) {
+            return Err(ApiError::BadRequest(format!(
+                "pools[{p}]: pool {name} is listed twice"
+            )));
+        }
+        // Settings the API does not carry (prefix, weights, engine metrics)
+        // are kept from the current declaration.
+        let mut spec = app
+            .control
+            .state()
+            .await
+            .pool(&name)
+            .cloned()
+            .unwrap_or_else(|| PoolSpec::named(name.clone()));
+        spec.aliases = pool.aliases.clone();
+        spec.routing = pool.routing;
+        pool_specs.push(spec);
+        for (i, replica) in pool.replicas.iter().enumerate() {
+            let field = format!("pools[{p}].replicas[{i}]");
+            if replica.pool.as_ref().is_some_and(|n| n != &pool.name) {
+                return Err(ApiError::BadRequest(format!(
+                    "{field}.pool: a replica listed under pool {} cannot name another pool",
+                    pool.name
+                )));
+            }
+            let mut replica = replica.clone();
+            replica.pool = Some(pool.name.clone());
+            listed.push((field, replica));
+        }
+    }
+    let mut desired = Vec::with_capacity(listed.len());
+    for (field, entry) in &listed {
+        let spec = spec_of(field, entry).await?;
         if desired
             .iter()
             .any(|d: &inferlb_core::ReplicaSpec| d.id == spec.id || d.addr == spec.addr)
         {
             return Err(ApiError::BadRequest(format!(
-                "replicas[{i}]: {} is listed twice",
+                "{field}: {} is listed twice",
                 spec.address
             )));
         }
         desired.push(spec);
     }
+    let converge_pools = pools.is_some();
     let commands = app
         .control
-        .converge(SystemTime::now() + DEFAULT_DRAIN, |_| (desired, Vec::new()))
+        .converge(SystemTime::now() + DEFAULT_DRAIN, |state| {
+            let extra = if converge_pools {
+                state.diff_pools(&pool_specs)
+            } else {
+                Vec::new()
+            };
+            (desired, extra)
+        })
         .await?;
     let (mut added, mut drained, mut updated) = (Vec::new(), Vec::new(), Vec::new());
     for command in &commands {
@@ -456,7 +584,11 @@ async fn replace_replicas(
             }
             Command::Remove { id } => drained.push(id.to_string()),
             Command::SetAddress { id, .. } => updated.push(id.to_string()),
-            Command::SetRouting(_) | Command::SetHealth { .. } | Command::SetPolicy(_) => {}
+            Command::SetRouting(_)
+            | Command::SetHealth { .. }
+            | Command::SetPolicy(_)
+            | Command::SetPool(_)
+            | Command::RemovePool { .. } => {}
         }
     }
     app.control.reap_drained().await?;
@@ -492,6 +624,7 @@ async fn status(State(app): State<AppState>) -> Json<Status> {
             .iter()
             .filter(|r| r.is_routable())
             .count(),
+        pools: snapshot.pools().len(),
         open_connections: app
             .data_plane
             .worker_stats
@@ -626,6 +759,9 @@ fn routers(app: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::opena
         .routes(routes!(list_replicas, add_replica, replace_replicas))
         .routes(routes!(get_replica, delete_replica, patch_replica))
         .routes(routes!(status))
+        .routes(routes!(crate::pools::list_pools))
+        .routes(routes!(crate::pools::get_pool))
+        .routes(routes!(crate::pools::add_pool_replica))
         .split_for_parts();
     let (probes, probes_doc) = OpenApiRouter::new()
         .routes(routes!(healthz))

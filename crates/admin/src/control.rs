@@ -19,7 +19,7 @@ use inferlb_core::{
 };
 use tokio::sync::Mutex;
 
-use crate::persist::{PersistError, StateFile};
+use crate::persist::{Declared, PersistError, StateFile};
 
 /// Why a change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +44,9 @@ pub struct Control {
     state: Mutex<State>,
     snapshots: Snapshots,
     store: Option<StateFile>,
-    /// The declared replica list (config file and flags) the state was
-    /// built from; the state file records what differs from it.
-    declared: std::sync::Mutex<Vec<ReplicaSpec>>,
+    /// The declared replicas and pools (config file and flags) the state
+    /// was built from; the state file records what differs from them.
+    declared: std::sync::Mutex<Declared>,
 }
 
 impl Control {
@@ -61,13 +61,13 @@ impl Control {
         }
     }
 
-    /// Records the declared replica list (at start, and on each reload).
-    pub fn set_declared(&self, declared: Vec<ReplicaSpec>) {
+    /// Records what is declared (at start, and on each reload).
+    pub fn set_declared(&self, declared: Declared) {
         *self.declared.lock().unwrap_or_else(|e| e.into_inner()) = declared;
     }
 
-    /// The declared replica list.
-    pub fn declared(&self) -> Vec<ReplicaSpec> {
+    /// What is declared.
+    pub fn declared(&self) -> Declared {
         self.declared
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -104,8 +104,13 @@ impl From<ControlError> for ApiError {
             ControlError::State(StateError::NotFound { id }) => {
                 Self::NotFound(format!("no replica has id {id}"))
             }
+            ControlError::State(StateError::PoolNotFound { name }) => {
+                Self::NotFound(format!("no pool is named {name}"))
+            }
             ControlError::State(
-                e @ (StateError::IdExists { .. } | StateError::AddressExists { .. }),
+                e @ (StateError::IdExists { .. }
+                | StateError::AddressExists { .. }
+                | StateError::AliasTaken { .. }),
             ) => Self::Conflict(e.to_string()),
             ControlError::Persist(e) => Self::Persist(e.to_string()),
         }

@@ -19,10 +19,12 @@
 pub mod api;
 pub mod control;
 pub mod dns;
+pub mod engine;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod persist;
+pub mod pools;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use tokio::sync::{watch, Semaphore};
 pub use api::{router, AppState, DataPlane};
 pub use control::{Control, ControlError, DEFAULT_DRAIN};
 pub use error::ApiError;
-pub use persist::{desired_after_reload, PersistError, StateFile};
+pub use persist::{desired_after_reload, Declared, PersistError, StateFile};
 
 /// What one admin client may hold: the API is reachable before any token is
 /// checked, so none of it may be unbounded.

@@ -28,7 +28,10 @@ type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
 type Result = std::result::Result<(), std::fmt::Error>;
 
 fn id(r: &Replica) -> Labels<'_> {
-    vec![("replica", Cow::Borrowed(r.id.as_str()))]
+    vec![
+        ("pool", Cow::Borrowed(r.pool.as_str())),
+        ("replica", Cow::Borrowed(r.id.as_str())),
+    ]
 }
 
 /// A counter with one series per replica.
@@ -188,6 +191,45 @@ impl Collector for Source {
                 m.encode_family(&labels)?
                     .encode_gauge(&i64::from(current == state))?;
             }
+        }
+        for (name, help, value) in [
+            (
+                "inferlb_replica_engine_waiting",
+                "Requests waiting in the model server's queue, as last scraped.",
+                (|l: &inferlb_core::EngineLoad| l.waiting) as fn(&inferlb_core::EngineLoad) -> f64,
+            ),
+            (
+                "inferlb_replica_engine_running",
+                "Requests the model server is running, as last scraped.",
+                |l| l.running,
+            ),
+            (
+                "inferlb_replica_engine_kv_usage",
+                "The model server's KV-cache usage (0 to 1), as last scraped.",
+                |l| l.kv_usage,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for r in replicas {
+                if let Some((load, _)) = r.stats.engine_last() {
+                    m.encode_family(&id(r))?.encode_gauge(&value(&load))?;
+                }
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "inferlb_pool_routable_replicas",
+            "Replicas of the pool taking new requests.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for pool in snapshot.pools() {
+            let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.name().as_str()))];
+            let routable = pool
+                .members()
+                .iter()
+                .filter(|&&i| replicas[i as usize].is_routable())
+                .count();
+            m.encode_family(&labels)?.encode_gauge(&(routable as i64))?;
         }
         per_replica_histogram(
             &mut e,

@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inferlb_core::replica::{check_weight, resolve_address};
-use inferlb_core::{Replica, ReplicaId, ReplicaSpec, ReplicaState, Routing, State};
+use inferlb_core::{
+    Command, PoolName, PoolSpec, Replica, ReplicaId, ReplicaSpec, ReplicaState, Routing, State,
+};
 use serde::{Deserialize, Serialize};
 
 /// The file name used when only a directory is known.
@@ -67,6 +69,41 @@ struct FileChanges {
     /// Declared replicas removed at runtime.
     #[serde(default)]
     removed: Vec<FileRemoval>,
+    /// The pool declarations, when changed at runtime (`PUT /v1/replicas`
+    /// with `pools`): they replace the declared ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pools: Option<Vec<FilePool>>,
+}
+
+/// A pool declaration changed at runtime; settings not stored here (prefix,
+/// weights, engine metrics) come from the config's pool of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    name: PoolName,
+    #[serde(default)]
+    aliases: Vec<String>,
+    routing: Option<Routing>,
+}
+
+impl FilePool {
+    fn of(spec: &PoolSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            aliases: spec.aliases.clone(),
+            routing: spec.routing,
+        }
+    }
+}
+
+/// What the config file and flags declare: the state file holds what was
+/// changed at runtime on top of it.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// Every pool's replicas.
+    pub replicas: Vec<ReplicaSpec>,
+    /// The pool declarations.
+    pub pools: Vec<PoolSpec>,
 }
 
 /// Version 1: the whole list (its `version` and `routing` are not needed).
@@ -84,6 +121,9 @@ struct FileReplica {
     state: ReplicaState,
     added_at_unix_ms: u64,
     drain_deadline_unix_ms: Option<u64>,
+    /// Absent in files written before pools: the default pool.
+    #[serde(default)]
+    pool: PoolName,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,7 +205,7 @@ impl StateFile {
     pub fn load(
         &self,
         routing: Routing,
-        declared: &[ReplicaSpec],
+        declared: &Declared,
     ) -> Result<Option<State>, PersistError> {
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
@@ -178,7 +218,7 @@ impl StateFile {
             1 => {
                 let v1: FileStateV1 =
                     serde_json::from_str(&text).map_err(|e| self.corrupt(e.to_string()))?;
-                changes_from_full_list(&v1.replicas, declared)
+                changes_from_full_list(&v1.replicas, &declared.replicas)
             }
             FORMAT_VERSION => {
                 serde_json::from_str(&text).map_err(|e| self.corrupt(e.to_string()))?
@@ -193,9 +233,10 @@ impl StateFile {
     fn apply_changes(
         &self,
         routing: Routing,
-        declared: &[ReplicaSpec],
+        all_declared: &Declared,
         changes: FileChanges,
     ) -> Result<State, PersistError> {
+        let declared = &all_declared.replicas;
         let removed: HashMap<ReplicaId, u64> = changes
             .removed
             .iter()
@@ -217,7 +258,8 @@ impl StateFile {
                 spec.address.clone(),
                 spec.addr,
                 spec.weight,
-            );
+            )
+            .in_pool(spec.pool.clone());
             if let Some(change) = changes.changed.iter().find(|c| c.id == spec.id) {
                 replica.weight = check_weight(change.weight)
                     .map_err(|e| self.corrupt(format!("replica {}: {e}", change.id)))?;
@@ -239,13 +281,13 @@ impl StateFile {
                         tracing::warn!(id = %entry.id, address = %entry.address, "a replica added at runtime has the address of a declared one; the declared one is kept");
                         continue;
                     }
-                    Replica::new(entry.id, entry.address, addr, weight)
+                    Replica::new(entry.id, entry.address, addr, weight).in_pool(entry.pool)
                 }
                 // A name that does not resolve now (DNS down, a host not up
                 // yet) is kept and retried, never a reason to refuse the file.
                 Err(error) => {
                     tracing::warn!(id = %entry.id, address = %entry.address, %error, "replica from the state file does not resolve; kept as unresolved (no traffic) and retried");
-                    Replica::unresolved(entry.id, entry.address, weight)
+                    Replica::unresolved(entry.id, entry.address, weight).in_pool(entry.pool)
                 }
             };
             replica.state = entry.state;
@@ -254,12 +296,37 @@ impl StateFile {
             replicas.push(replica);
         }
         *self.removed_at.lock().unwrap_or_else(|e| e.into_inner()) = removed;
-        Ok(State::restore(routing, replicas))
+        let mut state = State::restore(routing, replicas);
+        let pools: Vec<PoolSpec> = match changes.pools {
+            None => all_declared.pools.clone(),
+            Some(stored) => stored
+                .into_iter()
+                .map(|p| {
+                    let mut spec = all_declared
+                        .pools
+                        .iter()
+                        .find(|d| d.name == p.name)
+                        .cloned()
+                        .unwrap_or_else(|| PoolSpec::named(p.name.clone()));
+                    spec.aliases = p.aliases;
+                    spec.routing = p.routing;
+                    spec
+                })
+                .collect(),
+        };
+        for spec in pools {
+            let name = spec.name.clone();
+            state
+                .apply(Command::SetPool(spec))
+                .map_err(|e| self.corrupt(format!("pool {name}: {e}")))?;
+        }
+        Ok(state)
     }
 
     /// Writes the runtime changes — `state` against `declared` — atomically
     /// and durably.
-    pub fn save(&self, state: &State, declared: &[ReplicaSpec]) -> Result<(), PersistError> {
+    pub fn save(&self, state: &State, all_declared: &Declared) -> Result<(), PersistError> {
+        let declared = &all_declared.replicas;
         let now = unix_ms(SystemTime::now());
         let mut removed_at = self.removed_at.lock().unwrap_or_else(|e| e.into_inner());
         let mut file = FileChanges {
@@ -268,7 +335,7 @@ impl StateFile {
         };
         for replica in state.replicas() {
             match declared.iter().find(|d| d.id == replica.id) {
-                Some(spec) if spec.addr == replica.addr => {
+                Some(spec) if spec.addr == replica.addr && spec.pool == replica.pool => {
                     if replica.weight != spec.weight
                         || replica.state != ReplicaState::Active
                         || replica.drain_deadline.is_some()
@@ -297,6 +364,11 @@ impl StateFile {
         }
         *removed_at = still_removed;
         drop(removed_at);
+        let stored: Vec<FilePool> = state.pools().iter().map(FilePool::of).collect();
+        let declared_pools: Vec<FilePool> = all_declared.pools.iter().map(FilePool::of).collect();
+        if stored != declared_pools {
+            file.pools = Some(stored);
+        }
         let mut json =
             serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
         json.push(b'\n');
@@ -331,6 +403,7 @@ fn file_replica(replica: &Replica) -> FileReplica {
         state: replica.state,
         added_at_unix_ms: unix_ms(replica.added_at),
         drain_deadline_unix_ms: replica.drain_deadline.map(unix_ms),
+        pool: replica.pool.clone(),
     }
 }
 
@@ -390,6 +463,7 @@ pub fn desired_after_reload(
                 address: replica.address.clone(),
                 addr: replica.addr,
                 weight: replica.weight,
+                pool: replica.pool.clone(),
             });
         }
     }
@@ -456,12 +530,20 @@ mod tests {
         dir
     }
 
+    fn decl(replicas: &[ReplicaSpec]) -> Declared {
+        Declared {
+            replicas: replicas.to_vec(),
+            pools: Vec::new(),
+        }
+    }
+
     fn spec(id: &str, port: u16, weight: u32) -> ReplicaSpec {
         ReplicaSpec {
             id: ReplicaId::new(id).unwrap(),
             address: format!("127.0.0.1:{port}"),
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             weight,
+            pool: PoolName::default(),
         }
     }
 
@@ -474,7 +556,7 @@ mod tests {
         let dir = temp_dir("overlay");
         let file = StateFile::new(dir.join("state.json"));
         let declared = vec![spec("a", 9001, 1), spec("b", 9002, 1)];
-        assert!(file.load(Routing::RoundRobin, &declared).unwrap().is_none());
+        assert!(file.load(Routing::RoundRobin, &decl(&declared)).unwrap().is_none());
         let mut state = State::new(Routing::RoundRobin);
         for s in &declared {
             state.apply(Command::Add(s.clone())).unwrap();
@@ -499,7 +581,7 @@ mod tests {
                 deadline,
             })
             .unwrap();
-        file.save(&state, &declared).unwrap();
+        file.save(&state, &decl(&declared)).unwrap();
         // No temp file is left behind, and the file holds changes only.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         let text = fs::read_to_string(file.path()).unwrap();
@@ -508,7 +590,7 @@ mod tests {
             "{text}"
         );
 
-        let loaded = file.load(Routing::RoundRobin, &declared).unwrap().unwrap();
+        let loaded = file.load(Routing::RoundRobin, &decl(&declared)).unwrap().unwrap();
         assert_eq!(ids(&loaded), ["a", "c"]);
         let a = &loaded.replicas()[0];
         assert_eq!(
@@ -519,7 +601,7 @@ mod tests {
         // Another declared list: its replicas are served, with the runtime
         // add kept; b (removed at runtime) stays out only while declared.
         let today = vec![spec("d", 9004, 1)];
-        let loaded = file.load(Routing::RoundRobin, &today).unwrap().unwrap();
+        let loaded = file.load(Routing::RoundRobin, &decl(&today)).unwrap().unwrap();
         assert_eq!(ids(&loaded), ["d", "c"]);
     }
 
@@ -533,7 +615,7 @@ mod tests {
         )
         .unwrap();
         let loaded = StateFile::new(&path)
-            .load(Routing::RoundRobin, &[])
+            .load(Routing::RoundRobin, &decl(&[]))
             .unwrap()
             .unwrap();
         let m = &loaded.replicas()[0];
@@ -556,7 +638,7 @@ mod tests {
         .unwrap();
         let declared = vec![spec("a", 9001, 1)];
         let loaded = StateFile::new(&path)
-            .load(Routing::RoundRobin, &declared)
+            .load(Routing::RoundRobin, &decl(&declared))
             .unwrap()
             .unwrap();
         // The old file's list was the whole truth then: a was not in it.
@@ -582,7 +664,7 @@ mod tests {
         let path = dir.join("state.json");
         fs::write(&path, "{ not json").unwrap();
         let err = StateFile::new(&path)
-            .load(Routing::RoundRobin, &[])
+            .load(Routing::RoundRobin, &decl(&[]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("corrupt"), "{err}");

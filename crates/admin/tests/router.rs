@@ -695,6 +695,7 @@ async fn health_verdicts_are_published_but_never_written() {
                 address: "127.0.0.1:9001".into(),
                 addr: "127.0.0.1:9001".parse().unwrap(),
                 weight: 1,
+                pool: Default::default(),
             }))
             .unwrap();
         state

@@ -57,6 +57,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             address: addr.to_string(),
             addr,
             weight: 1,
+            pool: Default::default(),
         }))?;
         handles.push(replica);
     }
@@ -97,7 +98,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         token: None,
         protect_probes: false,
         store: None,
-        declared: Vec::new(),
+        declared: Default::default(),
         dns_refresh: None,
         config_path: None,
         health: config.health.clone(),

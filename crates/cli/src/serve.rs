@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use inferlb_admin::{AppState, Control, DataPlane, StateFile, DEFAULT_DRAIN};
+use inferlb_admin::{AppState, Control, DataPlane, Declared, StateFile, DEFAULT_DRAIN};
 use inferlb_core::config::{replica_spec, FileReplica};
 use inferlb_core::{Command, Config, IoDriver, Routing, Snapshots, State};
 use inferlb_proxy::ProxyHandle;
@@ -129,6 +129,11 @@ pub(crate) fn admin_token(token_file: Option<&Path>) -> Result<Option<String>> {
 pub(crate) fn initial_state(config: &Config) -> Result<State> {
     let mut state = State::new(config.routing);
     state.apply(Command::SetPolicy(config.policy))?;
+    for pool in &config.pools {
+        state
+            .apply(Command::SetPool(pool.clone()))
+            .with_context(|| format!("cannot declare pool {}", pool.name))?;
+    }
     for spec in &config.replicas {
         state
             .apply(Command::Add(spec.clone()))
@@ -153,7 +158,7 @@ pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle
         tracing::info!("no replicas yet: every request gets 503 until one is added");
     }
     for r in state.replicas() {
-        tracing::info!(id = %r.id, address = %r.address, resolved = %r.addr, weight = r.weight, state = r.state.as_str(), "replica");
+        tracing::info!(id = %r.id, pool = %r.pool, address = %r.address, resolved = %r.addr, weight = r.weight, state = r.state.as_str(), "replica");
     }
     Ok((handle, snapshots))
 }
@@ -168,8 +173,8 @@ pub(crate) struct ControlPlane {
     pub(crate) token: Option<String>,
     pub(crate) protect_probes: bool,
     pub(crate) store: Option<StateFile>,
-    /// The declared replicas (config file and flags).
-    pub(crate) declared: Vec<inferlb_core::ReplicaSpec>,
+    /// The declared replicas and pools (config file and flags).
+    pub(crate) declared: Declared,
     /// How often replica host names are resolved again.
     pub(crate) dns_refresh: Option<std::time::Duration>,
     /// Re-read on SIGHUP.
@@ -240,6 +245,7 @@ pub(crate) fn run_control_plane(
                 Arc::new(inferlb_admin::dns::SystemResolver),
             ));
         }
+        tokio::spawn(inferlb_admin::engine::run(Arc::clone(&control)));
         if plane.health.enabled {
             tracing::info!(path = %plane.health.path, interval = ?plane.health.interval, "active health checks");
             tokio::spawn(inferlb_admin::health::run(Arc::clone(&control), plane.health.clone()));
@@ -293,12 +299,15 @@ async fn reload(control: &Control, path: Option<&Path>) {
     // The new declared list, with the runtime changes made so far on top,
     // diffed and applied under the control lock in one step.
     let old_declared = control.declared();
-    control.set_declared(config.replicas.clone());
+    control.set_declared(declared(&config));
     let converged = control
         .converge(SystemTime::now() + DEFAULT_DRAIN, |state| {
-            let desired =
-                inferlb_admin::desired_after_reload(state, &old_declared, &config.replicas);
-            let mut extra = Vec::new();
+            let desired = inferlb_admin::desired_after_reload(
+                state,
+                &old_declared.replicas,
+                &config.replicas,
+            );
+            let mut extra = state.diff_pools(&config.pools);
             if config.routing != state.routing() {
                 extra.push(Command::SetRouting(config.routing));
             }
@@ -316,6 +325,14 @@ async fn reload(control: &Control, path: Option<&Path>) {
             control.set_declared(old_declared);
             tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running configuration")
         }
+    }
+}
+
+/// What the config file and flags declare.
+pub(crate) fn declared(config: &Config) -> Declared {
+    Declared {
+        replicas: config.replicas.clone(),
+        pools: config.pools.clone(),
     }
 }
 
@@ -338,7 +355,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .or_else(StateFile::systemd_path)
         .map(StateFile::new);
     let loaded = match &store {
-        Some(store) => store.load(config.routing, &config.replicas)?,
+        Some(store) => store.load(config.routing, &declared(&config))?,
         None => None,
     };
     let state = match loaded {
@@ -359,7 +376,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         token,
         protect_probes: config.admin.protect_probes,
         store,
-        declared: config.replicas.clone(),
+        declared: declared(&config),
         dns_refresh: config.dns_refresh,
         config_path: args.config.clone(),
         health: config.health.clone(),

@@ -4,13 +4,16 @@
 //! autoscaler all speak [`Command`]; [`State::apply`] runs them one at a time
 //! and each change yields the next [`ReplicaSet`] to publish.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::balance::Routing;
+use crate::pool::{PoolName, PoolSpec};
+use crate::prefix::PrefixTable;
 use crate::replica::{Health, Replica, ReplicaId, ReplicaState};
-use crate::replica_set::Policy;
-use crate::replica_set::ReplicaSet;
+use crate::replica_set::{Policy, PoolEntry, ReplicaSet};
 
 /// A replica as declared by an operator or a discovery source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,10 +26,12 @@ pub struct ReplicaSpec {
     pub addr: SocketAddr,
     /// Relative share of requests.
     pub weight: u32,
+    /// The pool (model) it serves.
+    pub pool: PoolName,
 }
 
 /// One change to the replica list.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Adds an active replica.
     Add(ReplicaSpec),
@@ -52,6 +57,13 @@ pub enum Command {
     /// flight to the old address finish, new ones go to the new one, which
     /// ramps up under slow start. A draining replica keeps its address.
     SetAddress { id: ReplicaId, addr: SocketAddr },
+    /// Declares a pool or changes its declaration (aliases, routing,
+    /// settings). Replicas name their pool; a pool they name that is not
+    /// declared exists with default settings.
+    SetPool(PoolSpec),
+    /// Drops a pool's declaration; its replicas (if any) keep it alive with
+    /// default settings until they are gone.
+    RemovePool { name: PoolName },
 }
 
 /// Why a command was refused.
@@ -66,6 +78,12 @@ pub enum StateError {
     /// Another replica already has this address.
     #[error("replica {id} already has address {address}")]
     AddressExists { id: ReplicaId, address: String },
+    /// No pool has this name.
+    #[error("no pool is named {name}")]
+    PoolNotFound { name: PoolName },
+    /// Another pool already uses this name or alias.
+    #[error("model name {alias:?} is already served by pool {pool}")]
+    AliasTaken { alias: String, pool: PoolName },
 }
 
 /// What applying a command did.
@@ -84,6 +102,10 @@ pub struct State {
     routing: Routing,
     policy: Policy,
     replicas: Vec<Replica>,
+    pools: Vec<PoolSpec>,
+    /// `prefix` routing's tables by pool, kept across snapshots and shared
+    /// by every copy of the state.
+    tables: Arc<Mutex<HashMap<PoolName, Arc<PrefixTable>>>>,
 }
 
 impl State {
@@ -94,6 +116,8 @@ impl State {
             routing,
             policy: Policy::default(),
             replicas: Vec::new(),
+            pools: Vec::new(),
+            tables: Arc::default(),
         }
     }
 
@@ -104,7 +128,48 @@ impl State {
             routing,
             policy: Policy::default(),
             replicas,
+            pools: Vec::new(),
+            tables: Arc::default(),
         }
+    }
+
+    /// The declared pools, in the order they were declared.
+    pub fn pools(&self) -> &[PoolSpec] {
+        &self.pools
+    }
+
+    /// A declared pool by name.
+    pub fn pool(&self, name: &PoolName) -> Option<&PoolSpec> {
+        self.pools.iter().find(|p| &p.name == name)
+    }
+
+    /// The names of every pool: declared ones, then those only replicas name.
+    pub fn pool_names(&self) -> Vec<PoolName> {
+        let mut names: Vec<PoolName> = self.pools.iter().map(|p| p.name.clone()).collect();
+        for r in &self.replicas {
+            if !names.contains(&r.pool) {
+                names.push(r.pool.clone());
+            }
+        }
+        names
+    }
+
+    /// Refuses a pool whose name or aliases another pool already uses.
+    fn check_names(&self, spec: &PoolSpec) -> Result<(), StateError> {
+        for other in self.pools.iter().filter(|p| p.name != spec.name) {
+            let taken = std::iter::once(spec.name.as_str())
+                .chain(spec.aliases.iter().map(String::as_str))
+                .find(|n| {
+                    other.name.as_str() == *n || other.aliases.iter().any(|a| a == n)
+                });
+            if let Some(alias) = taken {
+                return Err(StateError::AliasTaken {
+                    alias: alias.to_owned(),
+                    pool: other.name.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The replicas, in the order they were added.
@@ -152,8 +217,9 @@ impl State {
                         address: spec.address,
                     });
                 }
-                self.replicas
-                    .push(Replica::new(spec.id, spec.address, spec.addr, spec.weight));
+                self.replicas.push(
+                    Replica::new(spec.id, spec.address, spec.addr, spec.weight).in_pool(spec.pool),
+                );
                 Outcome::Changed
             }
             Command::SetWeight { id, weight } => {
@@ -195,7 +261,33 @@ impl State {
             }
             Command::Remove { id } => {
                 let at = self.position(&id)?;
-                self.replicas.remove(at);
+                let removed = self.replicas.remove(at);
+                if let Some(table) = self.table_of(&removed.pool) {
+                    table.forget(removed.uid);
+                }
+                Outcome::Changed
+            }
+            Command::SetPool(spec) => {
+                self.check_names(&spec)?;
+                match self.pools.iter_mut().find(|p| p.name == spec.name) {
+                    Some(current) if *current == spec => Outcome::NoChange,
+                    Some(current) => {
+                        *current = spec;
+                        Outcome::Changed
+                    }
+                    None => {
+                        self.pools.push(spec);
+                        Outcome::Changed
+                    }
+                }
+            }
+            Command::RemovePool { name } => {
+                let at = self
+                    .pools
+                    .iter()
+                    .position(|p| p.name == name)
+                    .ok_or(StateError::PoolNotFound { name })?;
+                self.pools.remove(at);
                 Outcome::Changed
             }
             Command::SetHealth { id, health } => {
@@ -227,7 +319,8 @@ impl State {
                         address: addr.to_string(),
                     });
                 } else {
-                    let fresh = Replica::new(id, replica.address.clone(), addr, replica.weight);
+                    let fresh = Replica::new(id, replica.address.clone(), addr, replica.weight)
+                        .in_pool(replica.pool.clone());
                     self.replicas[at] = fresh;
                     Outcome::Changed
                 }
@@ -255,14 +348,57 @@ impl State {
         Ok(outcome)
     }
 
-    /// The snapshot of the current list, for the workers.
+    fn table_of(&self, pool: &PoolName) -> Option<Arc<PrefixTable>> {
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        tables.get(pool).cloned()
+    }
+
+    /// The snapshot of the current list, for the workers. A pool that routes
+    /// by prefix keeps its table from one snapshot to the next.
     pub fn snapshot(&self) -> ReplicaSet {
-        ReplicaSet::with_policy(
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = Vec::new();
+        for name in self.pool_names() {
+            let spec = self
+                .pool(&name)
+                .cloned()
+                .unwrap_or_else(|| PoolSpec::named(name.clone()));
+            let table = (spec.routing.unwrap_or(self.routing) == Routing::Prefix).then(|| {
+                let table = tables.entry(name.clone()).or_insert_with(|| {
+                    Arc::new(PrefixTable::new(spec.prefix.max_tree_bytes))
+                });
+                Arc::clone(table)
+            });
+            entries.push(PoolEntry { spec, table });
+        }
+        // Tables of pools gone or no longer routing by prefix are dropped.
+        tables.retain(|name, _| entries.iter().any(|e| &e.spec.name == name && e.table.is_some()));
+        ReplicaSet::with_pools(
             self.generation,
             self.routing,
             self.policy,
             self.replicas.clone(),
+            &entries,
         )
+    }
+
+    /// The commands that make the declared pools `desired`: each new or
+    /// changed declaration set, each declaration no longer wanted removed.
+    pub fn diff_pools(&self, desired: &[PoolSpec]) -> Vec<Command> {
+        let mut commands: Vec<Command> = self
+            .pools
+            .iter()
+            .filter(|p| !desired.iter().any(|d| d.name == p.name))
+            .map(|p| Command::RemovePool {
+                name: p.name.clone(),
+            })
+            .collect();
+        for spec in desired {
+            if self.pool(&spec.name) != Some(spec) {
+                commands.push(Command::SetPool(spec.clone()));
+            }
+        }
+        commands
     }
 
     /// The commands that turn this list into `desired`: adds, weight changes,
@@ -276,7 +412,11 @@ impl State {
         for spec in desired {
             match self.get(&spec.id) {
                 None => commands.push(Command::Add(spec.clone())),
-                Some(current) if current.addr != spec.addr || current.address != spec.address => {
+                Some(current)
+                    if current.addr != spec.addr
+                        || current.address != spec.address
+                        || current.pool != spec.pool =>
+                {
                     commands.push(Command::Remove {
                         id: spec.id.clone(),
                     });
@@ -321,6 +461,7 @@ mod tests {
             address: format!("127.0.0.1:{port}"),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             weight,
+            pool: PoolName::default(),
         }
     }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::balance::Routing;
 use crate::cidr::Cidr;
 use crate::command::ReplicaSpec;
+use crate::pool::{EngineMetrics, Flavor, LoadWeights, PoolName, PoolSpec, PrefixSettings};
 use crate::replica::{check_weight, resolve_address, ReplicaId, DEFAULT_WEIGHT};
 
 /// A configuration that cannot be used, with the field at fault.
@@ -90,8 +91,19 @@ pub struct FileConfig {
     pub io_driver: Option<IoDriver>,
     /// Pin worker N to CPU N (nginx `worker_cpu_affinity auto`). Default false.
     pub cpu_pinning: Option<bool>,
-    /// `round_robin` (default), `weighted_round_robin`, `least_outstanding` or `p2c`.
-    pub routing: Option<Routing>,
+    /// The routing rule, `round_robin` (default), `weighted_round_robin`,
+    /// `least_outstanding`, `p2c`, `least_load` or `prefix`; or a
+    /// `[routing]` table with `rule` and how the model is read.
+    pub routing: Option<FileRouting>,
+    /// `prefix` routing's defaults for every pool.
+    #[serde(default)]
+    pub prefix: FilePrefix,
+    /// `least_load`'s weights, for every pool.
+    #[serde(default)]
+    pub least_load: FileLoadWeights,
+    /// Pools: one model's replicas each.
+    #[serde(default)]
+    pub pools: Vec<FilePool>,
     /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Real-IP` and
     /// `Forwarded` headers are believed and appended to, as CIDRs
     /// (`10.0.0.0/8`, `::1/128`, or a bare address). Default empty: nobody
@@ -134,6 +146,137 @@ pub struct FileConfig {
     /// used, are applied on top of them.
     #[serde(default)]
     pub replicas: Vec<FileReplica>,
+}
+
+/// `routing = "p2c"`, or a `[routing]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FileRouting {
+    /// Just the rule.
+    Rule(Routing),
+    /// The rule and how a request's model is found.
+    Table(FileRoutingTable),
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoutingTable {
+    /// The routing rule. Default `round_robin`.
+    pub rule: Option<Routing>,
+    /// The header that names the model. Default `X-Model`.
+    pub model_header: Option<String>,
+    /// JSON bodies up to this size are read for their `"model"` (and for
+    /// `prefix` routing, their text) before a replica is picked. Default
+    /// 1 MiB; 0 turns body inspection off.
+    pub max_inspect_body_bytes: Option<usize>,
+}
+
+/// `[prefix]` or `[pools.prefix]`: see [`PrefixSettings`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FilePrefix {
+    pub min_match_ratio: Option<f64>,
+    pub balance_abs_threshold: Option<f64>,
+    pub balance_rel_threshold: Option<f64>,
+    pub max_tree_bytes: Option<usize>,
+}
+
+impl FilePrefix {
+    /// These values over `base`.
+    pub fn over(&self, base: PrefixSettings) -> PrefixSettings {
+        PrefixSettings {
+            min_match_ratio: self.min_match_ratio.unwrap_or(base.min_match_ratio),
+            balance_abs_threshold: self
+                .balance_abs_threshold
+                .unwrap_or(base.balance_abs_threshold),
+            balance_rel_threshold: self
+                .balance_rel_threshold
+                .unwrap_or(base.balance_rel_threshold),
+            max_tree_bytes: self.max_tree_bytes.unwrap_or(base.max_tree_bytes),
+        }
+    }
+}
+
+/// `[least_load]` or `[pools.least_load]`: see [`LoadWeights`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FileLoadWeights {
+    pub queue: Option<f64>,
+    pub running: Option<f64>,
+    pub kv_cache: Option<f64>,
+    pub in_flight: Option<f64>,
+}
+
+impl FileLoadWeights {
+    /// These values over `base`.
+    pub fn over(&self, base: LoadWeights) -> LoadWeights {
+        LoadWeights {
+            queue: self.queue.unwrap_or(base.queue),
+            running: self.running.unwrap_or(base.running),
+            kv_cache: self.kv_cache.unwrap_or(base.kv_cache),
+            in_flight: self.in_flight.unwrap_or(base.in_flight),
+        }
+    }
+}
+
+/// `[pools.engine_metrics]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEngineMetrics {
+    /// Scrape each replica's metrics. Default false.
+    pub enabled: Option<bool>,
+    /// Default `/metrics`.
+    pub path: Option<String>,
+    /// Default 250.
+    pub interval_ms: Option<u64>,
+    /// `auto` (default), `vllm`, `sglang` or `tgi`.
+    pub flavor: Option<Flavor>,
+}
+
+/// `[[pools]]`: a model's replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    /// The model name clients send.
+    pub name: String,
+    /// Other names of the model (e.g. its Hugging Face id).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The pool's routing rule; default: the top-level one.
+    pub routing: Option<Routing>,
+    /// The pool's replicas.
+    #[serde(default)]
+    pub replicas: Vec<FileReplica>,
+    /// Overrides of `[prefix]`.
+    #[serde(default)]
+    pub prefix: FilePrefix,
+    /// Overrides of `[least_load]`.
+    #[serde(default)]
+    pub least_load: FileLoadWeights,
+    /// Engine metrics scraping.
+    #[serde(default)]
+    pub engine_metrics: FileEngineMetrics,
+}
+
+/// How a request's model is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSelection {
+    /// The header naming the model, lowercase.
+    pub header: String,
+    /// JSON bodies up to this size are inspected; 0: none.
+    pub max_inspect_body_bytes: usize,
+}
+
+impl Default for ModelSelection {
+    fn default() -> Self {
+        Self {
+            header: "x-model".into(),
+            max_inspect_body_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// `[timeouts]`: every value in milliseconds, each above 0.
@@ -493,6 +636,8 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// See [`FileConfig::underscores_in_headers`].
     pub underscores_in_headers: bool,
+    /// How a request's model is found.
+    pub model: ModelSelection,
 }
 
 impl Default for ProxyConfig {
@@ -509,6 +654,7 @@ impl Default for ProxyConfig {
             outlier: crate::outlier::Ejection::default(),
             trusted_proxies: Vec::new(),
             underscores_in_headers: false,
+            model: ModelSelection::default(),
         }
     }
 }
@@ -525,14 +671,16 @@ impl ProxyConfig {
 }
 
 /// The whole validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// The data plane.
     pub proxy: ProxyConfig,
     /// The routing rule.
     pub routing: Routing,
-    /// The replicas to start with.
+    /// The replicas to start with, every pool's.
     pub replicas: Vec<ReplicaSpec>,
+    /// The declared pools.
+    pub pools: Vec<PoolSpec>,
     /// The admin API.
     pub admin: AdminConfig,
     /// Active health checks.
@@ -591,6 +739,15 @@ fn count(
 
 /// Turns a declared replica into a spec, naming the field on failure.
 pub fn replica_spec(field: &str, replica: &FileReplica) -> Result<ReplicaSpec, ConfigError> {
+    replica_spec_in(field, replica, PoolName::default_pool())
+}
+
+/// Like [`replica_spec`], for a replica of `pool`.
+pub fn replica_spec_in(
+    field: &str,
+    replica: &FileReplica,
+    pool: PoolName,
+) -> Result<ReplicaSpec, ConfigError> {
     let addr = resolve_address(&replica.address)
         .map_err(|e| ConfigError::invalid(format!("{field}.address"), e.to_string()))?;
     let weight = check_weight(replica.weight.unwrap_or(u64::from(DEFAULT_WEIGHT)))
@@ -605,6 +762,7 @@ pub fn replica_spec(field: &str, replica: &FileReplica) -> Result<ReplicaSpec, C
         address: replica.address.clone(),
         addr,
         weight,
+        pool,
     })
 }
 
@@ -726,11 +884,21 @@ fn trusted_proxies(list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
     Ok(trusted_proxies)
 }
 
-fn replicas(list: &[FileReplica]) -> Result<Vec<ReplicaSpec>, ConfigError> {
-    let mut replicas: Vec<ReplicaSpec> = Vec::with_capacity(list.len());
-    for (i, replica) in list.iter().enumerate() {
-        let field = format!("replicas[{i}]");
-        let spec = replica_spec(&field, replica)?;
+fn replicas(file: &FileConfig) -> Result<Vec<ReplicaSpec>, ConfigError> {
+    let mut listed = Vec::new();
+    for (i, replica) in file.replicas.iter().enumerate() {
+        listed.push((format!("replicas[{i}]"), replica, PoolName::default_pool()));
+    }
+    for (p, pool) in file.pools.iter().enumerate() {
+        let name = PoolName::new(&pool.name)
+            .map_err(|e| ConfigError::invalid(format!("pools[{p}].name"), e.to_string()))?;
+        for (i, replica) in pool.replicas.iter().enumerate() {
+            listed.push((format!("pools[{p}].replicas[{i}]"), replica, name.clone()));
+        }
+    }
+    let mut replicas: Vec<ReplicaSpec> = Vec::with_capacity(listed.len());
+    for (field, replica, pool) in listed {
+        let spec = replica_spec_in(&field, replica, pool)?;
         if replicas.iter().any(|r| r.id == spec.id) {
             return Err(ConfigError::invalid(
                 format!("{field}.id"),
@@ -746,6 +914,122 @@ fn replicas(list: &[FileReplica]) -> Result<Vec<ReplicaSpec>, ConfigError> {
         replicas.push(spec);
     }
     Ok(replicas)
+}
+
+fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
+    let invalid = |(field, reason): (String, String)| ConfigError::invalid(field, reason);
+    let base_prefix = file.prefix.over(PrefixSettings::default());
+    base_prefix.check("prefix").map_err(invalid)?;
+    let base_load = file.least_load.over(LoadWeights::default());
+    check_weights("least_load", &base_load).map_err(invalid)?;
+    let mut pools: Vec<PoolSpec> = Vec::with_capacity(file.pools.len());
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (p, pool) in file.pools.iter().enumerate() {
+        let at = format!("pools[{p}]");
+        let name = PoolName::new(&pool.name)
+            .map_err(|e| ConfigError::invalid(format!("{at}.name"), e.to_string()))?;
+        for (i, alias) in pool.aliases.iter().enumerate() {
+            crate::pool::check_alias(alias)
+                .map_err(|e| ConfigError::invalid(format!("{at}.aliases[{i}]"), e.to_string()))?;
+        }
+        let fields = std::iter::once((format!("{at}.name"), pool.name.clone())).chain(
+            pool.aliases
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("{at}.aliases[{i}]"), a.clone())),
+        );
+        for (field, model) in fields {
+            if let Some((first, _)) = names.iter().find(|(_, m)| *m == model) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("model name {model:?} is already used by {first}"),
+                ));
+            }
+            names.push((field, model));
+        }
+        let prefix = pool.prefix.over(base_prefix);
+        prefix.check(&format!("{at}.prefix")).map_err(invalid)?;
+        let load = pool.least_load.over(base_load);
+        check_weights(&format!("{at}.least_load"), &load).map_err(invalid)?;
+        let m = &pool.engine_metrics;
+        let engine_metrics = EngineMetrics {
+            enabled: m.enabled.unwrap_or(false),
+            path: m.path.clone().unwrap_or_else(|| "/metrics".into()),
+            interval: millis(
+                &format!("{at}.engine_metrics.interval_ms"),
+                m.interval_ms,
+                Duration::from_millis(250),
+            )?,
+            flavor: m.flavor.unwrap_or_default(),
+        };
+        if !engine_metrics.path.starts_with('/') {
+            return Err(ConfigError::invalid(
+                format!("{at}.engine_metrics.path"),
+                "must start with /",
+            ));
+        }
+        pools.push(PoolSpec {
+            name,
+            aliases: pool.aliases.clone(),
+            routing: pool.routing,
+            prefix,
+            load,
+            engine_metrics,
+        });
+    }
+    // Pools named only by the top-level settings get them too.
+    if !file.replicas.is_empty() && !pools.iter().any(|p| p.name.is_default()) {
+        let mut default = PoolSpec::named(PoolName::default_pool());
+        default.prefix = base_prefix;
+        default.load = base_load;
+        if default != PoolSpec::named(PoolName::default_pool()) {
+            pools.push(default);
+        }
+    }
+    Ok(pools)
+}
+
+fn check_weights(at: &str, w: &LoadWeights) -> Result<(), (String, String)> {
+    for (name, value) in [
+        ("queue", w.queue),
+        ("running", w.running),
+        ("kv_cache", w.kv_cache),
+        ("in_flight", w.in_flight),
+    ] {
+        if !(value >= 0.0 && value.is_finite()) {
+            return Err((format!("{at}.{name}"), "must be 0 or more".into()));
+        }
+    }
+    Ok(())
+}
+
+fn model_selection(routing: Option<&FileRouting>) -> Result<ModelSelection, ConfigError> {
+    let defaults = ModelSelection::default();
+    let Some(FileRouting::Table(t)) = routing else {
+        return Ok(defaults);
+    };
+    let header = match &t.model_header {
+        None => defaults.header,
+        Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            h.to_ascii_lowercase()
+        }
+        Some(h) => {
+            return Err(ConfigError::invalid(
+                "routing.model_header",
+                format!("{h:?} is not a header name (letters, digits and -)"),
+            ))
+        }
+    };
+    Ok(ModelSelection {
+        header,
+        max_inspect_body_bytes: count(
+            "routing.max_inspect_body_bytes",
+            t.max_inspect_body_bytes,
+            defaults.max_inspect_body_bytes,
+            0,
+            64 * 1024 * 1024,
+        )?,
+    })
 }
 
 fn admin(a: &FileAdmin) -> Result<AdminConfig, ConfigError> {
@@ -914,9 +1198,15 @@ impl TryFrom<FileConfig> for Config {
                 outlier: outlier(&file.outlier)?,
                 trusted_proxies: trusted_proxies(&file.trusted_proxies)?,
                 underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
+                model: model_selection(file.routing.as_ref())?,
             },
-            routing: file.routing.unwrap_or_default(),
-            replicas: replicas(&file.replicas)?,
+            routing: match &file.routing {
+                None => Routing::default(),
+                Some(FileRouting::Rule(rule)) => *rule,
+                Some(FileRouting::Table(t)) => t.rule.unwrap_or_default(),
+            },
+            replicas: replicas(&file)?,
+            pools: pools(&file)?,
         })
     }
 }

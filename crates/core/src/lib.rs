@@ -16,6 +16,8 @@
 //! - [`penalty`]: the back-off a 429 or `Retry-After` asks for.
 //! - [`cidr`]: address ranges, for `trusted_proxies`.
 //! - [`health`]: the health-check verdict machine and the replica status.
+//! - [`pool`]: pools (one model's replicas) and their settings.
+//! - [`prefix`]: the shared prefix table of `prefix` routing.
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +29,8 @@ pub mod config;
 pub mod health;
 pub mod outlier;
 pub mod penalty;
+pub mod pool;
+pub mod prefix;
 pub mod replica;
 pub mod replica_set;
 pub mod stats;
@@ -39,7 +43,8 @@ pub use config::{
 };
 pub use health::{ReplicaStatus, Thresholds, Tracker};
 pub use replica::{
-    Health, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass,
+    EngineLoad, Health, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass,
 };
-pub use replica_set::{Policy, ReplicaSet, Snapshots};
+pub use pool::{PoolName, PoolSpec, DEFAULT_POOL};
+pub use replica_set::{Policy, PoolView, PrefixKey, ReplicaSet, Snapshots};
 pub use stats::{Histogram, HistogramSnapshot, WorkerStats};

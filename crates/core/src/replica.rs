@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use crossbeam::utils::CachePadded;
 use serde::{Deserialize, Serialize};
 
+use crate::pool::PoolName;
 use crate::stats::Histogram;
 
 /// The largest weight a replica may have. Weights are relative, so 1000 gives
@@ -226,6 +227,31 @@ pub struct ReplicaStats {
     consecutive_failures: AtomicU64,
     /// Times ejected so far.
     ejections: AtomicU64,
+    /// The engine's own load, from its metrics.
+    engine: EngineCells,
+}
+
+/// The last engine load scraped from a replica's metrics, as f64 bits.
+#[derive(Debug, Default)]
+struct EngineCells {
+    waiting: AtomicU64,
+    running: AtomicU64,
+    kv_usage: AtomicU64,
+    /// When it was scraped (`clock::now_ms`); 0: never.
+    at_ms: AtomicU64,
+    /// How long it counts as fresh.
+    fresh_ms: AtomicU64,
+}
+
+/// A model server's own view of its load, from its Prometheus metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct EngineLoad {
+    /// Requests waiting in the engine's queue.
+    pub waiting: f64,
+    /// Requests being run (decoded) now.
+    pub running: f64,
+    /// KV-cache usage, 0 to 1.
+    pub kv_usage: f64,
 }
 
 impl ReplicaStats {
@@ -347,6 +373,47 @@ impl ReplicaStats {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
 
+    /// Records a scrape of the replica's engine metrics, fresh for `fresh_ms`.
+    pub fn record_engine(&self, load: EngineLoad, now_ms: u64, fresh_ms: u64) {
+        let e = &self.engine;
+        e.waiting.store(load.waiting.to_bits(), Ordering::Relaxed);
+        e.running.store(load.running.to_bits(), Ordering::Relaxed);
+        e.kv_usage.store(load.kv_usage.to_bits(), Ordering::Relaxed);
+        e.fresh_ms.store(fresh_ms, Ordering::Relaxed);
+        e.at_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// The last scraped engine load and when it was scraped, fresh or not.
+    pub fn engine_last(&self) -> Option<(EngineLoad, u64)> {
+        let e = &self.engine;
+        let at = e.at_ms.load(Ordering::Relaxed);
+        (at != 0).then(|| {
+            let f = |cell: &AtomicU64| f64::from_bits(cell.load(Ordering::Relaxed));
+            let load = EngineLoad {
+                waiting: f(&e.waiting),
+                running: f(&e.running),
+                kv_usage: f(&e.kv_usage),
+            };
+            (load, at)
+        })
+    }
+
+    /// The engine load when it is fresh at `now_ms`; `None` when it was
+    /// never scraped or its last scrape is too old to route on.
+    #[inline]
+    pub fn engine(&self, now_ms: u64) -> Option<EngineLoad> {
+        let at = self.engine.at_ms.load(Ordering::Relaxed);
+        if at == 0 || now_ms.saturating_sub(at) > self.engine.fresh_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.engine_last().map(|(load, _)| load)
+    }
+
+    /// Forgets the engine load (its scrapes fail).
+    pub fn clear_engine(&self) {
+        self.engine.at_ms.store(0, Ordering::Relaxed);
+    }
+
     /// Counts a request as started; the returned guard counts it as finished
     /// when dropped, on every path out of the request.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
@@ -426,6 +493,8 @@ pub struct Replica {
     /// file whose name did not resolve at start. It takes no traffic (its
     /// `addr` is a placeholder) and is retried by the resolver.
     pub resolved: bool,
+    /// The pool (model) the replica serves.
+    pub pool: PoolName,
 }
 
 /// Active health-check verdict.
@@ -454,7 +523,14 @@ impl Replica {
             health: Health::Healthy,
             ramp_from_ms: crate::clock::now_ms(),
             resolved: true,
+            pool: PoolName::default_pool(),
         }
+    }
+
+    /// The same replica in `pool`.
+    pub fn in_pool(mut self, pool: PoolName) -> Self {
+        self.pool = pool;
+        self
     }
 
     /// A replica whose host name does not resolve yet: kept, shown, retried,

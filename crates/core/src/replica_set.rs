@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use std::collections::HashMap;
+
 use crate::balance::{Balancer, Cursor, Routing, Tried, View};
+use crate::pool::{PoolName, PoolSpec};
+use crate::prefix::{PrefixTable, Slot};
 use crate::replica::Replica;
 use crate::replica::{Health, ReplicaState};
 
@@ -16,8 +20,76 @@ pub struct ReplicaSet {
     routing: Routing,
     policy: Policy,
     replicas: Vec<Replica>,
+    pools: Vec<PoolView>,
+    /// Pool names and aliases → index into `pools`.
+    names: HashMap<String, u32>,
+    /// The pool for requests that name no model, or one no pool serves.
+    default_pool: Option<u32>,
+}
+
+/// One pool of a snapshot: its replicas (indices into the snapshot's list)
+/// and the balancer built over the routable ones.
+pub struct PoolView {
+    spec: PoolSpec,
+    routing: Routing,
+    members: Vec<u32>,
     balancer: Box<dyn Balancer>,
     failing_open: bool,
+    /// `prefix` routing's table, and the slot of each routable member.
+    table: Option<Arc<PrefixTable>>,
+    slots: Vec<(u32, Slot)>,
+}
+
+impl PoolView {
+    /// The pool's name.
+    pub fn name(&self) -> &PoolName {
+        &self.spec.name
+    }
+
+    /// Its declaration (aliases, settings).
+    pub fn spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+
+    /// The routing rule in force (the pool's own, or the top-level one).
+    pub fn routing(&self) -> Routing {
+        self.routing
+    }
+
+    /// Its replicas, as indices into [`ReplicaSet::replicas`].
+    pub fn members(&self) -> &[u32] {
+        &self.members
+    }
+
+    /// Whether every active replica is unhealthy and routing fails open.
+    pub fn failing_open(&self) -> bool {
+        self.failing_open
+    }
+
+    /// `prefix` routing's table, when the pool routes by prefix.
+    pub fn table(&self) -> Option<&Arc<PrefixTable>> {
+        self.table.as_ref()
+    }
+}
+
+impl fmt::Debug for PoolView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolView")
+            .field("name", &self.spec.name)
+            .field("routing", &self.routing)
+            .field("members", &self.members.len())
+            .finish()
+    }
+}
+
+/// A request's text for `prefix` routing: its chained block hashes
+/// ([`crate::prefix::chain`]) and its length in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixKey<'a> {
+    /// The block hashes.
+    pub chain: &'a [u64],
+    /// The text's length.
+    pub len: usize,
 }
 
 /// Routing settings every snapshot carries.
@@ -39,46 +111,121 @@ impl Default for Policy {
     }
 }
 
+/// A pool declaration and the prefix table it keeps across snapshots.
+#[derive(Debug, Clone)]
+pub struct PoolEntry {
+    /// The declaration.
+    pub spec: PoolSpec,
+    /// Its table, when it routes by prefix.
+    pub table: Option<Arc<PrefixTable>>,
+}
+
 impl ReplicaSet {
     /// Builds a snapshot and its balancer with the default policy.
     pub fn new(generation: u64, routing: Routing, replicas: Vec<Replica>) -> Self {
         Self::with_policy(generation, routing, Policy::default(), replicas)
     }
 
-    /// Builds a snapshot and its balancer.
+    /// Builds a snapshot whose pools are the ones its replicas name.
     pub fn with_policy(
         generation: u64,
         routing: Routing,
         policy: Policy,
         replicas: Vec<Replica>,
     ) -> Self {
-        // Failing open never reaches a replica whose name does not resolve.
-        let active = |r: &Replica| r.state == ReplicaState::Active && r.weight > 0 && r.resolved;
-        let mut routable: Vec<bool> = replicas.iter().map(Replica::is_routable).collect();
-        let failing_open =
-            policy.fail_open && replicas.iter().any(active) && !routable.contains(&true);
-        if failing_open {
-            // Every active replica failed its checks: the checks are more
-            // likely wrong than the whole fleet, so route to all of them.
-            routable = replicas
-                .iter()
-                .map(|r| active(r) && r.health == Health::Unhealthy)
-                .collect();
+        Self::with_pools(generation, routing, policy, replicas, &[])
+    }
+
+    /// Builds a snapshot: the declared pools, then any pool a replica names
+    /// that is not declared (with default settings), and a balancer each.
+    ///
+    /// The default pool exists when it is declared, when a replica is in it,
+    /// or when no other pool exists (so an empty proxy answers 503, not 404).
+    pub fn with_pools(
+        generation: u64,
+        routing: Routing,
+        policy: Policy,
+        replicas: Vec<Replica>,
+        declared: &[PoolEntry],
+    ) -> Self {
+        let mut entries: Vec<PoolEntry> = declared.to_vec();
+        for r in &replicas {
+            if !entries.iter().any(|e| e.spec.name == r.pool) {
+                entries.push(PoolEntry {
+                    spec: PoolSpec::named(r.pool.clone()),
+                    table: None,
+                });
+            }
         }
-        let balancer = routing.build(&replicas, &routable);
+        if entries.is_empty() {
+            entries.push(PoolEntry {
+                spec: PoolSpec::named(PoolName::default_pool()),
+                table: None,
+            });
+        }
+        let mut pools = Vec::with_capacity(entries.len());
+        let mut names = HashMap::new();
+        let mut default_pool = None;
+        for entry in entries {
+            let index = pools.len() as u32;
+            let effective = entry.spec.routing.unwrap_or(routing);
+            let members: Vec<u32> = (0..replicas.len() as u32)
+                .filter(|&i| replicas[i as usize].pool == entry.spec.name)
+                .collect();
+            let (balancer, failing_open, routable) = build_balancer(
+                effective,
+                &policy,
+                &replicas,
+                &members,
+            );
+            let table = if effective == Routing::Prefix {
+                Some(entry.table.unwrap_or_else(|| {
+                    Arc::new(PrefixTable::new(entry.spec.prefix.max_tree_bytes))
+                }))
+            } else {
+                None
+            };
+            let slots = match &table {
+                Some(table) => routable
+                    .iter()
+                    .filter_map(|&i| Some((i, table.slot_for(replicas[i as usize].uid)?)))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if entry.spec.name.is_default() {
+                default_pool = Some(index);
+            }
+            // The first pool to claim a name keeps it.
+            for name in std::iter::once(entry.spec.name.as_str())
+                .chain(entry.spec.aliases.iter().map(String::as_str))
+            {
+                names.entry(name.to_owned()).or_insert(index);
+            }
+            pools.push(PoolView {
+                spec: entry.spec,
+                routing: effective,
+                members,
+                balancer,
+                failing_open,
+                table,
+                slots,
+            });
+        }
         Self {
             generation,
             routing,
             policy,
             replicas,
-            balancer,
-            failing_open,
+            pools,
+            names,
+            default_pool,
         }
     }
 
-    /// Whether every active replica is unhealthy and routing fails open.
+    /// Whether every active replica of the default pool is unhealthy and
+    /// routing fails open.
     pub fn failing_open(&self) -> bool {
-        self.failing_open
+        self.default_view().is_some_and(PoolView::failing_open)
     }
 
     /// The routing settings.
@@ -96,7 +243,7 @@ impl ReplicaSet {
         self.generation
     }
 
-    /// The routing rule the balancer was built with.
+    /// The top-level routing rule (a pool may have its own).
     pub fn routing(&self) -> Routing {
         self.routing
     }
@@ -106,12 +253,52 @@ impl ReplicaSet {
         &self.replicas
     }
 
-    /// Whether at least one replica takes new requests.
-    pub fn has_routable(&self) -> bool {
-        self.failing_open || self.replicas.iter().any(Replica::is_routable)
+    /// Every pool, declared ones first.
+    pub fn pools(&self) -> &[PoolView] {
+        &self.pools
     }
 
-    /// Picks a replica for the next request, skipping those already tried.
+    /// The pool serving `model`: the pool with that name or alias, else the
+    /// default pool; `None` when neither exists (the request gets 404).
+    #[inline]
+    pub fn pool_for(&self, model: Option<&str>) -> Option<usize> {
+        model
+            .and_then(|m| self.names.get(m))
+            .or(self.default_pool.as_ref())
+            .map(|&i| i as usize)
+    }
+
+    /// The pool whose name or alias is `model`, not falling back.
+    pub fn pool_named(&self, model: &str) -> Option<usize> {
+        self.names.get(model).map(|&i| i as usize)
+    }
+
+    /// The default pool's index, if it exists.
+    pub fn default_pool(&self) -> Option<usize> {
+        self.default_pool.map(|i| i as usize)
+    }
+
+    fn default_view(&self) -> Option<&PoolView> {
+        self.default_pool.map(|i| &self.pools[i as usize])
+    }
+
+    /// Whether at least one replica of any pool takes new requests.
+    pub fn has_routable(&self) -> bool {
+        (0..self.pools.len()).any(|p| self.pool_has_routable(p))
+    }
+
+    /// Whether at least one replica of pool `pool` takes new requests.
+    pub fn pool_has_routable(&self, pool: usize) -> bool {
+        let view = &self.pools[pool];
+        view.failing_open
+            || view
+                .members
+                .iter()
+                .any(|&i| self.replicas[i as usize].is_routable())
+    }
+
+    /// Picks a replica of the default pool for the next request, skipping
+    /// those already tried.
     #[inline]
     pub fn pick(&self, cursor: &mut Cursor, tried: &Tried) -> Option<&Replica> {
         self.pick_index(cursor, tried).map(|i| &self.replicas[i])
@@ -123,17 +310,111 @@ impl ReplicaSet {
         self.pick_at(cursor, tried, crate::clock::now_ms())
     }
 
-    /// Picks as of `now_ms` (penalties, ejections and slow start depend on it).
+    /// Picks from the default pool as of `now_ms` (penalties, ejections and
+    /// slow start depend on it).
     #[inline]
     pub fn pick_at(&self, cursor: &mut Cursor, tried: &Tried, now_ms: u64) -> Option<usize> {
-        let view = View {
+        let pool = self.default_pool? as usize;
+        self.pick_in(pool, cursor, tried, now_ms, None)
+    }
+
+    /// Picks a replica of pool `pool` (an index from [`pool_for`](Self::pool_for))
+    /// as of `now_ms`. `key` is the request's text for `prefix` routing;
+    /// without one, `prefix` picks the least loaded replica.
+    #[inline]
+    pub fn pick_in(
+        &self,
+        pool: usize,
+        cursor: &mut Cursor,
+        tried: &Tried,
+        now_ms: u64,
+        key: Option<PrefixKey<'_>>,
+    ) -> Option<usize> {
+        let view = &self.pools[pool];
+        let v = View {
             replicas: &self.replicas,
             tried,
             now_ms,
             slow_start_ms: self.policy.slow_start_ms,
+            weights: &view.spec.load,
         };
-        self.balancer.pick(&view, cursor)
+        match (&view.table, key) {
+            (Some(table), Some(key)) if !key.chain.is_empty() => {
+                pick_by_prefix(view, table, &v, cursor, key)
+            }
+            _ => view.balancer.pick(&v, cursor),
+        }
     }
+}
+
+/// Builds one pool's balancer over its routable members (or, failing open,
+/// over its active ones). Returns the balancer, whether it fails open, and
+/// the members it routes to.
+fn build_balancer(
+    routing: Routing,
+    policy: &Policy,
+    replicas: &[Replica],
+    members: &[u32],
+) -> (Box<dyn Balancer>, bool, Vec<u32>) {
+    // Failing open never reaches a replica whose name does not resolve.
+    let active = |r: &Replica| r.state == ReplicaState::Active && r.weight > 0 && r.resolved;
+    let in_pool = |i: usize| members.binary_search(&(i as u32)).is_ok();
+    let mut routable: Vec<bool> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| in_pool(i) && r.is_routable())
+        .collect();
+    let failing_open = policy.fail_open
+        && members.iter().any(|&i| active(&replicas[i as usize]))
+        && !routable.contains(&true);
+    if failing_open {
+        // Every active replica failed its checks: the checks are more
+        // likely wrong than the whole fleet, so route to all of them.
+        routable = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| in_pool(i) && active(r) && r.health == Health::Unhealthy)
+            .collect();
+    }
+    let balancer = routing.build(replicas, &routable);
+    let order = (0..replicas.len() as u32)
+        .filter(|&i| routable[i as usize])
+        .collect();
+    (balancer, failing_open, order)
+}
+
+/// `prefix` routing: the replica that last served the longest recorded
+/// prefix of the text, when the match covers `min_match_ratio` of it and
+/// that replica is not overloaded; the least loaded replica otherwise, which
+/// then owns the prefix.
+fn pick_by_prefix(
+    view: &PoolView,
+    table: &PrefixTable,
+    v: &View<'_>,
+    cursor: &mut Cursor,
+    key: PrefixKey<'_>,
+) -> Option<usize> {
+    let settings = &view.spec.prefix;
+    let least = view.balancer.pick(v, cursor)?;
+    let least_load = v.load(least);
+    let mut chosen = least;
+    if let Some(m) = table.lookup(key.chain) {
+        let matched = (m.blocks * crate::prefix::BLOCK).min(key.len);
+        let owner = view.slots.iter().find(|&&(_, s)| s == m.owner);
+        if let Some(&(index, _)) = owner {
+            let index = index as usize;
+            let covers = matched as f64 >= settings.min_match_ratio * key.len as f64;
+            let balanced = v.load(index)
+                <= settings.balance_abs_threshold + settings.balance_rel_threshold * least_load;
+            if covers && balanced && v.usable(index) {
+                chosen = index;
+            }
+        }
+    }
+    if let Some(&(_, slot)) = view.slots.iter().find(|&&(i, _)| i as usize == chosen) {
+        table.record(key.chain, slot, PrefixTable::stamp_at(v.now_ms));
+    }
+    Some(chosen)
 }
 
 impl fmt::Debug for ReplicaSet {

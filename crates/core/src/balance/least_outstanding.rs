@@ -12,12 +12,25 @@ use super::{Balancer, Cursor, View};
 #[derive(Debug, Clone)]
 pub struct LeastOutstanding {
     order: Vec<u32>,
+    /// Score by [`View::load`] (`least_load`) rather than in flight alone.
+    engine: bool,
 }
 
 impl LeastOutstanding {
     /// Over the routable replicas' indices.
     pub fn new(order: Vec<u32>) -> Self {
-        Self { order }
+        Self {
+            order,
+            engine: false,
+        }
+    }
+
+    /// `least_load`: scored by the engine's own load where it is known.
+    pub fn least_load(order: Vec<u32>) -> Self {
+        Self {
+            order,
+            engine: true,
+        }
     }
 }
 
@@ -49,7 +62,11 @@ impl Balancer for LeastOutstanding {
                         continue;
                     }
                 }
-                let score = load(view, i);
+                let score = if self.engine {
+                    view.load(i)
+                } else {
+                    load(view, i)
+                };
                 if best.is_none_or(|(b, _)| score < b) {
                     best = Some((score, i));
                 }

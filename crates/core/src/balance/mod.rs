@@ -20,6 +20,7 @@ pub use p2c::PowerOfTwoChoices;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 
+use crate::pool::LoadWeights;
 use crate::replica::Replica;
 
 /// What a pick sees: the snapshot's replicas, the ones already tried for
@@ -34,12 +35,14 @@ pub struct View<'a> {
     pub now_ms: u64,
     /// The slow-start ramp length; 0 is off.
     pub slow_start_ms: u64,
+    /// How `least_load` weighs a replica's load.
+    pub weights: &'a LoadWeights,
 }
 
 impl View<'_> {
     /// Not tried, not ejected.
     #[inline]
-    fn usable(&self, i: usize) -> bool {
+    pub(crate) fn usable(&self, i: usize) -> bool {
         !self.tried.contains(i) && !self.replicas[i].stats.is_ejected(self.now_ms)
     }
 
@@ -47,6 +50,26 @@ impl View<'_> {
     #[inline]
     fn penalized(&self, i: usize) -> bool {
         self.replicas[i].stats.is_penalized(self.now_ms)
+    }
+
+    /// A replica's load per unit of weight: the engine's queue, running
+    /// requests and KV usage when its metrics are fresh, inferlb's own
+    /// in-flight count always (see [`LoadWeights`]).
+    #[inline]
+    pub fn load(&self, i: usize) -> f64 {
+        let r = &self.replicas[i];
+        let in_flight = r.stats.in_flight() as f64;
+        let w = self.weights;
+        let raw = match r.stats.engine(self.now_ms) {
+            Some(e) => {
+                w.queue * e.waiting
+                    + w.running * e.running
+                    + w.kv_cache * e.kv_usage
+                    + w.in_flight * in_flight
+            }
+            None => in_flight,
+        };
+        raw / f64::from(r.weight.max(1))
     }
 
     /// The slow-start ramp alone.
@@ -79,15 +102,24 @@ pub enum Routing {
     /// Power of two choices: two distinct random replicas, the less loaded
     /// wins (in flight, then peak-EWMA of time to response head).
     P2c,
+    /// The lowest load as the model server reports it (queue, running
+    /// requests, KV-cache usage) plus inferlb's own in-flight count; only
+    /// the in-flight count where engine metrics are off or stale.
+    LeastLoad,
+    /// Prefix-cache affinity: the replica that served the longest matching
+    /// prompt prefix, unless it is overloaded; `least_load` otherwise.
+    Prefix,
 }
 
 impl Routing {
     /// Every routing rule, by name.
-    pub const ALL: [Routing; 4] = [
+    pub const ALL: [Routing; 6] = [
         Routing::RoundRobin,
         Routing::WeightedRoundRobin,
         Routing::LeastOutstanding,
         Routing::P2c,
+        Routing::LeastLoad,
+        Routing::Prefix,
     ];
 
     /// The name used in the config, the CLI and the API.
@@ -97,6 +129,8 @@ impl Routing {
             Self::WeightedRoundRobin => "weighted_round_robin",
             Self::LeastOutstanding => "least_outstanding",
             Self::P2c => "p2c",
+            Self::LeastLoad => "least_load",
+            Self::Prefix => "prefix",
         }
     }
 
@@ -111,6 +145,9 @@ impl Routing {
             Self::WeightedRoundRobin => Box::new(WeightedRoundRobin::build(replicas, &order)),
             Self::LeastOutstanding => Box::new(LeastOutstanding::new(order)),
             Self::P2c => Box::new(PowerOfTwoChoices::new(order)),
+            // `prefix` falls back to the least loaded replica when a request
+            // has no text to match (see `ReplicaSet::pick_in`).
+            Self::LeastLoad | Self::Prefix => Box::new(LeastOutstanding::least_load(order)),
         }
     }
 }
@@ -128,7 +165,7 @@ impl FromStr for Routing {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown routing {s:?}: expected round_robin, weighted_round_robin, least_outstanding or p2c")
+                format!("unknown routing {s:?}: expected round_robin, weighted_round_robin, least_outstanding, p2c, least_load or prefix")
             })
     }
 }

@@ -7,6 +7,13 @@ use proptest::prelude::*;
 use super::*;
 use crate::replica::{Replica, ReplicaId, ReplicaState};
 
+static WEIGHTS: LoadWeights = LoadWeights {
+    queue: 1.0,
+    running: 0.5,
+    kv_cache: 4.0,
+    in_flight: 0.5,
+};
+
 fn replicas(specs: &[(u32, bool)]) -> Vec<Replica> {
     specs
         .iter()
@@ -38,6 +45,7 @@ fn view<'a>(set: &'a [Replica], tried: &'a Tried, now_ms: u64) -> View<'a> {
         tried,
         now_ms,
         slow_start_ms: 0,
+        weights: &WEIGHTS,
     }
 }
 
@@ -232,6 +240,7 @@ fn slow_start_ramps_a_new_replica_in() {
                 tried: &tried,
                 now_ms,
                 slow_start_ms,
+                weights: &WEIGHTS,
             };
             (0..2000)
                 .filter(|_| balancer.pick(&v, cursor) == Some(1))

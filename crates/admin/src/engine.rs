@@ -1,0 +1,249 @@
+//! Engine load signals: the control plane scrapes each replica's Prometheus
+//! metrics (vLLM, SGLang, TGI) and stores the queue, running requests and
+//! KV-cache usage in the replica's shared counters, where `least_load` and
+//! `prefix`'s balance guard read them. A scrape that fails leaves the last
+//! value to go stale: after four intervals routing falls back to inferlb's
+//! own in-flight count.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inferlb_core::pool::Flavor;
+use inferlb_core::EngineLoad;
+use openmetrics_parser::PrometheusValue;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::control::Control;
+
+/// Largest metrics page read.
+const MAX_PAGE: usize = 4 * 1024 * 1024;
+
+/// Scrapes older than this many intervals are not routed on.
+pub const FRESH_INTERVALS: u32 = 4;
+
+/// The metric names of one engine: queue, running, KV usage (0..1).
+struct Names {
+    waiting: &'static [&'static str],
+    running: &'static [&'static str],
+    kv_usage: &'static [&'static str],
+}
+
+const VLLM: Names = Names {
+    waiting: &["vllm:num_requests_waiting"],
+    running: &["vllm:num_requests_running"],
+    kv_usage: &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"],
+};
+const SGLANG: Names = Names {
+    waiting: &["sglang:num_queue_reqs"],
+    running: &["sglang:num_running_reqs"],
+    kv_usage: &["sglang:token_usage"],
+};
+const TGI: Names = Names {
+    waiting: &["tgi_queue_size"],
+    running: &["tgi_batch_current_size"],
+    kv_usage: &[],
+};
+
+fn names(flavor: Flavor) -> &'static [Names] {
+    match flavor {
+        Flavor::Auto => &[VLLM, SGLANG, TGI],
+        Flavor::Vllm => &[VLLM],
+        Flavor::Sglang => &[SGLANG],
+        Flavor::Tgi => &[TGI],
+    }
+}
+
+/// Reads the load from a metrics page; `None` when the page has none of the
+/// flavor's names. Series of one name (e.g. one per model) are summed.
+pub fn parse(page: &str, flavor: Flavor) -> Option<EngineLoad> {
+    let wanted = names(flavor);
+    let all = || {
+        wanted
+            .iter()
+            .flat_map(|n| n.waiting.iter().chain(n.running).chain(n.kv_usage))
+    };
+    // Only the samples of the names wanted go through the parser (a vLLM
+    // page is mostly histograms), each name under its own `# TYPE` line:
+    // the parser groups untyped samples of different names otherwise.
+    let mut text = String::new();
+    for name in all() {
+        let mut typed = false;
+        for line in page.lines() {
+            let is_sample = line
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']));
+            if is_sample {
+                if !std::mem::replace(&mut typed, true) {
+                    text.push_str("# TYPE ");
+                    text.push_str(name);
+                    text.push_str(" gauge\n");
+                }
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    let exposition = openmetrics_parser::prometheus::parse_prometheus(&text).ok()?;
+    let mut sums: HashMap<&str, f64> = HashMap::new();
+    for (name, family) in &exposition.families {
+        let Some(wanted_name) = all().find(|n| **n == name.as_str()) else {
+            continue;
+        };
+        for sample in family.iter_samples() {
+            let value = match &sample.value {
+                PrometheusValue::Gauge(n) | PrometheusValue::Unknown(n) => n.as_f64(),
+                PrometheusValue::Counter(c) => c.value.as_f64(),
+                _ => continue,
+            };
+            if value.is_finite() {
+                *sums.entry(wanted_name).or_default() += value;
+            }
+        }
+    }
+    let first = |list: &[&str]| list.iter().find_map(|n| sums.get(n).copied());
+    wanted.iter().find_map(|n| {
+        let waiting = first(n.waiting);
+        let running = first(n.running);
+        (waiting.is_some() || running.is_some()).then(|| EngineLoad {
+            waiting: waiting.unwrap_or(0.0).max(0.0),
+            running: running.unwrap_or(0.0).max(0.0),
+            kv_usage: first(n.kv_usage).unwrap_or(0.0).clamp(0.0, 1.0),
+        })
+    })
+}
+
+/// GETs `path` from `addr` and returns the body of a 200.
+pub async fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: inferlb-engine-metrics\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::with_capacity(16 * 1024);
+        (&mut stream)
+            .take(MAX_PAGE as u64)
+            .read_to_end(&mut raw)
+            .await
+            .ok()?;
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+        if status != 200 {
+            return None;
+        }
+        let chunked = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(n, v)| {
+                n.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+            })
+        });
+        let body = &raw[head_end..];
+        let body = if chunked { dechunk(body)? } else { body.to_vec() };
+        String::from_utf8(body).ok()
+    };
+    tokio::time::timeout(timeout, attempt).await.ok().flatten()
+}
+
+/// The payload of a complete chunked body.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len());
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+/// Scrapes the replicas of every pool with `engine_metrics.enabled`, each
+/// on its pool's interval, until the process ends.
+pub async fn run(control: Arc<Control>) {
+    let mut last: HashMap<u64, Instant> = HashMap::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(50));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scrapes = tokio::task::JoinSet::new();
+    loop {
+        ticker.tick().await;
+        while scrapes.try_join_next().is_some() {}
+        let snapshot = control.snapshot();
+        let now = Instant::now();
+        let mut seen = Vec::new();
+        for pool in snapshot.pools() {
+            let settings = &pool.spec().engine_metrics;
+            if !settings.enabled {
+                continue;
+            }
+            for &i in pool.members() {
+                let r = &snapshot.replicas()[i as usize];
+                seen.push(r.uid);
+                if !r.resolved || last.get(&r.uid).is_some_and(|t| now - *t < settings.interval) {
+                    continue;
+                }
+                last.insert(r.uid, now);
+                let (addr, stats) = (r.addr, Arc::clone(&r.stats));
+                let (path, flavor, interval) =
+                    (settings.path.clone(), settings.flavor, settings.interval);
+                scrapes.spawn(async move {
+                    let page = fetch(addr, &path, interval.max(Duration::from_millis(200))).await;
+                    match page.as_deref().and_then(|p| parse(p, flavor)) {
+                        Some(load) => stats.record_engine(
+                            load,
+                            inferlb_core::clock::now_ms(),
+                            (interval * FRESH_INTERVALS).as_millis() as u64,
+                        ),
+                        None => tracing::debug!(%addr, %path, "engine metrics scrape failed"),
+                    }
+                });
+            }
+        }
+        last.retain(|uid, _| seen.contains(uid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vllm_sglang_and_tgi_pages_are_read() {
+        let vllm = "# HELP vllm:num_requests_waiting Number of requests waiting.\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 3.0\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"m\"} 5.0\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n# TYPE vllm:e2e_request_latency_seconds histogram\nvllm:e2e_request_latency_seconds_bucket{le=\"1.0\"} 4.0\n";
+        let load = parse(vllm, Flavor::Auto).unwrap();
+        assert_eq!((load.waiting, load.running, load.kv_usage), (3.0, 5.0, 0.25));
+        assert_eq!(parse(vllm, Flavor::Vllm), Some(load));
+        assert_eq!(parse(vllm, Flavor::Sglang), None);
+        let old_vllm = "vllm:num_requests_waiting 1\nvllm:num_requests_running 2\nvllm:gpu_cache_usage_perc 0.5\n";
+        assert_eq!(parse(old_vllm, Flavor::Auto).unwrap().kv_usage, 0.5);
+        let sglang = "# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs{model_name=\"m\"} 7\nsglang:num_running_reqs{model_name=\"m\"} 2\nsglang:token_usage{model_name=\"m\"} 0.9\n";
+        let load = parse(sglang, Flavor::Auto).unwrap();
+        assert_eq!((load.waiting, load.running, load.kv_usage), (7.0, 2.0, 0.9));
+        let tgi = "# TYPE tgi_queue_size gauge\ntgi_queue_size 4\n# TYPE tgi_batch_current_size gauge\ntgi_batch_current_size 8\n";
+        let load = parse(tgi, Flavor::Tgi).unwrap();
+        assert_eq!((load.waiting, load.running, load.kv_usage), (4.0, 8.0, 0.0));
+        assert_eq!(parse("other_metric 1\n", Flavor::Auto), None);
+        // A name that only starts like a wanted one is not it.
+        assert_eq!(parse("tgi_queue_size_total 4\n", Flavor::Tgi), None);
+    }
+
+    #[test]
+    fn series_of_one_name_are_summed() {
+        let page = "vllm:num_requests_waiting{model_name=\"a\"} 1\nvllm:num_requests_waiting{model_name=\"b\"} 2\nvllm:num_requests_running{model_name=\"a\"} 0\n";
+        assert_eq!(parse(page, Flavor::Auto).unwrap().waiting, 3.0);
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n").unwrap(),
+            b"hello world"
+        );
+        assert_eq!(dechunk(b"5\r\nhel"), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! `/v1/pools`: the pools (one model's replicas each) as the proxy routes
+//! them, and adding a replica to one.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use inferlb_core::{PoolView, ReplicaSet};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::{add, parse_pool, AppState, NewReplica, ReplicaView};
+use crate::error::{ApiError, ErrorBody};
+
+/// One pool as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PoolInfo {
+    /// The model name clients send.
+    pub name: String,
+    /// Other names of the model.
+    pub aliases: Vec<String>,
+    /// The routing rule in force.
+    pub routing: String,
+    /// Serves requests that name no model, or a model no pool serves.
+    pub default: bool,
+    /// Declared (config or `PUT`), rather than existing because a replica
+    /// names it.
+    pub declared: bool,
+    /// Replicas taking new requests.
+    pub routable: usize,
+    /// Its replicas, draining ones included.
+    pub replicas: Vec<ReplicaView>,
+}
+
+fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
+    let pool: &PoolView = &set.pools()[index];
+    let replicas: Vec<ReplicaView> = pool
+        .members()
+        .iter()
+        .map(|&i| ReplicaView::from(&set.replicas()[i as usize]))
+        .collect();
+    PoolInfo {
+        name: pool.name().to_string(),
+        aliases: pool.spec().aliases.clone(),
+        routing: pool.routing().to_string(),
+        default: set.default_pool() == Some(index),
+        declared,
+        routable: pool
+            .members()
+            .iter()
+            .filter(|&&i| set.replicas()[i as usize].is_routable())
+            .count(),
+        replicas,
+    }
+}
+
+/// Every pool with its replicas.
+#[utoipa::path(get, path = "/v1/pools", tag = "pools",
+    responses((status = 200, body = [PoolInfo]), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_pools(State(app): State<AppState>) -> Json<Vec<PoolInfo>> {
+    let state = app.control.state().await;
+    let set = app.control.snapshot();
+    Json(
+        (0..set.pools().len())
+            .map(|i| info(&set, i, state.pool(set.pools()[i].name()).is_some()))
+            .collect(),
+    )
+}
+
+/// One pool, by name or alias.
+#[utoipa::path(get, path = "/v1/pools/{name}", tag = "pools", params(("name" = String, Path)),
+    responses((status = 200, body = PoolInfo), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_pool(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PoolInfo>, ApiError> {
+    let state = app.control.state().await;
+    let set = app.control.snapshot();
+    let index = set
+        .pool_named(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no pool is named {name:?}")))?;
+    let declared = state.pool(set.pools()[index].name()).is_some();
+    Ok(Json(info(&set, index, declared)))
+}
+
+/// Adds a replica to a pool (created with default settings if it does not
+/// exist yet).
+#[utoipa::path(post, path = "/v1/pools/{name}/replicas", tag = "pools", params(("name" = String, Path)),
+    request_body = NewReplica,
+    responses((status = 201, body = ReplicaView), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub(crate) async fn add_pool_replica(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    crate::api::ApiJson(mut new): crate::api::ApiJson<NewReplica>,
+) -> Result<Response, ApiError> {
+    let pool = parse_pool("pool", &name)?;
+    if new.pool.as_ref().is_some_and(|p| p != pool.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "the body names pool {:?} but the path names {pool}",
+            new.pool.as_deref().unwrap_or_default()
+        )));
+    }
+    new.pool = Some(pool.to_string());
+    add(&app, &new).await
+}
