@@ -27,11 +27,19 @@ struct Source {
 type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
 type Result = std::result::Result<(), std::fmt::Error>;
 
+/// A replica's labels: `replica`, then `extra`, then `pool` (last, so
+/// queries and dashboards written before pools keep matching).
+fn labels<'a>(r: &'a Replica, extra: Option<(&'static str, &'a str)>) -> Labels<'a> {
+    let mut labels = vec![("replica", Cow::Borrowed(r.id.as_str()))];
+    if let Some((name, value)) = extra {
+        labels.push((name, Cow::Borrowed(value)));
+    }
+    labels.push(("pool", Cow::Borrowed(r.pool.as_str())));
+    labels
+}
+
 fn id(r: &Replica) -> Labels<'_> {
-    vec![
-        ("pool", Cow::Borrowed(r.pool.as_str())),
-        ("replica", Cow::Borrowed(r.id.as_str())),
-    ]
+    labels(r, None)
 }
 
 /// A counter with one series per replica.
@@ -128,9 +136,7 @@ impl Collector for Source {
                 (StatusClass::ClientError, "4xx"),
                 (StatusClass::ServerError, "5xx"),
             ] {
-                let mut labels = id(r);
-                labels.push(("class", Cow::Borrowed(name)));
-                m.encode_family(&labels)?
+                m.encode_family(&labels(r, Some(("class", name))))?
                     .encode_counter::<NoLabelSet, _, u64>(&r.stats.responses(class), None)?;
             }
         }
@@ -186,9 +192,7 @@ impl Collector for Source {
         for r in replicas {
             let current = inferlb_core::ReplicaStatus::of(r, now);
             for state in inferlb_core::ReplicaStatus::ALL {
-                let mut labels = id(r);
-                labels.push(("state", Cow::Borrowed(state.as_str())));
-                m.encode_family(&labels)?
+                m.encode_family(&labels(r, Some(("state", state.as_str()))))?
                     .encode_gauge(&i64::from(current == state))?;
             }
         }

@@ -16,8 +16,8 @@ fn spec(id: &str, addr: std::net::SocketAddr) -> ReplicaSpec {
         address: addr.to_string(),
         addr,
         weight: 1,
-    },
-    pool: Default::default(),
+        pool: Default::default(),
+    }
 }
 
 fn fast_checks() -> HealthCheck {

@@ -599,12 +599,13 @@ async fn probes_status_and_metrics() {
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().unwrap().to_owned();
     for line in [
-        "inferlb_replica_requests_total{replica=\"a\"} 1",
-        "inferlb_replica_responses_total{replica=\"a\",class=\"2xx\"} 1",
-        "inferlb_replica_in_flight{replica=\"a\"} 0",
-        "inferlb_replica_connect_errors_total{replica=\"a\"} 0",
-        "inferlb_replica_response_head_seconds_bucket{replica=\"a\",le=\"0.05\"} 1",
-        "inferlb_replica_request_duration_seconds_count{replica=\"a\"} 0",
+        "inferlb_replica_requests_total{replica=\"a\",pool=\"default\"} 1",
+        "inferlb_replica_responses_total{replica=\"a\",class=\"2xx\",pool=\"default\"} 1",
+        "inferlb_replica_in_flight{replica=\"a\",pool=\"default\"} 0",
+        "inferlb_replica_connect_errors_total{replica=\"a\",pool=\"default\"} 0",
+        "inferlb_replica_response_head_seconds_bucket{replica=\"a\",pool=\"default\",le=\"0.05\"} 1",
+        "inferlb_replica_request_duration_seconds_count{replica=\"a\",pool=\"default\"} 0",
+        "inferlb_pool_routable_replicas{pool=\"default\"} 1",
         "inferlb_worker_open_connections{worker=\"1\"} 0",
         "inferlb_snapshot_generation 1",
         "inferlb_build_info{version=",
@@ -632,10 +633,13 @@ async fn openapi_describes_exactly_the_routes() {
         "GET /healthz",
         "GET /metrics",
         "GET /readyz",
+        "GET /v1/pools",
+        "GET /v1/pools/{name}",
         "GET /v1/replicas",
         "GET /v1/replicas/{id}",
         "GET /v1/status",
         "PATCH /v1/replicas/{id}",
+        "POST /v1/pools/{name}/replicas",
         "POST /v1/replicas",
         "PUT /v1/replicas",
     ];
@@ -674,7 +678,7 @@ async fn changes_are_on_disk_before_the_answer() {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     let loaded = StateFile::new(&path)
-        .load(Routing::RoundRobin, &[])
+        .load(Routing::RoundRobin, &Default::default())
         .unwrap()
         .unwrap();
     assert_eq!(loaded.replicas()[0].id.as_str(), "a");

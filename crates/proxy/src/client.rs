@@ -63,6 +63,17 @@ impl IpText {
     }
 }
 
+/// A response the proxy writes itself: an error, or a model listing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Generated<'a> {
+    /// `HTTP/1.1 404 Not Found\r\n`.
+    pub(crate) status_line: &'a [u8],
+    /// Whole header lines, each ending in CRLF.
+    pub(crate) extra_headers: &'a [u8],
+    /// A JSON document.
+    pub(crate) body: &'a [u8],
+}
+
 /// A client connection and the buffers it holds while a request is in
 /// progress.
 pub(crate) struct Client {
@@ -230,18 +241,32 @@ impl Client {
         close: bool,
         request_id: &mut RequestId,
     ) -> bool {
+        let response = Generated {
+            status_line: kind.status_line(),
+            extra_headers: kind.extra_headers(),
+            body: kind.body(),
+        };
+        self.respond(response, close, request_id).await
+    }
+
+    /// Sends a response the proxy made (JSON); false when the client is gone.
+    pub(crate) async fn respond(
+        &mut self,
+        response: Generated<'_>,
+        close: bool,
+        request_id: &mut RequestId,
+    ) -> bool {
         if request_id.is_empty() {
             request_id.generate();
         }
-        let body = kind.body();
         self.out.clear();
-        self.out.extend_from_slice(kind.status_line());
+        self.out.extend_from_slice(response.status_line);
         self.out
             .extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
         self.out
-            .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+            .extend_from_slice(itoa::Buffer::new().format(response.body.len()).as_bytes());
         self.out.extend_from_slice(b"\r\n");
-        self.out.extend_from_slice(kind.extra_headers());
+        self.out.extend_from_slice(response.extra_headers);
         self.out.extend_from_slice(b"X-Request-Id: ");
         self.out.extend_from_slice(request_id.as_bytes());
         self.out.extend_from_slice(if close {
@@ -249,7 +274,7 @@ impl Client {
         } else {
             b"\r\n\r\n"
         });
-        self.out.extend_from_slice(body);
+        self.out.extend_from_slice(response.body);
         self.write_out(ERROR_WRITE_TIMEOUT).await.is_ok()
     }
 

@@ -106,37 +106,13 @@ impl Exchange<'_> {
             Io::Eof | Io::Failed => return Outcome::Retryable(Stage::Send),
             other => return Outcome::Fatal(gave_up(other, Direction::Write)),
         }
-        if let Err(abort) = self.send_continue(client, body, progress).await {
+        if let Err(abort) = continue_if_expected(self.info, client, body, progress).await {
             return Outcome::Fatal(abort);
         }
         if let Err(abort) = self.stream_body(client, conn, body).await {
             return Outcome::Fatal(abort);
         }
         self.await_head(client, conn, progress).await
-    }
-
-    /// A client that asked to be told before sending its body hears it now
-    /// that a replica has the head (nginx answers 100 itself too).
-    async fn send_continue(
-        &self,
-        client: &mut Client,
-        body: &Body,
-        progress: &mut Progress,
-    ) -> Result<(), Abort> {
-        if !self.info.expect_continue
-            || self.info.minor != 1
-            || body.is_done()
-            || client.pending() > 0
-            || progress.sent_continue
-        {
-            return Ok(());
-        }
-        progress.sent_continue = true;
-        let line: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-        match monoio::time::timeout(ERROR_WRITE_TIMEOUT, client.stream.write_all(line)).await {
-            Ok((Ok(_), _)) => Ok(()),
-            _ => Err(Abort::ClientGone),
-        }
     }
 
     /// Streams the rest of the request body from the client to the replica.
@@ -262,6 +238,31 @@ enum Direction {
 /// Maps a watched operation that did not complete: a write that timed out
 /// is the replica not reading (504, "did not read the request"); a read
 /// that timed out is the replica not answering (504).
+/// A client that asked to be told before sending its body hears it now
+/// that a replica has the head, or the proxy wants to read the body (nginx
+/// answers 100 itself too).
+pub(crate) async fn continue_if_expected(
+    info: &RequestInfo,
+    client: &mut Client,
+    body: &Body,
+    progress: &mut Progress,
+) -> Result<(), Abort> {
+    if !info.expect_continue
+        || info.minor != 1
+        || body.is_done()
+        || client.pending() > 0
+        || progress.sent_continue
+    {
+        return Ok(());
+    }
+    progress.sent_continue = true;
+    let line: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+    match monoio::time::timeout(ERROR_WRITE_TIMEOUT, client.stream.write_all(line)).await {
+        Ok((Ok(_), _)) => Ok(()),
+        _ => Err(Abort::ClientGone),
+    }
+}
+
 fn gave_up(io: Io, direction: Direction) -> Abort {
     match (io, direction) {
         (Io::ClientGone, _) => Abort::ClientGone,
@@ -380,6 +381,7 @@ mod tests {
                     client_ip: b"127.0.0.1",
                     trusted: false,
                     underscores: false,
+                    model_header: b"x-model",
                 },
                 &mut request_id,
                 &mut client.request,

@@ -15,13 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inferlb_core::{clock, penalty, ReplicaStats, Tried};
+use inferlb_core::{clock, penalty, PrefixKey, ReplicaStats, Tried};
 
-use crate::client::Client;
+use crate::client::{Client, Generated};
 use crate::error::{Abort, ErrorKind};
 use crate::exchange::{body_error, Exchange, Outcome, Progress, Stage};
 use crate::h1::body::{Body, Framing};
-use crate::h1::request::{self, RequestInfo};
+use crate::h1::request::{self, Local, RequestInfo};
+use crate::{inspect, models};
 use crate::h1::response::ResponseInfo;
 use crate::h1::RequestId;
 use crate::sock;
@@ -98,6 +99,23 @@ async fn forward(
     if let Some(kind) = info.refused {
         return respond_keeping(client, id, kind, true, info.keep_alive).await;
     }
+    // The model header, copied out of the head before the buffer moves.
+    let head = client.pos - head_len..client.pos;
+    let in_head = |span: request::Span| {
+        String::from_utf8_lossy(span.in_head(&client.buf[head.clone()])).into_owned()
+    };
+    let header_model = info.model.map(in_head);
+    if let Some(local) = info.local {
+        let name = match local {
+            Local::GetModel(span) => in_head(span),
+            Local::ListModels => String::new(),
+        };
+        let set = Arc::clone(worker.snapshots.borrow_mut().load());
+        if let Some((status, body)) = models::answer(&set, local, &name) {
+            let keep = info.keep_alive && !worker.stopping.get();
+            return respond_with(client, id, models::generated(status, &body), true, keep).await;
+        }
+    }
     let limit = config.limits.max_request_body_bytes;
     if matches!(info.body, Framing::Length(n) if limit.is_some_and(|l| n > l)) {
         return Err(Abort::Respond(ErrorKind::BodyTooLarge));
@@ -105,7 +123,23 @@ async fn forward(
     let mut body = Body::limited(info.body, limit, config.limits.max_chunk_extension_bytes);
     let keep_client = info.keep_alive && !worker.stopping.get();
     let head_end = client.request.len();
-    let replayable = keep_for_replay(client, &mut body, config.retries.max_replay_body_bytes)?;
+    keep_for_replay(client, &mut body, config.retries.max_replay_body_bytes)?;
+    let mut progress = Progress::default();
+    // Find the pool: the model header, or the model of a JSON body.
+    let target = match find_target(worker, client, &info, &mut body, head_end, header_model, &mut progress)
+        .await?
+    {
+        Routed::To(target) => target,
+        Routed::NoPool(model) => {
+            let body_done = body.is_done();
+            let response = models::not_found(model.as_deref());
+            let response = models::generated(models::NOT_FOUND, &response);
+            return respond_with(client, id, response, body_done, keep_client).await;
+        }
+        Routed::TooLarge => return Err(Abort::Respond(ErrorKind::BodyTooLarge)),
+    };
+    // Kept whole (with the head, or read for inspection): it can be resent.
+    let replayable = body.is_done();
     // One clock read serves the budget and every pick of this request.
     let now_ms = clock::now_ms();
     worker.retry_budget.borrow_mut().on_request(now_ms);
@@ -115,12 +149,11 @@ async fn forward(
     );
     let mut tried = Tried::default();
     let mut tried_generation = u64::MAX;
-    let mut progress = Progress::default();
     let mut host_added = false;
 
     loop {
-        // Pick a replica not tried yet.
-        let Some(picked) = pick(worker, &mut tried, &mut tried_generation, now_ms) else {
+        // Pick a replica of the pool not tried yet.
+        let Some(picked) = pick(worker, &mut tried, &mut tried_generation, now_ms, &target) else {
             return respond_keeping(client, id, attempts.give_up(), body.is_done(), keep_client)
                 .await;
         };
@@ -229,6 +262,7 @@ fn classify(
         client_ip: client.ip.as_bytes(),
         trusted: client.trusted,
         underscores: config.underscores_in_headers,
+        model_header: config.model.header.as_bytes(),
     };
     let parsed = request::parse_and_rewrite(
         head,
@@ -241,11 +275,82 @@ fn classify(
     parsed.map_err(Abort::Respond)
 }
 
+/// Where a request goes: its model (the pool is looked up in the snapshot
+/// of each pick) and, for `prefix` routing, its text's block hashes.
+#[derive(Debug, Default)]
+struct Target {
+    model: Option<String>,
+    chain: Vec<u64>,
+    text_len: usize,
+}
+
+/// The outcome of looking for a request's pool.
+enum Routed {
+    To(Target),
+    /// No pool serves the model (or the request names none) and there is
+    /// no default pool: 404.
+    NoPool(Option<String>),
+    /// The body is too large to read for its model and there is no default
+    /// pool to send it to: 413.
+    TooLarge,
+}
+
+/// Finds the request's pool from the model header, or reads a JSON body
+/// (within `routing.max_inspect_body_bytes`) for its `"model"` when the
+/// header is absent and there are pools to choose from, or for its text when
+/// the pool routes by prefix. Other requests are not looked into.
+async fn find_target(
+    worker: &Worker,
+    client: &mut Client,
+    info: &RequestInfo,
+    body: &mut Body,
+    head_end: usize,
+    header_model: Option<String>,
+    progress: &mut Progress,
+) -> Result<Routed, Abort> {
+    let set = Arc::clone(worker.snapshots.borrow_mut().load());
+    let mut target = Target {
+        model: header_model,
+        ..Target::default()
+    };
+    let by_prefix = |pool: Option<usize>| {
+        pool.is_some_and(|p| set.pools()[p].routing() == inferlb_core::Routing::Prefix)
+    };
+    let max = worker.config.model.max_inspect_body_bytes;
+    let inspect = info.json
+        && info.body != Framing::None
+        && max > 0
+        && ((target.model.is_none() && models::has_named_pools(&set))
+            || by_prefix(set.pool_for(target.model.as_deref())));
+    if inspect {
+        let timeout = worker.config.timeouts.body_read;
+        let whole = inspect::read_body(client, info, body, head_end, max, timeout, progress).await?;
+        if whole {
+            let payload = inspect::payload(&client.request[head_end..], info.body);
+            let parsed = inspect::Parsed::from(&payload);
+            if target.model.is_none() {
+                target.model = parsed.model().map(str::to_owned);
+            }
+            if by_prefix(set.pool_for(target.model.as_deref())) {
+                let mut text = Vec::new();
+                parsed.text(&payload, &mut text);
+                inferlb_core::prefix::chain(&text, &mut target.chain);
+                target.text_len = text.len();
+            }
+        } else if target.model.is_none() && set.default_pool().is_none() {
+            return Ok(Routed::TooLarge);
+        }
+    }
+    if set.pool_for(target.model.as_deref()).is_none() {
+        return Ok(Routed::NoPool(target.model));
+    }
+    Ok(Routed::To(target))
+}
+
 /// Moves the body bytes that already arrived with the head (up to `max`)
 /// behind the head in `client.request`, so they go out in one write; when
-/// that is the whole body, the request can be sent again. Returns whether
-/// it can.
-fn keep_for_replay(client: &mut Client, body: &mut Body, max: usize) -> Result<bool, Abort> {
+/// that is the whole body, the request can be sent again.
+fn keep_for_replay(client: &mut Client, body: &mut Body, max: usize) -> Result<(), Abort> {
     let start = client.pos;
     let end = client.buf.len().min(start.saturating_add(max));
     let n = body
@@ -255,7 +360,7 @@ fn keep_for_replay(client: &mut Client, body: &mut Body, max: usize) -> Result<b
         .request
         .extend_from_slice(&client.buf[start..start + n]);
     client.pos += n;
-    Ok(body.is_done())
+    Ok(())
 }
 
 /// Picks a replica of the current snapshot that this request has not
@@ -265,6 +370,7 @@ fn pick(
     tried: &mut Tried,
     tried_generation: &mut u64,
     now_ms: u64,
+    target: &Target,
 ) -> Option<Picked> {
     let mut snapshots = worker.snapshots.borrow_mut();
     let set = snapshots.load();
@@ -272,7 +378,12 @@ fn pick(
         tried.clear();
         *tried_generation = set.generation();
     }
-    let index = set.pick_at(&mut worker.cursor.borrow_mut(), tried, now_ms)?;
+    let pool = set.pool_for(target.model.as_deref())?;
+    let key = (!target.chain.is_empty()).then(|| PrefixKey {
+        chain: &target.chain,
+        len: target.text_len,
+    });
+    let index = set.pick_in(pool, &mut worker.cursor.borrow_mut(), tried, now_ms, key)?;
     tried.insert(index);
     let replica = &set.replicas()[index];
     Some(Picked {
@@ -493,6 +604,22 @@ fn finish(
     } else {
         Next::KeepAlive
     })
+}
+
+/// Sends a response the proxy made (404 for an unknown model, a model
+/// listing), with the same rule for keeping the connection as an error.
+async fn respond_with(
+    client: &mut Client,
+    id: &mut RequestId,
+    response: Generated<'_>,
+    body_done: bool,
+    keep_client: bool,
+) -> Result<Next, Abort> {
+    let close = !body_done || !keep_client;
+    if !client.respond(response, close, id).await {
+        return Err(Abort::ClientGone);
+    }
+    Ok(if close { Next::Close } else { Next::KeepAlive })
 }
 
 /// Answers with an error before the request body was read whole: the

@@ -32,6 +32,8 @@ mod exchange;
 mod forward;
 mod h1;
 mod handler;
+mod inspect;
+mod models;
 mod retry_budget;
 pub mod server;
 mod sock;
@@ -58,6 +60,7 @@ pub mod bench_support {
                 client_ip: b"192.0.2.1",
                 trusted: false,
                 underscores: false,
+                model_header: b"x-model",
             },
             &mut request_id.0,
             out,

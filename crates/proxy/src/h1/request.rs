@@ -104,6 +104,59 @@ pub(crate) struct RequestInfo {
     /// The request is well framed but refused (405 for CONNECT and TRACE):
     /// answer it, keeping the connection only when `keep_alive` allows.
     pub(crate) refused: Option<ErrorKind>,
+    /// Where the model header's value is in the head (offset, length).
+    pub(crate) model: Option<Span>,
+    /// The body is JSON (`Content-Type: application/json`).
+    pub(crate) json: bool,
+    /// The proxy answers this request itself.
+    pub(crate) local: Option<Local>,
+}
+
+/// A range of the head: `head[start..start + len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) len: u32,
+}
+
+impl Span {
+    fn of(head: &[u8], part: &[u8]) -> Self {
+        Self {
+            start: (part.as_ptr() as usize - head.as_ptr() as usize) as u32,
+            len: part.len() as u32,
+        }
+    }
+
+    /// The bytes it covers in `head`.
+    pub(crate) fn in_head(self, head: &[u8]) -> &[u8] {
+        &head[self.start as usize..(self.start + self.len) as usize]
+    }
+}
+
+/// Requests the proxy answers from its pools (OpenAI's model listing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Local {
+    /// `GET /v1/models`.
+    ListModels,
+    /// `GET /v1/models/{model}`: the model's span in the head.
+    GetModel(Span),
+}
+
+/// Which OpenAI model route, if any, a bodiless GET targets.
+fn local_route(head: &[u8], path: &str) -> Option<Local> {
+    let path = path.split('?').next().unwrap_or(path);
+    let rest = path.strip_prefix("/v1/models")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Local::ListModels);
+    }
+    let model = rest.strip_prefix('/')?;
+    Some(Local::GetModel(Span::of(head, model.as_bytes())))
+}
+
+/// Whether a `Content-Type` value is JSON (`application/json`, any params).
+fn is_json(value: &[u8]) -> bool {
+    let media = value.split(|&b| b == b';').next().unwrap_or(b"");
+    trim(media).eq_ignore_ascii_case(b"application/json")
 }
 
 /// Transfer codings a client may legitimately apply before `chunked`; a
@@ -195,6 +248,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) trusted: bool,
     /// Forward header names containing `_` (`underscores_in_headers`).
     pub(crate) underscores: bool,
+    /// The header naming the model, lowercase.
+    pub(crate) model_header: &'a [u8],
 }
 
 /// Forwarding headers the proxy writes itself, from the client's address
@@ -282,10 +337,19 @@ pub(crate) fn parse_and_rewrite(
     let mut hosts = 0;
     let mut connection = ConnectionTokens::default();
     let mut expect_continue = false;
+    let mut model = None;
+    let mut json = false;
     request_id.clear();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(forwarding.model_header) {
+            let value = trim(h.value);
+            if !value.is_empty() && model.is_none() {
+                model = Some(Span::of(head, value));
+            }
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            json = is_json(h.value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             length = Some(content_length(length, h.value)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if te_count == te.len() {
@@ -344,6 +408,9 @@ pub(crate) fn parse_and_rewrite(
             expect_continue: false,
             needs_host: false,
             refused,
+            model: None,
+            json: false,
+            local: None,
         });
     }
     if request_id.is_empty() {
@@ -400,6 +467,13 @@ pub(crate) fn parse_and_rewrite(
         expect_continue,
         needs_host: hosts == 0 && authority.is_none(),
         refused: None,
+        model,
+        json,
+        local: if method == Method::Get && body == Framing::None {
+            local_route(head, path)
+        } else {
+            None
+        },
     })
 }
 

@@ -35,8 +35,8 @@ pub fn spec(addr: SocketAddr, weight: u32) -> ReplicaSpec {
         address: addr.to_string(),
         addr,
         weight,
-    },
-    pool: Default::default(),
+        pool: Default::default(),
+    }
 }
 
 /// One worker (so shares are exact), the given driver, the given replicas.

@@ -1,0 +1,222 @@
+//! Looking at a request before a replica is picked: which model it names
+//! and, for `prefix` routing, the text whose prefix decides the replica.
+//!
+//! The model comes from the model header (`X-Model` by default) or else the
+//! top-level `"model"` of a JSON body. A JSON body is read whole into the
+//! request buffer (up to `routing.max_inspect_body_bytes`) only when that
+//! is needed: no model header, or a pool that routes by prefix. The bytes
+//! read are the ones forwarded, unchanged, and they make the request
+//! replayable. Requests without a JSON body never wait here.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::client::{Client, BODY_BUFFER};
+use crate::error::{Abort, ErrorKind};
+use crate::exchange::{body_error, continue_if_expected, Progress};
+use crate::h1::body::{Body, Framing};
+use crate::h1::request::RequestInfo;
+
+/// Reads the rest of the request body behind the head in `client.request`
+/// (which ends at `head_end`) while the body stays within `max` bytes.
+/// Returns whether the whole body is there; when it is not, what was read
+/// stays in `client.request` and the rest streams as usual.
+pub(crate) async fn read_body(
+    client: &mut Client,
+    info: &RequestInfo,
+    body: &mut Body,
+    head_end: usize,
+    max: usize,
+    timeout: Duration,
+    progress: &mut Progress,
+) -> Result<bool, Abort> {
+    if matches!(info.body, Framing::Length(n) if n > max as u64) {
+        return Ok(body.is_done());
+    }
+    loop {
+        let have = client.request.len() - head_end;
+        let start = client.pos;
+        let end = client.buf.len().min(start + (max + 1).saturating_sub(have));
+        let n = body
+            .take(&client.buf[start..end], |_| {})
+            .map_err(|e| Abort::Respond(body_error(e)))?;
+        client
+            .request
+            .extend_from_slice(&client.buf[start..start + n]);
+        client.pos += n;
+        if body.is_done() {
+            return Ok(true);
+        }
+        if client.request.len() - head_end > max {
+            return Ok(false);
+        }
+        continue_if_expected(info, client, body, progress).await?;
+        match monoio::time::timeout(timeout, client.fill(BODY_BUFFER)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(Abort::ClientGone),
+            Err(_) => return Err(Abort::Respond(ErrorKind::BodyTimeout)),
+        }
+    }
+}
+
+/// The body's payload: as it is, or de-chunked.
+pub(crate) fn payload(raw: &[u8], framing: Framing) -> Cow<'_, [u8]> {
+    if framing != Framing::Chunked {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut framer = Body::new(Framing::Chunked);
+    let _ = framer.take(raw, |range| out.extend_from_slice(&raw[range]));
+    Cow::Owned(out)
+}
+
+/// The parts of an OpenAI-style request body routing looks at; everything
+/// else is skipped unparsed.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Parsed<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    messages: Option<Vec<Message<'a>>>,
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    prompt: Option<Prompt<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, default)]
+    role: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "lenient")]
+    content: Option<Content<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+    #[serde(borrow)]
+    Parts(Vec<Part<'a>>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt<'a> {
+    #[serde(borrow)]
+    Text(Cow<'a, str>),
+    #[serde(borrow)]
+    Texts(Vec<Cow<'a, str>>),
+    Tokens(Vec<u64>),
+}
+
+/// A field of an unexpected type reads as absent rather than failing the
+/// whole parse: the replica, not the proxy, judges the request.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(T::deserialize(value).ok())
+}
+
+impl<'a> Parsed<'a> {
+    /// Parses a JSON body; anything that is not a JSON object gives nothing.
+    pub(crate) fn from(payload: &'a [u8]) -> Self {
+        serde_json::from_slice(payload).unwrap_or_default()
+    }
+
+    /// The top-level `"model"`, when it is a string.
+    pub(crate) fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// The text `prefix` routing matches: the chat's roles and contents in
+    /// order, a completion's prompt, or else the payload itself.
+    pub(crate) fn text(&self, payload: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        if let Some(messages) = &self.messages {
+            for m in messages {
+                out.extend_from_slice(m.role.as_bytes());
+                out.push(0);
+                match &m.content {
+                    Some(Content::Text(t)) => out.extend_from_slice(t.as_bytes()),
+                    Some(Content::Parts(parts)) => {
+                        for t in parts.iter().filter_map(|p| p.text.as_deref()) {
+                            out.extend_from_slice(t.as_bytes());
+                        }
+                    }
+                    None => {}
+                }
+                out.push(0);
+            }
+            return;
+        }
+        match &self.prompt {
+            Some(Prompt::Text(t)) => out.extend_from_slice(t.as_bytes()),
+            Some(Prompt::Texts(texts)) => {
+                for t in texts {
+                    out.extend_from_slice(t.as_bytes());
+                    out.push(0);
+                }
+            }
+            Some(Prompt::Tokens(tokens)) => {
+                for t in tokens {
+                    out.extend_from_slice(&t.to_le_bytes());
+                }
+            }
+            None => out.extend_from_slice(payload),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_and_the_chat_text_are_read() {
+        let body = br#"{"model":"llama-3-8b","stream":true,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+        let parsed = Parsed::from(body);
+        assert_eq!(parsed.model(), Some("llama-3-8b"));
+        let mut text = Vec::new();
+        parsed.text(body, &mut text);
+        assert_eq!(text, b"system\0You are terse.\0user\0Hi\0");
+    }
+
+    #[test]
+    fn prompts_escapes_and_odd_types() {
+        let body = br#"{"model":"a\"b","prompt":"once upon"}"#;
+        let parsed = Parsed::from(body);
+        assert_eq!(parsed.model(), Some("a\"b"));
+        let mut text = Vec::new();
+        parsed.text(body, &mut text);
+        assert_eq!(text, b"once upon");
+        // A model that is not a string, and a body that is not JSON.
+        let body = br#"{"model":42,"input":"x"}"#;
+        let parsed = Parsed::from(body);
+        assert_eq!(parsed.model(), None);
+        parsed.text(body, &mut text);
+        assert_eq!(text, body, "anything else: the body itself");
+        assert_eq!(Parsed::from(b"not json").model(), None);
+        let parsed = Parsed::from(br#"{"prompt":[1,2]}"#);
+        parsed.text(b"", &mut text);
+        assert_eq!(text.len(), 16);
+    }
+
+    #[test]
+    fn chunked_bodies_are_read_as_their_payload() {
+        let raw = b"7\r\n{\"model\r\n8\r\n\":\"m\"}  \r\n0\r\n\r\n";
+        let payload = payload(raw, Framing::Chunked);
+        assert_eq!(&*payload, b"{\"model\":\"m\"}  ");
+        assert_eq!(Parsed::from(&payload).model(), Some("m"));
+    }
+}

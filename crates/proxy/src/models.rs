@@ -1,0 +1,129 @@
+//! Answers the proxy gives from its pools, in OpenAI's formats: the model
+//! listing (`GET /v1/models`, `GET /v1/models/{model}`) and the 404 for a
+//! model no pool serves.
+//!
+//! With only the default pool there is nothing to list: those requests go
+//! to a replica as before, which lists its own models.
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use inferlb_core::ReplicaSet;
+use serde::Serialize;
+
+use crate::client::Generated;
+use crate::h1::request::Local;
+
+/// `created` of every listed model: when this process started.
+fn created() -> u64 {
+    static CREATED: OnceLock<u64> = OnceLock::new();
+    *CREATED.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+#[derive(Serialize)]
+struct Model<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+impl<'a> Model<'a> {
+    fn new(id: &'a str) -> Self {
+        Self {
+            id,
+            object: "model",
+            created: created(),
+            owned_by: "inferlb",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct List<'a> {
+    object: &'static str,
+    data: Vec<Model<'a>>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: &'static str,
+}
+
+/// Whether the snapshot has pools other than the default one.
+pub(crate) fn has_named_pools(set: &ReplicaSet) -> bool {
+    set.pools().iter().any(|p| !p.name().is_default())
+}
+
+/// OpenAI's 404 for a model nobody serves.
+pub(crate) fn not_found(model: Option<&str>) -> Vec<u8> {
+    let message = match model {
+        Some(m) => format!("The model `{m}` does not exist or has no replica behind this load balancer."),
+        None => "The request names no model and this load balancer has no default pool: send the model in the body's \"model\" or the model header.".to_owned(),
+    };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind: "invalid_request_error",
+            param: Some("model"),
+            code: "model_not_found",
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The status line of [`not_found`].
+pub(crate) const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\n";
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\n";
+
+/// The answer to a model route, or `None` when the request should go to a
+/// replica (no named pools). `model` is the `{model}` of a retrieval.
+pub(crate) fn answer(set: &ReplicaSet, local: Local, model: &str) -> Option<(&'static [u8], Vec<u8>)> {
+    if !has_named_pools(set) {
+        return None;
+    }
+    let serving = |i: usize| !set.pools()[i].name().is_default() && set.pool_has_routable(i);
+    let answer = match local {
+        Local::ListModels => {
+            let mut data = Vec::new();
+            for (i, pool) in set.pools().iter().enumerate() {
+                if serving(i) {
+                    data.push(Model::new(pool.name().as_str()));
+                    data.extend(pool.spec().aliases.iter().map(|a| Model::new(a)));
+                }
+            }
+            let list = List {
+                object: "list",
+                data,
+            };
+            (OK, serde_json::to_vec(&list).unwrap_or_default())
+        }
+        Local::GetModel(_) => match set.pool_named(model).filter(|&i| serving(i)) {
+            Some(_) => (OK, serde_json::to_vec(&Model::new(model)).unwrap_or_default()),
+            None => (NOT_FOUND, not_found(Some(model))),
+        },
+    };
+    Some(answer)
+}
+
+/// A [`Generated`] JSON response.
+pub(crate) fn generated<'a>(status_line: &'a [u8], body: &'a [u8]) -> Generated<'a> {
+    Generated {
+        status_line,
+        extra_headers: b"",
+        body,
+    }
+}
