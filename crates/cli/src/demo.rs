@@ -1,12 +1,13 @@
-//! `inferlb demo`: three fake model replicas and the proxy in front of them.
+//! `inferlb demo`: two model pools of simulated model servers (OpenAI API,
+//! vLLM metrics, a prefix cache) and the proxy in front of them.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use inferlb_core::{Command, Config, ReplicaId, ReplicaSpec, State};
-use inferlb_testkit::{FakeReplica, Latency};
+use inferlb_core::pool::EngineMetrics;
+use inferlb_core::{Command, Config, PoolName, PoolSpec, ReplicaId, ReplicaSpec, Routing, State};
+use inferlb_testkit::EngineConfig;
 
 /// Flags of `inferlb demo`.
 #[derive(Debug, Args)]
@@ -14,8 +15,8 @@ pub(crate) struct DemoArgs {
     /// Where the proxy listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// How many fake replicas to start.
-    #[arg(long, default_value_t = 3)]
+    /// Fake replicas per pool.
+    #[arg(long, default_value_t = 2)]
     replicas: usize,
     /// Worker threads [default: one per available core].
     #[arg(long)]
@@ -24,6 +25,16 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin_listen: SocketAddr,
 }
+
+/// The demo's pools: (name, alias, routing).
+const POOLS: [(&str, &str, Routing); 2] = [
+    (
+        "llama-3-8b",
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        Routing::Prefix,
+    ),
+    ("qwen2-7b", "Qwen/Qwen2-7B-Instruct", Routing::LeastLoad),
+];
 
 pub(crate) fn run(args: DemoArgs) -> Result<()> {
     // The demo takes no token, so, like `serve` without one, it keeps the
@@ -35,58 +46,78 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             args.admin_listen
         );
     }
-    let mut handles = Vec::with_capacity(args.replicas);
+    let mut handles = Vec::new();
     let mut config = Config::default();
     config.proxy.listen = args.listen;
     config.proxy.workers = args.workers.unwrap_or(0);
     let mut state = State::new(config.routing);
-    for i in 0..args.replicas {
-        let name = format!("demo-{}", i + 1);
-        let replica = FakeReplica::builder()
-            .name(&name)
-            .completions()
-            .latency(Latency::Uniform(
-                Duration::from_millis(5),
-                Duration::from_millis(30),
-            ))
-            .start()
-            .with_context(|| format!("cannot start fake replica {name}"))?;
-        let addr = replica.addr();
-        state.apply(Command::Add(ReplicaSpec {
-            id: ReplicaId::new(&name)?,
-            address: addr.to_string(),
-            addr,
-            weight: 1,
-            pool: Default::default(),
-        }))?;
-        handles.push(replica);
+    for (name, alias, routing) in POOLS {
+        let pool = PoolName::new(name)?;
+        let mut spec = PoolSpec::named(pool.clone());
+        spec.aliases = vec![alias.to_owned()];
+        spec.routing = Some(routing);
+        spec.engine_metrics = EngineMetrics {
+            enabled: true,
+            ..EngineMetrics::default()
+        };
+        state.apply(Command::SetPool(spec.clone()))?;
+        config.pools.push(spec);
+        for i in 0..args.replicas.max(1) {
+            let id = format!("{name}-{}", i + 1);
+            let engine = EngineConfig {
+                models: vec![name.to_owned(), alias.to_owned()],
+                name: id.clone(),
+                decode_ms_per_token: 20.0,
+                ..EngineConfig::default()
+            };
+            let replica = inferlb_testkit::engine::start(engine, SocketAddr::from(([127, 0, 0, 1], 0)))
+                .with_context(|| format!("cannot start fake replica {id}"))?;
+            let addr = replica.addr();
+            let spec = ReplicaSpec {
+                id: ReplicaId::new(&id)?,
+                address: addr.to_string(),
+                addr,
+                weight: 1,
+                pool: pool.clone(),
+            };
+            config.replicas.push(spec.clone());
+            state.apply(Command::Add(spec))?;
+            handles.push(replica);
+        }
     }
     let (handle, snapshots) = crate::serve::start_proxy(&config, &state)?;
     let at = handle.local_addr();
     let admin = args.admin_listen;
     #[allow(clippy::print_stdout)]
     {
+        let (a, b) = (POOLS[0].0, POOLS[1].0);
         println!();
         println!(
-            "inferlb demo: {} fake replicas behind http://{at}",
-            args.replicas
+            "inferlb demo: pools {a} (prefix routing) and {b} (least_load on engine metrics), {} simulated replicas each, behind http://{at}",
+            args.replicas.max(1)
         );
         println!();
-        println!("  # a completion (JSON), answered by the replicas in turn:");
-        println!("  curl -s http://{at}/v1/completions -H 'content-type: application/json' \\");
-        println!("       -d '{{\"prompt\": \"hello\", \"max_tokens\": 16}}'");
+        println!("  # the models, as OpenAI's API lists them:");
+        println!("  curl -s http://{at}/v1/models");
         println!();
-        println!("  # a token stream (SSE), relayed event by event:");
-        println!("  curl -N http://{at}/v1/completions -H 'content-type: application/json' \\");
-        println!("       -d '{{\"prompt\": \"hello\", \"stream\": true}}'");
+        println!("  # a chat completion; the body's \"model\" picks the pool:");
+        println!("  curl -s http://{at}/v1/chat/completions -H 'content-type: application/json' \\");
+        println!("       -d '{{\"model\": \"{a}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'");
         println!();
-        println!("  # which replica answered:");
-        println!("  curl -si http://{at}/v1/completions -d '{{}}' | grep -i x-replica");
+        println!("  # a token stream (SSE), relayed event by event; X-Model works too:");
+        println!("  curl -N http://{at}/v1/completions -H 'content-type: application/json' -H 'X-Model: {b}' \\");
+        println!("       -d '{{\"prompt\": \"hello\", \"max_tokens\": 8, \"stream\": true}}'");
         println!();
-        println!(
-            "  # the admin API: list, add, drain replicas (changes are not persisted in the demo):"
-        );
-        println!("  curl -s http://{admin}/v1/replicas");
+        println!("  # the openai SDK (pip install openai), unchanged:");
+        println!("  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{at}/v1\", api_key=\"none\")");
+        println!("  for e in c.chat.completions.create(model=\"{a}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}], stream=True):");
+        println!("      print(e.choices[0].delta.content or \"\", end=\"\", flush=True)'");
+        println!();
+        println!("  # which replica answered, and the pools with their engines' load:");
+        println!("  curl -si http://{at}/v1/completions -H 'X-Model: {a}' -H 'content-type: application/json' -d '{{\"prompt\": \"hi\"}}' | grep -i x-replica");
+        println!("  curl -s http://{admin}/v1/pools");
+        println!();
+        println!("  # the admin API: list, add, drain replicas (changes are not persisted in the demo):");
         println!("  cargo run -p inferlb -- replicas list --admin http://{admin}");
         println!("  curl -s http://{admin}/metrics | grep inferlb_replica_requests");
         println!();
@@ -98,7 +129,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         token: None,
         protect_probes: false,
         store: None,
-        declared: Default::default(),
+        declared: crate::serve::declared(&config),
         dns_refresh: None,
         config_path: None,
         health: config.health.clone(),

@@ -4,6 +4,7 @@
 
 mod autoscale;
 mod demo;
+mod fake_replica;
 mod replicas;
 mod serve;
 
@@ -22,9 +23,11 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve(serve::ServeArgs),
-    /// Start three fake model replicas and the proxy in front of them, for a
-    /// first look with curl.
+    /// Start two model pools of fake replicas and the proxy in front of
+    /// them, for a first look with curl or the openai SDK.
     Demo(demo::DemoArgs),
+    /// Run one simulated model server (OpenAI API, vLLM metrics).
+    FakeReplica(fake_replica::FakeReplicaArgs),
     /// List, add, drain, remove and reweight replicas through the admin API.
     Replicas(replicas::ReplicasArgs),
     /// Make SageMaker autoscaling (Application Auto Scaling) match a file.
@@ -60,6 +63,9 @@ fn run() -> Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::FakeReplica(args) => {
+            fake_replica::run(args).map(|()| std::process::ExitCode::SUCCESS)
+        }
         Command::Replicas(args) => replicas::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Autoscale(args) => autoscale::run(args),
     }

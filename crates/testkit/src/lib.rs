@@ -7,12 +7,16 @@
 //! - [`replica`]: `FakeReplica::builder()`: latency, status, body size, SSE
 //!   token streams, framing, failure modes, and counters.
 //! - [`client`]: `RawClient`, `send_raw`, `eventually`, `wait_for_port`.
+//! - [`engine`]: a simulated inference engine speaking the OpenAI API, with
+//!   a prefix cache, decode slots and vLLM's metrics (`inferlb fake-replica`).
 
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod engine;
 pub mod replica;
 
+pub use engine::{EngineConfig, EngineHandle, EngineStats};
 pub use client::{
     eventually, send_raw, send_raw_until_close, wait_for_port, RawClient, RawResponse,
 };
