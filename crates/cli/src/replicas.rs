@@ -31,7 +31,11 @@ pub(crate) struct ReplicasArgs {
 #[derive(Debug, Subcommand)]
 enum ReplicasCommand {
     /// List replicas.
-    List,
+    List {
+        /// Only this pool's.
+        #[arg(long)]
+        pool: Option<String>,
+    },
     /// Add a replica.
     Add {
         /// ip:port or host:port.
@@ -42,6 +46,9 @@ enum ReplicasCommand {
         /// Stable id [default: derived from the address].
         #[arg(long)]
         id: Option<String>,
+        /// The pool (model) it serves [default: the default pool].
+        #[arg(long)]
+        pool: Option<String>,
     },
     /// Drain a replica: no new requests; removed when in-flight requests finish.
     Drain {
@@ -102,6 +109,7 @@ impl Client {
 fn table(replicas: &[Value]) -> String {
     let headers = [
         "ID",
+        "POOL",
         "ADDRESS",
         "WEIGHT",
         "STATE",
@@ -119,6 +127,7 @@ fn table(replicas: &[Value]) -> String {
             };
             vec![
                 text("id"),
+                text("pool"),
                 text("address"),
                 text("weight"),
                 text("state"),
@@ -163,11 +172,16 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<()> {
         agent,
     };
     let (_, value) = match &args.command {
-        ReplicasCommand::List => client.request("GET", "/v1/replicas", None)?,
+        ReplicasCommand::List { pool: None } => client.request("GET", "/v1/replicas", None)?,
+        ReplicasCommand::List { pool: Some(pool) } => {
+            let (status, value) = client.request("GET", &format!("/v1/pools/{pool}"), None)?;
+            (status, value.get("replicas").cloned().unwrap_or(Value::Null))
+        }
         ReplicasCommand::Add {
             address,
             weight,
             id,
+            pool,
         } => {
             let mut body = json!({ "address": address });
             if let Some(w) = weight {
@@ -175,6 +189,9 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<()> {
             }
             if let Some(id) = id {
                 body["id"] = json!(id);
+            }
+            if let Some(pool) = pool {
+                body["pool"] = json!(pool);
             }
             client.request("POST", "/v1/replicas", Some(body))?
         }
@@ -200,7 +217,7 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<()> {
         return Ok(());
     }
     match (&args.command, &value) {
-        (ReplicasCommand::List, Value::Array(list)) => print!("{}", table(list)),
+        (ReplicasCommand::List { .. }, Value::Array(list)) => print!("{}", table(list)),
         (ReplicasCommand::Drain { id, .. }, _) => println!("replica {id} is draining"),
         (ReplicasCommand::Remove { id }, _) => println!("replica {id} removed"),
         (_, Value::Object(_)) => print!("{}", table(std::slice::from_ref(&value))),

@@ -21,8 +21,8 @@ use crate::h1::request::RequestInfo;
 
 /// Reads the rest of the request body behind the head in `client.request`
 /// (which ends at `head_end`) while the body stays within `max` bytes.
-/// Returns whether the whole body is there; when it is not, what was read
-/// stays in `client.request` and the rest streams as usual.
+/// Returns whether the whole body is there within `max`; when it is not,
+/// what was read stays in `client.request` and the rest streams as usual.
 pub(crate) async fn read_body(
     client: &mut Client,
     info: &RequestInfo,
@@ -33,7 +33,7 @@ pub(crate) async fn read_body(
     progress: &mut Progress,
 ) -> Result<bool, Abort> {
     if matches!(info.body, Framing::Length(n) if n > max as u64) {
-        return Ok(body.is_done());
+        return Ok(false);
     }
     loop {
         let have = client.request.len() - head_end;
@@ -46,11 +46,9 @@ pub(crate) async fn read_body(
             .request
             .extend_from_slice(&client.buf[start..start + n]);
         client.pos += n;
-        if body.is_done() {
-            return Ok(true);
-        }
-        if client.request.len() - head_end > max {
-            return Ok(false);
+        let within = client.request.len() - head_end <= max;
+        if body.is_done() || !within {
+            return Ok(body.is_done() && within);
         }
         continue_if_expected(info, client, body, progress).await?;
         match monoio::time::timeout(timeout, client.fill(BODY_BUFFER)).await {

@@ -72,6 +72,33 @@ pub fn start_weighted(
     }
 }
 
+/// A proxy (one worker, the given driver) over a state the test built.
+pub fn start_state(driver: IoDriver, state: State, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = Config::default();
+    config.proxy.listen = "127.0.0.1:0".parse().unwrap();
+    config.proxy.workers = 1;
+    config.proxy.io_driver = driver;
+    tweak(&mut config);
+    let snapshots = Snapshots::new(state.snapshot());
+    let handle = inferlb_proxy::start(&config.proxy, snapshots.clone()).expect("proxy starts");
+    Proxy {
+        handle,
+        snapshots,
+        state,
+    }
+}
+
+/// A replica spec in pool `pool`, its id `id`.
+pub fn pool_spec(id: &str, addr: SocketAddr, pool: &str) -> ReplicaSpec {
+    ReplicaSpec {
+        id: ReplicaId::new(id).unwrap(),
+        address: addr.to_string(),
+        addr,
+        weight: 1,
+        pool: inferlb_core::PoolName::new(pool).unwrap(),
+    }
+}
+
 /// `clients` keep-alive connections, each sending `requests` GETs at once;
 /// every answer must be 200. Returns requests per replica (`X-Replica`).
 pub fn shares_under_load(

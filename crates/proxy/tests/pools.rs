@@ -1,0 +1,337 @@
+//! Pools over real sockets: the model from `X-Model` or a JSON body picks
+//! the pool, `GET /v1/models` lists the pools, a model nobody serves gets
+//! OpenAI's 404, `prefix` keeps a prompt prefix on one replica and
+//! `least_load` follows the engines' own load. Both monoio drivers.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use inferlb_core::{Command, EngineLoad, IoDriver, PoolName, PoolSpec, Routing, State};
+use inferlb_testkit::{FakeReplica, RawClient, ReplicaHandle};
+use support::{pool_spec, start_state};
+
+both_drivers!(
+    the_model_header_picks_the_pool,
+    a_json_body_names_the_model_and_reaches_the_replica_unchanged,
+    without_a_default_pool_a_model_nobody_serves_gets_404,
+    a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413,
+    the_proxy_lists_the_models_of_its_pools,
+    prefix_routing_keeps_each_prefix_on_one_replica,
+    least_load_follows_the_engines_queues,
+    requests_without_a_json_body_are_not_held,
+);
+
+/// Echoing replicas named `names`, each in the pool of the same index.
+fn replicas(names: &[&str]) -> Vec<ReplicaHandle> {
+    names
+        .iter()
+        .map(|n| FakeReplica::builder().name(n).echo().start().unwrap())
+        .collect()
+}
+
+fn pool(name: &str, aliases: &[&str], routing: Option<Routing>) -> PoolSpec {
+    let mut spec = PoolSpec::named(PoolName::new(name).unwrap());
+    spec.aliases = aliases.iter().map(|a| a.to_string()).collect();
+    spec.routing = routing;
+    spec
+}
+
+/// Pools `a` (alias `org/a`, two replicas a1 a2) and `b` (b1); with
+/// `default`, also the default pool (d1).
+fn fleet(default: bool) -> (State, Vec<ReplicaHandle>) {
+    let handles = replicas(&["a1", "a2", "b1", "d1"]);
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(pool("a", &["org/a"], None)))
+        .unwrap();
+    state.apply(Command::SetPool(pool("b", &[], None))).unwrap();
+    let pools = ["a", "a", "b", "default"];
+    for (i, h) in handles.iter().enumerate() {
+        if pools[i] == "default" && !default {
+            continue;
+        }
+        let id = ["a1", "a2", "b1", "d1"][i];
+        state
+            .apply(Command::Add(pool_spec(id, h.addr(), pools[i])))
+            .unwrap();
+    }
+    (state, handles)
+}
+
+fn post(client: &mut RawClient, path: &str, headers: &str, body: &str) -> inferlb_testkit::RawResponse {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(request.as_bytes()).unwrap();
+    client.read_response().unwrap()
+}
+
+fn replica_of(resp: &inferlb_testkit::RawResponse) -> String {
+    resp.header("x-replica").unwrap_or("?").to_owned()
+}
+
+fn the_model_header_picks_the_pool(driver: IoDriver) {
+    let (state, _handles) = fleet(true);
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..4 {
+        let resp = post(&mut client, "/v1/completions", "X-Model: a\r\n", "{}");
+        assert_eq!(resp.status, 200);
+        seen.insert(replica_of(&resp));
+    }
+    assert_eq!(seen, HashSet::from(["a1".to_owned(), "a2".to_owned()]));
+    let resp = post(&mut client, "/x", "x-model: org/a\r\n", "");
+    assert!(replica_of(&resp).starts_with('a'), "an alias names the pool");
+    let resp = post(&mut client, "/x", "X-Model: b\r\n", "");
+    assert_eq!(replica_of(&resp), "b1");
+    // No model, or one no pool serves: the default pool.
+    assert_eq!(replica_of(&client.get("/").unwrap()), "d1");
+    let resp = post(&mut client, "/x", "X-Model: nobody\r\n", "");
+    assert_eq!(replica_of(&resp), "d1");
+}
+
+fn a_json_body_names_the_model_and_reaches_the_replica_unchanged(driver: IoDriver) {
+    let (state, _handles) = fleet(true);
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let body = r#"{"messages":[{"role":"user","content":"hi \"there\""}],"model":"b","stream":false}"#;
+    let json = "Content-Type: application/json; charset=utf-8\r\n";
+    let resp = post(&mut client, "/v1/chat/completions", json, body);
+    assert_eq!(replica_of(&resp), "b1");
+    assert_eq!(resp.text(), body, "forwarded byte for byte");
+    // The header wins over the body.
+    let resp = post(&mut client, "/v1/chat/completions", &format!("{json}X-Model: a\r\n"), body);
+    assert!(replica_of(&resp).starts_with('a'));
+    // A chunked body, the model split across chunks, with 100-continue.
+    let chunked = "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n";
+    client.send(chunked.as_bytes()).unwrap();
+    let interim = client.read_head().unwrap();
+    assert_eq!(interim.status, 100, "the proxy asks for the body it inspects");
+    client
+        .send(b"9\r\n{\"model\":\r\n8\r\n\"org/a\"}\r\n0\r\n\r\n")
+        .unwrap();
+    let resp = client.read_response().unwrap();
+    assert!(replica_of(&resp).starts_with('a'), "{resp:?}");
+    assert_eq!(resp.text(), "{\"model\":\"org/a\"}");
+    // Not JSON (by its content type): not looked into, default pool.
+    let resp = post(&mut client, "/v1/completions", "Content-Type: text/plain\r\n", body);
+    assert_eq!(replica_of(&resp), "d1");
+}
+
+fn without_a_default_pool_a_model_nobody_serves_gets_404(driver: IoDriver) {
+    let (state, _handles) = fleet(false);
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let json = "Content-Type: application/json\r\n";
+    for (headers, body) in [
+        (json.to_owned(), r#"{"model":"gpt-9","prompt":"x"}"#),
+        (format!("{json}X-Model: gpt-9\r\n"), "{}"),
+        (json.to_owned(), r#"{"prompt":"no model"}"#),
+    ] {
+        let resp = post(&mut client, "/v1/completions", &headers, body);
+        assert_eq!(resp.status, 404, "{headers} {body}");
+        let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(error["error"]["code"], "model_not_found");
+        assert_eq!(error["error"]["type"], "invalid_request_error");
+        assert!(error["error"]["message"].as_str().unwrap().len() > 10);
+    }
+    // The connection stays usable: the body was read whole.
+    let resp = post(&mut client, "/v1/completions", json, r#"{"model":"a"}"#);
+    assert_eq!(resp.status, 200);
+}
+
+fn a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413(driver: IoDriver) {
+    let big = format!(r#"{{"model":"b","prompt":"{}"}}"#, "x".repeat(4096));
+    let json = "Content-Type: application/json\r\n";
+    let (state, _handles) = fleet(true);
+    let proxy = start_state(driver, state, |c| c.proxy.model.max_inspect_body_bytes = 1024);
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = post(&mut client, "/v1/completions", json, &big);
+    assert_eq!(replica_of(&resp), "d1", "too big to read: the default pool");
+    assert_eq!(resp.body.len(), big.len());
+    let small = r#"{"model":"b"}"#;
+    assert_eq!(replica_of(&post(&mut client, "/", json, small)), "b1");
+
+    let (state, _handles) = fleet(false);
+    let proxy = start_state(driver, state, |c| c.proxy.model.max_inspect_body_bytes = 1024);
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = post(&mut client, "/v1/completions", json, &big);
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.header("connection"), Some("close"));
+    // Chunked, discovered while reading.
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let head = "POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    client
+        .send(format!("{head}{:x}\r\n{big}\r\n0\r\n\r\n", big.len()).as_bytes())
+        .unwrap();
+    assert_eq!(client.read_response().unwrap().status, 413);
+}
+
+fn the_proxy_lists_the_models_of_its_pools(driver: IoDriver) {
+    let (mut state, _handles) = fleet(false);
+    // A pool whose only replica drains is not listed.
+    let c = FakeReplica::builder().name("c1").start().unwrap();
+    state.apply(Command::Add(pool_spec("c1", c.addr(), "c"))).unwrap();
+    state
+        .apply(Command::SetState {
+            id: inferlb_core::ReplicaId::new("c1").unwrap(),
+            state: inferlb_core::ReplicaState::Draining,
+        })
+        .unwrap();
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = client.get("/v1/models").unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-replica"), None, "answered by the proxy");
+    let list: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "org/a", "b"]);
+    assert!(list["data"][0]["created"].is_u64());
+    assert_eq!(list["data"][0]["object"], "model");
+    let resp = client.get("/v1/models/org/a").unwrap();
+    assert_eq!(resp.status, 200);
+    let model: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(model["id"], "org/a");
+    let resp = client.get("/v1/models/c").unwrap();
+    assert_eq!(resp.status, 404);
+
+    // With only the default pool the replicas list their own models.
+    let d = FakeReplica::builder().name("d1").start().unwrap();
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::Add(pool_spec("d1", d.addr(), "default")))
+        .unwrap();
+    let proxy = start_state(driver, state, |_| {});
+    let resp = RawClient::connect(proxy.addr())
+        .unwrap()
+        .get("/v1/models")
+        .unwrap();
+    assert_eq!(resp.header("x-replica"), Some("d1"));
+}
+
+fn prefix_routing_keeps_each_prefix_on_one_replica(driver: IoDriver) {
+    let handles = replicas(&["p1", "p2", "p3"]);
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(pool("m", &[], Some(Routing::Prefix))))
+        .unwrap();
+    for (i, h) in handles.iter().enumerate() {
+        state
+            .apply(Command::Add(pool_spec(&format!("p{}", i + 1), h.addr(), "m")))
+            .unwrap();
+    }
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let json = "Content-Type: application/json\r\n";
+    let mut owners: HashMap<usize, HashSet<String>> = HashMap::new();
+    for question in 0..5 {
+        for system in 0..6 {
+            let prompt = format!("system prompt {system}: {}", "be helpful. ".repeat(200));
+            let body = serde_json::json!({
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": prompt},
+                    {"role": "user", "content": format!("question {question}")},
+                ],
+            })
+            .to_string();
+            let resp = post(&mut client, "/v1/chat/completions", json, &body);
+            assert_eq!(resp.status, 200);
+            owners.entry(system).or_default().insert(replica_of(&resp));
+        }
+    }
+    for (system, replicas) in &owners {
+        assert_eq!(replicas.len(), 1, "system prompt {system} went to {replicas:?}");
+    }
+    let used: HashSet<&String> = owners.values().flatten().collect();
+    assert!(used.len() >= 2, "new prefixes go to the least loaded: {owners:?}");
+    // Removing a replica forgets its prefixes; its prompts move on.
+    let mut proxy = proxy;
+    let gone = owners[&0].iter().next().unwrap().clone();
+    proxy.apply(Command::Remove {
+        id: inferlb_core::ReplicaId::new(&gone).unwrap(),
+    });
+    let prompt = format!("system prompt 0: {}", "be helpful. ".repeat(200));
+    let body = serde_json::json!({"model": "m", "messages": [{"role": "system", "content": prompt}]}).to_string();
+    let resp = post(&mut client, "/v1/chat/completions", json, &body);
+    assert_ne!(replica_of(&resp), gone);
+}
+
+fn least_load_follows_the_engines_queues(driver: IoDriver) {
+    let handles = replicas(&["l1", "l2", "l3"]);
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(pool("m", &[], Some(Routing::LeastLoad))))
+        .unwrap();
+    for (i, h) in handles.iter().enumerate() {
+        state
+            .apply(Command::Add(pool_spec(&format!("l{}", i + 1), h.addr(), "m")))
+            .unwrap();
+    }
+    let proxy = start_state(driver, state, |_| {});
+    // l1 and l2 report long queues; l3 a short one.
+    let now = inferlb_core::clock::now_ms();
+    for (r, waiting) in proxy.state.replicas().iter().zip([12.0, 9.0, 1.0]) {
+        let load = EngineLoad {
+            waiting,
+            running: 4.0,
+            kv_usage: 0.5,
+        };
+        r.stats.record_engine(load, now, 60_000);
+    }
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    for _ in 0..6 {
+        let resp = post(&mut client, "/", "X-Model: m\r\n", "");
+        assert_eq!(replica_of(&resp), "l3");
+    }
+    // Stale metrics fall back to inferlb's own count: spread again.
+    for r in proxy.state.replicas() {
+        r.stats.record_engine(EngineLoad::default(), now, 0);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let seen: HashSet<String> = (0..6)
+        .map(|_| replica_of(&post(&mut client, "/", "X-Model: m\r\n", "")))
+        .collect();
+    assert!(seen.len() >= 2, "{seen:?}");
+}
+
+fn requests_without_a_json_body_are_not_held(driver: IoDriver) {
+    let (state, _handles) = fleet(true);
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    // A JSON content type on a GET: no body to wait for.
+    client
+        .send(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\r\n")
+        .unwrap();
+    client.set_read_timeout(Duration::from_secs(2)).unwrap();
+    assert_eq!(client.read_response().unwrap().status, 200);
+    // A streamed upload that names its model in the header starts at once:
+    // the replica answers before the body is complete.
+    let slow = FakeReplica::builder().name("b-slow").start().unwrap();
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::Add(pool_spec("s1", slow.addr(), "b")))
+        .unwrap();
+    state
+        .apply(Command::Add(pool_spec("s2", slow.addr(), "default")))
+        .unwrap_err();
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-Model: b\r\nContent-Length: 10\r\n\r\n{\"a\"")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(slow.counters().requests(), 1, "the head went on without the body");
+    client.send(b":1234}").unwrap();
+    assert_eq!(client.read_response().unwrap().status, 200);
+}
