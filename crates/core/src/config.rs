@@ -1309,6 +1309,87 @@ mod tests {
     }
 
     #[test]
+    fn pools_are_read_with_their_replicas_and_settings() {
+        let config = Config::from_toml(
+            r#"
+            routing = "p2c"
+            [prefix]
+            min_match_ratio = 0.6
+            [[replicas]]
+            address = "127.0.0.1:9000"
+            [[pools]]
+            name = "llama-3-8b"
+            aliases = ["meta-llama/Meta-Llama-3-8B-Instruct"]
+            routing = "prefix"
+            replicas = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002", weight = 2 }]
+            [pools.prefix]
+            balance_abs_threshold = 8
+            [pools.engine_metrics]
+            enabled = true
+            interval_ms = 500
+            flavor = "vllm"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.routing, Routing::P2c);
+        assert_eq!(config.replicas.len(), 3);
+        assert!(config.replicas[0].pool.is_default());
+        assert_eq!(config.replicas[2].pool.as_str(), "llama-3-8b");
+        assert_eq!(config.replicas[2].weight, 2);
+        let pool = config.pools.iter().find(|p| !p.name.is_default()).unwrap();
+        assert_eq!(pool.routing, Some(Routing::Prefix));
+        assert_eq!(pool.prefix.min_match_ratio, 0.6, "inherited from [prefix]");
+        assert_eq!(pool.prefix.balance_abs_threshold, 8.0);
+        assert!(pool.engine_metrics.enabled);
+        assert_eq!(pool.engine_metrics.interval, Duration::from_millis(500));
+        assert_eq!(pool.engine_metrics.flavor, crate::pool::Flavor::Vllm);
+        // The table form of `routing`.
+        let config = Config::from_toml(
+            "[routing]\nrule = \"least_load\"\nmodel_header = \"X-Target-Model\"\nmax_inspect_body_bytes = 4096",
+        )
+        .unwrap();
+        assert_eq!(config.routing, Routing::LeastLoad);
+        assert_eq!(config.proxy.model.header, "x-target-model");
+        assert_eq!(config.proxy.model.max_inspect_body_bytes, 4096);
+        assert_eq!(Config::from_toml("").unwrap().proxy.model.header, "x-model");
+    }
+
+    #[test]
+    fn bad_pools_name_the_field() {
+        let cases = [
+            ("[[pools]]\nname = \"a/b\"", "pools[0].name"),
+            (
+                "[[pools]]\nname = \"a\"\naliases = [\"x y\"]",
+                "pools[0].aliases[0]",
+            ),
+            (
+                "[[pools]]\nname = \"a\"\n[[pools]]\nname = \"b\"\naliases = [\"a\"]",
+                "pools[1].aliases[0]",
+            ),
+            (
+                "[[pools]]\nname = \"a\"\nreplicas = [{ address = \"127.0.0.1:0\" }]",
+                "pools[0].replicas[0].address",
+            ),
+            (
+                "[[pools]]\nname = \"a\"\n[pools.prefix]\nmin_match_ratio = 2.0",
+                "pools[0].prefix.min_match_ratio",
+            ),
+            (
+                "[[pools]]\nname = \"a\"\n[pools.engine_metrics]\npath = \"metrics\"",
+                "pools[0].engine_metrics.path",
+            ),
+            ("[routing]\nmodel_header = \"x model\"", "routing.model_header"),
+            ("[least_load]\nqueue = -1.0", "least_load.queue"),
+        ];
+        for (text, field) in cases {
+            match Config::from_toml(text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected an invalid {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn milliseconds_become_durations() {
         let config = Config::from_toml("[timeouts]\nclient_header_timeout_ms = 1500").unwrap();
         assert_eq!(
