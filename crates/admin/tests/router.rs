@@ -755,3 +755,131 @@ async fn the_grafana_dashboard_uses_only_served_metrics() {
     }
     assert!(checked >= 10);
 }
+
+#[tokio::test]
+async fn pools_are_listed_added_to_and_converged() {
+    let app = app();
+    // A replica added to a pool that does not exist creates it.
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/v1/pools/llama-3-8b/replicas",
+        Some(json!({"address": "127.0.0.1:9101", "id": "l1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["pool"], "llama-3-8b");
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/v1/replicas",
+        Some(json!({"address": "127.0.0.1:9102", "id": "d1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["pool"], "default");
+    let (status, pools) = call(&app, Method::GET, "/v1/pools", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["llama-3-8b", "default"]);
+    assert_eq!(pools[1]["default"], true);
+    assert_eq!(pools[0]["replicas"][0]["id"], "l1");
+    assert_eq!(pools[0]["routable"], 1);
+
+    // The body and the path must agree; a bad pool name is a 400.
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/v1/pools/llama-3-8b/replicas",
+        Some(json!({"address": "127.0.0.1:9103", "pool": "other"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message(&body).contains("path names llama-3-8b"), "{body}");
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/v1/replicas",
+        Some(json!({"address": "127.0.0.1:9103", "pool": "a/b"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message(&body).contains("replica.pool"), "{body}");
+    let (status, _) = call(&app, Method::GET, "/v1/pools/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // PUT with pools: declarations converge, replicas move between pools.
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        "/v1/replicas",
+        Some(json!({
+            "replicas": [{"address": "127.0.0.1:9102", "id": "d1"}],
+            "pools": [{
+                "name": "llama-3-8b",
+                "aliases": ["meta-llama/Meta-Llama-3-8B-Instruct"],
+                "routing": "prefix",
+                "replicas": [{"address": "127.0.0.1:9101", "id": "l1"}, {"address": "127.0.0.1:9104", "id": "l2"}],
+            }],
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["added"], json!(["l2"]));
+    let (status, _) = call(&app, Method::GET, "/v1/pools/meta-llama/Meta-Llama-3-8B-Instruct", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an alias with / is not a path segment");
+    let (_, pool) = call(&app, Method::GET, "/v1/pools/llama-3-8b", None).await;
+    assert_eq!(pool["routing"], "prefix");
+    assert_eq!(pool["declared"], true);
+    assert_eq!(pool["aliases"], json!(["meta-llama/Meta-Llama-3-8B-Instruct"]));
+    assert_eq!(pool["replicas"].as_array().unwrap().len(), 2);
+    // An alias another pool claims is a conflict, and nothing changes.
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        "/v1/replicas",
+        Some(json!({"pools": [
+            {"name": "a", "aliases": ["x"]},
+            {"name": "b", "aliases": ["x"]},
+        ]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (_, pools) = call(&app, Method::GET, "/v1/pools", None).await;
+    assert_eq!(pools.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn pools_persist_in_the_state_file() {
+    let dir = std::env::temp_dir().join(format!("inferlb-pools-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("state.json");
+    let app = app_with(None, Some(StateFile::new(&path)));
+    let (status, _) = call(
+        &app,
+        Method::PUT,
+        "/v1/replicas",
+        Some(json!({"pools": [{
+            "name": "m", "aliases": ["org/m"], "routing": "least_load",
+            "replicas": [{"address": "127.0.0.1:9201", "id": "m1"}],
+        }]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let state = StateFile::new(&path)
+        .load(Routing::RoundRobin, &Default::default())
+        .unwrap()
+        .unwrap();
+    let pool = state.pools().first().unwrap();
+    assert_eq!(pool.name.as_str(), "m");
+    assert_eq!(pool.aliases, ["org/m"]);
+    assert_eq!(pool.routing, Some(Routing::LeastLoad));
+    assert_eq!(state.replicas()[0].pool.as_str(), "m");
+    let _ = std::fs::remove_dir_all(&dir);
+}
