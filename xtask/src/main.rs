@@ -104,12 +104,17 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let moto = Moto::start(root)?;
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
+    let python = root.join("target/moto-venv/bin/python");
+    let python = python.to_string_lossy();
     let result = step_with_env(
         root,
         "test",
         &cargo,
         &args,
-        &[("INFERLB_MOTO_URL", moto.url.as_str())],
+        &[
+            ("INFERLB_MOTO_URL", moto.url.as_str()),
+            ("INFERLB_PYTHON", &python),
+        ],
     );
     drop(moto);
     result?;

@@ -1,0 +1,169 @@
+//! Real clients against `inferlb demo`: the official OpenAI Python SDK
+//! (installed by `cargo xtask test`, which sets `INFERLB_PYTHON`) lists the
+//! models and streams a chat completion through the proxy, and a `serve`
+//! config with pools routes `inferlb fake-replica` processes by model.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use inferlb_testkit::{wait_for_port, RawClient};
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn inferlb() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_inferlb"));
+    command
+        .env("RUST_LOG", "warn")
+        .env_remove("INFERLB_CONFIG")
+        .env_remove("INFERLB_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// The Python with the OpenAI SDK; a loud failure without it.
+fn python() -> String {
+    std::env::var("INFERLB_PYTHON").unwrap_or_else(|_| {
+        panic!("INFERLB_PYTHON is not set: run these tests with `cargo xtask test`, which installs the openai SDK")
+    })
+}
+
+const SDK_SCRIPT: &str = r#"
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=20)
+models = sorted(m.id for m in client.models.list())
+print("models", ",".join(models))
+pieces = []
+stream = client.chat.completions.create(
+    model="meta-llama/Meta-Llama-3-8B-Instruct",
+    messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}],
+    max_tokens=5,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+usage = None
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = chunk.usage
+    for choice in chunk.choices:
+        pieces.append(choice.delta.content or "")
+print("stream", len([p for p in pieces if p]), repr("".join(pieces)))
+print("usage", usage.completion_tokens)
+reply = client.completions.create(model="qwen2-7b", prompt="once", max_tokens=3)
+print("completion", reply.model, reply.usage.completion_tokens, repr(reply.choices[0].text))
+emb = client.embeddings.create(model="qwen2-7b", input=["a", "b"])
+print("embeddings", len(emb.data))
+try:
+    client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+except Exception as e:
+    print("missing", type(e).__name__, e.status_code)
+"#;
+
+#[test]
+fn the_openai_sdk_streams_a_chat_completion_through_the_demo() {
+    let python = python();
+    let (listen, admin) = (free_addr(), free_addr());
+    let _demo = Running(
+        inferlb()
+            .args(["demo", "--listen", &listen.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--workers", "1"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for_port(listen, Duration::from_secs(20)), "the demo did not start");
+    let output = Command::new(python)
+        .args(["-c", SDK_SCRIPT, &format!("http://{listen}/v1")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the SDK failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "models Qwen/Qwen2-7B-Instruct,llama-3-8b,meta-llama/Meta-Llama-3-8B-Instruct,qwen2-7b"
+    );
+    assert!(lines[1].starts_with("stream 5 "), "{stdout}");
+    assert_eq!(lines[2], "usage 5");
+    assert!(lines[3].starts_with("completion qwen2-7b 3 "), "{stdout}");
+    assert_eq!(lines[4], "embeddings 2");
+    assert_eq!(lines[5], "missing NotFoundError 404");
+}
+
+#[test]
+fn serve_routes_fake_replica_processes_by_model() {
+    let replicas: Vec<(SocketAddr, &str)> = vec![
+        (free_addr(), "alpha"),
+        (free_addr(), "alpha"),
+        (free_addr(), "beta"),
+    ];
+    let _children: Vec<Running> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, (addr, model))| {
+            Running(
+                inferlb()
+                    .args(["fake-replica", "--listen", &addr.to_string()])
+                    .args(["--model", model, "--name", &format!("{model}-{i}")])
+                    .args(["--decode-ms-per-token", "1"])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for (addr, _) in &replicas {
+        assert!(wait_for_port(*addr, Duration::from_secs(20)));
+    }
+    let listen = free_addr();
+    let config = format!(
+        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{}\"\n\
+         [[pools]]\nname = \"alpha\"\nrouting = \"prefix\"\nreplicas = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+         [pools.engine_metrics]\nenabled = true\ninterval_ms = 100\n\
+         [[pools]]\nname = \"beta\"\nreplicas = [{{ address = \"{}\" }}]\n",
+        free_addr(),
+        replicas[0].0,
+        replicas[1].0,
+        replicas[2].0
+    );
+    let path = std::env::temp_dir().join(format!("inferlb-openai-{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let _serve = Running(inferlb().arg("serve").arg("--config").arg(&path).spawn().unwrap());
+    assert!(wait_for_port(listen, Duration::from_secs(20)));
+    let mut client = RawClient::connect(listen).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (model, prefix) in [("alpha", "alpha-"), ("beta", "beta-"), ("alpha", "alpha-")] {
+        let body = format!(r#"{{"model":"{model}","prompt":"hello","max_tokens":2}}"#);
+        let request = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.send(request.as_bytes()).unwrap();
+        let resp = client.read_response().unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert!(resp.header("x-replica").unwrap().starts_with(prefix));
+        let reply: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(reply["model"], model);
+        assert!(Instant::now() < deadline);
+    }
+    let _ = std::fs::remove_file(&path);
+}
