@@ -41,3 +41,14 @@ pub fn state_with(n: usize, routing: Routing) -> State {
     }
     state
 }
+
+/// The spec a replica was added with (weight and pool included).
+pub fn spec_of(r: &inferlb_core::Replica) -> ReplicaSpec {
+    ReplicaSpec {
+        id: r.id.clone(),
+        address: r.address.clone(),
+        addr: r.addr,
+        weight: r.weight,
+        pool: r.pool.clone(),
+    }
+}
