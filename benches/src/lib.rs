@@ -8,6 +8,7 @@
 //!   HdrHistogram percentiles, errors by kind.
 //! - [`scenario`]: the scenario files in benches/scenarios.
 //! - [`peers`]: starting inferlb, nginx, HAProxy (or none: direct) pinned.
+//! - [`prefix`]: the shared-prefix workload of the `prefix` scenario.
 //! - [`procstat`]: CPU seconds and memory of a process tree, machine facts.
 //! - [`report`]: medians, the table, the JSON record, the SVG chart.
 
@@ -15,6 +16,7 @@
 
 pub mod loadgen;
 pub mod peers;
+pub mod prefix;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

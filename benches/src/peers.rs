@@ -73,6 +73,8 @@ pub struct PeerSettings {
     pub routing: String,
     /// Keep-alive connections per upstream (nginx `keepalive`).
     pub upstream_keepalive: usize,
+    /// Extra TOML for inferlb's config file (e.g. `[engine_metrics]`).
+    pub inferlb_config: Option<String>,
 }
 
 /// The descriptor limit a peer may raise itself to (the hard limit).
@@ -197,6 +199,11 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             .stderr(std::fs::File::create(s.dir.join("inferlb.log"))?);
             for r in replicas {
                 cmd.args(["--replica", &r.to_string()]);
+            }
+            if let Some(extra) = &s.inferlb_config {
+                let path = s.dir.join(format!("inferlb-{}.toml", addr.port()));
+                std::fs::write(&path, extra)?;
+                cmd.arg("--config").arg(path);
             }
             let mut child = cmd.spawn().context("cannot start inferlb")?;
             wait_for(addr, &mut child, "inferlb")?;

@@ -19,6 +19,8 @@ pub enum Kind {
     Churn,
     /// One slow replica of four, per routing rule.
     Skew,
+    /// A shared-prefix workload over simulated engines, per routing rule.
+    Prefix,
 }
 
 /// One load point.
@@ -72,7 +74,10 @@ pub struct Scenario {
     #[serde(default = "default_duration")]
     pub duration_s: u64,
     /// Load points.
+    #[serde(default)]
     pub load: Vec<LoadPoint>,
+    /// The shared-prefix workload (prefix).
+    pub prefix: Option<crate::prefix::PrefixWorkload>,
 }
 
 fn default_peers() -> Vec<String> {
@@ -110,13 +115,17 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let scenario = Scenario::load(&path).unwrap();
-            assert!(!scenario.load.is_empty(), "{}", path.display());
+            assert!(
+                !scenario.load.is_empty() || scenario.prefix.is_some(),
+                "{}",
+                path.display()
+            );
             names.push(scenario.name);
         }
         names.sort();
         assert_eq!(
             names,
-            ["churn", "connections", "rate", "skew", "small", "stream"]
+            ["churn", "connections", "prefix", "rate", "skew", "small", "stream"]
         );
     }
 }

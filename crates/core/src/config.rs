@@ -101,6 +101,9 @@ pub struct FileConfig {
     /// `least_load`'s weights, for every pool.
     #[serde(default)]
     pub least_load: FileLoadWeights,
+    /// Engine metrics scraping, for every pool (the default pool included).
+    #[serde(default)]
+    pub engine_metrics: FileEngineMetrics,
     /// Pools: one model's replicas each.
     #[serde(default)]
     pub pools: Vec<FilePool>,
@@ -222,7 +225,7 @@ impl FileLoadWeights {
     }
 }
 
-/// `[pools.engine_metrics]`.
+/// `[engine_metrics]` or `[pools.engine_metrics]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEngineMetrics {
@@ -922,6 +925,11 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
     base_prefix.check("prefix").map_err(invalid)?;
     let base_load = file.least_load.over(LoadWeights::default());
     check_weights("least_load", &base_load).map_err(invalid)?;
+    let base_engine = engine_metrics(
+        "engine_metrics",
+        &file.engine_metrics,
+        &EngineMetrics::default(),
+    )?;
     let mut pools: Vec<PoolSpec> = Vec::with_capacity(file.pools.len());
     let mut names: Vec<(String, String)> = Vec::new();
     for (p, pool) in file.pools.iter().enumerate() {
@@ -951,23 +959,7 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
         prefix.check(&format!("{at}.prefix")).map_err(invalid)?;
         let load = pool.least_load.over(base_load);
         check_weights(&format!("{at}.least_load"), &load).map_err(invalid)?;
-        let m = &pool.engine_metrics;
-        let engine_metrics = EngineMetrics {
-            enabled: m.enabled.unwrap_or(false),
-            path: m.path.clone().unwrap_or_else(|| "/metrics".into()),
-            interval: millis(
-                &format!("{at}.engine_metrics.interval_ms"),
-                m.interval_ms,
-                Duration::from_millis(250),
-            )?,
-            flavor: m.flavor.unwrap_or_default(),
-        };
-        if !engine_metrics.path.starts_with('/') {
-            return Err(ConfigError::invalid(
-                format!("{at}.engine_metrics.path"),
-                "must start with /",
-            ));
-        }
+        let engine_metrics = engine_metrics(&format!("{at}.engine_metrics"), &pool.engine_metrics, &base_engine)?;
         pools.push(PoolSpec {
             name,
             aliases: pool.aliases.clone(),
@@ -977,16 +969,41 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
             engine_metrics,
         });
     }
-    // Pools named only by the top-level settings get them too.
-    if !file.replicas.is_empty() && !pools.iter().any(|p| p.name.is_default()) {
+    // The default pool gets the top-level settings too: declared when it
+    // has replicas in the file, or when no named pool is (its replicas may
+    // come from `--replica` flags).
+    let default_wanted = !file.replicas.is_empty() || file.pools.is_empty();
+    if default_wanted && !pools.iter().any(|p| p.name.is_default()) {
         let mut default = PoolSpec::named(PoolName::default_pool());
         default.prefix = base_prefix;
         default.load = base_load;
+        default.engine_metrics = base_engine;
         if default != PoolSpec::named(PoolName::default_pool()) {
             pools.push(default);
         }
     }
     Ok(pools)
+}
+
+/// `[engine_metrics]` fields over `base`, checked under `at`.
+fn engine_metrics(
+    at: &str,
+    m: &FileEngineMetrics,
+    base: &EngineMetrics,
+) -> Result<EngineMetrics, ConfigError> {
+    let metrics = EngineMetrics {
+        enabled: m.enabled.unwrap_or(base.enabled),
+        path: m.path.clone().unwrap_or_else(|| base.path.clone()),
+        interval: millis(&format!("{at}.interval_ms"), m.interval_ms, base.interval)?,
+        flavor: m.flavor.unwrap_or(base.flavor),
+    };
+    if !metrics.path.starts_with('/') {
+        return Err(ConfigError::invalid(
+            format!("{at}.path"),
+            "must start with /",
+        ));
+    }
+    Ok(metrics)
 }
 
 fn check_weights(at: &str, w: &LoadWeights) -> Result<(), (String, String)> {

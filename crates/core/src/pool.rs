@@ -129,7 +129,7 @@ pub struct PrefixSettings {
     /// With `balance_rel_threshold`: the matched replica is passed over for
     /// the least loaded one when its load exceeds
     /// `balance_abs_threshold + balance_rel_threshold × least` (the guard
-    /// against one replica owning every hot prefix). Default 4.
+    /// against one replica owning every hot prefix). Default 8.
     pub balance_abs_threshold: f64,
     /// See `balance_abs_threshold`. Default 1.5.
     pub balance_rel_threshold: f64,
@@ -142,7 +142,7 @@ impl Default for PrefixSettings {
     fn default() -> Self {
         Self {
             min_match_ratio: 0.5,
-            balance_abs_threshold: 4.0,
+            balance_abs_threshold: 8.0,
             balance_rel_threshold: 1.5,
             max_tree_bytes: 16 * 1024 * 1024,
         }
@@ -189,10 +189,12 @@ pub struct LoadWeights {
     pub queue: f64,
     /// Requests the engine is running. Default 0.5.
     pub running: f64,
-    /// KV-cache usage, 0 to 1. Default 4 (a full cache counts like four
+    /// KV-cache usage, 0 to 1. Default 2 (a full cache counts like two
     /// queued requests).
     pub kv_cache: f64,
-    /// Requests inferlb has in flight to the replica. Default 0.5.
+    /// Requests inferlb has in flight to the replica (they are in the
+    /// engine's counts too; this term covers the time since the last
+    /// scrape). Default 0.25.
     pub in_flight: f64,
 }
 
@@ -201,8 +203,8 @@ impl Default for LoadWeights {
         Self {
             queue: 1.0,
             running: 0.5,
-            kv_cache: 4.0,
-            in_flight: 0.5,
+            kv_cache: 2.0,
+            in_flight: 0.25,
         }
     }
 }

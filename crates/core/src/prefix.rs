@@ -61,13 +61,27 @@ pub struct PrefixTable {
     owners: Mutex<Vec<u64>>,
 }
 
+/// The replicas that served a block: up to one bucket's worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Owners {
+    slots: [Slot; WAYS],
+    len: usize,
+}
+
+impl Owners {
+    /// The owners' slots.
+    pub fn as_slice(&self) -> &[Slot] {
+        &self.slots[..self.len]
+    }
+}
+
 /// The longest recorded prefix of a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Match {
     /// Blocks matched.
     pub blocks: usize,
-    /// Who served it last.
-    pub owner: Slot,
+    /// Who served them (a hot prefix may live on several replicas).
+    pub owners: Owners,
 }
 
 #[inline]
@@ -122,46 +136,58 @@ impl PrefixTable {
         &self.buckets[(h as usize) & self.mask]
     }
 
+    /// Whether any replica served the block with hash `h`.
     #[inline]
-    fn find(&self, h: u64) -> Option<u64> {
+    fn known(&self, h: u64) -> bool {
         let fp = fingerprint(h);
-        self.bucket(h)
-            .0
-            .iter()
-            .map(|e| e.load(Ordering::Relaxed))
-            .find(|&e| e != 0 && e >> 32 == fp && owner_of(e) != 0)
+        self.bucket(h).0.iter().any(|e| {
+            let e = e.load(Ordering::Relaxed);
+            e != 0 && e >> 32 == fp
+        })
     }
 
-    /// The deepest block of `chain` the table knows, and its owner.
+    /// The replicas that served the block with hash `h`.
+    pub fn owners(&self, h: u64) -> Owners {
+        let fp = fingerprint(h);
+        let mut owners = Owners::default();
+        for e in &self.bucket(h).0 {
+            let e = e.load(Ordering::Relaxed);
+            if e != 0 && e >> 32 == fp && owner_of(e) != 0 {
+                owners.slots[owners.len] = owner_of(e);
+                owners.len += 1;
+            }
+        }
+        owners
+    }
+
+    /// The deepest block of `chain` the table knows, and who served it.
     pub fn lookup(&self, chain: &[u64]) -> Option<Match> {
         // The entries of one text are recorded together and refreshed
         // together, so "block d is known" holds for a prefix of the chain:
         // binary search for its end.
         let (mut known, mut hi) = (0usize, chain.len());
-        let mut owner = 0;
         while known < hi {
             let mid = (known + hi).div_ceil(2);
-            match self.find(chain[mid - 1]) {
-                Some(entry) => {
-                    known = mid;
-                    owner = owner_of(entry);
-                }
-                None => hi = mid - 1,
+            if self.known(chain[mid - 1]) {
+                known = mid;
+            } else {
+                hi = mid - 1;
             }
         }
         if known == 0 {
             return None;
         }
-        if owner == 0 {
-            owner = self.find(chain[known - 1]).map_or(0, owner_of);
-        }
-        (owner != 0).then_some(Match {
+        let owners = self.owners(chain[known - 1]);
+        (owners.len > 0).then_some(Match {
             blocks: known,
-            owner,
+            owners,
         })
     }
 
-    /// Records that `owner` served a text with this chain, now.
+    /// Records that `owner` served a text with this chain, now: its entry
+    /// for each block is refreshed or added (other owners' entries stay,
+    /// so a hot prefix can live on several replicas); a full bucket evicts
+    /// its least recently stamped entry.
     pub fn record(&self, chain: &[u64], owner: Slot, stamp: u16) {
         for &h in chain {
             let fp = fingerprint(h);
@@ -172,7 +198,7 @@ impl PrefixTable {
             let mut found = false;
             for (i, cell) in bucket.iter().enumerate() {
                 let e = cell.load(Ordering::Relaxed);
-                if e != 0 && e >> 32 == fp {
+                if e != 0 && e >> 32 == fp && owner_of(e) == owner {
                     if e != want {
                         cell.store(want, Ordering::Relaxed);
                     }
@@ -271,17 +297,19 @@ mod tests {
         let mut chain_second = Vec::new();
         chain(&second, &mut chain_second);
         let m = table.lookup(&chain_second).unwrap();
-        assert_eq!(m.owner, a);
+        assert_eq!(m.owners.as_slice(), [a]);
         assert_eq!(m.blocks, 2048 / BLOCK);
-        // A later owner takes the shared blocks over; the first text's own
-        // last block is still the first owner's.
+        // A second replica serves the shared blocks too: both own them; the
+        // first text's own last block is still only the first owner's.
         table.record(&chain_second, b, 0);
         let mut third = system.clone();
         third.extend_from_slice(b"a third question");
         let mut chain_third = Vec::new();
         chain(&third, &mut chain_third);
-        assert_eq!(table.lookup(&chain_third).unwrap().owner, b);
-        assert_eq!(table.lookup(&chain_first).unwrap().owner, a);
+        let mut both = table.lookup(&chain_third).unwrap().owners.as_slice().to_vec();
+        both.sort();
+        assert_eq!(both, [a, b]);
+        assert_eq!(table.lookup(&chain_first).unwrap().owners.as_slice(), [a]);
         // An unrelated text matches nothing.
         let mut other = Vec::new();
         chain(&text(99, 3000), &mut other);

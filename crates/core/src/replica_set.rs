@@ -383,10 +383,13 @@ fn build_balancer(
     (balancer, failing_open, order)
 }
 
-/// `prefix` routing: the replica that last served the longest recorded
-/// prefix of the text, when the match covers `min_match_ratio` of it and
-/// that replica is not overloaded; the least loaded replica otherwise, which
-/// then owns the prefix.
+/// `prefix` routing: a replica that served the longest recorded prefix of
+/// the text (the least loaded of them, when several did), if the match
+/// covers `min_match_ratio` of the text and that replica passes the balance
+/// guard; else a replica whose match still covers `min_match_ratio`; else
+/// the least loaded replica. The chosen replica is recorded as an owner of
+/// the text's blocks, so a hot prefix spreads over more replicas when its
+/// first owner is busy instead of moving back and forth.
 fn pick_by_prefix(
     view: &PoolView,
     table: &PrefixTable,
@@ -396,19 +399,33 @@ fn pick_by_prefix(
 ) -> Option<usize> {
     let settings = &view.spec.prefix;
     let least = view.balancer.pick(v, cursor)?;
-    let least_load = v.load(least);
+    let limit = settings.balance_abs_threshold + settings.balance_rel_threshold * v.load(least);
+    // Blocks that cover `min_match_ratio` of the text.
+    let needed = ((settings.min_match_ratio * key.len as f64) / crate::prefix::BLOCK as f64)
+        .ceil()
+        .max(1.0) as usize;
+    // The least loaded usable owner among `owners`, if within the guard.
+    let best = |owners: crate::prefix::Owners| {
+        owners
+            .as_slice()
+            .iter()
+            .filter_map(|&slot| view.slots.iter().find(|&&(_, s)| s == slot))
+            .map(|&(i, _)| i as usize)
+            .filter(|&i| v.usable(i))
+            .map(|i| (v.load(i), i))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .filter(|&(load, _)| load <= limit)
+            .map(|(_, i)| i)
+    };
     let mut chosen = least;
     if let Some(m) = table.lookup(key.chain) {
-        let matched = (m.blocks * crate::prefix::BLOCK).min(key.len);
-        let owner = view.slots.iter().find(|&&(_, s)| s == m.owner);
-        if let Some(&(index, _)) = owner {
-            let index = index as usize;
-            let covers = matched as f64 >= settings.min_match_ratio * key.len as f64;
-            let balanced = v.load(index)
-                <= settings.balance_abs_threshold + settings.balance_rel_threshold * least_load;
-            if covers && balanced && v.usable(index) {
-                chosen = index;
-            }
+        if m.blocks >= needed.min(key.chain.len()) {
+            let shorter = || {
+                (needed < m.blocks)
+                    .then(|| best(table.owners(key.chain[needed - 1])))
+                    .flatten()
+            };
+            chosen = best(m.owners).or_else(shorter).unwrap_or(least);
         }
     }
     if let Some(&(_, slot)) = view.slots.iter().find(|&&(i, _)| i as usize == chosen) {
@@ -578,8 +595,8 @@ mod tests {
             let again = set.pick_in(0, &mut cursor, &Tried::default(), 0, Some(key)).unwrap();
             assert_eq!(again, first, "the owner keeps its prefix");
         }
-        // The owner gets busy past abs 4 + 1.5 × the least loaded's 0.
-        let _busy: Vec<_> = (0..5).map(|_| set.replicas()[first].stats.start_request()).collect();
+        // The owner gets busy past abs 8 + 1.5 × the least loaded's 0.
+        let _busy: Vec<_> = (0..9).map(|_| set.replicas()[first].stats.start_request()).collect();
         let moved = set.pick_in(0, &mut cursor, &Tried::default(), 0, Some(key)).unwrap();
         assert_ne!(moved, first, "the balance guard sends it elsewhere");
         // A short match (under min_match_ratio) is not followed: texts that

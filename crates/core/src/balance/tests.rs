@@ -10,8 +10,8 @@ use crate::replica::{Replica, ReplicaId, ReplicaState};
 static WEIGHTS: LoadWeights = LoadWeights {
     queue: 1.0,
     running: 0.5,
-    kv_cache: 4.0,
-    in_flight: 0.5,
+    kv_cache: 2.0,
+    in_flight: 0.25,
 };
 
 fn replicas(specs: &[(u32, bool)]) -> Vec<Replica> {
