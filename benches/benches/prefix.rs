@@ -81,16 +81,12 @@ fn prefix(c: &mut Criterion) {
         let mut chain = Vec::new();
         let mut cursor = Cursor::default();
         let mut i = 0;
-        group.bench_with_input(
-            BenchmarkId::new("threads", others + 1),
-            &others,
-            |b, _| {
-                b.iter(|| {
-                    i = (i + 13) % texts.len();
-                    route(&set, &texts[i], &mut chain, &mut cursor)
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("threads", others + 1), &others, |b, _| {
+            b.iter(|| {
+                i = (i + 13) % texts.len();
+                route(&set, &texts[i], &mut chain, &mut cursor)
+            })
+        });
         stop.store(true, Ordering::Relaxed);
         for t in threads {
             let _ = t.join();

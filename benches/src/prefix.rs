@@ -79,8 +79,8 @@ impl PrefixWorkload {
         (0..count)
             .map(|i| {
                 let g = rng.usize(..self.groups);
-                let question = format!("question {i}: ")
-                    + &"why ".repeat(bytes(self.question_tokens) / 4);
+                let question =
+                    format!("question {i}: ") + &"why ".repeat(bytes(self.question_tokens) / 4);
                 serde_json::json!({
                     "model": "bench-model",
                     "stream": true,
@@ -174,10 +174,14 @@ pub fn run(
             }
             tokio::time::sleep_until(due.into()).await;
             let (request, pool) = (Arc::clone(request), Arc::clone(&pool));
-            let (ttft, completed, errors) =
-                (Arc::clone(&ttft), Arc::clone(&completed), Arc::clone(&errors));
+            let (ttft, completed, errors) = (
+                Arc::clone(&ttft),
+                Arc::clone(&completed),
+                Arc::clone(&errors),
+            );
             tasks.push(tokio::spawn(async move {
-                let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
+                let left =
+                    deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
                 match tokio::time::timeout(left, stream(target, &request, &pool, due)).await {
                     Ok(Some(first)) => {
                         if Instant::now() <= deadline {

@@ -125,7 +125,15 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["churn", "connections", "prefix", "rate", "skew", "small", "stream"]
+            [
+                "churn",
+                "connections",
+                "prefix",
+                "rate",
+                "skew",
+                "small",
+                "stream"
+            ]
         );
     }
 }

@@ -278,12 +278,22 @@ fn prefix(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path) -> 
             settings.inferlb_config =
                 Some("[engine_metrics]\nenabled = true\ninterval_ms = 100\n".into());
             let running = peers::start(peer, &addrs, &settings)?;
-            let name = if peer == Peer::Inferlb { "inferlb" } else { peer.name() };
+            let name = if peer == Peer::Inferlb {
+                "inferlb"
+            } else {
+                peer.name()
+            };
             let spinner = ProgressBar::new_spinner();
             spinner.set_message(format!("{name} {rule}"));
             spinner.enable_steady_tick(Duration::from_millis(200));
             let result = inferlb_benches::prefix::run(
-                &rule, name, running.addr, w, &bodies, duration, &engines,
+                &rule,
+                name,
+                running.addr,
+                w,
+                &bodies,
+                duration,
+                &engines,
             );
             spinner.finish_and_clear();
             drop(running);
@@ -307,7 +317,10 @@ fn prefix(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path) -> 
             r.rule.clone(),
             r.peer.clone(),
             format!("{:.0}", r.throughput_rps),
-            vs(r.throughput_rps, baseline.as_ref().map(|b| b.throughput_rps)),
+            vs(
+                r.throughput_rps,
+                baseline.as_ref().map(|b| b.throughput_rps),
+            ),
             format!("{:.1}", r.ttft.p50_ms),
             vs(r.ttft.p50_ms, baseline.as_ref().map(|b| b.ttft.p50_ms)),
             format!("{:.1}", r.ttft.p99_ms),
@@ -320,8 +333,16 @@ fn prefix(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path) -> 
         "{}",
         report::table(
             &[
-                "RULE", "PEER", "REQ/S", "VS RR", "TTFT P50 MS", "VS RR", "TTFT P99 MS",
-                "CACHE HITS", "BUSIEST/MEAN", "ERRORS",
+                "RULE",
+                "PEER",
+                "REQ/S",
+                "VS RR",
+                "TTFT P50 MS",
+                "VS RR",
+                "TTFT P99 MS",
+                "CACHE HITS",
+                "BUSIEST/MEAN",
+                "ERRORS",
             ],
             &table
         )
@@ -777,10 +798,18 @@ fn main() -> Result<()> {
     let load_threads = layout.load_cpus.len().max(1);
     let mut names = args.scenarios.clone();
     if names.is_empty() {
-        names = ["small", "rate", "stream", "connections", "churn", "skew"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+        names = [
+            "small",
+            "rate",
+            "stream",
+            "connections",
+            "churn",
+            "skew",
+            "prefix",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     }
     let dir = std::env::temp_dir().join(format!("inferlb-bench-{}", std::process::id()));
     for name in names {

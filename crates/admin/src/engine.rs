@@ -137,11 +137,16 @@ pub async fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Option<St
         }
         let chunked = head.lines().any(|l| {
             l.split_once(':').is_some_and(|(n, v)| {
-                n.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+                n.eq_ignore_ascii_case("transfer-encoding")
+                    && v.trim().eq_ignore_ascii_case("chunked")
             })
         });
         let body = &raw[head_end..];
-        let body = if chunked { dechunk(body)? } else { body.to_vec() };
+        let body = if chunked {
+            dechunk(body)?
+        } else {
+            body.to_vec()
+        };
         String::from_utf8(body).ok()
     };
     tokio::time::timeout(timeout, attempt).await.ok().flatten()
@@ -184,7 +189,11 @@ pub async fn run(control: Arc<Control>) {
             for &i in pool.members() {
                 let r = &snapshot.replicas()[i as usize];
                 seen.push(r.uid);
-                if !r.resolved || last.get(&r.uid).is_some_and(|t| now - *t < settings.interval) {
+                if !r.resolved
+                    || last
+                        .get(&r.uid)
+                        .is_some_and(|t| now - *t < settings.interval)
+                {
                     continue;
                 }
                 last.insert(r.uid, now);
@@ -216,7 +225,10 @@ mod tests {
     fn vllm_sglang_and_tgi_pages_are_read() {
         let vllm = "# HELP vllm:num_requests_waiting Number of requests waiting.\n# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 3.0\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name=\"m\"} 5.0\n# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\n# TYPE vllm:e2e_request_latency_seconds histogram\nvllm:e2e_request_latency_seconds_bucket{le=\"1.0\"} 4.0\n";
         let load = parse(vllm, Flavor::Auto).unwrap();
-        assert_eq!((load.waiting, load.running, load.kv_usage), (3.0, 5.0, 0.25));
+        assert_eq!(
+            (load.waiting, load.running, load.kv_usage),
+            (3.0, 5.0, 0.25)
+        );
         assert_eq!(parse(vllm, Flavor::Vllm), Some(load));
         assert_eq!(parse(vllm, Flavor::Sglang), None);
         let old_vllm = "vllm:num_requests_waiting 1\nvllm:num_requests_running 2\nvllm:gpu_cache_usage_perc 0.5\n";

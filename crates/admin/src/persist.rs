@@ -556,7 +556,10 @@ mod tests {
         let dir = temp_dir("overlay");
         let file = StateFile::new(dir.join("state.json"));
         let declared = vec![spec("a", 9001, 1), spec("b", 9002, 1)];
-        assert!(file.load(Routing::RoundRobin, &decl(&declared)).unwrap().is_none());
+        assert!(file
+            .load(Routing::RoundRobin, &decl(&declared))
+            .unwrap()
+            .is_none());
         let mut state = State::new(Routing::RoundRobin);
         for s in &declared {
             state.apply(Command::Add(s.clone())).unwrap();
@@ -590,7 +593,10 @@ mod tests {
             "{text}"
         );
 
-        let loaded = file.load(Routing::RoundRobin, &decl(&declared)).unwrap().unwrap();
+        let loaded = file
+            .load(Routing::RoundRobin, &decl(&declared))
+            .unwrap()
+            .unwrap();
         assert_eq!(ids(&loaded), ["a", "c"]);
         let a = &loaded.replicas()[0];
         assert_eq!(
@@ -601,7 +607,10 @@ mod tests {
         // Another declared list: its replicas are served, with the runtime
         // add kept; b (removed at runtime) stays out only while declared.
         let today = vec![spec("d", 9004, 1)];
-        let loaded = file.load(Routing::RoundRobin, &decl(&today)).unwrap().unwrap();
+        let loaded = file
+            .load(Routing::RoundRobin, &decl(&today))
+            .unwrap()
+            .unwrap();
         assert_eq!(ids(&loaded), ["d", "c"]);
     }
 

@@ -831,12 +831,25 @@ async fn pools_are_listed_added_to_and_converged() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["added"], json!(["l2"]));
-    let (status, _) = call(&app, Method::GET, "/v1/pools/meta-llama/Meta-Llama-3-8B-Instruct", None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "an alias with / is not a path segment");
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/v1/pools/meta-llama/Meta-Llama-3-8B-Instruct",
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "an alias with / is not a path segment"
+    );
     let (_, pool) = call(&app, Method::GET, "/v1/pools/llama-3-8b", None).await;
     assert_eq!(pool["routing"], "prefix");
     assert_eq!(pool["declared"], true);
-    assert_eq!(pool["aliases"], json!(["meta-llama/Meta-Llama-3-8B-Instruct"]));
+    assert_eq!(
+        pool["aliases"],
+        json!(["meta-llama/Meta-Llama-3-8B-Instruct"])
+    );
     assert_eq!(pool["replicas"].as_array().unwrap().len(), 2);
     // An alias another pool claims is a conflict, and nothing changes.
     let (status, body) = call(

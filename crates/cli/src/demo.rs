@@ -70,8 +70,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
                 decode_ms_per_token: 20.0,
                 ..EngineConfig::default()
             };
-            let replica = inferlb_testkit::engine::start(engine, SocketAddr::from(([127, 0, 0, 1], 0)))
-                .with_context(|| format!("cannot start fake replica {id}"))?;
+            let replica =
+                inferlb_testkit::engine::start(engine, SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .with_context(|| format!("cannot start fake replica {id}"))?;
             let addr = replica.addr();
             let spec = ReplicaSpec {
                 id: ReplicaId::new(&id)?,
@@ -101,7 +102,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         println!("  curl -s http://{at}/v1/models");
         println!();
         println!("  # a chat completion; the body's \"model\" picks the pool:");
-        println!("  curl -s http://{at}/v1/chat/completions -H 'content-type: application/json' \\");
+        println!(
+            "  curl -s http://{at}/v1/chat/completions -H 'content-type: application/json' \\"
+        );
         println!("       -d '{{\"model\": \"{a}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'");
         println!();
         println!("  # a token stream (SSE), relayed event by event; X-Model works too:");
@@ -117,7 +120,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         println!("  curl -si http://{at}/v1/completions -H 'X-Model: {a}' -H 'content-type: application/json' -d '{{\"prompt\": \"hi\"}}' | grep -i x-replica");
         println!("  curl -s http://{admin}/v1/pools");
         println!();
-        println!("  # the admin API: list, add, drain replicas (changes are not persisted in the demo):");
+        println!(
+            "  # the admin API: list, add, drain replicas (changes are not persisted in the demo):"
+        );
         println!("  cargo run -p inferlb -- replicas list --admin http://{admin}");
         println!("  curl -s http://{admin}/metrics | grep inferlb_replica_requests");
         println!();

@@ -175,7 +175,10 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<()> {
         ReplicasCommand::List { pool: None } => client.request("GET", "/v1/replicas", None)?,
         ReplicasCommand::List { pool: Some(pool) } => {
             let (status, value) = client.request("GET", &format!("/v1/pools/{pool}"), None)?;
-            (status, value.get("replicas").cloned().unwrap_or(Value::Null))
+            (
+                status,
+                value.get("replicas").cloned().unwrap_or(Value::Null),
+            )
         }
         ReplicasCommand::Add {
             address,

@@ -87,7 +87,10 @@ fn the_openai_sdk_streams_a_chat_completion_through_the_demo() {
             .spawn()
             .unwrap(),
     );
-    assert!(wait_for_port(listen, Duration::from_secs(20)), "the demo did not start");
+    assert!(
+        wait_for_port(listen, Duration::from_secs(20)),
+        "the demo did not start"
+    );
     let output = Command::new(python)
         .args(["-c", SDK_SCRIPT, &format!("http://{listen}/v1")])
         .output()
@@ -147,7 +150,14 @@ fn serve_routes_fake_replica_processes_by_model() {
     );
     let path = std::env::temp_dir().join(format!("inferlb-openai-{}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
-    let _serve = Running(inferlb().arg("serve").arg("--config").arg(&path).spawn().unwrap());
+    let _serve = Running(
+        inferlb()
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .spawn()
+            .unwrap(),
+    );
     assert!(wait_for_port(listen, Duration::from_secs(20)));
     let mut client = RawClient::connect(listen).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -159,9 +159,7 @@ impl State {
         for other in self.pools.iter().filter(|p| p.name != spec.name) {
             let taken = std::iter::once(spec.name.as_str())
                 .chain(spec.aliases.iter().map(String::as_str))
-                .find(|n| {
-                    other.name.as_str() == *n || other.aliases.iter().any(|a| a == n)
-                });
+                .find(|n| other.name.as_str() == *n || other.aliases.iter().any(|a| a == n));
             if let Some(alias) = taken {
                 return Err(StateError::AliasTaken {
                     alias: alias.to_owned(),
@@ -364,15 +362,19 @@ impl State {
                 .cloned()
                 .unwrap_or_else(|| PoolSpec::named(name.clone()));
             let table = (spec.routing.unwrap_or(self.routing) == Routing::Prefix).then(|| {
-                let table = tables.entry(name.clone()).or_insert_with(|| {
-                    Arc::new(PrefixTable::new(spec.prefix.max_tree_bytes))
-                });
+                let table = tables
+                    .entry(name.clone())
+                    .or_insert_with(|| Arc::new(PrefixTable::new(spec.prefix.max_tree_bytes)));
                 Arc::clone(table)
             });
             entries.push(PoolEntry { spec, table });
         }
         // Tables of pools gone or no longer routing by prefix are dropped.
-        tables.retain(|name, _| entries.iter().any(|e| &e.spec.name == name && e.table.is_some()));
+        tables.retain(|name, _| {
+            entries
+                .iter()
+                .any(|e| &e.spec.name == name && e.table.is_some())
+        });
         ReplicaSet::with_pools(
             self.generation,
             self.routing,

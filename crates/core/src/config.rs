@@ -959,7 +959,11 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
         prefix.check(&format!("{at}.prefix")).map_err(invalid)?;
         let load = pool.least_load.over(base_load);
         check_weights(&format!("{at}.least_load"), &load).map_err(invalid)?;
-        let engine_metrics = engine_metrics(&format!("{at}.engine_metrics"), &pool.engine_metrics, &base_engine)?;
+        let engine_metrics = engine_metrics(
+            &format!("{at}.engine_metrics"),
+            &pool.engine_metrics,
+            &base_engine,
+        )?;
         pools.push(PoolSpec {
             name,
             aliases: pool.aliases.clone(),
@@ -1395,7 +1399,10 @@ mod tests {
                 "[[pools]]\nname = \"a\"\n[pools.engine_metrics]\npath = \"metrics\"",
                 "pools[0].engine_metrics.path",
             ),
-            ("[routing]\nmodel_header = \"x model\"", "routing.model_header"),
+            (
+                "[routing]\nmodel_header = \"x model\"",
+                "routing.model_header",
+            ),
             ("[least_load]\nqueue = -1.0", "least_load.queue"),
         ];
         for (text, field) in cases {

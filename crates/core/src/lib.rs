@@ -42,9 +42,9 @@ pub use config::{
     AdminConfig, Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream,
 };
 pub use health::{ReplicaStatus, Thresholds, Tracker};
+pub use pool::{PoolName, PoolSpec, DEFAULT_POOL};
 pub use replica::{
     EngineLoad, Health, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass,
 };
-pub use pool::{PoolName, PoolSpec, DEFAULT_POOL};
 pub use replica_set::{Policy, PoolView, PrefixKey, ReplicaSet, Snapshots};
 pub use stats::{Histogram, HistogramSnapshot, WorkerStats};

@@ -157,16 +157,10 @@ impl PrefixSettings {
             return Err((field("min_match_ratio"), "must be between 0 and 1".into()));
         }
         if !(self.balance_abs_threshold >= 0.0 && self.balance_abs_threshold.is_finite()) {
-            return Err((
-                field("balance_abs_threshold"),
-                "must be 0 or more".into(),
-            ));
+            return Err((field("balance_abs_threshold"), "must be 0 or more".into()));
         }
         if !(self.balance_rel_threshold >= 1.0 && self.balance_rel_threshold.is_finite()) {
-            return Err((
-                field("balance_rel_threshold"),
-                "must be 1 or more".into(),
-            ));
+            return Err((field("balance_rel_threshold"), "must be 1 or more".into()));
         }
         if !(64 * 1024..=16 * 1024 * 1024 * 1024).contains(&self.max_tree_bytes) {
             return Err((

@@ -276,7 +276,9 @@ mod tests {
     use super::*;
 
     fn text(seed: u8, len: usize) -> Vec<u8> {
-        (0..len).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
+        (0..len)
+            .map(|i| seed.wrapping_add((i % 251) as u8))
+            .collect()
     }
 
     #[test]
@@ -306,7 +308,12 @@ mod tests {
         third.extend_from_slice(b"a third question");
         let mut chain_third = Vec::new();
         chain(&third, &mut chain_third);
-        let mut both = table.lookup(&chain_third).unwrap().owners.as_slice().to_vec();
+        let mut both = table
+            .lookup(&chain_third)
+            .unwrap()
+            .owners
+            .as_slice()
+            .to_vec();
         both.sort();
         assert_eq!(both, [a, b]);
         assert_eq!(table.lookup(&chain_first).unwrap().owners.as_slice(), [a]);

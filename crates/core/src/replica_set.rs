@@ -172,12 +172,8 @@ impl ReplicaSet {
             let members: Vec<u32> = (0..replicas.len() as u32)
                 .filter(|&i| replicas[i as usize].pool == entry.spec.name)
                 .collect();
-            let (balancer, failing_open, routable) = build_balancer(
-                effective,
-                &policy,
-                &replicas,
-                &members,
-            );
+            let (balancer, failing_open, routable) =
+                build_balancer(effective, &policy, &replicas, &members);
             let table = if effective == Routing::Prefix {
                 Some(entry.table.unwrap_or_else(|| {
                     Arc::new(PrefixTable::new(entry.spec.prefix.max_tree_bytes))
@@ -514,7 +510,9 @@ mod tests {
         assert_eq!(set.pool_for(None), None);
         assert_eq!(set.pool_for(Some("other")), None);
         assert_eq!(set.pool_for(Some("meta/llama")), Some(0));
-        assert!(set.pick_at(&mut Cursor::default(), &Tried::default(), 0).is_none());
+        assert!(set
+            .pick_at(&mut Cursor::default(), &Tried::default(), 0)
+            .is_none());
         // A replica in the default pool brings it back.
         state.apply(Command::Add(spec("d", 2, "default"))).unwrap();
         let set = state.snapshot();
@@ -549,27 +547,41 @@ mod tests {
         );
         let mut cursor = Cursor::default();
         for _ in 0..10 {
-            let i = set.pick_in(m, &mut cursor, &Tried::default(), now, None).unwrap();
+            let i = set
+                .pick_in(m, &mut cursor, &Tried::default(), now, None)
+                .unwrap();
             assert_eq!(set.replicas()[i].id.as_str(), "b");
         }
         // A stale scrape is ignored: both are picked again.
         let later = now + 5_000;
         let picks: std::collections::HashSet<usize> = (0..10)
-            .map(|_| set.pick_in(m, &mut cursor, &Tried::default(), later, None).unwrap())
+            .map(|_| {
+                set.pick_in(m, &mut cursor, &Tried::default(), later, None)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(picks.len(), 2);
-        assert!(picks.iter().all(|&i| set.replicas()[i].pool.as_str() == "m"));
+        assert!(picks
+            .iter()
+            .all(|&i| set.replicas()[i].pool.as_str() == "m"));
     }
 
     #[test]
     fn aliases_cannot_be_claimed_twice() {
         let mut state = State::new(Routing::RoundRobin);
-        state.apply(Command::SetPool(named("a", &["x"], None))).unwrap();
+        state
+            .apply(Command::SetPool(named("a", &["x"], None)))
+            .unwrap();
         let err = state
             .apply(Command::SetPool(named("b", &["x"], None)))
             .unwrap_err();
-        assert!(err.to_string().contains("already served by pool a"), "{err}");
-        assert!(state.apply(Command::SetPool(named("x", &[], None))).is_err());
+        assert!(
+            err.to_string().contains("already served by pool a"),
+            "{err}"
+        );
+        assert!(state
+            .apply(Command::SetPool(named("x", &[], None)))
+            .is_err());
     }
 
     #[test]
@@ -590,14 +602,22 @@ mod tests {
             len: text.len(),
         };
         let mut cursor = Cursor::default();
-        let first = set.pick_in(0, &mut cursor, &Tried::default(), 0, Some(key)).unwrap();
+        let first = set
+            .pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+            .unwrap();
         for _ in 0..5 {
-            let again = set.pick_in(0, &mut cursor, &Tried::default(), 0, Some(key)).unwrap();
+            let again = set
+                .pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+                .unwrap();
             assert_eq!(again, first, "the owner keeps its prefix");
         }
         // The owner gets busy past abs 8 + 1.5 × the least loaded's 0.
-        let _busy: Vec<_> = (0..9).map(|_| set.replicas()[first].stats.start_request()).collect();
-        let moved = set.pick_in(0, &mut cursor, &Tried::default(), 0, Some(key)).unwrap();
+        let _busy: Vec<_> = (0..9)
+            .map(|_| set.replicas()[first].stats.start_request())
+            .collect();
+        let moved = set
+            .pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+            .unwrap();
         assert_ne!(moved, first, "the balance guard sends it elsewhere");
         // A short match (under min_match_ratio) is not followed: texts that
         // share only their first 200 of 2800 bytes spread out.
@@ -614,6 +634,9 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        assert!(picks.len() >= 2, "a short match goes to the least loaded: {picks:?}");
+        assert!(
+            picks.len() >= 2,
+            "a short match goes to the least loaded: {picks:?}"
+        );
     }
 }

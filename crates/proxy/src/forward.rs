@@ -22,13 +22,13 @@ use crate::error::{Abort, ErrorKind};
 use crate::exchange::{body_error, Exchange, Outcome, Progress, Stage};
 use crate::h1::body::{Body, Framing};
 use crate::h1::request::{self, Local, RequestInfo};
-use crate::{inspect, models};
 use crate::h1::response::ResponseInfo;
 use crate::h1::RequestId;
 use crate::sock;
 use crate::upstream::{self, UpstreamConn};
 use crate::watch::{self, Io};
 use crate::worker::Worker;
+use crate::{inspect, models};
 
 /// What happens to the client connection after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +126,16 @@ async fn forward(
     keep_for_replay(client, &mut body, config.retries.max_replay_body_bytes)?;
     let mut progress = Progress::default();
     // Find the pool: the model header, or the model of a JSON body.
-    let target = match find_target(worker, client, &info, &mut body, head_end, header_model, &mut progress)
-        .await?
+    let target = match find_target(
+        worker,
+        client,
+        &info,
+        &mut body,
+        head_end,
+        header_model,
+        &mut progress,
+    )
+    .await?
     {
         Routed::To(target) => target,
         Routed::NoPool(model) => {
@@ -324,7 +332,8 @@ async fn find_target(
             || by_prefix(set.pool_for(target.model.as_deref())));
     if inspect {
         let timeout = worker.config.timeouts.body_read;
-        let whole = inspect::read_body(client, info, body, head_end, max, timeout, progress).await?;
+        let whole =
+            inspect::read_body(client, info, body, head_end, max, timeout, progress).await?;
         if whole {
             let payload = inspect::payload(&client.request[head_end..], info.body);
             let parsed = inspect::Parsed::from(&payload);

@@ -91,7 +91,11 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\n";
 
 /// The answer to a model route, or `None` when the request should go to a
 /// replica (no named pools). `model` is the `{model}` of a retrieval.
-pub(crate) fn answer(set: &ReplicaSet, local: Local, model: &str) -> Option<(&'static [u8], Vec<u8>)> {
+pub(crate) fn answer(
+    set: &ReplicaSet,
+    local: Local,
+    model: &str,
+) -> Option<(&'static [u8], Vec<u8>)> {
     if !has_named_pools(set) {
         return None;
     }
@@ -112,7 +116,10 @@ pub(crate) fn answer(set: &ReplicaSet, local: Local, model: &str) -> Option<(&'s
             (OK, serde_json::to_vec(&list).unwrap_or_default())
         }
         Local::GetModel(_) => match set.pool_named(model).filter(|&i| serving(i)) {
-            Some(_) => (OK, serde_json::to_vec(&Model::new(model)).unwrap_or_default()),
+            Some(_) => (
+                OK,
+                serde_json::to_vec(&Model::new(model)).unwrap_or_default(),
+            ),
             None => (NOT_FOUND, not_found(Some(model))),
         },
     };

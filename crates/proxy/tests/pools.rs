@@ -60,7 +60,12 @@ fn fleet(default: bool) -> (State, Vec<ReplicaHandle>) {
     (state, handles)
 }
 
-fn post(client: &mut RawClient, path: &str, headers: &str, body: &str) -> inferlb_testkit::RawResponse {
+fn post(
+    client: &mut RawClient,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> inferlb_testkit::RawResponse {
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
@@ -85,7 +90,10 @@ fn the_model_header_picks_the_pool(driver: IoDriver) {
     }
     assert_eq!(seen, HashSet::from(["a1".to_owned(), "a2".to_owned()]));
     let resp = post(&mut client, "/x", "x-model: org/a\r\n", "");
-    assert!(replica_of(&resp).starts_with('a'), "an alias names the pool");
+    assert!(
+        replica_of(&resp).starts_with('a'),
+        "an alias names the pool"
+    );
     let resp = post(&mut client, "/x", "X-Model: b\r\n", "");
     assert_eq!(replica_of(&resp), "b1");
     // No model, or one no pool serves: the default pool.
@@ -98,19 +106,28 @@ fn a_json_body_names_the_model_and_reaches_the_replica_unchanged(driver: IoDrive
     let (state, _handles) = fleet(true);
     let proxy = start_state(driver, state, |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
-    let body = r#"{"messages":[{"role":"user","content":"hi \"there\""}],"model":"b","stream":false}"#;
+    let body =
+        r#"{"messages":[{"role":"user","content":"hi \"there\""}],"model":"b","stream":false}"#;
     let json = "Content-Type: application/json; charset=utf-8\r\n";
     let resp = post(&mut client, "/v1/chat/completions", json, body);
     assert_eq!(replica_of(&resp), "b1");
     assert_eq!(resp.text(), body, "forwarded byte for byte");
     // The header wins over the body.
-    let resp = post(&mut client, "/v1/chat/completions", &format!("{json}X-Model: a\r\n"), body);
+    let resp = post(
+        &mut client,
+        "/v1/chat/completions",
+        &format!("{json}X-Model: a\r\n"),
+        body,
+    );
     assert!(replica_of(&resp).starts_with('a'));
     // A chunked body, the model split across chunks, with 100-continue.
     let chunked = "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n";
     client.send(chunked.as_bytes()).unwrap();
     let interim = client.read_head().unwrap();
-    assert_eq!(interim.status, 100, "the proxy asks for the body it inspects");
+    assert_eq!(
+        interim.status, 100,
+        "the proxy asks for the body it inspects"
+    );
     client
         .send(b"9\r\n{\"model\":\r\n8\r\n\"org/a\"}\r\n0\r\n\r\n")
         .unwrap();
@@ -118,7 +135,12 @@ fn a_json_body_names_the_model_and_reaches_the_replica_unchanged(driver: IoDrive
     assert!(replica_of(&resp).starts_with('a'), "{resp:?}");
     assert_eq!(resp.text(), "{\"model\":\"org/a\"}");
     // Not JSON (by its content type): not looked into, default pool.
-    let resp = post(&mut client, "/v1/completions", "Content-Type: text/plain\r\n", body);
+    let resp = post(
+        &mut client,
+        "/v1/completions",
+        "Content-Type: text/plain\r\n",
+        body,
+    );
     assert_eq!(replica_of(&resp), "d1");
 }
 
@@ -148,7 +170,9 @@ fn a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413(driver: Io
     let big = format!(r#"{{"model":"b","prompt":"{}"}}"#, "x".repeat(4096));
     let json = "Content-Type: application/json\r\n";
     let (state, _handles) = fleet(true);
-    let proxy = start_state(driver, state, |c| c.proxy.model.max_inspect_body_bytes = 1024);
+    let proxy = start_state(driver, state, |c| {
+        c.proxy.model.max_inspect_body_bytes = 1024
+    });
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let resp = post(&mut client, "/v1/completions", json, &big);
     assert_eq!(replica_of(&resp), "d1", "too big to read: the default pool");
@@ -157,7 +181,9 @@ fn a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413(driver: Io
     assert_eq!(replica_of(&post(&mut client, "/", json, small)), "b1");
 
     let (state, _handles) = fleet(false);
-    let proxy = start_state(driver, state, |c| c.proxy.model.max_inspect_body_bytes = 1024);
+    let proxy = start_state(driver, state, |c| {
+        c.proxy.model.max_inspect_body_bytes = 1024
+    });
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let resp = post(&mut client, "/v1/completions", json, &big);
     assert_eq!(resp.status, 413);
@@ -175,7 +201,9 @@ fn the_proxy_lists_the_models_of_its_pools(driver: IoDriver) {
     let (mut state, _handles) = fleet(false);
     // A pool whose only replica drains is not listed.
     let c = FakeReplica::builder().name("c1").start().unwrap();
-    state.apply(Command::Add(pool_spec("c1", c.addr(), "c"))).unwrap();
+    state
+        .apply(Command::Add(pool_spec("c1", c.addr(), "c")))
+        .unwrap();
     state
         .apply(Command::SetState {
             id: inferlb_core::ReplicaId::new("c1").unwrap(),
@@ -227,7 +255,11 @@ fn prefix_routing_keeps_each_prefix_on_one_replica(driver: IoDriver) {
         .unwrap();
     for (i, h) in handles.iter().enumerate() {
         state
-            .apply(Command::Add(pool_spec(&format!("p{}", i + 1), h.addr(), "m")))
+            .apply(Command::Add(pool_spec(
+                &format!("p{}", i + 1),
+                h.addr(),
+                "m",
+            )))
             .unwrap();
     }
     let proxy = start_state(driver, state, |_| {});
@@ -251,10 +283,17 @@ fn prefix_routing_keeps_each_prefix_on_one_replica(driver: IoDriver) {
         }
     }
     for (system, replicas) in &owners {
-        assert_eq!(replicas.len(), 1, "system prompt {system} went to {replicas:?}");
+        assert_eq!(
+            replicas.len(),
+            1,
+            "system prompt {system} went to {replicas:?}"
+        );
     }
     let used: HashSet<&String> = owners.values().flatten().collect();
-    assert!(used.len() >= 2, "new prefixes go to the least loaded: {owners:?}");
+    assert!(
+        used.len() >= 2,
+        "new prefixes go to the least loaded: {owners:?}"
+    );
     // Removing a replica forgets its prefixes; its prompts move on.
     let mut proxy = proxy;
     let gone = owners[&0].iter().next().unwrap().clone();
@@ -262,7 +301,9 @@ fn prefix_routing_keeps_each_prefix_on_one_replica(driver: IoDriver) {
         id: inferlb_core::ReplicaId::new(&gone).unwrap(),
     });
     let prompt = format!("system prompt 0: {}", "be helpful. ".repeat(200));
-    let body = serde_json::json!({"model": "m", "messages": [{"role": "system", "content": prompt}]}).to_string();
+    let body =
+        serde_json::json!({"model": "m", "messages": [{"role": "system", "content": prompt}]})
+            .to_string();
     let resp = post(&mut client, "/v1/chat/completions", json, &body);
     assert_ne!(replica_of(&resp), gone);
 }
@@ -275,7 +316,11 @@ fn least_load_follows_the_engines_queues(driver: IoDriver) {
         .unwrap();
     for (i, h) in handles.iter().enumerate() {
         state
-            .apply(Command::Add(pool_spec(&format!("l{}", i + 1), h.addr(), "m")))
+            .apply(Command::Add(pool_spec(
+                &format!("l{}", i + 1),
+                h.addr(),
+                "m",
+            )))
             .unwrap();
     }
     let proxy = start_state(driver, state, |_| {});
@@ -331,7 +376,11 @@ fn requests_without_a_json_body_are_not_held(driver: IoDriver) {
         .send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-Model: b\r\nContent-Length: 10\r\n\r\n{\"a\"")
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(slow.counters().requests(), 1, "the head went on without the body");
+    assert_eq!(
+        slow.counters().requests(),
+        1,
+        "the head went on without the body"
+    );
     client.send(b":1234}").unwrap();
     assert_eq!(client.read_response().unwrap().status, 200);
 }

@@ -294,7 +294,10 @@ impl Engine {
     }
 
     fn model(&self) -> &str {
-        self.config.models.first().map_or("fake-model", String::as_str)
+        self.config
+            .models
+            .first()
+            .map_or("fake-model", String::as_str)
     }
 
     fn header(&self, response: &mut Response) {
@@ -478,8 +481,10 @@ async fn generate(engine: Arc<Engine>, body: axum::body::Bytes, kind: Kind) -> R
                     json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                         "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish}]})
                 }
-                Kind::Completion => json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}]}),
+                Kind::Completion => {
+                    json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish}]})
+                }
             };
             format!("data: {event}\n\n")
         };
@@ -665,11 +670,7 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         "counter",
         load(&s.output_tokens),
     );
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        page,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
 
 #[cfg(test)]
@@ -691,9 +692,16 @@ mod tests {
         assert_eq!(cached, 0);
         assert!(tokens > 160);
         let (_, cached, _) = engine.prefill_lookup(&format!("{system}second question"));
-        assert_eq!(cached, 10 * BLOCK_TOKENS, "the shared system prompt's blocks hit");
+        assert_eq!(
+            cached,
+            10 * BLOCK_TOKENS,
+            "the shared system prompt's blocks hit"
+        );
         let (_, cached, _) = engine.prefill_lookup(&format!("x{system}"));
-        assert_eq!(cached, 0, "a different first block misses everything after it");
+        assert_eq!(
+            cached, 0,
+            "a different first block misses everything after it"
+        );
         assert!(engine.stats.hit_ratio() > 0.0);
     }
 }

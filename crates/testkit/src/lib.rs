@@ -16,10 +16,10 @@ pub mod client;
 pub mod engine;
 pub mod replica;
 
-pub use engine::{EngineConfig, EngineHandle, EngineStats};
 pub use client::{
     eventually, send_raw, send_raw_until_close, wait_for_port, RawClient, RawResponse,
 };
+pub use engine::{EngineConfig, EngineHandle, EngineStats};
 pub use replica::{
     Counters, Failure, FakeReplica, Framing, Latency, RecordedRequest, ReplicaBuilder,
     ReplicaHandle,
