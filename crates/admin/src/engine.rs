@@ -1,8 +1,8 @@
 //! Engine load signals: the control plane scrapes each replica's Prometheus
 //! metrics (vLLM, SGLang, TGI) and stores the queue, running requests and
 //! KV-cache usage in the replica's shared counters, where `least_load` and
-//! `prefix`'s balance guard read them. A scrape that fails leaves the last
-//! value to go stale: after four intervals routing falls back to inferlb's
+//! `prefix`'s balance guard read them. A scrape that fails, or one older
+//! than four intervals, is not routed on: routing falls back to inferlb's
 //! own in-flight count.
 
 use std::collections::HashMap;
@@ -208,7 +208,12 @@ pub async fn run(control: Arc<Control>) {
                             inferlb_core::clock::now_ms(),
                             (interval * FRESH_INTERVALS).as_millis() as u64,
                         ),
-                        None => tracing::debug!(%addr, %path, "engine metrics scrape failed"),
+                        None => {
+                            // A failed scrape falls back to inferlb's own
+                            // count at once, not after four intervals.
+                            stats.expire_engine();
+                            tracing::debug!(%addr, %path, "engine metrics scrape failed");
+                        }
                     }
                 });
             }

@@ -38,7 +38,9 @@ pub async fn check(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }
 
-/// Checks every replica of the current snapshot each interval, forever.
+/// Checks every replica of the current snapshot each interval, forever:
+/// those of pools whose checks are on (`[health] enabled`, or the pool's
+/// `[pools.health] enabled`), at the pool's path or `[health] path`.
 pub async fn run(control: Arc<Control>, config: HealthCheck) {
     let thresholds = Thresholds {
         healthy: config.healthy_threshold,
@@ -51,9 +53,21 @@ pub async fn run(control: Arc<Control>, config: HealthCheck) {
         ticker.tick().await;
         let snapshot = control.snapshot();
         let mut checks = tokio::task::JoinSet::new();
-        for r in snapshot.replicas() {
-            let (uid, addr, path, timeout) = (r.uid, r.addr, config.path.clone(), config.timeout);
-            checks.spawn(async move { (uid, check(addr, &path, timeout).await) });
+        for pool in snapshot.pools() {
+            // A pool's `[pools.health]` overrides the top-level settings.
+            let overrides = &pool.spec().health;
+            if !overrides.enabled.unwrap_or(config.enabled) {
+                continue;
+            }
+            let path = overrides
+                .path
+                .clone()
+                .unwrap_or_else(|| config.path.clone());
+            for &i in pool.members() {
+                let r = &snapshot.replicas()[i as usize];
+                let (uid, addr, path, timeout) = (r.uid, r.addr, path.clone(), config.timeout);
+                checks.spawn(async move { (uid, check(addr, &path, timeout).await) });
+            }
         }
         let mut verdicts = HashMap::new();
         while let Some(Ok((uid, passed))) = checks.join_next().await {
@@ -71,7 +85,7 @@ pub async fn run(control: Arc<Control>, config: HealthCheck) {
             };
             match health {
                 Health::Unhealthy => {
-                    tracing::warn!(id = %r.id, address = %r.address, path = %config.path, "replica failed its health checks: unhealthy");
+                    tracing::warn!(id = %r.id, pool = %r.pool, address = %r.address, "replica failed its health checks: unhealthy");
                 }
                 Health::Healthy => {
                     tracing::info!(id = %r.id, address = %r.address, "replica passes its health checks again: healthy");

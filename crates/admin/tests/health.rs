@@ -103,3 +103,40 @@ async fn checks_flip_health_both_ways_and_fail_open() {
     assert_eq!(healed.counters().last_request().unwrap().path, "/health");
     checker.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_can_turn_its_checks_off_or_check_another_path() {
+    // Both answer 503 everywhere: only checked replicas turn unhealthy.
+    let skipped = FakeReplica::builder().status(503).start().unwrap();
+    let custom = FakeReplica::builder().status(503).start().unwrap();
+    let mut state = State::new(Routing::RoundRobin);
+    for (name, enabled, path) in [("quiet", Some(false), None), ("loud", None, Some("/ready"))] {
+        let mut pool = inferlb_core::PoolSpec::named(inferlb_core::PoolName::new(name).unwrap());
+        pool.health = inferlb_core::pool::PoolHealth {
+            enabled,
+            path: path.map(str::to_owned),
+        };
+        state.apply(Command::SetPool(pool)).unwrap();
+    }
+    let mut quiet = spec("q1", skipped.addr());
+    quiet.pool = inferlb_core::PoolName::new("quiet").unwrap();
+    let mut loud = spec("l1", custom.addr());
+    loud.pool = inferlb_core::PoolName::new("loud").unwrap();
+    state.apply(Command::Add(quiet)).unwrap();
+    state.apply(Command::Add(loud)).unwrap();
+    let snapshots = Snapshots::new(state.snapshot());
+    let control = Arc::new(Control::new(state, snapshots, None));
+    let checker = tokio::spawn(inferlb_admin::health::run(
+        Arc::clone(&control),
+        fast_checks(),
+    ));
+    assert!(wait_for(&control, "l1", Health::Unhealthy).await);
+    assert_eq!(custom.counters().last_request().unwrap().path, "/ready");
+    assert_eq!(
+        skipped.counters().requests(),
+        0,
+        "checks are off for its pool"
+    );
+    assert!(wait_for(&control, "q1", Health::Healthy).await);
+    checker.abort();
+}

@@ -246,7 +246,12 @@ pub(crate) fn run_control_plane(
             ));
         }
         tokio::spawn(inferlb_admin::engine::run(Arc::clone(&control)));
-        if plane.health.enabled {
+        let pool_checks = plane
+            .declared
+            .pools
+            .iter()
+            .any(|p| p.health.enabled == Some(true));
+        if plane.health.enabled || pool_checks {
             tracing::info!(path = %plane.health.path, interval = ?plane.health.interval, "active health checks");
             tokio::spawn(inferlb_admin::health::run(Arc::clone(&control), plane.health.clone()));
         }

@@ -262,6 +262,19 @@ pub struct FilePool {
     /// Engine metrics scraping.
     #[serde(default)]
     pub engine_metrics: FileEngineMetrics,
+    /// Overrides of `[health]` for this pool's replicas.
+    #[serde(default)]
+    pub health: FilePoolHealth,
+}
+
+/// `[pools.health]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePoolHealth {
+    /// Check this pool's replicas; default: `[health] enabled`.
+    pub enabled: Option<bool>,
+    /// The path checked; default: `[health] path`.
+    pub path: Option<String>,
 }
 
 /// How a request's model is found.
@@ -964,6 +977,12 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
             &pool.engine_metrics,
             &base_engine,
         )?;
+        if let Some(path) = pool.health.path.as_ref().filter(|p| !p.starts_with('/')) {
+            return Err(ConfigError::invalid(
+                format!("{at}.health.path"),
+                format!("{path:?} must start with /"),
+            ));
+        }
         pools.push(PoolSpec {
             name,
             aliases: pool.aliases.clone(),
@@ -971,6 +990,10 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
             prefix,
             load,
             engine_metrics,
+            health: crate::pool::PoolHealth {
+                enabled: pool.health.enabled,
+                path: pool.health.path.clone(),
+            },
         });
     }
     // The default pool gets the top-level settings too: declared when it

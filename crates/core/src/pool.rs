@@ -243,6 +243,15 @@ impl Default for EngineMetrics {
     }
 }
 
+/// `[pools.health]`: a pool's overrides of the top-level `[health]` checks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PoolHealth {
+    /// Check this pool's replicas (`None`: as `[health] enabled`).
+    pub enabled: Option<bool>,
+    /// The path checked (`None`: `[health] path`).
+    pub path: Option<String>,
+}
+
 /// A pool as declared: its name, the other names clients may use for its
 /// model, and how it routes. Its replicas name it.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,6 +268,8 @@ pub struct PoolSpec {
     pub load: LoadWeights,
     /// Engine metrics scraping.
     pub engine_metrics: EngineMetrics,
+    /// Overrides of the active health checks.
+    pub health: PoolHealth,
 }
 
 impl PoolSpec {
@@ -271,6 +282,7 @@ impl PoolSpec {
             prefix: PrefixSettings::default(),
             load: LoadWeights::default(),
             engine_metrics: EngineMetrics::default(),
+            health: PoolHealth::default(),
         }
     }
 }

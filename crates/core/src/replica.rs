@@ -409,9 +409,10 @@ impl ReplicaStats {
         self.engine_last().map(|(load, _)| load)
     }
 
-    /// Forgets the engine load (its scrapes fail).
-    pub fn clear_engine(&self) {
-        self.engine.at_ms.store(0, Ordering::Relaxed);
+    /// Marks the last engine load stale at once (a scrape failed): routing
+    /// falls back to inferlb's own count; the values stay visible.
+    pub fn expire_engine(&self) {
+        self.engine.fresh_ms.store(0, Ordering::Relaxed);
     }
 
     /// Counts a request as started; the returned guard counts it as finished
