@@ -137,13 +137,13 @@ fn serve_routes_fake_replica_processes_by_model() {
     for (addr, _) in &replicas {
         assert!(wait_for_port(*addr, Duration::from_secs(20)));
     }
-    let listen = free_addr();
+    let (listen, admin) = (free_addr(), free_addr());
     let config = format!(
         "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{}\"\n\
          [[pools]]\nname = \"alpha\"\nrouting = \"prefix\"\nreplicas = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
          [pools.engine_metrics]\nenabled = true\ninterval_ms = 100\n\
          [[pools]]\nname = \"beta\"\nreplicas = [{{ address = \"{}\" }}]\n",
-        free_addr(),
+        admin,
         replicas[0].0,
         replicas[1].0,
         replicas[2].0
@@ -175,5 +175,32 @@ fn serve_routes_fake_replica_processes_by_model() {
         assert_eq!(reply["model"], model);
         assert!(Instant::now() < deadline);
     }
+    // The engines' metrics are scraped and shown per replica: the alpha
+    // pool's (scraped every 100 ms), not beta's (engine metrics off).
+    let scraped = inferlb_testkit::eventually(Duration::from_secs(5), || {
+        let Ok(mut admin_client) = RawClient::connect(admin) else {
+            return false;
+        };
+        // The admin API serves only loopback names without a token.
+        let request = b"GET /v1/replicas HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+        if admin_client.send(request).is_err() {
+            return false;
+        }
+        let Ok(resp) = admin_client.read_response() else {
+            return false;
+        };
+        let list: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+        let fresh = |pool: &str| {
+            list.as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["pool"] == pool && r["engine"]["fresh"] == serde_json::Value::Bool(true))
+        };
+        fresh("alpha") && !fresh("beta")
+    });
+    assert!(
+        scraped,
+        "the alpha replicas' engine metrics were never shown fresh"
+    );
     let _ = std::fs::remove_file(&path);
 }
