@@ -122,6 +122,23 @@ impl Client {
         buffers.rent(&mut self.request);
     }
 
+    /// Moves up to `max` pending body bytes (as far as `body` says they are
+    /// body) from `buf` to the end of `request`.
+    pub(crate) fn keep_body(
+        &mut self,
+        body: &mut crate::h1::body::Body,
+        max: usize,
+    ) -> Result<(), Abort> {
+        let start = self.pos;
+        let end = self.buf.len().min(start.saturating_add(max));
+        let n = body
+            .take(&self.buf[start..end], |_| {})
+            .map_err(|e| Abort::Respond(crate::exchange::body_error(e)))?;
+        self.request.extend_from_slice(&self.buf[start..start + n]);
+        self.pos += n;
+        Ok(())
+    }
+
     /// Gives the buffers back between requests; `buf` stays while it holds
     /// the start of a pipelined request.
     pub(crate) fn give_back(&mut self, buffers: &mut Buffers) {

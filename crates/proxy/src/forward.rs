@@ -19,7 +19,7 @@ use inferlb_core::{clock, penalty, PrefixKey, ReplicaStats, Tried};
 
 use crate::client::{Client, Generated};
 use crate::error::{Abort, ErrorKind};
-use crate::exchange::{body_error, Exchange, Outcome, Progress, Stage};
+use crate::exchange::{Exchange, Outcome, Progress, Stage};
 use crate::h1::body::{Body, Framing};
 use crate::h1::request::{self, Local, RequestInfo};
 use crate::h1::response::ResponseInfo;
@@ -123,7 +123,9 @@ async fn forward(
     let mut body = Body::limited(info.body, limit, config.limits.max_chunk_extension_bytes);
     let keep_client = info.keep_alive && !worker.stopping.get();
     let head_end = client.request.len();
-    keep_for_replay(client, &mut body, config.retries.max_replay_body_bytes)?;
+    // The body bytes that came with the head go out in the same write (and
+    // can be sent again when they are the whole body).
+    client.keep_body(&mut body, config.retries.max_replay_body_bytes)?;
     let mut progress = Progress::default();
     // Find the pool: the model header, or the model of a JSON body.
     let target = match find_target(
@@ -354,22 +356,6 @@ async fn find_target(
         return Ok(Routed::NoPool(target.model));
     }
     Ok(Routed::To(target))
-}
-
-/// Moves the body bytes that already arrived with the head (up to `max`)
-/// behind the head in `client.request`, so they go out in one write; when
-/// that is the whole body, the request can be sent again.
-fn keep_for_replay(client: &mut Client, body: &mut Body, max: usize) -> Result<(), Abort> {
-    let start = client.pos;
-    let end = client.buf.len().min(start.saturating_add(max));
-    let n = body
-        .take(&client.buf[start..end], |_| {})
-        .map_err(|e| Abort::Respond(body_error(e)))?;
-    client
-        .request
-        .extend_from_slice(&client.buf[start..start + n]);
-    client.pos += n;
-    Ok(())
 }
 
 /// Picks a replica of the current snapshot that this request has not

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::client::{Client, BODY_BUFFER};
 use crate::error::{Abort, ErrorKind};
-use crate::exchange::{body_error, continue_if_expected, Progress};
+use crate::exchange::{continue_if_expected, Progress};
 use crate::h1::body::{Body, Framing};
 use crate::h1::request::RequestInfo;
 
@@ -37,15 +37,7 @@ pub(crate) async fn read_body(
     }
     loop {
         let have = client.request.len() - head_end;
-        let start = client.pos;
-        let end = client.buf.len().min(start + (max + 1).saturating_sub(have));
-        let n = body
-            .take(&client.buf[start..end], |_| {})
-            .map_err(|e| Abort::Respond(body_error(e)))?;
-        client
-            .request
-            .extend_from_slice(&client.buf[start..start + n]);
-        client.pos += n;
+        client.keep_body(body, (max + 1).saturating_sub(have))?;
         let within = client.request.len() - head_end <= max;
         if body.is_done() || !within {
             return Ok(body.is_done() && within);

@@ -380,15 +380,17 @@ fn word(i: usize) -> String {
     WORDS[i % WORDS.len()].to_owned()
 }
 
-async fn generate(engine: Arc<Engine>, body: axum::body::Bytes, kind: Kind) -> Response {
+/// Counts a request and parses its JSON body; the error response when it
+/// is not JSON or names a model this engine does not serve.
+fn accept(engine: &Engine, body: &[u8]) -> Result<Value, Response> {
     engine.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "the body is not valid JSON",
             "invalid_request_error",
             "invalid_json",
-        );
+        ));
     };
     let model = request["model"].as_str();
     if !engine.serves(model) {
@@ -400,8 +402,17 @@ async fn generate(engine: Arc<Engine>, body: axum::body::Bytes, kind: Kind) -> R
             "model_not_found",
         );
         engine.header(&mut response);
-        return response;
+        return Err(response);
     }
+    Ok(request)
+}
+
+async fn generate(engine: Arc<Engine>, body: axum::body::Bytes, kind: Kind) -> Response {
+    let request = match accept(&engine, &body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let model = request["model"].as_str();
     let max_tokens = request["max_completion_tokens"]
         .as_u64()
         .or(request["max_tokens"].as_u64())
@@ -555,25 +566,11 @@ async fn run(
 }
 
 async fn embeddings(State(engine): State<Arc<Engine>>, body: axum::body::Bytes) -> Response {
-    engine.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the body is not valid JSON",
-            "invalid_request_error",
-            "invalid_json",
-        );
+    let request = match accept(&engine, &body) {
+        Ok(request) => request,
+        Err(response) => return response,
     };
     let model = request["model"].as_str();
-    if !engine.serves(model) {
-        let message = format!("The model `{}` does not exist.", model.unwrap_or(""));
-        return error(
-            StatusCode::NOT_FOUND,
-            &message,
-            "invalid_request_error",
-            "model_not_found",
-        );
-    }
     let inputs: Vec<String> = match &request["input"] {
         Value::String(s) => vec![s.clone()],
         Value::Array(items) => items

@@ -53,31 +53,28 @@ pub fn start_weighted(
     replicas: &[(SocketAddr, u32)],
     tweak: impl FnOnce(&mut Config),
 ) -> Proxy {
-    let mut config = Config::default();
-    config.proxy.listen = "127.0.0.1:0".parse().unwrap();
-    config.proxy.workers = 1;
-    config.proxy.io_driver = driver;
+    let mut config = test_config(driver);
     config.routing = Routing::RoundRobin;
     tweak(&mut config);
     let mut state = State::new(config.routing);
     for &(addr, weight) in replicas {
         state.apply(Command::Add(spec(addr, weight))).unwrap();
     }
-    let snapshots = Snapshots::new(state.snapshot());
-    let handle = inferlb_proxy::start(&config.proxy, snapshots.clone()).expect("proxy starts");
-    Proxy {
-        handle,
-        snapshots,
-        state,
-    }
+    start_state(driver, state, |c| *c = config)
 }
 
 /// A proxy (one worker, the given driver) over a state the test built.
-pub fn start_state(driver: IoDriver, state: State, tweak: impl FnOnce(&mut Config)) -> Proxy {
+/// One worker (so shares are exact) on 127.0.0.1:0, the given driver.
+fn test_config(driver: IoDriver) -> Config {
     let mut config = Config::default();
     config.proxy.listen = "127.0.0.1:0".parse().unwrap();
     config.proxy.workers = 1;
     config.proxy.io_driver = driver;
+    config
+}
+
+pub fn start_state(driver: IoDriver, state: State, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = test_config(driver);
     tweak(&mut config);
     let snapshots = Snapshots::new(state.snapshot());
     let handle = inferlb_proxy::start(&config.proxy, snapshots.clone()).expect("proxy starts");
