@@ -248,20 +248,7 @@ fn the_proxy_lists_the_models_of_its_pools(driver: IoDriver) {
 }
 
 fn prefix_routing_keeps_each_prefix_on_one_replica(driver: IoDriver) {
-    let handles = replicas(&["p1", "p2", "p3"]);
-    let mut state = State::new(Routing::RoundRobin);
-    state
-        .apply(Command::SetPool(pool("m", &[], Some(Routing::Prefix))))
-        .unwrap();
-    for (i, h) in handles.iter().enumerate() {
-        state
-            .apply(Command::Add(pool_spec(
-                &format!("p{}", i + 1),
-                h.addr(),
-                "m",
-            )))
-            .unwrap();
-    }
+    let (state, _handles) = one_pool(Routing::Prefix, &["p1", "p2", "p3"]);
     let proxy = start_state(driver, state, |_| {});
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let json = "Content-Type: application/json\r\n";
@@ -309,20 +296,7 @@ fn prefix_routing_keeps_each_prefix_on_one_replica(driver: IoDriver) {
 }
 
 fn least_load_follows_the_engines_queues(driver: IoDriver) {
-    let handles = replicas(&["l1", "l2", "l3"]);
-    let mut state = State::new(Routing::RoundRobin);
-    state
-        .apply(Command::SetPool(pool("m", &[], Some(Routing::LeastLoad))))
-        .unwrap();
-    for (i, h) in handles.iter().enumerate() {
-        state
-            .apply(Command::Add(pool_spec(
-                &format!("l{}", i + 1),
-                h.addr(),
-                "m",
-            )))
-            .unwrap();
-    }
+    let (state, _handles) = one_pool(Routing::LeastLoad, &["l1", "l2", "l3"]);
     let proxy = start_state(driver, state, |_| {});
     // l1 and l2 report long queues; l3 a short one.
     let now = inferlb_core::clock::now_ms();

@@ -382,15 +382,15 @@ fn word(i: usize) -> String {
 
 /// Counts a request and parses its JSON body; the error response when it
 /// is not JSON or names a model this engine does not serve.
-fn accept(engine: &Engine, body: &[u8]) -> Result<Value, Response> {
+fn accept(engine: &Engine, body: &[u8]) -> Result<Value, Box<Response>> {
     engine.stats.requests.fetch_add(1, Ordering::Relaxed);
     let Ok(request) = serde_json::from_slice::<Value>(body) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "the body is not valid JSON",
             "invalid_request_error",
             "invalid_json",
-        ));
+        )));
     };
     let model = request["model"].as_str();
     if !engine.serves(model) {
@@ -402,7 +402,7 @@ fn accept(engine: &Engine, body: &[u8]) -> Result<Value, Response> {
             "model_not_found",
         );
         engine.header(&mut response);
-        return Err(response);
+        return Err(Box::new(response));
     }
     Ok(request)
 }
@@ -410,7 +410,7 @@ fn accept(engine: &Engine, body: &[u8]) -> Result<Value, Response> {
 async fn generate(engine: Arc<Engine>, body: axum::body::Bytes, kind: Kind) -> Response {
     let request = match accept(&engine, &body) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let model = request["model"].as_str();
     let max_tokens = request["max_completion_tokens"]
@@ -568,7 +568,7 @@ async fn run(
 async fn embeddings(State(engine): State<Arc<Engine>>, body: axum::body::Bytes) -> Response {
     let request = match accept(&engine, &body) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let model = request["model"].as_str();
     let inputs: Vec<String> = match &request["input"] {
