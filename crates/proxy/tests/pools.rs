@@ -60,6 +60,21 @@ fn fleet(default: bool) -> (State, Vec<ReplicaHandle>) {
     (state, handles)
 }
 
+/// One pool `m` routing by `routing` over echoing replicas named `names`.
+fn one_pool(routing: Routing, names: &[&str]) -> (State, Vec<ReplicaHandle>) {
+    let handles = replicas(names);
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(pool("m", &[], Some(routing))))
+        .unwrap();
+    for (name, h) in names.iter().zip(&handles) {
+        state
+            .apply(Command::Add(pool_spec(name, h.addr(), "m")))
+            .unwrap();
+    }
+    (state, handles)
+}
+
 fn post(
     client: &mut RawClient,
     path: &str,
