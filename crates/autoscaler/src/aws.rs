@@ -11,10 +11,13 @@ use aws_sdk_cloudwatch as cw;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_smithy_types::DateTime;
 
-use crate::model::{AutoscalingFile, Scheduled, StepScaling, Suspended, Target, TargetTracking};
+use crate::model::{
+    AutoscalingFile, CustomizedMetric, MetricDimension, MetricQuery, Scheduled, StepScaling,
+    Suspended, Target, TargetTracking,
+};
 use crate::plan::{
     epoch_seconds, Change, Current, CurrentAlarm, CurrentPolicy, CurrentScheduled, CurrentTarget,
-    Kind, Op, Plan, PolicyShape, ALARM_DIMENSION, ALARM_METRIC, ALARM_NAMESPACE,
+    Kind, Op, Plan, PolicyShape, ALARM_NAMESPACE,
 };
 
 /// Pages read from one paginated Describe call before giving up: a service
@@ -295,15 +298,7 @@ impl Aws {
                     predefined_metric: tt
                         .predefined_metric_specification()
                         .map(|m| m.predefined_metric_type().as_str().to_owned()),
-                    customized_metric: tt.customized_metric_specification().map(|m| {
-                        (
-                            m.namespace().unwrap_or_default().to_owned(),
-                            m.metric_name().unwrap_or_default().to_owned(),
-                            m.statistic()
-                                .map(|s| s.as_str().to_owned())
-                                .unwrap_or_default(),
-                        )
-                    }),
+                    customized_metric: tt.customized_metric_specification().map(customized_of),
                     target_value: tt.target_value(),
                     scale_out_cooldown_s: tt.scale_out_cooldown(),
                     scale_in_cooldown_s: tt.scale_in_cooldown(),
@@ -418,13 +413,24 @@ impl Aws {
                 name: name.to_owned(),
                 namespace: a.namespace().map(str::to_owned),
                 metric_name: a.metric_name().map(str::to_owned),
-                component: a
+                dimensions: a
                     .dimensions()
                     .iter()
-                    .find(|d| d.name() == Some(ALARM_DIMENSION))
-                    .and_then(|d| d.value().map(str::to_owned)),
+                    .map(|d| {
+                        (
+                            d.name().unwrap_or_default().to_owned(),
+                            d.value().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect(),
                 period_s: a.period(),
                 evaluation_periods: a.evaluation_periods(),
+                datapoints_to_alarm: a.datapoints_to_alarm(),
+                statistic: a.statistic().map(|s| s.as_str().to_owned()),
+                threshold: a.threshold(),
+                comparison_operator: a.comparison_operator().map(|c| c.as_str().to_owned()),
+                treat_missing_data: a.treat_missing_data().map(str::to_owned),
+                actions_enabled: a.actions_enabled(),
                 actions: a.alarm_actions().to_vec(),
                 state: a.state_value().map(|s| s.as_str().to_owned()),
             });
@@ -474,7 +480,7 @@ impl Aws {
         let id = target.resource_id.as_str();
         match (change.kind, change.op) {
             (Kind::ScalableTarget, Op::Create | Op::Update) => {
-                let s = target.suspended;
+                let s = target.suspended.unwrap_or_default();
                 self.aas
                     .register_scalable_target()
                     .service_namespace(namespace())
@@ -592,12 +598,12 @@ impl Aws {
             }
             (Kind::Alarm, Op::Create | Op::Update) => {
                 let resource = format!("alarm {:?} of {id}", change.name);
-                let recipe = target.scale_to_zero.as_ref().ok_or_else(|| {
-                    build_err("PutMetricAlarm", &resource, "no scale_to_zero in the file")
+                let spec = target.alarm().ok_or_else(|| {
+                    build_err("PutMetricAlarm", &resource, "no scale-to-zero recipe in the file")
                 })?;
                 let arn = arns
                     .iter()
-                    .find(|(r, n, _)| r == id && n == &recipe.step_policy)
+                    .find(|(r, n, _)| r == id && n == &spec.step_policy)
                     .map(|(_, _, arn)| arn.clone())
                     .ok_or_else(|| {
                         build_err(
@@ -607,26 +613,28 @@ impl Aws {
                         )
                     })?;
                 let dimension = cw::types::Dimension::builder()
-                    .name(ALARM_DIMENSION)
-                    .value(target.component_name().unwrap_or_default())
+                    .name(spec.dimension_name)
+                    .value(&spec.dimension_value)
                     .build();
                 self.cw
                     .put_metric_alarm()
                     .alarm_name(&change.name)
                     .alarm_description(format!(
-                        "Managed by inferlb: adds a copy of {} when requests find none (scale to zero).",
-                        target.component_name().unwrap_or_default()
+                        "Managed by inferlb: adds capacity to {id} when requests find none (scale to zero)."
                     ))
                     .namespace(ALARM_NAMESPACE)
-                    .metric_name(ALARM_METRIC)
+                    .metric_name(spec.metric_name)
                     .dimensions(dimension)
-                    .statistic(cw::types::Statistic::Maximum)
-                    .period(recipe.period_s.unwrap_or(10))
-                    .evaluation_periods(recipe.evaluation_periods.unwrap_or(1))
-                    .datapoints_to_alarm(1)
-                    .threshold(1.0)
-                    .comparison_operator(cw::types::ComparisonOperator::GreaterThanOrEqualToThreshold)
-                    .treat_missing_data("missing")
+                    .statistic(cw::types::Statistic::from(spec.statistic.as_str()))
+                    .period(spec.period_s)
+                    .evaluation_periods(spec.evaluation_periods)
+                    .datapoints_to_alarm(spec.datapoints_to_alarm)
+                    .threshold(spec.threshold)
+                    .comparison_operator(cw::types::ComparisonOperator::from(
+                        spec.comparison_operator.as_str(),
+                    ))
+                    .treat_missing_data(&spec.treat_missing_data)
+                    .actions_enabled(spec.actions_enabled)
                     .alarm_actions(arn)
                     .send()
                     .await
@@ -747,25 +755,122 @@ fn target_tracking_config(
         );
     }
     if let Some(custom) = &p.customized_metric {
-        let mut spec = aas::types::CustomizedMetricSpecification::builder()
+        config = config.customized_metric_specification(customized_spec(custom, resource)?);
+    }
+    config
+        .build()
+        .map_err(|e| build_err("PutScalingPolicy", resource, e))
+}
+
+/// A declared customized metric in the SDK's shape: one metric, or metric
+/// math queries.
+fn customized_spec(
+    custom: &CustomizedMetric,
+    resource: &str,
+) -> Result<aas::types::CustomizedMetricSpecification, AwsError> {
+    let dimension = |d: &MetricDimension| {
+        aas::types::MetricDimension::builder()
+            .name(&d.name)
+            .value(&d.value)
+            .build()
+            .map_err(|e| build_err("PutScalingPolicy", resource, e))
+    };
+    let mut spec = aas::types::CustomizedMetricSpecification::builder();
+    if custom.metrics.is_empty() {
+        spec = spec
             .namespace(&custom.namespace)
             .metric_name(&custom.metric_name)
             .statistic(aas::types::MetricStatistic::from(custom.statistic.as_str()))
             .set_unit(custom.unit.clone());
         for d in &custom.dimensions {
-            spec = spec.dimensions(
-                aas::types::MetricDimension::builder()
-                    .name(&d.name)
-                    .value(&d.value)
+            spec = spec.dimensions(dimension(d)?);
+        }
+    }
+    for q in &custom.metrics {
+        let mut query = aas::types::TargetTrackingMetricDataQuery::builder()
+            .id(&q.id)
+            .set_expression(q.expression.clone())
+            .set_label(q.label.clone())
+            .return_data(q.return_data);
+        if let (Some(namespace), Some(name), Some(statistic)) =
+            (&q.namespace, &q.metric_name, &q.statistic)
+        {
+            let mut metric = aas::types::TargetTrackingMetric::builder()
+                .namespace(namespace)
+                .metric_name(name);
+            for d in &q.dimensions {
+                metric = metric.dimensions(
+                    aas::types::TargetTrackingMetricDimension::builder()
+                        .name(&d.name)
+                        .value(&d.value)
+                        .build()
+                        .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+                );
+            }
+            query = query.metric_stat(
+                aas::types::TargetTrackingMetricStat::builder()
+                    .metric(metric.build())
+                    .stat(statistic)
+                    .set_unit(q.unit.clone())
                     .build()
                     .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
             );
         }
-        config = config.customized_metric_specification(spec.build());
+        spec = spec.metrics(
+            query
+                .build()
+                .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+        );
     }
-    config
-        .build()
-        .map_err(|e| build_err("PutScalingPolicy", resource, e))
+    Ok(spec.build())
+}
+
+/// A customized metric as AWS returns it, in the file's vocabulary.
+fn customized_of(m: &aas::types::CustomizedMetricSpecification) -> CustomizedMetric {
+    let dims = |list: &[aas::types::MetricDimension]| {
+        list.iter()
+            .map(|d| MetricDimension {
+                name: d.name().to_owned(),
+                value: d.value().to_owned(),
+            })
+            .collect()
+    };
+    CustomizedMetric {
+        namespace: m.namespace().unwrap_or_default().to_owned(),
+        metric_name: m.metric_name().unwrap_or_default().to_owned(),
+        statistic: m.statistic().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        unit: m.unit().map(str::to_owned),
+        dimensions: dims(m.dimensions()),
+        metrics: m
+            .metrics()
+            .iter()
+            .map(|q| {
+                let stat = q.metric_stat();
+                let metric = stat.and_then(|s| s.metric());
+                MetricQuery {
+                    id: q.id().to_owned(),
+                    expression: q.expression().map(str::to_owned),
+                    namespace: metric.and_then(|m| m.namespace()).map(str::to_owned),
+                    metric_name: metric.and_then(|m| m.metric_name()).map(str::to_owned),
+                    dimensions: metric
+                        .map(|m| {
+                            m.dimensions()
+                                .iter()
+                                .map(|d| MetricDimension {
+                                    name: d.name().to_owned(),
+                                    value: d.value().to_owned(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    statistic: stat.map(|s| s.stat().to_owned()),
+                    unit: stat.and_then(|s| s.unit()).map(str::to_owned),
+                    label: q.label().map(str::to_owned),
+                    return_data: q.return_data().unwrap_or(false),
+                }
+            })
+            .collect(),
+    }
 }
 
 fn step_config(

@@ -33,9 +33,13 @@ pub struct Target {
     pub min_capacity: i32,
     /// Highest capacity.
     pub max_capacity: i32,
-    /// Suspend scaling activities; all false by default.
-    #[serde(default)]
-    pub suspended: Suspended,
+    /// Who owns min/max after creation: by default the file, unless the
+    /// target has scheduled actions (which work by changing min/max, so the
+    /// schedule owns them); `enforce` or `ignore_changes` says so outright.
+    pub capacity: Option<CapacityMode>,
+    /// Suspend scaling activities. Compared only when declared, so an
+    /// operator's suspension during an incident is not undone by `run`.
+    pub suspended: Option<Suspended>,
     /// Target-tracking policies.
     #[serde(default)]
     pub target_tracking: Vec<TargetTracking>,
@@ -48,6 +52,20 @@ pub struct Target {
     /// Scale to zero (inference components): the alarm that wakes a
     /// component with no copies.
     pub scale_to_zero: Option<ScaleToZero>,
+    /// Scale to zero (asynchronous endpoint variants): the alarm on
+    /// `HasBacklogWithoutCapacity` that adds an instance when requests wait
+    /// and there is none.
+    pub async_scale_to_zero: Option<ScaleToZero>,
+}
+
+/// Who owns a target's min/max after it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapacityMode {
+    /// The file: drift is corrected, even against scheduled actions.
+    Enforce,
+    /// Set at creation only; never compared afterwards.
+    IgnoreChanges,
 }
 
 /// `SuspendedState` of a scalable target.
@@ -91,16 +109,50 @@ pub struct TargetTracking {
 #[serde(deny_unknown_fields)]
 pub struct CustomizedMetric {
     /// CloudWatch namespace, e.g. `AWS/SageMaker`.
+    #[serde(default)]
     pub namespace: String,
     /// Metric name.
+    #[serde(default)]
     pub metric_name: String,
     /// `Average`, `Minimum`, `Maximum`, `SampleCount` or `Sum`.
+    #[serde(default)]
     pub statistic: String,
     /// Unit, optional.
     pub unit: Option<String>,
     /// Metric dimensions.
     #[serde(default)]
     pub dimensions: Vec<MetricDimension>,
+    /// Metric math instead of one metric: queries, exactly one of which
+    /// (the result) has `return_data = true`. With `metrics`, leave
+    /// `namespace`, `metric_name` and `statistic` empty.
+    #[serde(default)]
+    pub metrics: Vec<MetricQuery>,
+}
+
+/// One query of a metric-math customized metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricQuery {
+    /// Identifier used in expressions (`m1`, `e1`).
+    pub id: String,
+    /// An expression over other ids, e.g. `m1 / m2` (give this or a metric).
+    pub expression: Option<String>,
+    /// A metric: namespace.
+    pub namespace: Option<String>,
+    /// A metric: name.
+    pub metric_name: Option<String>,
+    /// A metric: dimensions.
+    #[serde(default)]
+    pub dimensions: Vec<MetricDimension>,
+    /// A metric: statistic.
+    pub statistic: Option<String>,
+    /// A metric: unit.
+    pub unit: Option<String>,
+    /// Label, optional.
+    pub label: Option<String>,
+    /// Whether this query is the policy's metric (exactly one is).
+    #[serde(default)]
+    pub return_data: bool,
 }
 
 /// A CloudWatch dimension.
@@ -165,21 +217,64 @@ pub struct Scheduled {
     pub max_capacity: Option<i32>,
 }
 
-/// The scale-to-zero recipe of an inference component: a CloudWatch alarm on
-/// `NoCapacityInvocationFailures` whose action is a step-scaling policy that
-/// adds a copy when a request arrives and there is none.
+/// A scale-to-zero recipe: a CloudWatch alarm whose action is a step-scaling
+/// policy that adds capacity when requests arrive and there is none. For an
+/// inference component (`scale_to_zero`) the alarm watches
+/// `NoCapacityInvocationFailures`; for an asynchronous endpoint variant
+/// (`async_scale_to_zero`), `HasBacklogWithoutCapacity`. Every alarm field
+/// has AWS's recipe as its default and is compared for drift.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleToZero {
     /// The step-scaling policy (declared on this target) the alarm triggers.
     pub step_policy: String,
-    /// Alarm name; default `<component>-no-capacity`.
+    /// Alarm name; default `inferlb-<component or endpoint>-no-capacity`.
     pub alarm_name: Option<String>,
-    /// Alarm period in seconds; default 10 (high-resolution).
+    /// Alarm period in seconds; default 60.
     pub period_s: Option<i32>,
-    /// Periods the condition must hold; default 1.
+    /// Periods evaluated; default 1 (async: 2).
     pub evaluation_periods: Option<i32>,
+    /// Breaching datapoints that raise the alarm; default 1 (async: 2).
+    pub datapoints_to_alarm: Option<i32>,
+    /// `Sum` (default) or `Average` (async default), `Maximum`, `Minimum`,
+    /// `SampleCount`.
+    pub statistic: Option<String>,
+    /// Default 1.
+    pub threshold: Option<f64>,
+    /// Default `GreaterThanOrEqualToThreshold`.
+    pub comparison_operator: Option<String>,
+    /// `missing` (default), `notBreaching`, `breaching` or `ignore`.
+    pub treat_missing_data: Option<String>,
+    /// Default true.
+    pub actions_enabled: Option<bool>,
 }
+
+/// A scale-to-zero alarm with every default filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlarmSpec {
+    pub name: String,
+    pub metric_name: &'static str,
+    pub dimension_name: &'static str,
+    pub dimension_value: String,
+    pub period_s: i32,
+    pub evaluation_periods: i32,
+    pub datapoints_to_alarm: i32,
+    pub statistic: String,
+    pub threshold: f64,
+    pub comparison_operator: String,
+    pub treat_missing_data: String,
+    pub actions_enabled: bool,
+    /// The step policy it triggers.
+    pub step_policy: String,
+}
+
+/// The metric the inference-component recipe watches.
+pub const NO_CAPACITY_METRIC: &str = "NoCapacityInvocationFailures";
+/// The metric the asynchronous-endpoint recipe watches.
+pub const BACKLOG_METRIC: &str = "HasBacklogWithoutCapacity";
+/// Every alarm inferlb creates starts with this, so its IAM policy can be
+/// limited to them and `--prune` can find them.
+pub const ALARM_PREFIX: &str = "inferlb-";
 
 /// Why the file cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +322,9 @@ pub enum ResourceKind {
 pub const VARIANT_DIMENSION: &str = "sagemaker:variant:DesiredInstanceCount";
 /// The dimension of inference components.
 pub const COMPONENT_DIMENSION: &str = "sagemaker:inference-component:DesiredCopyCount";
+/// The dimension of serverless endpoint variants' provisioned concurrency.
+pub const PROVISIONED_CONCURRENCY_DIMENSION: &str =
+    "sagemaker:variant:DesiredProvisionedConcurrency";
 
 impl ResourceKind {
     /// The scalable dimension of this kind of resource.
@@ -251,14 +349,79 @@ impl Target {
         self.resource_id.strip_prefix("inference-component/")
     }
 
+    /// The endpoint's name, for `endpoint/<name>/variant/<variant>`.
+    pub fn endpoint_name(&self) -> Option<&str> {
+        self.resource_id
+            .strip_prefix("endpoint/")
+            .and_then(|rest| rest.split('/').next())
+    }
+
     /// The scale-to-zero alarm's name.
     pub fn alarm_name(&self) -> Option<String> {
-        let recipe = self.scale_to_zero.as_ref()?;
-        Some(recipe.alarm_name.clone().unwrap_or_else(|| {
-            format!(
-                "{}-no-capacity",
-                self.component_name().unwrap_or("component")
-            )
-        }))
+        self.alarm().map(|a| a.name)
+    }
+
+    /// The scale-to-zero alarm, either recipe, with AWS's defaults filled in
+    /// (see "Scale an endpoint to zero instances" and "Autoscale an
+    /// asynchronous endpoint" in the SageMaker developer guide).
+    pub fn alarm(&self) -> Option<AlarmSpec> {
+        let (recipe, metric, dimension, value, default_periods, default_statistic) =
+            match (&self.scale_to_zero, &self.async_scale_to_zero) {
+                (Some(r), _) => (
+                    r,
+                    NO_CAPACITY_METRIC,
+                    "InferenceComponentName",
+                    self.component_name().unwrap_or("component"),
+                    1,
+                    "Sum",
+                ),
+                (None, Some(r)) => (
+                    r,
+                    BACKLOG_METRIC,
+                    "EndpointName",
+                    self.endpoint_name().unwrap_or("endpoint"),
+                    2,
+                    "Average",
+                ),
+                (None, None) => return None,
+            };
+        Some(AlarmSpec {
+            name: recipe
+                .alarm_name
+                .clone()
+                .unwrap_or_else(|| format!("{ALARM_PREFIX}{value}-no-capacity")),
+            metric_name: metric,
+            dimension_name: dimension,
+            dimension_value: value.to_owned(),
+            period_s: recipe.period_s.unwrap_or(60),
+            evaluation_periods: recipe.evaluation_periods.unwrap_or(default_periods),
+            datapoints_to_alarm: recipe.datapoints_to_alarm.unwrap_or(default_periods),
+            statistic: recipe
+                .statistic
+                .clone()
+                .unwrap_or_else(|| default_statistic.to_owned()),
+            threshold: recipe.threshold.unwrap_or(1.0),
+            comparison_operator: recipe
+                .comparison_operator
+                .clone()
+                .unwrap_or_else(|| "GreaterThanOrEqualToThreshold".to_owned()),
+            treat_missing_data: recipe
+                .treat_missing_data
+                .clone()
+                .unwrap_or_else(|| "missing".to_owned()),
+            actions_enabled: recipe.actions_enabled.unwrap_or(true),
+            step_policy: recipe.step_policy.clone(),
+        })
+    }
+
+    /// Whether min/max are compared for drift: not when the schedule owns
+    /// them (scheduled actions declared, no `capacity = "enforce"`), nor
+    /// with `capacity = "ignore_changes"`.
+    pub fn capacity_owned_by_file(&self) -> bool {
+        match self.capacity {
+            Some(CapacityMode::Enforce) => true,
+            Some(CapacityMode::IgnoreChanges) => false,
+            None => self.scheduled.is_empty(),
+        }
     }
 }

@@ -7,7 +7,17 @@
 
 use serde::Serialize;
 
-use crate::model::{AutoscalingFile, Scheduled, StepScaling, Suspended, Target, TargetTracking};
+use crate::model::{
+    AutoscalingFile, CustomizedMetric, MetricDimension, Scheduled, StepScaling, Suspended, Target,
+    TargetTracking,
+};
+
+/// The cooldown AWS applies when a target-tracking policy gives none, for
+/// SageMaker (Application Auto Scaling's `TargetTrackingScalingPolicyConfiguration`:
+/// 300 s for SageMaker endpoint variants). An absent cooldown matches it, so
+/// `run` never fights AWS's default, while a cooldown removed from the file
+/// (AWS still holds another value) is a change.
+pub const DEFAULT_COOLDOWN_S: i32 = 300;
 
 /// A scalable target as AWS has it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +43,7 @@ pub struct CurrentPolicy {
 pub enum PolicyShape {
     TargetTracking {
         predefined_metric: Option<String>,
-        customized_metric: Option<(String, String, String)>,
+        customized_metric: Option<CustomizedMetric>,
         target_value: f64,
         scale_out_cooldown_s: Option<i32>,
         scale_in_cooldown_s: Option<i32>,
@@ -62,14 +72,21 @@ pub struct CurrentScheduled {
 }
 
 /// A CloudWatch alarm as AWS has it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct CurrentAlarm {
     pub name: String,
     pub namespace: Option<String>,
     pub metric_name: Option<String>,
-    pub component: Option<String>,
+    /// Its dimensions, `(name, value)`.
+    pub dimensions: Vec<(String, String)>,
     pub period_s: Option<i32>,
     pub evaluation_periods: Option<i32>,
+    pub datapoints_to_alarm: Option<i32>,
+    pub statistic: Option<String>,
+    pub threshold: Option<f64>,
+    pub comparison_operator: Option<String>,
+    pub treat_missing_data: Option<String>,
+    pub actions_enabled: Option<bool>,
     pub actions: Vec<String>,
     pub state: Option<String>,
 }
@@ -141,6 +158,17 @@ pub struct Plan {
     /// Policies and scheduled actions on declared targets that the file does
     /// not name: left alone, reported.
     pub unmanaged: Vec<String>,
+    /// What the plan deliberately does not compare, e.g. min/max set by a
+    /// schedule.
+    pub notes: Vec<String>,
+}
+
+/// How a plan is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Compare (and re-apply) the file's min/max even where a schedule or
+    /// `capacity = "ignore_changes"` owns them: `apply --reset-capacity`.
+    pub reset_capacity: bool,
 }
 
 impl Plan {
@@ -190,6 +218,32 @@ fn differ_declared<T: PartialEq + std::fmt::Debug>(
     }
 }
 
+/// A cooldown: a declared one must match; an absent one matches nothing
+/// set or AWS's default, and anything else (one removed from the file) is a
+/// change.
+fn differ_cooldown(out: &mut Vec<String>, field: &str, current: Option<i32>, declared: Option<i32>) {
+    let same = match declared {
+        Some(_) => current == declared,
+        None => current.is_none_or(|c| c == DEFAULT_COOLDOWN_S),
+    };
+    if !same {
+        out.push(format!("{field}: {current:?} -> {declared:?}"));
+    }
+}
+
+/// A customized metric in a comparable form: dimensions in a fixed order.
+fn normalized(metric: &CustomizedMetric) -> CustomizedMetric {
+    let mut m = metric.clone();
+    let sort = |dims: &mut Vec<MetricDimension>| {
+        dims.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)))
+    };
+    sort(&mut m.dimensions);
+    for q in &mut m.metrics {
+        sort(&mut q.dimensions);
+    }
+    m
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
@@ -213,18 +267,11 @@ fn target_tracking_differences(declared: &TargetTracking, current: &PolicyShape)
         predefined_metric,
         &declared.predefined_metric,
     );
-    let declared_custom = declared.customized_metric.as_ref().map(|c| {
-        (
-            c.namespace.clone(),
-            c.metric_name.clone(),
-            c.statistic.clone(),
-        )
-    });
     differ(
         &mut d,
         "customized_metric",
-        customized_metric,
-        &declared_custom,
+        &customized_metric.as_ref().map(normalized),
+        &declared.customized_metric.as_ref().map(normalized),
     );
     if !close(*target_value, declared.target_value) {
         d.push(format!(
@@ -232,17 +279,17 @@ fn target_tracking_differences(declared: &TargetTracking, current: &PolicyShape)
             declared.target_value
         ));
     }
-    differ_declared(
+    differ_cooldown(
         &mut d,
         "scale_out_cooldown_s",
-        scale_out_cooldown_s,
-        &declared.scale_out_cooldown_s,
+        *scale_out_cooldown_s,
+        declared.scale_out_cooldown_s,
     );
-    differ_declared(
+    differ_cooldown(
         &mut d,
         "scale_in_cooldown_s",
-        scale_in_cooldown_s,
-        &declared.scale_in_cooldown_s,
+        *scale_in_cooldown_s,
+        declared.scale_in_cooldown_s,
     );
     differ(
         &mut d,
@@ -318,14 +365,21 @@ pub fn epoch_seconds(text: &str) -> Option<i64> {
 fn scheduled_differences(declared: &Scheduled, current: &CurrentScheduled) -> Vec<String> {
     let mut d = Vec::new();
     differ(&mut d, "schedule", &current.schedule, &declared.schedule);
-    differ_declared(&mut d, "timezone", &current.timezone, &declared.timezone);
-    differ_declared(
+    // No time zone is UTC; removing one from the file is a change.
+    let zone = |z: &Option<String>| z.clone().unwrap_or_else(|| "UTC".to_owned());
+    differ(
+        &mut d,
+        "timezone",
+        &zone(&current.timezone),
+        &zone(&declared.timezone),
+    );
+    differ(
         &mut d,
         "start_time",
         &current.start_time,
         &declared.start_time.as_deref().and_then(epoch_seconds),
     );
-    differ_declared(
+    differ(
         &mut d,
         "end_time",
         &current.end_time,
@@ -346,51 +400,53 @@ fn scheduled_differences(declared: &Scheduled, current: &CurrentScheduled) -> Ve
     d
 }
 
-/// The alarm period, evaluation periods and metric of the scale-to-zero recipe.
+/// The namespace of both scale-to-zero alarms' metrics.
 pub const ALARM_NAMESPACE: &str = "AWS/SageMaker";
-/// The metric that counts requests that found no copy to serve them.
-pub const ALARM_METRIC: &str = "NoCapacityInvocationFailures";
-/// The alarm's dimension.
-pub const ALARM_DIMENSION: &str = "InferenceComponentName";
 
-fn alarm_differences(
-    target: &Target,
-    current: &CurrentAlarm,
-    policy_arn: Option<&str>,
-) -> Vec<String> {
+/// Every field of the scale-to-zero alarm, compared with the declared one
+/// (AWS's recipe where the file leaves a field out).
+fn alarm_differences(target: &Target, current: &CurrentAlarm, policy_arn: Option<&str>) -> Vec<String> {
     let mut d = Vec::new();
-    let Some(recipe) = &target.scale_to_zero else {
+    let Some(spec) = target.alarm() else {
         return d;
     };
+    differ(&mut d, "namespace", &current.namespace.as_deref(), &Some(ALARM_NAMESPACE));
+    differ(&mut d, "metric_name", &current.metric_name.as_deref(), &Some(spec.metric_name));
     differ(
         &mut d,
-        "namespace",
-        &current.namespace.as_deref(),
-        &Some(ALARM_NAMESPACE),
+        "dimensions",
+        &current.dimensions,
+        &vec![(spec.dimension_name.to_owned(), spec.dimension_value.clone())],
+    );
+    differ(&mut d, "period_s", &current.period_s, &Some(spec.period_s));
+    differ(&mut d, "evaluation_periods", &current.evaluation_periods, &Some(spec.evaluation_periods));
+    differ(
+        &mut d,
+        "datapoints_to_alarm",
+        &current.datapoints_to_alarm.or(current.evaluation_periods),
+        &Some(spec.datapoints_to_alarm),
+    );
+    differ(&mut d, "statistic", &current.statistic, &Some(spec.statistic.clone()));
+    if !current.threshold.is_some_and(|t| close(t, spec.threshold)) {
+        d.push(format!("threshold: {:?} -> Some({})", current.threshold, spec.threshold));
+    }
+    differ(
+        &mut d,
+        "comparison_operator",
+        &current.comparison_operator,
+        &Some(spec.comparison_operator.clone()),
     );
     differ(
         &mut d,
-        "metric_name",
-        &current.metric_name.as_deref(),
-        &Some(ALARM_METRIC),
+        "treat_missing_data",
+        &current.treat_missing_data.clone().or_else(|| Some("missing".into())),
+        &Some(spec.treat_missing_data.clone()),
     );
     differ(
         &mut d,
-        "InferenceComponentName",
-        &current.component.as_deref(),
-        &target.component_name(),
-    );
-    differ(
-        &mut d,
-        "period_s",
-        &current.period_s,
-        &Some(recipe.period_s.unwrap_or(10)),
-    );
-    differ(
-        &mut d,
-        "evaluation_periods",
-        &current.evaluation_periods,
-        &Some(recipe.evaluation_periods.unwrap_or(1)),
+        "actions_enabled",
+        &current.actions_enabled.unwrap_or(true),
+        &spec.actions_enabled,
     );
     match policy_arn {
         Some(arn) if current.actions.iter().any(|a| a == arn) => {}
@@ -404,6 +460,19 @@ fn alarm_differences(
 /// What `apply` must do: create what is missing, update what differs.
 /// Nothing undeclared is touched; it is listed in `unmanaged`.
 pub fn plan_apply(file: &AutoscalingFile, current: &Current) -> Plan {
+    plan_apply_with(file, current, PlanOptions::default())
+}
+
+/// [`plan_apply`] with options.
+///
+/// A target's min/max are set when it is created. Afterwards they are the
+/// file's to correct only when the file owns them: a scheduled action works
+/// by changing min/max, so with scheduled actions declared the schedule owns
+/// them and the plan says "set by schedule" instead of undoing it (the
+/// `aws_appautoscaling_target` fight terraform users know); `capacity =
+/// "enforce"` or `"ignore_changes"` says who owns them outright, and
+/// `reset_capacity` re-applies the file's values once.
+pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanOptions) -> Plan {
     let mut plan = Plan::default();
     for t in &file.targets {
         let id = t.resource_id.as_str();
@@ -411,9 +480,23 @@ pub fn plan_apply(file: &AutoscalingFile, current: &Current) -> Plan {
             None => plan.push(Op::Create, Kind::ScalableTarget, id, "", vec![]),
             Some(c) => {
                 let mut d = Vec::new();
-                differ(&mut d, "min_capacity", &c.min_capacity, &t.min_capacity);
-                differ(&mut d, "max_capacity", &c.max_capacity, &t.max_capacity);
-                differ(&mut d, "suspended", &c.suspended, &t.suspended);
+                if t.capacity_owned_by_file() || options.reset_capacity {
+                    differ(&mut d, "min_capacity", &c.min_capacity, &t.min_capacity);
+                    differ(&mut d, "max_capacity", &c.max_capacity, &t.max_capacity);
+                } else if (c.min_capacity, c.max_capacity) != (t.min_capacity, t.max_capacity) {
+                    let owner = if t.scheduled.is_empty() {
+                        "left as it is (capacity = \"ignore_changes\")"
+                    } else {
+                        "set by schedule"
+                    };
+                    plan.notes.push(format!(
+                        "{id}: min/max {}..={} {owner}; the file says {}..={} (apply --reset-capacity to set them)",
+                        c.min_capacity, c.max_capacity, t.min_capacity, t.max_capacity
+                    ));
+                }
+                if let Some(suspended) = &t.suspended {
+                    differ(&mut d, "suspended", &c.suspended, suspended);
+                }
                 if !d.is_empty() {
                     plan.push(Op::Update, Kind::ScalableTarget, id, "", d);
                 }
@@ -460,11 +543,12 @@ pub fn plan_apply(file: &AutoscalingFile, current: &Current) -> Plan {
         }
     }
     for t in &file.targets {
-        let (Some(recipe), Some(alarm)) = (&t.scale_to_zero, t.alarm_name()) else {
+        let Some(spec) = t.alarm() else {
             continue;
         };
+        let alarm = spec.name;
         let arn = current
-            .policy(&t.resource_id, &recipe.step_policy)
+            .policy(&t.resource_id, &spec.step_policy)
             .map(|p| p.arn.as_str());
         match current.alarm(&alarm) {
             None => plan.push(Op::Create, Kind::Alarm, &t.resource_id, &alarm, vec![]),
@@ -591,6 +675,9 @@ pub fn render(plan: &Plan) -> String {
     for u in &plan.unmanaged {
         out.push_str(&format!("  (left alone, not in the file: {u})\n"));
     }
+    for n in &plan.notes {
+        out.push_str(&format!("  (not compared: {n})\n"));
+    }
     let (creates, updates, deletes) = plan.changes.iter().fold((0, 0, 0), |(c, u, d), ch| match ch
         .op
     {
@@ -637,10 +724,10 @@ mod tests {
         assert_eq!(kinds.last(), Some(&Kind::Alarm));
         assert_eq!(
             kinds.iter().filter(|k| **k == Kind::ScalableTarget).count(),
-            2
+            3
         );
         assert!(
-            render(&plan).contains("Plan: 8 to create, 0 to change, 0 to delete."),
+            render(&plan).contains("Plan: 12 to create, 0 to change, 0 to delete."),
             "{}",
             render(&plan)
         );
@@ -721,13 +808,7 @@ mod tests {
                 }),
                 Kind::Alarm => current.alarms.push(CurrentAlarm {
                     name: c.name.clone(),
-                    namespace: None,
-                    metric_name: None,
-                    component: None,
-                    period_s: None,
-                    evaluation_periods: None,
-                    actions: vec![],
-                    state: None,
+                    ..CurrentAlarm::default()
                 }),
             }
         }
@@ -743,5 +824,246 @@ mod tests {
         assert_eq!(kinds, sorted);
         assert_eq!(kinds.len(), created.changes.len());
         assert!(plan.changes.iter().all(|c| c.op == Op::Delete));
+    }
+
+    /// A target as AWS has it after `apply` of the declared one.
+    fn as_applied(t: &Target) -> CurrentTarget {
+        CurrentTarget {
+            resource_id: t.resource_id.clone(),
+            dimension: t.dimension().unwrap(),
+            min_capacity: t.min_capacity,
+            max_capacity: t.max_capacity,
+            suspended: t.suspended.unwrap_or_default(),
+        }
+    }
+
+    const SCHEDULED: &str = r#"
+[[targets]]
+resource_id = "endpoint/ep/variant/v"
+min_capacity = 1
+max_capacity = 4
+[[targets.scheduled]]
+name = "mornings"
+schedule = "cron(0 8 ? * MON-FRI *)"
+min_capacity = 3
+"#;
+
+    // "Scheduled scaling for Application Auto Scaling": an action sets the
+    // target's min/max when it runs; terraform's aws_appautoscaling_target
+    // users hit the same fight between the target and its schedule.
+    #[test]
+    fn min_and_max_set_by_a_schedule_are_not_drift() {
+        let f = AutoscalingFile::from_toml(SCHEDULED).unwrap();
+        let mut fired = as_applied(&f.targets[0]);
+        fired.min_capacity = 3;
+        let current = Current {
+            targets: vec![fired],
+            scheduled: vec![CurrentScheduled {
+                resource_id: "endpoint/ep/variant/v".into(),
+                name: "mornings".into(),
+                schedule: "cron(0 8 ? * MON-FRI *)".into(),
+                timezone: None,
+                start_time: None,
+                end_time: None,
+                min_capacity: Some(3),
+                max_capacity: None,
+            }],
+            ..Current::default()
+        };
+        let plan = plan_apply(&f, &current);
+        assert!(plan.is_empty(), "{}", render(&plan));
+        assert!(render(&plan).contains("set by schedule"), "{}", render(&plan));
+        // --reset-capacity puts the file's values back, once.
+        let reset = plan_apply_with(&f, &current, PlanOptions { reset_capacity: true });
+        assert_eq!(reset.changes.len(), 1);
+        assert_eq!(reset.changes[0].differences, ["min_capacity: 3 -> 1"]);
+        // `capacity = "enforce"` makes the file own them again.
+        let enforced = AutoscalingFile::from_toml(&SCHEDULED.replacen(
+            "max_capacity = 4\n",
+            "max_capacity = 4\ncapacity = \"enforce\"\n",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(plan_apply(&enforced, &current).changes.len(), 1);
+        // `ignore_changes` without any schedule: never compared.
+        let ignored = AutoscalingFile::from_toml(
+            "[[targets]]\nresource_id = \"endpoint/ep/variant/v\"\nmin_capacity = 1\nmax_capacity = 4\ncapacity = \"ignore_changes\"\n",
+        )
+        .unwrap();
+        let mut moved = as_applied(&ignored.targets[0]);
+        moved.max_capacity = 9;
+        let plan = plan_apply(
+            &ignored,
+            &Current {
+                targets: vec![moved],
+                ..Current::default()
+            },
+        );
+        assert!(plan.is_empty());
+    }
+
+    #[test]
+    fn a_suspension_is_compared_only_when_declared() {
+        let f = AutoscalingFile::from_toml(SCHEDULED).unwrap();
+        let mut suspended = as_applied(&f.targets[0]);
+        suspended.suspended.dynamic_scaling_in = true;
+        let current = Current {
+            targets: vec![suspended],
+            scheduled: vec![],
+            ..Current::default()
+        };
+        let plan = plan_apply(&f, &current);
+        assert!(
+            !plan.changes.iter().any(|c| c.kind == Kind::ScalableTarget),
+            "an operator's suspension is left alone: {plan:?}"
+        );
+        let declared = AutoscalingFile::from_toml(&format!(
+            "{SCHEDULED}[targets.suspended]\ndynamic_scaling_in = false\n"
+        ))
+        .unwrap();
+        let plan = plan_apply(&declared, &current);
+        assert!(plan.changes.iter().any(|c| c.kind == Kind::ScalableTarget));
+    }
+
+    #[test]
+    fn removing_an_optional_field_is_a_change() {
+        let f = AutoscalingFile::from_toml(SCHEDULED).unwrap();
+        let action = |timezone: Option<&str>, start: Option<i64>| CurrentScheduled {
+            resource_id: "endpoint/ep/variant/v".into(),
+            name: "mornings".into(),
+            schedule: "cron(0 8 ? * MON-FRI *)".into(),
+            timezone: timezone.map(str::to_owned),
+            start_time: start,
+            end_time: None,
+            min_capacity: Some(3),
+            max_capacity: None,
+        };
+        let plan_for = |a: CurrentScheduled| {
+            plan_apply(
+                &f,
+                &Current {
+                    targets: vec![as_applied(&f.targets[0])],
+                    scheduled: vec![a],
+                    ..Current::default()
+                },
+            )
+        };
+        assert!(plan_for(action(Some("UTC"), None)).is_empty(), "UTC is no zone");
+        let plan = plan_for(action(Some("Europe/Berlin"), Some(1_800_000_000)));
+        let d = &plan.changes[0].differences;
+        assert!(d.iter().any(|x| x.starts_with("timezone")), "{d:?}");
+        assert!(d.iter().any(|x| x.starts_with("start_time")), "{d:?}");
+        // A cooldown removed from the file: AWS's default matches, another
+        // value is a change.
+        let tt = crate::model::TargetTracking {
+            name: "p".into(),
+            predefined_metric: Some("SageMakerVariantInvocationsPerInstance".into()),
+            customized_metric: None,
+            target_value: 10.0,
+            scale_out_cooldown_s: None,
+            scale_in_cooldown_s: None,
+            disable_scale_in: false,
+        };
+        let shape = |out: Option<i32>| PolicyShape::TargetTracking {
+            predefined_metric: tt.predefined_metric.clone(),
+            customized_metric: None,
+            target_value: 10.0,
+            scale_out_cooldown_s: out,
+            scale_in_cooldown_s: None,
+            disable_scale_in: false,
+        };
+        assert!(target_tracking_differences(&tt, &shape(None)).is_empty());
+        assert!(target_tracking_differences(&tt, &shape(Some(DEFAULT_COOLDOWN_S))).is_empty());
+        assert_eq!(target_tracking_differences(&tt, &shape(Some(60))).len(), 1);
+    }
+
+    #[test]
+    fn customized_metric_dimensions_and_unit_are_compared() {
+        let metric = |unit: Option<&str>, value: &str| CustomizedMetric {
+            namespace: "inferlb".into(),
+            metric_name: "InFlightPerReplica".into(),
+            statistic: "Average".into(),
+            unit: unit.map(str::to_owned),
+            dimensions: vec![
+                MetricDimension {
+                    name: "Pool".into(),
+                    value: value.into(),
+                },
+                MetricDimension {
+                    name: "EndpointName".into(),
+                    value: "ep".into(),
+                },
+            ],
+            metrics: vec![],
+        };
+        let tt = crate::model::TargetTracking {
+            name: "p".into(),
+            predefined_metric: None,
+            customized_metric: Some(metric(Some("Count"), "llama")),
+            target_value: 4.0,
+            scale_out_cooldown_s: None,
+            scale_in_cooldown_s: None,
+            disable_scale_in: false,
+        };
+        let shape = |m: CustomizedMetric| PolicyShape::TargetTracking {
+            predefined_metric: None,
+            customized_metric: Some(m),
+            target_value: 4.0,
+            scale_out_cooldown_s: None,
+            scale_in_cooldown_s: None,
+            disable_scale_in: false,
+        };
+        let mut reordered = metric(Some("Count"), "llama");
+        reordered.dimensions.reverse();
+        assert!(target_tracking_differences(&tt, &shape(reordered)).is_empty());
+        assert_eq!(target_tracking_differences(&tt, &shape(metric(None, "llama"))).len(), 1);
+        assert_eq!(target_tracking_differences(&tt, &shape(metric(Some("Count"), "qwen"))).len(), 1);
+    }
+
+    // "Scale an endpoint to zero instances" (SageMaker developer guide): the
+    // alarm on NoCapacityInvocationFailures, period 60, Sum, threshold 1,
+    // one evaluation period and one datapoint.
+    #[test]
+    fn every_alarm_field_is_compared_against_the_recipe() {
+        let f = file();
+        let t = f.targets.iter().find(|t| t.scale_to_zero.is_some()).unwrap();
+        let spec = t.alarm().unwrap();
+        assert_eq!(
+            (spec.period_s, spec.statistic.as_str(), spec.threshold, spec.evaluation_periods, spec.datapoints_to_alarm),
+            (60, "Sum", 1.0, 1, 1)
+        );
+        let good = CurrentAlarm {
+            name: spec.name.clone(),
+            namespace: Some(ALARM_NAMESPACE.into()),
+            metric_name: Some(spec.metric_name.into()),
+            dimensions: vec![(spec.dimension_name.into(), spec.dimension_value.clone())],
+            period_s: Some(60),
+            evaluation_periods: Some(1),
+            datapoints_to_alarm: Some(1),
+            statistic: Some("Sum".into()),
+            threshold: Some(1.0),
+            comparison_operator: Some("GreaterThanOrEqualToThreshold".into()),
+            treat_missing_data: Some("missing".into()),
+            actions_enabled: Some(true),
+            actions: vec!["arn:step".into()],
+            state: None,
+        };
+        assert!(alarm_differences(t, &good, Some("arn:step")).is_empty());
+        let edits: [(&str, fn(&mut CurrentAlarm)); 8] = [
+            ("statistic", |a| a.statistic = Some("Maximum".into())),
+            ("threshold", |a| a.threshold = Some(2.0)),
+            ("comparison_operator", |a| a.comparison_operator = Some("GreaterThanThreshold".into())),
+            ("treat_missing_data", |a| a.treat_missing_data = Some("breaching".into())),
+            ("datapoints_to_alarm", |a| a.datapoints_to_alarm = Some(3)),
+            ("actions_enabled", |a| a.actions_enabled = Some(false)),
+            ("period_s", |a| a.period_s = Some(10)),
+            ("dimensions", |a| a.dimensions.clear()),
+        ];
+        for (field, edit) in edits {
+            let mut drifted = good.clone();
+            edit(&mut drifted);
+            let d = alarm_differences(t, &drifted, Some("arn:step"));
+            assert!(d.iter().any(|x| x.starts_with(field)), "{field}: {d:?}");
+        }
     }
 }

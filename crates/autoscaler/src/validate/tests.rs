@@ -31,6 +31,12 @@ adjustment_type = "ChangeInCapacity"
 [[targets.step_scaling.steps]]
 lower_bound = 0.0
 adjustment = 1
+[[targets.step_scaling]]
+name = "burst"
+adjustment_type = "ChangeInCapacity"
+[[targets.step_scaling.steps]]
+lower_bound = 5.0
+adjustment = 1
 [targets.scale_to_zero]
 step_policy = "wake"
 "#;
@@ -162,17 +168,14 @@ fn capacities() {
         "targets[0].min_capacity",
         "above max_capacity",
     );
-    expect(
-        |t| {
-            t.replacen(
-                "min_capacity = 1\nmax_capacity = 4",
-                "min_capacity = 0\nmax_capacity = 4",
-                1,
-            )
-        },
-        "targets[0].min_capacity",
-        "only for inference components",
-    );
+    // Endpoint variants may scale to zero too: asynchronous endpoints do
+    // ("Autoscale an asynchronous endpoint", SageMaker developer guide).
+    validate(&file(&VALID.replacen(
+        "min_capacity = 1\nmax_capacity = 4",
+        "min_capacity = 0\nmax_capacity = 4",
+        1,
+    )))
+    .unwrap();
     expect(
         |t| t.replacen("max_capacity = 2", "max_capacity = 0", 1),
         "targets[1].max_capacity",
@@ -198,7 +201,7 @@ fn steps_neither_overlap_nor_leave_gaps() {
         let (lo1, hi1) = (lo1.to_owned(), hi1.to_owned());
         move |t: &str| {
             t.replacen(
-                "lower_bound = 0.0\nadjustment = 1",
+                "lower_bound = 5.0\nadjustment = 1",
                 &format!("lower_bound = {lo1}\nupper_bound = {hi1}\nadjustment = 1\n[[targets.step_scaling.steps]]\nlower_bound = {lo2}\nadjustment = 2"),
                 1,
             )
@@ -206,17 +209,17 @@ fn steps_neither_overlap_nor_leave_gaps() {
     };
     expect(
         two("0.0", "10.0", "5.0"),
-        "targets[1].step_scaling[0].steps",
+        "targets[1].step_scaling[1].steps",
         "overlap",
     );
     expect(
         two("0.0", "10.0", "20.0"),
-        "targets[1].step_scaling[0].steps",
+        "targets[1].step_scaling[1].steps",
         "gap",
     );
     expect(
         two("0.0", "0.0", "0.0"),
-        "targets[1].step_scaling[0].steps",
+        "targets[1].step_scaling[1].steps",
         "empty",
     );
     // Adjacent steps are fine.
@@ -309,5 +312,172 @@ fn scale_to_zero_recipe() {
         },
         "targets[0].scale_to_zero",
         "only to inference components",
+    );
+}
+
+// Application Auto Scaling API reference, `StepAdjustment`: the bounds'
+// signs and the null bounds they require, and no negative ExactCapacity.
+#[test]
+fn step_bounds_follow_the_api_rules() {
+    let steps = |body: &str| {
+        let body = body.to_owned();
+        move |t: &str| t.replacen("lower_bound = 5.0\nadjustment = 1", &body, 1)
+    };
+    expect(
+        steps("adjustment = 1"),
+        "targets[1].step_scaling[1].steps",
+        "lower or an upper bound",
+    );
+    expect(
+        steps("lower_bound = -5.0\nupper_bound = 0.0\nadjustment = -1\n[[targets.step_scaling.steps]]\nlower_bound = 0.0\nadjustment = 1"),
+        "targets[1].step_scaling[1].steps",
+        "negative lower bound",
+    );
+    expect(
+        steps("upper_bound = 5.0\nadjustment = -1\n[[targets.step_scaling.steps]]\nlower_bound = 5.0\nupper_bound = 10.0\nadjustment = 1"),
+        "targets[1].step_scaling[1].steps",
+        "positive upper bound",
+    );
+    expect(
+        |t| {
+            steps("upper_bound = 0.0\nadjustment = -1\n[[targets.step_scaling.steps]]\nlower_bound = 0.0\nadjustment = 2")(t)
+                .replacen("name = \"burst\"\nadjustment_type = \"ChangeInCapacity\"", "name = \"burst\"\nadjustment_type = \"ExactCapacity\"", 1)
+        },
+        "targets[1].step_scaling[1].steps",
+        "cannot be negative",
+    );
+    // Scale in below the threshold, out above it: valid.
+    validate(&file(&steps(
+        "upper_bound = 0.0\nadjustment = -1\n[[targets.step_scaling.steps]]\nlower_bound = 0.0\nadjustment = 1",
+    )(VALID)))
+    .unwrap();
+}
+
+// "Scale an endpoint to zero instances": the step policy adds capacity from
+// the threshold up; CloudWatch limits period × evaluation periods to a day.
+#[test]
+fn the_recipe_shape_and_alarm_limits() {
+    expect(
+        |t| t.replacen("step_policy = \"wake\"", "step_policy = \"burst\"", 1),
+        "targets[1].scale_to_zero.step_policy",
+        "recipe's shape",
+    );
+    expect(
+        |t| format!("{t}period_s = 3600\nevaluation_periods = 25\n"),
+        "targets[1].scale_to_zero.evaluation_periods",
+        "one day",
+    );
+    expect(
+        |t| format!("{t}evaluation_periods = 2\ndatapoints_to_alarm = 3\n"),
+        "targets[1].scale_to_zero.datapoints_to_alarm",
+        "1 to evaluation_periods",
+    );
+    expect(
+        |t| format!("{t}treat_missing_data = \"zero\"\n"),
+        "targets[1].scale_to_zero.treat_missing_data",
+        "notBreaching",
+    );
+    expect(
+        |t| format!("{t}statistic = \"p99\"\n"),
+        "targets[1].scale_to_zero.statistic",
+        "is not",
+    );
+}
+
+#[test]
+fn the_async_recipe_applies_to_variants() {
+    let with_async = VALID.replacen(
+        "min_capacity = 1\nmax_capacity = 4",
+        "min_capacity = 0\nmax_capacity = 4",
+        1,
+    ) + "";
+    let text = with_async.replacen(
+        "[[targets.scheduled]]",
+        "[[targets.step_scaling]]\nname = \"backlog\"\nadjustment_type = \"ChangeInCapacity\"\n[[targets.step_scaling.steps]]\nlower_bound = 0.0\nadjustment = 1\n[targets.async_scale_to_zero]\nstep_policy = \"backlog\"\n[[targets.scheduled]]",
+        1,
+    );
+    let f = file(&text);
+    validate(&f).unwrap();
+    let spec = f.targets[0].alarm().unwrap();
+    assert_eq!(spec.metric_name, "HasBacklogWithoutCapacity");
+    assert_eq!((spec.dimension_name, spec.dimension_value.as_str()), ("EndpointName", "ep"));
+    assert_eq!((spec.statistic.as_str(), spec.evaluation_periods, spec.datapoints_to_alarm), ("Average", 2, 2));
+    assert!(spec.name.starts_with("inferlb-"));
+    // Not on a component, and not with min_capacity above 0.
+    let bad = text.replacen("min_capacity = 0\nmax_capacity = 4", "min_capacity = 1\nmax_capacity = 4", 1);
+    let err = validate(&file(&bad)).unwrap_err();
+    assert!(err.0.iter().any(|p| p.field == "targets[0].min_capacity"), "{err}");
+}
+
+#[test]
+fn serverless_provisioned_concurrency_pairs_its_dimension_and_metric() {
+    let text = VALID.replacen(
+        "min_capacity = 1\nmax_capacity = 4",
+        "scalable_dimension = \"sagemaker:variant:DesiredProvisionedConcurrency\"\nmin_capacity = 1\nmax_capacity = 4",
+        1,
+    );
+    expect(
+        |_| text.clone(),
+        "targets[0].target_tracking[0].predefined_metric",
+        "SageMakerVariantProvisionedConcurrencyUtilization",
+    );
+    validate(&file(&text.replacen(
+        "SageMakerVariantInvocationsPerInstance",
+        "SageMakerVariantProvisionedConcurrencyUtilization",
+        1,
+    )))
+    .unwrap();
+}
+
+#[test]
+fn cron_question_marks_and_zones_without_a_slash() {
+    expect(
+        |t| t.replacen("cron(0 20 ? * * *)", "cron(0 20 ? * ? *)", 1),
+        "targets[0].scheduled[0].schedule",
+        "exactly one",
+    );
+    for zone in ["UTC", "GMT", "Europe/Berlin", "America/Argentina/Buenos_Aires", "EST5EDT"] {
+        let text = VALID.replacen(
+            "min_capacity = 1\n\n",
+            &format!("min_capacity = 1\ntimezone = \"{zone}\"\n\n"),
+            1,
+        );
+        validate(&file(&text)).unwrap_or_else(|e| panic!("{zone}: {e}"));
+    }
+    expect(
+        |t| t.replacen("min_capacity = 1\n\n", "min_capacity = 1\ntimezone = \"Berlin\"\n\n", 1),
+        "targets[0].scheduled[0].timezone",
+        "IANA",
+    );
+}
+
+#[test]
+fn metric_math_needs_one_result() {
+    let math = r#"
+[[targets.target_tracking]]
+name = "math"
+target_value = 3.0
+[targets.target_tracking.customized_metric]
+[[targets.target_tracking.customized_metric.metrics]]
+id = "m1"
+namespace = "inferlb"
+metric_name = "InFlight"
+statistic = "Sum"
+[[targets.target_tracking.customized_metric.metrics]]
+id = "e1"
+expression = "m1 / 4"
+return_data = true
+"#;
+    let text = VALID.replacen("[[targets.scheduled]]", &format!("{math}[[targets.scheduled]]"), 1);
+    validate(&file(&text)).unwrap();
+    expect(
+        |_| text.replacen("return_data = true", "return_data = false", 1),
+        "targets[0].target_tracking[1].customized_metric.metrics",
+        "exactly one",
+    );
+    expect(
+        |_| text.replacen("expression = \"m1 / 4\"", "", 1),
+        "targets[0].target_tracking[1].customized_metric.metrics[1]",
+        "expression",
     );
 }
