@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::aws::{Aws, AwsError};
 use crate::model::AutoscalingFile;
-use crate::plan::{plan_apply, plan_destroy, Current, Plan};
+use crate::plan::{plan_apply_with, plan_destroy, Current, Plan, PlanOptions};
 use crate::validate::{validate, Invalid};
 
 /// Why an operation failed.
@@ -19,6 +19,14 @@ pub enum AgentError {
     /// An AWS call failed.
     #[error(transparent)]
     Aws(#[from] AwsError),
+    /// `destroy` would delete what the file does not name:
+    /// DeregisterScalableTarget deletes every policy and scheduled action of
+    /// the target (Application Auto Scaling API reference).
+    #[error(
+        "destroy refused: deregistering the targets would also delete what the file does not name:\n{}\n(pass --force to delete them too)",
+        .0.iter().map(|u| format!("  - {u}")).collect::<Vec<_>>().join("\n")
+    )]
+    WouldDeleteUnmanaged(Vec<String>),
 }
 
 /// What `apply` or `destroy` did.
@@ -43,7 +51,10 @@ pub struct TargetStatus {
     pub policies: Vec<String>,
     pub scheduled_actions: Vec<String>,
     pub alarms: Vec<String>,
-    /// Recent scaling activities; `None` where the service does not offer them.
+    /// The alarms Application Auto Scaling created for target tracking.
+    pub tracking_alarms: Vec<String>,
+    /// Recent scaling activities, with the reasons of those that did not
+    /// scale; `None` where the service does not offer them.
     pub activities: Option<Vec<String>>,
 }
 
@@ -73,34 +84,55 @@ impl Agent {
 
     /// What `apply` would do; changes nothing.
     pub async fn plan(&self) -> Result<Plan, AgentError> {
+        self.plan_with(PlanOptions::default()).await
+    }
+
+    /// [`plan`](Self::plan) with options (`--reset-capacity`).
+    pub async fn plan_with(&self, options: PlanOptions) -> Result<Plan, AgentError> {
         let current = self.current().await?;
-        Ok(plan_apply(&self.file, &current))
+        Ok(plan_apply_with(&self.file, &current, options))
     }
 
     /// Makes AWS match the file. A second run makes no write call.
     pub async fn apply(&self, dry_run: bool) -> Result<Outcome, AgentError> {
-        self.carry_out(plan_apply, dry_run).await
+        self.apply_with(dry_run, PlanOptions::default()).await
+    }
+
+    /// [`apply`](Self::apply) with options (`--reset-capacity`).
+    pub async fn apply_with(
+        &self,
+        dry_run: bool,
+        options: PlanOptions,
+    ) -> Result<Outcome, AgentError> {
+        let current = self.current().await?;
+        let plan = plan_apply_with(&self.file, &current, options);
+        self.carry_out(plan, &current, dry_run).await
     }
 
     /// Removes what the file declares: alarms, policies, scheduled actions,
-    /// then targets.
-    pub async fn destroy(&self, dry_run: bool) -> Result<Outcome, AgentError> {
-        self.carry_out(plan_destroy, dry_run).await
+    /// then targets. Deregistering a target also deletes every policy and
+    /// scheduled action on it, so when a target has any the file does not
+    /// name, `destroy` refuses (listing them) unless `force`.
+    pub async fn destroy(&self, dry_run: bool, force: bool) -> Result<Outcome, AgentError> {
+        let current = self.current().await?;
+        let plan = plan_destroy(&self.file, &current);
+        if !force && !plan.unmanaged.is_empty() {
+            return Err(AgentError::WouldDeleteUnmanaged(plan.unmanaged));
+        }
+        self.carry_out(plan, &current, dry_run).await
     }
 
-    /// Reads the current state, plans with `planner`, and makes the plan's
-    /// calls unless it is a dry run or there is nothing to do.
+    /// Makes the plan's calls unless it is a dry run or there is nothing to do.
     async fn carry_out(
         &self,
-        planner: fn(&AutoscalingFile, &Current) -> Plan,
+        plan: Plan,
+        current: &Current,
         dry_run: bool,
     ) -> Result<Outcome, AgentError> {
-        let current = self.current().await?;
-        let plan = planner(&self.file, &current);
         let calls = if dry_run || plan.is_empty() {
             Vec::new()
         } else {
-            self.aws.execute(&self.file, &plan, &current).await?
+            self.aws.execute(&self.file, &plan, current).await?
         };
         Ok(Outcome {
             plan,
@@ -144,6 +176,12 @@ impl Agent {
                     .map(|s| format!("{} {}", s.name, s.schedule))
                     .collect(),
                 alarms,
+                tracking_alarms: current
+                    .policies
+                    .iter()
+                    .filter(|p| p.resource_id == t.resource_id)
+                    .flat_map(|p| p.alarms.iter().cloned())
+                    .collect(),
                 activities,
             });
         }
@@ -154,7 +192,19 @@ impl Agent {
     /// agent is logged and corrected; an error is logged and retried at the
     /// next tick. Because only declared fields are compared, a pass right
     /// after a correction finds nothing to do: the agent never fights itself.
-    pub async fn run(&self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
+    ///
+    /// A target whose endpoint or inference component no longer exists (a
+    /// deployment replaced it) is skipped with a warning, not an error every
+    /// tick; and while the hold file (see [`hold_path`]) names a time in the
+    /// future, nothing is applied — SageMaker requires deregistering a
+    /// variant before changing its instance type, so a deploy window needs
+    /// `run` to keep its hands off.
+    pub async fn run(
+        &self,
+        interval: Duration,
+        hold: Option<std::path::PathBuf>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(stop);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -163,7 +213,14 @@ impl Agent {
                 _ = &mut stop => return,
                 _ = ticker.tick() => {}
             }
-            match self.apply(false).await {
+            if let Some(until) = hold.as_deref().and_then(read_hold) {
+                tracing::info!(
+                    until = %humantime::format_rfc3339_seconds(until),
+                    "held: not reconciling until the hold ends (`inferlb autoscale hold --release` ends it now)"
+                );
+                continue;
+            }
+            match self.reconcile().await {
                 Ok(outcome) if outcome.plan.is_empty() => tracing::debug!("AWS matches the file"),
                 Ok(outcome) => {
                     for change in &outcome.plan.changes {
@@ -183,4 +240,48 @@ impl Agent {
             }
         }
     }
+
+    /// One pass of `run`: apply, skipping targets whose resource is gone.
+    pub async fn reconcile(&self) -> Result<Outcome, AgentError> {
+        let mut agent = self.clone();
+        loop {
+            match agent.apply(false).await {
+                Err(AgentError::Aws(e)) if resource_gone(&e) => {
+                    let before = agent.file.targets.len();
+                    agent
+                        .file
+                        .targets
+                        .retain(|t| !e.resource.starts_with(&t.resource_id));
+                    if agent.file.targets.len() == before {
+                        return Err(AgentError::Aws(e));
+                    }
+                    tracing::warn!(resource = %e.resource, reason = %e.message, "the resource no longer exists (a deployment?); skipping its target this time");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Whether an error says the SageMaker resource behind a target is gone.
+fn resource_gone(e: &AwsError) -> bool {
+    let message = e.message.to_ascii_lowercase();
+    e.code == "ValidationException"
+        && (message.contains("does not exist") || message.contains("could not find"))
+}
+
+/// The hold file of an autoscaling file: `<file>.hold`, holding the RFC 3339
+/// time until which `run` applies nothing. Written by `inferlb autoscale
+/// hold`, never read by anything but `run`.
+pub fn hold_path(file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".hold");
+    std::path::PathBuf::from(name)
+}
+
+/// The end of a hold still in force, if any.
+pub fn read_hold(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let until = humantime::parse_rfc3339_weak(text.trim()).ok()?;
+    (until > std::time::SystemTime::now()).then_some(until)
 }

@@ -134,6 +134,116 @@ pub struct Aws {
     cw: cw::Client,
 }
 
+/// Which Application Auto Scaling errors are retried, on top of the SDK's
+/// standard classifiers (throttling, 5xx, timeouts):
+///
+/// - `ConcurrentUpdateException` ("concurrent updates caused an exception")
+///   and `FailedResourceAccessException` (AAS could not reach the resource,
+///   e.g. "Rate exceeded" when SageMaker throttles AAS) are transient: retried
+///   with backoff;
+/// - `ObjectNotFoundException` from `PutScalingPolicy` or `PutScheduledAction`
+///   right after `RegisterScalableTarget` is eventual consistency (the
+///   Application Auto Scaling API reference says to retry): retried, by
+///   [`NotFoundYet`] on those two calls only;
+/// - `LimitExceededException` is a quota, not throttling (the SDK's default
+///   list treats it as throttling): never retried, reported at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AasRetry;
+
+/// The error code (`x-amzn-ErrorType`, or the body's `__type`) of an
+/// attempt that failed.
+fn attempt_error(
+    ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+) -> Option<String> {
+    let response = ctx.response()?;
+    if response.status().as_u16() < 400 {
+        return None;
+    }
+    let from_header = response
+        .headers()
+        .get("x-amzn-errortype")
+        .map(|v| v.split(':').next().unwrap_or(v).to_owned());
+    let from_body = || {
+        let body = response.body().bytes()?;
+        let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let code = json.get("__type")?.as_str()?;
+        Some(code.rsplit('#').next().unwrap_or(code).to_owned())
+    };
+    from_header.or_else(from_body)
+}
+
+/// Retries `ObjectNotFoundException` (a target registered a moment ago and
+/// not visible yet); set on `PutScalingPolicy` and `PutScheduledAction` only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotFoundYet;
+
+impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry for NotFoundYet {
+    fn classify_retry(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
+        match attempt_error(ctx).as_deref() {
+            Some("ObjectNotFoundException") => RetryAction::transient_error(),
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "inferlb: a target registered a moment ago"
+    }
+
+    fn priority(
+        &self,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// The config override that adds [`NotFoundYet`] to one call.
+fn retry_not_found_yet() -> aas::config::Builder {
+    aas::config::Builder::default().retry_classifier(NotFoundYet)
+}
+
+impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry for AasRetry {
+    fn classify_retry(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
+        match attempt_error(ctx).as_deref() {
+            Some("LimitExceededException") => RetryAction::RetryForbidden,
+            Some("ConcurrentUpdateException" | "FailedResourceAccessException") => {
+                RetryAction::transient_error()
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "inferlb Application Auto Scaling errors"
+    }
+
+    fn priority(
+        &self,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// A delete whose object is already gone (`ObjectNotFoundException`) did
+/// what it was for: success, logged.
+fn gone_is_done(e: AwsError) -> Result<(), AwsError> {
+    if e.code == "ObjectNotFoundException" {
+        tracing::info!(call = e.call, resource = %e.resource, "already gone");
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
 fn namespace() -> aas::types::ServiceNamespace {
     aas::types::ServiceNamespace::Sagemaker
 }
@@ -181,9 +291,18 @@ impl Aws {
             loader = loader.endpoint_url(url);
         }
         let config = loader.load().await;
+        Self::from_config(&config)
+    }
+
+    /// Clients from a loaded config, with [`AasRetry`] on the Application
+    /// Auto Scaling client.
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
+        let aas_config = aas::config::Builder::from(config)
+            .retry_classifier(AasRetry)
+            .build();
         Self {
-            aas: aas::Client::new(&config),
-            cw: cw::Client::new(&config),
+            aas: aas::Client::from_conf(aas_config),
+            cw: cw::Client::new(config),
         }
     }
 
@@ -336,6 +455,11 @@ impl Aws {
                 name: p.policy_name().to_owned(),
                 arn: p.policy_arn().to_owned(),
                 policy,
+                alarms: p
+                    .alarms()
+                    .iter()
+                    .map(|a| a.alarm_name().to_owned())
+                    .collect(),
             });
         }
         Ok(())
@@ -508,7 +632,9 @@ impl Aws {
                     .scalable_dimension(dimension_of(target))
                     .send()
                     .await
-                    .map_err(|e| aws_error("DeregisterScalableTarget", id, e))?;
+                    .map(drop)
+                    .map_err(|e| aws_error("DeregisterScalableTarget", id, e))
+                    .or_else(gone_is_done)?;
                 Ok("DeregisterScalableTarget")
             }
             (Kind::ScalingPolicy, Op::Create | Op::Update) => {
@@ -544,6 +670,8 @@ impl Aws {
                     ));
                 };
                 let out = request
+                    .customize()
+                    .config_override(retry_not_found_yet())
                     .send()
                     .await
                     .map_err(|e| aws_error("PutScalingPolicy", &resource, e))?;
@@ -565,7 +693,9 @@ impl Aws {
                     .policy_name(&change.name)
                     .send()
                     .await
-                    .map_err(|e| aws_error("DeleteScalingPolicy", &resource, e))?;
+                    .map(drop)
+                    .map_err(|e| aws_error("DeleteScalingPolicy", &resource, e))
+                    .or_else(gone_is_done)?;
                 Ok("DeleteScalingPolicy")
             }
             (Kind::ScheduledAction, Op::Create | Op::Update) => {
@@ -578,6 +708,8 @@ impl Aws {
                     ));
                 };
                 put_scheduled(&self.aas, target, s)
+                    .customize()
+                    .config_override(retry_not_found_yet())
                     .send()
                     .await
                     .map_err(|e| aws_error("PutScheduledAction", &resource, e))?;
@@ -593,13 +725,19 @@ impl Aws {
                     .scheduled_action_name(&change.name)
                     .send()
                     .await
-                    .map_err(|e| aws_error("DeleteScheduledAction", &resource, e))?;
+                    .map(drop)
+                    .map_err(|e| aws_error("DeleteScheduledAction", &resource, e))
+                    .or_else(gone_is_done)?;
                 Ok("DeleteScheduledAction")
             }
             (Kind::Alarm, Op::Create | Op::Update) => {
                 let resource = format!("alarm {:?} of {id}", change.name);
                 let spec = target.alarm().ok_or_else(|| {
-                    build_err("PutMetricAlarm", &resource, "no scale-to-zero recipe in the file")
+                    build_err(
+                        "PutMetricAlarm",
+                        &resource,
+                        "no scale-to-zero recipe in the file",
+                    )
                 })?;
                 let arn = arns
                     .iter()
@@ -668,6 +806,9 @@ impl Aws {
             .resource_id(&target.resource_id)
             .scalable_dimension(dimension_of(target))
             .max_results(max)
+            // Also the evaluations that did not scale, with AAS's reasons
+            // (e.g. "AlreadyAtMaxCapacity"): what an operator asks first.
+            .include_not_scaled_activities(true)
             .send()
             .await;
         match result {
@@ -675,12 +816,21 @@ impl Aws {
                 out.scaling_activities()
                     .iter()
                     .map(|a| {
-                        format!(
+                        let reasons: Vec<String> = a
+                            .not_scaled_reasons()
+                            .iter()
+                            .map(|r| r.code().to_owned())
+                            .collect();
+                        let mut line = format!(
                             "{} {}: {}",
                             a.start_time(),
                             a.status_code().as_str(),
                             a.description()
-                        )
+                        );
+                        if !reasons.is_empty() {
+                            line.push_str(&format!(" (not scaled: {})", reasons.join(", ")));
+                        }
+                        line
                     })
                     .collect(),
             )),
@@ -838,7 +988,10 @@ fn customized_of(m: &aas::types::CustomizedMetricSpecification) -> CustomizedMet
     CustomizedMetric {
         namespace: m.namespace().unwrap_or_default().to_owned(),
         metric_name: m.metric_name().unwrap_or_default().to_owned(),
-        statistic: m.statistic().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        statistic: m
+            .statistic()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
         unit: m.unit().map(str::to_owned),
         dimensions: dims(m.dimensions()),
         metrics: m

@@ -20,8 +20,8 @@ pub mod model;
 pub mod plan;
 pub mod validate;
 
-pub use agent::{Agent, AgentError, Outcome, TargetStatus};
+pub use agent::{hold_path, read_hold, Agent, AgentError, Outcome, TargetStatus};
 pub use aws::{Aws, AwsError, AwsOptions};
 pub use model::AutoscalingFile;
-pub use plan::{render, Plan};
+pub use plan::{render, Plan, PlanOptions};
 pub use validate::{validate, Invalid, Problem};

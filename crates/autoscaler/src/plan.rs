@@ -36,6 +36,8 @@ pub struct CurrentPolicy {
     pub name: String,
     pub arn: String,
     pub policy: PolicyShape,
+    /// The CloudWatch alarms AAS created for it (target tracking's two).
+    pub alarms: Vec<String>,
 }
 
 /// The comparable part of a policy.
@@ -221,7 +223,12 @@ fn differ_declared<T: PartialEq + std::fmt::Debug>(
 /// A cooldown: a declared one must match; an absent one matches nothing
 /// set or AWS's default, and anything else (one removed from the file) is a
 /// change.
-fn differ_cooldown(out: &mut Vec<String>, field: &str, current: Option<i32>, declared: Option<i32>) {
+fn differ_cooldown(
+    out: &mut Vec<String>,
+    field: &str,
+    current: Option<i32>,
+    declared: Option<i32>,
+) {
     let same = match declared {
         Some(_) => current == declared,
         None => current.is_none_or(|c| c == DEFAULT_COOLDOWN_S),
@@ -405,13 +412,27 @@ pub const ALARM_NAMESPACE: &str = "AWS/SageMaker";
 
 /// Every field of the scale-to-zero alarm, compared with the declared one
 /// (AWS's recipe where the file leaves a field out).
-fn alarm_differences(target: &Target, current: &CurrentAlarm, policy_arn: Option<&str>) -> Vec<String> {
+fn alarm_differences(
+    target: &Target,
+    current: &CurrentAlarm,
+    policy_arn: Option<&str>,
+) -> Vec<String> {
     let mut d = Vec::new();
     let Some(spec) = target.alarm() else {
         return d;
     };
-    differ(&mut d, "namespace", &current.namespace.as_deref(), &Some(ALARM_NAMESPACE));
-    differ(&mut d, "metric_name", &current.metric_name.as_deref(), &Some(spec.metric_name));
+    differ(
+        &mut d,
+        "namespace",
+        &current.namespace.as_deref(),
+        &Some(ALARM_NAMESPACE),
+    );
+    differ(
+        &mut d,
+        "metric_name",
+        &current.metric_name.as_deref(),
+        &Some(spec.metric_name),
+    );
     differ(
         &mut d,
         "dimensions",
@@ -419,16 +440,29 @@ fn alarm_differences(target: &Target, current: &CurrentAlarm, policy_arn: Option
         &vec![(spec.dimension_name.to_owned(), spec.dimension_value.clone())],
     );
     differ(&mut d, "period_s", &current.period_s, &Some(spec.period_s));
-    differ(&mut d, "evaluation_periods", &current.evaluation_periods, &Some(spec.evaluation_periods));
+    differ(
+        &mut d,
+        "evaluation_periods",
+        &current.evaluation_periods,
+        &Some(spec.evaluation_periods),
+    );
     differ(
         &mut d,
         "datapoints_to_alarm",
         &current.datapoints_to_alarm.or(current.evaluation_periods),
         &Some(spec.datapoints_to_alarm),
     );
-    differ(&mut d, "statistic", &current.statistic, &Some(spec.statistic.clone()));
+    differ(
+        &mut d,
+        "statistic",
+        &current.statistic,
+        &Some(spec.statistic.clone()),
+    );
     if !current.threshold.is_some_and(|t| close(t, spec.threshold)) {
-        d.push(format!("threshold: {:?} -> Some({})", current.threshold, spec.threshold));
+        d.push(format!(
+            "threshold: {:?} -> Some({})",
+            current.threshold, spec.threshold
+        ));
     }
     differ(
         &mut d,
@@ -439,7 +473,10 @@ fn alarm_differences(target: &Target, current: &CurrentAlarm, policy_arn: Option
     differ(
         &mut d,
         "treat_missing_data",
-        &current.treat_missing_data.clone().or_else(|| Some("missing".into())),
+        &current
+            .treat_missing_data
+            .clone()
+            .or_else(|| Some("missing".into())),
         &Some(spec.treat_missing_data.clone()),
     );
     differ(
@@ -750,6 +787,7 @@ mod tests {
                 resource_id: t.resource_id.clone(),
                 name: p.name.clone(),
                 arn: "arn:p".into(),
+                alarms: vec![],
                 policy: PolicyShape::TargetTracking {
                     predefined_metric: p.predefined_metric.clone(),
                     customized_metric: None,
@@ -788,6 +826,7 @@ mod tests {
                     resource_id: c.resource_id.clone(),
                     name: c.name.clone(),
                     arn: String::new(),
+                    alarms: vec![],
                     policy: PolicyShape::StepScaling {
                         adjustment_type: None,
                         steps: vec![],
@@ -872,9 +911,19 @@ min_capacity = 3
         };
         let plan = plan_apply(&f, &current);
         assert!(plan.is_empty(), "{}", render(&plan));
-        assert!(render(&plan).contains("set by schedule"), "{}", render(&plan));
+        assert!(
+            render(&plan).contains("set by schedule"),
+            "{}",
+            render(&plan)
+        );
         // --reset-capacity puts the file's values back, once.
-        let reset = plan_apply_with(&f, &current, PlanOptions { reset_capacity: true });
+        let reset = plan_apply_with(
+            &f,
+            &current,
+            PlanOptions {
+                reset_capacity: true,
+            },
+        );
         assert_eq!(reset.changes.len(), 1);
         assert_eq!(reset.changes[0].differences, ["min_capacity: 3 -> 1"]);
         // `capacity = "enforce"` makes the file own them again.
@@ -948,7 +997,10 @@ min_capacity = 3
                 },
             )
         };
-        assert!(plan_for(action(Some("UTC"), None)).is_empty(), "UTC is no zone");
+        assert!(
+            plan_for(action(Some("UTC"), None)).is_empty(),
+            "UTC is no zone"
+        );
         let plan = plan_for(action(Some("Europe/Berlin"), Some(1_800_000_000)));
         let d = &plan.changes[0].differences;
         assert!(d.iter().any(|x| x.starts_with("timezone")), "{d:?}");
@@ -1016,8 +1068,14 @@ min_capacity = 3
         let mut reordered = metric(Some("Count"), "llama");
         reordered.dimensions.reverse();
         assert!(target_tracking_differences(&tt, &shape(reordered)).is_empty());
-        assert_eq!(target_tracking_differences(&tt, &shape(metric(None, "llama"))).len(), 1);
-        assert_eq!(target_tracking_differences(&tt, &shape(metric(Some("Count"), "qwen"))).len(), 1);
+        assert_eq!(
+            target_tracking_differences(&tt, &shape(metric(None, "llama"))).len(),
+            1
+        );
+        assert_eq!(
+            target_tracking_differences(&tt, &shape(metric(Some("Count"), "qwen"))).len(),
+            1
+        );
     }
 
     // "Scale an endpoint to zero instances" (SageMaker developer guide): the
@@ -1026,10 +1084,20 @@ min_capacity = 3
     #[test]
     fn every_alarm_field_is_compared_against_the_recipe() {
         let f = file();
-        let t = f.targets.iter().find(|t| t.scale_to_zero.is_some()).unwrap();
+        let t = f
+            .targets
+            .iter()
+            .find(|t| t.scale_to_zero.is_some())
+            .unwrap();
         let spec = t.alarm().unwrap();
         assert_eq!(
-            (spec.period_s, spec.statistic.as_str(), spec.threshold, spec.evaluation_periods, spec.datapoints_to_alarm),
+            (
+                spec.period_s,
+                spec.statistic.as_str(),
+                spec.threshold,
+                spec.evaluation_periods,
+                spec.datapoints_to_alarm
+            ),
             (60, "Sum", 1.0, 1, 1)
         );
         let good = CurrentAlarm {
@@ -1052,8 +1120,12 @@ min_capacity = 3
         let edits: [(&str, fn(&mut CurrentAlarm)); 8] = [
             ("statistic", |a| a.statistic = Some("Maximum".into())),
             ("threshold", |a| a.threshold = Some(2.0)),
-            ("comparison_operator", |a| a.comparison_operator = Some("GreaterThanThreshold".into())),
-            ("treat_missing_data", |a| a.treat_missing_data = Some("breaching".into())),
+            ("comparison_operator", |a| {
+                a.comparison_operator = Some("GreaterThanThreshold".into())
+            }),
+            ("treat_missing_data", |a| {
+                a.treat_missing_data = Some("breaching".into())
+            }),
             ("datapoints_to_alarm", |a| a.datapoints_to_alarm = Some(3)),
             ("actions_enabled", |a| a.actions_enabled = Some(false)),
             ("period_s", |a| a.period_s = Some(10)),

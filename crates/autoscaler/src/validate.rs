@@ -232,8 +232,26 @@ fn steps_problem(steps: &[Step], adjustment_type: &str) -> Option<String> {
 /// IANA zone names without a `/` that Application Auto Scaling accepts
 /// (canonical or backward-compatible names in the tz database).
 const ZONES_WITHOUT_SLASH: [&str; 20] = [
-    "UTC", "GMT", "UCT", "Zulu", "Universal", "Greenwich", "CET", "EET", "MET", "WET", "EST",
-    "MST", "HST", "EST5EDT", "CST6CDT", "MST7MDT", "PST8PDT", "GMT0", "Etc", "Factory",
+    "UTC",
+    "GMT",
+    "UCT",
+    "Zulu",
+    "Universal",
+    "Greenwich",
+    "CET",
+    "EET",
+    "MET",
+    "WET",
+    "EST",
+    "MST",
+    "HST",
+    "EST5EDT",
+    "CST6CDT",
+    "MST7MDT",
+    "PST8PDT",
+    "GMT0",
+    "Etc",
+    "Factory",
 ];
 
 fn is_time_zone(tz: &str) -> bool {
@@ -261,7 +279,8 @@ impl Problems<'_> {
 }
 
 /// The metric of serverless endpoints' provisioned concurrency.
-pub const PROVISIONED_CONCURRENCY_METRIC: &str = "SageMakerVariantProvisionedConcurrencyUtilization";
+pub const PROVISIONED_CONCURRENCY_METRIC: &str =
+    "SageMakerVariantProvisionedConcurrencyUtilization";
 
 /// The resource id and the dimension; returns what the target scales.
 fn check_resource(t: &Target, at: &str, p: &mut Problems<'_>) -> Option<ResourceKind> {
@@ -370,8 +389,13 @@ fn check_customized(custom: &CustomizedMetric, f: &str, p: &mut Problems<'_>) {
                 at.clone(),
                 "give an expression, or a metric (namespace, metric_name, statistic)",
             ),
-            (None, true) if q.namespace.is_none() || q.metric_name.is_none() || q.statistic.is_none() => {
-                p.add(at.clone(), "a metric needs namespace, metric_name and statistic")
+            (None, true)
+                if q.namespace.is_none() || q.metric_name.is_none() || q.statistic.is_none() =>
+            {
+                p.add(
+                    at.clone(),
+                    "a metric needs namespace, metric_name and statistic",
+                )
             }
             _ => {}
         }
@@ -380,7 +404,10 @@ fn check_customized(custom: &CustomizedMetric, f: &str, p: &mut Problems<'_>) {
         if !id_ok {
             p.add(
                 format!("{at}.id"),
-                format!("{:?} must start with a lowercase letter and use letters, digits and _", q.id),
+                format!(
+                    "{:?} must start with a lowercase letter and use letters, digits and _",
+                    q.id
+                ),
             );
         }
     }
@@ -458,7 +485,8 @@ fn check_step_scaling(t: &Target, at: &str, names: &mut Names, p: &mut Problems<
                 );
             }
         }
-        if sp.min_adjustment_magnitude.is_some() && sp.adjustment_type != "PercentChangeInCapacity" {
+        if sp.min_adjustment_magnitude.is_some() && sp.adjustment_type != "PercentChangeInCapacity"
+        {
             p.add(
                 format!("{f}.min_adjustment_magnitude"),
                 "applies only to PercentChangeInCapacity",
@@ -523,8 +551,18 @@ fn check_recipe(t: &Target, kind: Option<ResourceKind>, at: &str, p: &mut Proble
             );
             return;
         }
-        (Some(r), None) => (r, format!("{at}.scale_to_zero"), ResourceKind::InferenceComponent, "inference components"),
-        (None, Some(r)) => (r, format!("{at}.async_scale_to_zero"), ResourceKind::Variant, "endpoint variants (asynchronous endpoints)"),
+        (Some(r), None) => (
+            r,
+            format!("{at}.scale_to_zero"),
+            ResourceKind::InferenceComponent,
+            "inference components",
+        ),
+        (None, Some(r)) => (
+            r,
+            format!("{at}.async_scale_to_zero"),
+            ResourceKind::Variant,
+            "endpoint variants (asynchronous endpoints)",
+        ),
         (None, None) => return,
     };
     if kind.is_some() && kind != Some(wanted_kind) {
@@ -566,7 +604,10 @@ fn check_recipe(t: &Target, kind: Option<ResourceKind>, at: &str, p: &mut Proble
     }
     let Some(spec) = t.alarm() else { return };
     if ![10, 20, 30].contains(&spec.period_s) && (spec.period_s < 60 || spec.period_s % 60 != 0) {
-        p.add(format!("{f}.period_s"), "must be 10, 20, 30 or a multiple of 60");
+        p.add(
+            format!("{f}.period_s"),
+            "must be 10, 20, 30 or a multiple of 60",
+        );
     }
     if spec.evaluation_periods < 1 {
         p.add(format!("{f}.evaluation_periods"), "must be 1 or more");
@@ -586,7 +627,10 @@ fn check_recipe(t: &Target, kind: Option<ResourceKind>, at: &str, p: &mut Proble
     if !["Average", "Minimum", "Maximum", "SampleCount", "Sum"].contains(&spec.statistic.as_str()) {
         p.add(
             format!("{f}.statistic"),
-            format!("{:?} is not Average, Minimum, Maximum, SampleCount or Sum", spec.statistic),
+            format!(
+                "{:?} is not Average, Minimum, Maximum, SampleCount or Sum",
+                spec.statistic
+            ),
         );
     }
     if ![
@@ -599,10 +643,15 @@ fn check_recipe(t: &Target, kind: Option<ResourceKind>, at: &str, p: &mut Proble
     {
         p.add(
             format!("{f}.comparison_operator"),
-            format!("{:?} is not a CloudWatch comparison", spec.comparison_operator),
+            format!(
+                "{:?} is not a CloudWatch comparison",
+                spec.comparison_operator
+            ),
         );
     }
-    if !["missing", "notBreaching", "breaching", "ignore"].contains(&spec.treat_missing_data.as_str()) {
+    if !["missing", "notBreaching", "breaching", "ignore"]
+        .contains(&spec.treat_missing_data.as_str())
+    {
         p.add(
             format!("{f}.treat_missing_data"),
             "must be missing, notBreaching, breaching or ignore",

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_applicationautoscaling as aas;
-use aws_sdk_cloudwatch as cw;
 use inferlb_autoscaler::{Agent, AgentError, AutoscalingFile, Aws};
 
 /// Decides the answer to one call: `(status, JSON body)`.
@@ -102,11 +101,7 @@ async fn agent(server: &FaultServer, file: &AutoscalingFile) -> Agent {
         )
         .load()
         .await;
-    Agent::new(
-        Aws::from_clients(aas::Client::new(&config), cw::Client::new(&config)),
-        file.clone(),
-    )
-    .unwrap()
+    Agent::new(Aws::from_config(&config), file.clone()).unwrap()
 }
 
 fn variant_only() -> AutoscalingFile {
@@ -208,15 +203,26 @@ async fn a_validation_error_names_the_call_and_the_resource() {
     assert_eq!(calls.iter().filter(|c| *c == "PutScalingPolicy").count(), 1);
 }
 
+const REGISTERED: &str = r#"{"ScalableTargets":[{"ServiceNamespace":"sagemaker","ResourceId":"endpoint/ep/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000}]}"#;
+
+/// Calls of one operation.
+fn count(server: &FaultServer, op: &str) -> usize {
+    server
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| *c == op)
+        .count()
+}
+
+// Application Auto Scaling API reference, DeregisterScalableTarget and
+// DeleteScalingPolicy errors: ObjectNotFoundException means it is gone.
 #[tokio::test]
-async fn a_missing_object_is_reported() {
+async fn a_delete_of_something_already_gone_succeeds() {
     let script: Arc<Script> = Arc::new(|op: &str, _| {
         match op {
-        "DescribeScalableTargets" => (
-            200,
-            r#"{"ScalableTargets":[{"ServiceNamespace":"sagemaker","ResourceId":"endpoint/ep/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000}]}"#
-                .to_owned(),
-        ),
+        "DescribeScalableTargets" => (200, REGISTERED.to_owned()),
         "DeregisterScalableTarget" => (
             400,
             r#"{"__type":"ObjectNotFoundException","message":"No scalable target registered for service namespace: sagemaker"}"#
@@ -226,20 +232,87 @@ async fn a_missing_object_is_reported() {
     }
     });
     let server = serve(script);
+    let outcome = agent(&server, &variant_only())
+        .await
+        .destroy(false, false)
+        .await
+        .unwrap();
+    assert_eq!(outcome.calls.len(), 1);
+    assert_eq!(count(&server, "DeregisterScalableTarget"), 1, "not retried");
+}
+
+// "ConcurrentUpdateException: concurrent updates caused an exception" and
+// FailedResourceAccessException (SageMaker throttling AAS: "Rate exceeded")
+// are transient (Application Auto Scaling API reference, common errors).
+#[tokio::test]
+async fn concurrent_updates_and_failed_resource_access_are_retried() {
+    for code in ["ConcurrentUpdateException", "FailedResourceAccessException"] {
+        let script: Arc<Script> = Arc::new(move |op: &str, n| match (op, n) {
+            ("RegisterScalableTarget", 1) => (
+                400,
+                format!(r#"{{"__type":"{code}","message":"Rate exceeded"}}"#),
+            ),
+            ("RegisterScalableTarget", _) => (200, r#"{"ScalableTargetARN":"arn:t"}"#.to_owned()),
+            ("PutScalingPolicy", _) => (200, r#"{"PolicyARN":"arn:p","Alarms":[]}"#.to_owned()),
+            _ => (200, "{}".to_owned()),
+        });
+        let server = serve(script);
+        let outcome = agent(&server, &variant_only())
+            .await
+            .apply(false)
+            .await
+            .unwrap_or_else(|e| panic!("{code}: {e}"));
+        assert_eq!(outcome.calls.len(), 2, "{code}");
+        assert_eq!(count(&server, "RegisterScalableTarget"), 2, "{code}");
+    }
+}
+
+// PutScalingPolicy right after RegisterScalableTarget may not find the new
+// target yet (eventual consistency); the API reference says to retry.
+#[tokio::test]
+async fn a_policy_put_right_after_registering_is_retried_when_the_target_is_not_found_yet() {
+    let script: Arc<Script> = Arc::new(|op: &str, n| match (op, n) {
+        ("RegisterScalableTarget", _) => (200, r#"{"ScalableTargetARN":"arn:t"}"#.to_owned()),
+        ("PutScalingPolicy", 1) => (
+            400,
+            r#"{"__type":"ObjectNotFoundException","message":"No scalable target registered"}"#
+                .to_owned(),
+        ),
+        ("PutScalingPolicy", _) => (200, r#"{"PolicyARN":"arn:p","Alarms":[]}"#.to_owned()),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    agent(&server, &variant_only())
+        .await
+        .apply(false)
+        .await
+        .unwrap();
+    assert_eq!(count(&server, "PutScalingPolicy"), 2);
+}
+
+// LimitExceededException is a quota ("a per-account resource limit is
+// exceeded"), not throttling: reported at once, not retried.
+#[tokio::test]
+async fn a_limit_exceeded_is_reported_not_retried() {
+    let script: Arc<Script> = Arc::new(|op: &str, _| {
+        match op {
+        "RegisterScalableTarget" => (
+            400,
+            r#"{"__type":"LimitExceededException","message":"You have reached the maximum number of scalable targets"}"#
+                .to_owned(),
+        ),
+        _ => (200, "{}".to_owned()),
+    }
+    });
+    let server = serve(script);
     let err = agent(&server, &variant_only())
         .await
-        .destroy(false)
+        .apply(false)
         .await
         .unwrap_err();
-    let AgentError::Aws(e) = &err else {
-        panic!("{err}")
-    };
-    assert_eq!(
-        (e.call, e.code.as_str()),
-        ("DeregisterScalableTarget", "ObjectNotFoundException")
-    );
-    assert_eq!(e.resource, "endpoint/ep/variant/AllTraffic");
-    assert!(e.message.contains("No scalable target"));
+    assert!(err.to_string().contains("LimitExceededException"), "{err}");
+    assert!(err.to_string().contains("maximum number"), "{err}");
+    assert_eq!(count(&server, "RegisterScalableTarget"), 1);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_applicationautoscaling as aas;
 use aws_sdk_cloudwatch as cw;
 use inferlb_autoscaler::plan::{Kind, Op};
-use inferlb_autoscaler::{Agent, AutoscalingFile, Aws};
+use inferlb_autoscaler::{Agent, AgentError, AutoscalingFile, Aws};
 
 /// moto is one server with one account: tests take turns and reset it.
 static MOTO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -149,12 +149,12 @@ async fn plan_apply_plan_is_idempotent() {
     let agent = moto.agent(&file);
 
     let plan = agent.plan().await.unwrap();
-    assert_eq!(plan.changes.len(), 8, "{plan:?}");
+    assert_eq!(plan.changes.len(), 12, "{plan:?}");
     assert!(plan.changes.iter().all(|c| c.op == Op::Create));
     assert!(moto.target_ids().await.is_empty(), "plan changed something");
 
     let applied = agent.apply(false).await.unwrap();
-    assert_eq!(applied.calls.len(), 8, "{:?}", applied.calls);
+    assert_eq!(applied.calls.len(), 12, "{:?}", applied.calls);
     let targets = moto.target_ids().await;
     assert!(
         targets.contains(&("endpoint/chat-llm/variant/AllTraffic".into(), 1, 8)),
@@ -164,7 +164,11 @@ async fn plan_apply_plan_is_idempotent() {
         targets.contains(&("inference-component/chat-llm-ic".into(), 0, 4)),
         "{targets:?}"
     );
-    assert_eq!(moto.policy_names().await.len(), 3);
+    assert_eq!(moto.policy_names().await.len(), 5);
+    assert!(
+        targets.contains(&("endpoint/batch-embed/variant/AllTraffic".into(), 0, 4)),
+        "an asynchronous endpoint scales to zero: {targets:?}"
+    );
     let mut scheduled = moto.scheduled_names().await;
     scheduled.sort();
     assert_eq!(scheduled, ["chat-llm-business-hours", "chat-llm-nights"]);
@@ -204,10 +208,26 @@ async fn scale_to_zero_alarm_triggers_the_step_policy() {
     let alarms = moto.alarms().await;
     let alarm = alarms
         .iter()
-        .find(|a| a.alarm_name() == Some("chat-llm-ic-no-capacity"))
+        .find(|a| a.alarm_name() == Some("inferlb-chat-llm-ic-no-capacity"))
         .expect("the alarm exists");
     assert_eq!(alarm.namespace(), Some("AWS/SageMaker"));
     assert_eq!(alarm.metric_name(), Some("NoCapacityInvocationFailures"));
+    // AWS's recipe ("Scale an endpoint to zero instances"): 60 s, Sum,
+    // threshold 1, one evaluation period, one datapoint.
+    assert_eq!(alarm.period(), Some(60));
+    assert_eq!(alarm.statistic().map(|s| s.as_str()), Some("Sum"));
+    assert_eq!(alarm.threshold(), Some(1.0));
+    assert_eq!(
+        (alarm.evaluation_periods(), alarm.datapoints_to_alarm()),
+        (Some(1), Some(1))
+    );
+    // The async recipe watches HasBacklogWithoutCapacity on the endpoint.
+    let backlog = alarms
+        .iter()
+        .find(|a| a.alarm_name() == Some("inferlb-batch-embed-no-capacity"))
+        .expect("the async alarm exists");
+    assert_eq!(backlog.metric_name(), Some("HasBacklogWithoutCapacity"));
+    assert_eq!(backlog.dimensions()[0].value(), Some("batch-embed"));
     let dimension = &alarm.dimensions()[0];
     assert_eq!(
         (dimension.name(), dimension.value()),
@@ -222,13 +242,14 @@ async fn drift_is_planned_and_fixed() {
     let file = example();
     let agent = moto.agent(&file);
     agent.apply(false).await.unwrap();
-    // Someone raises max capacity by hand.
+    // Someone raises max capacity by hand, on the asynchronous endpoint
+    // (no schedule, so the file owns its min/max).
     moto.aas
         .register_scalable_target()
         .service_namespace(aas::types::ServiceNamespace::Sagemaker)
-        .resource_id("endpoint/chat-llm/variant/AllTraffic")
+        .resource_id("endpoint/batch-embed/variant/AllTraffic")
         .scalable_dimension(aas::types::ScalableDimension::SageMakerVariantDesiredInstanceCount)
-        .min_capacity(1)
+        .min_capacity(0)
         .max_capacity(20)
         .send()
         .await
@@ -241,15 +262,15 @@ async fn drift_is_planned_and_fixed() {
         change
             .differences
             .iter()
-            .any(|d| d.contains("max_capacity: 20 -> 8")),
+            .any(|d| d.contains("max_capacity: 20 -> 4")),
         "{:?}",
         change.differences
     );
     agent.apply(false).await.unwrap();
     assert!(moto.target_ids().await.contains(&(
-        "endpoint/chat-llm/variant/AllTraffic".into(),
-        1,
-        8
+        "endpoint/batch-embed/variant/AllTraffic".into(),
+        0,
+        4
     )));
     assert!(agent.plan().await.unwrap().is_empty());
 }
@@ -292,16 +313,34 @@ async fn destroy_leaves_nothing_declared_and_spares_the_rest() {
         ["scaling policy \"someone-elses\" on endpoint/chat-llm/variant/AllTraffic"]
     );
 
-    let dry = agent.destroy(true).await.unwrap();
+    // DeregisterScalableTarget deletes every policy and scheduled action of
+    // the target (Application Auto Scaling API reference): destroy refuses,
+    // naming what it would take with it, and deletes nothing.
+    let refused = agent.destroy(false, false).await.unwrap_err();
+    let AgentError::WouldDeleteUnmanaged(list) = &refused else {
+        panic!("{refused}")
+    };
+    assert_eq!(
+        list,
+        &["scaling policy \"someone-elses\" on endpoint/chat-llm/variant/AllTraffic"]
+    );
+    assert!(refused.to_string().contains("--force"), "{refused}");
+    assert_eq!(
+        moto.policy_names().await.len(),
+        6,
+        "a refused destroy deleted something"
+    );
+
+    let dry = agent.destroy(true, true).await.unwrap();
     assert!(dry.calls.is_empty());
     assert_eq!(
         moto.policy_names().await.len(),
-        4,
+        6,
         "a dry run deleted something"
     );
 
-    let destroyed = agent.destroy(false).await.unwrap();
-    assert_eq!(destroyed.calls.len(), 8, "{:?}", destroyed.calls);
+    let destroyed = agent.destroy(false, true).await.unwrap();
+    assert_eq!(destroyed.calls.len(), 12, "{:?}", destroyed.calls);
     assert!(destroyed.calls[0].starts_with("DeleteAlarms"));
     assert!(destroyed
         .calls
@@ -314,7 +353,7 @@ async fn destroy_leaves_nothing_declared_and_spares_the_rest() {
         .alarms()
         .await
         .iter()
-        .all(|a| a.alarm_name() != Some("chat-llm-ic-no-capacity")));
+        .all(|a| !a.alarm_name().unwrap_or_default().starts_with("inferlb-")));
     // moto does not cascade, and the agent never relies on it: only the
     // undeclared policy is left.
     assert_eq!(
@@ -324,7 +363,51 @@ async fn destroy_leaves_nothing_declared_and_spares_the_rest() {
             "someone-elses".to_owned()
         )]
     );
-    assert!(agent.destroy(false).await.unwrap().calls.is_empty());
+    assert!(agent.destroy(false, true).await.unwrap().calls.is_empty());
+}
+
+/// A scheduled action fires by setting min/max ("Scheduled scaling for
+/// Application Auto Scaling"): a plan right after it finds nothing to undo,
+/// says the schedule set them, and `--reset-capacity` puts the file back.
+#[tokio::test]
+async fn a_schedule_firing_is_not_drift() {
+    let moto = moto().await;
+    let file = example();
+    let agent = moto.agent(&file);
+    agent.apply(false).await.unwrap();
+    assert!(agent.plan().await.unwrap().is_empty());
+    // "chat-llm-business-hours" fires: min 2, max 8.
+    moto.aas
+        .register_scalable_target()
+        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+        .resource_id("endpoint/chat-llm/variant/AllTraffic")
+        .scalable_dimension(aas::types::ScalableDimension::SageMakerVariantDesiredInstanceCount)
+        .min_capacity(2)
+        .max_capacity(8)
+        .send()
+        .await
+        .unwrap();
+    let plan = agent.plan().await.unwrap();
+    assert!(plan.is_empty(), "{}", inferlb_autoscaler::render(&plan));
+    assert!(
+        plan.notes.iter().any(|n| n.contains("set by schedule")),
+        "{plan:?}"
+    );
+    let reset = agent
+        .apply_with(
+            false,
+            inferlb_autoscaler::PlanOptions {
+                reset_capacity: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reset.calls.len(), 1, "{:?}", reset.calls);
+    assert!(moto.target_ids().await.contains(&(
+        "endpoint/chat-llm/variant/AllTraffic".into(),
+        1,
+        8
+    )));
 }
 
 #[tokio::test]
@@ -367,6 +450,7 @@ async fn run_corrects_drift_on_its_interval() {
     agent
         .run(
             std::time::Duration::from_millis(100),
+            None,
             tokio::time::sleep(std::time::Duration::from_millis(700)),
         )
         .await;

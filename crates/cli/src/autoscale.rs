@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use inferlb_autoscaler::{render, Agent, AutoscalingFile, Aws, AwsOptions, Outcome};
+use inferlb_autoscaler::{
+    hold_path, render, Agent, AutoscalingFile, Aws, AwsOptions, Outcome, PlanOptions,
+};
 
 /// Flags shared by every `autoscale` command.
 #[derive(Debug, Args)]
@@ -42,20 +44,43 @@ enum Output {
 #[derive(Debug, Subcommand)]
 enum AutoscaleCommand {
     /// Show what apply would change; changes nothing. Exit 2 when changes are pending.
-    Plan,
+    Plan {
+        /// Compare min/max even where a schedule owns them.
+        #[arg(long)]
+        reset_capacity: bool,
+    },
     /// Make AWS match the file. A second apply makes no write call.
     Apply {
         /// Show the plan without making any write call.
         #[arg(long)]
         dry_run: bool,
+        /// Put the file's min/max back once, even where scheduled actions
+        /// (or `capacity = "ignore_changes"`) own them.
+        #[arg(long)]
+        reset_capacity: bool,
     },
     /// Show targets, policies, alarms and recent scaling activities.
     Status,
     /// Remove what the file declares: alarms, policies, scheduled actions, targets.
+    /// Refuses (exit 1) when a target has policies or actions the file does
+    /// not name, which deregistering would delete too, unless --force.
     Destroy {
         /// Show what would be removed without removing it.
         #[arg(long)]
         dry_run: bool,
+        /// Deregister even targets with policies or actions not in the file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause `run` for a deploy window: it applies nothing until the hold
+    /// ends (`<file>.hold` holds the end time).
+    Hold {
+        /// How long, e.g. 30m or 2h.
+        #[arg(long = "for", value_parser = humantime::parse_duration, required_unless_present = "release")]
+        duration: Option<Duration>,
+        /// End the hold now.
+        #[arg(long, conflicts_with = "duration")]
+        release: bool,
     },
     /// Apply on an interval, correcting drift, until SIGTERM or SIGINT.
     Run {
@@ -87,6 +112,9 @@ fn print_outcome(outcome: &Outcome, output: Output, verb: &str) -> Result<()> {
 
 #[allow(clippy::print_stdout)]
 pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
+    if let AutoscaleCommand::Hold { duration, release } = &args.command {
+        return hold(&args.file, *duration, *release);
+    }
     let file = AutoscalingFile::load(&args.file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -104,8 +132,9 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         let aws = Aws::connect(&options, file.region.as_deref()).await;
         let agent = Agent::new(aws, file)?;
         match args.command {
-            AutoscaleCommand::Plan => {
-                let plan = agent.plan().await?;
+            AutoscaleCommand::Hold { .. } => unreachable!("handled before loading the file"),
+            AutoscaleCommand::Plan { reset_capacity } => {
+                let plan = agent.plan_with(PlanOptions { reset_capacity }).await?;
                 if args.output == Output::Json {
                     println!("{}", serde_json::to_string_pretty(&plan)?);
                 } else {
@@ -117,13 +146,18 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                     ExitCode::from(2)
                 })
             }
-            AutoscaleCommand::Apply { dry_run } => {
-                let outcome = agent.apply(dry_run).await?;
+            AutoscaleCommand::Apply {
+                dry_run,
+                reset_capacity,
+            } => {
+                let outcome = agent
+                    .apply_with(dry_run, PlanOptions { reset_capacity })
+                    .await?;
                 print_outcome(&outcome, args.output, "apply")?;
                 Ok(ExitCode::SUCCESS)
             }
-            AutoscaleCommand::Destroy { dry_run } => {
-                let outcome = agent.destroy(dry_run).await?;
+            AutoscaleCommand::Destroy { dry_run, force } => {
+                let outcome = agent.destroy(dry_run, force).await?;
                 print_outcome(&outcome, args.output, "destroy")?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -148,6 +182,9 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                     }
                     for a in &t.alarms {
                         println!("  alarm {a}");
+                    }
+                    for a in &t.tracking_alarms {
+                        println!("  target-tracking alarm {a} (created by Application Auto Scaling)");
                     }
                     match &t.activities {
                         None => println!("  activities: not offered by this endpoint"),
@@ -176,9 +213,35 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                         _ = int.recv() => {}
                     }
                 };
-                agent.run(interval, stop).await;
+                if let Some(until) = inferlb_autoscaler::read_hold(&hold_path(&args.file)) {
+                    tracing::warn!(until = %humantime::format_rfc3339_seconds(until), "a hold is in force; nothing is applied until it ends");
+                }
+                agent.run(interval, Some(hold_path(&args.file)), stop).await;
                 Ok(ExitCode::SUCCESS)
             }
         }
     })
+}
+
+/// `hold --for D` writes the end time next to the file; `--release` removes it.
+#[allow(clippy::print_stdout)]
+fn hold(file: &std::path::Path, duration: Option<Duration>, release: bool) -> Result<ExitCode> {
+    let path = hold_path(file);
+    if release {
+        match std::fs::remove_file(&path) {
+            Ok(()) => println!("hold released: `run` applies again from its next interval"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("no hold was in force"),
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let until = std::time::SystemTime::now() + duration.unwrap_or_default();
+    let text = humantime::format_rfc3339_seconds(until).to_string();
+    std::fs::write(&path, format!("{text}\n"))
+        .with_context(|| format!("cannot write the hold file {}", path.display()))?;
+    println!(
+        "held until {text} ({}): `run` applies nothing until then",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -63,7 +63,11 @@ fn plan_apply_destroy_through_the_binary() {
         "changes pending: {}",
         text(&plan)
     );
-    assert!(text(&plan).contains("Plan: 8 to create"), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("Plan: 12 to create"),
+        "{}",
+        text(&plan)
+    );
 
     let dry = autoscale(&url, &["apply", "--dry-run"]);
     assert_eq!(dry.status.code(), Some(0));
@@ -77,7 +81,7 @@ fn plan_apply_destroy_through_the_binary() {
     let apply = autoscale(&url, &["apply", "--output", "json"]);
     assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
     let outcome: serde_json::Value = serde_json::from_slice(&apply.stdout).unwrap();
-    assert_eq!(outcome["calls"].as_array().unwrap().len(), 8);
+    assert_eq!(outcome["calls"].as_array().unwrap().len(), 12);
 
     let plan = autoscale(&url, &["plan"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));

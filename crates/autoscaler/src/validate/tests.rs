@@ -400,13 +400,30 @@ fn the_async_recipe_applies_to_variants() {
     validate(&f).unwrap();
     let spec = f.targets[0].alarm().unwrap();
     assert_eq!(spec.metric_name, "HasBacklogWithoutCapacity");
-    assert_eq!((spec.dimension_name, spec.dimension_value.as_str()), ("EndpointName", "ep"));
-    assert_eq!((spec.statistic.as_str(), spec.evaluation_periods, spec.datapoints_to_alarm), ("Average", 2, 2));
+    assert_eq!(
+        (spec.dimension_name, spec.dimension_value.as_str()),
+        ("EndpointName", "ep")
+    );
+    assert_eq!(
+        (
+            spec.statistic.as_str(),
+            spec.evaluation_periods,
+            spec.datapoints_to_alarm
+        ),
+        ("Average", 2, 2)
+    );
     assert!(spec.name.starts_with("inferlb-"));
     // Not on a component, and not with min_capacity above 0.
-    let bad = text.replacen("min_capacity = 0\nmax_capacity = 4", "min_capacity = 1\nmax_capacity = 4", 1);
+    let bad = text.replacen(
+        "min_capacity = 0\nmax_capacity = 4",
+        "min_capacity = 1\nmax_capacity = 4",
+        1,
+    );
     let err = validate(&file(&bad)).unwrap_err();
-    assert!(err.0.iter().any(|p| p.field == "targets[0].min_capacity"), "{err}");
+    assert!(
+        err.0.iter().any(|p| p.field == "targets[0].min_capacity"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -436,7 +453,13 @@ fn cron_question_marks_and_zones_without_a_slash() {
         "targets[0].scheduled[0].schedule",
         "exactly one",
     );
-    for zone in ["UTC", "GMT", "Europe/Berlin", "America/Argentina/Buenos_Aires", "EST5EDT"] {
+    for zone in [
+        "UTC",
+        "GMT",
+        "Europe/Berlin",
+        "America/Argentina/Buenos_Aires",
+        "EST5EDT",
+    ] {
         let text = VALID.replacen(
             "min_capacity = 1\n\n",
             &format!("min_capacity = 1\ntimezone = \"{zone}\"\n\n"),
@@ -445,7 +468,13 @@ fn cron_question_marks_and_zones_without_a_slash() {
         validate(&file(&text)).unwrap_or_else(|e| panic!("{zone}: {e}"));
     }
     expect(
-        |t| t.replacen("min_capacity = 1\n\n", "min_capacity = 1\ntimezone = \"Berlin\"\n\n", 1),
+        |t| {
+            t.replacen(
+                "min_capacity = 1\n\n",
+                "min_capacity = 1\ntimezone = \"Berlin\"\n\n",
+                1,
+            )
+        },
         "targets[0].scheduled[0].timezone",
         "IANA",
     );
@@ -468,7 +497,11 @@ id = "e1"
 expression = "m1 / 4"
 return_data = true
 "#;
-    let text = VALID.replacen("[[targets.scheduled]]", &format!("{math}[[targets.scheduled]]"), 1);
+    let text = VALID.replacen(
+        "[[targets.scheduled]]",
+        &format!("{math}[[targets.scheduled]]"),
+        1,
+    );
     validate(&file(&text)).unwrap();
     expect(
         |_| text.replacen("return_data = true", "return_data = false", 1),
