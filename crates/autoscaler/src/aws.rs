@@ -42,6 +42,20 @@ pub const ACTIONS: [&str; 13] = [
     "cloudwatch:DeleteAlarms",
 ];
 
+/// Permissions the agent never calls but Application Auto Scaling checks on
+/// the caller's behalf when it registers a SageMaker target or scales it:
+/// the caller must be allowed to describe and update the endpoint or
+/// inference component ("Identity-based policy examples for Application Auto
+/// Scaling", permissions required for SageMaker). The IAM policy grants
+/// these too.
+pub const CHECKED_PERMISSIONS: [&str; 5] = [
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:DescribeEndpointConfig",
+    "sagemaker:UpdateEndpointWeightsAndCapacities",
+    "sagemaker:DescribeInferenceComponent",
+    "sagemaker:UpdateInferenceComponentRuntimeConfig",
+];
+
 /// A failed AWS call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{call} for {resource} failed: {code}: {message}")]
@@ -1077,30 +1091,39 @@ fn put_scheduled(
 
 #[cfg(test)]
 mod tests {
-    use super::ACTIONS;
+    use super::{ACTIONS, CHECKED_PERMISSIONS};
 
     #[test]
-    fn the_iam_policy_grants_exactly_the_calls_made() {
+    fn the_iam_policy_grants_exactly_the_calls_made_and_the_permissions_checked() {
         let policy: serde_json::Value =
             serde_json::from_str(include_str!("../../../deploy/iam/inferlb-autoscaler.json"))
                 .unwrap();
-        let mut granted: Vec<String> = Vec::new();
-        for statement in policy["Statement"].as_array().unwrap() {
-            assert_eq!(statement["Effect"], "Allow");
-            match &statement["Action"] {
-                serde_json::Value::String(a) => granted.push(a.clone()),
+        let statements = policy["Statement"].as_array().unwrap();
+        let actions = |s: &serde_json::Value| -> Vec<String> {
+            match &s["Action"] {
+                serde_json::Value::String(a) => vec![a.clone()],
                 serde_json::Value::Array(list) => {
-                    granted.extend(list.iter().map(|a| a.as_str().unwrap().to_owned()))
+                    list.iter().map(|a| a.as_str().unwrap().to_owned()).collect()
                 }
                 other => panic!("unexpected Action {other}"),
             }
+        };
+        let mut granted: Vec<String> = Vec::new();
+        for statement in statements {
+            assert_eq!(statement["Effect"], "Allow");
+            granted.extend(actions(statement));
         }
-        let mut expected: Vec<String> = ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+        let mut expected: Vec<String> = ACTIONS
+            .iter()
+            .chain(CHECKED_PERMISSIONS.iter())
+            .map(|a| (*a).to_owned())
+            .collect();
         expected.push("iam:CreateServiceLinkedRole".into());
         granted.sort();
         expected.sort();
         assert_eq!(granted, expected);
-        // Each action is one this module really calls.
+        // Each call granted is one this module really makes; each permission
+        // only checked is one it never calls.
         let source = include_str!("aws.rs");
         for action in ACTIONS {
             let call = action.split(':').nth(1).unwrap();
@@ -1109,7 +1132,35 @@ mod tests {
                 "{call} is granted but never called"
             );
         }
-        let slr = policy["Statement"][2]["Resource"].as_str().unwrap();
+        for permission in CHECKED_PERMISSIONS {
+            let call = permission.split(':').nth(1).unwrap();
+            assert!(
+                !source.contains(&format!("(\"{call}\"")),
+                "{call} is called: it belongs in ACTIONS"
+            );
+        }
+        let by_sid = |sid: &str| {
+            statements
+                .iter()
+                .find(|s| s["Sid"] == sid)
+                .unwrap_or_else(|| panic!("no statement {sid}"))
+        };
+        // Application Auto Scaling only for SageMaker.
+        let aas = by_sid("ApplicationAutoScalingForSageMakerOnly");
+        assert_eq!(
+            aas["Condition"]["StringEquals"]["application-autoscaling:service-namespace"],
+            "sagemaker"
+        );
+        assert!(actions(aas).iter().all(|a| a.starts_with("application-autoscaling:")));
+        // Alarms: only the ones inferlb names.
+        let alarms = by_sid("ScaleToZeroAlarmsNamedByInferlb");
+        assert_eq!(
+            alarms["Resource"].as_str().unwrap(),
+            format!("arn:aws:cloudwatch:*:*:alarm:{}*", crate::model::ALARM_PREFIX)
+        );
+        let slr = by_sid("SageMakerScalingServiceLinkedRole")["Resource"]
+            .as_str()
+            .unwrap();
         assert!(slr.ends_with("AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"));
     }
 }

@@ -663,6 +663,16 @@ fn check_recipe(t: &Target, kind: Option<ResourceKind>, at: &str, p: &mut Proble
     if spec.name.is_empty() || spec.name.len() > 255 {
         p.add(format!("{f}.alarm_name"), "must be 1 to 255 characters");
     }
+    if !spec.name.starts_with(crate::model::ALARM_PREFIX) {
+        p.add(
+            format!("{f}.alarm_name"),
+            format!(
+                "{:?} must start with {:?}: the IAM policy lets inferlb touch only the alarms it names",
+                spec.name,
+                crate::model::ALARM_PREFIX
+            ),
+        );
+    }
 }
 
 /// Policy and action names of one target: valid and unique.

@@ -514,3 +514,13 @@ return_data = true
         "expression",
     );
 }
+
+#[test]
+fn alarm_names_carry_the_prefix_the_iam_policy_allows() {
+    expect(
+        |t| format!("{t}alarm_name = \"my-alarm\"\n"),
+        "targets[1].scale_to_zero.alarm_name",
+        "inferlb-",
+    );
+    validate(&file(&format!("{VALID}alarm_name = \"inferlb-my-alarm\"\n"))).unwrap();
+}
