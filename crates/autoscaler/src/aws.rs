@@ -258,6 +258,33 @@ fn gone_is_done(e: AwsError) -> Result<(), AwsError> {
     }
 }
 
+/// The region, in the order the file model documents: `--region`, then
+/// `AWS_REGION`, then the profile's, then the file's `region`, then the
+/// instance's (IMDS).
+fn region_chain(
+    options: &AwsOptions,
+    file_region: Option<&str>,
+) -> aws_config::meta::region::RegionProviderChain {
+    use aws_config::meta::region::RegionProviderChain;
+    use aws_config::Region;
+    let mut profile = aws_config::profile::ProfileFileRegionProvider::builder();
+    if let Some(name) = &options.profile {
+        profile = profile.profile_name(name);
+    }
+    RegionProviderChain::first_try(options.region.clone().map(Region::new))
+        .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
+        .or_else(profile.build())
+        .or_else(file_region.map(|r| Region::new(r.to_owned())))
+        .or_else(
+            aws_config::imds::region::ImdsRegionProvider::builder()
+                .configure(
+                    &aws_config::provider_config::ProviderConfig::without_region()
+                        .with_http_client(https_client()),
+                )
+                .build(),
+        )
+}
+
 fn namespace() -> aas::types::ServiceNamespace {
     aas::types::ServiceNamespace::Sagemaker
 }
@@ -293,14 +320,7 @@ impl Aws {
         if let Some(profile) = &options.profile {
             loader = loader.profile_name(profile);
         }
-        if let Some(region) = options.region.clone().or_else(|| {
-            // The file's region applies only when the environment names none.
-            std::env::var("AWS_REGION")
-                .err()
-                .and(file_region.map(str::to_owned))
-        }) {
-            loader = loader.region(aws_config::Region::new(region));
-        }
+        loader = loader.region(region_chain(options, file_region));
         if let Some(url) = &options.endpoint_url {
             loader = loader.endpoint_url(url);
         }
@@ -1091,7 +1111,49 @@ fn put_scheduled(
 
 #[cfg(test)]
 mod tests {
-    use super::{ACTIONS, CHECKED_PERMISSIONS};
+    use super::{region_chain, AwsOptions, ACTIONS, CHECKED_PERMISSIONS};
+
+    /// The precedence the file model documents: --region, AWS_REGION, the
+    /// profile, the file. (One test: it sets process environment.)
+    #[tokio::test]
+    async fn the_region_comes_from_the_flag_the_environment_the_profile_then_the_file() {
+        let dir = std::env::temp_dir().join(format!("inferlb-region-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let with_profile = dir.join("config");
+        std::fs::write(&with_profile, "[default]\nregion = us-west-2\n").unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "").unwrap();
+        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", &empty);
+        std::env::remove_var("AWS_PROFILE");
+        std::env::remove_var("AWS_DEFAULT_REGION");
+        let region = |flag: Option<&str>| {
+            let options = AwsOptions {
+                region: flag.map(str::to_owned),
+                ..AwsOptions::default()
+            };
+            async move {
+                region_chain(&options, Some("ap-south-1"))
+                    .region()
+                    .await
+                    .map(|r| r.to_string())
+            }
+        };
+        std::env::set_var("AWS_CONFIG_FILE", &with_profile);
+        std::env::set_var("AWS_REGION", "eu-central-1");
+        assert_eq!(
+            region(Some("eu-west-1")).await.as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(region(None).await.as_deref(), Some("eu-central-1"));
+        std::env::remove_var("AWS_REGION");
+        assert_eq!(region(None).await.as_deref(), Some("us-west-2"));
+        std::env::set_var("AWS_CONFIG_FILE", &empty);
+        assert_eq!(region(None).await.as_deref(), Some("ap-south-1"));
+        for var in ["AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"] {
+            std::env::remove_var(var);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_iam_policy_grants_exactly_the_calls_made_and_the_permissions_checked() {
@@ -1102,9 +1164,10 @@ mod tests {
         let actions = |s: &serde_json::Value| -> Vec<String> {
             match &s["Action"] {
                 serde_json::Value::String(a) => vec![a.clone()],
-                serde_json::Value::Array(list) => {
-                    list.iter().map(|a| a.as_str().unwrap().to_owned()).collect()
-                }
+                serde_json::Value::Array(list) => list
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned())
+                    .collect(),
                 other => panic!("unexpected Action {other}"),
             }
         };
@@ -1151,12 +1214,17 @@ mod tests {
             aas["Condition"]["StringEquals"]["application-autoscaling:service-namespace"],
             "sagemaker"
         );
-        assert!(actions(aas).iter().all(|a| a.starts_with("application-autoscaling:")));
+        assert!(actions(aas)
+            .iter()
+            .all(|a| a.starts_with("application-autoscaling:")));
         // Alarms: only the ones inferlb names.
         let alarms = by_sid("ScaleToZeroAlarmsNamedByInferlb");
         assert_eq!(
             alarms["Resource"].as_str().unwrap(),
-            format!("arn:aws:cloudwatch:*:*:alarm:{}*", crate::model::ALARM_PREFIX)
+            format!(
+                "arn:aws:cloudwatch:*:*:alarm:{}*",
+                crate::model::ALARM_PREFIX
+            )
         );
         let slr = by_sid("SageMakerScalingServiceLinkedRole")["Resource"]
             .as_str()

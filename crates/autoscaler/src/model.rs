@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoscalingFile {
-    /// AWS region; `--region`, then the environment and profile, win over it.
+    /// AWS region. `--region`, then `AWS_REGION`, then the profile's region
+    /// win over it; it wins over the instance's (IMDS).
     pub region: Option<String>,
     /// Scalable targets to manage.
     #[serde(default)]

@@ -522,5 +522,8 @@ fn alarm_names_carry_the_prefix_the_iam_policy_allows() {
         "targets[1].scale_to_zero.alarm_name",
         "inferlb-",
     );
-    validate(&file(&format!("{VALID}alarm_name = \"inferlb-my-alarm\"\n"))).unwrap();
+    validate(&file(&format!(
+        "{VALID}alarm_name = \"inferlb-my-alarm\"\n"
+    )))
+    .unwrap();
 }
