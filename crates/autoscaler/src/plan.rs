@@ -1117,7 +1117,8 @@ min_capacity = 3
             state: None,
         };
         assert!(alarm_differences(t, &good, Some("arn:step")).is_empty());
-        let edits: [(&str, fn(&mut CurrentAlarm)); 8] = [
+        type Edit = fn(&mut CurrentAlarm);
+        let edits: [(&str, Edit); 8] = [
             ("statistic", |a| a.statistic = Some("Maximum".into())),
             ("threshold", |a| a.threshold = Some(2.0)),
             ("comparison_operator", |a| {
