@@ -336,3 +336,45 @@ async fn a_next_token_that_repeats_does_not_loop_forever() {
         "{calls:?}"
     );
 }
+
+// SageMaker requires deregistering a variant before changing its instance
+// type ("Prerequisites", SageMaker autoscaling guide), so deployments replace
+// resources under a running agent: a target whose resource is gone is
+// skipped, the others reconciled.
+#[tokio::test]
+async fn run_skips_a_target_whose_resource_is_gone() {
+    let file = AutoscalingFile::from_toml(
+        r#"
+[[targets]]
+resource_id = "endpoint/gone/variant/AllTraffic"
+min_capacity = 1
+max_capacity = 3
+
+[[targets]]
+resource_id = "endpoint/ep/variant/AllTraffic"
+min_capacity = 1
+max_capacity = 3
+"#,
+    )
+    .unwrap();
+    // Registrations go in file order: the gone endpoint's first, in `apply`
+    // (call 1) and in `run`'s pass (call 2); then the other's (call 3).
+    let script: Arc<Script> = Arc::new(move |op: &str, n| match (op, n) {
+        ("RegisterScalableTarget", 1 | 2) => (
+            400,
+            r#"{"__type":"ValidationException","message":"The endpoint gone does not exist."}"#
+                .to_owned(),
+        ),
+        ("RegisterScalableTarget", _) => (200, r#"{"ScalableTargetARN":"arn:t"}"#.to_owned()),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    let agent = agent(&server, &file).await;
+    // `apply` reports it...
+    let err = agent.apply(false).await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    // ...`run`'s pass skips it and reconciles the rest.
+    let outcome = agent.reconcile().await.unwrap();
+    assert_eq!(outcome.calls.len(), 1, "{:?}", outcome.calls);
+    assert!(outcome.calls[0].contains("endpoint/ep/variant/AllTraffic"));
+}

@@ -133,3 +133,33 @@ fn errors_exit_1_with_the_reason() {
         "{message}"
     );
 }
+
+#[test]
+fn hold_pauses_run_until_released() {
+    let dir = std::env::temp_dir().join(format!("inferlb-hold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("autoscaling.toml");
+    std::fs::write(&file, "").unwrap();
+    let hold = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_inferlb"))
+            .args(["autoscale", "hold", "--file"])
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let held = hold(&["--for", "30m"]);
+    assert_eq!(held.status.code(), Some(0), "{}", text(&held));
+    let until = inferlb_autoscaler::read_hold(&inferlb_autoscaler::hold_path(&file))
+        .expect("a hold in force");
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap()
+        .as_secs();
+    assert!((1700..=1800).contains(&left), "{left}");
+    let released = hold(&["--release"]);
+    assert_eq!(released.status.code(), Some(0));
+    assert!(inferlb_autoscaler::read_hold(&inferlb_autoscaler::hold_path(&file)).is_none());
+    assert!(text(&hold(&["--release"])).contains("no hold"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
