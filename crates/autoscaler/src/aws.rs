@@ -416,6 +416,7 @@ impl Aws {
         if !alarms.is_empty() {
             self.read_alarms(&alarms, &mut current).await?;
         }
+        current.marked_alarms = self.marked_alarms().await?;
         Ok(current)
     }
 
@@ -596,6 +597,35 @@ impl Aws {
         Ok(())
     }
 
+    /// The names of every alarm carrying inferlb's mark.
+    async fn marked_alarms(&self) -> Result<Vec<String>, AwsError> {
+        let prefix = crate::model::ALARM_PREFIX;
+        let alarms = all_pages(|token| {
+            let request = self
+                .cw
+                .describe_alarms()
+                .alarm_name_prefix(prefix)
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeAlarms", &format!("{prefix}*"), e))?;
+                Ok((
+                    out.metric_alarms().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
+            }
+        })
+        .await?;
+        Ok(alarms
+            .iter()
+            .filter_map(|a| a.alarm_name())
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Makes a plan's calls in its order. Returns the calls made.
     pub async fn execute(
         &self,
@@ -610,6 +640,20 @@ impl Aws {
             .map(|p| (p.resource_id.clone(), p.name.clone(), p.arn.clone()))
             .collect();
         for change in &plan.changes {
+            if change.kind == Kind::Alarm
+                && change.op == Op::Delete
+                && change.resource_id.is_empty()
+            {
+                // A pruned alarm: no declared target.
+                self.cw
+                    .delete_alarms()
+                    .alarm_names(&change.name)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DeleteAlarms", &change.name, e))?;
+                made.push(format!("DeleteAlarms {:?}", change.name));
+                continue;
+            }
             let target = file
                 .targets
                 .iter()

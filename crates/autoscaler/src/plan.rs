@@ -100,6 +100,8 @@ pub struct Current {
     pub policies: Vec<CurrentPolicy>,
     pub scheduled: Vec<CurrentScheduled>,
     pub alarms: Vec<CurrentAlarm>,
+    /// Every alarm carrying inferlb's mark (`inferlb-` prefix), declared or not.
+    pub marked_alarms: Vec<String>,
 }
 
 impl Current {
@@ -163,6 +165,9 @@ pub struct Plan {
     /// What the plan deliberately does not compare, e.g. min/max set by a
     /// schedule.
     pub notes: Vec<String>,
+    /// Resources inferlb created (its mark) that the file no longer names:
+    /// `apply --prune` deletes them.
+    pub prunable: Vec<String>,
 }
 
 /// How a plan is made.
@@ -171,6 +176,8 @@ pub struct PlanOptions {
     /// Compare (and re-apply) the file's min/max even where a schedule or
     /// `capacity = "ignore_changes"` owns them: `apply --reset-capacity`.
     pub reset_capacity: bool,
+    /// Delete marked resources the file no longer names: `apply --prune`.
+    pub prune: bool,
 }
 
 impl Plan {
@@ -598,6 +605,17 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
         }
     }
     plan.unmanaged = unmanaged(file, current);
+    let declared: Vec<String> = file.targets.iter().filter_map(Target::alarm_name).collect();
+    for name in &current.marked_alarms {
+        if declared.contains(name) {
+            continue;
+        }
+        if options.prune {
+            plan.push(Op::Delete, Kind::Alarm, "", name, vec![]);
+        } else {
+            plan.prunable.push(format!("alarm {name:?}"));
+        }
+    }
     plan
 }
 
@@ -697,6 +715,7 @@ pub fn render(plan: &Plan) -> String {
             Kind::ScalableTarget => format!("scalable target {}", c.resource_id),
             Kind::ScalingPolicy => format!("scaling policy {:?} on {}", c.name, c.resource_id),
             Kind::ScheduledAction => format!("scheduled action {:?} on {}", c.name, c.resource_id),
+            Kind::Alarm if c.resource_id.is_empty() => format!("alarm {:?}", c.name),
             Kind::Alarm => format!("alarm {:?} for {}", c.name, c.resource_id),
         };
         let op = match c.op {
@@ -714,6 +733,11 @@ pub fn render(plan: &Plan) -> String {
     }
     for n in &plan.notes {
         out.push_str(&format!("  (not compared: {n})\n"));
+    }
+    for p in &plan.prunable {
+        out.push_str(&format!(
+            "  (made by inferlb, no longer in the file: {p}; apply --prune deletes it)\n"
+        ));
     }
     let (creates, updates, deletes) = plan.changes.iter().fold((0, 0, 0), |(c, u, d), ch| match ch
         .op
@@ -922,6 +946,7 @@ min_capacity = 3
             &current,
             PlanOptions {
                 reset_capacity: true,
+                ..PlanOptions::default()
             },
         );
         assert_eq!(reset.changes.len(), 1);

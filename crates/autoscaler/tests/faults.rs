@@ -75,9 +75,20 @@ fn handle(mut stream: TcpStream, script: &Script, seen: &Mutex<Vec<String>>) {
             calls.push(op.clone());
             calls.iter().filter(|c| **c == op).count()
         };
-        let (status, json) = script(&op, n);
+        // CloudWatch speaks awsQuery (no X-Amz-Target): its only read, the
+        // listing of inferlb's marked alarms, finds none.
+        let (content_type, status, json) = if op.is_empty() {
+            (
+                "text/xml",
+                200,
+                r#"<DescribeAlarmsResponse xmlns="http://monitoring.amazonaws.com/doc/2010-08-01/"><DescribeAlarmsResult><MetricAlarms></MetricAlarms><CompositeAlarms></CompositeAlarms></DescribeAlarmsResult></DescribeAlarmsResponse>"#.to_owned(),
+            )
+        } else {
+            let (status, json) = script(&op, n);
+            ("application/x-amz-json-1.1", status, json)
+        };
         let reply = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{json}",
+            "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{json}",
             json.len()
         );
         if stream.write_all(reply.as_bytes()).is_err() {

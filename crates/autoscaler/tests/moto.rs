@@ -398,6 +398,7 @@ async fn a_schedule_firing_is_not_drift() {
             false,
             inferlb_autoscaler::PlanOptions {
                 reset_capacity: true,
+                ..Default::default()
             },
         )
         .await
@@ -459,4 +460,59 @@ async fn run_corrects_drift_on_its_interval() {
         .await
         .contains(&("inference-component/chat-llm-ic".into(), 0, 4)));
     assert!(agent.plan().await.unwrap().is_empty());
+}
+
+/// Resources inferlb made carry its mark (alarm names start with
+/// `inferlb-`): one the file no longer names is listed by `plan` and
+/// deleted by `apply --prune`; alarms without the mark are never touched.
+#[tokio::test]
+async fn prune_deletes_only_marked_alarms_the_file_dropped() {
+    let moto = moto().await;
+    let file = example();
+    let agent = moto.agent(&file);
+    agent.apply(false).await.unwrap();
+    for name in ["inferlb-old-component-no-capacity", "someone-elses-alarm"] {
+        moto.cw
+            .put_metric_alarm()
+            .alarm_name(name)
+            .namespace("AWS/SageMaker")
+            .metric_name("NoCapacityInvocationFailures")
+            .statistic(cw::types::Statistic::Sum)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(1.0)
+            .comparison_operator(cw::types::ComparisonOperator::GreaterThanOrEqualToThreshold)
+            .send()
+            .await
+            .unwrap();
+    }
+    let plan = agent.plan().await.unwrap();
+    assert!(plan.is_empty());
+    assert_eq!(
+        plan.prunable,
+        ["alarm \"inferlb-old-component-no-capacity\""]
+    );
+    let pruned = agent
+        .apply_with(
+            false,
+            inferlb_autoscaler::PlanOptions {
+                prune: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned.calls,
+        ["DeleteAlarms \"inferlb-old-component-no-capacity\""]
+    );
+    let names: Vec<String> = moto
+        .alarms()
+        .await
+        .iter()
+        .filter_map(|a| a.alarm_name().map(str::to_owned))
+        .collect();
+    assert!(names.contains(&"someone-elses-alarm".to_owned()));
+    assert!(!names.contains(&"inferlb-old-component-no-capacity".to_owned()));
+    assert!(names.contains(&"inferlb-chat-llm-ic-no-capacity".to_owned()));
 }

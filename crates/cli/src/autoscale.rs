@@ -58,6 +58,10 @@ enum AutoscaleCommand {
         /// (or `capacity = "ignore_changes"`) own them.
         #[arg(long)]
         reset_capacity: bool,
+        /// Also delete what inferlb made (alarms named inferlb-*) that the
+        /// file no longer names.
+        #[arg(long)]
+        prune: bool,
     },
     /// Show targets, policies, alarms and recent scaling activities.
     Status,
@@ -134,7 +138,12 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         match args.command {
             AutoscaleCommand::Hold { .. } => unreachable!("handled before loading the file"),
             AutoscaleCommand::Plan { reset_capacity } => {
-                let plan = agent.plan_with(PlanOptions { reset_capacity }).await?;
+                let plan = agent
+                    .plan_with(PlanOptions {
+                        reset_capacity,
+                        ..PlanOptions::default()
+                    })
+                    .await?;
                 if args.output == Output::Json {
                     println!("{}", serde_json::to_string_pretty(&plan)?);
                 } else {
@@ -149,9 +158,16 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
             AutoscaleCommand::Apply {
                 dry_run,
                 reset_capacity,
+                prune,
             } => {
                 let outcome = agent
-                    .apply_with(dry_run, PlanOptions { reset_capacity })
+                    .apply_with(
+                        dry_run,
+                        PlanOptions {
+                            reset_capacity,
+                            prune,
+                        },
+                    )
                     .await?;
                 print_outcome(&outcome, args.output, "apply")?;
                 Ok(ExitCode::SUCCESS)
