@@ -26,8 +26,10 @@ pub const MAX_PAGES: usize = 100;
 
 /// Every API action the agent calls, as IAM names them; the IAM policy in
 /// `deploy/iam/inferlb-autoscaler.json` grants exactly these (a test checks).
-pub const ACTIONS: [&str; 13] = [
+pub const ACTIONS: [&str; 15] = [
     "application-autoscaling:RegisterScalableTarget",
+    "application-autoscaling:TagResource",
+    "application-autoscaling:ListTagsForResource",
     "application-autoscaling:DeregisterScalableTarget",
     "application-autoscaling:DescribeScalableTargets",
     "application-autoscaling:PutScalingPolicy",
@@ -390,11 +392,24 @@ impl Aws {
             let s = t.suspended_state();
             let flag =
                 |f: fn(&aas::types::SuspendedState) -> Option<bool>| s.and_then(f).unwrap_or(false);
+            let arn = t.scalable_target_arn().map(str::to_owned);
+            // Tags are read only for targets that declare some: one call
+            // less per target and tick for everyone else.
+            let declares_tags = file
+                .targets
+                .iter()
+                .any(|d| d.resource_id == t.resource_id() && !d.tags.is_empty());
+            let tags = match &arn {
+                Some(arn) if declares_tags => self.tags_of(arn).await?,
+                _ => None,
+            };
             current.targets.push(CurrentTarget {
                 resource_id: t.resource_id().to_owned(),
                 dimension: t.scalable_dimension().as_str().to_owned(),
                 min_capacity: t.min_capacity(),
                 max_capacity: t.max_capacity(),
+                arn,
+                tags,
                 suspended: Suspended {
                     dynamic_scaling_in: flag(
                         aas::types::SuspendedState::dynamic_scaling_in_suspended,
@@ -418,6 +433,45 @@ impl Aws {
         }
         current.marked_alarms = self.marked_alarms().await?;
         Ok(current)
+    }
+
+    /// A target's tags; `None` where the service (or an emulator) does not
+    /// offer tags.
+    async fn tags_of(
+        &self,
+        arn: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, AwsError> {
+        // One attempt: an emulator without tags answers 500, and a reading
+        // of tags is not worth a run of backoffs; `run` tries again next tick.
+        let once = aas::config::Builder::default()
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
+        match self
+            .aas
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .customize()
+            .config_override(once)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(
+                out.tags()
+                    .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default(),
+            )),
+            Err(e) => {
+                let err = aws_error("ListTagsForResource", arn, e);
+                let unsupported = err.code.contains("NotImplemented")
+                    || err.code == "Error"
+                    || err.code == "ServiceError"
+                    || err.code == "UnknownOperationException";
+                if unsupported {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
     }
 
     async fn read_policies(&self, target: &Target, current: &mut Current) -> Result<(), AwsError> {
@@ -659,7 +713,7 @@ impl Aws {
                 .iter()
                 .find(|t| t.resource_id == change.resource_id);
             let Some(target) = target else { continue };
-            let call = self.make(change, target, &mut arns).await?;
+            let call = self.make(change, target, current, &mut arns).await?;
             made.push(format!(
                 "{call} {}{}",
                 change.resource_id,
@@ -677,19 +731,61 @@ impl Aws {
         &self,
         change: &Change,
         target: &Target,
+        current: &Current,
         arns: &mut Vec<(String, String, String)>,
     ) -> Result<&'static str, AwsError> {
         let id = target.resource_id.as_str();
         match (change.kind, change.op) {
+            (Kind::ScalableTarget, Op::Update)
+                if change.differences.iter().all(|d| d.starts_with("tags")) =>
+            {
+                // Only tags: TagResource (RegisterScalableTarget applies
+                // tags only when it creates the target).
+                let arn = current
+                    .target(id)
+                    .and_then(|t| t.arn.clone())
+                    .ok_or_else(|| build_err("TagResource", id, "the target's ARN is unknown"))?;
+                self.aas
+                    .tag_resource()
+                    .resource_arn(&arn)
+                    .set_tags(Some(target.desired_tags().into_iter().collect()))
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("TagResource", id, e))?;
+                Ok("TagResource")
+            }
             (Kind::ScalableTarget, Op::Create | Op::Update) => {
                 let s = target.suspended.unwrap_or_default();
-                self.aas
+                // An update that does not change min/max (a schedule owns
+                // them, say) registers the values AWS has now.
+                let changes_capacity = change.op == Op::Create
+                    || change
+                        .differences
+                        .iter()
+                        .any(|d| d.starts_with("min_capacity") || d.starts_with("max_capacity"));
+                let (min, max) = match current.target(id) {
+                    Some(c) if !changes_capacity => (c.min_capacity, c.max_capacity),
+                    _ => (target.min_capacity, target.max_capacity),
+                };
+                let suspended = target
+                    .suspended
+                    .or_else(|| current.target(id).map(|c| c.suspended))
+                    .unwrap_or(s);
+                let mut request = self
+                    .aas
                     .register_scalable_target()
                     .service_namespace(namespace())
                     .resource_id(id)
                     .scalable_dimension(dimension_of(target))
-                    .min_capacity(target.min_capacity)
-                    .max_capacity(target.max_capacity)
+                    .min_capacity(min)
+                    .max_capacity(max);
+                if change.op == Op::Create {
+                    for (key, value) in target.desired_tags() {
+                        request = request.tags(key, value);
+                    }
+                }
+                let s = suspended;
+                request
                     .suspended_state(
                         aas::types::SuspendedState::builder()
                             .dynamic_scaling_in_suspended(s.dynamic_scaling_in)
@@ -700,6 +796,18 @@ impl Aws {
                     .send()
                     .await
                     .map_err(|e| aws_error("RegisterScalableTarget", id, e))?;
+                let retag = change.op == Op::Update
+                    && change.differences.iter().any(|d| d.starts_with("tags"));
+                if let (true, Some(arn)) = (retag, current.target(id).and_then(|t| t.arn.clone())) {
+                    self.aas
+                        .tag_resource()
+                        .resource_arn(&arn)
+                        .set_tags(Some(target.desired_tags().into_iter().collect()))
+                        .send()
+                        .await
+                        .map_err(|e| aws_error("TagResource", id, e))?;
+                    return Ok("RegisterScalableTarget, TagResource");
+                }
                 Ok("RegisterScalableTarget")
             }
             (Kind::ScalableTarget, Op::Delete) => {

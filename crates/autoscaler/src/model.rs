@@ -41,6 +41,12 @@ pub struct Target {
     /// Suspend scaling activities. Compared only when declared, so an
     /// operator's suspension during an incident is not undone by `run`.
     pub suspended: Option<Suspended>,
+    /// Tags of the scalable target. inferlb adds its mark,
+    /// `inferlb:managed = "true"`, to every target it registers. Declared
+    /// tags are compared (others on the target are left alone); a target
+    /// that declares none is not read for tags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
     /// Target-tracking policies.
     #[serde(default)]
     pub target_tracking: Vec<TargetTracking>,
@@ -276,6 +282,8 @@ pub const BACKLOG_METRIC: &str = "HasBacklogWithoutCapacity";
 /// Every alarm inferlb creates starts with this, so its IAM policy can be
 /// limited to them and `--prune` can find them.
 pub const ALARM_PREFIX: &str = "inferlb-";
+/// The tag inferlb puts on every scalable target it registers.
+pub const MANAGED_TAG: (&str, &str) = ("inferlb:managed", "true");
 
 /// Why the file cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -413,6 +421,13 @@ impl Target {
             actions_enabled: recipe.actions_enabled.unwrap_or(true),
             step_policy: recipe.step_policy.clone(),
         })
+    }
+
+    /// The tags a registered target should carry: the file's and the mark.
+    pub fn desired_tags(&self) -> std::collections::BTreeMap<String, String> {
+        let mut tags = self.tags.clone();
+        tags.insert(MANAGED_TAG.0.to_owned(), MANAGED_TAG.1.to_owned());
+        tags
     }
 
     /// Whether min/max are compared for drift: not when the schedule owns

@@ -27,6 +27,10 @@ pub struct CurrentTarget {
     pub min_capacity: i32,
     pub max_capacity: i32,
     pub suspended: Suspended,
+    /// Its ARN (`ScalableTargetARN`), where the service returns one.
+    pub arn: Option<String>,
+    /// Its tags, where they could be read (ListTagsForResource).
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A scaling policy as AWS has it.
@@ -541,6 +545,18 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
                 if let Some(suspended) = &t.suspended {
                     differ(&mut d, "suspended", &c.suspended, suspended);
                 }
+                // Declared tags (and the mark) must be there; other tags are
+                // someone else's and left alone.
+                if let Some(tags) = &c.tags {
+                    let missing: std::collections::BTreeMap<String, String> = t
+                        .desired_tags()
+                        .into_iter()
+                        .filter(|(k, v)| tags.get(k) != Some(v))
+                        .collect();
+                    if !missing.is_empty() {
+                        d.push(format!("tags: {missing:?} to set"));
+                    }
+                }
                 if !d.is_empty() {
                     plan.push(Op::Update, Kind::ScalableTarget, id, "", d);
                 }
@@ -806,6 +822,8 @@ mod tests {
                 min_capacity: 0,
                 max_capacity: 4,
                 suspended: Suspended::default(),
+                arn: None,
+                tags: None,
             }],
             policies: vec![CurrentPolicy {
                 resource_id: t.resource_id.clone(),
@@ -845,6 +863,8 @@ mod tests {
                     min_capacity: 0,
                     max_capacity: 1,
                     suspended: Suspended::default(),
+                    arn: None,
+                    tags: None,
                 }),
                 Kind::ScalingPolicy => current.policies.push(CurrentPolicy {
                     resource_id: c.resource_id.clone(),
@@ -897,6 +917,8 @@ mod tests {
             min_capacity: t.min_capacity,
             max_capacity: t.max_capacity,
             suspended: t.suspended.unwrap_or_default(),
+            arn: None,
+            tags: None,
         }
     }
 

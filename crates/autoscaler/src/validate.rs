@@ -690,10 +690,39 @@ impl Names {
     }
 }
 
+/// Tags as Application Auto Scaling takes them (TagResource): at most 50,
+/// keys 1 to 128 characters not starting with `aws:`, values up to 256.
+fn check_tags(t: &Target, at: &str, p: &mut Problems<'_>) {
+    if t.tags.len() > 49 {
+        p.add(
+            format!("{at}.tags"),
+            "at most 49 tags (inferlb adds its own, 50 in all)",
+        );
+    }
+    for (key, value) in &t.tags {
+        if key.is_empty() || key.chars().count() > 128 || key.starts_with("aws:") {
+            p.add(
+                format!("{at}.tags.{key}"),
+                "a key is 1 to 128 characters and may not start with aws:",
+            );
+        }
+        if key == crate::model::MANAGED_TAG.0 {
+            p.add(format!("{at}.tags.{key}"), "this key is inferlb's own mark");
+        }
+        if value.chars().count() > 256 {
+            p.add(
+                format!("{at}.tags.{key}"),
+                "a value is at most 256 characters",
+            );
+        }
+    }
+}
+
 fn check_target(t: &Target, at: &str, problems: &mut Vec<Problem>) {
     let mut p = Problems(problems);
     let kind = check_resource(t, at, &mut p);
     check_capacity(t, at, &mut p);
+    check_tags(t, at, &mut p);
     let mut names = Names::default();
     check_target_tracking(t, kind, at, &mut names, &mut p);
     check_step_scaling(t, at, &mut names, &mut p);

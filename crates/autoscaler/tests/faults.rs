@@ -19,6 +19,8 @@ type Script = dyn Fn(&str, usize) -> (u16, String) + Send + Sync;
 struct FaultServer {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<String>>>,
+    /// Each call's operation and request body.
+    bodies: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 /// The operation name of an awsJson request (`X-Amz-Target: Service.Operation`).
@@ -34,18 +36,28 @@ fn serve(script: Arc<Script>) -> FaultServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&calls);
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (seen, kept) = (Arc::clone(&calls), Arc::clone(&bodies));
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let (script, seen) = (Arc::clone(&script), Arc::clone(&seen));
-            thread::spawn(move || handle(stream, &*script, &seen));
+            let (script, seen, kept) = (Arc::clone(&script), Arc::clone(&seen), Arc::clone(&kept));
+            thread::spawn(move || handle(stream, &*script, &seen, &kept));
         }
     });
-    FaultServer { addr, calls }
+    FaultServer {
+        addr,
+        calls,
+        bodies,
+    }
 }
 
-fn handle(mut stream: TcpStream, script: &Script, seen: &Mutex<Vec<String>>) {
+fn handle(
+    mut stream: TcpStream,
+    script: &Script,
+    seen: &Mutex<Vec<String>>,
+    kept: &Mutex<Vec<(String, String)>>,
+) {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -70,6 +82,9 @@ fn handle(mut stream: TcpStream, script: &Script, seen: &Mutex<Vec<String>>) {
             return;
         }
         let op = operation(&head);
+        kept.lock()
+            .unwrap()
+            .push((op.clone(), String::from_utf8_lossy(&body).into_owned()));
         let n = {
             let mut calls = seen.lock().unwrap();
             calls.push(op.clone());
@@ -388,4 +403,75 @@ max_capacity = 3
     let outcome = agent.reconcile().await.unwrap();
     assert_eq!(outcome.calls.len(), 1, "{:?}", outcome.calls);
     assert!(outcome.calls[0].contains("endpoint/ep/variant/AllTraffic"));
+}
+
+const REGISTERED_WITH_ARN: &str = r#"{"ScalableTargets":[{"ServiceNamespace":"sagemaker","ResourceId":"endpoint/ep/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000,"ScalableTargetARN":"arn:aws:application-autoscaling:us-east-1:1:scalable-target/abc"}]}"#;
+
+// RegisterScalableTarget takes `Tags` only when it creates a target;
+// afterwards tags change through TagResource (Application Auto Scaling API
+// reference, "Tagging your resources"). moto 5.2.5 serves no tags, so the
+// fault server plays the service.
+#[tokio::test]
+async fn declared_tags_and_the_mark_are_set_without_touching_capacity() {
+    let file = AutoscalingFile::from_toml(
+        r#"
+[[targets]]
+resource_id = "endpoint/ep/variant/AllTraffic"
+min_capacity = 1
+max_capacity = 3
+tags = { team = "ml", cost-center = "42" }
+"#,
+    )
+    .unwrap();
+    let script: Arc<Script> = Arc::new(|op: &str, _| match op {
+        "DescribeScalableTargets" => (200, REGISTERED_WITH_ARN.to_owned()),
+        "ListTagsForResource" => (
+            200,
+            r#"{"Tags":{"team":"old","owner":"someone"}}"#.to_owned(),
+        ),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    let tagging = agent(&server, &file).await;
+    let plan = tagging.plan().await.unwrap();
+    assert_eq!(plan.changes.len(), 1, "{plan:?}");
+    let tags = &plan.changes[0].differences[0];
+    for needle in ["team", "cost-center", "inferlb:managed"] {
+        assert!(tags.contains(needle), "{tags}");
+    }
+    assert!(
+        !tags.contains("owner"),
+        "someone else's tag is left alone: {tags}"
+    );
+    let outcome = tagging.apply(false).await.unwrap();
+    assert_eq!(outcome.calls.len(), 1, "{:?}", outcome.calls);
+    assert!(outcome.calls[0].starts_with("TagResource"));
+    assert_eq!(
+        count(&server, "RegisterScalableTarget"),
+        0,
+        "capacity untouched"
+    );
+
+    // A new target is registered with its tags and the mark.
+    let script: Arc<Script> = Arc::new(|op: &str, _| match op {
+        "RegisterScalableTarget" => (200, r#"{"ScalableTargetARN":"arn:t"}"#.to_owned()),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    agent(&server, &file).await.apply(false).await.unwrap();
+    let body = server
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(op, _)| op == "RegisterScalableTarget")
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    for needle in [
+        "\"Tags\"",
+        "\"team\":\"ml\"",
+        "\"inferlb:managed\":\"true\"",
+    ] {
+        assert!(body.contains(needle), "{body}");
+    }
 }
