@@ -87,9 +87,11 @@ impl Agent {
         self.plan_with(PlanOptions::default()).await
     }
 
-    /// [`plan`](Self::plan) with options (`--reset-capacity`).
+    /// [`plan`](Self::plan) with options (`--reset-capacity`). A plan also
+    /// lists the targets inferlb marked that the file no longer names.
     pub async fn plan_with(&self, options: PlanOptions) -> Result<Plan, AgentError> {
-        let current = self.current().await?;
+        let mut current = self.current().await?;
+        current.marked_targets = self.aws.marked_targets(&self.file).await?;
         Ok(plan_apply_with(&self.file, &current, options))
     }
 
@@ -104,7 +106,10 @@ impl Agent {
         dry_run: bool,
         options: PlanOptions,
     ) -> Result<Outcome, AgentError> {
-        let current = self.current().await?;
+        let mut current = self.current().await?;
+        if options.prune {
+            current.marked_targets = self.aws.marked_targets(&self.file).await?;
+        }
         let plan = plan_apply_with(&self.file, &current, options);
         self.carry_out(plan, &current, dry_run).await
     }

@@ -651,6 +651,55 @@ impl Aws {
         Ok(())
     }
 
+    /// Every SageMaker scalable target carrying inferlb's mark (the
+    /// `inferlb:managed` tag) that `file` does not declare: `(resource id,
+    /// dimension)`. Targets whose tags cannot be read count as unmarked.
+    pub async fn marked_targets(
+        &self,
+        file: &AutoscalingFile,
+    ) -> Result<Vec<(String, String)>, AwsError> {
+        let all = all_pages(|token| {
+            let request = self
+                .aas
+                .describe_scalable_targets()
+                .service_namespace(namespace())
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeScalableTargets", "sagemaker", e))?;
+                Ok((
+                    out.scalable_targets().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
+            }
+        })
+        .await?;
+        let mut marked = Vec::new();
+        for t in all {
+            if file
+                .targets
+                .iter()
+                .any(|d| d.resource_id == t.resource_id())
+            {
+                continue;
+            }
+            let Some(arn) = t.scalable_target_arn() else {
+                continue;
+            };
+            let (key, value) = crate::model::MANAGED_TAG;
+            let tags = self.tags_of(arn).await?.unwrap_or_default();
+            if tags.get(key).map(String::as_str) == Some(value) {
+                marked.push((
+                    t.resource_id().to_owned(),
+                    t.scalable_dimension().as_str().to_owned(),
+                ));
+            }
+        }
+        Ok(marked)
+    }
+
     /// The names of every alarm carrying inferlb's mark.
     async fn marked_alarms(&self) -> Result<Vec<String>, AwsError> {
         let prefix = crate::model::ALARM_PREFIX;
@@ -694,6 +743,28 @@ impl Aws {
             .map(|p| (p.resource_id.clone(), p.name.clone(), p.arn.clone()))
             .collect();
         for change in &plan.changes {
+            if change.kind == Kind::ScalableTarget
+                && change.op == Op::Delete
+                && !file
+                    .targets
+                    .iter()
+                    .any(|t| t.resource_id == change.resource_id)
+            {
+                // A pruned target (marked, no longer in the file): its
+                // dimension is in the change's name.
+                self.aas
+                    .deregister_scalable_target()
+                    .service_namespace(namespace())
+                    .resource_id(&change.resource_id)
+                    .scalable_dimension(aas::types::ScalableDimension::from(change.name.as_str()))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| aws_error("DeregisterScalableTarget", &change.resource_id, e))
+                    .or_else(gone_is_done)?;
+                made.push(format!("DeregisterScalableTarget {}", change.resource_id));
+                continue;
+            }
             if change.kind == Kind::Alarm
                 && change.op == Op::Delete
                 && change.resource_id.is_empty()

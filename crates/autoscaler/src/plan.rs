@@ -106,6 +106,9 @@ pub struct Current {
     pub alarms: Vec<CurrentAlarm>,
     /// Every alarm carrying inferlb's mark (`inferlb-` prefix), declared or not.
     pub marked_alarms: Vec<String>,
+    /// Scalable targets carrying inferlb's mark that the file does not
+    /// declare, `(resource id, dimension)`; read for `plan` and `--prune`.
+    pub marked_targets: Vec<(String, String)>,
 }
 
 impl Current {
@@ -630,6 +633,15 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
             plan.push(Op::Delete, Kind::Alarm, "", name, vec![]);
         } else {
             plan.prunable.push(format!("alarm {name:?}"));
+        }
+    }
+    // A marked target goes last, after its alarms; deregistering it deletes
+    // its policies and scheduled actions, which inferlb made with it.
+    for (id, dimension) in &current.marked_targets {
+        if options.prune {
+            plan.push(Op::Delete, Kind::ScalableTarget, id, dimension, vec![]);
+        } else {
+            plan.prunable.push(format!("scalable target {id}"));
         }
     }
     plan

@@ -158,12 +158,14 @@ async fn throttling_is_retried_until_it_succeeds() {
     let plan = agent(&server, &variant_only()).await.plan().await.unwrap();
     assert_eq!(plan.changes.len(), 2);
     let calls = server.calls.lock().unwrap().clone();
+    // Three for the declared targets (two throttled), one for the listing
+    // of targets inferlb marked.
     assert_eq!(
         calls
             .iter()
             .filter(|c| *c == "DescribeScalableTargets")
             .count(),
-        3,
+        4,
         "{calls:?}"
     );
 }
@@ -353,12 +355,13 @@ async fn a_next_token_that_repeats_does_not_loop_forever() {
     let server = serve(script);
     agent(&server, &variant_only()).await.plan().await.unwrap();
     let calls = server.calls.lock().unwrap().clone();
+    // Two pages each for the declared targets and the marked-target listing.
     assert_eq!(
         calls
             .iter()
             .filter(|c| *c == "DescribeScalableTargets")
             .count(),
-        2,
+        4,
         "{calls:?}"
     );
 }
@@ -474,4 +477,100 @@ tags = { team = "ml", cost-center = "42" }
     ] {
         assert!(body.contains(needle), "{body}");
     }
+}
+
+/// A target inferlb registered (its `inferlb:managed` tag) and the file no
+/// longer names is listed by `plan` and deregistered by `apply --prune`; an
+/// unmarked one is never touched.
+#[tokio::test]
+async fn prune_deregisters_only_marked_targets_the_file_dropped() {
+    const TARGETS: &str = r#"{"ScalableTargets":[
+        {"ServiceNamespace":"sagemaker","ResourceId":"endpoint/old/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000,"ScalableTargetARN":"arn:aws:application-autoscaling:us-east-1:1:scalable-target/old"},
+        {"ServiceNamespace":"sagemaker","ResourceId":"endpoint/theirs/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000,"ScalableTargetARN":"arn:aws:application-autoscaling:us-east-1:1:scalable-target/theirs"}]}"#;
+    let script: Arc<Script> = Arc::new(|op: &str, n| match (op, n) {
+        ("DescribeScalableTargets", _) => (200, TARGETS.to_owned()),
+        // Tags are read in listing order: the old target's first.
+        ("ListTagsForResource", n) if n % 2 == 1 => {
+            (200, r#"{"Tags":{"inferlb:managed":"true"}}"#.to_owned())
+        }
+        ("ListTagsForResource", _) => (200, r#"{"Tags":{"team":"other"}}"#.to_owned()),
+        ("RegisterScalableTarget", _) => (200, r#"{"ScalableTargetARN":"arn:t"}"#.to_owned()),
+        ("PutScalingPolicy", _) => (200, r#"{"PolicyARN":"arn:p","Alarms":[]}"#.to_owned()),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    let pruning = agent(&server, &variant_only()).await;
+    let plan = pruning.plan().await.unwrap();
+    assert_eq!(
+        plan.prunable,
+        ["scalable target endpoint/old/variant/AllTraffic"]
+    );
+    let outcome = pruning
+        .apply_with(
+            false,
+            inferlb_autoscaler::PlanOptions {
+                prune: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        outcome
+            .calls
+            .contains(&"DeregisterScalableTarget endpoint/old/variant/AllTraffic".to_owned()),
+        "{:?}",
+        outcome.calls
+    );
+    assert_eq!(count(&server, "DeregisterScalableTarget"), 1);
+}
+
+/// `status` shows the alarms Application Auto Scaling made for target
+/// tracking and asks for the activities that did not scale, with their
+/// reasons (DescribeScalingActivities `IncludeNotScaledActivities`).
+#[tokio::test]
+async fn status_shows_tracking_alarms_and_why_nothing_scaled() {
+    let script: Arc<Script> = Arc::new(|op: &str, _| {
+        match op {
+        "DescribeScalableTargets" => (200, REGISTERED.to_owned()),
+        "DescribeScalingPolicies" => (
+            200,
+            r#"{"ScalingPolicies":[{"PolicyARN":"arn:p","PolicyName":"tt","ServiceNamespace":"sagemaker","ResourceId":"endpoint/ep/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","PolicyType":"TargetTrackingScaling","TargetTrackingScalingPolicyConfiguration":{"TargetValue":10.0,"PredefinedMetricSpecification":{"PredefinedMetricType":"SageMakerVariantInvocationsPerInstance"}},"Alarms":[{"AlarmName":"TargetTracking-endpoint/ep/variant/AllTraffic-AlarmHigh-1","AlarmARN":"arn:a"}],"CreationTime":1700000000}]}"#
+                .to_owned(),
+        ),
+        "DescribeScalingActivities" => (
+            200,
+            r#"{"ScalingActivities":[{"ActivityId":"a1","ServiceNamespace":"sagemaker","ResourceId":"endpoint/ep/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","Description":"Attempting to set desired capacity","Cause":"monitor alarm","StartTime":1700000000,"StatusCode":"Successful","NotScaledReasons":[{"Code":"AlreadyAtMaxCapacity","MaxCapacity":3}]}]}"#
+                .to_owned(),
+        ),
+        _ => (200, "{}".to_owned()),
+    }
+    });
+    let server = serve(script);
+    let status = agent(&server, &variant_only())
+        .await
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(
+        status[0].tracking_alarms,
+        ["TargetTracking-endpoint/ep/variant/AllTraffic-AlarmHigh-1"]
+    );
+    let activities = status[0].activities.as_ref().unwrap();
+    assert!(
+        activities[0].contains("not scaled: AlreadyAtMaxCapacity"),
+        "{activities:?}"
+    );
+    let body = server
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(op, _)| op == "DescribeScalingActivities")
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    assert!(
+        body.contains("\"IncludeNotScaledActivities\":true"),
+        "{body}"
+    );
 }

@@ -58,8 +58,8 @@ enum AutoscaleCommand {
         /// (or `capacity = "ignore_changes"`) own them.
         #[arg(long)]
         reset_capacity: bool,
-        /// Also delete what inferlb made (alarms named inferlb-*) that the
-        /// file no longer names.
+        /// Also delete what inferlb made (targets tagged inferlb:managed,
+        /// alarms named inferlb-*) that the file no longer names.
         #[arg(long)]
         prune: bool,
     },
