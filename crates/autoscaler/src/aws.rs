@@ -150,105 +150,6 @@ pub struct Aws {
     cw: cw::Client,
 }
 
-/// Which Application Auto Scaling errors are retried, on top of the SDK's
-/// standard classifiers (throttling, 5xx, timeouts):
-///
-/// - `ConcurrentUpdateException` ("concurrent updates caused an exception")
-///   and `FailedResourceAccessException` (AAS could not reach the resource,
-///   e.g. "Rate exceeded" when SageMaker throttles AAS) are transient: retried
-///   with backoff;
-/// - `ObjectNotFoundException` from `PutScalingPolicy` or `PutScheduledAction`
-///   right after `RegisterScalableTarget` is eventual consistency (the
-///   Application Auto Scaling API reference says to retry): retried, by
-///   [`NotFoundYet`] on those two calls only;
-/// - `LimitExceededException` is a quota, not throttling (the SDK's default
-///   list treats it as throttling): never retried, reported at once.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AasRetry;
-
-/// The error code (`x-amzn-ErrorType`, or the body's `__type`) of an
-/// attempt that failed.
-fn attempt_error(
-    ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
-) -> Option<String> {
-    let response = ctx.response()?;
-    if response.status().as_u16() < 400 {
-        return None;
-    }
-    let from_header = response
-        .headers()
-        .get("x-amzn-errortype")
-        .map(|v| v.split(':').next().unwrap_or(v).to_owned());
-    let from_body = || {
-        let body = response.body().bytes()?;
-        let json: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let code = json.get("__type")?.as_str()?;
-        Some(code.rsplit('#').next().unwrap_or(code).to_owned())
-    };
-    from_header.or_else(from_body)
-}
-
-/// Retries `ObjectNotFoundException` (a target registered a moment ago and
-/// not visible yet); set on `PutScalingPolicy` and `PutScheduledAction` only.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NotFoundYet;
-
-impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry for NotFoundYet {
-    fn classify_retry(
-        &self,
-        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
-    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
-        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
-        match attempt_error(ctx).as_deref() {
-            Some("ObjectNotFoundException") => RetryAction::transient_error(),
-            _ => RetryAction::NoActionIndicated,
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        "inferlb: a target registered a moment ago"
-    }
-
-    fn priority(
-        &self,
-    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority {
-        use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
-        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
-    }
-}
-
-/// The config override that adds [`NotFoundYet`] to one call.
-fn retry_not_found_yet() -> aas::config::Builder {
-    aas::config::Builder::default().retry_classifier(NotFoundYet)
-}
-
-impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry for AasRetry {
-    fn classify_retry(
-        &self,
-        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
-    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
-        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
-        match attempt_error(ctx).as_deref() {
-            Some("LimitExceededException") => RetryAction::RetryForbidden,
-            Some("ConcurrentUpdateException" | "FailedResourceAccessException") => {
-                RetryAction::transient_error()
-            }
-            _ => RetryAction::NoActionIndicated,
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        "inferlb Application Auto Scaling errors"
-    }
-
-    fn priority(
-        &self,
-    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority {
-        use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
-        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
-    }
-}
-
 /// A delete whose object is already gone (`ObjectNotFoundException`) did
 /// what it was for: success, logged.
 fn gone_is_done(e: AwsError) -> Result<(), AwsError> {
@@ -334,7 +235,7 @@ impl Aws {
     /// Auto Scaling client.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         let aas_config = aas::config::Builder::from(config)
-            .retry_classifier(AasRetry)
+            .retry_classifier(crate::retry::AAS_ERRORS)
             .build();
         Self {
             aas: aas::Client::from_conf(aas_config),
@@ -928,7 +829,7 @@ impl Aws {
                 };
                 let out = request
                     .customize()
-                    .config_override(retry_not_found_yet())
+                    .config_override(crate::retry::not_found_yet())
                     .send()
                     .await
                     .map_err(|e| aws_error("PutScalingPolicy", &resource, e))?;
@@ -966,7 +867,7 @@ impl Aws {
                 };
                 put_scheduled(&self.aas, target, s)
                     .customize()
-                    .config_override(retry_not_found_yet())
+                    .config_override(crate::retry::not_found_yet())
                     .send()
                     .await
                     .map_err(|e| aws_error("PutScheduledAction", &resource, e))?;

@@ -10,6 +10,7 @@
 //! - [`validate`]: every local rule, each problem naming its field.
 //! - [`plan`]: current state in, ordered changes out (pure).
 //! - [`aws`]: reading state and making calls through the AWS SDK.
+//! - [`retry`]: which Application Auto Scaling errors are retried.
 //! - [`agent`]: plan, apply, destroy, status, run.
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod aws;
 pub mod model;
 pub mod plan;
+pub mod retry;
 pub mod validate;
 
 pub use agent::{hold_path, read_hold, Agent, AgentError, Outcome, TargetStatus};
