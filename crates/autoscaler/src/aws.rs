@@ -231,7 +231,7 @@ impl Aws {
         Self::from_config(&config)
     }
 
-    /// Clients from a loaded config, with [`AasRetry`] on the Application
+    /// Clients from a loaded config, with [`crate::retry::AAS_ERRORS`] on the Application
     /// Auto Scaling client.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         let aas_config = aas::config::Builder::from(config)
