@@ -12,11 +12,13 @@
 //! - [`aws`]: reading state and making calls through the AWS SDK.
 //! - [`retry`]: which Application Auto Scaling errors are retried.
 //! - [`agent`]: plan, apply, destroy, status, run.
+//! - [`engine`]: a pure model of how AAS decides capacity (for `simulate`).
 
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod aws;
+pub mod engine;
 pub mod model;
 pub mod plan;
 pub mod retry;

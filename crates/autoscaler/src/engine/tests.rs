@@ -1,0 +1,252 @@
+//! The engine's rules, each against the AWS page it follows.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::AutoscalingFile;
+
+fn target(text: &str) -> Target {
+    AutoscalingFile::from_toml(text).unwrap().targets.remove(0)
+}
+
+const TRACKING: &str = r#"
+[[targets]]
+resource_id = "endpoint/ep/variant/v"
+min_capacity = 1
+max_capacity = 10
+[[targets.target_tracking]]
+name = "tt"
+predefined_metric = "SageMakerVariantInvocationsPerInstance"
+target_value = 100.0
+scale_out_cooldown_s = 120
+scale_in_cooldown_s = 600
+"#;
+
+/// Runs `minutes` minutes with the metric `load / in service` per minute;
+/// returns the engine and every activity.
+fn replay(engine: &mut Engine, loads: &[f64]) -> Vec<Activity> {
+    let mut all = Vec::new();
+    for (i, load) in loads.iter().enumerate() {
+        let metric = load / f64::from(engine.in_service().max(1));
+        let minute = Minute {
+            tracking: vec![metric],
+            recipe: 0.0,
+        };
+        all.extend(engine.step(i as i64 * 60, &minute));
+    }
+    all
+}
+
+// "How target tracking scaling for Application Auto Scaling works": scale
+// out when the metric stays above the target (3 one-minute datapoints), to
+// the capacity that brings it back to the target.
+#[test]
+fn target_tracking_scales_out_after_three_minutes_in_proportion() {
+    let mut engine = Engine::new(&target(TRACKING), 2, 0);
+    let acts = replay(&mut engine, &[500.0, 500.0]);
+    assert!(acts.is_empty(), "two minutes are not enough");
+    let acts = replay(&mut engine, &[500.0]);
+    assert_eq!(acts.len(), 1);
+    // 2 instances at 250 each, target 100: ceil(2 × 250 / 100) = 5.
+    assert_eq!((acts[0].from, acts[0].to), (2, 5));
+}
+
+#[test]
+fn new_capacity_serves_only_after_the_provisioning_delay() {
+    let mut engine = Engine::new(&target(TRACKING), 2, 300);
+    replay(&mut engine, &[500.0; 3]);
+    assert_eq!((engine.desired(), engine.in_service()), (5, 2));
+    engine.step(3 * 60 + 300, &Minute {
+        tracking: vec![100.0],
+        recipe: 0.0,
+    });
+    assert_eq!(engine.in_service(), 5);
+}
+
+// Scale in after 15 minutes below 90% of the target, to a capacity that
+// keeps the metric at or below the target.
+#[test]
+fn target_tracking_scales_in_after_fifteen_quiet_minutes_without_overshooting() {
+    let mut engine = Engine::new(&target(TRACKING), 8, 0);
+    let acts = replay(&mut engine, &[400.0; 14]);
+    assert!(acts.is_empty());
+    let acts = replay(&mut engine, &[400.0]);
+    assert_eq!(acts.len(), 1);
+    // 8 instances at 50 each: ceil(8 × 50 / 100) = 4; then 100 each.
+    assert_eq!(acts[0].to, 4);
+    assert!(400.0 / f64::from(acts[0].to) <= 100.0);
+}
+
+#[test]
+fn disable_scale_in_keeps_the_capacity() {
+    let text = TRACKING.replace("scale_in_cooldown_s = 600", "scale_in_cooldown_s = 600\ndisable_scale_in = true");
+    let mut engine = Engine::new(&target(&text), 8, 0);
+    assert!(replay(&mut engine, &[10.0; 40]).is_empty());
+}
+
+// Cooldowns: no scale-in during the scale-in cooldown; a scale-out during it
+// goes ahead at once; during a scale-out cooldown only a larger scale-out.
+#[test]
+fn cooldowns_hold_with_aas_interaction_rules() {
+    let mut engine = Engine::new(&target(TRACKING), 8, 0);
+    replay(&mut engine, &[400.0; 15]);
+    assert_eq!(engine.desired(), 4);
+    // Quiet again right away: the 600 s scale-in cooldown holds.
+    let mut quiet = Engine::new(&target(TRACKING), 8, 0);
+    let acts = replay(&mut quiet, &[160.0; 15]);
+    assert_eq!(acts.last().unwrap().to, 2);
+    let acts: Vec<Activity> = (15..24)
+        .flat_map(|i| {
+            quiet.step(i * 60, &Minute {
+                tracking: vec![10.0],
+                recipe: 0.0,
+            })
+        })
+        .collect();
+    assert!(acts.is_empty(), "scale-in inside its cooldown: {acts:?}");
+    // A surge inside the scale-in cooldown scales out at once.
+    let acts: Vec<Activity> = (24..27)
+        .flat_map(|i| {
+            quiet.step(i * 60, &Minute {
+                tracking: vec![300.0],
+                recipe: 0.0,
+            })
+        })
+        .collect();
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    assert_eq!(acts[0].to, 6);
+    // Inside the scale-out cooldown (120 s), the same level does not scale
+    // again, but a larger one does.
+    let same = quiet.step(27 * 60, &Minute {
+        tracking: vec![100.0],
+        recipe: 0.0,
+    });
+    assert!(same.is_empty());
+    let larger = quiet.step(28 * 60, &Minute {
+        tracking: vec![200.0],
+        recipe: 0.0,
+    });
+    assert!(larger.is_empty(), "three datapoints above target are needed");
+}
+
+// Several policies: the largest capacity wins.
+#[test]
+fn the_largest_capacity_wins() {
+    let text = format!(
+        "{TRACKING}[[targets.target_tracking]]\nname = \"second\"\npredefined_metric = \"SageMakerVariantInvocationsPerInstance\"\ntarget_value = 50.0\n"
+    );
+    let mut engine = Engine::new(&target(&text), 2, 0);
+    for i in 0..3 {
+        engine.step(i * 60, &Minute {
+            tracking: vec![150.0, 150.0],
+            recipe: 0.0,
+        });
+    }
+    // Policy one wants ceil(2 × 1.5) = 3, policy two ceil(2 × 3) = 6.
+    assert_eq!(engine.desired(), 6);
+}
+
+// "Scheduled scaling for Application Auto Scaling": a cron action in its
+// time zone sets min/max; the capacity is clamped into the range at once.
+#[test]
+fn a_scheduled_action_sets_min_in_its_time_zone() {
+    let text = format!(
+        "{TRACKING}[[targets.scheduled]]\nname = \"mornings\"\nschedule = \"cron(0 8 ? * MON-FRI *)\"\ntimezone = \"Europe/Berlin\"\nmin_capacity = 4\n"
+    );
+    let mut engine = Engine::new(&target(&text), 1, 0);
+    // Monday 2026-11-30 07:00 UTC = 08:00 in Berlin (CET, UTC+1).
+    let monday_0700_utc = 1_796_022_000;
+    let before = engine.step(monday_0700_utc - 60, &Minute {
+        tracking: vec![50.0],
+        recipe: 0.0,
+    });
+    assert!(before.is_empty());
+    let acts = engine.step(monday_0700_utc, &Minute {
+        tracking: vec![50.0],
+        recipe: 0.0,
+    });
+    assert_eq!(engine.bounds(), (4, 10));
+    assert_eq!(engine.desired(), 4);
+    assert!(acts[0].reason.contains("mornings"), "{acts:?}");
+    // Saturday: nothing fires.
+    assert!(!fires(
+        &target(&text).scheduled[0],
+        monday_0700_utc + 5 * 86_400 - 60,
+        monday_0700_utc + 5 * 86_400
+    ));
+}
+
+// "Scale an endpoint to zero instances": with no copy, a request that finds
+// none raises the alarm (Sum ≥ 1 in one 60 s period) and the step policy
+// adds one.
+#[test]
+fn the_scale_to_zero_recipe_adds_a_copy_when_a_request_finds_none() {
+    let text = r#"
+[[targets]]
+resource_id = "inference-component/ic"
+min_capacity = 0
+max_capacity = 4
+[[targets.target_tracking]]
+name = "tt"
+predefined_metric = "SageMakerInferenceComponentInvocationsPerCopy"
+target_value = 10.0
+[[targets.step_scaling]]
+name = "wake"
+adjustment_type = "ChangeInCapacity"
+[[targets.step_scaling.steps]]
+lower_bound = 0.0
+adjustment = 1
+[targets.scale_to_zero]
+step_policy = "wake"
+"#;
+    let mut engine = Engine::new(&target(text), 0, 0);
+    assert!(engine
+        .step(0, &Minute {
+            tracking: vec![0.0],
+            recipe: 0.0,
+        })
+        .is_empty());
+    let acts = engine.step(60, &Minute {
+        tracking: vec![0.0],
+        recipe: 3.0,
+    });
+    assert_eq!((acts[0].from, acts[0].to), (0, 1));
+    assert!(acts[0].reason.contains("NoCapacityInvocationFailures"));
+}
+
+proptest! {
+    // Capacity never leaves [min, max], and never scales in while the
+    // metric is above the target.
+    #[test]
+    fn capacity_stays_in_bounds_and_never_drops_under_load(loads in proptest::collection::vec(0.0f64..2000.0, 1..120)) {
+        let mut engine = Engine::new(&target(TRACKING), 3, 120);
+        for (i, load) in loads.iter().enumerate() {
+            let metric = load / f64::from(engine.in_service().max(1));
+            let before = engine.desired();
+            let acts = engine.step(i as i64 * 60, &Minute { tracking: vec![metric], recipe: 0.0 });
+            let (min, max) = engine.bounds();
+            prop_assert!((min..=max).contains(&engine.desired()));
+            if metric > 100.0 {
+                prop_assert!(engine.desired() >= before, "scaled in at metric {metric}: {acts:?}");
+            }
+        }
+    }
+
+    // A constant load above the target converges and then stays put: no
+    // flapping.
+    #[test]
+    fn a_constant_load_converges_and_stays(load in 150.0f64..900.0) {
+        let mut engine = Engine::new(&target(TRACKING), 1, 60);
+        let mut last_change = 0;
+        for i in 0..240i64 {
+            let metric = load / f64::from(engine.in_service().max(1));
+            if !engine.step(i * 60, &Minute { tracking: vec![metric], recipe: 0.0 }).is_empty() {
+                last_change = i;
+            }
+        }
+        prop_assert!(last_change < 60, "still changing at minute {last_change}");
+        let per_instance = load / f64::from(engine.in_service());
+        prop_assert!(per_instance <= 100.0 + 1e-9);
+        prop_assert!(per_instance > 100.0 * 0.9 * f64::from(engine.in_service() - 1) / f64::from(engine.in_service()) - 1e-9 || engine.in_service() == 1);
+    }
+}
