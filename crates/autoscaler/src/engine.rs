@@ -77,7 +77,8 @@ pub struct Activity {
 /// The metric values of one minute.
 #[derive(Debug, Clone, Default)]
 pub struct Minute {
-    /// Each target-tracking policy's metric, in the file's order.
+    /// Each target-tracking policy's metric, in the file's order; NaN for a
+    /// minute without a datapoint (it breaches neither alarm).
     pub tracking: Vec<f64>,
     /// The scale-to-zero alarm's metric (requests that found no capacity, or
     /// backlog without capacity), when the target has a recipe.
@@ -363,7 +364,8 @@ impl Engine {
             let proposed = (capacity * value / target).ceil() as i32;
             let high = self.histories[i].last_all(self.alarms.scale_out_datapoints, |v| v > target);
             let low_threshold = target * self.alarms.scale_in_ratio;
-            let low = self.histories[i].last_all(self.alarms.scale_in_datapoints, |v| v < low_threshold);
+            let low =
+                self.histories[i].last_all(self.alarms.scale_in_datapoints, |v| v < low_threshold);
             if high && proposed > self.desired {
                 let reason = format!(
                     "policy {:?}: metric {value:.2} above target {target} for {} minutes",
@@ -498,7 +500,9 @@ pub fn fires(action: &Scheduled, from: i64, to: i64) -> bool {
         let (Some(n), Some(unit)) = (parts.next(), parts.next()) else {
             return false;
         };
-        let Ok(n) = n.parse::<i64>() else { return false };
+        let Ok(n) = n.parse::<i64>() else {
+            return false;
+        };
         let every = n * match unit.trim_end_matches('s') {
             "minute" => 60,
             "hour" => 3600,

@@ -13,6 +13,7 @@
 //! - [`retry`]: which Application Auto Scaling errors are retried.
 //! - [`agent`]: plan, apply, destroy, status, run.
 //! - [`engine`]: a pure model of how AAS decides capacity (for `simulate`).
+//! - [`simulate`]: a load trace replayed through the engine.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod model;
 pub mod plan;
 pub mod retry;
+pub mod simulate;
 pub mod validate;
 
 pub use agent::{hold_path, read_hold, Agent, AgentError, Outcome, TargetStatus};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use inferlb_autoscaler::simulate::{Options as SimOptions, Trace};
 use inferlb_autoscaler::{
     hold_path, render, Agent, AutoscalingFile, Aws, AwsOptions, Outcome, PlanOptions,
 };
@@ -37,6 +38,7 @@ pub(crate) struct AutoscaleArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
+    #[value(alias = "table")]
     Text,
     Json,
 }
@@ -75,6 +77,31 @@ enum AutoscaleCommand {
         /// Deregister even targets with policies or actions not in the file.
         #[arg(long)]
         force: bool,
+    },
+    /// Replay a load trace through the file's policies, minute by minute:
+    /// the capacity AAS would set and the load it would leave unserved.
+    /// Makes no AWS call.
+    Simulate {
+        /// CSV with `time` (RFC 3339 or seconds) and `invocations` (per
+        /// minute) or `concurrency`; optionally `metric`.
+        #[arg(long)]
+        trace: PathBuf,
+        /// The target to simulate [default: the file's only, or first, target].
+        #[arg(long)]
+        target: Option<String>,
+        /// What one instance or copy serves (invocations per minute, or
+        /// concurrent requests) [default: the first policy's target value].
+        #[arg(long)]
+        capacity_per_instance: Option<f64>,
+        /// Time until new capacity serves, e.g. 5m.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        provision_delay: Duration,
+        /// Capacity at the start [default: the target's min, at least 1].
+        #[arg(long)]
+        start_capacity: Option<i32>,
+        /// Also plot load, capacity and unserved load to this SVG file.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Pause `run` for a deploy window: it applies nothing until the hold
     /// ends (`<file>.hold` holds the end time).
@@ -120,6 +147,53 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         return hold(&args.file, *duration, *release);
     }
     let file = AutoscalingFile::load(&args.file)?;
+    if let AutoscaleCommand::Simulate {
+        trace,
+        target,
+        capacity_per_instance,
+        provision_delay,
+        start_capacity,
+        svg,
+    } = &args.command
+    {
+        inferlb_autoscaler::validate(&file)?;
+        let target = match target {
+            Some(id) => file
+                .targets
+                .iter()
+                .find(|t| &t.resource_id == id)
+                .with_context(|| format!("the file declares no target {id}"))?,
+            None => file
+                .targets
+                .first()
+                .context("the file declares no target")?,
+        };
+        let trace = Trace::load(trace)?;
+        let capacity = capacity_per_instance
+            .or_else(|| target.target_tracking.first().map(|p| p.target_value))
+            .context("give --capacity-per-instance (the target has no target-tracking policy to take it from)")?;
+        let options = SimOptions {
+            capacity_per_instance: capacity,
+            provision_delay_s: provision_delay.as_secs() as i64,
+            start_capacity: start_capacity.unwrap_or(target.min_capacity.max(1)),
+        };
+        let simulation = inferlb_autoscaler::simulate::run(target, &trace, options);
+        #[allow(clippy::print_stdout)]
+        if args.output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&simulation)?);
+        } else {
+            println!(
+                "{} with {}",
+                target.resource_id,
+                serde_json::to_string(&options)?
+            );
+            print!("{}", inferlb_autoscaler::simulate::render(&simulation));
+        }
+        if let Some(path) = svg {
+            crate::plot::simulation(path, &target.resource_id, &simulation)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -136,7 +210,9 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         let aws = Aws::connect(&options, file.region.as_deref()).await;
         let agent = Agent::new(aws, file)?;
         match args.command {
-            AutoscaleCommand::Hold { .. } => unreachable!("handled before loading the file"),
+            AutoscaleCommand::Hold { .. } | AutoscaleCommand::Simulate { .. } => {
+                unreachable!("handled before any AWS client is made")
+            }
             AutoscaleCommand::Plan { reset_capacity } => {
                 let plan = agent
                     .plan_with(PlanOptions {

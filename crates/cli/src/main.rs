@@ -5,6 +5,7 @@
 mod autoscale;
 mod demo;
 mod fake_replica;
+mod plot;
 mod replicas;
 mod serve;
 

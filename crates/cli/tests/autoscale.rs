@@ -163,3 +163,78 @@ fn hold_pauses_run_until_released() {
     assert!(text(&hold(&["--release"])).contains("no hold"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `simulate` runs on every shipped trace and prints the table, the JSON
+/// (one row per minute) and the SVG, with no AWS call and no AWS settings.
+#[test]
+fn simulate_runs_on_the_shipped_traces() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let file = format!("{root}/deploy/autoscaling.example.toml");
+    let dir = std::env::temp_dir().join(format!("inferlb-simulate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (trace, target) in [
+        ("daily", "endpoint/chat-llm/variant/AllTraffic"),
+        ("spike", "endpoint/chat-llm/variant/AllTraffic"),
+        ("ramp-to-zero", "inference-component/chat-llm-ic"),
+    ] {
+        let trace_path = format!("{root}/deploy/traces/{trace}.csv");
+        let svg = dir.join(format!("{trace}.svg"));
+        let run = |output: &str| {
+            Command::new(env!("CARGO_BIN_EXE_inferlb"))
+                .args([
+                    "autoscale",
+                    "simulate",
+                    "--file",
+                    &file,
+                    "--trace",
+                    &trace_path,
+                ])
+                .args(["--target", target, "--output", output])
+                .arg("--svg")
+                .arg(&svg)
+                .env_remove("AWS_REGION")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .output()
+                .unwrap()
+        };
+        let table = run("table");
+        assert_eq!(table.status.code(), Some(0), "{trace}: {}", text(&table));
+        assert!(text(&table).contains("scale-outs"), "{}", text(&table));
+        let json = run("json");
+        assert_eq!(json.status.code(), Some(0), "{trace}: {}", text(&json));
+        let sim: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+        let rows = sim["timeline"].as_array().unwrap();
+        assert!(rows.len() > 60, "{trace}: one row per minute");
+        assert!(sim["summary"]["peak"].as_i64().unwrap() >= 1);
+        let drawn = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            drawn.starts_with("<svg") && drawn.contains("unserved"),
+            "{trace}"
+        );
+    }
+    // The scale-to-zero trace goes to zero copies and comes back.
+    let json = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .args(["autoscale", "simulate", "--file", &file])
+        .args(["--trace", &format!("{root}/deploy/traces/ramp-to-zero.csv")])
+        .args([
+            "--target",
+            "inference-component/chat-llm-ic",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let sim: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let desired: Vec<i64> = sim["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["desired"].as_i64().unwrap())
+        .collect();
+    let zero = desired
+        .iter()
+        .position(|&d| d == 0)
+        .expect("scales to zero");
+    assert!(desired[zero..].iter().any(|&d| d > 0), "and back");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -56,10 +56,13 @@ fn new_capacity_serves_only_after_the_provisioning_delay() {
     let mut engine = Engine::new(&target(TRACKING), 2, 300);
     replay(&mut engine, &[500.0; 3]);
     assert_eq!((engine.desired(), engine.in_service()), (5, 2));
-    engine.step(3 * 60 + 300, &Minute {
-        tracking: vec![100.0],
-        recipe: 0.0,
-    });
+    engine.step(
+        3 * 60 + 300,
+        &Minute {
+            tracking: vec![100.0],
+            recipe: 0.0,
+        },
+    );
     assert_eq!(engine.in_service(), 5);
 }
 
@@ -79,7 +82,10 @@ fn target_tracking_scales_in_after_fifteen_quiet_minutes_without_overshooting() 
 
 #[test]
 fn disable_scale_in_keeps_the_capacity() {
-    let text = TRACKING.replace("scale_in_cooldown_s = 600", "scale_in_cooldown_s = 600\ndisable_scale_in = true");
+    let text = TRACKING.replace(
+        "scale_in_cooldown_s = 600",
+        "scale_in_cooldown_s = 600\ndisable_scale_in = true",
+    );
     let mut engine = Engine::new(&target(&text), 8, 0);
     assert!(replay(&mut engine, &[10.0; 40]).is_empty());
 }
@@ -97,36 +103,51 @@ fn cooldowns_hold_with_aas_interaction_rules() {
     assert_eq!(acts.last().unwrap().to, 2);
     let acts: Vec<Activity> = (15..24)
         .flat_map(|i| {
-            quiet.step(i * 60, &Minute {
-                tracking: vec![10.0],
-                recipe: 0.0,
-            })
+            quiet.step(
+                i * 60,
+                &Minute {
+                    tracking: vec![10.0],
+                    recipe: 0.0,
+                },
+            )
         })
         .collect();
     assert!(acts.is_empty(), "scale-in inside its cooldown: {acts:?}");
     // A surge inside the scale-in cooldown scales out at once.
     let acts: Vec<Activity> = (24..27)
         .flat_map(|i| {
-            quiet.step(i * 60, &Minute {
-                tracking: vec![300.0],
-                recipe: 0.0,
-            })
+            quiet.step(
+                i * 60,
+                &Minute {
+                    tracking: vec![300.0],
+                    recipe: 0.0,
+                },
+            )
         })
         .collect();
     assert_eq!(acts.len(), 1, "{acts:?}");
     assert_eq!(acts[0].to, 6);
     // Inside the scale-out cooldown (120 s), the same level does not scale
     // again, but a larger one does.
-    let same = quiet.step(27 * 60, &Minute {
-        tracking: vec![100.0],
-        recipe: 0.0,
-    });
+    let same = quiet.step(
+        27 * 60,
+        &Minute {
+            tracking: vec![100.0],
+            recipe: 0.0,
+        },
+    );
     assert!(same.is_empty());
-    let larger = quiet.step(28 * 60, &Minute {
-        tracking: vec![200.0],
-        recipe: 0.0,
-    });
-    assert!(larger.is_empty(), "three datapoints above target are needed");
+    let larger = quiet.step(
+        28 * 60,
+        &Minute {
+            tracking: vec![200.0],
+            recipe: 0.0,
+        },
+    );
+    assert!(
+        larger.is_empty(),
+        "three datapoints above target are needed"
+    );
 }
 
 // Several policies: the largest capacity wins.
@@ -137,10 +158,13 @@ fn the_largest_capacity_wins() {
     );
     let mut engine = Engine::new(&target(&text), 2, 0);
     for i in 0..3 {
-        engine.step(i * 60, &Minute {
-            tracking: vec![150.0, 150.0],
-            recipe: 0.0,
-        });
+        engine.step(
+            i * 60,
+            &Minute {
+                tracking: vec![150.0, 150.0],
+                recipe: 0.0,
+            },
+        );
     }
     // Policy one wants ceil(2 × 1.5) = 3, policy two ceil(2 × 3) = 6.
     assert_eq!(engine.desired(), 6);
@@ -156,15 +180,21 @@ fn a_scheduled_action_sets_min_in_its_time_zone() {
     let mut engine = Engine::new(&target(&text), 1, 0);
     // Monday 2026-11-30 07:00 UTC = 08:00 in Berlin (CET, UTC+1).
     let monday_0700_utc = 1_796_022_000;
-    let before = engine.step(monday_0700_utc - 60, &Minute {
-        tracking: vec![50.0],
-        recipe: 0.0,
-    });
+    let before = engine.step(
+        monday_0700_utc - 60,
+        &Minute {
+            tracking: vec![50.0],
+            recipe: 0.0,
+        },
+    );
     assert!(before.is_empty());
-    let acts = engine.step(monday_0700_utc, &Minute {
-        tracking: vec![50.0],
-        recipe: 0.0,
-    });
+    let acts = engine.step(
+        monday_0700_utc,
+        &Minute {
+            tracking: vec![50.0],
+            recipe: 0.0,
+        },
+    );
     assert_eq!(engine.bounds(), (4, 10));
     assert_eq!(engine.desired(), 4);
     assert!(acts[0].reason.contains("mornings"), "{acts:?}");
@@ -201,15 +231,21 @@ step_policy = "wake"
 "#;
     let mut engine = Engine::new(&target(text), 0, 0);
     assert!(engine
-        .step(0, &Minute {
-            tracking: vec![0.0],
-            recipe: 0.0,
-        })
+        .step(
+            0,
+            &Minute {
+                tracking: vec![0.0],
+                recipe: 0.0,
+            }
+        )
         .is_empty());
-    let acts = engine.step(60, &Minute {
-        tracking: vec![0.0],
-        recipe: 3.0,
-    });
+    let acts = engine.step(
+        60,
+        &Minute {
+            tracking: vec![0.0],
+            recipe: 3.0,
+        },
+    );
     assert_eq!((acts[0].from, acts[0].to), (0, 1));
     assert!(acts[0].reason.contains("NoCapacityInvocationFailures"));
 }

@@ -1,0 +1,427 @@
+//! `inferlb autoscale simulate`: a load trace replayed through the declared
+//! file's policies by the [`engine`](crate::engine), minute by minute.
+//!
+//! The trace is CSV with a header: `time` (RFC 3339, or seconds from the
+//! start) and one load column, `invocations` (per minute) or `concurrency`
+//! (requests in flight); a `metric` column, when present, is what a
+//! customized-metric policy sees. Each policy's metric is derived from the
+//! load and the capacity *in service* at that minute (invocations per
+//! instance, concurrent requests per copy). Load above what the in-service
+//! capacity serves (`capacity_per_instance` each) is unserved.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::engine::{Activity, Engine, Minute};
+use crate::model::{Target, BACKLOG_METRIC};
+
+/// What the trace's load column counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadKind {
+    /// Invocations per minute.
+    Invocations,
+    /// Requests in flight.
+    Concurrency,
+}
+
+/// One row of a trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the start of the trace.
+    pub at_s: i64,
+    pub load: f64,
+    /// A customized metric's value, when the trace gives one.
+    pub metric: Option<f64>,
+}
+
+/// A parsed trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub kind: LoadKind,
+    /// The wall-clock start (seconds since the epoch), for schedules; the
+    /// first RFC 3339 time, or now rounded to the minute.
+    pub start_epoch: i64,
+    pub samples: Vec<Sample>,
+}
+
+/// Why a trace cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("cannot read the trace {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("trace line {line}: {reason}")]
+    Row { line: usize, reason: String },
+    #[error("the trace needs a header with `time` and `invocations` or `concurrency`")]
+    Header,
+    #[error("the trace has no rows")]
+    Empty,
+}
+
+impl Trace {
+    /// Reads a CSV trace.
+    pub fn load(path: &Path) -> Result<Self, TraceError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TraceError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses CSV text.
+    pub fn parse(text: &str) -> Result<Self, TraceError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .comment(Some(b'#'))
+            .from_reader(text.as_bytes());
+        let headers = reader.headers().map_err(|_| TraceError::Header)?.clone();
+        let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+        let time = column("time").ok_or(TraceError::Header)?;
+        let (kind, load) = match (column("invocations"), column("concurrency")) {
+            (Some(i), _) => (LoadKind::Invocations, i),
+            (None, Some(c)) => (LoadKind::Concurrency, c),
+            (None, None) => return Err(TraceError::Header),
+        };
+        let metric = column("metric");
+        let mut samples = Vec::new();
+        let mut start_epoch = None;
+        for (i, record) in reader.records().enumerate() {
+            let line = i + 2;
+            let record = record.map_err(|e| TraceError::Row {
+                line,
+                reason: e.to_string(),
+            })?;
+            let field = |at: usize| record.get(at).unwrap_or("");
+            let number = |at: usize, what: &str| {
+                field(at)
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| TraceError::Row {
+                        line,
+                        reason: format!("{what} {:?} is not a number of 0 or more", field(at)),
+                    })
+            };
+            let at_s = match field(time).parse::<f64>() {
+                Ok(s) => s as i64,
+                Err(_) => {
+                    let epoch =
+                        crate::plan::epoch_seconds(field(time)).ok_or_else(|| TraceError::Row {
+                            line,
+                            reason: format!(
+                                "time {:?} is neither RFC 3339 nor seconds",
+                                field(time)
+                            ),
+                        })?;
+                    let start = *start_epoch.get_or_insert(epoch);
+                    epoch - start
+                }
+            };
+            if samples.last().is_some_and(|s: &Sample| s.at_s > at_s) {
+                return Err(TraceError::Row {
+                    line,
+                    reason: "times must not go backwards".into(),
+                });
+            }
+            samples.push(Sample {
+                at_s,
+                load: number(load, "load")?,
+                metric: metric.map(|m| number(m, "metric")).transpose()?,
+            });
+        }
+        if samples.is_empty() {
+            return Err(TraceError::Empty);
+        }
+        let start_epoch = start_epoch.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            now - now % 60
+        });
+        Ok(Self {
+            kind,
+            start_epoch,
+            samples,
+        })
+    }
+
+    /// The sample in force at `at_s` (the latest at or before it).
+    fn at(&self, at_s: i64) -> Sample {
+        let i = self.samples.partition_point(|s| s.at_s <= at_s);
+        self.samples[i.saturating_sub(1)]
+    }
+
+    /// Minutes the trace covers (its last time, rounded up, plus one).
+    pub fn minutes(&self) -> i64 {
+        self.samples.last().map_or(0, |s| s.at_s / 60 + 1)
+    }
+}
+
+/// How the simulation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Options {
+    /// What one instance or copy serves: invocations per minute, or
+    /// concurrent requests (the trace's kind).
+    pub capacity_per_instance: f64,
+    /// Time from a scale-out until the new capacity serves.
+    pub provision_delay_s: i64,
+    /// Capacity at the start (clamped into [min, max]).
+    pub start_capacity: i32,
+}
+
+/// One minute of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// Seconds from the start.
+    pub t: i64,
+    pub load: f64,
+    /// The first target-tracking policy's metric (or the recipe's); `None`
+    /// when it has no datapoint (nothing in service).
+    pub metric: Option<f64>,
+    pub desired: i32,
+    pub in_service: i32,
+    pub unserved: f64,
+    /// What AAS did, with its reasons; empty when nothing.
+    pub activity: String,
+}
+
+/// The totals.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub scale_outs: usize,
+    pub scale_ins: usize,
+    pub peak: i32,
+    /// Desired capacity over time (provisioning units are billed too).
+    pub instance_hours: f64,
+    pub unserved_minutes: usize,
+    /// Unserved load over all load.
+    pub unserved_share: f64,
+    /// From the first minute with unserved load to the first minute after it
+    /// with enough capacity; `None` when there was none, or it never came.
+    pub time_to_capacity_s: Option<i64>,
+}
+
+/// The result of a simulation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Simulation {
+    pub timeline: Vec<Row>,
+    pub summary: Summary,
+}
+
+/// Whether a predefined metric counts concurrency (rather than invocations).
+fn counts_concurrency(metric: &str) -> bool {
+    metric.contains("Concurren")
+}
+
+/// Replays `trace` through `target`'s policies.
+pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
+    let mut engine = Engine::new(target, options.start_capacity, options.provision_delay_s);
+    let mut timeline = Vec::new();
+    let mut activities: Vec<Activity> = Vec::new();
+    let recipe_metric = target.alarm().map(|a| a.metric_name);
+    for minute in 0..trace.minutes() {
+        let t = minute * 60;
+        let sample = trace.at(t);
+        let in_service = engine.in_service();
+        // With nothing in service a per-instance metric has no datapoint
+        // (CloudWatch reports INSUFFICIENT_DATA): no alarm moves on it.
+        let per = if in_service == 0 {
+            f64::NAN
+        } else {
+            sample.load / f64::from(in_service)
+        };
+        let tracking: Vec<f64> = target
+            .target_tracking
+            .iter()
+            .map(|p| match (&p.predefined_metric, sample.metric) {
+                (None, Some(metric)) => metric,
+                (Some(name), _) if name.ends_with("Utilization") => {
+                    per / options.capacity_per_instance.max(f64::MIN_POSITIVE)
+                }
+                (Some(name), _)
+                    if counts_concurrency(name) != (trace.kind == LoadKind::Concurrency) =>
+                {
+                    // The trace counts the other thing; use it as it is.
+                    per
+                }
+                _ => per,
+            })
+            .collect();
+        let recipe = match recipe_metric {
+            Some(BACKLOG_METRIC) => f64::from(u8::from(in_service == 0 && sample.load > 0.0)),
+            Some(_) if in_service == 0 => sample.load,
+            _ => 0.0,
+        };
+        let acts = engine.step(
+            trace.start_epoch + t,
+            &Minute {
+                tracking: tracking.clone(),
+                recipe,
+            },
+        );
+        let served = f64::from(engine.in_service()) * options.capacity_per_instance;
+        let unserved = (sample.load - served).max(0.0);
+        timeline.push(Row {
+            t,
+            load: sample.load,
+            metric: tracking
+                .first()
+                .copied()
+                .or(Some(recipe))
+                .filter(|m| m.is_finite()),
+            desired: engine.desired(),
+            in_service: engine.in_service(),
+            unserved,
+            activity: acts
+                .iter()
+                .map(|a| format!("{} -> {}: {}", a.from, a.to, a.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+        activities.extend(acts);
+    }
+    let summary = summarize(&timeline, &activities);
+    Simulation { timeline, summary }
+}
+
+fn summarize(timeline: &[Row], activities: &[Activity]) -> Summary {
+    let total_load: f64 = timeline.iter().map(|r| r.load).sum();
+    let total_unserved: f64 = timeline.iter().map(|r| r.unserved).sum();
+    let first_short = timeline.iter().position(|r| r.unserved > 0.0);
+    let time_to_capacity_s = first_short.and_then(|i| {
+        timeline[i..]
+            .iter()
+            .find(|r| r.unserved == 0.0)
+            .map(|r| r.t - timeline[i].t)
+    });
+    Summary {
+        scale_outs: activities.iter().filter(|a| a.to > a.from).count(),
+        scale_ins: activities.iter().filter(|a| a.to < a.from).count(),
+        peak: timeline.iter().map(|r| r.desired).max().unwrap_or(0),
+        instance_hours: timeline.iter().map(|r| f64::from(r.desired)).sum::<f64>() / 60.0,
+        unserved_minutes: timeline.iter().filter(|r| r.unserved > 0.0).count(),
+        unserved_share: if total_load > 0.0 {
+            total_unserved / total_load
+        } else {
+            0.0
+        },
+        time_to_capacity_s,
+    }
+}
+
+/// The timeline as a fixed-width table, then the summary.
+pub fn render(simulation: &Simulation) -> String {
+    let mut out = format!(
+        "{:>7}  {:>10}  {:>9}  {:>7}  {:>10}  {:>9}  ACTIVITY\n",
+        "MINUTE", "LOAD", "METRIC", "DESIRED", "IN SERVICE", "UNSERVED"
+    );
+    for r in &simulation.timeline {
+        out.push_str(&format!(
+            "{:>7}  {:>10.1}  {:>9}  {:>7}  {:>10}  {:>9.1}  {}\n",
+            r.t / 60,
+            r.load,
+            r.metric.map_or("-".to_owned(), |m| format!("{m:.2}")),
+            r.desired,
+            r.in_service,
+            r.unserved,
+            r.activity
+        ));
+    }
+    let s = &simulation.summary;
+    out.push_str(&format!(
+        "\nscale-outs {}, scale-ins {}, peak {}, instance-hours {:.2}, unserved minutes {} ({:.2}% of load), time to capacity {}\n",
+        s.scale_outs,
+        s.scale_ins,
+        s.peak,
+        s.instance_hours,
+        s.unserved_minutes,
+        s.unserved_share * 100.0,
+        s.time_to_capacity_s
+            .map_or("-".to_owned(), |t| format!("{t} s"))
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AutoscalingFile;
+
+    const FILE: &str = r#"
+[[targets]]
+resource_id = "endpoint/ep/variant/v"
+min_capacity = 1
+max_capacity = 10
+[[targets.target_tracking]]
+name = "tt"
+predefined_metric = "SageMakerVariantInvocationsPerInstance"
+target_value = 100.0
+scale_in_cooldown_s = 300
+"#;
+
+    fn options() -> Options {
+        Options {
+            capacity_per_instance: 120.0,
+            provision_delay_s: 300,
+            start_capacity: 1,
+        }
+    }
+
+    #[test]
+    fn a_spike_is_unserved_until_capacity_arrives() {
+        let target = AutoscalingFile::from_toml(FILE).unwrap().targets.remove(0);
+        let trace = Trace::parse("time,invocations\n0,50\n600,800\n3000,50\n3600,50\n").unwrap();
+        let sim = run(&target, &trace, options());
+        assert_eq!(sim.timeline.len() as i64, trace.minutes());
+        let s = &sim.summary;
+        assert!(s.scale_outs >= 1 && s.scale_ins >= 1, "{s:?}");
+        assert!(s.unserved_minutes > 0);
+        // Three datapoints (the spike's first minute and two more), then
+        // five minutes of provisioning.
+        assert_eq!(s.time_to_capacity_s, Some(7 * 60), "{s:?}");
+        assert!(s.peak >= 7, "800 per minute at 100 per instance: {s:?}");
+        let json = serde_json::to_value(&sim).unwrap();
+        for key in [
+            "t",
+            "load",
+            "metric",
+            "desired",
+            "in_service",
+            "unserved",
+            "activity",
+        ] {
+            assert!(json["timeline"][0].get(key).is_some(), "{key}");
+        }
+        for key in [
+            "scale_outs",
+            "scale_ins",
+            "peak",
+            "instance_hours",
+            "unserved_minutes",
+            "unserved_share",
+            "time_to_capacity_s",
+        ] {
+            assert!(json["summary"].get(key).is_some(), "{key}");
+        }
+        assert!(render(&sim).contains("scale-outs"));
+    }
+
+    #[test]
+    fn traces_are_checked_line_by_line() {
+        assert!(matches!(
+            Trace::parse("when,load\n0,1\n"),
+            Err(TraceError::Header)
+        ));
+        let err = Trace::parse("time,invocations\n0,1\n60,x\n").unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
+        let err = Trace::parse("time,invocations\n60,1\n0,1\n").unwrap_err();
+        assert!(err.to_string().contains("backwards"), "{err}");
+        let t = Trace::parse("time,concurrency\n2026-11-30T07:00:00Z,3\n2026-11-30T07:10:00Z,5\n")
+            .unwrap();
+        assert_eq!(
+            (t.kind, t.samples[1].at_s, t.start_epoch),
+            (LoadKind::Concurrency, 600, 1_796_022_000)
+        );
+    }
+}
