@@ -26,7 +26,8 @@ pub const MAX_PAGES: usize = 100;
 
 /// Every API action the agent calls, as IAM names them; the IAM policy in
 /// `deploy/iam/inferlb-autoscaler.json` grants exactly these (a test checks).
-pub const ACTIONS: [&str; 15] = [
+pub const ACTIONS: [&str; 16] = [
+    "cloudwatch:PutMetricData",
     "application-autoscaling:RegisterScalableTarget",
     "application-autoscaling:TagResource",
     "application-autoscaling:ListTagsForResource",
@@ -73,7 +74,7 @@ pub struct AwsError {
     pub message: String,
 }
 
-fn aws_error<E, R>(
+pub(crate) fn aws_error<E, R>(
     call: &'static str,
     resource: &str,
     err: aws_smithy_runtime_api::client::result::SdkError<E, R>,
@@ -1311,7 +1312,7 @@ mod tests {
         assert_eq!(granted, expected);
         // Each call granted is one this module really makes; each permission
         // only checked is one it never calls.
-        let source = include_str!("aws.rs");
+        let source = concat!(include_str!("aws.rs"), include_str!("publish.rs"));
         for action in ACTIONS {
             let call = action.split(':').nth(1).unwrap();
             assert!(
@@ -1349,6 +1350,13 @@ mod tests {
                 "arn:aws:cloudwatch:*:*:alarm:{}*",
                 crate::model::ALARM_PREFIX
             )
+        );
+        // The proxy's metrics: only into its namespace.
+        let publish = by_sid("ProxyConcurrencyMetrics");
+        assert_eq!(actions(publish), ["cloudwatch:PutMetricData"]);
+        assert_eq!(
+            publish["Condition"]["StringEquals"]["cloudwatch:namespace"],
+            "inferlb"
         );
         let slr = by_sid("SageMakerScalingServiceLinkedRole")["Resource"]
             .as_str()

@@ -14,6 +14,7 @@
 //! - [`agent`]: plan, apply, destroy, status, run.
 //! - [`engine`]: a pure model of how AAS decides capacity (for `simulate`).
 //! - [`simulate`]: a load trace replayed through the engine.
+//! - [`publish`]: the proxy's concurrency, published to CloudWatch.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod aws;
 pub mod engine;
 pub mod model;
 pub mod plan;
+pub mod publish;
 pub mod retry;
 pub mod simulate;
 pub mod validate;

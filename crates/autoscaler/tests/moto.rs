@@ -516,3 +516,80 @@ async fn prune_deletes_only_marked_alarms_the_file_dropped() {
     assert!(!names.contains(&"inferlb-old-component-no-capacity".to_owned()));
     assert!(names.contains(&"inferlb-chat-llm-ic-no-capacity".to_owned()));
 }
+
+/// The proxy's signal reaches CloudWatch: one PutMetricData per interval,
+/// every metric per pool with the `Pool` dimension and the configured ones,
+/// readable back (ListMetrics, GetMetricStatistics).
+#[tokio::test]
+async fn per_pool_concurrency_is_published_to_cloudwatch() {
+    use inferlb_autoscaler::publish::{PoolSample, Publisher, METRICS};
+    let moto = moto().await;
+    let publisher = Publisher::new(
+        moto.cw.clone(),
+        "inferlb".into(),
+        true,
+        vec![("EndpointName".into(), "chat-llm".into())],
+    );
+    let at = std::time::SystemTime::now();
+    let sample = PoolSample {
+        pool: "llama-3-8b".into(),
+        in_flight_per_replica: 3.5,
+        max_in_flight_per_replica: 6.0,
+        requests: 120.0,
+        errors_5xx: 2.0,
+        queued: 0.0,
+    };
+    publisher.put(at, &[sample]).await.unwrap();
+    let listed = moto
+        .cw
+        .list_metrics()
+        .namespace("inferlb")
+        .send()
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = listed
+        .metrics()
+        .iter()
+        .filter_map(|m| m.metric_name())
+        .collect();
+    names.sort();
+    let mut expected = METRICS.to_vec();
+    expected.sort();
+    assert_eq!(names, expected);
+    let dims = listed.metrics()[0].dimensions();
+    assert!(dims
+        .iter()
+        .any(|d| d.name() == Some("Pool") && d.value() == Some("llama-3-8b")));
+    assert!(dims.iter().any(|d| d.name() == Some("EndpointName")));
+    let stats = moto
+        .cw
+        .get_metric_statistics()
+        .namespace("inferlb")
+        .metric_name("InFlightPerReplica")
+        .dimensions(
+            cw::types::Dimension::builder()
+                .name("Pool")
+                .value("llama-3-8b")
+                .build(),
+        )
+        .dimensions(
+            cw::types::Dimension::builder()
+                .name("EndpointName")
+                .value("chat-llm")
+                .build(),
+        )
+        .start_time(aws_smithy_types::DateTime::from(
+            at - std::time::Duration::from_secs(600),
+        ))
+        .end_time(aws_smithy_types::DateTime::from(
+            at + std::time::Duration::from_secs(600),
+        ))
+        .period(60)
+        .statistics(cw::types::Statistic::Average)
+        .send()
+        .await
+        .unwrap();
+    let points = stats.datapoints();
+    assert_eq!(points.len(), 1, "{points:?}");
+    assert_eq!(points[0].average(), Some(3.5));
+}

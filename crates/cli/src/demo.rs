@@ -138,6 +138,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         dns_refresh: None,
         config_path: None,
         health: config.health.clone(),
+        publish: None,
     };
     let workers = config.proxy.worker_count();
     crate::serve::run_control_plane(handle, snapshots, state, workers, plane)?;

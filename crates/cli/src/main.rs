@@ -6,6 +6,7 @@ mod autoscale;
 mod demo;
 mod fake_replica;
 mod plot;
+mod publish;
 mod replicas;
 mod serve;
 

@@ -181,6 +181,8 @@ pub(crate) struct ControlPlane {
     pub(crate) config_path: Option<PathBuf>,
     /// Active health checks.
     pub(crate) health: inferlb_core::config::HealthCheck,
+    /// Publishing the proxy's concurrency to CloudWatch.
+    pub(crate) publish: Option<inferlb_core::config::Publish>,
 }
 
 /// Runs the control plane on this thread (tokio, current-thread): the admin
@@ -246,6 +248,10 @@ pub(crate) fn run_control_plane(
             ));
         }
         tokio::spawn(inferlb_admin::engine::run(Arc::clone(&control)));
+        if let Some(publish) = plane.publish.clone() {
+            tracing::info!(namespace = %publish.namespace, interval = ?publish.interval, "publishing per-pool concurrency to CloudWatch");
+            tokio::spawn(crate::publish::run(Arc::clone(&control), publish));
+        }
         let pool_checks = plane
             .declared
             .pools
@@ -385,6 +391,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         dns_refresh: config.dns_refresh,
         config_path: args.config.clone(),
         health: config.health.clone(),
+        publish: config.publish.clone(),
     };
     run_control_plane(handle, snapshots, state, config.proxy.worker_count(), plane)
 }

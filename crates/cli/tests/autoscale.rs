@@ -238,3 +238,102 @@ fn simulate_runs_on_the_shipped_traces() {
     assert!(desired[zero..].iter().any(|&d| d > 0), "and back");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// ListMetrics through moto's query API: the metric names in `namespace`.
+fn listed_metrics(url: &str, namespace: &str) -> String {
+    let addr = url.trim_start_matches("http://");
+    let body = format!("Action=ListMetrics&Namespace={namespace}&Version=2010-08-01");
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/monitoring/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
+/// `inferlb serve` with `[autoscaling.publish]` puts its per-pool
+/// concurrency into CloudWatch every interval (moto stands in; credentials
+/// and endpoint through aws-config's environment).
+#[test]
+fn serve_publishes_pool_concurrency_to_cloudwatch() {
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+    let url = moto_url();
+    let namespace = format!("inferlb-e2e-{}", std::process::id());
+    let replica = inferlb_testkit::FakeReplica::builder()
+        .name("m1")
+        .start()
+        .unwrap();
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let config = format!(
+        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
+         [[pools]]\nname = \"m\"\nreplicas = [{{ address = \"{}\" }}]\n\
+         [autoscaling.publish]\nnamespace = \"{namespace}\"\ninterval_s = 10\n\
+         dimensions = [{{ name = \"EndpointName\", value = \"e2e\" }}]\n",
+        replica.addr()
+    );
+    let dir = std::env::temp_dir().join(format!("inferlb-publish-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("inferlb.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("AWS_ENDPOINT_URL", &url)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(inferlb_testkit::wait_for_port(
+        listen,
+        Duration::from_secs(15)
+    ));
+    let mut client = inferlb_testkit::RawClient::connect(listen).unwrap();
+    for _ in 0..5 {
+        client
+            .send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Model: m\r\n\r\n")
+            .unwrap();
+        assert_eq!(client.read_response().unwrap().status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut listed = String::new();
+    while Instant::now() < deadline {
+        listed = listed_metrics(&url, &namespace);
+        if listed.contains("InFlightPerReplica") && listed.contains("Requests") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    for needle in [
+        "InFlightPerReplica",
+        "MaxInFlightPerReplica",
+        "Requests",
+        "Errors5xx",
+        "QueuedRequests",
+        "<Value>m</Value>",
+        "EndpointName",
+    ] {
+        assert!(listed.contains(needle), "{needle} not published: {listed}");
+    }
+}

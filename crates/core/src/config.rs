@@ -149,6 +149,52 @@ pub struct FileConfig {
     /// used, are applied on top of them.
     #[serde(default)]
     pub replicas: Vec<FileReplica>,
+    /// Autoscaling signals the proxy publishes.
+    #[serde(default)]
+    pub autoscaling: FileAutoscaling,
+}
+
+/// `[autoscaling]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAutoscaling {
+    /// Publishing the proxy's own concurrency to CloudWatch.
+    pub publish: Option<FilePublish>,
+}
+
+/// `[autoscaling.publish]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePublish {
+    /// CloudWatch namespace. Default `inferlb`.
+    pub namespace: Option<String>,
+    /// Seconds between publications: 10 (high-resolution metrics) or 60
+    /// (default).
+    pub interval_s: Option<u64>,
+    /// AWS region; default: aws-config's chain.
+    pub region: Option<String>,
+    /// Dimensions added to every metric (the pool is always one), e.g.
+    /// `[{ name = "EndpointName", value = "chat-llm" }]`.
+    #[serde(default)]
+    pub dimensions: Vec<FileDimension>,
+}
+
+/// A CloudWatch dimension.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDimension {
+    pub name: String,
+    pub value: String,
+}
+
+/// Publishing the proxy's concurrency to CloudWatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub namespace: String,
+    pub interval: Duration,
+    pub region: Option<String>,
+    /// `(name, value)` pairs added to every metric, after `Pool`.
+    pub dimensions: Vec<(String, String)>,
 }
 
 /// `routing = "p2c"`, or a `[routing]` table.
@@ -705,6 +751,8 @@ pub struct Config {
     pub dns_refresh: Option<Duration>,
     /// Slow start and fail-open.
     pub policy: crate::replica_set::Policy,
+    /// Publishing the proxy's concurrency to CloudWatch; `None` is off.
+    pub publish: Option<Publish>,
 }
 
 impl Config {
@@ -1076,6 +1124,53 @@ fn model_selection(routing: Option<&FileRouting>) -> Result<ModelSelection, Conf
     })
 }
 
+fn publish(a: &FileAutoscaling) -> Result<Option<Publish>, ConfigError> {
+    let Some(p) = &a.publish else {
+        return Ok(None);
+    };
+    let namespace = p.namespace.clone().unwrap_or_else(|| "inferlb".to_owned());
+    if namespace.is_empty() || namespace.len() > 255 || namespace.starts_with("AWS/") {
+        return Err(ConfigError::invalid(
+            "autoscaling.publish.namespace",
+            "1 to 255 characters, and not an AWS/ namespace",
+        ));
+    }
+    let interval = match p.interval_s.unwrap_or(60) {
+        s @ (10 | 60) => Duration::from_secs(s),
+        other => {
+            return Err(ConfigError::invalid(
+                "autoscaling.publish.interval_s",
+                format!("{other} is not 10 (high-resolution metrics) or 60"),
+            ))
+        }
+    };
+    // CloudWatch allows 30 dimensions per metric; the pool is one.
+    if p.dimensions.len() > 29 {
+        return Err(ConfigError::invalid(
+            "autoscaling.publish.dimensions",
+            "at most 29 (the pool is the 30th)",
+        ));
+    }
+    for (i, d) in p.dimensions.iter().enumerate() {
+        if d.name.is_empty() || d.value.is_empty() || d.name == "Pool" {
+            return Err(ConfigError::invalid(
+                format!("autoscaling.publish.dimensions[{i}]"),
+                "name and value must not be empty, and Pool is inferlb's own",
+            ));
+        }
+    }
+    Ok(Some(Publish {
+        namespace,
+        interval,
+        region: p.region.clone(),
+        dimensions: p
+            .dimensions
+            .iter()
+            .map(|d| (d.name.clone(), d.value.clone()))
+            .collect(),
+    }))
+}
+
 fn admin(a: &FileAdmin) -> Result<AdminConfig, ConfigError> {
     let admin_listen = match &a.listen {
         None => AdminConfig::default().listen,
@@ -1251,6 +1346,7 @@ impl TryFrom<FileConfig> for Config {
             },
             replicas: replicas(&file)?,
             pools: pools(&file)?,
+            publish: publish(&file.autoscaling)?,
         })
     }
 }
@@ -1432,6 +1528,41 @@ mod tests {
             match Config::from_toml(text) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
                 other => panic!("{text}: expected an invalid {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn publishing_is_off_by_default_and_checked_when_on() {
+        assert_eq!(Config::from_toml("").unwrap().publish, None);
+        let config = Config::from_toml(
+            "[autoscaling.publish]\ninterval_s = 10\ndimensions = [{ name = \"EndpointName\", value = \"ep\" }]",
+        )
+        .unwrap();
+        let publish = config.publish.unwrap();
+        assert_eq!(publish.namespace, "inferlb");
+        assert_eq!(publish.interval, Duration::from_secs(10));
+        assert_eq!(
+            publish.dimensions,
+            [("EndpointName".to_owned(), "ep".to_owned())]
+        );
+        for (text, field) in [
+            (
+                "[autoscaling.publish]\ninterval_s = 30",
+                "autoscaling.publish.interval_s",
+            ),
+            (
+                "[autoscaling.publish]\nnamespace = \"AWS/SageMaker\"",
+                "autoscaling.publish.namespace",
+            ),
+            (
+                "[autoscaling.publish]\ndimensions = [{ name = \"Pool\", value = \"x\" }]",
+                "autoscaling.publish.dimensions[0]",
+            ),
+        ] {
+            match Config::from_toml(text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{text}: {other:?}"),
             }
         }
     }

@@ -1,0 +1,106 @@
+//! Samples the proxy's shared counters every second, off the data plane,
+//! and publishes them per pool each interval (`[autoscaling.publish]`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use inferlb_admin::Control;
+use inferlb_autoscaler::publish::{PoolSample, Publisher};
+use inferlb_core::config::Publish;
+use inferlb_core::StatusClass;
+
+/// The interval's running figures of one pool.
+#[derive(Debug, Default)]
+struct Acc {
+    ratio_sum: f64,
+    samples: u32,
+    max: u64,
+}
+
+/// Runs until the process ends.
+pub(crate) async fn run(control: Arc<Control>, config: Publish) {
+    let publisher = Publisher::connect(
+        config.region.clone(),
+        config.namespace.clone(),
+        config.interval <= Duration::from_secs(10),
+        config.dimensions.clone(),
+    )
+    .await;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acc: HashMap<String, Acc> = HashMap::new();
+    // Each replica's request and 5xx counters at the last publication.
+    let mut last: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut due = Instant::now() + config.interval;
+    loop {
+        ticker.tick().await;
+        let snapshot = control.snapshot();
+        for pool in snapshot.pools() {
+            let routable: Vec<u64> = pool
+                .members()
+                .iter()
+                .map(|&i| &snapshot.replicas()[i as usize])
+                .filter(|r| r.is_routable())
+                .map(|r| r.stats.in_flight())
+                .collect();
+            let entry = acc.entry(pool.name().to_string()).or_default();
+            if !routable.is_empty() {
+                entry.ratio_sum += routable.iter().sum::<u64>() as f64 / routable.len() as f64;
+            }
+            entry.samples += 1;
+            entry.max = entry.max.max(routable.iter().copied().max().unwrap_or(0));
+        }
+        if Instant::now() < due {
+            continue;
+        }
+        due += config.interval;
+        let mut samples = Vec::new();
+        let mut seen = HashMap::new();
+        for pool in snapshot.pools() {
+            let (mut requests, mut errors) = (0u64, 0u64);
+            for &i in pool.members() {
+                let r = &snapshot.replicas()[i as usize];
+                let now = (
+                    r.stats.requests(),
+                    r.stats.responses(StatusClass::ServerError),
+                );
+                let before = last.get(&r.uid).copied().unwrap_or((0, 0));
+                requests += now.0.saturating_sub(before.0);
+                errors += now.1.saturating_sub(before.1);
+                seen.insert(r.uid, now);
+            }
+            let a = acc.remove(pool.name().as_str()).unwrap_or_default();
+            samples.push(PoolSample {
+                pool: pool.name().to_string(),
+                in_flight_per_replica: a.ratio_sum / f64::from(a.samples.max(1)),
+                max_in_flight_per_replica: a.max as f64,
+                requests: requests as f64,
+                errors_5xx: errors as f64,
+                // Held requests arrive with local autoscaling (scale from zero).
+                queued: 0.0,
+            });
+        }
+        last = seen;
+        acc.clear();
+        let publisher = publisher.clone();
+        // Off this loop: a slow call delays nothing, and a failure is only
+        // logged; the next interval publishes again.
+        tokio::spawn(async move {
+            match tokio::time::timeout(
+                Duration::from_secs(30),
+                publisher.put(SystemTime::now(), &samples),
+            )
+            .await
+            {
+                Ok(Ok(())) => tracing::debug!(pools = samples.len(), "published to CloudWatch"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "publishing to CloudWatch failed; next interval tries again")
+                }
+                Err(_) => {
+                    tracing::warn!("publishing to CloudWatch timed out; next interval tries again")
+                }
+            }
+        });
+    }
+}
