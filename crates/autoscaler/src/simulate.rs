@@ -168,6 +168,8 @@ pub struct Options {
     pub provision_delay_s: i64,
     /// Capacity at the start (clamped into [min, max]).
     pub start_capacity: i32,
+    /// The target-tracking alarms' datapoints and scale-in threshold.
+    pub alarms: crate::engine::TrackingAlarms,
 }
 
 /// One minute of the timeline.
@@ -216,7 +218,8 @@ fn counts_concurrency(metric: &str) -> bool {
 
 /// Replays `trace` through `target`'s policies.
 pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
-    let mut engine = Engine::new(target, options.start_capacity, options.provision_delay_s);
+    let mut engine = Engine::new(target, options.start_capacity, options.provision_delay_s)
+        .with_alarms(options.alarms);
     let mut timeline = Vec::new();
     let mut activities: Vec<Activity> = Vec::new();
     let recipe_metric = target.alarm().map(|a| a.metric_name);
@@ -365,6 +368,7 @@ scale_in_cooldown_s = 300
             capacity_per_instance: 120.0,
             provision_delay_s: 300,
             start_capacity: 1,
+            alarms: crate::engine::TrackingAlarms::default(),
         }
     }
 

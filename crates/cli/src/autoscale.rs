@@ -102,6 +102,15 @@ enum AutoscaleCommand {
         /// Also plot load, capacity and unserved load to this SVG file.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Minutes above target before target tracking scales out (AAS: 3).
+        #[arg(long, default_value_t = 3)]
+        scale_out_datapoints: usize,
+        /// Minutes below the scale-in threshold before it scales in (AAS: 15).
+        #[arg(long, default_value_t = 15)]
+        scale_in_datapoints: usize,
+        /// The scale-in threshold as a share of the target (AAS: 0.9).
+        #[arg(long, default_value_t = 0.9)]
+        scale_in_ratio: f64,
     },
     /// Pause `run` for a deploy window: it applies nothing until the hold
     /// ends (`<file>.hold` holds the end time).
@@ -154,6 +163,9 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         provision_delay,
         start_capacity,
         svg,
+        scale_out_datapoints,
+        scale_in_datapoints,
+        scale_in_ratio,
     } = &args.command
     {
         inferlb_autoscaler::validate(&file)?;
@@ -176,6 +188,11 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
             capacity_per_instance: capacity,
             provision_delay_s: provision_delay.as_secs() as i64,
             start_capacity: start_capacity.unwrap_or(target.min_capacity.max(1)),
+            alarms: inferlb_autoscaler::engine::TrackingAlarms {
+                scale_out_datapoints: (*scale_out_datapoints).max(1),
+                scale_in_datapoints: (*scale_in_datapoints).max(1),
+                scale_in_ratio: *scale_in_ratio,
+            },
         };
         let simulation = inferlb_autoscaler::simulate::run(target, &trace, options);
         #[allow(clippy::print_stdout)]
