@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inferlb_core::{clock, penalty, PrefixKey, ReplicaStats, Tried};
+use inferlb_core::{clock, penalty, PrefixKey, ReplicaSet, ReplicaStats, Tried};
 
 use crate::client::{Client, Generated};
 use crate::error::{Abort, ErrorKind};
@@ -318,39 +318,51 @@ async fn find_target(
     header_model: Option<String>,
     progress: &mut Progress,
 ) -> Result<Routed, Abort> {
-    let set = Arc::clone(worker.snapshots.borrow_mut().load());
     let mut target = Target {
         model: header_model,
         ..Target::default()
     };
-    let by_prefix = |pool: Option<usize>| {
+    let by_prefix = |set: &ReplicaSet, pool: Option<usize>| {
         pool.is_some_and(|p| set.pools()[p].routing() == inferlb_core::Routing::Prefix)
     };
     let max = worker.config.model.max_inspect_body_bytes;
-    let inspect = info.json
-        && info.body != Framing::None
-        && max > 0
-        && ((target.model.is_none() && models::has_named_pools(&set))
-            || by_prefix(set.pool_for(target.model.as_deref())));
-    if inspect {
-        let timeout = worker.config.timeouts.body_read;
-        let whole =
-            inspect::read_body(client, info, body, head_end, max, timeout, progress).await?;
-        if whole {
-            let payload = inspect::payload(&client.request[head_end..], info.body);
-            let parsed = inspect::Parsed::from(&payload);
-            if target.model.is_none() {
-                target.model = parsed.model().map(str::to_owned);
-            }
-            if by_prefix(set.pool_for(target.model.as_deref())) {
-                let mut text = Vec::new();
-                parsed.text(&payload, &mut text);
-                inferlb_core::prefix::chain(&text, &mut target.chain);
-                target.text_len = text.len();
-            }
-        } else if target.model.is_none() && set.default_pool().is_none() {
-            return Ok(Routed::TooLarge);
+    // Decided on the worker's cached snapshot, without taking a reference
+    // to it: the common request (no JSON body to read) touches no shared
+    // reference count.
+    {
+        let mut snapshots = worker.snapshots.borrow_mut();
+        let set = snapshots.load();
+        let inspect = info.json
+            && info.body != Framing::None
+            && max > 0
+            && ((target.model.is_none() && models::has_named_pools(set))
+                || by_prefix(set, set.pool_for(target.model.as_deref())));
+        if !inspect {
+            return Ok(if set.pool_for(target.model.as_deref()).is_none() {
+                Routed::NoPool(target.model)
+            } else {
+                Routed::To(target)
+            });
         }
+    }
+    let timeout = worker.config.timeouts.body_read;
+    let whole = inspect::read_body(client, info, body, head_end, max, timeout, progress).await?;
+    // The snapshot as it is once the body is in.
+    let set = Arc::clone(worker.snapshots.borrow_mut().load());
+    if whole {
+        let payload = inspect::payload(&client.request[head_end..], info.body);
+        let parsed = inspect::Parsed::from(&payload);
+        if target.model.is_none() {
+            target.model = parsed.model().map(str::to_owned);
+        }
+        if by_prefix(&set, set.pool_for(target.model.as_deref())) {
+            let mut text = Vec::new();
+            parsed.text(&payload, &mut text);
+            inferlb_core::prefix::chain(&text, &mut target.chain);
+            target.text_len = text.len();
+        }
+    } else if target.model.is_none() && set.default_pool().is_none() {
+        return Ok(Routed::TooLarge);
     }
     if set.pool_for(target.model.as_deref()).is_none() {
         return Ok(Routed::NoPool(target.model));
