@@ -68,6 +68,26 @@ async fn moto() -> Moto {
 }
 
 impl Moto {
+    /// Changes a target's min/max behind the agent's back (the console, a
+    /// schedule firing).
+    async fn set_capacity(&self, resource_id: &str, min: i32, max: i32) {
+        let dimension = if resource_id.starts_with("inference-component/") {
+            aas::types::ScalableDimension::SageMakerInferenceComponentDesiredCopyCount
+        } else {
+            aas::types::ScalableDimension::SageMakerVariantDesiredInstanceCount
+        };
+        self.aas
+            .register_scalable_target()
+            .service_namespace(aas::types::ServiceNamespace::Sagemaker)
+            .resource_id(resource_id)
+            .scalable_dimension(dimension)
+            .min_capacity(min)
+            .max_capacity(max)
+            .send()
+            .await
+            .unwrap();
+    }
+
     fn agent(&self, file: &AutoscalingFile) -> Agent {
         Agent::new(
             Aws::from_clients(self.aas.clone(), self.cw.clone()),
@@ -244,16 +264,8 @@ async fn drift_is_planned_and_fixed() {
     agent.apply(false).await.unwrap();
     // Someone raises max capacity by hand, on the asynchronous endpoint
     // (no schedule, so the file owns its min/max).
-    moto.aas
-        .register_scalable_target()
-        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
-        .resource_id("endpoint/batch-embed/variant/AllTraffic")
-        .scalable_dimension(aas::types::ScalableDimension::SageMakerVariantDesiredInstanceCount)
-        .min_capacity(0)
-        .max_capacity(20)
-        .send()
-        .await
-        .unwrap();
+    moto.set_capacity("endpoint/batch-embed/variant/AllTraffic", 0, 20)
+        .await;
     let plan = agent.plan().await.unwrap();
     assert_eq!(plan.changes.len(), 1, "{plan:?}");
     let change = &plan.changes[0];
@@ -377,16 +389,8 @@ async fn a_schedule_firing_is_not_drift() {
     agent.apply(false).await.unwrap();
     assert!(agent.plan().await.unwrap().is_empty());
     // "chat-llm-business-hours" fires: min 2, max 8.
-    moto.aas
-        .register_scalable_target()
-        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
-        .resource_id("endpoint/chat-llm/variant/AllTraffic")
-        .scalable_dimension(aas::types::ScalableDimension::SageMakerVariantDesiredInstanceCount)
-        .min_capacity(2)
-        .max_capacity(8)
-        .send()
-        .await
-        .unwrap();
+    moto.set_capacity("endpoint/chat-llm/variant/AllTraffic", 2, 8)
+        .await;
     let plan = agent.plan().await.unwrap();
     assert!(plan.is_empty(), "{}", inferlb_autoscaler::render(&plan));
     assert!(
@@ -436,18 +440,8 @@ async fn run_corrects_drift_on_its_interval() {
     let file = example();
     let agent = moto.agent(&file);
     agent.apply(false).await.unwrap();
-    moto.aas
-        .register_scalable_target()
-        .service_namespace(aas::types::ServiceNamespace::Sagemaker)
-        .resource_id("inference-component/chat-llm-ic")
-        .scalable_dimension(
-            aas::types::ScalableDimension::SageMakerInferenceComponentDesiredCopyCount,
-        )
-        .min_capacity(0)
-        .max_capacity(9)
-        .send()
-        .await
-        .unwrap();
+    moto.set_capacity("inference-component/chat-llm-ic", 0, 9)
+        .await;
     agent
         .run(
             std::time::Duration::from_millis(100),
