@@ -5,15 +5,22 @@
 //! `inferlb autoscale simulate` replays a load trace through it; local
 //! autoscaling (pools that start their own replicas) uses it too.
 //!
-//! One call to [`Engine::step`] is one minute: the metrics of that minute
-//! come in, the decisions (with their reasons) come out. The rules, each
-//! with the page it follows:
+//! One call to [`Engine::step`] is one tick (a minute unless
+//! [`Engine::with_tick`] says otherwise): the metrics of that tick come in,
+//! the decisions (with their reasons) come out. Alarms see one datapoint
+//! per period, aligned to the clock, and act when a datapoint completes.
+//! The rules, each with the page it follows:
 //!
 //! - **Target tracking** ("How target tracking scaling for Application Auto
 //!   Scaling works"): AAS keeps two alarms per policy. Scale out when the
 //!   metric is above the target for `scale_out_datapoints` consecutive
-//!   minutes (3); scale in when it is below `scale_in_ratio` × target (0.9)
-//!   for `scale_in_datapoints` minutes (15). The new capacity is
+//!   datapoints (3 of one minute); scale in when it is below
+//!   `scale_in_ratio` × target (0.9) for `scale_in_datapoints` (15 of one
+//!   minute). SageMaker's high-resolution metrics (`...HighResolution`) are
+//!   emitted every 10 seconds and scale out on 10-second datapoints, but
+//!   scale in "at the same speed as standard metrics" ("Define a scaling
+//!   policy", SageMaker developer guide): see [`TrackingAlarms::for_metric`].
+//!   The new capacity is
 //!   `ceil(in-service × metric / target)`, which never pushes the metric back
 //!   over the target on a scale-in. `DisableScaleIn` stops scale-in. With
 //!   several policies the largest capacity wins, and scale-in happens only
@@ -41,23 +48,86 @@ use serde::Serialize;
 
 use crate::model::{AlarmSpec, Scheduled, StepScaling, Suspended, Target, TargetTracking};
 
-/// Defaults of the alarms AAS creates for a target-tracking policy.
+/// The two alarms AAS creates for a target-tracking policy.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TrackingAlarms {
-    /// Consecutive minutes above target before a scale-out.
+    /// Consecutive datapoints above target before a scale-out.
     pub scale_out_datapoints: usize,
-    /// Consecutive minutes below `scale_in_ratio` × target before a scale-in.
+    /// The scale-out alarm's period.
+    pub scale_out_period_s: i64,
+    /// Consecutive datapoints below `scale_in_ratio` × target before a
+    /// scale-in.
     pub scale_in_datapoints: usize,
+    /// The scale-in alarm's period.
+    pub scale_in_period_s: i64,
     /// The scale-in alarm's threshold as a share of the target.
     pub scale_in_ratio: f64,
 }
 
 impl Default for TrackingAlarms {
+    /// A one-minute metric: 3 datapoints to scale out, 15 to scale in.
     fn default() -> Self {
         Self {
             scale_out_datapoints: 3,
+            scale_out_period_s: 60,
             scale_in_datapoints: 15,
+            scale_in_period_s: 60,
             scale_in_ratio: 0.9,
+        }
+    }
+}
+
+impl TrackingAlarms {
+    /// The alarms for a policy on `metric` (a predefined metric type, or
+    /// `None` for a customized one). SageMaker's `...HighResolution`
+    /// metrics are emitted every 10 seconds; a policy on them scales out
+    /// faster but scales in at the speed of standard metrics ("Define a
+    /// scaling policy", SageMaker developer guide). The 10-second scale-out
+    /// alarm keeps the standard datapoint count: AWS does not document it,
+    /// so it is a setting (`--scale-out-datapoints`).
+    pub fn for_metric(metric: Option<&str>) -> Self {
+        let standard = Self::default();
+        match metric {
+            Some(name) if name.ends_with("HighResolution") => Self {
+                scale_out_period_s: 10,
+                ..standard
+            },
+            _ => standard,
+        }
+    }
+}
+
+/// Changes to the alarms' defaults (what `simulate`'s flags set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct AlarmOverrides {
+    pub scale_out_datapoints: Option<usize>,
+    pub scale_out_period_s: Option<i64>,
+    pub scale_in_datapoints: Option<usize>,
+    pub scale_in_period_s: Option<i64>,
+    pub scale_in_ratio: Option<f64>,
+}
+
+impl AlarmOverrides {
+    /// `alarms` with these changes.
+    pub fn apply(&self, alarms: TrackingAlarms) -> TrackingAlarms {
+        TrackingAlarms {
+            scale_out_datapoints: self
+                .scale_out_datapoints
+                .unwrap_or(alarms.scale_out_datapoints)
+                .max(1),
+            scale_out_period_s: self
+                .scale_out_period_s
+                .unwrap_or(alarms.scale_out_period_s)
+                .max(1),
+            scale_in_datapoints: self
+                .scale_in_datapoints
+                .unwrap_or(alarms.scale_in_datapoints)
+                .max(1),
+            scale_in_period_s: self
+                .scale_in_period_s
+                .unwrap_or(alarms.scale_in_period_s)
+                .max(1),
+            scale_in_ratio: self.scale_in_ratio.unwrap_or(alarms.scale_in_ratio),
         }
     }
 }
@@ -74,43 +144,99 @@ pub struct Activity {
     pub reason: String,
 }
 
-/// The metric values of one minute.
+/// The metric values of one tick.
 #[derive(Debug, Clone, Default)]
-pub struct Minute {
+pub struct Metrics {
     /// Each target-tracking policy's metric, in the file's order; NaN for a
-    /// minute without a datapoint (it breaches neither alarm).
+    /// tick without a value (it breaches neither alarm).
     pub tracking: Vec<f64>,
     /// The scale-to-zero alarm's metric (requests that found no capacity, or
     /// backlog without capacity), when the target has a recipe.
     pub recipe: f64,
 }
 
-/// A policy's alarm history: one value per minute, newest last.
-#[derive(Debug, Clone, Default)]
-struct History(VecDeque<f64>);
+/// One CloudWatch alarm's view of a metric: the values of the period under
+/// way, and the datapoints of the periods before it, newest last.
+#[derive(Debug, Clone)]
+struct Alarm {
+    period_s: i64,
+    keep: usize,
+    current: Vec<f64>,
+    points: VecDeque<f64>,
+}
 
-impl History {
-    fn push(&mut self, value: f64, keep: usize) {
-        self.0.push_back(value);
-        while self.0.len() > keep {
-            self.0.pop_front();
+impl Alarm {
+    fn new(period_s: i64, keep: usize) -> Self {
+        Self {
+            period_s: period_s.max(1),
+            keep: keep.max(1),
+            current: Vec::new(),
+            points: VecDeque::new(),
         }
     }
 
-    /// Whether the last `n` values all satisfy `breach`.
+    /// Adds the value of the tick `[now, now + tick_s)`; when the tick ends
+    /// a period, the period's datapoint (its `statistic` over the values it
+    /// has, NaN when none) is added and `true` returned.
+    fn observe(&mut self, now: i64, tick_s: i64, value: f64, statistic_name: &str) -> bool {
+        if value.is_finite() {
+            self.current.push(value);
+        }
+        if (now + tick_s).div_euclid(self.period_s) == now.div_euclid(self.period_s) {
+            return false;
+        }
+        let point = if self.current.is_empty() {
+            f64::NAN
+        } else {
+            statistic(statistic_name, &self.current)
+        };
+        self.current.clear();
+        self.points.push_back(point);
+        while self.points.len() > self.keep {
+            self.points.pop_front();
+        }
+        true
+    }
+
+    /// Whether the last `n` datapoints all satisfy `breach`.
     fn last_all(&self, n: usize, breach: impl Fn(f64) -> bool) -> bool {
-        n > 0 && self.0.len() >= n && self.0.iter().rev().take(n).all(|&v| breach(v))
+        n > 0 && self.points.len() >= n && self.points.iter().rev().take(n).all(|&v| breach(v))
+    }
+
+    /// The newest datapoint (NaN before the first).
+    fn latest(&self) -> f64 {
+        self.points.back().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// A target-tracking policy's two alarms.
+#[derive(Debug, Clone)]
+struct Tracked {
+    policy: TargetTracking,
+    alarms: TrackingAlarms,
+    high: Alarm,
+    low: Alarm,
+}
+
+impl Tracked {
+    fn new(policy: TargetTracking, alarms: TrackingAlarms) -> Self {
+        Self {
+            high: Alarm::new(alarms.scale_out_period_s, alarms.scale_out_datapoints),
+            low: Alarm::new(alarms.scale_in_period_s, alarms.scale_in_datapoints),
+            policy,
+            alarms,
+        }
     }
 }
 
 /// The model of one scalable target.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    tracking: Vec<TargetTracking>,
-    step: Option<(StepScaling, AlarmSpec)>,
+    tracking: Vec<Tracked>,
+    step: Option<(StepScaling, AlarmSpec, Alarm)>,
     scheduled: Vec<Scheduled>,
     suspended: Suspended,
-    alarms: TrackingAlarms,
+    tick_s: i64,
     min: i32,
     max: i32,
     desired: i32,
@@ -118,14 +244,12 @@ pub struct Engine {
     provisioning: VecDeque<(i64, i32)>,
     in_service: i32,
     provision_delay_s: i64,
-    histories: Vec<History>,
-    recipe_history: History,
     /// End of the scale-out cooldown, and the capacity that scale-out set.
     scale_out_until: i64,
     last_scale_out_to: i32,
     scale_in_until: i64,
     step_until: i64,
-    /// The minute the last scheduled check covered (exclusive end).
+    /// The time the last scheduled check covered (exclusive end).
     checked_until: Option<i64>,
 }
 
@@ -135,7 +259,8 @@ fn epoch(text: &str) -> Option<i64> {
 }
 
 impl Engine {
-    /// A target at `start_capacity` (clamped), all in service.
+    /// A target at `start_capacity` (clamped), all in service, stepped once
+    /// a minute, each policy with [`TrackingAlarms::for_metric`].
     pub fn new(target: &Target, start_capacity: i32, provision_delay_s: i64) -> Self {
         let step = target.alarm().and_then(|spec| {
             target
@@ -143,23 +268,36 @@ impl Engine {
                 .iter()
                 .find(|s| s.name == spec.step_policy)
                 .cloned()
-                .map(|s| (s, spec))
+                .map(|s| {
+                    let alarm = Alarm::new(
+                        i64::from(spec.period_s),
+                        spec.evaluation_periods.max(1) as usize,
+                    );
+                    (s, spec, alarm)
+                })
         });
         let desired = start_capacity.clamp(target.min_capacity, target.max_capacity);
         Self {
-            tracking: target.target_tracking.clone(),
+            tracking: target
+                .target_tracking
+                .iter()
+                .map(|p| {
+                    Tracked::new(
+                        p.clone(),
+                        TrackingAlarms::for_metric(p.predefined_metric.as_deref()),
+                    )
+                })
+                .collect(),
             step,
             scheduled: target.scheduled.clone(),
             suspended: target.suspended.unwrap_or_default(),
-            alarms: TrackingAlarms::default(),
+            tick_s: 60,
             min: target.min_capacity,
             max: target.max_capacity,
             desired,
             provisioning: VecDeque::new(),
             in_service: desired,
             provision_delay_s,
-            histories: vec![History::default(); target.target_tracking.len()],
-            recipe_history: History::default(),
             scale_out_until: i64::MIN,
             last_scale_out_to: 0,
             scale_in_until: i64::MIN,
@@ -168,10 +306,58 @@ impl Engine {
         }
     }
 
-    /// Other alarm settings than AAS's defaults.
-    pub fn with_alarms(mut self, alarms: TrackingAlarms) -> Self {
-        self.alarms = alarms;
+    /// Other alarm settings than the defaults, for every policy.
+    pub fn with_alarms(mut self, overrides: AlarmOverrides) -> Self {
+        for tracked in &mut self.tracking {
+            *tracked = Tracked::new(tracked.policy.clone(), overrides.apply(tracked.alarms));
+        }
         self
+    }
+
+    /// Steps of `tick_s` seconds instead of a minute. Alarm periods should
+    /// be multiples of it; a period shorter than the tick sees one value.
+    pub fn with_tick(mut self, tick_s: i64) -> Self {
+        self.tick_s = tick_s.max(1);
+        self
+    }
+
+    /// The shortest alarm period of the target's policies: the tick a
+    /// replay needs to see every datapoint.
+    pub fn finest_period_s(&self) -> i64 {
+        self.tracking
+            .iter()
+            .flat_map(|t| [t.alarms.scale_out_period_s, t.alarms.scale_in_period_s])
+            .chain(self.step.iter().map(|(_, _, alarm)| alarm.period_s))
+            .min()
+            .unwrap_or(60)
+    }
+
+    /// Sets the capacity now, outside any policy (an operator's change):
+    /// clamped, provisioned like a scale-out, or removed at once.
+    pub fn set_desired(&mut self, now: i64, to: i32, reason: String) -> Vec<Activity> {
+        let mut out = Vec::new();
+        self.set(now, to, reason, &mut out);
+        out
+    }
+
+    /// Changes min and max (clamping the capacity into them at once).
+    pub fn set_bounds(&mut self, now: i64, min: i32, max: i32, reason: String) -> Vec<Activity> {
+        self.min = min;
+        self.max = max.max(min);
+        let clamped = self.desired.clamp(self.min, self.max);
+        self.set_desired(now, clamped, reason)
+    }
+
+    /// Changes every target-tracking policy's target value.
+    pub fn set_target_value(&mut self, value: f64) {
+        for tracked in &mut self.tracking {
+            tracked.policy.target_value = value;
+        }
+    }
+
+    /// Suspends or resumes dynamic scaling in both directions.
+    pub fn set_suspended(&mut self, suspended: Suspended) {
+        self.suspended = suspended;
     }
 
     /// The capacity AAS has set.
@@ -237,20 +423,20 @@ impl Engine {
         }
     }
 
-    /// One minute at `now` (seconds since the epoch): scheduled actions,
-    /// then the step alarm, then target tracking.
-    pub fn step(&mut self, now: i64, minute: &Minute) -> Vec<Activity> {
+    /// One tick starting at `now` (seconds since the epoch): scheduled
+    /// actions, then the step alarm, then target tracking.
+    pub fn step(&mut self, now: i64, metrics: &Metrics) -> Vec<Activity> {
         let mut out = Vec::new();
         self.provision(now);
         self.scheduled_actions(now, &mut out);
-        self.step_scaling(now, minute, &mut out);
-        self.target_tracking(now, minute, &mut out);
+        self.step_scaling(now, metrics, &mut out);
+        self.target_tracking(now, metrics, &mut out);
         self.provision(now);
         out
     }
 
     fn scheduled_actions(&mut self, now: i64, out: &mut Vec<Activity>) {
-        let from = self.checked_until.unwrap_or(now - 60);
+        let from = self.checked_until.unwrap_or(now - self.tick_s);
         self.checked_until = Some(now);
         if self.suspended.scheduled_scaling {
             return;
@@ -286,29 +472,24 @@ impl Engine {
         }
     }
 
-    fn step_scaling(&mut self, now: i64, minute: &Minute, out: &mut Vec<Activity>) {
-        let Some((policy, alarm)) = self.step.clone() else {
+    fn step_scaling(&mut self, now: i64, metrics: &Metrics, out: &mut Vec<Activity>) {
+        let tick_s = self.tick_s;
+        let Some((policy, spec, alarm)) = self.step.as_mut() else {
             return;
         };
-        let period_min = (alarm.period_s / 60).max(1) as usize;
-        let keep = period_min * alarm.evaluation_periods.max(1) as usize;
-        self.recipe_history.push(minute.recipe, keep);
-        // The alarm's datapoints: one per period, by its statistic.
-        let values: Vec<f64> = self.recipe_history.0.iter().copied().collect();
-        let points: Vec<f64> = values
-            .rchunks(period_min)
-            .take(alarm.evaluation_periods.max(1) as usize)
-            .map(|chunk| statistic(&alarm.statistic, chunk))
-            .collect();
-        let breaching = points
-            .iter()
-            .filter(|&&v| compare(&alarm.comparison_operator, v, alarm.threshold))
-            .count();
-        if (breaching as i32) < alarm.datapoints_to_alarm || now < self.step_until {
+        if !alarm.observe(now, tick_s, metrics.recipe, &spec.statistic) {
             return;
         }
-        let value = points.first().copied().unwrap_or(0.0);
-        let delta = value - alarm.threshold;
+        let breaching = alarm
+            .points
+            .iter()
+            .filter(|&&v| compare(&spec.comparison_operator, v, spec.threshold))
+            .count();
+        if (breaching as i32) < spec.datapoints_to_alarm || now < self.step_until {
+            return;
+        }
+        let (policy, spec, value) = (policy.clone(), spec.clone(), alarm.latest());
+        let delta = value - spec.threshold;
         let Some(step) = policy.steps.iter().find(|s| {
             s.lower_bound.is_none_or(|l| delta >= l) && s.upper_bound.is_none_or(|u| delta < u)
         }) else {
@@ -336,7 +517,7 @@ impl Engine {
         }
         let reason = format!(
             "alarm {:?} ({} {} {}) triggered step policy {:?}",
-            alarm.name, alarm.metric_name, value, alarm.threshold, policy.name
+            spec.name, spec.metric_name, value, spec.threshold, policy.name
         );
         let before = self.desired;
         self.set(now, target, reason, out);
@@ -345,31 +526,30 @@ impl Engine {
         }
     }
 
-    fn target_tracking(&mut self, now: i64, minute: &Minute, out: &mut Vec<Activity>) {
+    fn target_tracking(&mut self, now: i64, metrics: &Metrics, out: &mut Vec<Activity>) {
         if self.tracking.is_empty() {
             return;
         }
-        let keep = self
-            .alarms
-            .scale_in_datapoints
-            .max(self.alarms.scale_out_datapoints);
         let capacity = f64::from(self.in_service.max(1));
         let mut out_wanted: Option<(i32, String)> = None;
         let mut in_proposals: Vec<(i32, String)> = Vec::new();
         let mut all_in = true;
-        for (i, policy) in self.tracking.clone().iter().enumerate() {
-            let value = minute.tracking.get(i).copied().unwrap_or(0.0);
-            self.histories[i].push(value, keep);
+        let mut fresh_in = false;
+        for (i, tracked) in self.tracking.iter_mut().enumerate() {
+            let value = metrics.tracking.get(i).copied().unwrap_or(0.0);
+            let fresh_out = tracked.high.observe(now, self.tick_s, value, "Average");
+            fresh_in |= tracked.low.observe(now, self.tick_s, value, "Average");
+            let (policy, alarms) = (&tracked.policy, tracked.alarms);
             let target = policy.target_value;
-            let proposed = (capacity * value / target).ceil() as i32;
-            let high = self.histories[i].last_all(self.alarms.scale_out_datapoints, |v| v > target);
-            let low_threshold = target * self.alarms.scale_in_ratio;
-            let low =
-                self.histories[i].last_all(self.alarms.scale_in_datapoints, |v| v < low_threshold);
-            if high && proposed > self.desired {
+            let high = tracked
+                .high
+                .last_all(alarms.scale_out_datapoints, |v| v > target);
+            let high_value = tracked.high.latest();
+            let proposed = (capacity * high_value / target).ceil() as i32;
+            if fresh_out && high && proposed > self.desired {
                 let reason = format!(
-                    "policy {:?}: metric {value:.2} above target {target} for {} minutes",
-                    policy.name, self.alarms.scale_out_datapoints
+                    "policy {:?}: metric {high_value:.2} above target {target} for {} datapoints of {} s",
+                    policy.name, alarms.scale_out_datapoints, alarms.scale_out_period_s
                 );
                 if out_wanted.as_ref().is_none_or(|(c, _)| proposed > *c) {
                     out_wanted = Some((proposed, reason));
@@ -378,12 +558,18 @@ impl Engine {
             if policy.disable_scale_in {
                 continue;
             }
+            let low_threshold = target * alarms.scale_in_ratio;
+            let low = tracked
+                .low
+                .last_all(alarms.scale_in_datapoints, |v| v < low_threshold);
+            let low_value = tracked.low.latest();
+            let proposed = (capacity * low_value / target).ceil() as i32;
             if low && proposed < self.desired {
                 in_proposals.push((
                     proposed,
                     format!(
-                        "policy {:?}: metric {value:.2} below {low_threshold:.2} for {} minutes",
-                        policy.name, self.alarms.scale_in_datapoints
+                        "policy {:?}: metric {low_value:.2} below {low_threshold:.2} for {} datapoints of {} s",
+                        policy.name, alarms.scale_in_datapoints, alarms.scale_in_period_s
                     ),
                 ));
             } else {
@@ -408,7 +594,7 @@ impl Engine {
             }
             return;
         }
-        if all_in && !in_proposals.is_empty() {
+        if fresh_in && all_in && !in_proposals.is_empty() {
             if self.suspended.dynamic_scaling_in
                 || now < self.scale_in_until
                 || now < self.scale_out_until
@@ -431,7 +617,7 @@ impl Engine {
     fn cooldown_out(&self) -> i32 {
         self.tracking
             .iter()
-            .filter_map(|p| p.scale_out_cooldown_s)
+            .filter_map(|t| t.policy.scale_out_cooldown_s)
             .max()
             .unwrap_or(crate::plan::DEFAULT_COOLDOWN_S)
     }
@@ -439,13 +625,13 @@ impl Engine {
     fn cooldown_in(&self) -> i32 {
         self.tracking
             .iter()
-            .filter_map(|p| p.scale_in_cooldown_s)
+            .filter_map(|t| t.policy.scale_in_cooldown_s)
             .max()
             .unwrap_or(crate::plan::DEFAULT_COOLDOWN_S)
     }
 }
 
-/// A statistic over one period's minutes.
+/// A statistic over one period's values.
 fn statistic(name: &str, values: &[f64]) -> f64 {
     if values.is_empty() {
         return 0.0;

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::engine::{Activity, Engine, Minute};
+use crate::engine::{Activity, AlarmOverrides, Engine, Metrics};
 use crate::model::{Target, BACKLOG_METRIC};
 
 /// What the trace's load column counts.
@@ -168,8 +168,8 @@ pub struct Options {
     pub provision_delay_s: i64,
     /// Capacity at the start (clamped into [min, max]).
     pub start_capacity: i32,
-    /// The target-tracking alarms' datapoints and scale-in threshold.
-    pub alarms: crate::engine::TrackingAlarms,
+    /// Changes to the target-tracking alarms' defaults.
+    pub alarms: AlarmOverrides,
 }
 
 /// One minute of the timeline.
@@ -211,77 +211,89 @@ pub struct Simulation {
     pub summary: Summary,
 }
 
-/// Whether a predefined metric counts concurrency (rather than invocations).
-fn counts_concurrency(metric: &str) -> bool {
-    metric.contains("Concurren")
-}
-
-/// Replays `trace` through `target`'s policies.
+/// Replays `trace` through `target`'s policies: one row a minute, the
+/// engine stepped as often as its finest alarm period needs (every 10
+/// seconds for a high-resolution metric).
 pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
-    let mut engine = Engine::new(target, options.start_capacity, options.provision_delay_s)
+    let engine = Engine::new(target, options.start_capacity, options.provision_delay_s)
         .with_alarms(options.alarms);
+    let tick_s = engine.finest_period_s().clamp(1, 60);
+    let tick_s = if 60 % tick_s == 0 { tick_s } else { 1 };
+    let mut engine = engine.with_tick(tick_s);
+    let ticks = 60 / tick_s;
     let mut timeline = Vec::new();
     let mut activities: Vec<Activity> = Vec::new();
     let recipe_metric = target.alarm().map(|a| a.metric_name);
+    let share = tick_s as f64 / 60.0;
     for minute in 0..trace.minutes() {
-        let t = minute * 60;
-        let sample = trace.at(t);
-        let in_service = engine.in_service();
-        // With nothing in service a per-instance metric has no datapoint
-        // (CloudWatch reports INSUFFICIENT_DATA): no alarm moves on it.
-        let per = if in_service == 0 {
-            f64::NAN
-        } else {
-            sample.load / f64::from(in_service)
+        let mut row = Row {
+            t: minute * 60,
+            load: 0.0,
+            metric: None,
+            desired: 0,
+            in_service: 0,
+            unserved: 0.0,
+            activity: String::new(),
         };
-        let tracking: Vec<f64> = target
-            .target_tracking
-            .iter()
-            .map(|p| match (&p.predefined_metric, sample.metric) {
-                (None, Some(metric)) => metric,
-                (Some(name), _) if name.ends_with("Utilization") => {
-                    per / options.capacity_per_instance.max(f64::MIN_POSITIVE)
-                }
-                (Some(name), _)
-                    if counts_concurrency(name) != (trace.kind == LoadKind::Concurrency) =>
-                {
-                    // The trace counts the other thing; use it as it is.
-                    per
-                }
-                _ => per,
-            })
-            .collect();
-        let recipe = match recipe_metric {
-            Some(BACKLOG_METRIC) => f64::from(u8::from(in_service == 0 && sample.load > 0.0)),
-            Some(_) if in_service == 0 => sample.load,
-            _ => 0.0,
-        };
-        let acts = engine.step(
-            trace.start_epoch + t,
-            &Minute {
-                tracking: tracking.clone(),
-                recipe,
-            },
-        );
-        let served = f64::from(engine.in_service()) * options.capacity_per_instance;
-        let unserved = (sample.load - served).max(0.0);
-        timeline.push(Row {
-            t,
-            load: sample.load,
-            metric: tracking
+        let mut acts = Vec::new();
+        for tick in 0..ticks {
+            let t = minute * 60 + tick * tick_s;
+            let sample = trace.at(t);
+            let in_service = engine.in_service();
+            // With nothing in service a per-instance metric has no value
+            // (CloudWatch reports INSUFFICIENT_DATA): no alarm moves on it.
+            let per = if in_service == 0 {
+                f64::NAN
+            } else {
+                sample.load / f64::from(in_service)
+            };
+            let tracking: Vec<f64> = target
+                .target_tracking
+                .iter()
+                .map(|p| match (&p.predefined_metric, sample.metric) {
+                    (None, Some(metric)) => metric,
+                    (Some(name), _) if name.ends_with("Utilization") => {
+                        per / options.capacity_per_instance.max(f64::MIN_POSITIVE)
+                    }
+                    // Otherwise the per-instance load, whichever kind the
+                    // trace counts.
+                    _ => per,
+                })
+                .collect();
+            // Requests that found no capacity in this tick.
+            let failed = match trace.kind {
+                LoadKind::Invocations => sample.load * share,
+                LoadKind::Concurrency => sample.load,
+            };
+            let recipe = match recipe_metric {
+                Some(BACKLOG_METRIC) => f64::from(u8::from(in_service == 0 && sample.load > 0.0)),
+                Some(_) if in_service == 0 => failed,
+                _ => 0.0,
+            };
+            acts.extend(engine.step(
+                trace.start_epoch + t,
+                &Metrics {
+                    tracking: tracking.clone(),
+                    recipe,
+                },
+            ));
+            let served = f64::from(engine.in_service()) * options.capacity_per_instance;
+            row.load += sample.load / ticks as f64;
+            row.unserved += (sample.load - served).max(0.0) / ticks as f64;
+            row.metric = tracking
                 .first()
                 .copied()
                 .or(Some(recipe))
-                .filter(|m| m.is_finite()),
-            desired: engine.desired(),
-            in_service: engine.in_service(),
-            unserved,
-            activity: acts
-                .iter()
-                .map(|a| format!("{} -> {}: {}", a.from, a.to, a.reason))
-                .collect::<Vec<_>>()
-                .join("; "),
-        });
+                .filter(|m| m.is_finite());
+        }
+        row.desired = engine.desired();
+        row.in_service = engine.in_service();
+        row.activity = acts
+            .iter()
+            .map(|a| format!("{} -> {}: {}", a.from, a.to, a.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        timeline.push(row);
         activities.extend(acts);
     }
     let summary = summarize(&timeline, &activities);
@@ -368,7 +380,7 @@ scale_in_cooldown_s = 300
             capacity_per_instance: 120.0,
             provision_delay_s: 300,
             start_capacity: 1,
-            alarms: crate::engine::TrackingAlarms::default(),
+            alarms: AlarmOverrides::default(),
         }
     }
 
@@ -409,6 +421,45 @@ scale_in_cooldown_s = 300
             assert!(json["summary"].get(key).is_some(), "{key}");
         }
         assert!(render(&sim).contains("scale-outs"));
+    }
+
+    // "Define a scaling policy" (SageMaker): a high-resolution metric scales
+    // out on 10-second datapoints. The same spike on the same target value
+    // triggers at 20 s instead of 120 s into it (3 × 10 s instead of 3 × 60 s
+    // datapoints), so capacity arrives a whole minute row sooner.
+    #[test]
+    fn a_high_resolution_policy_reaches_capacity_sooner() {
+        let high = FILE
+            .replace(
+                "SageMakerVariantInvocationsPerInstance",
+                "SageMakerVariantConcurrentRequestsPerModelHighResolution",
+            )
+            .replace("100.0", "4.0");
+        let target = AutoscalingFile::from_toml(&high).unwrap().targets.remove(0);
+        let trace = Trace::parse("time,concurrency\n0,2\n600,20\n1800,2\n").unwrap();
+        let options = Options {
+            capacity_per_instance: 5.0,
+            provision_delay_s: 60,
+            ..options()
+        };
+        let fast = run(&target, &trace, options);
+        let slow = run(
+            &target,
+            &trace,
+            Options {
+                alarms: AlarmOverrides {
+                    scale_out_period_s: Some(60),
+                    ..AlarmOverrides::default()
+                },
+                ..options
+            },
+        );
+        assert_eq!(fast.timeline.len(), slow.timeline.len());
+        let (fast, slow) = (
+            fast.summary.time_to_capacity_s.unwrap(),
+            slow.summary.time_to_capacity_s.unwrap(),
+        );
+        assert_eq!((fast, slow), (120, 180));
     }
 
     #[test]

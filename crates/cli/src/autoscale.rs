@@ -102,15 +102,22 @@ enum AutoscaleCommand {
         /// Also plot load, capacity and unserved load to this SVG file.
         #[arg(long)]
         svg: Option<PathBuf>,
-        /// Minutes above target before target tracking scales out (AAS: 3).
-        #[arg(long, default_value_t = 3)]
-        scale_out_datapoints: usize,
-        /// Minutes below the scale-in threshold before it scales in (AAS: 15).
-        #[arg(long, default_value_t = 15)]
-        scale_in_datapoints: usize,
-        /// The scale-in threshold as a share of the target (AAS: 0.9).
-        #[arg(long, default_value_t = 0.9)]
-        scale_in_ratio: f64,
+        /// Datapoints above target before target tracking scales out [AAS: 3].
+        #[arg(long)]
+        scale_out_datapoints: Option<usize>,
+        /// The scale-out alarm's period, e.g. 10s [AAS: 1m; 10s for a
+        /// `...HighResolution` metric].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        scale_out_period: Option<Duration>,
+        /// Datapoints below the scale-in threshold before it scales in [AAS: 15].
+        #[arg(long)]
+        scale_in_datapoints: Option<usize>,
+        /// The scale-in alarm's period [AAS: 1m, high-resolution metrics too].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        scale_in_period: Option<Duration>,
+        /// The scale-in threshold as a share of the target [AAS: 0.9].
+        #[arg(long)]
+        scale_in_ratio: Option<f64>,
     },
     /// Pause `run` for a deploy window: it applies nothing until the hold
     /// ends (`<file>.hold` holds the end time).
@@ -164,7 +171,9 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         start_capacity,
         svg,
         scale_out_datapoints,
+        scale_out_period,
         scale_in_datapoints,
+        scale_in_period,
         scale_in_ratio,
     } = &args.command
     {
@@ -188,9 +197,11 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
             capacity_per_instance: capacity,
             provision_delay_s: provision_delay.as_secs() as i64,
             start_capacity: start_capacity.unwrap_or(target.min_capacity.max(1)),
-            alarms: inferlb_autoscaler::engine::TrackingAlarms {
-                scale_out_datapoints: (*scale_out_datapoints).max(1),
-                scale_in_datapoints: (*scale_in_datapoints).max(1),
+            alarms: inferlb_autoscaler::engine::AlarmOverrides {
+                scale_out_datapoints: *scale_out_datapoints,
+                scale_out_period_s: scale_out_period.map(|d| d.as_secs() as i64),
+                scale_in_datapoints: *scale_in_datapoints,
+                scale_in_period_s: scale_in_period.map(|d| d.as_secs() as i64),
                 scale_in_ratio: *scale_in_ratio,
             },
         };

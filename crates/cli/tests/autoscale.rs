@@ -236,6 +236,20 @@ fn simulate_runs_on_the_shipped_traces() {
         .position(|&d| d == 0)
         .expect("scales to zero");
     assert!(desired[zero..].iter().any(|&d| d > 0), "and back");
+    // The alarm flags are taken and shown with the run.
+    let slow = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .args(["autoscale", "simulate", "--file", &file])
+        .args(["--trace", &format!("{root}/deploy/traces/spike.csv")])
+        .args(["--target", "inference-component/chat-llm-ic"])
+        .args(["--scale-out-period", "1m", "--scale-in-datapoints", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(slow.status.code(), Some(0), "{}", text(&slow));
+    assert!(
+        text(&slow).contains("\"scale_out_period_s\":60"),
+        "{}",
+        text(&slow)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

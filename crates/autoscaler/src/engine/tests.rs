@@ -28,7 +28,7 @@ fn replay(engine: &mut Engine, loads: &[f64]) -> Vec<Activity> {
     let mut all = Vec::new();
     for (i, load) in loads.iter().enumerate() {
         let metric = load / f64::from(engine.in_service().max(1));
-        let minute = Minute {
+        let minute = Metrics {
             tracking: vec![metric],
             recipe: 0.0,
         };
@@ -58,7 +58,7 @@ fn new_capacity_serves_only_after_the_provisioning_delay() {
     assert_eq!((engine.desired(), engine.in_service()), (5, 2));
     engine.step(
         3 * 60 + 300,
-        &Minute {
+        &Metrics {
             tracking: vec![100.0],
             recipe: 0.0,
         },
@@ -105,7 +105,7 @@ fn cooldowns_hold_with_aas_interaction_rules() {
         .flat_map(|i| {
             quiet.step(
                 i * 60,
-                &Minute {
+                &Metrics {
                     tracking: vec![10.0],
                     recipe: 0.0,
                 },
@@ -118,7 +118,7 @@ fn cooldowns_hold_with_aas_interaction_rules() {
         .flat_map(|i| {
             quiet.step(
                 i * 60,
-                &Minute {
+                &Metrics {
                     tracking: vec![300.0],
                     recipe: 0.0,
                 },
@@ -131,7 +131,7 @@ fn cooldowns_hold_with_aas_interaction_rules() {
     // again, but a larger one does.
     let same = quiet.step(
         27 * 60,
-        &Minute {
+        &Metrics {
             tracking: vec![100.0],
             recipe: 0.0,
         },
@@ -139,7 +139,7 @@ fn cooldowns_hold_with_aas_interaction_rules() {
     assert!(same.is_empty());
     let larger = quiet.step(
         28 * 60,
-        &Minute {
+        &Metrics {
             tracking: vec![200.0],
             recipe: 0.0,
         },
@@ -160,7 +160,7 @@ fn the_largest_capacity_wins() {
     for i in 0..3 {
         engine.step(
             i * 60,
-            &Minute {
+            &Metrics {
                 tracking: vec![150.0, 150.0],
                 recipe: 0.0,
             },
@@ -182,7 +182,7 @@ fn a_scheduled_action_sets_min_in_its_time_zone() {
     let monday_0700_utc = 1_796_022_000;
     let before = engine.step(
         monday_0700_utc - 60,
-        &Minute {
+        &Metrics {
             tracking: vec![50.0],
             recipe: 0.0,
         },
@@ -190,7 +190,7 @@ fn a_scheduled_action_sets_min_in_its_time_zone() {
     assert!(before.is_empty());
     let acts = engine.step(
         monday_0700_utc,
-        &Minute {
+        &Metrics {
             tracking: vec![50.0],
             recipe: 0.0,
         },
@@ -233,7 +233,7 @@ step_policy = "wake"
     assert!(engine
         .step(
             0,
-            &Minute {
+            &Metrics {
                 tracking: vec![0.0],
                 recipe: 0.0,
             }
@@ -241,13 +241,91 @@ step_policy = "wake"
         .is_empty());
     let acts = engine.step(
         60,
-        &Minute {
+        &Metrics {
             tracking: vec![0.0],
             recipe: 3.0,
         },
     );
     assert_eq!((acts[0].from, acts[0].to), (0, 1));
     assert!(acts[0].reason.contains("NoCapacityInvocationFailures"));
+}
+
+const HIGH_RESOLUTION: &str = r#"
+[[targets]]
+resource_id = "endpoint/ep/variant/v"
+min_capacity = 1
+max_capacity = 10
+[[targets.target_tracking]]
+name = "concurrency"
+predefined_metric = "SageMakerVariantConcurrentRequestsPerModelHighResolution"
+target_value = 5.0
+scale_out_cooldown_s = 60
+scale_in_cooldown_s = 300
+"#;
+
+fn metrics(value: f64) -> Metrics {
+    Metrics {
+        tracking: vec![value],
+        recipe: 0.0,
+    }
+}
+
+// "Define a scaling policy" (SageMaker developer guide, high-resolution
+// predefined metrics): ConcurrentRequestsPerModel is emitted every 10
+// seconds, so the policy scales out much faster than on a standard metric,
+// but scales in at the same speed as one.
+#[test]
+fn a_high_resolution_metric_scales_out_on_ten_second_datapoints() {
+    let target = target(HIGH_RESOLUTION);
+    assert_eq!(
+        TrackingAlarms::for_metric(target.target_tracking[0].predefined_metric.as_deref()),
+        TrackingAlarms {
+            scale_out_period_s: 10,
+            ..TrackingAlarms::default()
+        }
+    );
+    let mut engine = Engine::new(&target, 2, 0).with_tick(10);
+    assert_eq!(engine.finest_period_s(), 10);
+    let mut acts = Vec::new();
+    for i in 0..3 {
+        acts.extend(engine.step(i * 10, &metrics(10.0)));
+    }
+    // Three 10-second datapoints at 10 per model, target 5: 2 → 4 after 30 s.
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    assert_eq!((acts[0].at, acts[0].from, acts[0].to), (20, 2, 4));
+    assert!(acts[0].reason.contains("of 10 s"), "{acts:?}");
+}
+
+#[test]
+fn a_high_resolution_metric_scales_in_on_one_minute_datapoints() {
+    let mut engine = Engine::new(&target(HIGH_RESOLUTION), 8, 0).with_tick(10);
+    let mut first = None;
+    for i in 0..(20 * 6) {
+        let acts = engine.step(i * 10, &metrics(1.0));
+        if first.is_none() && !acts.is_empty() {
+            first = Some((i * 10, acts[0].to));
+        }
+    }
+    // 15 one-minute datapoints below 4.5: the first scale-in ends minute 15.
+    let (at, to) = first.expect("it scales in");
+    assert_eq!(at, 15 * 60 - 10);
+    // 8 models at 1 each: ceil(8 × 1 / 5) = 2.
+    assert_eq!(to, 2);
+}
+
+// The overrides `simulate` takes change only what they name.
+#[test]
+fn alarm_overrides_change_only_what_they_name() {
+    let engine = Engine::new(&target(TRACKING), 2, 0).with_alarms(AlarmOverrides {
+        scale_out_period_s: Some(30),
+        ..AlarmOverrides::default()
+    });
+    assert_eq!(engine.finest_period_s(), 30);
+    let alarms = engine.tracking[0].alarms;
+    assert_eq!(
+        (alarms.scale_out_datapoints, alarms.scale_in_period_s),
+        (3, 60)
+    );
 }
 
 proptest! {
@@ -259,7 +337,7 @@ proptest! {
         for (i, load) in loads.iter().enumerate() {
             let metric = load / f64::from(engine.in_service().max(1));
             let before = engine.desired();
-            let acts = engine.step(i as i64 * 60, &Minute { tracking: vec![metric], recipe: 0.0 });
+            let acts = engine.step(i as i64 * 60, &Metrics { tracking: vec![metric], recipe: 0.0 });
             let (min, max) = engine.bounds();
             prop_assert!((min..=max).contains(&engine.desired()));
             if metric > 100.0 {
@@ -276,7 +354,7 @@ proptest! {
         let mut last_change = 0;
         for i in 0..240i64 {
             let metric = load / f64::from(engine.in_service().max(1));
-            if !engine.step(i * 60, &Minute { tracking: vec![metric], recipe: 0.0 }).is_empty() {
+            if !engine.step(i * 60, &Metrics { tracking: vec![metric], recipe: 0.0 }).is_empty() {
                 last_change = i;
             }
         }
