@@ -762,6 +762,10 @@ fn routers(app: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::opena
         .routes(routes!(crate::pools::list_pools))
         .routes(routes!(crate::pools::get_pool))
         .routes(routes!(crate::pools::add_pool_replica))
+        .routes(routes!(
+            crate::pools::get_autoscaling,
+            crate::pools::patch_autoscaling
+        ))
         .split_for_parts();
     let (probes, probes_doc) = OpenApiRouter::new()
         .routes(routes!(healthz))

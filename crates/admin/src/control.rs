@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use inferlb_core::{
-    Command, Outcome, ReplicaSet, ReplicaSpec, ReplicaState, Snapshots, State, StateError,
+    Command, Outcome, ReplicaId, ReplicaSet, ReplicaSpec, ReplicaState, Snapshots, State,
+    StateError,
 };
 use tokio::sync::Mutex;
 
@@ -47,6 +48,11 @@ pub struct Control {
     /// The declared replicas and pools (config file and flags) the state
     /// was built from; the state file records what differs from them.
     declared: std::sync::Mutex<Declared>,
+    /// Replicas the local autoscaler started: never persisted, and left
+    /// alone by `PUT /v1/replicas`.
+    ephemeral: std::sync::Mutex<std::collections::HashSet<ReplicaId>>,
+    /// The autoscaling pools' shared state.
+    scalers: crate::scaler::Registry,
 }
 
 impl Control {
@@ -58,7 +64,32 @@ impl Control {
             snapshots,
             store,
             declared: std::sync::Mutex::default(),
+            ephemeral: std::sync::Mutex::default(),
+            scalers: crate::scaler::Registry::default(),
         }
+    }
+
+    /// The autoscaling pools.
+    pub fn scalers(&self) -> &crate::scaler::Registry {
+        &self.scalers
+    }
+
+    /// Marks a replica as started by the local autoscaler (or no longer).
+    pub fn set_ephemeral(&self, id: &ReplicaId, ephemeral: bool) {
+        let mut set = self.ephemeral.lock().unwrap_or_else(|e| e.into_inner());
+        if ephemeral {
+            set.insert(id.clone());
+        } else {
+            set.remove(id);
+        }
+    }
+
+    /// Whether the local autoscaler started this replica.
+    pub fn is_ephemeral(&self, id: &ReplicaId) -> bool {
+        self.ephemeral
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     /// Records what is declared (at start, and on each reload).
@@ -117,7 +148,19 @@ impl Control {
         plan: impl FnOnce(&State) -> (Vec<ReplicaSpec>, Vec<Command>),
     ) -> Result<Vec<Command>, ControlError> {
         let mut state = self.state.lock().await;
-        let (desired, extra) = plan(&state);
+        let (mut desired, extra) = plan(&state);
+        // The autoscaler's replicas are its own: a converge keeps them.
+        for replica in state.replicas() {
+            if self.is_ephemeral(&replica.id) && !desired.iter().any(|d| d.id == replica.id) {
+                desired.push(ReplicaSpec {
+                    id: replica.id.clone(),
+                    address: replica.address.clone(),
+                    addr: replica.addr,
+                    weight: replica.weight,
+                    pool: replica.pool.clone(),
+                });
+            }
+        }
         let mut commands = state.diff(&desired, drain_deadline);
         commands.extend(extra);
         let mut next = state.clone();
@@ -129,6 +172,32 @@ impl Control {
             self.commit(&mut state, next, true).await?;
         }
         Ok(commands)
+    }
+
+    /// Writes the autoscaling settings changed at runtime to the state
+    /// file (when one is used).
+    pub async fn save_scaling(&self) -> Result<(), ControlError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let declared = self.declared();
+        let mut changed = std::collections::BTreeMap::new();
+        for (pool, shared) in self.scalers.all() {
+            let base = declared
+                .pools
+                .iter()
+                .find(|p| p.name == pool)
+                .and_then(|p| p.autoscaling.as_ref())
+                .map(crate::scaler::Settings::declared);
+            let now = shared.settings();
+            if base != Some(now) {
+                changed.insert(pool, now);
+            }
+        }
+        store.set_scaling(changed);
+        let mut state = self.state.lock().await;
+        let same = state.clone();
+        self.commit(&mut state, same, true).await
     }
 
     /// Applies one command.
@@ -153,7 +222,17 @@ impl Control {
     ) -> Result<(), ControlError> {
         if let Some(store) = self.store.as_ref().filter(|_| durable) {
             let store = store.clone();
-            let copy = next.clone();
+            let mut copy = next.clone();
+            // The autoscaler's replicas are not runtime changes to keep.
+            let ephemeral: Vec<ReplicaId> = copy
+                .replicas()
+                .iter()
+                .filter(|r| self.is_ephemeral(&r.id))
+                .map(|r| r.id.clone())
+                .collect();
+            for id in ephemeral {
+                let _ = copy.apply(Command::Remove { id });
+            }
             let declared = self.declared();
             tokio::task::spawn_blocking(move || store.save(&copy, &declared))
                 .await

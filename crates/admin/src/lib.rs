@@ -13,8 +13,11 @@
 //! - [`dns`]: replica host names resolved again on an interval, off the
 //!   control thread.
 //! - [`error`]: `ApiError` and the status each variant maps to.
+//! - [`scaler`]: local autoscaling, pools that start and stop their own
+//!   replicas; `scaler::provider` holds the crate's only `unsafe` (the
+//!   child's parent-death signal, and signalling its process group).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod control;
@@ -25,6 +28,7 @@ pub mod health;
 pub mod metrics;
 pub mod persist;
 pub mod pools;
+pub mod scaler;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -112,6 +112,102 @@ fn per_replica_histogram(
     Ok(())
 }
 
+impl Source {
+    /// Autoscaling pools: held requests, desired and current replicas,
+    /// activities by direction, cold starts.
+    fn encode_scaling(
+        &self,
+        e: &mut DescriptorEncoder<'_>,
+        snapshot: &inferlb_core::ReplicaSet,
+    ) -> Result {
+        let mut m = e.encode_descriptor(
+            "inferlb_pool_queued_requests",
+            "Requests held while the autoscaling pool has no routable replica.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for pool in snapshot.pools() {
+            if let Some(queue) = pool.queue() {
+                let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.name().as_str()))];
+                m.encode_family(&labels)?
+                    .encode_gauge(&(queue.held() as i64))?;
+            }
+        }
+        let scalers = self.control.scalers().all();
+        let status: Vec<_> = scalers.iter().map(|(p, s)| (p, s, s.status())).collect();
+        for (name, help, value) in [
+            (
+                "inferlb_pool_desired_replicas",
+                "Replicas the autoscaler wants for the pool.",
+                (|s: &crate::scaler::Status| s.desired) as fn(&crate::scaler::Status) -> u32,
+            ),
+            (
+                "inferlb_pool_current_replicas",
+                "Replicas the autoscaler runs for the pool: starting, in service and draining.",
+                |s| s.current,
+            ),
+            (
+                "inferlb_pool_starting_replicas",
+                "Replicas started and not yet passing their health check.",
+                |s| s.starting,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (pool, _, s) in &status {
+                let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.as_str()))];
+                m.encode_family(&labels)?
+                    .encode_gauge(&i64::from(value(s)))?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "inferlb_pool_scaling_activities",
+            "Scaling activities of the autoscaling pool, by direction; failures are replica starts that failed or crashes.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (pool, shared, _) in &status {
+            for (direction, count) in [
+                ("out", &shared.scale_outs),
+                ("in", &shared.scale_ins),
+                ("failed", &shared.failures),
+            ] {
+                let labels: Labels<'_> = vec![
+                    ("pool", Cow::Borrowed(pool.as_str())),
+                    ("direction", Cow::Borrowed(direction)),
+                ];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(
+                        &count.load(std::sync::atomic::Ordering::Relaxed),
+                        None,
+                    )?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "inferlb_pool_cold_start",
+            "Time from starting a replica to its health check passing.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (pool, shared, _) in &status {
+            let (sum, count, buckets) = shared.cold_starts();
+            let mut cumulative: Vec<(f64, u64)> = crate::scaler::COLD_START_BOUNDS
+                .iter()
+                .copied()
+                .zip(buckets)
+                .collect();
+            cumulative.push((f64::INFINITY, count));
+            let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.as_str()))];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                sum,
+                count,
+                &cumulative,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 impl Collector for Source {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result {
         let snapshot = self.control.snapshot();
@@ -235,6 +331,7 @@ impl Collector for Source {
                 .count();
             m.encode_family(&labels)?.encode_gauge(&(routable as i64))?;
         }
+        self.encode_scaling(&mut e, &snapshot)?;
         per_replica_histogram(
             &mut e,
             "inferlb_replica_response_head",

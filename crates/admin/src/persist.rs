@@ -16,7 +16,7 @@
 //! changes or the new ones, never a torn mix. A file that cannot be read
 //! back is an error at start-up and is never overwritten.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -73,6 +73,10 @@ struct FileChanges {
     /// with `pools`): they replace the declared ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pools: Option<Vec<FilePool>>,
+    /// Autoscaling settings changed at runtime (`PATCH
+    /// /v1/pools/{name}/autoscaling`), by pool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    scaling: BTreeMap<PoolName, crate::scaler::Settings>,
 }
 
 /// A pool declaration changed at runtime; settings not stored here (prefix,
@@ -158,6 +162,9 @@ pub struct StateFile {
     /// When each declared replica was removed at runtime, so a save keeps
     /// the date an earlier save recorded.
     removed_at: Arc<Mutex<HashMap<ReplicaId, u64>>>,
+    /// Autoscaling settings changed at runtime: read at load, written with
+    /// every save.
+    scaling: Arc<Mutex<BTreeMap<PoolName, crate::scaler::Settings>>>,
 }
 
 impl StateFile {
@@ -166,7 +173,21 @@ impl StateFile {
         Self {
             path: path.into(),
             removed_at: Arc::default(),
+            scaling: Arc::default(),
         }
+    }
+
+    /// Autoscaling settings changed at runtime, as loaded or last set.
+    pub fn scaling(&self) -> BTreeMap<PoolName, crate::scaler::Settings> {
+        self.scaling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// What the next save writes as runtime autoscaling settings.
+    pub fn set_scaling(&self, scaling: BTreeMap<PoolName, crate::scaler::Settings>) {
+        *self.scaling.lock().unwrap_or_else(|e| e.into_inner()) = scaling;
     }
 
     /// The location under systemd: `$STATE_DIRECTORY` (set by the unit's
@@ -227,6 +248,7 @@ impl StateFile {
                 return Err(self.corrupt(format!("format version {other} is not {FORMAT_VERSION}")))
             }
         };
+        *self.scaling.lock().unwrap_or_else(|e| e.into_inner()) = changes.scaling.clone();
         self.apply_changes(routing, declared, changes).map(Some)
     }
 
@@ -369,6 +391,7 @@ impl StateFile {
         if stored != declared_pools {
             file.pools = Some(stored);
         }
+        file.scaling = self.scaling();
         let mut json =
             serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
         json.push(b'\n');

@@ -103,3 +103,52 @@ pub(crate) async fn add_pool_replica(
     new.pool = Some(pool.to_string());
     add(&app, &new).await
 }
+
+/// A pool's local autoscaling: desired, current and in-service replicas,
+/// held requests, and the last activities with their causes (like
+/// DescribeScalingActivities). 404 when the pool does not autoscale.
+#[utoipa::path(get, path = "/v1/pools/{name}/autoscaling", tag = "pools", params(("name" = String, Path)),
+    responses((status = 200, body = crate::scaler::Status), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_autoscaling(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::scaler::Status>, ApiError> {
+    Ok(Json(scaler_of(&app, &name)?.status()))
+}
+
+/// Changes `min`, `max` or `target_in_flight` at runtime, or holds the pool
+/// as it is with `"suspended": true`. Applied within a second; kept in the
+/// state file when one is used.
+#[utoipa::path(patch, path = "/v1/pools/{name}/autoscaling", tag = "pools", params(("name" = String, Path)),
+    request_body = crate::scaler::Change,
+    responses((status = 200, body = crate::scaler::Status), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub(crate) async fn patch_autoscaling(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    crate::api::ApiJson(change): crate::api::ApiJson<crate::scaler::Change>,
+) -> Result<Json<crate::scaler::Status>, ApiError> {
+    let shared = scaler_of(&app, &name)?;
+    shared.change(&change).map_err(ApiError::BadRequest)?;
+    app.control
+        .save_scaling()
+        .await
+        .map_err(|e| ApiError::Persist(e.to_string()))?;
+    Ok(Json(shared.status()))
+}
+
+fn scaler_of(
+    app: &AppState,
+    name: &str,
+) -> Result<std::sync::Arc<crate::scaler::Shared>, ApiError> {
+    let set = app.control.snapshot();
+    let index = set
+        .pool_named(name)
+        .ok_or_else(|| ApiError::NotFound(format!("no pool is named {name:?}")))?;
+    let pool = set.pools()[index].name();
+    app.control.scalers().get(pool).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "pool {pool} does not autoscale: declare [pools.autoscaling] in the config"
+        ))
+    })
+}

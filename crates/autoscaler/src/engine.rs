@@ -355,6 +355,14 @@ impl Engine {
         }
     }
 
+    /// The capacity actually serving, as something outside the model (the
+    /// local scaler, which starts real replicas) observed it: replaces the
+    /// model's provisioning.
+    pub fn set_in_service(&mut self, in_service: i32) {
+        self.provisioning.clear();
+        self.in_service = in_service.max(0);
+    }
+
     /// Suspends or resumes dynamic scaling in both directions.
     pub fn set_suspended(&mut self, suspended: Suspended) {
         self.suspended = suspended;

@@ -248,6 +248,8 @@ pub(crate) fn run_control_plane(
             ));
         }
         tokio::spawn(inferlb_admin::engine::run(Arc::clone(&control)));
+        let (stop_scalers, scalers_stop) = tokio::sync::watch::channel(false);
+        let scalers = inferlb_admin::scaler::spawn_all(&control, &scalers_stop);
         if let Some(publish) = plane.publish.clone() {
             tracing::info!(namespace = %publish.namespace, interval = ?publish.interval, "publishing per-pool concurrency to CloudWatch");
             tokio::spawn(crate::publish::run(Arc::clone(&control), publish));
@@ -276,6 +278,11 @@ pub(crate) fn run_control_plane(
             _ = waiter => {}
             _ = term.recv() => { tracing::warn!("second signal: stopping now"); std::process::exit(0) }
             _ = int.recv() => { tracing::warn!("second signal: stopping now"); std::process::exit(0) }
+        }
+        // The autoscaled replicas stop once nothing is sent to them.
+        let _ = stop_scalers.send(true);
+        for scaler in scalers {
+            let _ = scaler.await;
         }
         let _ = stop_admin.send(());
         if let Some(admin) = admin {

@@ -14,6 +14,7 @@ use crate::pool::{PoolName, PoolSpec};
 use crate::prefix::PrefixTable;
 use crate::replica::{Health, Replica, ReplicaId, ReplicaState};
 use crate::replica_set::{Policy, PoolEntry, ReplicaSet};
+use crate::scaling::PoolQueue;
 
 /// A replica as declared by an operator or a discovery source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,8 @@ pub struct State {
     /// `prefix` routing's tables by pool, kept across snapshots and shared
     /// by every copy of the state.
     tables: Arc<Mutex<HashMap<PoolName, Arc<PrefixTable>>>>,
+    /// Autoscaling pools' queues of held requests, kept the same way.
+    queues: Arc<Mutex<HashMap<PoolName, Arc<PoolQueue>>>>,
 }
 
 impl State {
@@ -118,6 +121,7 @@ impl State {
             replicas: Vec::new(),
             pools: Vec::new(),
             tables: Arc::default(),
+            queues: Arc::default(),
         }
     }
 
@@ -130,6 +134,7 @@ impl State {
             replicas,
             pools: Vec::new(),
             tables: Arc::default(),
+            queues: Arc::default(),
         }
     }
 
@@ -367,7 +372,11 @@ impl State {
                     .or_insert_with(|| Arc::new(PrefixTable::new(spec.prefix.max_tree_bytes)));
                 Arc::clone(table)
             });
-            entries.push(PoolEntry { spec, table });
+            let queue = spec.autoscaling.is_some().then(|| {
+                let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+                Arc::clone(queues.entry(name.clone()).or_default())
+            });
+            entries.push(PoolEntry { spec, table, queue });
         }
         // Tables of pools gone or no longer routing by prefix are dropped.
         tables.retain(|name, _| {

@@ -311,6 +311,63 @@ pub struct FilePool {
     /// Overrides of `[health]` for this pool's replicas.
     #[serde(default)]
     pub health: FilePoolHealth,
+    /// Local autoscaling: the pool starts and stops its own replicas.
+    pub autoscaling: Option<FilePoolAutoscaling>,
+}
+
+/// `[pools.autoscaling]`: see [`PoolAutoscaling`](crate::scaling::PoolAutoscaling).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePoolAutoscaling {
+    /// Fewest replicas; 0 scales to zero when idle. Default 0.
+    pub min: Option<u32>,
+    /// Most replicas (required).
+    pub max: Option<u32>,
+    /// In-flight requests per replica to keep. Default 4.
+    pub target_in_flight: Option<f64>,
+    /// Default 30.
+    pub scale_out_cooldown_s: Option<u64>,
+    /// Default 300.
+    pub scale_in_cooldown_s: Option<u64>,
+    /// With `min = 0`: no request for this long → 0 replicas. Default 600.
+    pub idle_to_zero_s: Option<u64>,
+    /// Datapoints above target before a scale-out. Default 3.
+    pub scale_out_datapoints: Option<u32>,
+    /// The scale-out datapoints' period. Default 10.
+    pub scale_out_period_s: Option<u64>,
+    /// Datapoints below 90 % of the target before a scale-in. Default 15.
+    pub scale_in_datapoints: Option<u32>,
+    /// The scale-in datapoints' period. Default 60.
+    pub scale_in_period_s: Option<u64>,
+    /// `exec` (a child process per replica) or `systemd` (a template unit).
+    pub provider: Option<String>,
+    /// exec: the command and its arguments; `{port}`, `{index}`, `{pool}`
+    /// and `{host}` are substituted.
+    pub command: Option<Vec<String>>,
+    /// exec: extra environment, values substituted like `command`.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// exec: the ports `{port}` is taken from, `"20000-20099"`.
+    pub ports: Option<String>,
+    /// systemd: the template unit, e.g. `"model@{index}.service"`.
+    pub unit: Option<String>,
+    /// systemd: the port replica `index` listens on, `"{20000 + index}"`.
+    pub port: Option<String>,
+    /// The address replicas listen on. Default 127.0.0.1.
+    pub host: Option<std::net::IpAddr>,
+    /// Default 600.
+    pub start_timeout_s: Option<u64>,
+    /// Default 30.
+    pub stop_grace_s: Option<u64>,
+    /// How long a scale-in drain may take. Default 300.
+    pub drain_timeout_s: Option<u64>,
+    /// The path a starting replica must answer 200–399 on; default the
+    /// pool's `[pools.health] path`, else `/health`.
+    pub health_path: Option<String>,
+    /// How long a request may wait for a first replica. Default 60000.
+    pub queue_timeout_ms: Option<u64>,
+    /// Held requests beyond this many get 503. Default 1000.
+    pub max_queued: Option<u32>,
 }
 
 /// `[pools.health]`.
@@ -1031,7 +1088,13 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
                 format!("{path:?} must start with /"),
             ));
         }
+        let autoscaling = pool
+            .autoscaling
+            .as_ref()
+            .map(|a| autoscaling(&format!("{at}.autoscaling"), a, pool))
+            .transpose()?;
         pools.push(PoolSpec {
+            autoscaling,
             name,
             aliases: pool.aliases.clone(),
             routing: pool.routing,
@@ -1058,6 +1121,211 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
         }
     }
     Ok(pools)
+}
+
+/// `[pools.autoscaling]`, checked under `at`.
+fn autoscaling(
+    at: &str,
+    a: &FilePoolAutoscaling,
+    pool: &FilePool,
+) -> Result<crate::scaling::PoolAutoscaling, ConfigError> {
+    use crate::scaling::{PoolAutoscaling, Provider};
+    let field = |name: &str| format!("{at}.{name}");
+    let seconds = |name: &str, value: Option<u64>, default: Duration| match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::invalid(field(name), "must be above 0")),
+        Some(s) => Ok(Duration::from_secs(s)),
+    };
+    if !pool.replicas.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{at}"),
+            "a pool that autoscales starts its own replicas: remove its `replicas`",
+        ));
+    }
+    let provider = match a.provider.as_deref() {
+        Some("exec") => {
+            let command = a.command.clone().unwrap_or_default();
+            if command.first().is_none_or(|c| c.is_empty()) {
+                return Err(ConfigError::invalid(
+                    field("command"),
+                    "the exec provider needs a command, e.g. [\"/opt/models/serve\", \"--port\", \"{port}\"]",
+                ));
+            }
+            Provider::Exec {
+                command,
+                env: a.env.clone().into_iter().collect(),
+            }
+        }
+        Some("systemd") => {
+            let unit = a.unit.clone().unwrap_or_default();
+            if !unit.contains("{index}") || !unit.contains('@') {
+                return Err(ConfigError::invalid(
+                    field("unit"),
+                    "the systemd provider needs a template unit with {index}, e.g. \"model@{index}.service\"",
+                ));
+            }
+            let text = a.port.as_deref().unwrap_or("");
+            let base = text
+                .trim()
+                .strip_prefix('{')
+                .and_then(|t| t.strip_suffix('}'))
+                .and_then(|t| t.split_once('+'))
+                .filter(|(_, index)| index.trim() == "index")
+                .and_then(|(base, _)| base.trim().parse::<u16>().ok())
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        field("port"),
+                        format!("{text:?} is not of the form \"{{20000 + index}}\""),
+                    )
+                })?;
+            Provider::Systemd {
+                unit,
+                port_base: base,
+            }
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                field("provider"),
+                format!("{other:?} is not a provider: use \"exec\" or \"systemd\""),
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                field("provider"),
+                "required: \"exec\" or \"systemd\"",
+            ))
+        }
+    };
+    let mut settings = PoolAutoscaling::new(provider);
+    let max = a
+        .max
+        .ok_or_else(|| ConfigError::invalid(field("max"), "required"))?;
+    if !(1..=1000).contains(&max) {
+        return Err(ConfigError::invalid(
+            field("max"),
+            "must be between 1 and 1000",
+        ));
+    }
+    let min = a.min.unwrap_or(0);
+    if min > max {
+        return Err(ConfigError::invalid(
+            field("min"),
+            format!("{min} is above max ({max})"),
+        ));
+    }
+    settings.min = min;
+    settings.max = max;
+    if let Some(target) = a.target_in_flight {
+        if !(target > 0.0 && target.is_finite()) {
+            return Err(ConfigError::invalid(
+                field("target_in_flight"),
+                "must be above 0",
+            ));
+        }
+        settings.target_in_flight = target;
+    }
+    settings.scale_out_cooldown = match a.scale_out_cooldown_s {
+        Some(s) => Duration::from_secs(s),
+        None => settings.scale_out_cooldown,
+    };
+    settings.scale_in_cooldown = match a.scale_in_cooldown_s {
+        Some(s) => Duration::from_secs(s),
+        None => settings.scale_in_cooldown,
+    };
+    settings.idle_to_zero = seconds("idle_to_zero_s", a.idle_to_zero_s, settings.idle_to_zero)?;
+    for (name, value, into) in [
+        (
+            "scale_out_datapoints",
+            a.scale_out_datapoints,
+            &mut settings.scale_out_datapoints,
+        ),
+        (
+            "scale_in_datapoints",
+            a.scale_in_datapoints,
+            &mut settings.scale_in_datapoints,
+        ),
+    ] {
+        match value {
+            Some(0) => return Err(ConfigError::invalid(field(name), "must be above 0")),
+            Some(n) => *into = n,
+            None => {}
+        }
+    }
+    settings.scale_out_period = seconds(
+        "scale_out_period_s",
+        a.scale_out_period_s,
+        settings.scale_out_period,
+    )?;
+    settings.scale_in_period = seconds(
+        "scale_in_period_s",
+        a.scale_in_period_s,
+        settings.scale_in_period,
+    )?;
+    if let Some(text) = &a.ports {
+        let range = text
+            .split_once('-')
+            .and_then(|(lo, hi)| {
+                Some((
+                    lo.trim().parse::<u16>().ok()?,
+                    hi.trim().parse::<u16>().ok()?,
+                ))
+            })
+            .filter(|(lo, hi)| *lo > 0 && lo <= hi)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    field("ports"),
+                    format!("{text:?} is not a range like \"20000-20099\""),
+                )
+            })?;
+        settings.ports = range;
+    }
+    if matches!(settings.provider, Provider::Exec { .. })
+        && u32::from(settings.ports.1 - settings.ports.0) + 1 < max
+    {
+        return Err(ConfigError::invalid(
+            field("ports"),
+            format!(
+                "{}-{} has fewer ports than max ({max})",
+                settings.ports.0, settings.ports.1
+            ),
+        ));
+    }
+    if let Some(host) = a.host {
+        settings.host = host;
+    }
+    settings.start_timeout = seconds("start_timeout_s", a.start_timeout_s, settings.start_timeout)?;
+    settings.stop_grace = match a.stop_grace_s {
+        Some(s) => Duration::from_secs(s),
+        None => settings.stop_grace,
+    };
+    settings.drain_timeout = match a.drain_timeout_s {
+        Some(s) if s > 3600 => {
+            return Err(ConfigError::invalid(
+                field("drain_timeout_s"),
+                "must be at most 3600",
+            ))
+        }
+        Some(s) => Duration::from_secs(s),
+        None => settings.drain_timeout,
+    };
+    if let Some(path) = a.health_path.clone().or_else(|| pool.health.path.clone()) {
+        if !path.starts_with('/') {
+            return Err(ConfigError::invalid(
+                field("health_path"),
+                format!("{path:?} must start with /"),
+            ));
+        }
+        settings.health_path = path;
+    }
+    settings.queue_timeout = millis(
+        &field("queue_timeout_ms"),
+        a.queue_timeout_ms,
+        settings.queue_timeout,
+    )?;
+    if let Some(n) = a.max_queued {
+        settings.max_queued = n;
+    }
+    Ok(settings)
 }
 
 /// `[engine_metrics]` fields over `base`, checked under `at`.

@@ -18,6 +18,7 @@
 //! - [`health`]: the health-check verdict machine and the replica status.
 //! - [`pool`]: pools (one model's replicas) and their settings.
 //! - [`prefix`]: the shared prefix table of `prefix` routing.
+//! - [`scaling`]: local autoscaling's settings and a pool's held requests.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod pool;
 pub mod prefix;
 pub mod replica;
 pub mod replica_set;
+pub mod scaling;
 pub mod stats;
 
 pub use balance::{Balancer, Cursor, Routing, Tried};
@@ -47,4 +49,5 @@ pub use replica::{
     EngineLoad, Health, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass,
 };
 pub use replica_set::{Policy, PoolView, PrefixKey, ReplicaSet, Snapshots};
+pub use scaling::{PoolAutoscaling, PoolQueue, Provider};
 pub use stats::{Histogram, HistogramSnapshot, WorkerStats};

@@ -270,6 +270,8 @@ pub struct PoolSpec {
     pub engine_metrics: EngineMetrics,
     /// Overrides of the active health checks.
     pub health: PoolHealth,
+    /// Local autoscaling: the pool starts and stops its own replicas.
+    pub autoscaling: Option<crate::scaling::PoolAutoscaling>,
 }
 
 impl PoolSpec {
@@ -283,6 +285,7 @@ impl PoolSpec {
             load: LoadWeights::default(),
             engine_metrics: EngineMetrics::default(),
             health: PoolHealth::default(),
+            autoscaling: None,
         }
     }
 }

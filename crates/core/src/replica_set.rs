@@ -12,6 +12,7 @@ use crate::pool::{PoolName, PoolSpec};
 use crate::prefix::{PrefixTable, Slot};
 use crate::replica::Replica;
 use crate::replica::{Health, ReplicaState};
+use crate::scaling::PoolQueue;
 
 /// One published view of the replicas: what every worker routes with until
 /// the next generation is published. Never mutated after it is built.
@@ -38,6 +39,8 @@ pub struct PoolView {
     /// `prefix` routing's table, and the slot of each routable member.
     table: Option<Arc<PrefixTable>>,
     slots: Vec<(u32, Slot)>,
+    /// Held requests, when the pool autoscales.
+    queue: Option<Arc<PoolQueue>>,
 }
 
 impl PoolView {
@@ -69,6 +72,11 @@ impl PoolView {
     /// `prefix` routing's table, when the pool routes by prefix.
     pub fn table(&self) -> Option<&Arc<PrefixTable>> {
         self.table.as_ref()
+    }
+
+    /// The queue of held requests, when the pool autoscales.
+    pub fn queue(&self) -> Option<&Arc<PoolQueue>> {
+        self.queue.as_ref()
     }
 }
 
@@ -118,6 +126,8 @@ pub struct PoolEntry {
     pub spec: PoolSpec,
     /// Its table, when it routes by prefix.
     pub table: Option<Arc<PrefixTable>>,
+    /// Its held requests, when it autoscales.
+    pub queue: Option<Arc<PoolQueue>>,
 }
 
 impl ReplicaSet {
@@ -154,6 +164,7 @@ impl ReplicaSet {
                 entries.push(PoolEntry {
                     spec: PoolSpec::named(r.pool.clone()),
                     table: None,
+                    queue: None,
                 });
             }
         }
@@ -161,6 +172,7 @@ impl ReplicaSet {
             entries.push(PoolEntry {
                 spec: PoolSpec::named(PoolName::default_pool()),
                 table: None,
+                queue: None,
             });
         }
         let mut pools = Vec::with_capacity(entries.len());
@@ -205,6 +217,7 @@ impl ReplicaSet {
                 failing_open,
                 table,
                 slots,
+                queue: entry.queue,
             });
         }
         Self {

@@ -26,6 +26,12 @@ pub(crate) enum ErrorKind {
     ExpectationFailed,
     /// No replica can take requests; 503 with `Retry-After`.
     NoReplica,
+    /// Held for an autoscaling pool's first replica past `queue_timeout_ms`;
+    /// 503 with `Retry-After`.
+    QueueTimeout,
+    /// The autoscaling pool already holds `max_queued` requests; 503 with
+    /// `Retry-After`.
+    QueueFull,
     /// Every replica tried refused the connection or timed out; 502.
     ConnectFailed,
     /// The replica failed before a whole response head arrived; 502.
@@ -48,7 +54,9 @@ impl ErrorKind {
             Self::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
             Self::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
             Self::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
-            Self::NoReplica => b"HTTP/1.1 503 Service Unavailable\r\n",
+            Self::NoReplica | Self::QueueTimeout | Self::QueueFull => {
+                b"HTTP/1.1 503 Service Unavailable\r\n"
+            }
             Self::ConnectFailed | Self::UpstreamFailed => b"HTTP/1.1 502 Bad Gateway\r\n",
             Self::UpstreamTimeout | Self::UpstreamWriteTimeout => {
                 b"HTTP/1.1 504 Gateway Timeout\r\n"
@@ -69,6 +77,8 @@ impl ErrorKind {
             Self::NotImplemented => br#"{"error":"not_implemented","message":"the method or transfer coding is not supported"}"#,
             Self::ExpectationFailed => br#"{"error":"expectation_failed","message":"only Expect: 100-continue is supported"}"#,
             Self::NoReplica => br#"{"error":"no_routable_replica","message":"no replica can take requests right now; retry later"}"#,
+            Self::QueueTimeout => br#"{"error":"no_routable_replica","message":"no replica of the pool became ready within its queue timeout; retry later"}"#,
+            Self::QueueFull => br#"{"error":"no_routable_replica","message":"too many requests are waiting for the pool's first replica; retry later"}"#,
             Self::ConnectFailed => br#"{"error":"bad_gateway","message":"no replica accepted a connection"}"#,
             Self::UpstreamFailed => br#"{"error":"bad_gateway","message":"the replica closed or sent an invalid response"}"#,
             Self::UpstreamTimeout => br#"{"error":"gateway_timeout","message":"the replica did not answer in time"}"#,
@@ -82,6 +92,8 @@ impl ErrorKind {
         !matches!(
             self,
             Self::NoReplica
+                | Self::QueueTimeout
+                | Self::QueueFull
                 | Self::ConnectFailed
                 | Self::UpstreamFailed
                 | Self::UpstreamTimeout
@@ -96,6 +108,8 @@ impl ErrorKind {
             // Long enough for an autoscaler or an operator to bring a replica
             // back, short enough that clients retry promptly.
             Self::NoReplica => b"Retry-After: 1\r\n",
+            // A replica is starting: worth a few seconds.
+            Self::QueueTimeout | Self::QueueFull => b"Retry-After: 5\r\n",
             Self::MethodNotAllowed => b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n",
             _ => b"",
         }

@@ -24,6 +24,7 @@ use crate::h1::body::{Body, Framing};
 use crate::h1::request::{self, Local, RequestInfo};
 use crate::h1::response::ResponseInfo;
 use crate::h1::RequestId;
+use crate::hold::{self, Hold};
 use crate::sock;
 use crate::upstream::{self, UpstreamConn};
 use crate::watch::{self, Io};
@@ -151,7 +152,7 @@ async fn forward(
     // Kept whole (with the head, or read for inspection): it can be resent.
     let replayable = body.is_done();
     // One clock read serves the budget and every pick of this request.
-    let now_ms = clock::now_ms();
+    let mut now_ms = clock::now_ms();
     worker.retry_budget.borrow_mut().on_request(now_ms);
     let mut attempts = Attempts::new(
         worker,
@@ -161,12 +162,28 @@ async fn forward(
     let mut tried_generation = u64::MAX;
     let mut host_added = false;
 
+    let mut may_hold = true;
     loop {
         // Pick a replica of the pool not tried yet.
         let Some(picked) = pick(worker, &mut tried, &mut tried_generation, now_ms, &target) else {
+            // An autoscaling pool with no replica yet: wait for its first.
+            if std::mem::take(&mut may_hold) {
+                match hold::wait(worker, client, target.model.as_deref()).await {
+                    Hold::Ready => {
+                        now_ms = clock::now_ms();
+                        continue;
+                    }
+                    Hold::ClientGone => return Err(Abort::ClientGone),
+                    Hold::Refused(kind) => {
+                        return respond_keeping(client, id, kind, body.is_done(), keep_client).await
+                    }
+                    Hold::NotHeld => {}
+                }
+            }
             return respond_keeping(client, id, attempts.give_up(), body.is_done(), keep_client)
                 .await;
         };
+        may_hold = false;
         let _in_flight = picked.stats.start_request();
         let started = Instant::now();
 

@@ -32,6 +32,7 @@ mod exchange;
 mod forward;
 mod h1;
 mod handler;
+mod hold;
 mod inspect;
 mod models;
 mod retry_budget;
