@@ -188,7 +188,7 @@ impl Control {
                 .iter()
                 .find(|p| p.name == pool)
                 .and_then(|p| p.autoscaling.as_ref())
-                .map(crate::scaler::Settings::declared);
+                .map(|a| crate::scaler::Settings::declared(a));
             let now = shared.settings();
             if base != Some(now) {
                 changed.insert(pool, now);

@@ -309,7 +309,7 @@ pub fn spawn_all(
             .scalers()
             .insert(spec.name.clone(), Arc::clone(&shared));
         tracing::info!(pool = %spec.name, provider = provider_name(&config.provider), min = config.min, max = config.max, target_in_flight = config.target_in_flight, "local autoscaling");
-        let scaler = Scaler::new(Arc::clone(control), spec.name, config, shared);
+        let scaler = Scaler::new(Arc::clone(control), spec.name, (*config).clone(), shared);
         handles.push(tokio::spawn(scaler.run(stop.clone())));
     }
     handles

@@ -1091,7 +1091,7 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
         let autoscaling = pool
             .autoscaling
             .as_ref()
-            .map(|a| autoscaling(&format!("{at}.autoscaling"), a, pool))
+            .map(|a| autoscaling(&format!("{at}.autoscaling"), a, pool).map(std::sync::Arc::new))
             .transpose()?;
         pools.push(PoolSpec {
             autoscaling,
@@ -1138,7 +1138,7 @@ fn autoscaling(
     };
     if !pool.replicas.is_empty() {
         return Err(ConfigError::invalid(
-            format!("{at}"),
+            at,
             "a pool that autoscales starts its own replicas: remove its `replicas`",
         ));
     }

@@ -271,7 +271,7 @@ pub struct PoolSpec {
     /// Overrides of the active health checks.
     pub health: PoolHealth,
     /// Local autoscaling: the pool starts and stops its own replicas.
-    pub autoscaling: Option<crate::scaling::PoolAutoscaling>,
+    pub autoscaling: Option<Arc<crate::scaling::PoolAutoscaling>>,
 }
 
 impl PoolSpec {
