@@ -6,7 +6,12 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use inferlb_core::pool::EngineMetrics;
-use inferlb_core::{Command, Config, PoolName, PoolSpec, ReplicaId, ReplicaSpec, Routing, State};
+use std::time::Duration;
+
+use inferlb_core::{
+    Command, Config, PoolAutoscaling, PoolName, PoolSpec, Provider, ReplicaId, ReplicaSpec,
+    Routing, State,
+};
 use inferlb_testkit::EngineConfig;
 
 /// Flags of `inferlb demo`.
@@ -24,6 +29,58 @@ pub(crate) struct DemoArgs {
     /// Where the admin API listens.
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin_listen: SocketAddr,
+    /// Add a pool that scales itself: 0 to 3 `inferlb fake-replica`
+    /// processes that take 3 s to start, on in-flight requests per replica.
+    #[arg(long)]
+    autoscale: bool,
+}
+
+/// The autoscaled pool of `--autoscale`.
+const AUTOSCALED: &str = "mistral-7b";
+
+/// `--autoscale`'s pool: min 0, max 3, replicas started as child processes
+/// of this binary with a model's start-up delay.
+fn autoscaled_pool() -> Result<PoolSpec> {
+    let exe = std::env::current_exe().context("cannot find the inferlb binary")?;
+    let command = [
+        exe.to_string_lossy().as_ref(),
+        "fake-replica",
+        "--listen",
+        "{host}:{port}",
+        "--model",
+        "{pool}",
+        "--name",
+        "{pool}-{index}",
+        "--start-delay",
+        "3s",
+        "--decode-ms-per-token",
+        "20",
+        "--max-running",
+        "4",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut settings = PoolAutoscaling::new(Provider::Exec {
+        command,
+        env: Vec::new(),
+    });
+    settings.min = 0;
+    settings.max = 3;
+    settings.target_in_flight = 4.0;
+    settings.scale_out_cooldown = Duration::from_secs(10);
+    settings.scale_in_cooldown = Duration::from_secs(20);
+    settings.scale_out_period = Duration::from_secs(1);
+    settings.scale_out_datapoints = 3;
+    settings.scale_in_period = Duration::from_secs(1);
+    settings.scale_in_datapoints = 15;
+    settings.idle_to_zero = Duration::from_secs(60);
+    settings.drain_timeout = Duration::from_secs(30);
+    settings.stop_grace = Duration::from_secs(5);
+    settings.start_timeout = Duration::from_secs(60);
+    let mut spec = PoolSpec::named(PoolName::new(AUTOSCALED)?);
+    spec.aliases = vec!["mistralai/Mistral-7B-Instruct-v0.3".into()];
+    spec.autoscaling = Some(std::sync::Arc::new(settings));
+    Ok(spec)
 }
 
 /// The demo's pools: (name, alias, routing).
@@ -86,6 +143,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             handles.push(replica);
         }
     }
+    if args.autoscale {
+        let spec = autoscaled_pool()?;
+        state.apply(Command::SetPool(spec.clone()))?;
+        config.pools.push(spec);
+    }
     let (handle, snapshots) = crate::serve::start_proxy(&config, &state)?;
     let at = handle.local_addr();
     let admin = args.admin_listen;
@@ -126,6 +188,16 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         println!("  cargo run -p inferlb -- replicas list --admin http://{admin}");
         println!("  curl -s http://{admin}/metrics | grep inferlb_replica_requests");
         println!();
+        if args.autoscale {
+            println!("  # {AUTOSCALED} scales itself: 0 replicas now, up to 3, each a process that takes 3 s to start.");
+            println!("  # A burst: the first requests are held while a replica starts, then it scales out:");
+            println!("  for i in $(seq 24); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' http://{at}/v1/chat/completions \\");
+            println!("       -H 'content-type: application/json' -d '{{\"model\": \"{AUTOSCALED}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], \"max_tokens\": 200}}' & done; wait");
+            println!("  # replicas appear, then drain and stop after 15 s of quiet, and the pool goes to zero after 60 s idle:");
+            println!("  watch -n1 cargo run -q -p inferlb -- replicas list --admin http://{admin}");
+            println!("  curl -s http://{admin}/v1/pools/{AUTOSCALED}/autoscaling");
+            println!();
+        }
         println!("Ctrl-C to stop.");
     }
     let plane = crate::serve::ControlPlane {

@@ -309,3 +309,29 @@ fn the_systemd_unit_keeps_the_proxy_off_instance_metadata() {
     // Persistence under systemd comes from the state directory it sets.
     assert!(unit.lines().any(|l| l.trim() == "StateDirectory=inferlb"));
 }
+
+/// The exec provider's drop-in gives the model servers (inferlb's children)
+/// the GPUs the shipped unit hides, and JIT memory; the systemd provider's
+/// template takes its index and port from the instance name.
+#[test]
+fn the_local_autoscaling_units_lift_what_model_servers_need() {
+    let unit = include_str!("../../../deploy/systemd/inferlb.service");
+    assert!(unit.lines().any(|l| l.trim() == "PrivateDevices=yes"));
+    let dropin = include_str!("../../../deploy/systemd/inferlb.service.d/exec-provider.conf");
+    let lines: Vec<&str> = dropin.lines().map(str::trim).collect();
+    for wanted in [
+        "[Service]",
+        "PrivateDevices=no",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-nvidia-frontend rw",
+        "DeviceAllow=/dev/nvidiactl rw",
+        "MemoryDenyWriteExecute=no",
+        "ReadOnlyPaths=/opt/models",
+    ] {
+        assert!(lines.contains(&wanted), "{wanted} missing from the drop-in");
+    }
+    let template = include_str!("../../../deploy/systemd/model@.service");
+    assert!(template.contains("%i") && template.contains("CUDA_VISIBLE_DEVICES=%i"));
+    let rules = include_str!("../../../deploy/systemd/50-inferlb-model-units.rules");
+    assert!(rules.contains("model@[0-9]+\\.service"));
+}

@@ -1662,6 +1662,101 @@ mod tests {
     }
 
     #[test]
+    fn pool_autoscaling_is_read_with_defaults_and_checked_by_field() {
+        use crate::scaling::Provider;
+        let config = Config::from_toml(
+            r#"
+[[pools]]
+name = "llama"
+[pools.autoscaling]
+max = 4
+provider = "exec"
+command = ["/opt/serve", "--port", "{port}"]
+env = { CUDA_VISIBLE_DEVICES = "{index}" }
+"#,
+        )
+        .unwrap();
+        let a = config.pools[0].autoscaling.as_deref().unwrap();
+        assert_eq!((a.min, a.max, a.target_in_flight), (0, 4, 4.0));
+        assert_eq!(a.ports, (20000, 20099));
+        assert_eq!(a.queue_timeout, Duration::from_secs(60));
+        assert!(
+            matches!(&a.provider, Provider::Exec { env, .. } if env[0].0 == "CUDA_VISIBLE_DEVICES")
+        );
+        let systemd = Config::from_toml(
+            "[[pools]]\nname = \"m\"\n[pools.autoscaling]\nmax = 2\nprovider = \"systemd\"\nunit = \"model@{index}.service\"\nport = \"{20000 + index}\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            systemd.pools[0].autoscaling.as_deref().unwrap().provider,
+            Provider::Systemd {
+                unit: "model@{index}.service".into(),
+                port_base: 20000
+            }
+        );
+        for (body, field) in [
+            ("max = 2", "pools[0].autoscaling.provider"),
+            (
+                "provider = \"exec\"\ncommand = [\"x\"]",
+                "pools[0].autoscaling.max",
+            ),
+            (
+                "max = 2\nmin = 3\nprovider = \"exec\"\ncommand = [\"x\"]",
+                "pools[0].autoscaling.min",
+            ),
+            (
+                "max = 2\nprovider = \"exec\"",
+                "pools[0].autoscaling.command",
+            ),
+            (
+                "max = 2\nprovider = \"docker\"",
+                "pools[0].autoscaling.provider",
+            ),
+            (
+                "max = 2\nprovider = \"systemd\"\nunit = \"model.service\"",
+                "pools[0].autoscaling.unit",
+            ),
+            (
+                "max = 2\nprovider = \"systemd\"\nunit = \"m@{index}.service\"\nport = \"20000\"",
+                "pools[0].autoscaling.port",
+            ),
+            (
+                "max = 5\nprovider = \"exec\"\ncommand = [\"x\"]\nports = \"20000-20001\"",
+                "pools[0].autoscaling.ports",
+            ),
+            (
+                "max = 2\nprovider = \"exec\"\ncommand = [\"x\"]\nports = \"high\"",
+                "pools[0].autoscaling.ports",
+            ),
+            (
+                "max = 2\nprovider = \"exec\"\ncommand = [\"x\"]\ntarget_in_flight = 0",
+                "pools[0].autoscaling.target_in_flight",
+            ),
+            (
+                "max = 2\nprovider = \"exec\"\ncommand = [\"x\"]\nqueue_timeout_ms = 0",
+                "pools[0].autoscaling.queue_timeout_ms",
+            ),
+            (
+                "max = 2\nprovider = \"exec\"\ncommand = [\"x\"]\nhealth_path = \"health\"",
+                "pools[0].autoscaling.health_path",
+            ),
+        ] {
+            let err = Config::from_toml(&format!(
+                "[[pools]]\nname = \"m\"\n[pools.autoscaling]\n{body}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(field), "{body}: {err}");
+        }
+        let err = Config::from_toml(
+            "[[pools]]\nname = \"m\"\nreplicas = [{ address = \"127.0.0.1:1\" }]\n[pools.autoscaling]\nmax = 1\nprovider = \"exec\"\ncommand = [\"x\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("starts its own replicas"), "{err}");
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../../../deploy/inferlb.toml");
         let config = Config::from_toml(text).unwrap();
