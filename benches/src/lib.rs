@@ -9,11 +9,13 @@
 //! - [`scenario`]: the scenario files in benches/scenarios.
 //! - [`peers`]: starting inferlb, nginx, HAProxy (or none: direct) pinned.
 //! - [`prefix`]: the shared-prefix workload of the `prefix` scenario.
+//! - [`autoscale`]: local autoscaling through a step of load (`autoscale`).
 //! - [`procstat`]: CPU seconds and memory of a process tree, machine facts.
 //! - [`report`]: medians, the table, the JSON record, the SVG chart.
 
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod loadgen;
 pub mod peers;
 pub mod prefix;

@@ -21,6 +21,8 @@ pub enum Kind {
     Skew,
     /// A shared-prefix workload over simulated engines, per routing rule.
     Prefix,
+    /// Local autoscaling through a step of load and back.
+    Autoscale,
 }
 
 /// One load point.
@@ -78,6 +80,8 @@ pub struct Scenario {
     pub load: Vec<LoadPoint>,
     /// The shared-prefix workload (prefix).
     pub prefix: Option<crate::prefix::PrefixWorkload>,
+    /// The load steps and the autoscaled pool (autoscale).
+    pub autoscale: Option<crate::autoscale::AutoscaleWorkload>,
 }
 
 fn default_peers() -> Vec<String> {
@@ -116,7 +120,9 @@ mod tests {
             let path = entry.unwrap().path();
             let scenario = Scenario::load(&path).unwrap();
             assert!(
-                !scenario.load.is_empty() || scenario.prefix.is_some(),
+                !scenario.load.is_empty()
+                    || scenario.prefix.is_some()
+                    || scenario.autoscale.is_some(),
                 "{}",
                 path.display()
             );
@@ -126,6 +132,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "autoscale",
                 "churn",
                 "connections",
                 "prefix",

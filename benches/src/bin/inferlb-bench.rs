@@ -712,7 +712,7 @@ fn print_rows(s: &Scenario, rows: &[Row]) {
                 m.extra.get("admin_operations").cloned().unwrap_or_default(),
                 m.errors.total()
             ),
-            Kind::Requests | Kind::Prefix => String::new(),
+            Kind::Requests | Kind::Prefix | Kind::Autoscale => String::new(),
         };
         row.push(extra);
         table.push(row);
@@ -806,6 +806,7 @@ fn main() -> Result<()> {
             "churn",
             "skew",
             "prefix",
+            "autoscale",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -817,6 +818,10 @@ fn main() -> Result<()> {
         println!("\n== {}: {}", scenario.name, scenario.description);
         if scenario.kind == Kind::Prefix {
             prefix(&scenario, &args, &layout, &dir)?;
+            continue;
+        }
+        if scenario.kind == Kind::Autoscale {
+            autoscale(&scenario, &args, &layout, &dir)?;
             continue;
         }
         let started = Instant::now();
@@ -889,5 +894,96 @@ fn main() -> Result<()> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `autoscale`: one run (a timeline, not a comparison), then the targets.
+fn autoscale(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path) -> Result<()> {
+    let w = s
+        .autoscale
+        .as_ref()
+        .context("an autoscale scenario needs an [autoscale] table")?;
+    let started = Instant::now();
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "inferlb autoscaling, {} s of load steps",
+        w.phases.iter().map(|p| p.seconds).sum::<u64>()
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    let outcome = inferlb_benches::autoscale::run(&args.inferlb, w, &dir.join("autoscale"));
+    spinner.finish_and_clear();
+    let outcome = outcome?;
+    let rows: Vec<Vec<String>> = outcome
+        .timeline
+        .iter()
+        .filter(|t| t.t % 5 == 0)
+        .map(|t| {
+            vec![
+                t.t.to_string(),
+                t.offered.to_string(),
+                t.ok.to_string(),
+                t.failed.to_string(),
+                format!("{:.0}", t.p50_ms),
+                format!("{:.0}", t.p99_ms),
+                t.desired.to_string(),
+                t.starting.to_string(),
+                t.in_service.to_string(),
+                t.draining.to_string(),
+                t.held.to_string(),
+                t.in_flight.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        report::table(
+            &[
+                "T S",
+                "OFFERED",
+                "200",
+                "FAILED",
+                "P50 MS",
+                "P99 MS",
+                "DESIRED",
+                "STARTING",
+                "IN SERVICE",
+                "DRAINING",
+                "HELD",
+                "IN FLIGHT",
+            ],
+            &rows,
+        )
+    );
+    println!(
+        "requests {}, failed {}, longest hold {:.2} s (limit {:.1} s), scale-outs {}, scale-ins {}, shortest scale-in gap {}, steady in flight per replica / target {}",
+        outcome.requests,
+        outcome.failed,
+        outcome.longest_hold_s,
+        outcome.hold_limit_s,
+        outcome.scale_outs,
+        outcome.scale_ins,
+        outcome
+            .shortest_scale_in_gap_s
+            .map_or("-".to_owned(), |g| format!("{g:.0} s")),
+        outcome
+            .steady_in_flight_ratio
+            .map_or("-".to_owned(), |r| format!("{r:.2}"))
+    );
+    for (target, met) in &outcome.met {
+        println!("  {} {target}", if *met { "met:   " } else { "MISSED:" });
+    }
+    let record = json!({
+        "scenario": s.name,
+        "description": s.description,
+        "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "machine": procstat::machine(layout.cores),
+        "commit": args.commit,
+        "settings": { "scenario": s },
+        "outcome": outcome,
+        "wall_s": started.elapsed().as_secs_f64(),
+    });
+    report::write_json(&args.out, &s.name, &record)?;
+    inferlb_benches::autoscale::write_svg(&args.out, &s.name, &outcome)?;
+    println!("wrote {}/{}.json and .svg", args.out.display(), s.name);
     Ok(())
 }

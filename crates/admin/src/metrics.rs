@@ -133,6 +133,20 @@ impl Source {
                     .encode_gauge(&(queue.held() as i64))?;
             }
         }
+        let mut m = e.encode_descriptor(
+            "inferlb_pool_queue_wait",
+            "How long requests were held for the autoscaling pool's first replica (served or not).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for pool in snapshot.pools() {
+            if let Some(queue) = pool.queue() {
+                let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.name().as_str()))];
+                let h = queue.waited().snapshot();
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+            }
+        }
         let scalers = self.control.scalers().all();
         let status: Vec<_> = scalers.iter().map(|(p, s)| (p, s, s.status())).collect();
         for (name, help, value) in [

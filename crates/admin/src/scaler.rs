@@ -160,6 +160,8 @@ pub struct Status {
     pub draining: u32,
     /// Requests held for a first replica.
     pub queued: u64,
+    /// The longest any request was held, in milliseconds.
+    pub longest_hold_ms: u64,
     /// Requests in flight to the pool's replicas.
     pub in_flight: u64,
     pub replicas: Vec<ReplicaStatus>,
@@ -196,6 +198,7 @@ impl Shared {
                 starting: 0,
                 draining: 0,
                 queued: 0,
+                longest_hold_ms: 0,
                 in_flight: 0,
                 replicas: Vec::new(),
                 activities: Vec::new(),
@@ -520,6 +523,9 @@ impl Scaler {
         let snapshot = self.control.snapshot();
         let view = snapshot.pools().iter().find(|p| p.name() == &self.pool);
         let queued = view.and_then(|v| v.queue()).map_or(0, |q| q.held());
+        let longest_hold = view
+            .and_then(|v| v.queue())
+            .map_or(Duration::ZERO, |q| q.longest_wait());
         let members: HashMap<&ReplicaId, &inferlb_core::Replica> = view
             .map(|v| {
                 v.members()
@@ -585,6 +591,7 @@ impl Scaler {
         }
         self.converge(now, &members).await;
         self.publish(queued, in_flight);
+        lock(&self.shared.status).longest_hold_ms = longest_hold.as_millis() as u64;
     }
 
     /// Wakes a pool scaled to zero as soon as a request is held, and puts

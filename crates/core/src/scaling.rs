@@ -6,7 +6,9 @@
 //! request is held in the queue until one is, rather than answered 503.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::stats::Histogram;
 
 /// How a pool's replicas are started and stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +103,9 @@ pub struct PoolQueue {
     /// gone).
     total: AtomicU64,
     dropped: AtomicU64,
+    /// How long held requests waited, and the longest wait.
+    waited: Histogram,
+    longest_us: AtomicU64,
 }
 
 /// Why a request could not be held.
@@ -131,6 +136,7 @@ impl PoolQueue {
         Ok(Held {
             queue: self,
             served: false,
+            since: Instant::now(),
         })
     }
 
@@ -148,6 +154,16 @@ impl PoolQueue {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// How long held requests waited, served or not.
+    pub fn waited(&self) -> &Histogram {
+        &self.waited
+    }
+
+    /// The longest any request was held.
+    pub fn longest_wait(&self) -> Duration {
+        Duration::from_micros(self.longest_us.load(Ordering::Relaxed))
+    }
 }
 
 /// One held request's place in its pool's queue.
@@ -155,6 +171,7 @@ impl PoolQueue {
 pub struct Held<'a> {
     queue: &'a PoolQueue,
     served: bool,
+    since: Instant,
 }
 
 impl Held<'_> {
@@ -166,6 +183,11 @@ impl Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
+        let waited = self.since.elapsed();
+        self.queue.waited.record(waited);
+        self.queue
+            .longest_us
+            .fetch_max(waited.as_micros() as u64, Ordering::Relaxed);
         self.queue.held.fetch_sub(1, Ordering::Relaxed);
         if !self.served {
             self.queue.dropped.fetch_add(1, Ordering::Relaxed);
