@@ -12,7 +12,8 @@
 //! ```
 //!
 //! - **Scale out**: a replica is started; it joins the pool only once its
-//!   health check passes, then slow start ramps it in.
+//!   health check passes (and its engine metrics answer, when the pool
+//!   scrapes them), then slow start ramps it in.
 //! - **Scale in**: the replica with the fewest requests in flight is
 //!   drained (no new requests; those in flight and streams finish, up to
 //!   `drain_timeout_s`), then stopped. A scale-out during the drain takes it
@@ -312,7 +313,11 @@ pub fn spawn_all(
             .scalers()
             .insert(spec.name.clone(), Arc::clone(&shared));
         tracing::info!(pool = %spec.name, provider = provider_name(&config.provider), min = config.min, max = config.max, target_in_flight = config.target_in_flight, "local autoscaling");
-        let scaler = Scaler::new(Arc::clone(control), spec.name, (*config).clone(), shared);
+        let mut scaler = Scaler::new(Arc::clone(control), spec.name, (*config).clone(), shared);
+        scaler.metrics_path = spec
+            .engine_metrics
+            .enabled
+            .then(|| spec.engine_metrics.path.clone());
         handles.push(tokio::spawn(scaler.run(stop.clone())));
     }
     handles
@@ -364,6 +369,9 @@ struct Scaler {
     next_start: Instant,
     last_unit_check: Instant,
     activities: VecDeque<ActivityStatus>,
+    /// The engine-metrics path a starting replica must also answer on,
+    /// when the pool scrapes them.
+    metrics_path: Option<String>,
 }
 
 fn epoch_now() -> i64 {
@@ -447,6 +455,7 @@ impl Scaler {
             next_start: now,
             last_unit_check: now,
             activities: VecDeque::new(),
+            metrics_path: None,
         }
     }
 
@@ -731,13 +740,21 @@ impl Scaler {
     /// past `start_timeout_s` are stopped.
     async fn check_starting(&mut self, now: Instant) {
         let path = self.config.health_path.clone();
+        // With engine metrics scraped, the metrics must answer too: a
+        // replica whose load cannot be read would be routed blind.
+        let metrics_path = self.metrics_path.clone();
         // Every starting replica checked at once.
         let mut checks = tokio::task::JoinSet::new();
         for instance in self.instances.iter().filter(|i| i.phase == Phase::Starting) {
             let (id, addr, path) = (instance.id.clone(), instance.addr, path.clone());
-            checks.spawn(
-                async move { (id, crate::health::check(addr, &path, HEALTH_TIMEOUT).await) },
-            );
+            let metrics_path = metrics_path.clone();
+            checks.spawn(async move {
+                let mut ready = crate::health::check(addr, &path, HEALTH_TIMEOUT).await;
+                if let (true, Some(metrics)) = (ready, metrics_path) {
+                    ready = crate::health::check(addr, &metrics, HEALTH_TIMEOUT).await;
+                }
+                (id, ready)
+            });
         }
         let mut passed = std::collections::HashSet::new();
         while let Some(Ok((id, ok))) = checks.join_next().await {

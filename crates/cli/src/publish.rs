@@ -77,8 +77,8 @@ pub(crate) async fn run(control: Arc<Control>, config: Publish) {
                 max_in_flight_per_replica: a.max as f64,
                 requests: requests as f64,
                 errors_5xx: errors as f64,
-                // Held requests arrive with local autoscaling (scale from zero).
-                queued: 0.0,
+                // Requests held for an autoscaling pool's first replica.
+                queued: pool.queue().map_or(0.0, |q| q.held() as f64),
             });
         }
         last = seen;
