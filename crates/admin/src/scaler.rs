@@ -860,7 +860,14 @@ impl Scaler {
                 Ok(_) => {
                     self.instances[i].phase = Phase::InService;
                     live += 1;
-                    tracing::info!(pool = %self.pool, replica = %id, "draining replica taken back for a scale-out");
+                    let n = live as u32;
+                    self.record(
+                        "none",
+                        n,
+                        n,
+                        false,
+                        format!("replica {id} taken back from draining for the scale-out"),
+                    );
                 }
                 Err(_) => break,
             }
@@ -915,7 +922,16 @@ impl Scaler {
             {
                 Ok(_) => {
                     self.instances[i].phase = Phase::Draining;
-                    tracing::info!(pool = %self.pool, replica = %id, "draining replica: scale-in");
+                    let n = live as u32;
+                    self.record(
+                        "none",
+                        n,
+                        n,
+                        false,
+                        format!(
+                            "replica {id} draining for the scale-in (fewest in flight), then stopped"
+                        ),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(pool = %self.pool, replica = %id, error = %e, "cannot drain replica");

@@ -23,9 +23,10 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Twenty ports for replicas, somewhere the tests of this run do not share.
+/// Five ports for one test's replicas, below the kernel's ephemeral range
+/// (32768 and up) so no client socket holds them.
 fn port_range(slot: u16) -> (u16, u16) {
-    let base = 30_000 + (std::process::id() % 1000) as u16 * 25 + slot * 5;
+    let base = 20_000 + (std::process::id() % 300) as u16 * 40 + slot * 5;
     (base, base + 4)
 }
 
@@ -81,12 +82,24 @@ fn fake_command(mark: &str, delay: &str) -> String {
 }
 
 fn serve(dir: &Path, mark: &str, autoscaling: &str, driver: &str, extra: &[&str]) -> Serve {
+    serve_pool(dir, mark, "", autoscaling, driver, extra)
+}
+
+/// `serve` with `pool` lines (e.g. its routing) in the autoscaling pool.
+fn serve_pool(
+    dir: &Path,
+    mark: &str,
+    pool: &str,
+    autoscaling: &str,
+    driver: &str,
+    extra: &[&str],
+) -> Serve {
     let (listen, admin) = (free_addr(), free_addr());
     let config = dir.join("inferlb.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"{listen}\"\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n[[pools]]\nname = \"llama\"\n[pools.autoscaling]\n{autoscaling}\n[[pools]]\nname = \"static\"\n"
+            "listen = \"{listen}\"\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n[[pools]]\nname = \"llama\"\n{pool}[pools.autoscaling]\n{autoscaling}\n[[pools]]\nname = \"static\"\n"
         ),
     )
     .unwrap();
@@ -615,5 +628,135 @@ esac
     assert!(lines.contains(&"start model@0.service"), "{calls}");
     assert_eq!(lines.last(), Some(&"stop model@0.service"), "{calls}");
     assert!(eventually(Duration::from_secs(5), || processes_with(&mark).is_empty()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Scale-in drains the replica with the fewest requests in flight and its
+/// stream finishes; a scale-out arriving during the drain takes that
+/// replica back instead of starting another.
+#[test]
+fn a_scale_out_during_a_drain_takes_the_replica_back_and_streams_finish() {
+    let dir = temp_dir("undrain");
+    let mark = marker("undrain");
+    let (lo, hi) = port_range(7);
+    let settings = format!(
+        "min = 1\nmax = 2\ntarget_in_flight = 2\nscale_out_cooldown_s = 1\nscale_in_cooldown_s = 1\n\
+         scale_out_datapoints = 2\nscale_out_period_s = 1\nscale_in_datapoints = 3\nscale_in_period_s = 1\n\
+         provider = \"exec\"\ncommand = {}\nports = \"{lo}-{hi}\"\nstart_timeout_s = 30\nstop_grace_s = 5\n\
+         drain_timeout_s = 60\n",
+        fake_command(&mark, "0s")
+    );
+    // least_outstanding: the two streams below go one to each replica.
+    let serve = serve_pool(
+        &dir,
+        &mark,
+        "routing = \"least_outstanding\"\n",
+        &settings,
+        "auto",
+        &[],
+    );
+    assert!(eventually(Duration::from_secs(15), || status(&serve)
+        ["in_service"]
+        == 1));
+
+    // A burst until the second replica serves.
+    let burst = |until: Box<dyn Fn() -> bool + Send + Sync>| {
+        let until = std::sync::Arc::new(until);
+        let workers: Vec<_> = (0..6)
+            .map(|_| {
+                let (listen, until) = (serve.listen, std::sync::Arc::clone(&until));
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let mut codes = Vec::new();
+                    while !until() && started.elapsed() < Duration::from_secs(30) {
+                        codes.push(chat(listen, 5).status);
+                    }
+                    codes
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect::<Vec<u16>>()
+    };
+    let admin = serve.admin;
+    let in_service = move |n: u64| -> Box<dyn Fn() -> bool + Send + Sync> {
+        Box::new(move || {
+            call(admin, "GET", "/v1/pools/llama/autoscaling", None).1["in_service"] == n
+        })
+    };
+    let codes = burst(in_service(2));
+    assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+    assert!(eventually(Duration::from_secs(5), || status(&serve)
+        ["in_flight"]
+        == 0));
+
+    // Two long streams, one per replica (1 in flight each, below 90 % of
+    // the target): a scale-in drains one of them.
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            let listen = serve.listen;
+            let handle = std::thread::spawn(move || {
+                let body = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}],"max_tokens":300,"stream":true}"#;
+                let mut client = RawClient::connect(listen).unwrap();
+                client.set_read_timeout(Duration::from_secs(60)).unwrap();
+                client
+                    .send(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
+                    .unwrap();
+                client.read_response().unwrap()
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            handle
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&serve)["draining"] == 1),
+        "{:?}",
+        causes(&status(&serve))
+    );
+    let s = status(&serve);
+    let draining: Vec<String> = s["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["phase"] == "draining")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(draining.len(), 1, "{s}");
+    // A burst during the drain: the draining replica comes back.
+    let codes = burst(Box::new({
+        let admin = serve.admin;
+        move || {
+            let s = call(admin, "GET", "/v1/pools/llama/autoscaling", None).1;
+            s["draining"] == 0 && s["in_service"] == 2
+        }
+    }));
+    assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+    let s = status(&serve);
+    let ids: Vec<&str> = s["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&draining[0].as_str()), "{ids:?}");
+    assert!(
+        !ids.contains(&"llama-2"),
+        "no third replica started: {ids:?}"
+    );
+    assert!(
+        causes(&s)
+            .iter()
+            .any(|c| c.contains(&format!("replica {} taken back", draining[0]))),
+        "{:?}",
+        causes(&s)
+    );
+    // Both streams ran to their end.
+    for stream in streams {
+        let resp = stream.join().unwrap();
+        assert_eq!(resp.status, 200);
+        assert!(resp.text().contains("[DONE]"), "{}", resp.text());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
