@@ -152,13 +152,7 @@ impl Control {
         // The autoscaler's replicas are its own: a converge keeps them.
         for replica in state.replicas() {
             if self.is_ephemeral(&replica.id) && !desired.iter().any(|d| d.id == replica.id) {
-                desired.push(ReplicaSpec {
-                    id: replica.id.clone(),
-                    address: replica.address.clone(),
-                    addr: replica.addr,
-                    weight: replica.weight,
-                    pool: replica.pool.clone(),
-                });
+                desired.push(ReplicaSpec::of(replica));
             }
         }
         let mut commands = state.diff(&desired, drain_deadline);

@@ -481,13 +481,7 @@ pub fn desired_after_reload(
     for replica in state.replicas() {
         let added_at_runtime = !old_declared.iter().any(|d| d.id == replica.id);
         if added_at_runtime && !desired.iter().any(|d| d.id == replica.id) {
-            desired.push(ReplicaSpec {
-                id: replica.id.clone(),
-                address: replica.address.clone(),
-                addr: replica.addr,
-                weight: replica.weight,
-                pool: replica.pool.clone(),
-            });
+            desired.push(ReplicaSpec::of(replica));
         }
     }
     desired

@@ -1,28 +1,18 @@
 //! The admin API against the real binary: runtime changes under load,
 //! draining, persistence across kill -9, tokens, and SIGHUP reloads.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inferlb_testkit::{eventually, wait_for_port, FakeReplica, RawClient};
+use inferlb_testkit::{eventually, free_addr, wait_for_port, FakeReplica, RawClient};
 use serde_json::Value;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("inferlb-admin-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    inferlb_testkit::fresh_dir(&format!("admin-{name}"))
 }
 
 struct Server {

@@ -1,12 +1,12 @@
 //! The `inferlb` binary end to end: start-up errors, flags, and SIGTERM.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use inferlb_testkit::{wait_for_port, FakeReplica, RawClient};
+use inferlb_testkit::{free_addr, wait_for_port, FakeReplica, RawClient};
 
 fn inferlb() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_inferlb"));
@@ -36,13 +36,6 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("inferlb-test-{}-{name}", std::process::id()));
     std::fs::write(&path, contents).unwrap();
     path
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Runs the binary to completion, bounded in time.

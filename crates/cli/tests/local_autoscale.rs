@@ -1,26 +1,16 @@
 //! Local autoscaling end to end: `inferlb serve` starting and stopping real
 //! replica processes (`inferlb fake-replica`), on both I/O drivers.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inferlb_testkit::{eventually, wait_for_port, RawClient, RawResponse};
+use inferlb_testkit::{eventually, free_addr, wait_for_port, RawClient, RawResponse};
 use serde_json::Value;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("inferlb-local-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    inferlb_testkit::fresh_dir(&format!("local-{name}"))
 }
 
 /// Five ports for one test's replicas, below the kernel's ephemeral range

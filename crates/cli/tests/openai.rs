@@ -3,11 +3,11 @@
 //! models and streams a chat completion through the proxy, and a `serve`
 //! config with pools routes `inferlb fake-replica` processes by model.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inferlb_testkit::{wait_for_port, RawClient};
+use inferlb_testkit::{free_addr, wait_for_port, RawClient};
 
 struct Running(Child);
 
@@ -16,13 +16,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 fn inferlb() -> Command {

@@ -31,6 +31,19 @@ pub struct ReplicaSpec {
     pub pool: PoolName,
 }
 
+impl ReplicaSpec {
+    /// The declaration that would make `replica` again.
+    pub fn of(replica: &Replica) -> Self {
+        Self {
+            id: replica.id.clone(),
+            address: replica.address.clone(),
+            addr: replica.addr,
+            weight: replica.weight,
+            pool: replica.pool.clone(),
+        }
+    }
+}
+
 /// One change to the replica list.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

@@ -6,7 +6,8 @@
 //!
 //! - [`replica`]: `FakeReplica::builder()`: latency, status, body size, SSE
 //!   token streams, framing, failure modes, and counters.
-//! - [`client`]: `RawClient`, `send_raw`, `eventually`, `wait_for_port`.
+//! - [`client`]: `RawClient`, `send_raw`, `eventually`, `wait_for_port`,
+//!   `free_addr`, `fresh_dir`.
 //! - [`engine`]: a simulated inference engine speaking the OpenAI API, with
 //!   a prefix cache, decode slots and vLLM's metrics (`inferlb fake-replica`).
 
@@ -17,7 +18,8 @@ pub mod engine;
 pub mod replica;
 
 pub use client::{
-    eventually, send_raw, send_raw_until_close, wait_for_port, RawClient, RawResponse,
+    eventually, free_addr, fresh_dir, send_raw, send_raw_until_close, wait_for_port, RawClient,
+    RawResponse,
 };
 pub use engine::{EngineConfig, EngineHandle, EngineStats};
 pub use replica::{
