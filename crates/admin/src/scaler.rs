@@ -77,6 +77,8 @@ pub struct Settings {
 pub struct Change {
     pub min: Option<u32>,
     pub max: Option<u32>,
+    /// Also accepted as `target`.
+    #[serde(alias = "target")]
     pub target_in_flight: Option<f64>,
     /// Hold the pool as it is: no scaling in either direction.
     pub suspended: Option<bool>,

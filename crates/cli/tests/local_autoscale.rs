@@ -218,6 +218,15 @@ fn scale_from_zero_out_in_and_back(driver: &str, slot: u16) {
         processes_with(&mark).is_empty(),
         "nothing runs before a request"
     );
+    // The model is listed at zero replicas: a request would be held.
+    let mut client = RawClient::connect(serve.listen).unwrap();
+    let models = client.get("/v1/models").unwrap();
+    assert!(
+        models.text().contains("\"id\":\"llama\""),
+        "{}",
+        models.text()
+    );
+    assert!(!models.text().contains("\"static\""), "{}", models.text());
 
     // Scale from zero: held, then answered as if nothing happened.
     let first = chat(serve.listen, 2);
@@ -478,7 +487,7 @@ fn patch_changes_settings_and_persists_them_but_not_the_replicas() {
         serve1.admin,
         "PATCH",
         "/v1/pools/llama/autoscaling",
-        Some(r#"{"min": 1, "target_in_flight": 3}"#),
+        Some(r#"{"min": 1, "target": 3}"#),
     );
     assert_eq!(code, 200, "{reply}");
     assert_eq!(

@@ -99,7 +99,12 @@ pub(crate) fn answer(
     if !has_named_pools(set) {
         return None;
     }
-    let serving = |i: usize| !set.pools()[i].name().is_default() && set.pool_has_routable(i);
+    // A pool that scales itself serves its model even at zero replicas: a
+    // request is held while one starts.
+    let serving = |i: usize| {
+        let pool = &set.pools()[i];
+        !pool.name().is_default() && (set.pool_has_routable(i) || pool.queue().is_some())
+    };
     let answer = match local {
         Local::ListModels => {
             let mut data = Vec::new();
