@@ -1091,7 +1091,15 @@ fn pools(file: &FileConfig) -> Result<Vec<PoolSpec>, ConfigError> {
         let autoscaling = pool
             .autoscaling
             .as_ref()
-            .map(|a| autoscaling(&format!("{at}.autoscaling"), a, pool).map(std::sync::Arc::new))
+            .map(|a| {
+                autoscaling(
+                    &format!("{at}.autoscaling"),
+                    a,
+                    pool,
+                    file.health.path.as_deref(),
+                )
+                .map(std::sync::Arc::new)
+            })
             .transpose()?;
         pools.push(PoolSpec {
             autoscaling,
@@ -1128,6 +1136,7 @@ fn autoscaling(
     at: &str,
     a: &FilePoolAutoscaling,
     pool: &FilePool,
+    health_path: Option<&str>,
 ) -> Result<crate::scaling::PoolAutoscaling, ConfigError> {
     use crate::scaling::{PoolAutoscaling, Provider};
     let field = |name: &str| format!("{at}.{name}");
@@ -1308,7 +1317,12 @@ fn autoscaling(
         Some(s) => Duration::from_secs(s),
         None => settings.drain_timeout,
     };
-    if let Some(path) = a.health_path.clone().or_else(|| pool.health.path.clone()) {
+    let path = a
+        .health_path
+        .clone()
+        .or_else(|| pool.health.path.clone())
+        .or_else(|| health_path.map(str::to_owned));
+    if let Some(path) = path {
         if !path.starts_with('/') {
             return Err(ConfigError::invalid(
                 field("health_path"),
