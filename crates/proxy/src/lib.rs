@@ -12,6 +12,8 @@
 //! - `deadlines`: coarse deadlines swept per worker, instead of timers.
 //! - `forward`: one request, top to bottom: classify, pick, connect,
 //!   exchange, retry decision, stream. Start reading here.
+//! - `hold`: scale from zero: a request for an autoscaling pool with no
+//!   routable replica waits here for its first.
 //! - `exchange`: one attempt of a request on one upstream connection.
 //! - `client`: the client side: buffers, heads, error responses, linger.
 //! - `watch`: upstream I/O that gives up when the client leaves, the replica
