@@ -155,7 +155,11 @@ pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle
     tracing::info!(driver = handle.io_driver().as_str(), "I/O driver");
     tracing::info!(listen = %handle.local_addr(), routing = %state.routing(), "listening");
     if state.replicas().is_empty() {
-        tracing::info!("no replicas yet: every request gets 503 until one is added");
+        if state.pools().iter().any(|p| p.autoscaling.is_some()) {
+            tracing::info!("no replicas yet: autoscaling pools start theirs on demand; others answer 503 until one is added");
+        } else {
+            tracing::info!("no replicas yet: every request gets 503 until one is added");
+        }
     }
     for r in state.replicas() {
         tracing::info!(id = %r.id, pool = %r.pool, address = %r.address, resolved = %r.addr, weight = r.weight, state = r.state.as_str(), "replica");
