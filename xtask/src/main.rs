@@ -164,6 +164,23 @@ fn dist(root: &Path) -> Result<()> {
         ("deploy/inferlb.toml", "etc/inferlb.toml"),
         ("deploy/systemd/inferlb.service", "systemd/inferlb.service"),
         (
+            "deploy/systemd/inferlb.service.d/exec-provider.conf",
+            "systemd/inferlb.service.d/exec-provider.conf",
+        ),
+        ("deploy/systemd/model@.service", "systemd/model@.service"),
+        (
+            "deploy/systemd/50-inferlb-model-units.rules",
+            "systemd/50-inferlb-model-units.rules",
+        ),
+        (
+            "deploy/autoscaling.example.toml",
+            "etc/autoscaling.example.toml",
+        ),
+        (
+            "deploy/iam/inferlb-autoscaler.json",
+            "iam/inferlb-autoscaler.json",
+        ),
+        (
             "deploy/prometheus/prometheus.yml",
             "prometheus/prometheus.yml",
         ),
