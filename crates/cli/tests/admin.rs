@@ -246,7 +246,15 @@ fn churn_under_load_fails_no_request() {
             // A drained replica leaves once its in-flight requests finish.
             assert!(
                 eventually(Duration::from_secs(5), || !ids(server.admin).contains(&id)),
-                "{id} never left"
+                "{id} never left: {}",
+                call(
+                    server.admin,
+                    "GET",
+                    &format!("/v1/replicas/{id}"),
+                    None,
+                    None
+                )
+                .1
             );
         }
     }

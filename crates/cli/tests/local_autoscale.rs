@@ -555,7 +555,7 @@ state="{state}"
 cmd="$1"; shift
 echo "$cmd $*" >> "$state/calls"
 case "$cmd" in
-  start) for u in "$@"; do n="${{u#model@}}"; n="${{n%.service}}"
+  start) for u in "$@"; do case "$u" in --*) continue ;; esac; n="${{u#model@}}"; n="${{n%.service}}"
       "{inferlb}" fake-replica --listen "127.0.0.1:$(({base} + n))" --model llama --name "{mark}-$n" >/dev/null 2>&1 &
       echo $! > "$state/$u.pid"; done ;;
   stop) for u in "$@"; do if [ -f "$state/$u.pid" ]; then kill "$(cat "$state/$u.pid")"; rm -f "$state/$u.pid"; fi; done ;;
@@ -624,7 +624,10 @@ esac
         lines[0].starts_with("stop model@0.service model@1.service"),
         "{calls}"
     );
-    assert!(lines.contains(&"start model@0.service"), "{calls}");
+    assert!(
+        lines.contains(&"start --no-block model@0.service"),
+        "{calls}"
+    );
     assert_eq!(lines.last(), Some(&"stop model@0.service"), "{calls}");
     assert!(eventually(Duration::from_secs(5), || processes_with(&mark).is_empty()));
     let _ = std::fs::remove_dir_all(&dir);

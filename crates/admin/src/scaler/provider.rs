@@ -99,7 +99,10 @@ pub async fn start(
         }
         Provider::Systemd { unit, .. } => {
             let unit = unit_name(unit, slot.index);
-            systemctl(&["start", &unit]).await?;
+            // Queued, not waited for: a unit that starts slowly (or fails)
+            // shows in its health check and `is-active`, and the scaler
+            // keeps deciding meanwhile.
+            systemctl(&["start", "--no-block", &unit]).await?;
             Ok(Running::Unit { unit })
         }
     }
