@@ -77,6 +77,9 @@ fn autoscaled_pool() -> Result<PoolSpec> {
     settings.drain_timeout = Duration::from_secs(30);
     settings.stop_grace = Duration::from_secs(5);
     settings.start_timeout = Duration::from_secs(60);
+    // What one fake replica decodes at once: a burst waits for the replicas
+    // starting rather than queueing in the first.
+    settings.max_in_flight_per_replica = Some(4);
     let mut spec = PoolSpec::named(PoolName::new(AUTOSCALED)?);
     spec.aliases = vec!["mistralai/Mistral-7B-Instruct-v0.3".into()];
     spec.autoscaling = Some(std::sync::Arc::new(settings));

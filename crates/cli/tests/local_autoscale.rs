@@ -762,3 +762,60 @@ fn a_scale_out_during_a_drain_takes_the_replica_back_and_streams_finish() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With `max_in_flight_per_replica`, a burst at a pool scaling from zero
+/// waits for room instead of piling onto the first replica: requests are
+/// held while every replica in service is at the limit, and all succeed.
+fn a_burst_waits_for_room_under_the_per_replica_limit(driver: &str, slot: u16) {
+    let dir = temp_dir(&format!("limit-{driver}"));
+    let mark = marker(&format!("limit-{driver}"));
+    let (lo, hi) = port_range(slot);
+    let settings = format!(
+        "min = 0\nmax = 2\ntarget_in_flight = 2\nmax_in_flight_per_replica = 2\nscale_out_cooldown_s = 1\n\
+         scale_out_datapoints = 1\nscale_out_period_s = 1\nprovider = \"exec\"\ncommand = {}\n\
+         ports = \"{lo}-{hi}\"\nstart_timeout_s = 30\nqueue_timeout_ms = 30000\n",
+        fake_command(&mark, "1s")
+    );
+    let serve = serve(&dir, &mark, &settings, driver, &[]);
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let listen = serve.listen;
+            std::thread::spawn(move || chat(listen, 25).status)
+        })
+        .collect();
+    let (mut held_beside_a_replica, mut worst) = (false, 0.0_f64);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) && !requests.iter().all(|r| r.is_finished()) {
+        let s = status(&serve);
+        let (in_service, queued, in_flight) = (
+            s["in_service"].as_u64().unwrap_or(0),
+            s["queued"].as_u64().unwrap_or(0),
+            s["in_flight"].as_u64().unwrap_or(0),
+        );
+        if in_service > 0 {
+            held_beside_a_replica |= queued > 0;
+            worst = worst.max(in_flight as f64 / in_service as f64);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let codes: Vec<u16> = requests.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(codes.iter().all(|&c| c == 200), "{codes:?}");
+    assert!(
+        held_beside_a_replica,
+        "requests were held while a replica served"
+    );
+    // The limit holds, give or take a request released by each worker at
+    // the same moment.
+    assert!(worst <= 3.0, "{worst} in flight per replica");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_burst_waits_for_room_under_the_per_replica_limit_uring() {
+    a_burst_waits_for_room_under_the_per_replica_limit("uring", 8);
+}
+
+#[test]
+fn a_burst_waits_for_room_under_the_per_replica_limit_legacy() {
+    a_burst_waits_for_room_under_the_per_replica_limit("legacy", 9);
+}

@@ -368,6 +368,9 @@ pub struct FilePoolAutoscaling {
     pub queue_timeout_ms: Option<u64>,
     /// Held requests beyond this many get 503. Default 1000.
     pub max_queued: Option<u32>,
+    /// Requests in flight per replica beyond which more are held; default
+    /// none (only a pool with no routable replica holds).
+    pub max_in_flight_per_replica: Option<u32>,
 }
 
 /// `[pools.health]`.
@@ -1339,6 +1342,15 @@ fn autoscaling(
     if let Some(n) = a.max_queued {
         settings.max_queued = n;
     }
+    match a.max_in_flight_per_replica {
+        Some(0) => {
+            return Err(ConfigError::invalid(
+                field("max_in_flight_per_replica"),
+                "must be above 0 (leave it out for no limit)",
+            ))
+        }
+        n => settings.max_in_flight_per_replica = n,
+    }
     Ok(settings)
 }
 
@@ -1753,6 +1765,10 @@ env = { CUDA_VISIBLE_DEVICES = "{index}" }
             (
                 "max = 2\nprovider = \"exec\"\ncommand = [\"x\"]\nhealth_path = \"health\"",
                 "pools[0].autoscaling.health_path",
+            ),
+            (
+                "max = 2\nprovider = \"exec\"\ncommand = [\"x\"]\nmax_in_flight_per_replica = 0",
+                "pools[0].autoscaling.max_in_flight_per_replica",
             ),
         ] {
             let err = Config::from_toml(&format!(

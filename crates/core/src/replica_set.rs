@@ -296,6 +296,20 @@ impl ReplicaSet {
         (0..self.pools.len()).any(|p| self.pool_has_routable(p))
     }
 
+    /// Whether the routable replicas of pool `pool` have `limit` requests
+    /// in flight each, or more (true when none is routable).
+    pub fn pool_is_full(&self, pool: usize, limit: u32) -> bool {
+        let (mut routable, mut in_flight) = (0u64, 0u64);
+        for &i in self.pools[pool].members() {
+            let r = &self.replicas[i as usize];
+            if r.is_routable() {
+                routable += 1;
+                in_flight += r.stats.in_flight();
+            }
+        }
+        in_flight >= routable * u64::from(limit)
+    }
+
     /// Whether at least one replica of pool `pool` takes new requests.
     pub fn pool_has_routable(&self, pool: usize) -> bool {
         let view = &self.pools[pool];

@@ -65,6 +65,11 @@ pub struct PoolAutoscaling {
     pub queue_timeout: Duration,
     /// Held requests beyond this many get 503 at once.
     pub max_queued: u32,
+    /// A hard limit on requests in flight per routable replica, distinct
+    /// from the scaling target: when every replica is at it, a request is
+    /// held (as during a scale from zero) until one has room or a new
+    /// replica serves. `None`: only a pool with no routable replica holds.
+    pub max_in_flight_per_replica: Option<u32>,
 }
 
 impl PoolAutoscaling {
@@ -90,6 +95,7 @@ impl PoolAutoscaling {
             health_path: "/health".into(),
             queue_timeout: Duration::from_secs(60),
             max_queued: 1000,
+            max_in_flight_per_replica: None,
         }
     }
 }

@@ -165,8 +165,17 @@ async fn forward(
     let mut may_hold = true;
     loop {
         // Pick a replica of the pool not tried yet.
-        let Some(picked) = pick(worker, &mut tried, &mut tried_generation, now_ms, &target) else {
-            // An autoscaling pool with no replica yet: wait for its first.
+        let picked = pick(
+            worker,
+            &mut tried,
+            &mut tried_generation,
+            now_ms,
+            &target,
+            may_hold,
+        );
+        let Some(picked) = picked else {
+            // An autoscaling pool with no replica yet (or every replica at
+            // its `max_in_flight_per_replica`): wait for one.
             if std::mem::take(&mut may_hold) {
                 match hold::wait(worker, client, target.model.as_deref()).await {
                     Hold::Ready => {
@@ -388,13 +397,16 @@ async fn find_target(
 }
 
 /// Picks a replica of the current snapshot that this request has not
-/// tried; what was tried is forgotten when the snapshot changes.
+/// tried; what was tried is forgotten when the snapshot changes. With
+/// `may_hold`, an autoscaling pool whose replicas are all at their
+/// `max_in_flight_per_replica` gives none (the request is held instead).
 fn pick(
     worker: &Worker,
     tried: &mut Tried,
     tried_generation: &mut u64,
     now_ms: u64,
     target: &Target,
+    may_hold: bool,
 ) -> Option<Picked> {
     let mut snapshots = worker.snapshots.borrow_mut();
     let set = snapshots.load();
@@ -403,6 +415,16 @@ fn pick(
         *tried_generation = set.generation();
     }
     let pool = set.pool_for(target.model.as_deref())?;
+    if may_hold {
+        let limit = set.pools()[pool]
+            .spec()
+            .autoscaling
+            .as_ref()
+            .and_then(|a| a.max_in_flight_per_replica);
+        if limit.is_some_and(|limit| set.pool_is_full(pool, limit)) {
+            return None;
+        }
+    }
     let key = (!target.chain.is_empty()).then(|| PrefixKey {
         chain: &target.chain,
         len: target.text_len,

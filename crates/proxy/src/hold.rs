@@ -1,6 +1,9 @@
 //! Scale from zero: a request for an autoscaling pool that has no routable
 //! replica is held here while the control plane starts one, then forwarded
-//! as if nothing happened. It waits at most the pool's `queue_timeout_ms`,
+//! as if nothing happened. With `max_in_flight_per_replica`, a request is
+//! also held while every routable replica is at that limit (HAProxy's
+//! `maxconn` and queue), so a burst waits for the replicas starting rather
+//! than piling onto the first. It waits at most the pool's `queue_timeout_ms`,
 //! behind at most `max_queued` others; a client that leaves is dropped from
 //! the queue at once.
 //!
@@ -24,7 +27,7 @@ const POLL: Duration = Duration::from_millis(10);
 pub(crate) enum Hold {
     /// The pool does not autoscale: nothing to wait for.
     NotHeld,
-    /// A replica is routable now: pick again.
+    /// A replica is routable (with room) now: pick again.
     Ready,
     /// The client closed its connection while waiting.
     ClientGone,
@@ -33,13 +36,20 @@ pub(crate) enum Hold {
 }
 
 /// Holds the request while `model`'s pool autoscales and has no routable
-/// replica.
+/// replica (or none with room under its per-replica limit).
 pub(crate) async fn wait(worker: &Worker, client: &Client, model: Option<&str>) -> Hold {
-    let routable = |worker: &Worker| {
+    // A replica takes requests, and (with a per-replica limit) has room.
+    let ready = |worker: &Worker| {
         let mut snapshots = worker.snapshots.borrow_mut();
         let set = snapshots.load();
-        set.pool_for(model)
-            .is_some_and(|p| set.pool_has_routable(p))
+        set.pool_for(model).is_some_and(|p| {
+            let limit = set.pools()[p]
+                .spec()
+                .autoscaling
+                .as_ref()
+                .and_then(|a| a.max_in_flight_per_replica);
+            set.pool_has_routable(p) && limit.is_none_or(|l| !set.pool_is_full(p, l))
+        })
     };
     let (queue, timeout, max) = {
         let mut snapshots = worker.snapshots.borrow_mut();
@@ -62,7 +72,7 @@ pub(crate) async fn wait(worker: &Worker, client: &Client, model: Option<&str>) 
     };
     let deadline = Instant::now() + timeout;
     loop {
-        if routable(worker) {
+        if ready(worker) {
             held.served();
             return Hold::Ready;
         }
