@@ -20,8 +20,9 @@
 //!   back instead of starting another.
 //! - **Scale from zero**: with `min = 0` the pool goes to zero replicas
 //!   after `idle_to_zero_s` without a request; a request then is held by
-//!   the data plane (see the proxy's `hold`) and the first replica started
-//!   at once.
+//!   the data plane (see the proxy's `hold`) and replicas are started at
+//!   once: while none serves, as many as the held requests need at
+//!   `target_in_flight` each (at least one).
 //!
 //! Replicas started here are never written to the state file: a restart
 //! begins from nothing and adopts nothing.
@@ -582,6 +583,9 @@ impl Scaler {
         if !self.applied.suspended {
             if self.asleep && (queued > 0 || in_flight > 0) {
                 self.wake(queued);
+                self.size_cold_start(queued);
+            } else if serving == 0 && queued > 0 && !self.asleep {
+                self.size_cold_start(queued);
             } else if self.applied.min == 0
                 && !self.asleep
                 && now.duration_since(self.last_busy) >= self.config.idle_to_zero
@@ -609,7 +613,8 @@ impl Scaler {
     /// a started replica in service as soon as its health check passes.
     async fn between_ticks(&mut self) {
         let now = Instant::now();
-        if self.asleep && !self.applied.suspended {
+        let cold = self.asleep || !self.instances.iter().any(|i| i.phase == Phase::InService);
+        if cold && !self.applied.suspended {
             let snapshot = self.control.snapshot();
             let held = snapshot
                 .pools()
@@ -618,13 +623,33 @@ impl Scaler {
                 .and_then(|v| v.queue())
                 .map_or(0, |q| q.held());
             if held > 0 {
-                self.wake(held);
+                if self.asleep {
+                    self.wake(held);
+                }
+                self.size_cold_start(held);
                 let members = HashMap::new();
                 self.converge(now, &members).await;
             }
         }
         if self.instances.iter().any(|i| i.phase == Phase::Starting) {
             self.check_starting(now).await;
+        }
+    }
+
+    /// While nothing serves yet, the held requests are the only measure of
+    /// load (a per-replica metric has no value): enough replicas for them
+    /// at `target_in_flight` each start at once, rather than one, then the
+    /// rest after the target-tracking alarm has seen the first serve.
+    fn size_cold_start(&mut self, held: u64) {
+        let target = self.applied.target_in_flight.max(f64::MIN_POSITIVE);
+        let want = ((held as f64 / target).ceil() as i32).clamp(1, self.applied.max as i32);
+        if want > self.engine.desired() {
+            let acts = self.engine.set_desired(
+                epoch_now(),
+                want,
+                format!("nothing in service yet: {held} requests held at {target} per replica"),
+            );
+            self.record_engine(acts);
         }
     }
 
