@@ -239,7 +239,12 @@ fn settings(
         dir: dir.to_path_buf(),
         routing: routing.to_owned(),
         upstream_keepalive: connections.max(64) * 2,
-        inferlb_config: None,
+        // The same keep-alive pool nginx gets, so no peer closes and reopens
+        // upstream connections under load while another keeps them.
+        inferlb_config: Some(format!(
+            "[upstream]\nmax_idle_per_replica = {}\n",
+            connections.max(64) * 2
+        )),
     }
 }
 
@@ -275,8 +280,10 @@ fn prefix(s: &Scenario, args: &Args, layout: &Layout, dir: &std::path::Path) -> 
             let engines = inferlb_benches::prefix::start_engines(w, s.replicas)?;
             let addrs: Vec<SocketAddr> = engines.iter().map(|e| e.addr()).collect();
             let mut settings = settings(args, layout, &rule, dir, 256);
-            settings.inferlb_config =
-                Some("[engine_metrics]\nenabled = true\ninterval_ms = 100\n".into());
+            let base = settings.inferlb_config.take().unwrap_or_default();
+            settings.inferlb_config = Some(format!(
+                "{base}[engine_metrics]\nenabled = true\ninterval_ms = 100\n"
+            ));
             let running = peers::start(peer, &addrs, &settings)?;
             let name = if peer == Peer::Inferlb {
                 "inferlb"
