@@ -12,13 +12,16 @@
 //! All three are rented from the worker's pool ([`crate::buffers`]) for the
 //! length of a request and given back when the connection goes idle.
 
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem;
 use std::net::IpAddr;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
 use crate::buffers::Buffers;
@@ -92,6 +95,22 @@ pub(crate) struct Client {
     /// The accept time, until the first request head has arrived: that head
     /// must arrive within the header timeout of the accept.
     pub(crate) accepted: Option<Instant>,
+    /// The connection is busy: its last request came soon after the
+    /// response before it, so the next one is awaited with a read rather
+    /// than an idle wait (see [`Client::wait_hot`]).
+    pub(crate) hot: bool,
+}
+
+/// What a busy connection's short wait for its next request found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HotWait {
+    /// Bytes of the next request are in `buf`.
+    Request,
+    /// Nothing within the window: the connection goes back to an idle wait,
+    /// owning no buffer.
+    Cold,
+    /// The client closed the connection (or it failed).
+    Closed,
 }
 
 impl Client {
@@ -107,6 +126,7 @@ impl Client {
             trusted,
             scanner: HeadScanner::default(),
             accepted: Some(Instant::now()),
+            hot: false,
         }
     }
 
@@ -171,6 +191,58 @@ impl Client {
         let (result, slice) = self.stream.read(buf.slice_mut(len..cap)).await;
         self.buf = slice.into_inner();
         result
+    }
+
+    /// Waits briefly for the next request of a busy connection with a read
+    /// already in flight, which saves the idle wait's readiness poll and the
+    /// hand-over to the connection task on every request. The window ends at
+    /// the worker's next deadline sweep after one [`SWEEP_EVERY`] (so 100 to
+    /// 200 ms); then the read is cancelled and, unless bytes won the race,
+    /// the buffer goes back to the pool.
+    ///
+    /// [`SWEEP_EVERY`]: crate::deadlines::SWEEP_EVERY
+    pub(crate) async fn wait_hot(&mut self, worker: &Worker, canceller: &mut Canceller) -> HotWait {
+        debug_assert_eq!(self.pending(), 0);
+        if worker.stopping.get() {
+            return HotWait::Cold;
+        }
+        self.pos = 0;
+        worker.buffers.borrow_mut().rent(&mut self.buf);
+        self.buf.clear();
+        let buf = mem::take(&mut self.buf);
+        let cap = buf.capacity();
+        let row = worker
+            .idle
+            .register(worker.now() + crate::deadlines::SWEEP_EVERY);
+        let mut read = pin!(self
+            .stream
+            .cancelable_read(buf.slice_mut(0..cap), canceller.handle()));
+        let mut cancelled = false;
+        let (result, slice) = poll_fn(|cx| {
+            if let Poll::Ready(done) = read.as_mut().poll(cx) {
+                return Poll::Ready(done);
+            }
+            if !cancelled && (worker.stopping.get() || row.expired(cx.waker())) {
+                // The read now ends: cancelled, or with bytes that won the
+                // race, which are served as usual.
+                cancelled = true;
+                *canceller = mem::take(canceller).cancel();
+            }
+            Poll::Pending
+        })
+        .await;
+        self.buf = slice.into_inner();
+        match result {
+            Ok(n) if n > 0 => HotWait::Request,
+            Ok(_) => HotWait::Closed,
+            // Cancelled (any other error shows again on the idle wait).
+            Err(_) if cancelled => {
+                self.hot = false;
+                worker.buffers.borrow_mut().give_back(&mut self.buf);
+                HotWait::Cold
+            }
+            Err(_) => HotWait::Closed,
+        }
     }
 
     /// Drops empty lines before a request line (RFC 9112 §2.2 asks servers to

@@ -1,7 +1,9 @@
 //! A client connection's life between requests. While idle it waits for
 //! readability owning no buffer and no request state (an io_uring poll, not
 //! a read with a buffer behind it); each request is then served by one of
-//! the worker's handlers, and the connection waits again.
+//! the worker's handlers, and the connection waits again. A busy connection
+//! stays with its handler between requests instead (see
+//! [`Client::wait_hot`]) until it pauses.
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use std::task::Poll;
 use monoio::net::TcpStream;
 
 use crate::client::Client;
+use crate::deadlines::SWEEP_EVERY;
 use crate::handler;
 use crate::worker::Worker;
 
@@ -36,8 +39,15 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     loop {
         let mut head_timed_out = false;
         if client.pending() == 0 {
+            let since = worker.now();
             match wait(&worker, &client).await {
-                Wait::Readable => {}
+                // A keep-alive connection whose next request came within
+                // about a sweep is busy: its handler keeps it for a while
+                // (see `Client::wait_hot`).
+                Wait::Readable => {
+                    client.hot = client.accepted.is_none()
+                        && worker.now().duration_since(since) <= SWEEP_EVERY;
+                }
                 // A connection that never sent a byte gets 408 like a slow
                 // one (HAProxy does the same); an idle keep-alive one just
                 // closes.

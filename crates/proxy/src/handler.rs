@@ -13,9 +13,15 @@
 //!  connection task                 handler task
 //!  ───────────────                 ────────────
 //!  acquire a slot ──── job ──────▶ serve_request(client)
+//!                                  while the connection is busy:
+//!                                    wait_hot, serve_request again
 //!  wait            ◀─── done ───── (client back, or closed)
 //!  release the slot                wait for the next job
 //! ```
+//!
+//! A busy connection (see [`Client::wait_hot`]) stays with its handler
+//! between requests, so the hand-over and the idle wait's readiness poll
+//! are paid once per burst rather than once per request.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -23,7 +29,9 @@ use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use crate::client::Client;
+use monoio::io::Canceller;
+
+use crate::client::{Client, HotWait};
 use crate::forward::{self, Next};
 use crate::h1::RequestId;
 use crate::worker::Worker;
@@ -131,6 +139,8 @@ impl Drop for Lease<'_> {
 async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
     // Request ids are generated per handler: a random prefix and a counter.
     let mut request_id = RequestId::new();
+    // Cancels a busy connection's read when it pauses.
+    let mut canceller = Canceller::new();
     loop {
         let job = poll_fn(|cx| {
             if slot.retire.get() {
@@ -145,24 +155,40 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
             }
         })
         .await;
-        let Some((mut client, head_timed_out)) = job else {
+        let Some((mut client, mut head_timed_out)) = job else {
             return;
         };
-        // A bug in one request must cost that connection, not the worker
-        // and every connection it holds.
-        let served = Isolated(pin!(forward::serve_request(
-            &worker,
-            &mut client,
-            &mut request_id,
-            head_timed_out
-        )))
-        .await;
-        let kept = match served {
-            Ok(Next::KeepAlive) => Some(client),
-            Ok(Next::Close) => None,
-            Err(()) => {
-                tracing::error!("a request handler panicked; its connection was closed");
-                None
+        let kept = loop {
+            // A bug in one request must cost that connection, not the
+            // worker and every connection it holds.
+            let served = Isolated(pin!(forward::serve_request(
+                &worker,
+                &mut client,
+                &mut request_id,
+                head_timed_out
+            )))
+            .await;
+            match served {
+                Ok(Next::KeepAlive) => {}
+                Ok(Next::Close) => break None,
+                Err(()) => {
+                    tracing::error!("a request handler panicked; its connection was closed");
+                    break None;
+                }
+            }
+            // A busy connection's next request is awaited here, with a read
+            // in flight; a pipelined one is served at once.
+            head_timed_out = false;
+            if client.pending() > 0 {
+                continue;
+            }
+            if !client.hot || slot.orphaned.get() {
+                break Some(client);
+            }
+            match client.wait_hot(&worker, &mut canceller).await {
+                HotWait::Request => {}
+                HotWait::Cold => break Some(client),
+                HotWait::Closed => break None,
             }
         };
         if slot.orphaned.replace(false) {

@@ -16,6 +16,8 @@ both_drivers!(
     two_workers_share_the_load,
     head_split_across_reads_is_served,
     snapshot_changes_apply_from_the_next_request,
+    busy_connection_pauses_without_losing_a_byte,
+    busy_connection_closes_on_shutdown,
 );
 
 fn graceful_shutdown_lets_a_stream_finish(driver: IoDriver) {
@@ -163,4 +165,55 @@ fn snapshot_changes_apply_from_the_next_request(driver: IoDriver) {
         .counters()
         .open_connections()
         == 0));
+}
+
+/// A busy keep-alive connection awaits its next request with a read in
+/// flight for 100 to 200 ms, then cancels it and waits idle. Requests sent
+/// at every point of that window, the moment of the cancel included, are
+/// served whole; after the last one the keep-alive timeout still closes it.
+fn busy_connection_pauses_without_losing_a_byte(driver: IoDriver) {
+    let replica = FakeReplica::builder().start().unwrap();
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.timeouts.client_keepalive = Duration::from_millis(800);
+    });
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    for pause_ms in [0, 0, 0, 60, 95, 105, 130, 160, 190, 205, 230, 400, 0, 0] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        let response = client.get(&format!("/after-{pause_ms}")).unwrap();
+        assert_eq!(response.status, 200, "after a pause of {pause_ms} ms");
+    }
+    // A pipelined pair on the busy connection is served in order.
+    client
+        .send(b"GET /p1 HTTP/1.1\r\nHost: t\r\n\r\nGET /p2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(client.read_response().unwrap().status, 200);
+    assert_eq!(client.read_response().unwrap().status, 200);
+    assert_eq!(replica.counters().requests(), 16);
+    let idle_from = Instant::now();
+    assert!(client.is_closed(Duration::from_secs(3)));
+    assert!(idle_from.elapsed() >= Duration::from_millis(700));
+    // A busy connection the client closes mid-window costs nothing else.
+    let mut gone = RawClient::connect(proxy.addr()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(gone.get("/").unwrap().status, 200);
+    }
+    drop(gone);
+    let mut next = RawClient::connect(proxy.addr()).unwrap();
+    assert_eq!(next.get("/").unwrap().status, 200);
+}
+
+/// Shutdown does not wait for a busy connection's window: it is closed like
+/// an idle one.
+fn busy_connection_closes_on_shutdown(driver: IoDriver) {
+    let replica = FakeReplica::builder().start().unwrap();
+    let proxy = start(driver, &[replica.addr()], |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.get("/").unwrap().status, 200);
+    }
+    let started = Instant::now();
+    proxy.handle.shutdown();
+    assert!(client.is_closed(Duration::from_secs(2)));
+    proxy.handle.wait();
+    assert!(started.elapsed() < Duration::from_secs(2));
 }
