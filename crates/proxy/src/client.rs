@@ -196,11 +196,9 @@ impl Client {
     /// Waits briefly for the next request of a busy connection with a read
     /// already in flight, which saves the idle wait's readiness poll and the
     /// hand-over to the connection task on every request. The window ends at
-    /// the worker's next deadline sweep after one [`SWEEP_EVERY`] (so 100 to
-    /// 200 ms); then the read is cancelled and, unless bytes won the race,
-    /// the buffer goes back to the pool.
-    ///
-    /// [`SWEEP_EVERY`]: crate::deadlines::SWEEP_EVERY
+    /// the worker's second deadline sweep (100 to 200 ms: see
+    /// [`Worker::short_deadline`]); then the read is cancelled and, unless
+    /// bytes won the race, the buffer goes back to the pool.
     pub(crate) async fn wait_hot(&mut self, worker: &Worker, canceller: &mut Canceller) -> HotWait {
         debug_assert_eq!(self.pending(), 0);
         if worker.stopping.get() {
@@ -211,9 +209,7 @@ impl Client {
         self.buf.clear();
         let buf = mem::take(&mut self.buf);
         let cap = buf.capacity();
-        let row = worker
-            .idle
-            .register(worker.now() + crate::deadlines::SWEEP_EVERY);
+        let row = worker.idle.register(worker.short_deadline());
         let mut read = pin!(self
             .stream
             .cancelable_read(buf.slice_mut(0..cap), canceller.handle()));
@@ -298,11 +294,16 @@ impl Client {
         }
     }
 
-    /// Writes `out` to the client.
-    pub(crate) async fn write_out(&mut self, timeout: Duration) -> Result<(), Abort> {
+    /// Writes `out` to the client within `timeout` (timerless while fast:
+    /// see [`crate::watch::within`]).
+    pub(crate) async fn write_out(
+        &mut self,
+        worker: &Worker,
+        timeout: Duration,
+    ) -> Result<(), Abort> {
         let out = mem::take(&mut self.out);
-        match monoio::time::timeout(timeout, self.stream.write_all(out)).await {
-            Ok((Ok(_), out)) => {
+        match crate::watch::within(worker, self.stream.write_all(out), timeout).await {
+            Some((Ok(_), out)) => {
                 self.out = out;
                 Ok(())
             }
@@ -313,12 +314,13 @@ impl Client {
     /// Writes `buf[..end]` to the client and gives the buffer back.
     pub(crate) async fn write_prefix(
         &mut self,
+        worker: &Worker,
         buf: Vec<u8>,
         end: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, Abort> {
-        match monoio::time::timeout(timeout, self.stream.write_all(buf.slice(..end))).await {
-            Ok((Ok(_), slice)) => Ok(slice.into_inner()),
+        match crate::watch::within(worker, self.stream.write_all(buf.slice(..end)), timeout).await {
+            Some((Ok(_), slice)) => Ok(slice.into_inner()),
             _ => Err(Abort::ClientGone),
         }
     }
@@ -326,6 +328,7 @@ impl Client {
     /// Sends a proxy-generated error response; false when the client is gone.
     pub(crate) async fn respond_error(
         &mut self,
+        worker: &Worker,
         kind: ErrorKind,
         close: bool,
         request_id: &mut RequestId,
@@ -335,12 +338,13 @@ impl Client {
             extra_headers: kind.extra_headers(),
             body: kind.body(),
         };
-        self.respond(response, close, request_id).await
+        self.respond(worker, response, close, request_id).await
     }
 
     /// Sends a response the proxy made (JSON); false when the client is gone.
     pub(crate) async fn respond(
         &mut self,
+        worker: &Worker,
         response: Generated<'_>,
         close: bool,
         request_id: &mut RequestId,
@@ -364,7 +368,7 @@ impl Client {
             b"\r\n\r\n"
         });
         self.out.extend_from_slice(response.body);
-        self.write_out(ERROR_WRITE_TIMEOUT).await.is_ok()
+        self.write_out(worker, ERROR_WRITE_TIMEOUT).await.is_ok()
     }
 
     /// Closes after an error without resetting the connection: stop sending,

@@ -181,7 +181,7 @@ impl Exchange<'_> {
                         interim = true;
                         if self.info.minor == 1 && !(resp.status == 100 && progress.sent_continue) {
                             let timeout = self.worker.config.timeouts.body_read;
-                            if let Err(abort) = client.write_out(timeout).await {
+                            if let Err(abort) = client.write_out(self.worker, timeout).await {
                                 return Outcome::Fatal(abort);
                             }
                         }

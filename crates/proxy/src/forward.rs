@@ -65,7 +65,7 @@ pub(crate) async fn serve_request(
             Next::Close
         }
         Err(Abort::Respond(kind)) => {
-            if client.respond_error(kind, true, id).await {
+            if client.respond_error(worker, kind, true, id).await {
                 client.linger_close().await;
             }
             Next::Close
@@ -98,7 +98,7 @@ async fn forward(
     // Classify: parse and check the head, write the replica's version of it.
     let info = classify(worker, client, id, head_len)?;
     if let Some(kind) = info.refused {
-        return respond_keeping(client, id, kind, true, info.keep_alive).await;
+        return respond_keeping(worker, client, id, kind, true, info.keep_alive).await;
     }
     // The model header, copied out of the head before the buffer moves.
     let head = client.pos - head_len..client.pos;
@@ -114,7 +114,15 @@ async fn forward(
         let set = Arc::clone(worker.snapshots.borrow_mut().load());
         if let Some((status, body)) = models::answer(&set, local, &name) {
             let keep = info.keep_alive && !worker.stopping.get();
-            return respond_with(client, id, models::generated(status, &body), true, keep).await;
+            return respond_with(
+                worker,
+                client,
+                id,
+                models::generated(status, &body),
+                true,
+                keep,
+            )
+            .await;
         }
     }
     let limit = config.limits.max_request_body_bytes;
@@ -145,7 +153,7 @@ async fn forward(
             let body_done = body.is_done();
             let response = models::not_found(model.as_deref());
             let response = models::generated(models::NOT_FOUND, &response);
-            return respond_with(client, id, response, body_done, keep_client).await;
+            return respond_with(worker, client, id, response, body_done, keep_client).await;
         }
         Routed::TooLarge => return Err(Abort::Respond(ErrorKind::BodyTooLarge)),
     };
@@ -184,13 +192,28 @@ async fn forward(
                     }
                     Hold::ClientGone => return Err(Abort::ClientGone),
                     Hold::Refused(kind) => {
-                        return respond_keeping(client, id, kind, body.is_done(), keep_client).await
+                        return respond_keeping(
+                            worker,
+                            client,
+                            id,
+                            kind,
+                            body.is_done(),
+                            keep_client,
+                        )
+                        .await
                     }
                     Hold::NotHeld => {}
                 }
             }
-            return respond_keeping(client, id, attempts.give_up(), body.is_done(), keep_client)
-                .await;
+            return respond_keeping(
+                worker,
+                client,
+                id,
+                attempts.give_up(),
+                body.is_done(),
+                keep_client,
+            )
+            .await;
         };
         may_hold = false;
         let _in_flight = picked.stats.start_request();
@@ -202,6 +225,7 @@ async fn forward(
                 continue;
             }
             return respond_keeping(
+                worker,
                 client,
                 id,
                 ErrorKind::ConnectFailed,
@@ -258,6 +282,7 @@ async fn forward(
                     continue;
                 }
                 return respond_keeping(
+                    worker,
                     client,
                     id,
                     ErrorKind::UpstreamFailed,
@@ -271,12 +296,14 @@ async fn forward(
                 return match abort {
                     Abort::Respond(kind @ ErrorKind::UpstreamFailed) => {
                         record_failure(worker, picked.uid);
-                        respond_keeping(client, id, kind, body.is_done(), keep_client).await
+                        respond_keeping(worker, client, id, kind, body.is_done(), keep_client).await
                     }
                     // The replica may still be working: never retried.
                     Abort::Respond(
                         kind @ (ErrorKind::UpstreamTimeout | ErrorKind::UpstreamWriteTimeout),
-                    ) => respond_keeping(client, id, kind, body.is_done(), keep_client).await,
+                    ) => {
+                        respond_keeping(worker, client, id, kind, body.is_done(), keep_client).await
+                    }
                     other => Err(other),
                 };
             }
@@ -573,7 +600,7 @@ async fn stream(
     )?;
     let mut trailing = taken < early;
     conn.buf.clear();
-    client.write_out(timeout).await?;
+    client.write_out(worker, timeout).await?;
     while !body.is_done() {
         if stats.is_evicted() {
             // The replica's drain timed out: cut what is still flowing.
@@ -591,7 +618,7 @@ async fn stream(
             client.out.clear();
             let taken = take_into(&mut body, &conn.buf[..n], true, &mut client.out)?;
             trailing |= taken < n;
-            client.write_out(timeout).await?;
+            client.write_out(worker, timeout).await?;
         } else {
             let taken = body
                 .take(&conn.buf[..n], |_| {})
@@ -599,7 +626,7 @@ async fn stream(
             trailing |= taken < n;
             if taken > 0 {
                 let buf = std::mem::take(&mut conn.buf);
-                conn.buf = client.write_prefix(buf, taken, timeout).await?;
+                conn.buf = client.write_prefix(worker, buf, taken, timeout).await?;
             }
         }
     }
@@ -655,6 +682,7 @@ fn finish(
 /// Sends a response the proxy made (404 for an unknown model, a model
 /// listing), with the same rule for keeping the connection as an error.
 async fn respond_with(
+    worker: &Worker,
     client: &mut Client,
     id: &mut RequestId,
     response: Generated<'_>,
@@ -662,7 +690,7 @@ async fn respond_with(
     keep_client: bool,
 ) -> Result<Next, Abort> {
     let close = !body_done || !keep_client;
-    if !client.respond(response, close, id).await {
+    if !client.respond(worker, response, close, id).await {
         return Err(Abort::ClientGone);
     }
     Ok(if close { Next::Close } else { Next::KeepAlive })
@@ -672,6 +700,7 @@ async fn respond_with(
 /// connection stays open only when nothing of the request is left unread
 /// and the client wants it kept.
 async fn respond_keeping(
+    worker: &Worker,
     client: &mut Client,
     id: &mut RequestId,
     kind: ErrorKind,
@@ -679,7 +708,7 @@ async fn respond_keeping(
     keep_client: bool,
 ) -> Result<Next, Abort> {
     let close = kind.closes() || !body_done || !keep_client;
-    if !client.respond_error(kind, close, id).await {
+    if !client.respond_error(worker, kind, close, id).await {
         return Err(Abort::ClientGone);
     }
     Ok(if close { Next::Close } else { Next::KeepAlive })

@@ -3,12 +3,14 @@
 //! timed out), or the time limit passed.
 //!
 //! Fast operations never pay for the watch: the client and the eviction
-//! flag are watched only once an operation has taken longer than
-//! [`WATCH_AFTER`]. An operation given up on is cancelled by dropping it;
+//! flag are watched only once an operation has taken longer than 100 to
+//! 200 ms (until the worker's second deadline sweep; see
+//! [`Worker::short_deadline`]), so a slow generation is cancelled within
+//! about that long of the client leaving. An operation given up on is cancelled by dropping it;
 //! the caller then shuts the connection down.
 
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -22,11 +24,6 @@ use crate::sock::{peer_left, peer_state, PeerState};
 use crate::upstream::UpstreamConn;
 use crate::worker::Worker;
 
-/// How long an operation may take before the proxy also starts watching the
-/// client and the replica's eviction (rounded up to the next sweep of the
-/// worker's deadline table, at most 100 ms later). A slow generation is
-/// cancelled within about this long of the client leaving.
-const WATCH_AFTER: Duration = Duration::from_millis(20);
 /// How often a slow operation checks whether its replica was evicted.
 const EVICTION_CHECK: Duration = Duration::from_millis(100);
 
@@ -99,10 +96,9 @@ pub(crate) async fn write<T: IoBuf + 'static>(
 }
 
 /// Runs `op` within `limit`, watching the client and the eviction flag once
-/// it has taken longer than [`WATCH_AFTER`]. The fast phase holds no timer:
-/// its deadline sits in the worker's `watching` table, so it ends at the
-/// first sweep after [`WATCH_AFTER`]; a slow operation then gets a timer for
-/// what is left of `limit`.
+/// it has taken 100 to 200 ms. The fast phase holds no timer
+/// (see [`fast`]); a slow operation then gets a timer for what is left of
+/// `limit`.
 async fn watched<F: Future>(
     worker: &Worker,
     op: F,
@@ -113,8 +109,38 @@ async fn watched<F: Future>(
 ) -> Result<F::Output, Io> {
     let mut op = pin!(op);
     let started = worker.now();
-    let row = worker.watching.register(started + WATCH_AFTER);
-    let early = poll_fn(|cx| {
+    if let Some(done) = fast(worker, op.as_mut()).await {
+        return Ok(done);
+    }
+    let left = limit.saturating_sub(worker.now().saturating_duration_since(started));
+    // The slow phase's timers and watchers are a few KiB of future state;
+    // boxed, they cost only the slow operations (an allocation beside the
+    // tens of milliseconds already waited), and every fast one moves less.
+    Box::pin(slow(op, client, phase, stats, left)).await
+}
+
+/// Runs `op` within `limit` (a write to the client): timerless while fast,
+/// as [`watched`], then with a timer. `None`: the time ran out.
+pub(crate) async fn within<F: Future>(
+    worker: &Worker,
+    op: F,
+    limit: Duration,
+) -> Option<F::Output> {
+    let mut op = pin!(op);
+    let started = worker.now();
+    if let Some(done) = fast(worker, op.as_mut()).await {
+        return Some(done);
+    }
+    let left = limit.saturating_sub(worker.now().saturating_duration_since(started));
+    Box::pin(monoio::time::timeout(left, op)).await.ok()
+}
+
+/// Polls `op` until it completes or 100 to 200 ms have passed. The deadline
+/// sits in the worker's `watching` table, not in a timer (see
+/// [`Worker::short_deadline`]). `None`: still running.
+async fn fast<F: Future>(worker: &Worker, mut op: Pin<&mut F>) -> Option<F::Output> {
+    let row = worker.watching.register(worker.short_deadline());
+    poll_fn(|cx| {
         if let Poll::Ready(done) = op.as_mut().poll(cx) {
             return Poll::Ready(Some(done));
         }
@@ -123,20 +149,24 @@ async fn watched<F: Future>(
         }
         Poll::Pending
     })
-    .await;
-    drop(row);
-    match early {
-        Some(done) => Ok(done),
-        None => {
-            let left = limit.saturating_sub(worker.now().saturating_duration_since(started));
-            monoio::select! {
-                biased;
-                done = &mut op => Ok(done),
-                _ = client_gone(client, phase) => Err(Io::ClientGone),
-                _ = evicted(stats) => Err(Io::Evicted),
-                _ = monoio::time::sleep(left) => Err(Io::TimedOut),
-            }
-        }
+    .await
+}
+
+/// The slow phase of [`watched`]: the operation against the client leaving,
+/// the replica's eviction and what is left of the time limit.
+async fn slow<F: Future>(
+    op: Pin<&mut F>,
+    client: &TcpStream,
+    phase: Phase,
+    stats: &ReplicaStats,
+    left: Duration,
+) -> Result<F::Output, Io> {
+    monoio::select! {
+        biased;
+        done = op => Ok(done),
+        _ = client_gone(client, phase) => Err(Io::ClientGone),
+        _ = evicted(stats) => Err(Io::Evicted),
+        _ = monoio::time::sleep(left) => Err(Io::TimedOut),
     }
 }
 

@@ -68,6 +68,13 @@ impl Worker {
         self.coarse_now.get()
     }
 
+    /// A deadline for a short wait in a deadline table: it passes at the
+    /// second sweep from now, so 100 to 200 ms of real time away (one
+    /// [`SWEEP_EVERY`] after the coarse time could be a moment away).
+    pub(crate) fn short_deadline(&self) -> Instant {
+        self.now() + 2 * SWEEP_EVERY
+    }
+
     pub(crate) fn new(
         index: usize,
         config: ProxyConfig,
