@@ -33,7 +33,7 @@ fn command(state_file: &Path, admin: SocketAddr, listen: SocketAddr) -> Command 
     command
         .env_remove("INFERLB_CONFIG")
         .env_remove("INFERLB_ADMIN_TOKEN")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .args(["serve", "--workers", "2"])
         .args([
             "--listen",
@@ -44,7 +44,8 @@ fn command(state_file: &Path, admin: SocketAddr, listen: SocketAddr) -> Command 
         .arg("--state-file")
         .arg(state_file)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        // The log stays beside the state file, for a failing test to show.
+        .stderr(std::fs::File::create(state_file.with_extension("log")).unwrap());
     command
 }
 
@@ -64,6 +65,13 @@ fn start(mut command: Command, listen: SocketAddr, admin: SocketAddr) -> Server 
         "proxy did not start"
     );
     server
+}
+
+/// The last `n` lines of a server's log (its stderr, beside its state file).
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn spawn_server(state_file: &Path) -> Server {
@@ -243,10 +251,14 @@ fn churn_under_load_fails_no_request() {
             "operation {op} on {id}: {status} {body}"
         );
         if op % 3 == 2 {
-            // A drained replica leaves once its in-flight requests finish.
+            // A drained replica leaves once its in-flight requests finish
+            // (the reaper looks every 100 ms; the bound allows for state
+            // file syncs slowed by the other tests' disk traffic).
+            let asked = Instant::now();
             assert!(
-                eventually(Duration::from_secs(5), || !ids(server.admin).contains(&id)),
-                "{id} never left: {}",
+                eventually(Duration::from_secs(15), || !ids(server.admin).contains(&id)),
+                "{id} never left in {:?}: {}\nserver log, last lines:\n{}",
+                asked.elapsed(),
                 call(
                     server.admin,
                     "GET",
@@ -254,7 +266,8 @@ fn churn_under_load_fails_no_request() {
                     None,
                     None
                 )
-                .1
+                .1,
+                log_tail(&dir.join("state.log"), 30)
             );
         }
     }
