@@ -38,6 +38,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(300);
 
 /// How often draining replicas are checked for completion.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(100);
+/// A state file save this slow is logged.
+const SLOW_SAVE: Duration = Duration::from_millis(500);
 
 /// Owns the replica list.
 #[derive(Debug)]
@@ -228,16 +230,26 @@ impl Control {
                 let _ = copy.apply(Command::Remove { id });
             }
             let declared = self.declared();
-            tokio::task::spawn_blocking(move || store.save(&copy, &declared))
-                .await
-                .map_err(|e| PersistError::Io {
-                    path: self
-                        .store
-                        .as_ref()
-                        .map(|s| s.path().to_path_buf())
-                        .unwrap_or_default(),
-                    source: std::io::Error::other(e),
-                })??;
+            let started = std::time::Instant::now();
+            let saved = tokio::task::spawn_blocking(move || store.save(&copy, &declared)).await;
+            // The state lock is held across the save: a slow disk stalls
+            // every admin change and the drain reaper, which an operator
+            // should see named.
+            let took = started.elapsed();
+            if took >= SLOW_SAVE {
+                tracing::warn!(
+                    took_ms = took.as_millis() as u64,
+                    "saving the state file was slow; admin changes waited for it"
+                );
+            }
+            saved.map_err(|e| PersistError::Io {
+                path: self
+                    .store
+                    .as_ref()
+                    .map(|s| s.path().to_path_buf())
+                    .unwrap_or_default(),
+                source: std::io::Error::other(e),
+            })??;
         }
         *state = next;
         self.snapshots.publish(state.snapshot());
