@@ -86,19 +86,57 @@ struct Picked {
     stats: Arc<ReplicaStats>,
 }
 
-/// Forwards one request whose head is `client.buf[pos..pos + head_len]`.
+/// Forwards one request whose head is `client.buf[pos..pos + head_len]`:
+/// routed (classified, answered locally, or given a pool), then sent to
+/// replicas of that pool until one answers or the attempts run out.
 async fn forward(
     worker: &Worker,
     client: &mut Client,
     id: &mut RequestId,
     head_len: usize,
 ) -> Result<Next, Abort> {
+    match route(worker, client, id, head_len).await? {
+        Routing::Answered(next) => Ok(next),
+        Routing::Forward(mut request) => send(worker, client, id, &mut request).await,
+    }
+}
+
+/// A request ready to go to a replica of its pool.
+struct Routable {
+    info: RequestInfo,
+    body: Body,
+    target: Target,
+    /// Where the replica's head ends in `client.request` (a Host header
+    /// may be added there).
+    head_end: usize,
+    progress: Progress,
+    keep_client: bool,
+    /// The body was kept whole (with the head, or read for inspection), so
+    /// the request can be sent again.
+    replayable: bool,
+}
+
+enum Routing {
+    /// The proxy answered itself (a refusal, a model listing, 404).
+    Answered(Next),
+    Forward(Routable),
+}
+
+/// Classifies the request, answers what the proxy answers itself, and
+/// finds the pool: from the model header, or the model of a JSON body.
+async fn route(
+    worker: &Worker,
+    client: &mut Client,
+    id: &mut RequestId,
+    head_len: usize,
+) -> Result<Routing, Abort> {
     let config = &worker.config;
+    let answered = |next: Result<Next, Abort>| next.map(Routing::Answered);
 
     // Classify: parse and check the head, write the replica's version of it.
     let info = classify(worker, client, id, head_len)?;
     if let Some(kind) = info.refused {
-        return respond_keeping(worker, client, id, kind, true, info.keep_alive).await;
+        return answered(respond_keeping(worker, client, id, kind, true, info.keep_alive).await);
     }
     // The model header, copied out of the head before the buffer moves.
     let head = client.pos - head_len..client.pos;
@@ -114,15 +152,8 @@ async fn forward(
         let set = Arc::clone(worker.snapshots.borrow_mut().load());
         if let Some((status, body)) = models::answer(&set, local, &name) {
             let keep = info.keep_alive && !worker.stopping.get();
-            return respond_with(
-                worker,
-                client,
-                id,
-                models::generated(status, &body),
-                true,
-                keep,
-            )
-            .await;
+            let response = models::generated(status, &body);
+            return answered(respond_with(worker, client, id, response, true, keep).await);
         }
     }
     let limit = config.limits.max_request_body_bytes;
@@ -136,8 +167,7 @@ async fn forward(
     // can be sent again when they are the whole body).
     client.keep_body(&mut body, config.retries.max_replay_body_bytes)?;
     let mut progress = Progress::default();
-    // Find the pool: the model header, or the model of a JSON body.
-    let target = match find_target(
+    let routed = find_target(
         worker,
         client,
         &info,
@@ -146,25 +176,52 @@ async fn forward(
         header_model,
         &mut progress,
     )
-    .await?
-    {
+    .await?;
+    let target = match routed {
         Routed::To(target) => target,
         Routed::NoPool(model) => {
-            let body_done = body.is_done();
             let response = models::not_found(model.as_deref());
             let response = models::generated(models::NOT_FOUND, &response);
-            return respond_with(worker, client, id, response, body_done, keep_client).await;
+            let body_done = body.is_done();
+            return answered(
+                respond_with(worker, client, id, response, body_done, keep_client).await,
+            );
         }
         Routed::TooLarge => return Err(Abort::Respond(ErrorKind::BodyTooLarge)),
     };
-    // Kept whole (with the head, or read for inspection): it can be resent.
-    let replayable = body.is_done();
+    Ok(Routing::Forward(Routable {
+        info,
+        replayable: body.is_done(),
+        body,
+        target,
+        head_end,
+        progress,
+        keep_client,
+    }))
+}
+
+/// What one attempt on one replica came to.
+enum Attempted {
+    Done(Result<Next, Abort>),
+    /// Try another replica.
+    Again,
+}
+
+/// Picks a replica of the pool, connects and exchanges, and decides on a
+/// retry, until a response is streamed or the attempts run out.
+async fn send(
+    worker: &Worker,
+    client: &mut Client,
+    id: &mut RequestId,
+    request: &mut Routable,
+) -> Result<Next, Abort> {
     // One clock read serves the budget and every pick of this request.
     let mut now_ms = clock::now_ms();
     worker.retry_budget.borrow_mut().on_request(now_ms);
     let mut attempts = Attempts::new(
         worker,
-        replayable && (info.method.is_idempotent() || config.retries.non_idempotent),
+        request.replayable
+            && (request.info.method.is_idempotent() || worker.config.retries.non_idempotent),
     );
     let mut tried = Tried::default();
     let mut tried_generation = u64::MAX;
@@ -178,137 +235,153 @@ async fn forward(
             &mut tried,
             &mut tried_generation,
             now_ms,
-            &target,
+            &request.target,
             may_hold,
         );
         let Some(picked) = picked else {
             // An autoscaling pool with no replica yet (or every replica at
             // its `max_in_flight_per_replica`): wait for one.
+            let mut kind = attempts.give_up();
             if std::mem::take(&mut may_hold) {
-                match hold::wait(worker, client, target.model.as_deref()).await {
+                match hold::wait(worker, client, request.target.model.as_deref()).await {
                     Hold::Ready => {
                         now_ms = clock::now_ms();
                         continue;
                     }
                     Hold::ClientGone => return Err(Abort::ClientGone),
-                    Hold::Refused(kind) => {
-                        return respond_keeping(
-                            worker,
-                            client,
-                            id,
-                            kind,
-                            body.is_done(),
-                            keep_client,
-                        )
-                        .await
-                    }
+                    Hold::Refused(refused) => kind = refused,
                     Hold::NotHeld => {}
                 }
             }
-            return respond_keeping(
-                worker,
-                client,
-                id,
-                attempts.give_up(),
-                body.is_done(),
-                keep_client,
-            )
-            .await;
+            return refuse(worker, client, id, request, kind).await;
         };
         may_hold = false;
         let _in_flight = picked.stats.start_request();
         let started = Instant::now();
 
         // Connect, or take a pooled connection.
-        let Some(mut conn) = connect(worker, &picked).await else {
+        let Some(conn) = connect(worker, &picked).await else {
             if attempts.connect_failed() {
                 continue;
             }
-            return respond_keeping(
-                worker,
-                client,
-                id,
-                ErrorKind::ConnectFailed,
-                body.is_done(),
-                keep_client,
-            )
-            .await;
+            return refuse(worker, client, id, request, ErrorKind::ConnectFailed).await;
         };
-        if info.needs_host && !host_added {
+        if request.info.needs_host && !host_added {
             host_added = true;
-            add_host(&mut client.request, head_end, picked.addr);
+            add_host(&mut client.request, request.head_end, picked.addr);
         }
-
-        // Exchange; a pooled connection the replica had closed while idle
-        // gets one replay on a fresh connection (nothing was answered).
-        let exchange = Exchange {
+        match attempt(
             worker,
-            info: &info,
-            stats: &picked.stats,
-            request_id: id,
-            keep_client,
-        };
-        let mut outcome = exchange
-            .run(client, &mut conn, &mut body, &mut progress)
-            .await;
-        if let Outcome::Retryable(stage) = outcome {
-            if conn.reused && replayable && (stage == Stage::Send || info.method.is_idempotent()) {
-                sock::shutdown(&conn.stream);
-                match upstream::connect(picked.addr, config.timeouts.upstream_connect).await {
-                    Ok(fresh) => {
-                        conn = fresh;
-                        outcome = exchange
-                            .run(client, &mut conn, &mut body, &mut progress)
-                            .await;
-                    }
-                    Err(_) => picked.stats.record_connect_error(),
-                }
-            }
+            client,
+            id,
+            request,
+            &picked,
+            conn,
+            started,
+            &mut attempts,
+        )
+        .await
+        {
+            Attempted::Done(next) => return next,
+            Attempted::Again => {}
         }
+    }
+}
 
-        match outcome {
-            Outcome::Response { resp, head_time } => {
-                account(worker, &picked, &resp, head_time);
-                let streamed = stream(worker, client, &mut conn, &info, &resp, &picked.stats).await;
-                picked.stats.duration().record(started.elapsed());
-                return finish(worker, conn, picked.uid, streamed, resp.client_close);
-            }
-            // Decide on a retry: the replica failed before answering.
-            Outcome::Retryable(_) => {
-                sock::shutdown(&conn.stream);
-                record_failure(worker, picked.uid);
-                if attempts.may_resend(worker) {
-                    tracing::debug!(replica = %picked.addr, "replica failed before responding; retrying on another");
-                    continue;
+/// One attempt on a connection to `picked`: the exchange (a pooled
+/// connection the replica had closed while idle gets one replay on a fresh
+/// connection, since nothing was answered), then the response streamed, or
+/// the retry decision.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    worker: &Worker,
+    client: &mut Client,
+    id: &mut RequestId,
+    request: &mut Routable,
+    picked: &Picked,
+    mut conn: UpstreamConn,
+    started: Instant,
+    attempts: &mut Attempts,
+) -> Attempted {
+    let info = &request.info;
+    let exchange = Exchange {
+        worker,
+        info,
+        stats: &picked.stats,
+        request_id: id,
+        keep_client: request.keep_client,
+    };
+    let (body, progress) = (&mut request.body, &mut request.progress);
+    let mut outcome = exchange.run(client, &mut conn, body, progress).await;
+    if let Outcome::Retryable(stage) = outcome {
+        if conn.reused
+            && request.replayable
+            && (stage == Stage::Send || info.method.is_idempotent())
+        {
+            sock::shutdown(&conn.stream);
+            let timeout = worker.config.timeouts.upstream_connect;
+            match upstream::connect(picked.addr, timeout).await {
+                Ok(fresh) => {
+                    conn = fresh;
+                    outcome = exchange.run(client, &mut conn, body, progress).await;
                 }
-                return respond_keeping(
-                    worker,
-                    client,
-                    id,
-                    ErrorKind::UpstreamFailed,
-                    body.is_done(),
-                    keep_client,
-                )
-                .await;
-            }
-            Outcome::Fatal(abort) => {
-                sock::shutdown(&conn.stream);
-                return match abort {
-                    Abort::Respond(kind @ ErrorKind::UpstreamFailed) => {
-                        record_failure(worker, picked.uid);
-                        respond_keeping(worker, client, id, kind, body.is_done(), keep_client).await
-                    }
-                    // The replica may still be working: never retried.
-                    Abort::Respond(
-                        kind @ (ErrorKind::UpstreamTimeout | ErrorKind::UpstreamWriteTimeout),
-                    ) => {
-                        respond_keeping(worker, client, id, kind, body.is_done(), keep_client).await
-                    }
-                    other => Err(other),
-                };
+                Err(_) => picked.stats.record_connect_error(),
             }
         }
     }
+
+    let kind = match outcome {
+        Outcome::Response { resp, head_time } => {
+            account(worker, picked, &resp, head_time);
+            let streamed = stream(worker, client, &mut conn, info, &resp, &picked.stats).await;
+            picked.stats.duration().record(started.elapsed());
+            return Attempted::Done(finish(
+                worker,
+                conn,
+                picked.uid,
+                streamed,
+                resp.client_close,
+            ));
+        }
+        // Decide on a retry: the replica failed before answering.
+        Outcome::Retryable(_) => {
+            sock::shutdown(&conn.stream);
+            record_failure(worker, picked.uid);
+            if attempts.may_resend(worker) {
+                tracing::debug!(replica = %picked.addr, "replica failed before responding; retrying on another");
+                return Attempted::Again;
+            }
+            ErrorKind::UpstreamFailed
+        }
+        Outcome::Fatal(abort) => {
+            sock::shutdown(&conn.stream);
+            match abort {
+                Abort::Respond(kind @ ErrorKind::UpstreamFailed) => {
+                    record_failure(worker, picked.uid);
+                    kind
+                }
+                // The replica may still be working: never retried.
+                Abort::Respond(
+                    kind @ (ErrorKind::UpstreamTimeout | ErrorKind::UpstreamWriteTimeout),
+                ) => kind,
+                other => return Attempted::Done(Err(other)),
+            }
+        }
+    };
+    Attempted::Done(refuse(worker, client, id, request, kind).await)
+}
+
+/// Answers with an error instead of a replica's response; the connection
+/// stays open when the request was read whole and the client keeps it.
+async fn refuse(
+    worker: &Worker,
+    client: &mut Client,
+    id: &mut RequestId,
+    request: &Routable,
+    kind: ErrorKind,
+) -> Result<Next, Abort> {
+    let body_done = request.body.is_done();
+    respond_keeping(worker, client, id, kind, body_done, request.keep_client).await
 }
 
 /// Parses and checks the head at `client.buf[pos..pos + head_len]` and
