@@ -700,6 +700,8 @@ impl Aws {
         Ok(made)
     }
 
+    /// Makes one change with the call (or calls) it needs; returns their
+    /// names for the report.
     async fn make(
         &self,
         change: &Change,
@@ -707,28 +709,46 @@ impl Aws {
         current: &Current,
         arns: &mut Vec<(String, String, String)>,
     ) -> Result<&'static str, AwsError> {
+        match change.kind {
+            Kind::ScalableTarget => self.make_target(change, target, current).await,
+            Kind::ScalingPolicy => self.make_policy(change, target, arns).await,
+            Kind::ScheduledAction => self.make_scheduled(change, target).await,
+            Kind::Alarm => self.make_alarm(change, target, arns).await,
+        }
+    }
+
+    /// Sets a scalable target's tags to the file's (TagResource).
+    async fn tag(&self, arn: &str, target: &Target) -> Result<(), AwsError> {
+        self.aas
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(target.desired_tags().into_iter().collect()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_error("TagResource", &target.resource_id, e))
+    }
+
+    async fn make_target(
+        &self,
+        change: &Change,
+        target: &Target,
+        current: &Current,
+    ) -> Result<&'static str, AwsError> {
         let id = target.resource_id.as_str();
-        match (change.kind, change.op) {
-            (Kind::ScalableTarget, Op::Update)
-                if change.differences.iter().all(|d| d.starts_with("tags")) =>
-            {
+        let retag = change.differences.iter().any(|d| d.starts_with("tags"));
+        match change.op {
+            Op::Update if change.differences.iter().all(|d| d.starts_with("tags")) => {
                 // Only tags: TagResource (RegisterScalableTarget applies
                 // tags only when it creates the target).
                 let arn = current
                     .target(id)
                     .and_then(|t| t.arn.clone())
                     .ok_or_else(|| build_err("TagResource", id, "the target's ARN is unknown"))?;
-                self.aas
-                    .tag_resource()
-                    .resource_arn(&arn)
-                    .set_tags(Some(target.desired_tags().into_iter().collect()))
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("TagResource", id, e))?;
+                self.tag(&arn, target).await?;
                 Ok("TagResource")
             }
-            (Kind::ScalableTarget, Op::Create | Op::Update) => {
-                let s = target.suspended.unwrap_or_default();
+            Op::Create | Op::Update => {
                 // An update that does not change min/max (a schedule owns
                 // them, say) registers the values AWS has now.
                 let changes_capacity = change.op == Op::Create
@@ -740,10 +760,10 @@ impl Aws {
                     Some(c) if !changes_capacity => (c.min_capacity, c.max_capacity),
                     _ => (target.min_capacity, target.max_capacity),
                 };
-                let suspended = target
+                let s = target
                     .suspended
                     .or_else(|| current.target(id).map(|c| c.suspended))
-                    .unwrap_or(s);
+                    .unwrap_or_default();
                 let mut request = self
                     .aas
                     .register_scalable_target()
@@ -757,7 +777,6 @@ impl Aws {
                         request = request.tags(key, value);
                     }
                 }
-                let s = suspended;
                 request
                     .suspended_state(
                         aas::types::SuspendedState::builder()
@@ -769,21 +788,14 @@ impl Aws {
                     .send()
                     .await
                     .map_err(|e| aws_error("RegisterScalableTarget", id, e))?;
-                let retag = change.op == Op::Update
-                    && change.differences.iter().any(|d| d.starts_with("tags"));
-                if let (true, Some(arn)) = (retag, current.target(id).and_then(|t| t.arn.clone())) {
-                    self.aas
-                        .tag_resource()
-                        .resource_arn(&arn)
-                        .set_tags(Some(target.desired_tags().into_iter().collect()))
-                        .send()
-                        .await
-                        .map_err(|e| aws_error("TagResource", id, e))?;
+                let arn = current.target(id).and_then(|t| t.arn.clone());
+                if let (Op::Update, true, Some(arn)) = (change.op, retag, arn) {
+                    self.tag(&arn, target).await?;
                     return Ok("RegisterScalableTarget, TagResource");
                 }
                 Ok("RegisterScalableTarget")
             }
-            (Kind::ScalableTarget, Op::Delete) => {
+            Op::Delete => {
                 self.aas
                     .deregister_scalable_target()
                     .service_namespace(namespace())
@@ -796,7 +808,18 @@ impl Aws {
                     .or_else(gone_is_done)?;
                 Ok("DeregisterScalableTarget")
             }
-            (Kind::ScalingPolicy, Op::Create | Op::Update) => {
+        }
+    }
+
+    async fn make_policy(
+        &self,
+        change: &Change,
+        target: &Target,
+        arns: &mut Vec<(String, String, String)>,
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        match change.op {
+            Op::Create | Op::Update => {
                 let resource = format!("{id} policy {:?}", change.name);
                 let request = self
                     .aas
@@ -842,7 +865,7 @@ impl Aws {
                 ));
                 Ok("PutScalingPolicy")
             }
-            (Kind::ScalingPolicy, Op::Delete) => {
+            Op::Delete => {
                 let resource = format!("{id} policy {:?}", change.name);
                 self.aas
                     .delete_scaling_policy()
@@ -857,7 +880,17 @@ impl Aws {
                     .or_else(gone_is_done)?;
                 Ok("DeleteScalingPolicy")
             }
-            (Kind::ScheduledAction, Op::Create | Op::Update) => {
+        }
+    }
+
+    async fn make_scheduled(
+        &self,
+        change: &Change,
+        target: &Target,
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        match change.op {
+            Op::Create | Op::Update => {
                 let resource = format!("{id} scheduled action {:?}", change.name);
                 let Some(s) = target.scheduled.iter().find(|s| s.name == change.name) else {
                     return Err(build_err(
@@ -874,7 +907,7 @@ impl Aws {
                     .map_err(|e| aws_error("PutScheduledAction", &resource, e))?;
                 Ok("PutScheduledAction")
             }
-            (Kind::ScheduledAction, Op::Delete) => {
+            Op::Delete => {
                 let resource = format!("{id} scheduled action {:?}", change.name);
                 self.aas
                     .delete_scheduled_action()
@@ -889,7 +922,18 @@ impl Aws {
                     .or_else(gone_is_done)?;
                 Ok("DeleteScheduledAction")
             }
-            (Kind::Alarm, Op::Create | Op::Update) => {
+        }
+    }
+
+    async fn make_alarm(
+        &self,
+        change: &Change,
+        target: &Target,
+        arns: &[(String, String, String)],
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        match change.op {
+            Op::Create | Op::Update => {
                 let resource = format!("alarm {:?} of {id}", change.name);
                 let spec = target.alarm().ok_or_else(|| {
                     build_err(
@@ -938,7 +982,7 @@ impl Aws {
                     .map_err(|e| aws_error("PutMetricAlarm", &resource, e))?;
                 Ok("PutMetricAlarm")
             }
-            (Kind::Alarm, Op::Delete) => {
+            Op::Delete => {
                 let resource = format!("alarm {:?} of {id}", change.name);
                 self.cw
                     .delete_alarms()
