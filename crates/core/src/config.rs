@@ -1143,71 +1143,13 @@ fn autoscaling(
 ) -> Result<crate::scaling::PoolAutoscaling, ConfigError> {
     use crate::scaling::{PoolAutoscaling, Provider};
     let field = |name: &str| format!("{at}.{name}");
-    let seconds = |name: &str, value: Option<u64>, default: Duration| match value {
-        None => Ok(default),
-        Some(0) => Err(ConfigError::invalid(field(name), "must be above 0")),
-        Some(s) => Ok(Duration::from_secs(s)),
-    };
     if !pool.replicas.is_empty() {
         return Err(ConfigError::invalid(
             at,
             "a pool that autoscales starts its own replicas: remove its `replicas`",
         ));
     }
-    let provider = match a.provider.as_deref() {
-        Some("exec") => {
-            let command = a.command.clone().unwrap_or_default();
-            if command.first().is_none_or(|c| c.is_empty()) {
-                return Err(ConfigError::invalid(
-                    field("command"),
-                    "the exec provider needs a command, e.g. [\"/opt/models/serve\", \"--port\", \"{port}\"]",
-                ));
-            }
-            Provider::Exec {
-                command,
-                env: a.env.clone().into_iter().collect(),
-            }
-        }
-        Some("systemd") => {
-            let unit = a.unit.clone().unwrap_or_default();
-            if !unit.contains("{index}") || !unit.contains('@') {
-                return Err(ConfigError::invalid(
-                    field("unit"),
-                    "the systemd provider needs a template unit with {index}, e.g. \"model@{index}.service\"",
-                ));
-            }
-            let text = a.port.as_deref().unwrap_or("");
-            let base = text
-                .trim()
-                .strip_prefix('{')
-                .and_then(|t| t.strip_suffix('}'))
-                .and_then(|t| t.split_once('+'))
-                .filter(|(_, index)| index.trim() == "index")
-                .and_then(|(base, _)| base.trim().parse::<u16>().ok())
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        field("port"),
-                        format!("{text:?} is not of the form \"{{20000 + index}}\""),
-                    )
-                })?;
-            Provider::Systemd {
-                unit,
-                port_base: base,
-            }
-        }
-        Some(other) => {
-            return Err(ConfigError::invalid(
-                field("provider"),
-                format!("{other:?} is not a provider: use \"exec\" or \"systemd\""),
-            ))
-        }
-        None => {
-            return Err(ConfigError::invalid(
-                field("provider"),
-                "required: \"exec\" or \"systemd\"",
-            ))
-        }
-    };
+    let provider = scaling_provider(&field, a)?;
     let mut settings = PoolAutoscaling::new(provider);
     let max = a
         .max
@@ -1236,60 +1178,14 @@ fn autoscaling(
         }
         settings.target_in_flight = target;
     }
-    settings.scale_out_cooldown = match a.scale_out_cooldown_s {
-        Some(s) => Duration::from_secs(s),
-        None => settings.scale_out_cooldown,
-    };
-    settings.scale_in_cooldown = match a.scale_in_cooldown_s {
-        Some(s) => Duration::from_secs(s),
-        None => settings.scale_in_cooldown,
-    };
-    settings.idle_to_zero = seconds("idle_to_zero_s", a.idle_to_zero_s, settings.idle_to_zero)?;
-    for (name, value, into) in [
-        (
-            "scale_out_datapoints",
-            a.scale_out_datapoints,
-            &mut settings.scale_out_datapoints,
-        ),
-        (
-            "scale_in_datapoints",
-            a.scale_in_datapoints,
-            &mut settings.scale_in_datapoints,
-        ),
-    ] {
-        match value {
-            Some(0) => return Err(ConfigError::invalid(field(name), "must be above 0")),
-            Some(n) => *into = n,
-            None => {}
-        }
-    }
-    settings.scale_out_period = seconds(
-        "scale_out_period_s",
-        a.scale_out_period_s,
-        settings.scale_out_period,
-    )?;
-    settings.scale_in_period = seconds(
-        "scale_in_period_s",
-        a.scale_in_period_s,
-        settings.scale_in_period,
-    )?;
+    scaling_timing(&field, a, &mut settings)?;
     if let Some(text) = &a.ports {
-        let range = text
-            .split_once('-')
-            .and_then(|(lo, hi)| {
-                Some((
-                    lo.trim().parse::<u16>().ok()?,
-                    hi.trim().parse::<u16>().ok()?,
-                ))
-            })
-            .filter(|(lo, hi)| *lo > 0 && lo <= hi)
-            .ok_or_else(|| {
-                ConfigError::invalid(
-                    field("ports"),
-                    format!("{text:?} is not a range like \"20000-20099\""),
-                )
-            })?;
-        settings.ports = range;
+        settings.ports = port_range(text).ok_or_else(|| {
+            ConfigError::invalid(
+                field("ports"),
+                format!("{text:?} is not a range like \"20000-20099\""),
+            )
+        })?;
     }
     if matches!(settings.provider, Provider::Exec { .. })
         && u32::from(settings.ports.1 - settings.ports.0) + 1 < max
@@ -1305,7 +1201,11 @@ fn autoscaling(
     if let Some(host) = a.host {
         settings.host = host;
     }
-    settings.start_timeout = seconds("start_timeout_s", a.start_timeout_s, settings.start_timeout)?;
+    settings.start_timeout = positive_seconds(
+        field("start_timeout_s"),
+        a.start_timeout_s,
+        settings.start_timeout,
+    )?;
     settings.stop_grace = match a.stop_grace_s {
         Some(s) => Duration::from_secs(s),
         None => settings.stop_grace,
@@ -1352,6 +1252,148 @@ fn autoscaling(
         n => settings.max_in_flight_per_replica = n,
     }
     Ok(settings)
+}
+
+/// Whole seconds above 0, or `default` when left out.
+fn positive_seconds(
+    field: String,
+    value: Option<u64>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::invalid(field, "must be above 0")),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// The cooldowns, the idle time before zero and the alarm datapoints of
+/// `[pools.autoscaling]`, over `settings`' defaults.
+fn scaling_timing(
+    field: &dyn Fn(&str) -> String,
+    a: &FilePoolAutoscaling,
+    settings: &mut crate::scaling::PoolAutoscaling,
+) -> Result<(), ConfigError> {
+    settings.scale_out_cooldown = match a.scale_out_cooldown_s {
+        Some(s) => Duration::from_secs(s),
+        None => settings.scale_out_cooldown,
+    };
+    settings.scale_in_cooldown = match a.scale_in_cooldown_s {
+        Some(s) => Duration::from_secs(s),
+        None => settings.scale_in_cooldown,
+    };
+    settings.idle_to_zero = positive_seconds(
+        field("idle_to_zero_s"),
+        a.idle_to_zero_s,
+        settings.idle_to_zero,
+    )?;
+    for (name, value, into) in [
+        (
+            "scale_out_datapoints",
+            a.scale_out_datapoints,
+            &mut settings.scale_out_datapoints,
+        ),
+        (
+            "scale_in_datapoints",
+            a.scale_in_datapoints,
+            &mut settings.scale_in_datapoints,
+        ),
+    ] {
+        match value {
+            Some(0) => return Err(ConfigError::invalid(field(name), "must be above 0")),
+            Some(n) => *into = n,
+            None => {}
+        }
+    }
+    settings.scale_out_period = positive_seconds(
+        field("scale_out_period_s"),
+        a.scale_out_period_s,
+        settings.scale_out_period,
+    )?;
+    settings.scale_in_period = positive_seconds(
+        field("scale_in_period_s"),
+        a.scale_in_period_s,
+        settings.scale_in_period,
+    )?;
+    Ok(())
+}
+
+/// The replica provider of `[pools.autoscaling]`: `exec` with its command,
+/// or `systemd` with its template unit and port.
+fn scaling_provider(
+    field: &dyn Fn(&str) -> String,
+    a: &FilePoolAutoscaling,
+) -> Result<crate::scaling::Provider, ConfigError> {
+    use crate::scaling::Provider;
+    Ok(match a.provider.as_deref() {
+        Some("exec") => {
+            let command = a.command.clone().unwrap_or_default();
+            if command.first().is_none_or(|c| c.is_empty()) {
+                return Err(ConfigError::invalid(
+                    field("command"),
+                    "the exec provider needs a command, e.g. [\"/opt/models/serve\", \"--port\", \"{port}\"]",
+                ));
+            }
+            Provider::Exec {
+                command,
+                env: a.env.clone().into_iter().collect(),
+            }
+        }
+        Some("systemd") => {
+            let unit = a.unit.clone().unwrap_or_default();
+            if !unit.contains("{index}") || !unit.contains('@') {
+                return Err(ConfigError::invalid(
+                    field("unit"),
+                    "the systemd provider needs a template unit with {index}, e.g. \"model@{index}.service\"",
+                ));
+            }
+            let text = a.port.as_deref().unwrap_or("");
+            let base = port_base(text).ok_or_else(|| {
+                ConfigError::invalid(
+                    field("port"),
+                    format!("{text:?} is not of the form \"{{20000 + index}}\""),
+                )
+            })?;
+            Provider::Systemd {
+                unit,
+                port_base: base,
+            }
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                field("provider"),
+                format!("{other:?} is not a provider: use \"exec\" or \"systemd\""),
+            ))
+        }
+        None => {
+            return Err(ConfigError::invalid(
+                field("provider"),
+                "required: \"exec\" or \"systemd\"",
+            ))
+        }
+    })
+}
+
+/// `"{20000 + index}"`: the base of a systemd replica's port.
+fn port_base(text: &str) -> Option<u16> {
+    text.trim()
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .and_then(|t| t.split_once('+'))
+        .filter(|(_, index)| index.trim() == "index")
+        .and_then(|(base, _)| base.trim().parse::<u16>().ok())
+}
+
+/// `"20000-20099"`: an inclusive range of ports, not starting at 0.
+fn port_range(text: &str) -> Option<(u16, u16)> {
+    text.split_once('-')
+        .and_then(|(lo, hi)| {
+            Some((
+                lo.trim().parse::<u16>().ok()?,
+                hi.trim().parse::<u16>().ok()?,
+            ))
+        })
+        .filter(|(lo, hi)| *lo > 0 && lo <= hi)
 }
 
 /// `[engine_metrics]` fields over `base`, checked under `at`.
