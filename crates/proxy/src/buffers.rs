@@ -8,15 +8,21 @@ use std::mem;
 /// Size of a rented buffer: a default-sized request head (16 KiB) fits, and
 /// so do a response head and most reads of a token stream.
 pub(crate) const BUFFER: usize = 16 * 1024;
-/// Buffers kept for reuse per worker; more are freed when returned. This
-/// bounds what the pool holds after a burst (here 1 MiB) while covering the
-/// requests a busy worker has in flight at once.
-const MAX_KEPT: usize = 64;
+/// Buffers a worker always keeps once it has had them: a light load never
+/// allocates.
+const MIN_KEPT: usize = 64;
+/// The most the pool holds (64 MiB): returned buffers beyond it are freed.
+/// Below it, what a burst returns stays until [`Buffers::trim`] finds it
+/// unused for a whole sweep, so a worker with hundreds of requests in flight
+/// reuses its buffers instead of freeing and allocating 16 KiB per request.
+const MAX_KEPT: usize = 4096;
 
 /// Free buffers of one worker, touched only from its thread.
 #[derive(Debug, Default)]
 pub(crate) struct Buffers {
     free: Vec<Vec<u8>>,
+    /// The fewest free buffers since the last trim: that many sat unused.
+    low: usize,
 }
 
 impl Buffers {
@@ -27,6 +33,7 @@ impl Buffers {
                 .free
                 .pop()
                 .unwrap_or_else(|| Vec::with_capacity(BUFFER));
+            self.low = self.low.min(self.free.len());
         }
     }
 
@@ -39,6 +46,19 @@ impl Buffers {
             buf.clear();
             self.free.push(buf);
         }
+    }
+
+    /// Frees the buffers that no request needed since the last trim,
+    /// keeping at least [`MIN_KEPT`]. Called every sweep (100 ms): a steady
+    /// load keeps its working set, an idle worker is back to the minimum
+    /// within two sweeps.
+    pub(crate) fn trim(&mut self) {
+        let needed = self.free.len() - self.low.min(self.free.len());
+        self.free.truncate(needed.max(MIN_KEPT));
+        if self.free.capacity() > 2 * MIN_KEPT.max(self.free.len()) {
+            self.free.shrink_to_fit();
+        }
+        self.low = self.free.len();
     }
 }
 
@@ -60,5 +80,45 @@ mod tests {
         slot.reserve(4 * BUFFER);
         pool.give_back(&mut slot);
         assert!(pool.free.is_empty());
+    }
+
+    #[test]
+    fn a_burst_is_kept_while_used_and_trimmed_when_not() {
+        let mut pool = Buffers::default();
+        let mut slots: Vec<Vec<u8>> = (0..300).map(|_| Vec::new()).collect();
+        let mut first = Vec::new();
+        for round in 0..3 {
+            let mut seen = Vec::new();
+            for slot in &mut slots {
+                pool.rent(slot);
+                seen.push(slot.as_ptr());
+            }
+            seen.sort();
+            if round == 0 {
+                first = seen;
+            } else {
+                assert_eq!(seen, first, "round {round} allocated");
+            }
+            for slot in &mut slots {
+                pool.give_back(slot);
+            }
+            pool.trim();
+            // All 300 were rented in this sweep: none is freed, and from the
+            // second round on every rent reuses one.
+            assert_eq!(pool.free.len(), 300, "round {round}");
+        }
+        // A sweep with only 10 rented at once frees all but those 10, down
+        // to the minimum kept.
+        for slot in &mut slots[..10] {
+            pool.rent(slot);
+        }
+        for slot in &mut slots[..10] {
+            pool.give_back(slot);
+        }
+        pool.trim();
+        assert_eq!(pool.free.len(), MIN_KEPT);
+        // An idle sweep keeps the minimum.
+        pool.trim();
+        assert_eq!(pool.free.len(), MIN_KEPT);
     }
 }

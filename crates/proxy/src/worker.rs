@@ -120,8 +120,9 @@ impl Drop for Open {
     }
 }
 
-/// Keeps the worker's clocks and tables current: the coarse time and the
-/// deadline tables every [`SWEEP_EVERY`], the upstream pool every
+/// Keeps the worker's clocks and tables current: the coarse time, the
+/// deadline tables and the buffer pool every [`SWEEP_EVERY`], the upstream
+/// pool every
 /// [`REAP_INTERVAL`]. Runs for the worker's life.
 pub(crate) async fn sweep(worker: Rc<Worker>) {
     let mut last_reap = Instant::now();
@@ -131,6 +132,7 @@ pub(crate) async fn sweep(worker: Rc<Worker>) {
         worker.coarse_now.set(now);
         worker.idle.sweep(now);
         worker.watching.sweep(now);
+        worker.buffers.borrow_mut().trim();
         if now.duration_since(last_reap) >= REAP_INTERVAL {
             last_reap = now;
             let mut snapshots = worker.snapshots.borrow_mut();
