@@ -539,12 +539,8 @@ mod tests {
     }
     use inferlb_core::{Command, ReplicaSpec};
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("inferlb-persist-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> inferlb_testkit::Scratch {
+        inferlb_testkit::fresh_dir(&format!("persist-{name}"))
     }
 
     fn decl(replicas: &[ReplicaSpec]) -> Declared {

@@ -666,8 +666,7 @@ async fn openapi_describes_exactly_the_routes() {
 
 #[tokio::test]
 async fn changes_are_on_disk_before_the_answer() {
-    let dir = std::env::temp_dir().join(format!("inferlb-router-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = inferlb_testkit::fresh_dir("router");
     let path = dir.join("state.json");
     let _ = std::fs::remove_file(&path);
     let app = app_with(None, Some(StateFile::new(&path)));
@@ -684,13 +683,11 @@ async fn changes_are_on_disk_before_the_answer() {
         .unwrap()
         .unwrap();
     assert_eq!(loaded.replicas()[0].id.as_str(), "a");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn health_verdicts_are_published_but_never_written() {
-    let dir = std::env::temp_dir().join(format!("inferlb-router-health-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = inferlb_testkit::fresh_dir("router-health");
     let path = dir.join("state.json");
     let _ = std::fs::remove_file(&path);
     let state = {
@@ -721,7 +718,6 @@ async fn health_verdicts_are_published_but_never_written() {
         "not published"
     );
     assert!(!path.exists(), "a health flip wrote the state file");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -871,9 +867,7 @@ async fn pools_are_listed_added_to_and_converged() {
 
 #[tokio::test]
 async fn pools_persist_in_the_state_file() {
-    let dir = std::env::temp_dir().join(format!("inferlb-pools-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = inferlb_testkit::fresh_dir("pools");
     let path = dir.join("state.json");
     let app = app_with(None, Some(StateFile::new(&path)));
     let (status, _) = call(
@@ -896,5 +890,4 @@ async fn pools_persist_in_the_state_file() {
     assert_eq!(pool.aliases, ["org/m"]);
     assert_eq!(pool.routing, Some(Routing::LeastLoad));
     assert_eq!(state.replicas()[0].pool.as_str(), "m");
-    let _ = std::fs::remove_dir_all(&dir);
 }

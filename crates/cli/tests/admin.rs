@@ -2,7 +2,7 @@
 //! draining, persistence across kill -9, tokens, and SIGHUP reloads.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use inferlb_testkit::{eventually, free_addr, wait_for_port, FakeReplica, RawClient};
 use serde_json::Value;
 
-fn temp_dir(name: &str) -> PathBuf {
+fn temp_dir(name: &str) -> inferlb_testkit::Scratch {
     inferlb_testkit::fresh_dir(&format!("admin-{name}"))
 }
 

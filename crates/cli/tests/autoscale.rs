@@ -113,8 +113,7 @@ fn plan_apply_destroy_through_the_binary() {
 #[test]
 fn errors_exit_1_with_the_reason() {
     let url = moto_url();
-    let dir = std::env::temp_dir().join(format!("inferlb-autoscale-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = inferlb_testkit::fresh_dir("autoscale");
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -136,8 +135,7 @@ fn errors_exit_1_with_the_reason() {
 
 #[test]
 fn hold_pauses_run_until_released() {
-    let dir = std::env::temp_dir().join(format!("inferlb-hold-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = inferlb_testkit::fresh_dir("hold");
     let file = dir.join("autoscaling.toml");
     std::fs::write(&file, "").unwrap();
     let hold = |args: &[&str]| {
@@ -161,7 +159,6 @@ fn hold_pauses_run_until_released() {
     assert_eq!(released.status.code(), Some(0));
     assert!(inferlb_autoscaler::read_hold(&inferlb_autoscaler::hold_path(&file)).is_none());
     assert!(text(&hold(&["--release"])).contains("no hold"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `simulate` runs on every shipped trace and prints the table, the JSON
@@ -170,8 +167,7 @@ fn hold_pauses_run_until_released() {
 fn simulate_runs_on_the_shipped_traces() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let file = format!("{root}/deploy/autoscaling.example.toml");
-    let dir = std::env::temp_dir().join(format!("inferlb-simulate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = inferlb_testkit::fresh_dir("simulate");
     for (trace, target) in [
         ("daily", "endpoint/chat-llm/variant/AllTraffic"),
         ("spike", "endpoint/chat-llm/variant/AllTraffic"),
@@ -250,7 +246,6 @@ fn simulate_runs_on_the_shipped_traces() {
         "{}",
         text(&slow)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// ListMetrics through moto's query API: the metric names in `namespace`.
@@ -299,8 +294,7 @@ fn serve_publishes_pool_concurrency_to_cloudwatch() {
          dimensions = [{{ name = \"EndpointName\", value = \"e2e\" }}]\n",
         replica.addr()
     );
-    let dir = std::env::temp_dir().join(format!("inferlb-publish-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = inferlb_testkit::fresh_dir("publish");
     let path = dir.join("inferlb.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_inferlb"))
@@ -338,7 +332,6 @@ fn serve_publishes_pool_concurrency_to_cloudwatch() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
     for needle in [
         "InFlightPerReplica",
         "MaxInFlightPerReplica",

@@ -2,11 +2,10 @@
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use inferlb_testkit::{free_addr, wait_for_port, FakeReplica, RawClient};
+use inferlb_testkit::{free_addr, fresh_dir, wait_for_port, FakeReplica, RawClient, Scratch};
 
 fn inferlb() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_inferlb"));
@@ -18,24 +17,17 @@ fn inferlb() -> Command {
 }
 
 /// `inferlb serve` with its admin API on a free port and its state file in
-/// a fresh temporary directory, so tests never share either.
-fn serve(name: &str) -> Command {
-    let dir = std::env::temp_dir().join(format!("inferlb-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// a fresh temporary directory (removed when the returned guard drops), so
+/// tests never share either.
+fn serve(name: &str) -> (Command, Scratch) {
+    let dir = fresh_dir(&format!("cli-{name}"));
     let mut command = inferlb();
     command
         .arg("serve")
         .args(["--admin-listen", &free_addr().to_string()])
         .arg("--state-file")
         .arg(dir.join("state.json"));
-    command
-}
-
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("inferlb-test-{}-{name}", std::process::id()));
-    std::fs::write(&path, contents).unwrap();
-    path
+    (command, dir)
 }
 
 /// Runs the binary to completion, bounded in time.
@@ -82,16 +74,16 @@ fn invalid_config_stops_start_up_naming_the_field() {
         ),
     ];
     for (name, text, expected) in cases {
-        let path = temp_file(name, text);
-        let mut command = serve(name);
+        let (mut command, dir) = serve(name);
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
         command.arg("--config").arg(&path);
         let output = run_to_end(command);
         assert!(!output.status.success(), "{name} was accepted");
         let stderr = stderr_of(&output);
         assert!(stderr.contains(expected), "{name}: {stderr}");
-        let _ = std::fs::remove_file(path);
     }
-    let mut command = serve("nonexistent");
+    let (mut command, _dir) = serve("nonexistent");
     command.args(["--config", "/nonexistent/inferlb.toml"]);
     let output = run_to_end(command);
     assert!(!output.status.success());
@@ -121,7 +113,7 @@ fn the_demo_keeps_a_tokenless_admin_api_on_loopback() {
 fn a_port_in_use_is_refused() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let mut command = serve("in-use");
+    let (mut command, _dir) = serve("in-use");
     command.args(["--workers", "1", "--listen", &addr.to_string()]);
     let output = run_to_end(command);
     assert!(!output.status.success());
@@ -156,7 +148,7 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
         .start()
         .unwrap();
     let listen = free_addr();
-    let mut command = serve("sigterm");
+    let (mut command, _dir) = serve("sigterm");
     command
         .args(["--workers", "2", "--listen", &listen.to_string()])
         .args(["--replica", &replica.addr().to_string()])
@@ -215,7 +207,7 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
 #[test]
 fn serve_without_replicas_answers_503() {
     let listen = free_addr();
-    let mut command = serve("empty");
+    let (mut command, _dir) = serve("empty");
     command
         .args([
             "--workers",
@@ -239,9 +231,7 @@ fn a_busy_default_admin_port_disables_the_admin_api_but_not_the_proxy() {
     // Hold the default admin port (or find it already held).
     let _held = TcpListener::bind("127.0.0.1:9090");
     let listen = free_addr();
-    let dir = std::env::temp_dir().join(format!("inferlb-cli-{}-busy-admin", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("cli-busy-admin");
     let mut command = inferlb();
     command
         .args(["serve", "--workers", "1", "--listen", &listen.to_string()])

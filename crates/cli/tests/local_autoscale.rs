@@ -2,14 +2,14 @@
 //! replica processes (`inferlb fake-replica`), on both I/O drivers.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use inferlb_testkit::{eventually, free_addr, wait_for_port, RawClient, RawResponse};
 use serde_json::Value;
 
-fn temp_dir(name: &str) -> PathBuf {
+fn temp_dir(name: &str) -> inferlb_testkit::Scratch {
     inferlb_testkit::fresh_dir(&format!("local-{name}"))
 }
 

@@ -141,7 +141,8 @@ fn serve_routes_fake_replica_processes_by_model() {
         replicas[1].0,
         replicas[2].0
     );
-    let path = std::env::temp_dir().join(format!("inferlb-openai-{}.toml", std::process::id()));
+    let dir = inferlb_testkit::fresh_dir("openai");
+    let path = dir.join("inferlb.toml");
     std::fs::write(&path, config).unwrap();
     let _serve = Running(
         inferlb()
@@ -195,5 +196,4 @@ fn serve_routes_fake_replica_processes_by_model() {
         scraped,
         "the alpha replicas' engine metrics were never shown fresh"
     );
-    let _ = std::fs::remove_file(&path);
 }

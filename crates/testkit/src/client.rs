@@ -294,12 +294,44 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// An empty directory `inferlb-<name>-<pid>` under the system's temp dir,
-/// emptied first if an earlier run left it.
-pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+/// emptied first if an earlier run left it. See [`Scratch`].
+pub fn fresh_dir(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("inferlb-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a temp directory");
-    dir
+    Scratch(dir)
+}
+
+/// A test's scratch directory, removed when dropped — unless the test is
+/// failing (the thread is panicking): then it stays, with its state files
+/// and logs, and its path is printed.
+#[derive(Debug)]
+pub struct Scratch(std::path::PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    // The failing test's output is where its reader looks for the path.
+    #[allow(clippy::print_stderr)]
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for a look", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Waits until something accepts connections on `addr`.
@@ -307,4 +339,33 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
     eventually(timeout, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_dir;
+
+    #[test]
+    fn a_scratch_dir_goes_with_a_passing_test_and_stays_with_a_failing_one() {
+        let passing = fresh_dir("scratch-passing");
+        std::fs::write(passing.join("state.json"), "{}").unwrap();
+        let path = passing.to_path_buf();
+        drop(passing);
+        assert!(!path.exists(), "{} was left behind", path.display());
+
+        let failing = std::thread::spawn(|| {
+            let dir = fresh_dir("scratch-failing");
+            std::fs::write(dir.join("state.log"), "why it failed").unwrap();
+            let path = dir.to_path_buf();
+            std::panic::panic_any(path);
+        })
+        .join()
+        .unwrap_err();
+        let path = failing.downcast::<std::path::PathBuf>().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(path.join("state.log")).unwrap(),
+            "why it failed"
+        );
+        std::fs::remove_dir_all(*path).unwrap();
+    }
 }

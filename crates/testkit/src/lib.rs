@@ -7,7 +7,7 @@
 //! - [`replica`]: `FakeReplica::builder()`: latency, status, body size, SSE
 //!   token streams, framing, failure modes, and counters.
 //! - [`client`]: `RawClient`, `send_raw`, `eventually`, `wait_for_port`,
-//!   `free_addr`, `fresh_dir`.
+//!   `free_addr`, `fresh_dir` (a [`Scratch`] directory).
 //! - [`engine`]: a simulated inference engine speaking the OpenAI API, with
 //!   a prefix cache, decode slots and vLLM's metrics (`inferlb fake-replica`).
 
@@ -19,7 +19,7 @@ pub mod replica;
 
 pub use client::{
     eventually, free_addr, fresh_dir, send_raw, send_raw_until_close, wait_for_port, RawClient,
-    RawResponse,
+    RawResponse, Scratch,
 };
 pub use engine::{EngineConfig, EngineHandle, EngineStats};
 pub use replica::{
