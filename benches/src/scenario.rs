@@ -137,6 +137,7 @@ mod tests {
                 "connections",
                 "prefix",
                 "rate",
+                "scale",
                 "skew",
                 "small",
                 "stream"
