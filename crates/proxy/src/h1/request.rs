@@ -316,165 +316,223 @@ pub(crate) fn parse_and_rewrite(
             return Err(kind);
         }
     }
-    // Origin form (`/path`), `*` for OPTIONS, or absolute form, which goes
-    // on in origin form with `Host` taken from its authority. (A refused
-    // CONNECT's authority form is judged by its method.)
-    let (authority, path) = match absolute_form(target) {
-        Some(split) => {
-            let (authority, path) = split?;
-            (Some(authority), path)
-        }
-        None if target.starts_with('/') || (target == "*" && method_name == "OPTIONS") => {
-            (None, target)
-        }
-        None if method.is_err() => (None, target),
-        None => return Err(ErrorKind::BadRequest),
-    };
-
-    let mut length: Option<u64> = None;
-    let mut te: [&[u8]; 4] = [b""; 4];
-    let mut te_count = 0;
-    let mut hosts = 0;
-    let mut connection = ConnectionTokens::default();
-    let mut expect_continue = false;
-    let mut model = None;
-    let mut json = false;
-    request_id.clear();
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(forwarding.model_header) {
-            let value = trim(h.value);
-            if !value.is_empty() && model.is_none() {
-                model = Some(Span::of(head, value));
-            }
-        } else if name.eq_ignore_ascii_case(b"content-type") {
-            json = is_json(h.value);
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            length = Some(content_length(length, h.value)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if te_count == te.len() {
-                return Err(ErrorKind::BadRequest);
-            }
-            te[te_count] = h.value;
-            te_count += 1;
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            connection.add(h.value);
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
-            } else {
-                return Err(ErrorKind::ExpectationFailed);
-            }
-        } else if name.eq_ignore_ascii_case(b"x-request-id") {
-            request_id.set_from_client(trim(h.value));
-        }
-    }
-    if minor == 1 && hosts != 1 || hosts > 1 {
+    let (authority, path) = split_target(target, method_name, method.is_err())?;
+    let headers = &*req.headers;
+    let seen = Seen::scan(head, headers, forwarding, request_id)?;
+    if minor == 1 && seen.hosts != 1 || seen.hosts > 1 {
         return Err(ErrorKind::BadRequest);
     }
-    let body = match (te_count, length) {
-        (0, None) => Framing::None,
-        (0, Some(0)) => Framing::None,
-        (0, Some(n)) => Framing::Length(n),
-        // Both framings at once is the classic smuggling setup; so is
-        // chunked in HTTP/1.0, which predates it.
-        (_, Some(_)) => return Err(ErrorKind::BadRequest),
-        (_, None) if minor == 0 => return Err(ErrorKind::BadRequest),
-        (n, None) => {
-            transfer_encoding(&te[..n])?;
-            Framing::Chunked
-        }
-    };
+    let body = seen.framing(minor)?;
     let keep_alive = if minor == 1 {
-        !connection.close
+        !seen.connection.close
     } else {
-        connection.keep_alive && !connection.close
+        seen.connection.keep_alive && !seen.connection.close
     };
-    let (method, refused) = match method {
-        Ok(method) => (method, None),
+    let method = match method {
+        Ok(method) => method,
         // Sound framing and no body: answer, keeping the connection if the
         // client wants it kept.
-        Err(kind) if body == Framing::None => (Method::Get, Some(kind)),
+        Err(kind) if body == Framing::None => {
+            return Ok(RequestInfo {
+                method: Method::Get,
+                minor,
+                body,
+                keep_alive,
+                expect_continue: false,
+                needs_host: false,
+                refused: Some(kind),
+                model: None,
+                json: false,
+                local: None,
+            });
+        }
         Err(_) => return Err(ErrorKind::BadRequest),
     };
-    if refused.is_some() {
-        return Ok(RequestInfo {
-            method,
-            minor,
-            body,
-            keep_alive,
-            expect_continue: false,
-            needs_host: false,
-            refused,
-            model: None,
-            json: false,
-            local: None,
-        });
-    }
     if request_id.is_empty() {
         request_id.generate();
     }
-
-    out.clear();
-    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
-    out.push(b' ');
-    if !path.starts_with(['/', '*']) {
-        // `http://host` or `http://host?q`: the origin form's path is `/`.
-        out.push(b'/');
-    }
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(authority) = authority {
-        push_header(out, b"Host", authority.as_bytes());
-    }
-    let headers = &*req.headers;
-    for h in headers {
-        let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || connection.drops(headers, name)
-            || name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"x-request-id")
-            || FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
-            || (authority.is_some() && name.eq_ignore_ascii_case(b"host"))
-            || (!forwarding.underscores && name.contains(&b'_'))
-        {
-            continue;
-        }
-        push_header(out, name, h.value);
-    }
-    match body {
-        Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None | Framing::UntilClose => {}
-    }
-    write_forwarding(out, headers, forwarding);
-    out.extend_from_slice(b"X-Request-Id: ");
-    out.extend_from_slice(request_id.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    let replica = ReplicaHead {
+        method: method_name,
+        path,
+        authority,
+        headers,
+        connection: &seen.connection,
+        forwarding,
+        body,
+    };
+    replica.write(request_id, out);
 
     Ok(RequestInfo {
         method,
         minor,
         body,
         keep_alive,
-        expect_continue,
-        needs_host: hosts == 0 && authority.is_none(),
+        expect_continue: seen.expect_continue,
+        needs_host: seen.hosts == 0 && authority.is_none(),
         refused: None,
-        model,
-        json,
+        model: seen.model,
+        json: seen.json,
         local: if method == Method::Get && body == Framing::None {
             local_route(head, path)
         } else {
             None
         },
     })
+}
+
+/// Splits a request target into the authority to send as `Host` (absolute
+/// form only) and the path. Origin form (`/path`), `*` for OPTIONS, or
+/// absolute form, which goes on in origin form with `Host` taken from its
+/// authority. (A refused CONNECT's authority form is judged by its method.)
+fn split_target<'t>(
+    target: &'t str,
+    method: &str,
+    refused: bool,
+) -> Result<(Option<&'t str>, &'t str), ErrorKind> {
+    match absolute_form(target) {
+        Some(split) => {
+            let (authority, path) = split?;
+            Ok((Some(authority), path))
+        }
+        None if target.starts_with('/') || (target == "*" && method == "OPTIONS") => {
+            Ok((None, target))
+        }
+        None if refused => Ok((None, target)),
+        None => Err(ErrorKind::BadRequest),
+    }
+}
+
+/// What one pass over the client's headers found.
+#[derive(Default)]
+struct Seen<'h> {
+    length: Option<u64>,
+    te: [&'h [u8]; 4],
+    te_count: usize,
+    hosts: usize,
+    connection: ConnectionTokens,
+    expect_continue: bool,
+    model: Option<Span>,
+    json: bool,
+}
+
+impl<'h> Seen<'h> {
+    /// Reads the headers the proxy acts on; the client's `X-Request-Id`, if
+    /// usable, lands in `request_id`.
+    fn scan(
+        head: &[u8],
+        headers: &[httparse::Header<'h>],
+        forwarding: &Forwarding<'_>,
+        request_id: &mut RequestId,
+    ) -> Result<Self, ErrorKind> {
+        let mut seen = Seen::default();
+        request_id.clear();
+        for h in headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(forwarding.model_header) {
+                let value = trim(h.value);
+                if !value.is_empty() && seen.model.is_none() {
+                    seen.model = Some(Span::of(head, value));
+                }
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                seen.json = is_json(h.value);
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                seen.length = Some(content_length(seen.length, h.value)?);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                if seen.te_count == seen.te.len() {
+                    return Err(ErrorKind::BadRequest);
+                }
+                seen.te[seen.te_count] = h.value;
+                seen.te_count += 1;
+            } else if name.eq_ignore_ascii_case(b"host") {
+                seen.hosts += 1;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                seen.connection.add(h.value);
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                    seen.expect_continue = true;
+                } else {
+                    return Err(ErrorKind::ExpectationFailed);
+                }
+            } else if name.eq_ignore_ascii_case(b"x-request-id") {
+                request_id.set_from_client(trim(h.value));
+            }
+        }
+        Ok(seen)
+    }
+
+    /// How the request body is framed, refusing the ambiguous combinations.
+    fn framing(&self, minor: u8) -> Result<Framing, ErrorKind> {
+        Ok(match (self.te_count, self.length) {
+            (0, None) => Framing::None,
+            (0, Some(0)) => Framing::None,
+            (0, Some(n)) => Framing::Length(n),
+            // Both framings at once is the classic smuggling setup; so is
+            // chunked in HTTP/1.0, which predates it.
+            (_, Some(_)) => return Err(ErrorKind::BadRequest),
+            (_, None) if minor == 0 => return Err(ErrorKind::BadRequest),
+            (n, None) => {
+                transfer_encoding(&self.te[..n])?;
+                Framing::Chunked
+            }
+        })
+    }
+}
+
+/// The head the replica gets: origin form, HTTP/1.1, hop-by-hop and
+/// proxy-owned headers replaced by the proxy's own.
+struct ReplicaHead<'a, 'h> {
+    method: &'a str,
+    path: &'a str,
+    authority: Option<&'a str>,
+    headers: &'a [httparse::Header<'h>],
+    connection: &'a ConnectionTokens,
+    forwarding: &'a Forwarding<'a>,
+    body: Framing,
+}
+
+impl ReplicaHead<'_, '_> {
+    fn write(&self, request_id: &RequestId, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(self.method.as_bytes());
+        out.push(b' ');
+        if !self.path.starts_with(['/', '*']) {
+            // `http://host` or `http://host?q`: the origin form's path is `/`.
+            out.push(b'/');
+        }
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        if let Some(authority) = self.authority {
+            push_header(out, b"Host", authority.as_bytes());
+        }
+        for h in self.headers {
+            let name = h.name.as_bytes();
+            if is_hop_by_hop(name)
+                || self.connection.drops(self.headers, name)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"x-request-id")
+                || FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
+                || (self.authority.is_some() && name.eq_ignore_ascii_case(b"host"))
+                || (!self.forwarding.underscores && name.contains(&b'_'))
+            {
+                continue;
+            }
+            push_header(out, name, h.value);
+        }
+        match self.body {
+            Framing::Length(n) => {
+                out.extend_from_slice(b"Content-Length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            Framing::None | Framing::UntilClose => {}
+        }
+        write_forwarding(out, self.headers, self.forwarding);
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(request_id.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+    }
 }
 
 /// Writes `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Real-IP` and
