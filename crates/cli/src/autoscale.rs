@@ -163,64 +163,8 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
         return hold(&args.file, *duration, *release);
     }
     let file = AutoscalingFile::load(&args.file)?;
-    if let AutoscaleCommand::Simulate {
-        trace,
-        target,
-        capacity_per_instance,
-        provision_delay,
-        start_capacity,
-        svg,
-        scale_out_datapoints,
-        scale_out_period,
-        scale_in_datapoints,
-        scale_in_period,
-        scale_in_ratio,
-    } = &args.command
-    {
-        inferlb_autoscaler::validate(&file)?;
-        let target = match target {
-            Some(id) => file
-                .targets
-                .iter()
-                .find(|t| &t.resource_id == id)
-                .with_context(|| format!("the file declares no target {id}"))?,
-            None => file
-                .targets
-                .first()
-                .context("the file declares no target")?,
-        };
-        let trace = Trace::load(trace)?;
-        let capacity = capacity_per_instance
-            .or_else(|| target.target_tracking.first().map(|p| p.target_value))
-            .context("give --capacity-per-instance (the target has no target-tracking policy to take it from)")?;
-        let options = SimOptions {
-            capacity_per_instance: capacity,
-            provision_delay_s: provision_delay.as_secs() as i64,
-            start_capacity: start_capacity.unwrap_or(target.min_capacity.max(1)),
-            alarms: inferlb_autoscaler::engine::AlarmOverrides {
-                scale_out_datapoints: *scale_out_datapoints,
-                scale_out_period_s: scale_out_period.map(|d| d.as_secs() as i64),
-                scale_in_datapoints: *scale_in_datapoints,
-                scale_in_period_s: scale_in_period.map(|d| d.as_secs() as i64),
-                scale_in_ratio: *scale_in_ratio,
-            },
-        };
-        let simulation = inferlb_autoscaler::simulate::run(target, &trace, options);
-        #[allow(clippy::print_stdout)]
-        if args.output == Output::Json {
-            println!("{}", serde_json::to_string_pretty(&simulation)?);
-        } else {
-            println!(
-                "{} with {}",
-                target.resource_id,
-                serde_json::to_string(&options)?
-            );
-            print!("{}", inferlb_autoscaler::simulate::render(&simulation));
-        }
-        if let Some(path) = svg {
-            crate::plot::simulation(path, &target.resource_id, &simulation)?;
-        }
-        return Ok(ExitCode::SUCCESS);
+    if matches!(args.command, AutoscaleCommand::Simulate { .. }) {
+        return simulate(&file, &args.command, args.output);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -287,35 +231,7 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&status)?);
                     return Ok(ExitCode::SUCCESS);
                 }
-                for t in &status {
-                    match (t.registered, t.min_capacity, t.max_capacity) {
-                        (true, Some(min), Some(max)) => {
-                            println!("{}: registered, capacity {min}..={max}", t.resource_id)
-                        }
-                        _ => println!("{}: not registered", t.resource_id),
-                    }
-                    for p in &t.policies {
-                        println!("  policy {p}");
-                    }
-                    for s in &t.scheduled_actions {
-                        println!("  scheduled {s}");
-                    }
-                    for a in &t.alarms {
-                        println!("  alarm {a}");
-                    }
-                    for a in &t.tracking_alarms {
-                        println!("  target-tracking alarm {a} (created by Application Auto Scaling)");
-                    }
-                    match &t.activities {
-                        None => println!("  activities: not offered by this endpoint"),
-                        Some(list) if list.is_empty() => println!("  activities: none recently"),
-                        Some(list) => {
-                            for a in list {
-                                println!("  activity {a}");
-                            }
-                        }
-                    }
-                }
+                print_status(&status);
                 Ok(ExitCode::SUCCESS)
             }
             AutoscaleCommand::Run { interval } => {
@@ -341,6 +257,110 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
             }
         }
     })
+}
+
+/// `simulate`: replays a trace through the engine for one declared target;
+/// no AWS call.
+#[allow(clippy::print_stdout)]
+fn simulate(
+    file: &AutoscalingFile,
+    command: &AutoscaleCommand,
+    output: Output,
+) -> Result<ExitCode> {
+    let AutoscaleCommand::Simulate {
+        trace,
+        target,
+        capacity_per_instance,
+        provision_delay,
+        start_capacity,
+        svg,
+        scale_out_datapoints,
+        scale_out_period,
+        scale_in_datapoints,
+        scale_in_period,
+        scale_in_ratio,
+    } = command
+    else {
+        unreachable!("called for simulate only");
+    };
+    inferlb_autoscaler::validate(file)?;
+    let target = match target {
+        Some(id) => file
+            .targets
+            .iter()
+            .find(|t| &t.resource_id == id)
+            .with_context(|| format!("the file declares no target {id}"))?,
+        None => file
+            .targets
+            .first()
+            .context("the file declares no target")?,
+    };
+    let trace = Trace::load(trace)?;
+    let capacity = capacity_per_instance
+        .or_else(|| target.target_tracking.first().map(|p| p.target_value))
+        .context("give --capacity-per-instance (the target has no target-tracking policy to take it from)")?;
+    let options = SimOptions {
+        capacity_per_instance: capacity,
+        provision_delay_s: provision_delay.as_secs() as i64,
+        start_capacity: start_capacity.unwrap_or(target.min_capacity.max(1)),
+        alarms: inferlb_autoscaler::engine::AlarmOverrides {
+            scale_out_datapoints: *scale_out_datapoints,
+            scale_out_period_s: scale_out_period.map(|d| d.as_secs() as i64),
+            scale_in_datapoints: *scale_in_datapoints,
+            scale_in_period_s: scale_in_period.map(|d| d.as_secs() as i64),
+            scale_in_ratio: *scale_in_ratio,
+        },
+    };
+    let simulation = inferlb_autoscaler::simulate::run(target, &trace, options);
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&simulation)?);
+    } else {
+        println!(
+            "{} with {}",
+            target.resource_id,
+            serde_json::to_string(&options)?
+        );
+        print!("{}", inferlb_autoscaler::simulate::render(&simulation));
+    }
+    if let Some(path) = svg {
+        crate::plot::simulation(path, &target.resource_id, &simulation)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status` as text: each target, its policies, scheduled actions, alarms
+/// and recent activities.
+#[allow(clippy::print_stdout)]
+fn print_status(status: &[inferlb_autoscaler::TargetStatus]) {
+    for t in status {
+        match (t.registered, t.min_capacity, t.max_capacity) {
+            (true, Some(min), Some(max)) => {
+                println!("{}: registered, capacity {min}..={max}", t.resource_id)
+            }
+            _ => println!("{}: not registered", t.resource_id),
+        }
+        for p in &t.policies {
+            println!("  policy {p}");
+        }
+        for s in &t.scheduled_actions {
+            println!("  scheduled {s}");
+        }
+        for a in &t.alarms {
+            println!("  alarm {a}");
+        }
+        for a in &t.tracking_alarms {
+            println!("  target-tracking alarm {a} (created by Application Auto Scaling)");
+        }
+        match &t.activities {
+            None => println!("  activities: not offered by this endpoint"),
+            Some(list) if list.is_empty() => println!("  activities: none recently"),
+            Some(list) => {
+                for a in list {
+                    println!("  activity {a}");
+                }
+            }
+        }
+    }
 }
 
 /// `hold --for D` writes the end time next to the file; `--release` removes it.
