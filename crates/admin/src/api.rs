@@ -21,9 +21,9 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::control::{Control, DEFAULT_DRAIN};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::Metrics;
+use inferlb_control::writer::{Control, DEFAULT_DRAIN};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -9,7 +9,7 @@ use inferlb_core::StateError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::control::ControlError;
+use inferlb_control::writer::ControlError;
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, ToSchema)]

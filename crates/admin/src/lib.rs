@@ -1,34 +1,22 @@
 //! The admin REST API of inferlb: operators list, add, drain, reweight and
-//! remove replicas at runtime; every change is a core `Command`, applied one
-//! at a time, persisted atomically, then published to the data plane.
+//! remove replicas and change pools at runtime. Each route turns its request
+//! into commands for the control plane's one writer (`inferlb-control`) and
+//! answers with what was applied and made durable.
 //!
 //! # Layout
 //!
-//! - [`control`]: `Control`, the single writer: apply, persist, publish, reap
-//!   drained replicas.
-//! - [`persist`]: the state file, written atomically and durably.
 //! - [`api`]: routes, DTOs, handlers, bearer-token auth, the OpenAPI document.
+//! - [`pools`]: `/v1/pools` and a pool's autoscaling routes.
 //! - [`metrics`]: the Prometheus collector behind `/metrics`.
-//! - [`health`]: active health checks, turned into `SetHealth` commands.
-//! - [`dns`]: replica host names resolved again on an interval, off the
-//!   control thread.
 //! - [`error`]: `ApiError` and the status each variant maps to.
-//! - [`scaler`]: local autoscaling, pools that start and stop their own
-//!   replicas; `scaler::provider` holds the crate's only `unsafe` (the
-//!   child's parent-death signal, and signalling its process group).
+//! - this file: `serve`, the HTTP server with its per-client limits.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod api;
-pub mod control;
-pub mod dns;
-pub mod engine;
 pub mod error;
-pub mod health;
 pub mod metrics;
-pub mod persist;
 pub mod pools;
-pub mod scaler;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,9 +27,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::{watch, Semaphore};
 
 pub use api::{router, AppState, DataPlane};
-pub use control::{Control, ControlError, DEFAULT_DRAIN};
 pub use error::ApiError;
-pub use persist::{desired_after_reload, Declared, PersistError, StateFile};
 
 /// What one admin client may hold: the API is reachable before any token is
 /// checked, so none of it may be unbounded.

@@ -10,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::control::Control;
+use inferlb_control::writer::Control;
 
 /// The collector behind `/metrics`.
 #[derive(Debug)]
@@ -153,7 +153,8 @@ impl Source {
             (
                 "inferlb_pool_desired_replicas",
                 "Replicas the autoscaler wants for the pool.",
-                (|s: &crate::scaler::Status| s.desired) as fn(&crate::scaler::Status) -> u32,
+                (|s: &inferlb_control::scaler::Status| s.desired)
+                    as fn(&inferlb_control::scaler::Status) -> u32,
             ),
             (
                 "inferlb_pool_current_replicas",
@@ -204,7 +205,7 @@ impl Source {
         )?;
         for (pool, shared, _) in &status {
             let (sum, count, buckets) = shared.cold_starts();
-            let mut cumulative: Vec<(f64, u64)> = crate::scaler::COLD_START_BOUNDS
+            let mut cumulative: Vec<(f64, u64)> = inferlb_control::scaler::COLD_START_BOUNDS
                 .iter()
                 .copied()
                 .zip(buckets)

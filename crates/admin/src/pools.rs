@@ -108,11 +108,11 @@ pub(crate) async fn add_pool_replica(
 /// held requests, and the last activities with their causes (like
 /// DescribeScalingActivities). 404 when the pool does not autoscale.
 #[utoipa::path(get, path = "/v1/pools/{name}/autoscaling", tag = "pools", params(("name" = String, Path)),
-    responses((status = 200, body = crate::scaler::Status), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = inferlb_control::scaler::Status), (status = 404, body = ErrorBody)))]
 pub(crate) async fn get_autoscaling(
     State(app): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<crate::scaler::Status>, ApiError> {
+) -> Result<Json<inferlb_control::scaler::Status>, ApiError> {
     Ok(Json(scaler_of(&app, &name)?.status()))
 }
 
@@ -120,14 +120,14 @@ pub(crate) async fn get_autoscaling(
 /// as it is with `"suspended": true`. Applied within a second; kept in the
 /// state file when one is used.
 #[utoipa::path(patch, path = "/v1/pools/{name}/autoscaling", tag = "pools", params(("name" = String, Path)),
-    request_body = crate::scaler::Change,
-    responses((status = 200, body = crate::scaler::Status), (status = 400, body = ErrorBody),
+    request_body = inferlb_control::scaler::Change,
+    responses((status = 200, body = inferlb_control::scaler::Status), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub(crate) async fn patch_autoscaling(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    crate::api::ApiJson(change): crate::api::ApiJson<crate::scaler::Change>,
-) -> Result<Json<crate::scaler::Status>, ApiError> {
+    crate::api::ApiJson(change): crate::api::ApiJson<inferlb_control::scaler::Change>,
+) -> Result<Json<inferlb_control::scaler::Status>, ApiError> {
     let shared = scaler_of(&app, &name)?;
     shared.change(&change).map_err(ApiError::BadRequest)?;
     app.control
@@ -140,7 +140,7 @@ pub(crate) async fn patch_autoscaling(
 fn scaler_of(
     app: &AppState,
     name: &str,
-) -> Result<std::sync::Arc<crate::scaler::Shared>, ApiError> {
+) -> Result<std::sync::Arc<inferlb_control::scaler::Shared>, ApiError> {
     let set = app.control.snapshot();
     let index = set
         .pool_named(name)

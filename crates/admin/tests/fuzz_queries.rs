@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
-use inferlb_admin::{AppState, Control, DataPlane};
+use inferlb_admin::{AppState, DataPlane};
+use inferlb_control::Control;
 use inferlb_core::{Routing, Snapshots, State};
 use proptest::prelude::*;
 use tower::ServiceExt;

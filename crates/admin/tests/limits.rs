@@ -7,7 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inferlb_admin::{AppState, Control, DataPlane, ServeLimits};
+use inferlb_admin::{AppState, DataPlane, ServeLimits};
+use inferlb_control::Control;
 use inferlb_core::{Routing, Snapshots, State};
 
 /// Starts the admin server with `limits` on a thread of its own.

@@ -209,11 +209,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         token: None,
         protect_probes: false,
         store: None,
-        declared: crate::serve::declared(&config),
-        dns_refresh: None,
+        declared: inferlb_control::declared(&config),
         config_path: None,
-        health: config.health.clone(),
-        publish: None,
+        tasks: inferlb_control::TaskSettings {
+            dns_refresh: None,
+            health: config.health.clone(),
+            publish: None,
+        },
     };
     let workers = config.proxy.worker_count();
     crate::serve::run_control_plane(handle, snapshots, state, workers, plane)?;

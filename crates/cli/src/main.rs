@@ -6,7 +6,6 @@ mod autoscale;
 mod demo;
 mod fake_replica;
 mod plot;
-mod publish;
 mod replicas;
 mod serve;
 

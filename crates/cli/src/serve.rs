@@ -4,13 +4,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use inferlb_admin::{AppState, Control, DataPlane, Declared, StateFile, DEFAULT_DRAIN};
+use inferlb_admin::{AppState, DataPlane};
+use inferlb_control::{
+    declared, starting_state, Control, Declared, StateFile, TaskSettings, Tasks,
+};
 use inferlb_core::config::{replica_spec, FileReplica};
-use inferlb_core::{Command, Config, IoDriver, Routing, Snapshots, State};
+use inferlb_core::{Config, IoDriver, Routing, Snapshots, State};
 use inferlb_proxy::ProxyHandle;
 
 /// Flags of `inferlb serve`; each overrides the config file.
@@ -125,23 +127,6 @@ pub(crate) fn admin_token(token_file: Option<&Path>) -> Result<Option<String>> {
     Ok(token)
 }
 
-/// Builds the first state from the configured replicas.
-pub(crate) fn initial_state(config: &Config) -> Result<State> {
-    let mut state = State::new(config.routing);
-    state.apply(Command::SetPolicy(config.policy))?;
-    for pool in &config.pools {
-        state
-            .apply(Command::SetPool(pool.clone()))
-            .with_context(|| format!("cannot declare pool {}", pool.name))?;
-    }
-    for spec in &config.replicas {
-        state
-            .apply(Command::Add(spec.clone()))
-            .with_context(|| format!("cannot add replica {}", spec.address))?;
-    }
-    Ok(state)
-}
-
 /// Starts the data plane and logs what it runs with.
 pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle, Snapshots)> {
     let snapshots = Snapshots::new(state.snapshot());
@@ -179,14 +164,10 @@ pub(crate) struct ControlPlane {
     pub(crate) store: Option<StateFile>,
     /// The declared replicas and pools (config file and flags).
     pub(crate) declared: Declared,
-    /// How often replica host names are resolved again.
-    pub(crate) dns_refresh: Option<std::time::Duration>,
     /// Re-read on SIGHUP.
     pub(crate) config_path: Option<PathBuf>,
-    /// Active health checks.
-    pub(crate) health: inferlb_core::config::HealthCheck,
-    /// Publishing the proxy's concurrency to CloudWatch.
-    pub(crate) publish: Option<inferlb_core::config::Publish>,
+    /// The control plane's background tasks.
+    pub(crate) tasks: TaskSettings,
 }
 
 /// Runs the control plane on this thread (tokio, current-thread): the admin
@@ -243,36 +224,13 @@ pub(crate) fn run_control_plane(
             Some(store) => tracing::info!(path = %store.path().display(), "state file: runtime changes persist on top of the declared replicas"),
             None => tracing::info!("runtime changes are kept in memory only: pass --state-file (or run under systemd, which sets $STATE_DIRECTORY) to keep them across restarts"),
         }
-        tokio::spawn(Arc::clone(&control).run_reaper());
-        if let Some(interval) = plane.dns_refresh {
-            tokio::spawn(inferlb_admin::dns::run(
-                Arc::clone(&control),
-                interval,
-                Arc::new(inferlb_admin::dns::SystemResolver),
-            ));
-        }
-        tokio::spawn(inferlb_admin::engine::run(Arc::clone(&control)));
-        let (stop_scalers, scalers_stop) = tokio::sync::watch::channel(false);
-        let scalers = inferlb_admin::scaler::spawn_all(&control, &scalers_stop);
-        if let Some(publish) = plane.publish.clone() {
-            tracing::info!(namespace = %publish.namespace, interval = ?publish.interval, "publishing per-pool concurrency to CloudWatch");
-            tokio::spawn(crate::publish::run(Arc::clone(&control), publish));
-        }
-        let pool_checks = plane
-            .declared
-            .pools
-            .iter()
-            .any(|p| p.health.enabled == Some(true));
-        if plane.health.enabled || pool_checks {
-            tracing::info!(path = %plane.health.path, interval = ?plane.health.interval, "active health checks");
-            tokio::spawn(inferlb_admin::health::run(Arc::clone(&control), plane.health.clone()));
-        }
+        let tasks = Tasks::start(&control, plane.tasks);
 
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => reload(&control, plane.config_path.as_deref()).await,
+                _ = hup.recv() => inferlb_control::reload(&control, plane.config_path.as_deref()).await,
             }
         }
         tracing::info!("shutting down: no new connections; in-flight requests finish");
@@ -284,10 +242,7 @@ pub(crate) fn run_control_plane(
             _ = int.recv() => { tracing::warn!("second signal: stopping now"); std::process::exit(0) }
         }
         // The autoscaled replicas stop once nothing is sent to them.
-        let _ = stop_scalers.send(true);
-        for scaler in scalers {
-            let _ = scaler.await;
-        }
+        tasks.stop().await;
         let _ = stop_admin.send(());
         if let Some(admin) = admin {
             let _ = admin.await;
@@ -295,67 +250,6 @@ pub(crate) fn run_control_plane(
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
-}
-
-/// SIGHUP: re-read the config file and apply the difference as commands. An
-/// invalid file is rejected and the running configuration kept.
-async fn reload(control: &Control, path: Option<&Path>) {
-    let Some(path) = path else {
-        tracing::warn!("SIGHUP ignored: inferlb was started without --config");
-        return;
-    };
-    // Loading resolves host names: on the blocking pool, not the control thread.
-    let file = path.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
-    let config = match loaded {
-        Ok(Ok(config)) => config,
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "config reload failed; keeping the running configuration");
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running configuration");
-            return;
-        }
-    };
-    // The new declared list, with the runtime changes made so far on top,
-    // diffed and applied under the control lock in one step.
-    let old_declared = control.declared();
-    control.set_declared(declared(&config));
-    let converged = control
-        .converge(SystemTime::now() + DEFAULT_DRAIN, |state| {
-            let desired = inferlb_admin::desired_after_reload(
-                state,
-                &old_declared.replicas,
-                &config.replicas,
-            );
-            let mut extra = state.diff_pools(&config.pools);
-            if config.routing != state.routing() {
-                extra.push(Command::SetRouting(config.routing));
-            }
-            if config.policy != state.policy() {
-                extra.push(Command::SetPolicy(config.policy));
-            }
-            (desired, extra)
-        })
-        .await;
-    match converged {
-        Ok(commands) => {
-            tracing::info!(path = %path.display(), changes = commands.len(), "config reloaded (listen, workers, timeouts and limits need a restart)")
-        }
-        Err(e) => {
-            control.set_declared(old_declared);
-            tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the running configuration")
-        }
-    }
-}
-
-/// What the config file and flags declare.
-pub(crate) fn declared(config: &Config) -> Declared {
-    Declared {
-        replicas: config.replicas.clone(),
-        pools: config.pools.clone(),
-    }
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
@@ -376,21 +270,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .clone()
         .or_else(StateFile::systemd_path)
         .map(StateFile::new);
-    let loaded = match &store {
-        Some(store) => store.load(config.routing, &declared(&config))?,
-        None => None,
-    };
-    let state = match loaded {
-        Some(mut state) => {
-            state.apply(Command::SetPolicy(config.policy))?;
-            tracing::info!(
-                replicas = state.replicas().len(),
-                "runtime changes from the state file applied on top of the declared replicas"
-            );
-            state
-        }
-        None => initial_state(&config)?,
-    };
+    let state = starting_state(&config, store.as_ref())?;
     let (handle, snapshots) = start_proxy(&config, &state)?;
     let plane = ControlPlane {
         admin_listen: config.admin.listen,
@@ -399,10 +279,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         protect_probes: config.admin.protect_probes,
         store,
         declared: declared(&config),
-        dns_refresh: config.dns_refresh,
         config_path: args.config.clone(),
-        health: config.health.clone(),
-        publish: config.publish.clone(),
+        tasks: TaskSettings::of(&config),
     };
     run_control_plane(handle, snapshots, state, config.proxy.worker_count(), plane)
 }

@@ -20,7 +20,7 @@ use inferlb_core::{
 };
 use tokio::sync::Mutex;
 
-use crate::persist::{Declared, PersistError, StateFile};
+use crate::state_file::{Declared, PersistError, StateFile};
 
 /// Why a change was not made.
 #[derive(Debug, thiserror::Error)]

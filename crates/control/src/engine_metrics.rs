@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use inferlb_core::pool::Flavor;
 use inferlb_core::EngineLoad;
 use openmetrics_parser::PrometheusValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::control::Control;
+use crate::http::Client;
+use crate::writer::Control;
 
 /// Largest metrics page read.
 const MAX_PAGE: usize = 4 * 1024 * 1024;
@@ -116,61 +115,22 @@ pub fn parse(page: &str, flavor: Flavor) -> Option<EngineLoad> {
 }
 
 /// GETs `path` from `addr` and returns the body of a 200.
-pub async fn fetch(addr: SocketAddr, path: &str, timeout: Duration) -> Option<String> {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: inferlb-engine-metrics\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::with_capacity(16 * 1024);
-        (&mut stream)
-            .take(MAX_PAGE as u64)
-            .read_to_end(&mut raw)
-            .await
-            .ok()?;
-        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-        let head = std::str::from_utf8(&raw[..head_end]).ok()?;
-        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-        if status != 200 {
-            return None;
-        }
-        let chunked = head.lines().any(|l| {
-            l.split_once(':').is_some_and(|(n, v)| {
-                n.eq_ignore_ascii_case("transfer-encoding")
-                    && v.trim().eq_ignore_ascii_case("chunked")
-            })
-        });
-        let body = &raw[head_end..];
-        let body = if chunked {
-            dechunk(body)?
-        } else {
-            body.to_vec()
-        };
-        String::from_utf8(body).ok()
-    };
-    tokio::time::timeout(timeout, attempt).await.ok().flatten()
-}
-
-/// The payload of a complete chunked body.
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(body.len());
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
-    }
+pub async fn fetch(
+    client: &Client,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Option<String> {
+    let answer = client
+        .get(addr, path, timeout, MAX_PAGE, |status| status == 200)
+        .await?;
+    String::from_utf8(answer.body?.to_vec()).ok()
 }
 
 /// Scrapes the replicas of every pool with `engine_metrics.enabled`, each
 /// on its pool's interval, until the process ends.
 pub async fn run(control: Arc<Control>) {
+    let client = Client::new("inferlb-engine-metrics");
     let mut last: HashMap<u64, Instant> = HashMap::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(50));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,8 +160,10 @@ pub async fn run(control: Arc<Control>) {
                 let (addr, stats) = (r.addr, Arc::clone(&r.stats));
                 let (path, flavor, interval) =
                     (settings.path.clone(), settings.flavor, settings.interval);
+                let client = client.clone();
                 scrapes.spawn(async move {
-                    let page = fetch(addr, &path, interval.max(Duration::from_millis(200))).await;
+                    let timeout = interval.max(Duration::from_millis(200));
+                    let page = fetch(&client, addr, &path, timeout).await;
                     match page.as_deref().and_then(|p| parse(p, flavor)) {
                         Some(load) => stats.record_engine(
                             load,
@@ -253,14 +215,5 @@ mod tests {
     fn series_of_one_name_are_summed() {
         let page = "vllm:num_requests_waiting{model_name=\"a\"} 1\nvllm:num_requests_waiting{model_name=\"b\"} 2\nvllm:num_requests_running{model_name=\"a\"} 0\n";
         assert_eq!(parse(page, Flavor::Auto).unwrap().waiting, 3.0);
-    }
-
-    #[test]
-    fn chunked_bodies_are_decoded() {
-        assert_eq!(
-            dechunk(b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n").unwrap(),
-            b"hello world"
-        );
-        assert_eq!(dechunk(b"5\r\nhel"), None);
     }
 }

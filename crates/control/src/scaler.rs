@@ -42,7 +42,7 @@ use inferlb_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::control::Control;
+use crate::writer::Control;
 use provider::{Running, Slot};
 
 /// How often the scaler samples the counters and decides.
@@ -73,7 +73,8 @@ pub struct Settings {
 }
 
 /// A `PATCH /v1/pools/{name}/autoscaling` body.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Change {
     pub min: Option<u32>,
@@ -121,7 +122,8 @@ impl Settings {
 }
 
 /// A replica as the status shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaStatus {
     pub id: String,
     pub index: u32,
@@ -133,7 +135,8 @@ pub struct ReplicaStatus {
 }
 
 /// One scaling activity or replica event, like DescribeScalingActivities.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActivityStatus {
     /// RFC 3339.
     pub at: String,
@@ -147,7 +150,8 @@ pub struct ActivityStatus {
 }
 
 /// `GET /v1/pools/{name}/autoscaling`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     pub pool: String,
     pub provider: &'static str,
@@ -375,6 +379,8 @@ struct Scaler {
     /// The engine-metrics path a starting replica must also answer on,
     /// when the pool scrapes them.
     metrics_path: Option<String>,
+    /// Health checks of starting replicas.
+    http: crate::http::Client,
 }
 
 fn epoch_now() -> i64 {
@@ -459,6 +465,7 @@ impl Scaler {
             last_unit_check: now,
             activities: VecDeque::new(),
             metrics_path: None,
+            http: crate::http::Client::new("inferlb-health-check"),
         }
     }
 
@@ -772,13 +779,15 @@ impl Scaler {
         let metrics_path = self.metrics_path.clone();
         // Every starting replica checked at once.
         let mut checks = tokio::task::JoinSet::new();
+        let client = self.http.clone();
         for instance in self.instances.iter().filter(|i| i.phase == Phase::Starting) {
             let (id, addr, path) = (instance.id.clone(), instance.addr, path.clone());
             let metrics_path = metrics_path.clone();
+            let client = client.clone();
             checks.spawn(async move {
-                let mut ready = crate::health::check(addr, &path, HEALTH_TIMEOUT).await;
+                let mut ready = crate::health::check(&client, addr, &path, HEALTH_TIMEOUT).await;
                 if let (true, Some(metrics)) = (ready, metrics_path) {
-                    ready = crate::health::check(addr, &metrics, HEALTH_TIMEOUT).await;
+                    ready = crate::health::check(&client, addr, &metrics, HEALTH_TIMEOUT).await;
                 }
                 (id, ready)
             });

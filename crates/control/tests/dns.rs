@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inferlb_admin::dns::{refresh, Resolve};
-use inferlb_admin::Control;
+use inferlb_control::dns::{refresh, Resolve};
+use inferlb_control::Control;
 use inferlb_core::{Command, Replica, ReplicaId, Routing, Snapshots, State};
 
 /// Answers from a table the test edits; a name marked `hang` never answers

@@ -9,33 +9,20 @@ use std::time::Duration;
 
 use inferlb_core::config::HealthCheck;
 use inferlb_core::{Command, Health, Thresholds, Tracker};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::control::Control;
+use crate::http::Client;
+use crate::writer::Control;
+
+/// Largest health-check body read (to keep the connection for the next
+/// check); a longer one still counts by its status.
+const MAX_BODY: usize = 64 * 1024;
 
 /// One check: a GET of `path` answered 200–399 within `timeout`.
-pub async fn check(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: inferlb-health-check\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 64];
-        let mut have = 0;
-        while have < 12 {
-            let n = stream.read(&mut head[have..]).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            have += n;
-        }
-        let line = std::str::from_utf8(&head[..have]).ok()?;
-        let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some((200..400).contains(&status))
-    };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+pub async fn check(client: &Client, addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+    client
+        .get(addr, path, timeout, MAX_BODY, |_| true)
+        .await
+        .is_some_and(|answer| (200..400).contains(&answer.status))
 }
 
 /// Checks every replica of the current snapshot each interval, forever:
@@ -46,6 +33,7 @@ pub async fn run(control: Arc<Control>, config: HealthCheck) {
         healthy: config.healthy_threshold,
         unhealthy: config.unhealthy_threshold,
     };
+    let client = Client::new("inferlb-health-check");
     let mut trackers: HashMap<u64, Tracker> = HashMap::new();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,7 +54,8 @@ pub async fn run(control: Arc<Control>, config: HealthCheck) {
             for &i in pool.members() {
                 let r = &snapshot.replicas()[i as usize];
                 let (uid, addr, path, timeout) = (r.uid, r.addr, path.clone(), config.timeout);
-                checks.spawn(async move { (uid, check(addr, &path, timeout).await) });
+                let client = client.clone();
+                checks.spawn(async move { (uid, check(&client, addr, &path, timeout).await) });
             }
         }
         let mut verdicts = HashMap::new();

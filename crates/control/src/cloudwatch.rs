@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use inferlb_admin::Control;
+use crate::writer::Control;
 use inferlb_autoscaler::publish::{PoolSample, Publisher};
 use inferlb_core::config::Publish;
 use inferlb_core::StatusClass;
@@ -19,7 +19,7 @@ struct Acc {
 }
 
 /// Runs until the process ends.
-pub(crate) async fn run(control: Arc<Control>, config: Publish) {
+pub async fn run(control: Arc<Control>, config: Publish) {
     let publisher = Publisher::connect(
         config.region.clone(),
         config.namespace.clone(),

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use inferlb_admin::Control;
+use inferlb_control::Control;
 use inferlb_core::config::HealthCheck;
 use inferlb_core::{Command, Health, ReplicaId, ReplicaSpec, Routing, Snapshots, State};
 use inferlb_testkit::FakeReplica;
@@ -58,7 +58,7 @@ async fn checks_flip_health_both_ways_and_fail_open() {
     state.apply(Command::Add(spec("bad", bad_addr))).unwrap();
     let snapshots = Snapshots::new(state.snapshot());
     let control = Arc::new(Control::new(state, snapshots, None));
-    let checker = tokio::spawn(inferlb_admin::health::run(
+    let checker = tokio::spawn(inferlb_control::health::run(
         Arc::clone(&control),
         fast_checks(),
     ));
@@ -126,7 +126,7 @@ async fn a_pool_can_turn_its_checks_off_or_check_another_path() {
     state.apply(Command::Add(loud)).unwrap();
     let snapshots = Snapshots::new(state.snapshot());
     let control = Arc::new(Control::new(state, snapshots, None));
-    let checker = tokio::spawn(inferlb_admin::health::run(
+    let checker = tokio::spawn(inferlb_control::health::run(
         Arc::clone(&control),
         fast_checks(),
     ));

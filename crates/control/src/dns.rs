@@ -13,7 +13,7 @@ use std::time::Duration;
 use inferlb_core::replica::resolve_address;
 use inferlb_core::{Command, ReplicaState};
 
-use crate::control::Control;
+use crate::writer::Control;
 
 /// Turns `host:port` text into an address. The system resolver runs on
 /// tokio's blocking pool; tests plug in their own.
