@@ -235,6 +235,71 @@ pub enum ReplicaList {
     },
 }
 
+impl ReplicaList {
+    /// The list from a `PUT` body, each problem named by its field: a body
+    /// that is neither an array nor an object with `replicas` or `pools`
+    /// (a misspelled key) is refused rather than read as an empty list,
+    /// which would drain every replica.
+    fn parse(body: serde_json::Value) -> Result<Self, ApiError> {
+        let invalid = |field: &str, e: serde_json::Error| {
+            ApiError::BadRequest(format!("invalid body: {field}: {e}"))
+        };
+        match body {
+            serde_json::Value::Array(_) => serde_json::from_value(body)
+                .map(Self::Bare)
+                .map_err(|e| invalid("replicas", e)),
+            serde_json::Value::Object(mut fields) => {
+                if let Some(unknown) = fields.keys().find(|k| *k != "replicas" && *k != "pools") {
+                    return Err(ApiError::BadRequest(format!(
+                        "invalid body: unknown field `{unknown}`, expected `replicas` or `pools`"
+                    )));
+                }
+                let replicas = fields.remove("replicas");
+                let pools = fields.remove("pools");
+                if replicas.is_none() && pools.is_none() {
+                    return Err(ApiError::BadRequest(
+                        "invalid body: give `replicas`, `pools` or both (an empty `replicas` list drains every replica)".into(),
+                    ));
+                }
+                let replicas = match replicas {
+                    Some(v) => serde_json::from_value(v).map_err(|e| invalid("replicas", e))?,
+                    None => Vec::new(),
+                };
+                let pools = match pools {
+                    Some(v) => Some(serde_json::from_value(v).map_err(|e| invalid("pools", e))?),
+                    None => None,
+                };
+                Ok(Self::Wrapped { replicas, pools })
+            }
+            _ => Err(ApiError::BadRequest(
+                "invalid body: expected an array of replicas or an object with `replicas` and `pools`".into(),
+            )),
+        }
+    }
+}
+
+/// A pool the config declares with `[pools.autoscaling]` runs inferlb's own
+/// replica processes: only the config can take it away, so a `pools` list
+/// without it is refused (409) rather than deleting it.
+fn refuse_dropping_autoscaling_pools(app: &AppState, pools: &[NewPool]) -> Result<(), ApiError> {
+    let declared = app.control.declared();
+    let dropped: Vec<String> = declared
+        .pools
+        .iter()
+        .filter(|p| p.autoscaling.is_some())
+        .filter(|p| !pools.iter().any(|n| n.name == p.name.as_str()))
+        .map(|p| p.name.to_string())
+        .collect();
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Conflict(format!(
+        "pools: the config declares {} with [pools.autoscaling]; list {} in `pools` (only the config can remove an autoscaling pool)",
+        dropped.join(", "),
+        if dropped.len() == 1 { "it" } else { "them" }
+    )))
+}
+
 /// A pool declaration in `PUT /v1/replicas`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -418,21 +483,32 @@ async fn delete_replica(
         }
     };
     let deadline = SystemTime::now() + timeout;
+    let before = app.control.snapshot();
+    // One step: the drain, and the removal of the replica when it is idle
+    // (or the timeout is 0). The answer is what was committed.
     app.control
         .apply_one(Command::Drain {
             id: id.clone(),
             deadline,
         })
         .await?;
-    let view = app
-        .control
-        .snapshot()
-        .replicas()
-        .iter()
-        .find(|r| r.id == id)
-        .map(ReplicaView::from);
-    // An idle replica (or a zero timeout) goes at once.
-    app.control.reap_drained().await?;
+    let after = app.control.snapshot();
+    let view = match after.replicas().iter().find(|r| r.id == id) {
+        Some(replica) => ReplicaView::from(replica),
+        None => {
+            let gone = before
+                .replicas()
+                .iter()
+                .find(|r| r.id == id)
+                .ok_or_else(|| ApiError::NotFound(format!("no replica has id {id}")))?;
+            let mut view = ReplicaView::from(gone);
+            // 202: the drain was accepted, and it is already complete.
+            view.state = "draining".to_owned();
+            view.in_flight = 0;
+            view.drain_deadline = Some(rfc3339(deadline));
+            view
+        }
+    };
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
@@ -498,12 +574,15 @@ async fn patch_replica(
     responses((status = 200, body = ReplaceResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn replace_replicas(
     State(app): State<AppState>,
-    ApiJson(list): ApiJson<ReplicaList>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<ReplaceResult>, ApiError> {
-    let (entries, pools) = match list {
+    let (entries, pools) = match ReplicaList::parse(body)? {
         ReplicaList::Bare(v) => (v, None),
         ReplicaList::Wrapped { replicas, pools } => (replicas, pools),
     };
+    if let Some(pools) = &pools {
+        refuse_dropping_autoscaling_pools(&app, pools)?;
+    }
     let mut listed: Vec<(String, NewReplica)> = entries
         .into_iter()
         .enumerate()
@@ -575,7 +654,7 @@ async fn replace_replicas(
     let (mut added, mut drained, mut updated) = (Vec::new(), Vec::new(), Vec::new());
     for command in &commands {
         match command {
-            Command::Add(spec) => added.push(spec.id.to_string()),
+            Command::Add(spec) | Command::Admit(spec) => added.push(spec.id.to_string()),
             Command::Drain { id, .. } => drained.push(id.to_string()),
             Command::SetWeight { id, .. } | Command::SetState { id, .. } => {
                 if !updated.contains(&id.to_string()) {
@@ -588,10 +667,10 @@ async fn replace_replicas(
             | Command::SetHealth { .. }
             | Command::SetPolicy(_)
             | Command::SetPool(_)
-            | Command::RemovePool { .. } => {}
+            | Command::RemovePool { .. }
+            | Command::SetScaling { .. } => {}
         }
     }
-    app.control.reap_drained().await?;
     let replicas = app
         .control
         .snapshot()
@@ -700,14 +779,25 @@ async fn require_loopback_host(
     request: Request,
     next: Next,
 ) -> Response {
-    if app.token.is_none() {
-        if let Some(host) = headers.get(header::HOST) {
-            if !host.to_str().is_ok_and(is_loopback_host) {
-                return ApiError::MisdirectedHost.into_response();
-            }
-        }
+    if app.token.is_none() && !names_loopback_only(&headers, request.uri()) {
+        return ApiError::MisdirectedHost.into_response();
     }
     next.run(request).await
+}
+
+/// Whether a request, by its `Host` and its target, is addressed to this
+/// machine's loopback: at most one `Host`, naming loopback, and an
+/// origin-form target (an absolute-form one names a host of its own that a
+/// proxy in between may have acted on). No `Host` at all is an HTTP/1.0
+/// client on this machine.
+fn names_loopback_only(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host_ok = match (hosts.next(), hosts.next()) {
+        (None, _) => true,
+        (Some(host), None) => host.to_str().is_ok_and(is_loopback_host),
+        (Some(_), Some(_)) => false,
+    };
+    host_ok && uri.scheme().is_none() && uri.authority().is_none()
 }
 
 /// Whether a `Host` value names this machine's loopback: `localhost`, an
@@ -738,18 +828,33 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(token) = &app.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        // Constant time, so the comparison leaks nothing about the token.
-        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            return ApiError::Unauthorized.into_response();
-        }
+    if !authorized(&app, &headers) {
+        return ApiError::Unauthorized.into_response();
     }
     next.run(request).await
+}
+
+/// Whether the request carries the configured token (always, when none is
+/// configured). Compared in constant time, so nothing leaks about it.
+fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_credentials)
+        .unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// The credentials of a `Bearer` authorization: the scheme is
+/// case-insensitive (RFC 9110 §11.1), then one or more spaces.
+pub(crate) fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
 }
 
 /// The documented routes and the OpenAPI document describing them; both
@@ -798,13 +903,28 @@ pub fn router(app: AppState) -> Router {
         .merge(v1)
         .merge(probes)
         .merge(openapi)
-        .fallback(|| async { ApiError::NotFound("no such route; see /openapi.json".into()) })
+        .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             require_loopback_host,
         ))
         .with_state(app)
+}
+
+/// A route that does not exist: 404, except under `/v1/` when a token is
+/// set, where a caller without it gets 401 first, so the API's shape is not
+/// mapped by probing unauthenticated.
+async fn unknown_route(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let under_v1 = uri.path() == "/v1" || uri.path().starts_with("/v1/");
+    if under_v1 && !authorized(&app, &headers) {
+        return ApiError::Unauthorized.into_response();
+    }
+    ApiError::NotFound("no such route; see /openapi.json".into()).into_response()
 }
 
 /// The OpenAPI document, for tests and tooling.

@@ -107,6 +107,9 @@ impl From<ControlError> for ApiError {
             ControlError::State(StateError::PoolNotFound { name }) => {
                 Self::NotFound(format!("no pool is named {name}"))
             }
+            ControlError::State(e @ StateError::NotAutoscaling { .. }) => {
+                Self::NotFound(e.to_string())
+            }
             ControlError::State(
                 e @ (StateError::IdExists { .. }
                 | StateError::AddressExists { .. }

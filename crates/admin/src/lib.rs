@@ -9,6 +9,8 @@
 //! - [`pools`]: `/v1/pools` and a pool's autoscaling routes.
 //! - [`metrics`]: the Prometheus collector behind `/metrics`.
 //! - [`error`]: `ApiError` and the status each variant maps to.
+//! - `admission`: who may hold an admin connection (per-client caps, the
+//!   slots kept for token holders) and the body timeout.
 //! - this file: `serve`, the HTTP server with its per-client limits.
 
 #![forbid(unsafe_code)]
@@ -17,6 +19,8 @@ pub mod api;
 pub mod error;
 pub mod metrics;
 pub mod pools;
+
+mod admission;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,12 +35,24 @@ pub use error::ApiError;
 
 /// What one admin client may hold: the API is reachable before any token is
 /// checked, so none of it may be unbounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeLimits {
     /// Time for a whole request head; then the connection closes.
     pub header_read_timeout: Duration,
+    /// Time for a whole request body once its head has arrived; then the
+    /// answer is 408 and the connection closes (nginx
+    /// `client_body_timeout`).
+    pub body_read_timeout: Duration,
     /// Admin connections open at once; more are closed as they arrive.
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_client: usize,
+    /// With a token set, this many of `max_connections` are kept for
+    /// clients that present it: a connection admitted into them is served
+    /// only with the token, so no unauthenticated peer can take every slot.
+    pub reserved_for_token: usize,
+    /// The admin token, when one is configured (see `reserved_for_token`).
+    pub token: Option<Arc<str>>,
     /// Largest request head; larger gets 431 (hyper's floor is 8 KiB).
     pub max_head_bytes: usize,
 }
@@ -45,7 +61,11 @@ impl Default for ServeLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             max_connections: 256,
+            max_connections_per_client: 64,
+            reserved_for_token: 32,
+            token: None,
             max_head_bytes: 16 * 1024,
         }
     }
@@ -63,18 +83,31 @@ pub async fn serve(
 
 /// Serves the admin API with explicit limits: each connection is an HTTP/1.1
 /// connection from hyper's builder with a header timeout (on a real timer,
-/// which `axum::serve` never sets) and a head-size cap, under a cap on
-/// connections. On shutdown, open connections finish their request and close.
+/// which `axum::serve` never sets), a body timeout and a head-size cap, under
+/// a cap on connections overall and per client address, with a share of the
+/// connections kept for clients holding the token. On shutdown, open
+/// connections finish their request and close.
 pub async fn serve_with_limits(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ServeLimits,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let reserved = if limits.token.is_some() {
+        limits.reserved_for_token.min(limits.max_connections)
+    } else {
+        0
+    };
+    let open = Arc::new(Semaphore::new(limits.max_connections - reserved));
+    let kept = Arc::new(Semaphore::new(reserved));
+    let clients = admission::Clients::new(limits.max_connections_per_client);
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        limits.body_read_timeout,
+        admission::read_body_within,
+    ));
     let (closing_tx, closing) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut last_refusal: Option<std::time::Instant> = None;
+    let mut refusals = admission::Refusals::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -89,23 +122,45 @@ pub async fn serve_with_limits(
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            if last_refusal.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                tracing::warn!(%peer, limit = limits.max_connections, "admin connection limit reached; closing new connections");
-                last_refusal = Some(std::time::Instant::now());
-            }
-            drop(stream);
+        let Some(client) = clients.enter(peer.ip()) else {
+            refusals.note(
+                peer,
+                "admin connection limit per client address reached; closing its new connections",
+                limits.max_connections_per_client,
+            );
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        let (permit, token_only) = match Arc::clone(&open).try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => match Arc::clone(&kept).try_acquire_owned() {
+                Ok(permit) => (permit, true),
+                Err(_) => {
+                    refusals.note(
+                        peer,
+                        "admin connection limit reached; closing new connections",
+                        limits.max_connections,
+                    );
+                    continue;
+                }
+            },
+        };
+        let router = match (&limits.token, token_only) {
+            (Some(token), true) => router.clone().layer(axum::middleware::from_fn_with_state(
+                Arc::clone(token),
+                admission::require_token_or_close,
+            )),
+            _ => router.clone(),
+        };
+        let service = TowerToHyperService::new(router);
         let mut closing = closing.clone();
+        let (header_timeout, max_head) = (limits.header_read_timeout, limits.max_head_bytes);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, client);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_head_bytes.max(8192));
+                .header_read_timeout(header_timeout)
+                .max_buf_size(max_head.max(8192));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -117,7 +172,10 @@ pub async fn serve_with_limits(
     }
     let _ = closing_tx.send(true);
     // Wait for open connections to finish, as `axum::serve` does.
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = permits.acquire_many(all).await;
+    let all = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let _ = open
+        .acquire_many(all(limits.max_connections - reserved))
+        .await;
+    let _ = kept.acquire_many(all(reserved)).await;
     Ok(())
 }

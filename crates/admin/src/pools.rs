@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
-use inferlb_core::{PoolView, ReplicaSet};
+use inferlb_core::{Command, PoolView, ReplicaSet};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -129,11 +129,35 @@ pub(crate) async fn patch_autoscaling(
     crate::api::ApiJson(change): crate::api::ApiJson<inferlb_control::scaler::Change>,
 ) -> Result<Json<inferlb_control::scaler::Status>, ApiError> {
     let shared = scaler_of(&app, &name)?;
-    shared.change(&change).map_err(ApiError::BadRequest)?;
+    let pool = shared.status().pool;
+    let pool = parse_pool("name", &pool)?;
+    // Planned and applied under the writer's lock: the answer is what was
+    // committed, and a concurrent change is not overwritten.
     app.control
-        .save_scaling()
-        .await
-        .map_err(|e| ApiError::Persist(e.to_string()))?;
+        .apply_planned(|state| {
+            let (Some(current), Some(config)) = (
+                state.scaling(&pool),
+                state.pool(&pool).and_then(|p| p.autoscaling.as_deref()),
+            ) else {
+                return Err(ApiError::NotFound(format!(
+                    "pool {pool} does not autoscale"
+                )));
+            };
+            let settings = change.applied_to(current, config).map_err(|problems| {
+                ApiError::BadRequest(
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+            Ok(vec![Command::SetScaling {
+                pool: pool.clone(),
+                settings,
+            }])
+        })
+        .await??;
     Ok(Json(shared.status()))
 }
 

@@ -115,6 +115,7 @@ pub(crate) fn admin_token(token_file: Option<&Path>) -> Result<Option<String>> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+            warn_if_readable_by_others(path);
             Some(text.trim().to_owned())
         }
         None => std::env::var("INFERLB_ADMIN_TOKEN")
@@ -125,6 +126,22 @@ pub(crate) fn admin_token(token_file: Option<&Path>) -> Result<Option<String>> {
         bail!("the admin token is empty; put a secret in the token file or INFERLB_ADMIN_TOKEN");
     }
     Ok(token)
+}
+
+/// A secret others on the host can read is no secret: say so (as ssh does
+/// of a private key), without refusing to start.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the admin token file is readable by its group or by everyone; chmod 600 it"
+            );
+        }
+    }
 }
 
 /// Starts the data plane and logs what it runs with.
@@ -216,15 +233,19 @@ pub(crate) fn run_control_plane(
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = listener.map(|listener| {
             tracing::info!(listen = %plane.admin_listen, auth = plane.token.is_some(), "admin API");
-            tokio::spawn(inferlb_admin::serve(listener, inferlb_admin::router(app), async move {
+            let limits = inferlb_admin::ServeLimits {
+                token: plane.token.as_deref().map(Arc::from),
+                ..inferlb_admin::ServeLimits::default()
+            };
+            tokio::spawn(inferlb_admin::serve_with_limits(listener, inferlb_admin::router(app), async move {
                 let _ = admin_stopped.await;
-            }))
+            }, limits))
         });
         match &plane.store {
             Some(store) => tracing::info!(path = %store.path().display(), "state file: runtime changes persist on top of the declared replicas"),
             None => tracing::info!("runtime changes are kept in memory only: pass --state-file (or run under systemd, which sets $STATE_DIRECTORY) to keep them across restarts"),
         }
-        let tasks = Tasks::start(&control, plane.tasks);
+        let tasks = Tasks::start(&control, plane.tasks).await;
 
         loop {
             tokio::select! {

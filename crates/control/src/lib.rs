@@ -20,6 +20,7 @@
 //!   their own replicas; `scaler::provider` holds the crate's only `unsafe`
 //!   (the child's parent-death signal, and signalling its process group).
 //! - [`cloudwatch`]: the proxy's per-pool concurrency, published.
+//! - [`repeats`]: rate-limited logging of errors that repeat every tick.
 
 #![deny(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod engine_metrics;
 pub mod health;
 pub mod http;
 pub mod plane;
+pub mod repeats;
 pub mod scaler;
 pub mod state_file;
 pub mod writer;

@@ -110,7 +110,7 @@ pub struct Tasks {
 
 impl Tasks {
     /// Starts them on the current tokio runtime.
-    pub fn start(control: &Arc<Control>, settings: TaskSettings) -> Self {
+    pub async fn start(control: &Arc<Control>, settings: TaskSettings) -> Self {
         let mut others = vec![tokio::spawn(Arc::clone(control).run_reaper())];
         if let Some(interval) = settings.dns_refresh {
             others.push(tokio::spawn(crate::dns::run(
@@ -123,7 +123,7 @@ impl Tasks {
             control,
         ))));
         let (stop_scalers, scalers_stop) = tokio::sync::watch::channel(false);
-        let scalers = crate::scaler::spawn_all(control, &scalers_stop);
+        let scalers = crate::scaler::spawn_all(control, &scalers_stop).await;
         if let Some(publish) = settings.publish {
             tracing::info!(namespace = %publish.namespace, interval = ?publish.interval, "publishing per-pool concurrency to CloudWatch");
             others.push(tokio::spawn(crate::cloudwatch::run(

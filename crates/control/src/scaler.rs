@@ -39,6 +39,7 @@ use inferlb_autoscaler::engine::{Activity, AlarmOverrides, Engine, Metrics};
 use inferlb_autoscaler::model::{Suspended, Target, TargetTracking};
 use inferlb_core::{
     Command, PoolAutoscaling, PoolName, Provider, ReplicaId, ReplicaSpec, ReplicaState,
+    ScalingError, ScalingSettings,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,15 +64,6 @@ const UNIT_CHECK: Duration = Duration::from_secs(5);
 pub const COLD_START_BOUNDS: [f64; 10] =
     [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
-/// What an operator may change at runtime (`PATCH`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Settings {
-    pub min: u32,
-    pub max: u32,
-    pub target_in_flight: f64,
-    pub suspended: bool,
-}
-
 /// A `PATCH /v1/pools/{name}/autoscaling` body.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -86,37 +78,21 @@ pub struct Change {
     pub suspended: Option<bool>,
 }
 
-impl Settings {
-    /// The settings the config declares.
-    pub fn declared(config: &PoolAutoscaling) -> Self {
-        Self {
-            min: config.min,
-            max: config.max,
-            target_in_flight: config.target_in_flight,
-            suspended: false,
-        }
-    }
-
-    /// These settings with `change`, checked.
-    pub fn with(&self, change: &Change) -> Result<Self, String> {
-        let next = Self {
-            min: change.min.unwrap_or(self.min),
-            max: change.max.unwrap_or(self.max),
-            target_in_flight: change.target_in_flight.unwrap_or(self.target_in_flight),
-            suspended: change.suspended.unwrap_or(self.suspended),
+impl Change {
+    /// `settings` with this change, checked by the config's rules for a
+    /// pool declared as `config`; each problem names its field.
+    pub fn applied_to(
+        &self,
+        settings: ScalingSettings,
+        config: &PoolAutoscaling,
+    ) -> Result<ScalingSettings, Vec<ScalingError>> {
+        let next = ScalingSettings {
+            min: self.min.unwrap_or(settings.min),
+            max: self.max.unwrap_or(settings.max),
+            target_in_flight: self.target_in_flight.unwrap_or(settings.target_in_flight),
+            suspended: self.suspended.unwrap_or(settings.suspended),
         };
-        if !(1..=1000).contains(&next.max) {
-            return Err(format!("max must be between 1 and 1000, got {}", next.max));
-        }
-        if next.min > next.max {
-            return Err(format!("min ({}) is above max ({})", next.min, next.max));
-        }
-        if !(next.target_in_flight > 0.0 && next.target_in_flight.is_finite()) {
-            return Err(format!(
-                "target_in_flight must be above 0, got {}",
-                next.target_in_flight
-            ));
-        }
+        next.check(config)?;
         Ok(next)
     }
 }
@@ -180,7 +156,8 @@ pub struct Status {
 /// One autoscaling pool's state shared with the admin API and `/metrics`.
 #[derive(Debug)]
 pub struct Shared {
-    settings: Mutex<Settings>,
+    /// The settings in force, as the control plane last committed them.
+    settings: Mutex<ScalingSettings>,
     status: Mutex<Status>,
     pub scale_outs: AtomicU64,
     pub scale_ins: AtomicU64,
@@ -189,8 +166,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(pool: &PoolName, config: &PoolAutoscaling, stored: Option<Settings>) -> Self {
-        let settings = stored.unwrap_or_else(|| Settings::declared(config));
+    fn new(pool: &PoolName, config: &PoolAutoscaling, settings: ScalingSettings) -> Self {
         Self {
             settings: Mutex::new(settings),
             status: Mutex::new(Status {
@@ -223,22 +199,21 @@ impl Shared {
         lock(&self.status).clone()
     }
 
-    /// The runtime settings.
-    pub fn settings(&self) -> Settings {
+    /// The settings in force.
+    pub fn settings(&self) -> ScalingSettings {
         *lock(&self.settings)
     }
 
-    /// Checks and records a change; the scaler applies it on its next tick.
-    pub fn change(&self, change: &Change) -> Result<Settings, String> {
+    /// Publishes the settings the control plane committed; the scaler
+    /// applies them on its next tick.
+    pub(crate) fn publish_settings(&self, next: ScalingSettings) {
         let mut settings = lock(&self.settings);
-        let next = settings.with(change)?;
         *settings = next;
         let mut status = lock(&self.status);
         status.min = next.min;
         status.max = next.max;
         status.target_in_flight = next.target_in_flight;
         status.suspended = next.suspended;
-        Ok(next)
     }
 
     /// Cold starts: (sum of seconds, count, count per bucket).
@@ -297,7 +272,7 @@ impl Registry {
 /// Starts a scaler for every pool of `control` that declares autoscaling.
 /// Each runs until `stop` turns true, then stops its replicas; await the
 /// handles to know they are gone.
-pub fn spawn_all(
+pub async fn spawn_all(
     control: &Arc<Control>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -308,14 +283,11 @@ pub fn spawn_all(
             continue;
         };
         // A runtime change kept in the state file wins over the config.
-        let stored = control
-            .store()
-            .and_then(|s| s.scaling().get(&spec.name).copied())
-            .filter(|s| s.with(&Change::default()).is_ok());
-        if let Some(stored) = stored {
-            tracing::info!(pool = %spec.name, min = stored.min, max = stored.max, target_in_flight = stored.target_in_flight, suspended = stored.suspended, "autoscaling settings changed at runtime, from the state file");
-        }
-        let shared = Arc::new(Shared::new(&spec.name, &config, stored));
+        let settings = control
+            .scaling(&spec.name)
+            .await
+            .unwrap_or_else(|| ScalingSettings::declared(&config));
+        let shared = Arc::new(Shared::new(&spec.name, &config, settings));
         control
             .scalers()
             .insert(spec.name.clone(), Arc::clone(&shared));
@@ -366,7 +338,7 @@ struct Scaler {
     config: PoolAutoscaling,
     shared: Arc<Shared>,
     engine: Engine,
-    applied: Settings,
+    applied: ScalingSettings,
     instances: Vec<Instance>,
     /// `min = 0` and scaled to zero: the next request wakes the pool.
     asleep: bool,
@@ -395,7 +367,7 @@ fn rfc3339(at: SystemTime) -> String {
 
 /// The engine's model of the pool: one target-tracking policy on in-flight
 /// requests per replica, AAS's cooldown rules, min/max.
-fn engine_for(config: &PoolAutoscaling, settings: &Settings) -> Engine {
+fn engine_for(config: &PoolAutoscaling, settings: &ScalingSettings) -> Engine {
     let target = Target {
         resource_id: "pool".into(),
         scalable_dimension: None,
@@ -497,7 +469,6 @@ impl Scaler {
                 tracing::info!(pool = %self.pool, replica = %instance.id, "stopping replica: inferlb is shutting down");
                 stops.spawn(provider::stop(running, grace));
             }
-            self.control.set_ephemeral(&instance.id, false);
         }
         while stops.join_next().await.is_some() {}
     }
@@ -737,7 +708,6 @@ impl Scaler {
                         })
                         .await;
                 }
-                self.control.set_ephemeral(&instance.id, false);
                 let expected = instance.phase == Phase::Draining;
                 if !expected {
                     self.next_start = now + self.backoff;
@@ -763,7 +733,6 @@ impl Scaler {
                 if let Some(running) = instance.running {
                     tokio::spawn(provider::stop(running, self.config.stop_grace));
                 }
-                self.control.set_ephemeral(&instance.id, false);
                 continue;
             }
             i += 1;
@@ -813,8 +782,7 @@ impl Scaler {
                     weight: 1,
                     pool: self.pool.clone(),
                 };
-                self.control.set_ephemeral(&instance.id, true);
-                match self.control.apply_one(Command::Add(spec)).await {
+                match self.control.apply_one(Command::Admit(spec)).await {
                     Ok(_) => {
                         let took = instance.started.elapsed();
                         self.shared.record_cold_start(took);

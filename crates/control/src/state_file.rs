@@ -25,7 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use inferlb_core::replica::{check_weight, resolve_address};
 use inferlb_core::{
-    Command, PoolName, PoolSpec, Replica, ReplicaId, ReplicaSpec, ReplicaState, Routing, State,
+    Command, Origin, PoolName, PoolSpec, Replica, ReplicaId, ReplicaSpec, ReplicaState, Routing,
+    ScalingSettings, State,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,7 +77,7 @@ struct FileChanges {
     /// Autoscaling settings changed at runtime (`PATCH
     /// /v1/pools/{name}/autoscaling`), by pool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    scaling: BTreeMap<PoolName, crate::scaler::Settings>,
+    scaling: BTreeMap<PoolName, ScalingSettings>,
 }
 
 /// A pool declaration changed at runtime; settings not stored here (prefix,
@@ -162,9 +163,6 @@ pub struct StateFile {
     /// When each declared replica was removed at runtime, so a save keeps
     /// the date an earlier save recorded.
     removed_at: Arc<Mutex<HashMap<ReplicaId, u64>>>,
-    /// Autoscaling settings changed at runtime: read at load, written with
-    /// every save.
-    scaling: Arc<Mutex<BTreeMap<PoolName, crate::scaler::Settings>>>,
 }
 
 impl StateFile {
@@ -173,21 +171,7 @@ impl StateFile {
         Self {
             path: path.into(),
             removed_at: Arc::default(),
-            scaling: Arc::default(),
         }
-    }
-
-    /// Autoscaling settings changed at runtime, as loaded or last set.
-    pub fn scaling(&self) -> BTreeMap<PoolName, crate::scaler::Settings> {
-        self.scaling
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// What the next save writes as runtime autoscaling settings.
-    pub fn set_scaling(&self, scaling: BTreeMap<PoolName, crate::scaler::Settings>) {
-        *self.scaling.lock().unwrap_or_else(|e| e.into_inner()) = scaling;
     }
 
     /// The location under systemd: `$STATE_DIRECTORY` (set by the unit's
@@ -204,6 +188,49 @@ impl StateFile {
     /// The path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Removes the temp files a save left when the process was killed
+    /// between writing and renaming (`.NAME.<random>.tmp` beside the file):
+    /// nothing else writes them, and this process has not saved yet.
+    fn remove_stale_temps(&self) {
+        let (dir, name) = self.dir_and_name();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
+        let prefix = format!(".{name}.");
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            let stale = file
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".tmp"))
+                .is_some_and(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit()));
+            if stale {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(path = %entry.path().display(), "removed a temp file an interrupted save left")
+                    }
+                    Err(error) => {
+                        tracing::warn!(path = %entry.path().display(), %error, "cannot remove a temp file an interrupted save left")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The directory the file is in, and its name.
+    fn dir_and_name(&self) -> (PathBuf, String) {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (dir, name)
     }
 
     fn io(&self, source: io::Error) -> PersistError {
@@ -228,6 +255,7 @@ impl StateFile {
         routing: Routing,
         declared: &Declared,
     ) -> Result<Option<State>, PersistError> {
+        self.remove_stale_temps();
         let text = match fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -248,8 +276,41 @@ impl StateFile {
                 return Err(self.corrupt(format!("format version {other} is not {FORMAT_VERSION}")))
             }
         };
-        *self.scaling.lock().unwrap_or_else(|e| e.into_inner()) = changes.scaling.clone();
         self.apply_changes(routing, declared, changes).map(Some)
+    }
+
+    /// The pool declarations a `PUT` left, on top of the declared ones, each
+    /// declared pool they override logged. A pool declared with
+    /// `[pools.autoscaling]` is never dropped: its replicas are inferlb's
+    /// own processes, which only the config may take away.
+    fn stored_pools(&self, stored: Vec<FilePool>, declared: &[PoolSpec]) -> Vec<PoolSpec> {
+        let mut pools: Vec<PoolSpec> = stored
+            .into_iter()
+            .map(|p| {
+                let base = declared.iter().find(|d| d.name == p.name);
+                let mut spec = base
+                    .cloned()
+                    .unwrap_or_else(|| PoolSpec::named(p.name.clone()));
+                if base.is_some_and(|b| b.aliases != p.aliases || b.routing != p.routing) {
+                    tracing::warn!(path = %self.path.display(), pool = %p.name, "declared pool changed at runtime (aliases or routing): the state file's version is used");
+                }
+                spec.aliases = p.aliases;
+                spec.routing = p.routing;
+                spec
+            })
+            .collect();
+        for spec in declared {
+            if pools.iter().any(|p| p.name == spec.name) {
+                continue;
+            }
+            if spec.autoscaling.is_some() {
+                tracing::warn!(path = %self.path.display(), pool = %spec.name, "the state file drops a declared autoscaling pool; it is kept (only the config removes it)");
+                pools.push(spec.clone());
+            } else {
+                tracing::warn!(path = %self.path.display(), pool = %spec.name, "declared pool removed at runtime: the state file overrides the config; `PUT /v1/replicas` with it in `pools`, or delete the state file, to bring it back");
+            }
+        }
+        pools
     }
 
     fn apply_changes(
@@ -321,26 +382,39 @@ impl StateFile {
         let mut state = State::restore(routing, replicas);
         let pools: Vec<PoolSpec> = match changes.pools {
             None => all_declared.pools.clone(),
-            Some(stored) => stored
-                .into_iter()
-                .map(|p| {
-                    let mut spec = all_declared
-                        .pools
-                        .iter()
-                        .find(|d| d.name == p.name)
-                        .cloned()
-                        .unwrap_or_else(|| PoolSpec::named(p.name.clone()));
-                    spec.aliases = p.aliases;
-                    spec.routing = p.routing;
-                    spec
-                })
-                .collect(),
+            Some(stored) => self.stored_pools(stored, &all_declared.pools),
         };
         for spec in pools {
             let name = spec.name.clone();
             state
                 .apply(Command::SetPool(spec))
                 .map_err(|e| self.corrupt(format!("pool {name}: {e}")))?;
+        }
+        for (pool, settings) in changes.scaling {
+            let checked = match state.pool(&pool).and_then(|p| p.autoscaling.as_deref()) {
+                Some(config) => settings.check(config).map_err(|problems| {
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+                None => Err("the pool no longer autoscales".to_owned()),
+            };
+            match checked {
+                Ok(()) => {
+                    state
+                        .apply(Command::SetScaling {
+                            pool: pool.clone(),
+                            settings,
+                        })
+                        .map_err(|e| self.corrupt(format!("pool {pool}: {e}")))?;
+                    tracing::info!(%pool, min = settings.min, max = settings.max, target_in_flight = settings.target_in_flight, suspended = settings.suspended, "autoscaling settings changed at runtime, from the state file");
+                }
+                Err(reason) => {
+                    tracing::warn!(%pool, %reason, "autoscaling settings from the state file ignored; the config's apply");
+                }
+            }
         }
         Ok(state)
     }
@@ -355,7 +429,13 @@ impl StateFile {
             version: FORMAT_VERSION,
             ..FileChanges::default()
         };
-        for replica in state.replicas() {
+        // The local scaler's replicas are its own processes: a restart
+        // begins without them.
+        let operators = state
+            .replicas()
+            .iter()
+            .filter(|r| r.origin == Origin::Operator);
+        for replica in operators {
             match declared.iter().find(|d| d.id == replica.id) {
                 Some(spec) if spec.addr == replica.addr && spec.pool == replica.pool => {
                     if replica.weight != spec.weight
@@ -391,19 +471,25 @@ impl StateFile {
         if stored != declared_pools {
             file.pools = Some(stored);
         }
-        file.scaling = self.scaling();
+        // Settings of the pools the config declares, changed at runtime.
+        file.scaling = state
+            .scaling_changes()
+            .iter()
+            .filter(|(pool, settings)| {
+                let declared = all_declared
+                    .pools
+                    .iter()
+                    .find(|p| &&p.name == pool)
+                    .and_then(|p| p.autoscaling.as_deref())
+                    .map(ScalingSettings::declared);
+                declared != Some(**settings)
+            })
+            .map(|(pool, settings)| (pool.clone(), *settings))
+            .collect();
         let mut json =
             serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
         json.push(b'\n');
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let (dir, name) = self.dir_and_name();
         let (temp, mut f) = create_temp(&dir, &name).map_err(|e| self.io(e))?;
         let mut write = || -> io::Result<()> {
             f.write_all(&json)?;

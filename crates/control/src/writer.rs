@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use inferlb_core::{
-    Command, Outcome, ReplicaId, ReplicaSet, ReplicaSpec, ReplicaState, Snapshots, State,
-    StateError,
+    Command, Origin, Outcome, PoolName, ReplicaId, ReplicaSet, ReplicaSpec, ReplicaState,
+    ScalingSettings, Snapshots, State, StateError,
 };
 use tokio::sync::Mutex;
 
@@ -50,11 +50,12 @@ pub struct Control {
     /// The declared replicas and pools (config file and flags) the state
     /// was built from; the state file records what differs from them.
     declared: std::sync::Mutex<Declared>,
-    /// Replicas the local autoscaler started: never persisted, and left
-    /// alone by `PUT /v1/replicas`.
-    ephemeral: std::sync::Mutex<std::collections::HashSet<ReplicaId>>,
-    /// The autoscaling pools' shared state.
+    /// The autoscaling pools' shared state; their settings are published
+    /// here from the state at each commit, as the snapshot is.
     scalers: crate::scaler::Registry,
+    /// The drain reaper's last error, so a stuck disk is logged once in a
+    /// while rather than ten times a second.
+    reap_errors: crate::repeats::Repeats,
 }
 
 impl Control {
@@ -66,8 +67,8 @@ impl Control {
             snapshots,
             store,
             declared: std::sync::Mutex::default(),
-            ephemeral: std::sync::Mutex::default(),
             scalers: crate::scaler::Registry::default(),
+            reap_errors: crate::repeats::Repeats::default(),
         }
     }
 
@@ -76,22 +77,10 @@ impl Control {
         &self.scalers
     }
 
-    /// Marks a replica as started by the local autoscaler (or no longer).
-    pub fn set_ephemeral(&self, id: &ReplicaId, ephemeral: bool) {
-        let mut set = self.ephemeral.lock().unwrap_or_else(|e| e.into_inner());
-        if ephemeral {
-            set.insert(id.clone());
-        } else {
-            set.remove(id);
-        }
-    }
-
-    /// Whether the local autoscaler started this replica.
-    pub fn is_ephemeral(&self, id: &ReplicaId) -> bool {
-        self.ephemeral
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(id)
+    /// An autoscaling pool's settings in force (declared, or changed at
+    /// runtime), as last committed.
+    pub async fn scaling(&self, pool: &PoolName) -> Option<ScalingSettings> {
+        self.state.lock().await.scaling(pool)
     }
 
     /// Records what is declared (at start, and on each reload).
@@ -118,22 +107,47 @@ impl Control {
     }
 
     /// Applies commands in order, all or none: the first refused command
-    /// leaves the state as it was. Persists and publishes once if anything
-    /// changed.
+    /// leaves the state as it was. Draining replicas that are idle (or past
+    /// their deadline) afterwards are removed in the same step, so a drain
+    /// of an idle replica and its removal are one change. Makes the result
+    /// durable when it holds an operator's change, then publishes it once.
     pub async fn apply(&self, commands: Vec<Command>) -> Result<Vec<Outcome>, ControlError> {
-        // Health verdicts and name resolutions are not runtime changes:
-        // published, never written.
-        let durable = commands
-            .iter()
-            .any(|c| !matches!(c, Command::SetHealth { .. } | Command::SetAddress { .. }));
         let mut state = self.state.lock().await;
+        self.apply_locked(&mut state, commands).await
+    }
+
+    /// Like [`Control::apply`], with the commands planned from the current
+    /// state under the lock, so that a change made meanwhile is neither lost
+    /// nor overwritten (e.g. two `PATCH`es of different fields). A plan that
+    /// refuses changes nothing and its error is returned inside.
+    pub async fn apply_planned<E>(
+        &self,
+        plan: impl FnOnce(&State) -> Result<Vec<Command>, E>,
+    ) -> Result<Result<Vec<Outcome>, E>, ControlError> {
+        let mut state = self.state.lock().await;
+        match plan(&state) {
+            Ok(commands) => self.apply_locked(&mut state, commands).await.map(Ok),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    async fn apply_locked(
+        &self,
+        state: &mut State,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Outcome>, ControlError> {
         let mut next = state.clone();
         let mut outcomes = Vec::with_capacity(commands.len());
+        let mut durable = false;
         for command in commands {
+            durable |= command.is_durable(&next);
             outcomes.push(next.apply(command)?);
         }
-        if outcomes.contains(&Outcome::Changed) {
-            self.commit(&mut state, next, durable).await?;
+        let reaped = reap_into(&mut next)?;
+        durable |= reaped.durable;
+        if outcomes.contains(&Outcome::Changed) || !reaped.removed.is_empty() {
+            self.commit(state, next, durable).await?;
+            reaped.log();
         }
         Ok(outcomes)
     }
@@ -150,13 +164,8 @@ impl Control {
         plan: impl FnOnce(&State) -> (Vec<ReplicaSpec>, Vec<Command>),
     ) -> Result<Vec<Command>, ControlError> {
         let mut state = self.state.lock().await;
-        let (mut desired, extra) = plan(&state);
-        // The autoscaler's replicas are its own: a converge keeps them.
-        for replica in state.replicas() {
-            if self.is_ephemeral(&replica.id) && !desired.iter().any(|d| d.id == replica.id) {
-                desired.push(ReplicaSpec::of(replica));
-            }
-        }
+        let (desired, extra) = plan(&state);
+        // `diff` keeps the local scaler's replicas: they are its own.
         let mut commands = state.diff(&desired, drain_deadline);
         commands.extend(extra);
         let mut next = state.clone();
@@ -164,36 +173,12 @@ impl Control {
         for command in commands.iter().cloned() {
             changed |= next.apply(command)? == Outcome::Changed;
         }
-        if changed {
+        let reaped = reap_into(&mut next)?;
+        if changed || !reaped.removed.is_empty() {
             self.commit(&mut state, next, true).await?;
+            reaped.log();
         }
         Ok(commands)
-    }
-
-    /// Writes the autoscaling settings changed at runtime to the state
-    /// file (when one is used).
-    pub async fn save_scaling(&self) -> Result<(), ControlError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let declared = self.declared();
-        let mut changed = std::collections::BTreeMap::new();
-        for (pool, shared) in self.scalers.all() {
-            let base = declared
-                .pools
-                .iter()
-                .find(|p| p.name == pool)
-                .and_then(|p| p.autoscaling.as_ref())
-                .map(|a| crate::scaler::Settings::declared(a));
-            let now = shared.settings();
-            if base != Some(now) {
-                changed.insert(pool, now);
-            }
-        }
-        store.set_scaling(changed);
-        let mut state = self.state.lock().await;
-        let same = state.clone();
-        self.commit(&mut state, same, true).await
     }
 
     /// Applies one command.
@@ -210,6 +195,8 @@ impl Control {
         self.state.lock().await.clone()
     }
 
+    /// Makes `next` durable (when `durable` and a state file is used), then
+    /// current, then published: a failed write changes nothing.
     async fn commit(
         &self,
         state: &mut State,
@@ -218,17 +205,7 @@ impl Control {
     ) -> Result<(), ControlError> {
         if let Some(store) = self.store.as_ref().filter(|_| durable) {
             let store = store.clone();
-            let mut copy = next.clone();
-            // The autoscaler's replicas are not runtime changes to keep.
-            let ephemeral: Vec<ReplicaId> = copy
-                .replicas()
-                .iter()
-                .filter(|r| self.is_ephemeral(&r.id))
-                .map(|r| r.id.clone())
-                .collect();
-            for id in ephemeral {
-                let _ = copy.apply(Command::Remove { id });
-            }
+            let copy = next.clone();
             let declared = self.declared();
             let started = std::time::Instant::now();
             let saved = tokio::task::spawn_blocking(move || store.save(&copy, &declared)).await;
@@ -253,6 +230,11 @@ impl Control {
         }
         *state = next;
         self.snapshots.publish(state.snapshot());
+        for (pool, shared) in self.scalers.all() {
+            if let Some(settings) = state.scaling(&pool) {
+                shared.publish_settings(settings);
+            }
+        }
         Ok(())
     }
 
@@ -261,46 +243,77 @@ impl Control {
     /// Returns how many were removed.
     pub async fn reap_drained(&self) -> Result<usize, ControlError> {
         let mut state = self.state.lock().await;
-        let now = SystemTime::now();
         let mut next = state.clone();
-        let mut removed = 0;
-        for replica in state.replicas() {
-            if replica.state != ReplicaState::Draining {
-                continue;
-            }
-            let idle = replica.stats.in_flight() == 0;
-            let expired = replica.drain_deadline.is_some_and(|d| d <= now);
-            if !idle && !expired {
-                continue;
-            }
-            if !idle {
-                replica.stats.evict();
-                tracing::warn!(
-                    id = %replica.id,
-                    in_flight = replica.stats.in_flight(),
-                    "drain timeout passed; closing the replica's remaining connections"
-                );
-            } else {
-                tracing::info!(id = %replica.id, "drained replica removed");
-            }
-            next.apply(Command::Remove {
-                id: replica.id.clone(),
-            })?;
-            removed += 1;
+        let reaped = reap_into(&mut next)?;
+        if !reaped.removed.is_empty() {
+            self.commit(&mut state, next, reaped.durable).await?;
+            reaped.log();
         }
-        if removed > 0 {
-            self.commit(&mut state, next, true).await?;
-        }
-        Ok(removed)
+        Ok(reaped.removed.len())
     }
 
     /// Reaps drained replicas every [`REAP_INTERVAL`] until the process ends.
     pub async fn run_reaper(self: Arc<Self>) {
         loop {
             tokio::time::sleep(REAP_INTERVAL).await;
-            if let Err(e) = self.reap_drained().await {
-                tracing::error!(error = %e, "cannot remove drained replicas");
+            match self.reap_drained().await {
+                Ok(_) => self.reap_errors.clear(),
+                Err(e) => self.reap_errors.error(&e, "cannot remove drained replicas"),
             }
         }
     }
+}
+
+/// What reaping removed.
+#[derive(Debug, Default)]
+struct Reaped {
+    /// Each removed replica, and whether it had finished (rather than run
+    /// out of time).
+    removed: Vec<(ReplicaId, bool)>,
+    /// An operator's replica was among them: the removal is a runtime
+    /// change to write.
+    durable: bool,
+}
+
+impl Reaped {
+    /// Says what was removed, once it is committed.
+    fn log(&self) {
+        for (id, idle) in &self.removed {
+            if *idle {
+                tracing::info!(%id, "drained replica removed");
+            } else {
+                tracing::warn!(%id, "drain timeout passed; the replica's remaining connections were closed");
+            }
+        }
+    }
+}
+
+/// Removes from `state` the draining replicas that are idle or past their
+/// deadline; those past it have their remaining exchanges cut.
+fn reap_into(state: &mut State) -> Result<Reaped, StateError> {
+    let now = SystemTime::now();
+    let mut reaped = Reaped::default();
+    let done: Vec<(ReplicaId, bool, bool)> = state
+        .replicas()
+        .iter()
+        .filter(|r| r.state == ReplicaState::Draining)
+        .filter_map(|replica| {
+            let idle = replica.stats.in_flight() == 0;
+            let expired = replica.drain_deadline.is_some_and(|d| d <= now);
+            if !idle && !expired {
+                return None;
+            }
+            if !idle {
+                replica.stats.evict();
+            }
+            let operator = replica.origin == Origin::Operator;
+            Some((replica.id.clone(), idle, operator))
+        })
+        .collect();
+    for (id, idle, operator) in done {
+        state.apply(Command::Remove { id: id.clone() })?;
+        reaped.removed.push((id, idle));
+        reaped.durable |= operator;
+    }
+    Ok(reaped)
 }

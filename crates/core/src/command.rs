@@ -4,7 +4,7 @@
 //! autoscaler all speak [`Command`]; [`State::apply`] runs them one at a time
 //! and each change yields the next [`ReplicaSet`] to publish.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -12,9 +12,9 @@ use std::time::SystemTime;
 use crate::balance::Routing;
 use crate::pool::{PoolName, PoolSpec};
 use crate::prefix::PrefixTable;
-use crate::replica::{Health, Replica, ReplicaId, ReplicaState};
+use crate::replica::{Health, Origin, Replica, ReplicaId, ReplicaState};
 use crate::replica_set::{Policy, PoolEntry, ReplicaSet};
-use crate::scaling::PoolQueue;
+use crate::scaling::{PoolQueue, ScalingSettings};
 
 /// A replica as declared by an operator or a discovery source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,10 @@ impl ReplicaSpec {
 pub enum Command {
     /// Adds an active replica.
     Add(ReplicaSpec),
+    /// A replica the pool's local scaler started passed its checks and
+    /// joins the pool. Like `Add`, but the replica is the scaler's: never
+    /// persisted, and kept by `diff` (a `PUT` or a reload leaves it alone).
+    Admit(ReplicaSpec),
     /// Changes a replica's weight.
     SetWeight { id: ReplicaId, weight: u32 },
     /// Drains a replica (no new requests) or takes a draining one back.
@@ -78,6 +82,36 @@ pub enum Command {
     /// Drops a pool's declaration; its replicas (if any) keep it alive with
     /// default settings until they are gone.
     RemovePool { name: PoolName },
+    /// Changes an autoscaling pool's runtime settings (checked by the
+    /// caller against the pool's declaration).
+    SetScaling {
+        pool: PoolName,
+        settings: ScalingSettings,
+    },
+}
+
+impl Command {
+    /// Whether the command is a runtime change an operator made, to be
+    /// written to the state file before it takes effect. Health verdicts,
+    /// name resolutions and the local scaler's replicas are not: they are
+    /// published, never written, so a full disk cannot stop them.
+    pub fn is_durable(&self, state: &State) -> bool {
+        let scaler_replica =
+            |id: &ReplicaId| state.get(id).is_some_and(|r| r.origin == Origin::Scaler);
+        match self {
+            Command::SetHealth { .. } | Command::SetAddress { .. } | Command::Admit(_) => false,
+            Command::SetWeight { id, .. }
+            | Command::SetState { id, .. }
+            | Command::Drain { id, .. }
+            | Command::Remove { id } => !scaler_replica(id),
+            Command::Add(_)
+            | Command::SetRouting(_)
+            | Command::SetPolicy(_)
+            | Command::SetPool(_)
+            | Command::RemovePool { .. }
+            | Command::SetScaling { .. } => true,
+        }
+    }
 }
 
 /// Why a command was refused.
@@ -98,6 +132,9 @@ pub enum StateError {
     /// Another pool already uses this name or alias.
     #[error("model name {alias:?} is already served by pool {pool}")]
     AliasTaken { alias: String, pool: PoolName },
+    /// The pool is not declared with `[pools.autoscaling]`.
+    #[error("pool {pool} does not autoscale: declare [pools.autoscaling] in the config")]
+    NotAutoscaling { pool: PoolName },
 }
 
 /// What applying a command did.
@@ -117,6 +154,9 @@ pub struct State {
     policy: Policy,
     replicas: Vec<Replica>,
     pools: Vec<PoolSpec>,
+    /// Autoscaling settings changed at runtime, by pool; a pool not here
+    /// runs with what its declaration says.
+    scaling: BTreeMap<PoolName, ScalingSettings>,
     /// `prefix` routing's tables by pool, kept across snapshots and shared
     /// by every copy of the state.
     tables: Arc<Mutex<HashMap<PoolName, Arc<PrefixTable>>>>,
@@ -133,6 +173,7 @@ impl State {
             policy: Policy::default(),
             replicas: Vec::new(),
             pools: Vec::new(),
+            scaling: BTreeMap::new(),
             tables: Arc::default(),
             queues: Arc::default(),
         }
@@ -146,6 +187,7 @@ impl State {
             policy: Policy::default(),
             replicas,
             pools: Vec::new(),
+            scaling: BTreeMap::new(),
             tables: Arc::default(),
             queues: Arc::default(),
         }
@@ -159,6 +201,23 @@ impl State {
     /// A declared pool by name.
     pub fn pool(&self, name: &PoolName) -> Option<&PoolSpec> {
         self.pools.iter().find(|p| &p.name == name)
+    }
+
+    /// An autoscaling pool's settings in force: changed at runtime, else
+    /// declared. `None` when the pool does not autoscale.
+    pub fn scaling(&self, pool: &PoolName) -> Option<ScalingSettings> {
+        let declared = self.pool(pool)?.autoscaling.as_deref()?;
+        Some(
+            self.scaling
+                .get(pool)
+                .copied()
+                .unwrap_or_else(|| ScalingSettings::declared(declared)),
+        )
+    }
+
+    /// The autoscaling settings changed at runtime, by pool.
+    pub fn scaling_changes(&self) -> &BTreeMap<PoolName, ScalingSettings> {
+        &self.scaling
     }
 
     /// The names of every pool: declared ones, then those only replicas name.
@@ -223,20 +282,18 @@ impl State {
     /// Applies one command; on `Changed` the generation moves on.
     pub fn apply(&mut self, command: Command) -> Result<Outcome, StateError> {
         let outcome = match command {
-            Command::Add(spec) => {
-                if self.get(&spec.id).is_some() {
-                    return Err(StateError::IdExists { id: spec.id });
+            Command::Add(spec) => self.add(spec, Origin::Operator)?,
+            Command::Admit(spec) => self.add(spec, Origin::Scaler)?,
+            Command::SetScaling { pool, settings } => {
+                let current = self
+                    .scaling(&pool)
+                    .ok_or_else(|| StateError::NotAutoscaling { pool: pool.clone() })?;
+                if current == settings {
+                    Outcome::NoChange
+                } else {
+                    self.scaling.insert(pool, settings);
+                    Outcome::Changed
                 }
-                if let Some(other) = self.replicas.iter().find(|r| r.addr == spec.addr) {
-                    return Err(StateError::AddressExists {
-                        id: other.id.clone(),
-                        address: spec.address,
-                    });
-                }
-                self.replicas.push(
-                    Replica::new(spec.id, spec.address, spec.addr, spec.weight).in_pool(spec.pool),
-                );
-                Outcome::Changed
             }
             Command::SetWeight { id, weight } => {
                 let at = self.position(&id)?;
@@ -285,6 +342,9 @@ impl State {
             }
             Command::SetPool(spec) => {
                 self.check_names(&spec)?;
+                if spec.autoscaling.is_none() {
+                    self.scaling.remove(&spec.name);
+                }
                 match self.pools.iter_mut().find(|p| p.name == spec.name) {
                     Some(current) if *current == spec => Outcome::NoChange,
                     Some(current) => {
@@ -302,8 +362,9 @@ impl State {
                     .pools
                     .iter()
                     .position(|p| p.name == name)
-                    .ok_or(StateError::PoolNotFound { name })?;
+                    .ok_or_else(|| StateError::PoolNotFound { name: name.clone() })?;
                 self.pools.remove(at);
+                self.scaling.remove(&name);
                 Outcome::Changed
             }
             Command::SetHealth { id, health } => {
@@ -335,8 +396,9 @@ impl State {
                         address: addr.to_string(),
                     });
                 } else {
-                    let fresh = Replica::new(id, replica.address.clone(), addr, replica.weight)
+                    let mut fresh = Replica::new(id, replica.address.clone(), addr, replica.weight)
                         .in_pool(replica.pool.clone());
+                    fresh.origin = replica.origin;
                     self.replicas[at] = fresh;
                     Outcome::Changed
                 }
@@ -362,6 +424,23 @@ impl State {
             self.generation += 1;
         }
         Ok(outcome)
+    }
+
+    fn add(&mut self, spec: ReplicaSpec, origin: Origin) -> Result<Outcome, StateError> {
+        if self.get(&spec.id).is_some() {
+            return Err(StateError::IdExists { id: spec.id });
+        }
+        if let Some(other) = self.replicas.iter().find(|r| r.addr == spec.addr) {
+            return Err(StateError::AddressExists {
+                id: other.id.clone(),
+                address: spec.address,
+            });
+        }
+        let mut replica =
+            Replica::new(spec.id, spec.address, spec.addr, spec.weight).in_pool(spec.pool);
+        replica.origin = origin;
+        self.replicas.push(replica);
+        Ok(Outcome::Changed)
     }
 
     fn table_of(&self, pool: &PoolName) -> Option<Arc<PrefixTable>> {
@@ -430,7 +509,8 @@ impl State {
     /// declared again. A replica whose address changed under the same id is
     /// taken out and added again at the new address (`Remove` then `Add`):
     /// requests in flight to the old address finish, new ones go to the new
-    /// one, and its counters start afresh. Drains get `drain_deadline`.
+    /// one, and its counters start afresh. Drains get `drain_deadline`. The
+    /// local scaler's replicas are its own: they are kept.
     pub fn diff(&self, desired: &[ReplicaSpec], drain_deadline: SystemTime) -> Vec<Command> {
         let mut commands = Vec::new();
         for spec in desired {
@@ -464,7 +544,10 @@ impl State {
         }
         for current in &self.replicas {
             let declared = desired.iter().any(|s| s.id == current.id);
-            if !declared && current.state != ReplicaState::Draining {
+            if !declared
+                && current.state != ReplicaState::Draining
+                && current.origin == Origin::Operator
+            {
                 commands.push(Command::Drain {
                     id: current.id.clone(),
                     deadline: drain_deadline,

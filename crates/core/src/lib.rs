@@ -46,8 +46,9 @@ pub use config::{
 pub use health::{ReplicaStatus, Thresholds, Tracker};
 pub use pool::{PoolName, PoolSpec, DEFAULT_POOL};
 pub use replica::{
-    EngineLoad, Health, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats, StatusClass,
+    EngineLoad, Health, Origin, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats,
+    StatusClass,
 };
 pub use replica_set::{Policy, PoolView, PrefixKey, ReplicaSet, Snapshots};
-pub use scaling::{PoolAutoscaling, PoolQueue, Provider};
+pub use scaling::{PoolAutoscaling, PoolQueue, Provider, ScalingError, ScalingSettings};
 pub use stats::{Histogram, HistogramSnapshot, WorkerStats};

@@ -44,7 +44,11 @@ pub struct ReplicaId(Arc<str>);
 impl ReplicaId {
     /// Checks and wraps an id given by an operator.
     pub fn new(id: &str) -> Result<Self, ReplicaError> {
+        // `.` and `..` are path segments, not names: in a URL they address
+        // another resource (`/v1/replicas/..` is `/v1/`).
         let valid = !id.is_empty()
+            && id != "."
+            && id != ".."
             && id.len() <= MAX_ID_LEN
             && id
                 .bytes()
@@ -496,6 +500,20 @@ pub struct Replica {
     pub resolved: bool,
     /// The pool (model) the replica serves.
     pub pool: PoolName,
+    /// Who made it: an operator (config, flags, admin API) or the local
+    /// scaler, whose replicas are never persisted and which `PUT` and a
+    /// config reload leave alone.
+    pub origin: Origin,
+}
+
+/// Who made a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// Declared in the config or flags, or added through the admin API.
+    #[default]
+    Operator,
+    /// Started and admitted by the pool's local scaler.
+    Scaler,
 }
 
 /// Active health-check verdict.
@@ -525,6 +543,7 @@ impl Replica {
             ramp_from_ms: crate::clock::now_ms(),
             resolved: true,
             pool: PoolName::default_pool(),
+            origin: Origin::Operator,
         }
     }
 

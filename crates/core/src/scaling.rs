@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::stats::Histogram;
 
 /// How a pool's replicas are started and stopped.
@@ -96,6 +98,106 @@ impl PoolAutoscaling {
             queue_timeout: Duration::from_secs(60),
             max_queued: 1000,
             max_in_flight_per_replica: None,
+        }
+    }
+}
+
+/// Most replicas one pool may scale to.
+pub const MAX_REPLICAS: u32 = 1000;
+/// The range `target_in_flight` must lie in: above zero, and no more than a
+/// single replica could ever be asked to hold (a larger target never scales
+/// out, which is a typo rather than a setting).
+pub const TARGET_IN_FLIGHT_RANGE: (f64, f64) = (0.01, 100_000.0);
+
+/// What an operator may change in a pool's autoscaling at runtime (`PATCH
+/// /v1/pools/{name}/autoscaling`); the rest stays as the config declares.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScalingSettings {
+    pub min: u32,
+    pub max: u32,
+    pub target_in_flight: f64,
+    /// Hold the pool as it is: no scaling in either direction.
+    pub suspended: bool,
+}
+
+/// A runtime autoscaling setting refused, with the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ScalingError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ScalingSettings {
+    /// The settings the config declares.
+    pub fn declared(config: &PoolAutoscaling) -> Self {
+        Self {
+            min: config.min,
+            max: config.max,
+            target_in_flight: config.target_in_flight,
+            suspended: false,
+        }
+    }
+
+    /// Checks these settings by the rules the config file's are checked
+    /// by, for a pool declared as `config`: every problem, each with its
+    /// field.
+    pub fn check(&self, config: &PoolAutoscaling) -> Result<(), Vec<ScalingError>> {
+        let mut problems = Vec::new();
+        let mut refuse = |field, reason: String| problems.push(ScalingError { field, reason });
+        if !(1..=MAX_REPLICAS).contains(&self.max) {
+            refuse(
+                "max",
+                format!("must be between 1 and {MAX_REPLICAS}, got {}", self.max),
+            );
+        }
+        if self.min > self.max {
+            refuse("min", format!("{} is above max ({})", self.min, self.max));
+        }
+        let (low, high) = TARGET_IN_FLIGHT_RANGE;
+        if !(self.target_in_flight >= low && self.target_in_flight <= high) {
+            refuse(
+                "target_in_flight",
+                format!(
+                    "must be between {low} and {high}, got {}",
+                    self.target_in_flight
+                ),
+            );
+        }
+        if let Some(ports) = config.port_count() {
+            if ports < self.max {
+                refuse(
+                    "max",
+                    format!(
+                        "{} is more replicas than the pool has ports for ({ports}: {})",
+                        self.max,
+                        config.port_text()
+                    ),
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+impl PoolAutoscaling {
+    /// How many replicas the provider has ports for: the `ports` range of
+    /// `exec`, what is left above `port_base` for `systemd`.
+    pub fn port_count(&self) -> Option<u32> {
+        match &self.provider {
+            Provider::Exec { .. } => Some(u32::from(self.ports.1 - self.ports.0) + 1),
+            Provider::Systemd { port_base, .. } => Some(u32::from(u16::MAX - port_base) + 1),
+        }
+    }
+
+    fn port_text(&self) -> String {
+        match &self.provider {
+            Provider::Exec { .. } => format!("ports {}-{}", self.ports.0, self.ports.1),
+            Provider::Systemd { port_base, .. } => format!("port_base {port_base} up to 65535"),
         }
     }
 }

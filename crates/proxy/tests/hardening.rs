@@ -23,6 +23,7 @@ both_drivers!(
     chunk_extensions_count_toward_the_limits,
     upload_time_is_not_response_time,
     every_transfer_encoding_line_counts,
+    response_content_length_lists_follow_the_request_rules,
     bytes_after_the_last_chunk_keep_the_connection_out_of_the_pool,
     no_replay_after_a_response_byte,
     connection_cannot_name_host_away_and_every_token_counts,
@@ -249,6 +250,38 @@ fn every_transfer_encoding_line_counts(driver: IoDriver) {
             "{:?}",
             String::from_utf8_lossy(response)
         );
+    }
+}
+
+fn response_content_length_lists_follow_the_request_rules(driver: IoDriver) {
+    // RFC 9110 §8.6: a list of one repeated value is that value; differing
+    // values cannot frame the body.
+    for (response, status) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+            200,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5,5\r\n\r\nhello",
+            200,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!",
+            502,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\nhello", 502),
+    ] {
+        let replica = scripted(response, false);
+        let proxy = start(driver, &[replica.addr], |_| {});
+        let mut client = RawClient::connect(proxy.addr()).unwrap();
+        let resp = client.get("/").unwrap();
+        let text = String::from_utf8_lossy(response);
+        assert_eq!(resp.status, status, "{text:?}");
+        if status == 200 {
+            assert_eq!(resp.text(), "hello", "{text:?}");
+            // The body was framed by the one length: the connection goes on.
+            assert_eq!(client.get("/").unwrap().status, 200, "{text:?}");
+        }
     }
 }
 

@@ -77,6 +77,26 @@ impl ConnectionTokens {
     }
 }
 
+/// Parses `Content-Length` values on top of those seen before (`current`):
+/// every line, and every comma-separated element of one (`5, 5`, RFC 9110
+/// §8.6), must be the same run of digits. `None` when they are not. One rule
+/// for requests and responses.
+pub(crate) fn content_length(current: Option<u64>, value: &[u8]) -> Option<u64> {
+    let mut result = current;
+    for part in value.split(|&b| b == b',') {
+        let part = trim(part);
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        match result {
+            Some(prev) if prev != n => return None,
+            _ => result = Some(n),
+        }
+    }
+    result
+}
+
 pub(crate) fn trim(v: &[u8]) -> &[u8] {
     let start = v
         .iter()

@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use crate::error::ErrorKind;
 use crate::h1::body::Framing;
-use crate::h1::{is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
+use crate::h1::{content_length, is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
 
 /// Finds where a request head ends while bytes arrive, refusing bytes that
 /// other parsers would read differently: NUL, a CR not followed by LF, and an
@@ -169,24 +169,6 @@ const KNOWN_CODINGS: [&[u8]; 6] = [
     b"x-compress",
     b"br",
 ];
-
-/// Parses `Content-Length` values: every value (and every comma-separated
-/// element) must be the same run of digits.
-fn content_length(current: Option<u64>, value: &[u8]) -> Result<u64, ErrorKind> {
-    let mut result = current;
-    for part in value.split(|&b| b == b',') {
-        let part = trim(part);
-        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-            return Err(ErrorKind::BadRequest);
-        }
-        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        match result {
-            Some(prev) if prev != n => return Err(ErrorKind::BadRequest),
-            _ => result = Some(n),
-        }
-    }
-    result.ok_or(ErrorKind::BadRequest)
-}
 
 /// Checks a request's `Transfer-Encoding` list: only a single `chunked` is
 /// forwarded; a known coding before a final `chunked` is well framed but not
@@ -436,7 +418,8 @@ impl<'h> Seen<'h> {
             } else if name.eq_ignore_ascii_case(b"content-type") {
                 seen.json = is_json(h.value);
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                seen.length = Some(content_length(seen.length, h.value)?);
+                seen.length =
+                    Some(content_length(seen.length, h.value).ok_or(ErrorKind::BadRequest)?);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 if seen.te_count == seen.te.len() {
                     return Err(ErrorKind::BadRequest);

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use crate::error::ErrorKind;
 use crate::h1::body::Framing;
 use crate::h1::request::{Method, RequestInfo};
-use crate::h1::{is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
+use crate::h1::{content_length, is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
 
 /// Most header fields accepted in a response head.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -74,17 +74,7 @@ pub(crate) fn parse_and_rewrite(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let value = trim(h.value);
-            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-                return Err(ErrorKind::UpstreamFailed);
-            }
-            let n = value
-                .iter()
-                .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|prev| prev != n) {
-                return Err(ErrorKind::UpstreamFailed);
-            }
-            length = Some(n);
+            length = Some(content_length(length, h.value).ok_or(ErrorKind::UpstreamFailed)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             for coding in h.value.split(|&b| b == b',').map(trim) {
                 if coding.is_empty() {
