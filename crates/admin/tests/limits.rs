@@ -106,8 +106,14 @@ fn connections_over_the_cap_are_closed() {
         max_connections: 4,
         ..ServeLimits::default()
     });
-    let mut held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Served once each, so admitted, and kept open.
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            assert_eq!(ask(&mut s, HEALTHZ), 200);
+            s
+        })
+        .collect();
     let mut extra = TcpStream::connect(addr).unwrap();
     assert!(
         closed_within(&mut extra, Duration::from_secs(2)),
@@ -115,22 +121,19 @@ fn connections_over_the_cap_are_closed() {
     );
     // The held ones still work; once they close, new ones are served.
     for stream in &mut held {
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(ask(stream, HEALTHZ), 200);
     }
     drop(held);
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        status(addr, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
-        200
-    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = TcpStream::connect(addr).unwrap();
+        if again.write_all(HEALTHZ).is_ok()
+            && !closed_within(&mut again, Duration::from_millis(200))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slots never came back");
+    }
 }
 
 #[test]
@@ -150,4 +153,126 @@ fn oversized_heads_and_bodies_are_refused() {
         body.len()
     );
     assert_eq!(status(addr, request.as_bytes()), 413);
+}
+
+/// A connection from `from` (any 127.0.0.0/8 address is this machine).
+fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
+/// Sends one request on `stream` and reads the status of its answer,
+/// leaving the connection open (keep-alive).
+fn ask(stream: &mut TcpStream, request: &[u8]) -> u16 {
+    stream.write_all(request).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the end of the head and the Content-Length body.
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before an answer");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if answer.len() >= end + 4 + length {
+                return text[9..12].parse().unwrap();
+            }
+        }
+    }
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+#[test]
+fn one_client_address_cannot_take_every_connection() {
+    let addr = start(ServeLimits {
+        max_connections_per_client: 3,
+        ..ServeLimits::default()
+    });
+    // Three served (so admitted) and kept open.
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect_from([127, 0, 0, 1], addr);
+            assert_eq!(ask(&mut s, HEALTHZ), 200);
+            s
+        })
+        .collect();
+    let mut extra = connect_from([127, 0, 0, 1], addr);
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)),
+        "a fourth connection from one address was kept"
+    );
+    // Another address is served.
+    let mut other = connect_from([127, 0, 0, 2], addr);
+    assert_eq!(ask(&mut other, HEALTHZ), 200);
+    // Once one closes, the first address gets a connection again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect_from([127, 0, 0, 1], addr);
+        if again.write_all(HEALTHZ).is_ok()
+            && !closed_within(&mut again, Duration::from_millis(200))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot never came back");
+    }
+}
+
+#[test]
+fn slots_kept_for_the_token_serve_only_requests_that_carry_it() {
+    let addr = start(ServeLimits {
+        max_connections: 4,
+        reserved_for_token: 2,
+        token: Some("s3cret".into()),
+        ..ServeLimits::default()
+    });
+    // The two open slots, taken by an unauthenticated peer.
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            assert_eq!(ask(&mut s, HEALTHZ), 200);
+            s
+        })
+        .collect();
+    // A kept slot without the token: 401, then closed.
+    let mut anonymous = TcpStream::connect(addr).unwrap();
+    assert_eq!(ask(&mut anonymous, HEALTHZ), 401);
+    assert!(closed_within(&mut anonymous, Duration::from_secs(2)));
+    // With it, served, and kept alive.
+    let mut operator = TcpStream::connect(addr).unwrap();
+    let with_token =
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n\r\n";
+    assert_eq!(ask(&mut operator, with_token), 200);
+    assert_eq!(ask(&mut operator, with_token), 200);
+}
+
+#[test]
+fn a_body_that_never_ends_is_cut_off() {
+    let addr = start(ServeLimits {
+        body_read_timeout: Duration::from_millis(300),
+        ..ServeLimits::default()
+    });
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(
+        b"POST /v1/replicas HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"add",
+    )
+    .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 12];
+    slow.read_exact(&mut head).unwrap();
+    assert_eq!(&head[9..12], b"408");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(3)),
+        "a slow body held its connection"
+    );
 }

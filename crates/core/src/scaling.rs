@@ -104,10 +104,10 @@ impl PoolAutoscaling {
 
 /// Most replicas one pool may scale to.
 pub const MAX_REPLICAS: u32 = 1000;
-/// The range `target_in_flight` must lie in: above zero, and no more than a
-/// single replica could ever be asked to hold (a larger target never scales
-/// out, which is a typo rather than a setting).
-pub const TARGET_IN_FLIGHT_RANGE: (f64, f64) = (0.01, 100_000.0);
+/// The largest `target_in_flight`: more than one replica could ever be
+/// asked to hold, so a larger target never scales out and is a typo rather
+/// than a setting.
+pub const MAX_TARGET_IN_FLIGHT: f64 = 100_000.0;
 
 /// What an operator may change in a pool's autoscaling at runtime (`PATCH
 /// /v1/pools/{name}/autoscaling`); the rest stays as the config declares.
@@ -122,9 +122,10 @@ pub struct ScalingSettings {
 
 /// A runtime autoscaling setting refused, with the field it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
+#[error("{reason}")]
 pub struct ScalingError {
     pub field: &'static str,
+    /// What is wrong, naming the field.
     pub reason: String,
 }
 
@@ -148,18 +149,20 @@ impl ScalingSettings {
         if !(1..=MAX_REPLICAS).contains(&self.max) {
             refuse(
                 "max",
-                format!("must be between 1 and {MAX_REPLICAS}, got {}", self.max),
+                format!("max must be between 1 and {MAX_REPLICAS}, got {}", self.max),
             );
         }
         if self.min > self.max {
-            refuse("min", format!("{} is above max ({})", self.min, self.max));
+            refuse(
+                "min",
+                format!("min ({}) is above max ({})", self.min, self.max),
+            );
         }
-        let (low, high) = TARGET_IN_FLIGHT_RANGE;
-        if !(self.target_in_flight >= low && self.target_in_flight <= high) {
+        if !(self.target_in_flight > 0.0 && self.target_in_flight <= MAX_TARGET_IN_FLIGHT) {
             refuse(
                 "target_in_flight",
                 format!(
-                    "must be between {low} and {high}, got {}",
+                    "target_in_flight must be above 0 and at most {MAX_TARGET_IN_FLIGHT}, got {}",
                     self.target_in_flight
                 ),
             );
@@ -169,7 +172,7 @@ impl ScalingSettings {
                 refuse(
                     "max",
                     format!(
-                        "{} is more replicas than the pool has ports for ({ports}: {})",
+                        "max ({}) is more replicas than the pool has ports for ({ports}: {})",
                         self.max,
                         config.port_text()
                     ),
