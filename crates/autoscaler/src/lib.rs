@@ -14,6 +14,8 @@
 //! - [`agent`]: plan, apply, destroy, status, run.
 //! - [`engine`]: a pure model of how AAS decides capacity (for `simulate`).
 //! - [`simulate`]: a load trace replayed through the engine.
+//! - [`local`]: the local scaler's decisions on the engine (pools whose
+//!   replicas inferlb starts itself), a pure state machine.
 //! - [`publish`]: the proxy's concurrency, published to CloudWatch.
 
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@
 pub mod agent;
 pub mod aws;
 pub mod engine;
+pub mod local;
 pub mod model;
 pub mod plan;
 pub mod publish;
