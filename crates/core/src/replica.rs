@@ -109,35 +109,51 @@ impl fmt::Debug for ReplicaId {
     }
 }
 
-/// Resolves `ip:port` (IPv6 in brackets) or `host:port` to one socket address.
-///
-/// A host name is resolved once, here, when the replica is added: a load
-/// balancer that re-resolved per request would put DNS on the request path.
-/// Port 0 is refused because nothing can be reached there.
-pub fn resolve_address(address: &str) -> Result<SocketAddr, ReplicaError> {
+/// Checks the form of `ip:port` (IPv6 in brackets) or `host:port` without
+/// resolving anything: `Some` address for an IP literal, `None` for a host
+/// name still to resolve. Port 0 is refused: nothing can be reached there.
+pub fn parse_address(address: &str) -> Result<Option<SocketAddr>, ReplicaError> {
     let invalid = |reason: &str| ReplicaError::Address {
         address: address.to_owned(),
         reason: reason.to_owned(),
     };
-    let addr = match address.parse::<SocketAddr>() {
-        Ok(addr) => addr,
-        Err(_) => {
-            let (host, port) = address
-                .rsplit_once(':')
-                .ok_or_else(|| invalid("expected ip:port or host:port"))?;
-            if host.is_empty() || host.contains(':') {
-                return Err(invalid("expected ip:port, [ipv6]:port or host:port"));
-            }
-            if port.parse::<u16>().is_err() {
-                return Err(invalid("the port must be a number from 1 to 65535"));
-            }
-            address
-                .to_socket_addrs()
-                .map_err(|e| invalid(&format!("cannot resolve host {host:?}: {e}")))?
-                .next()
-                .ok_or_else(|| invalid("the host resolved to no address"))?
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(invalid("port 0 cannot be connected to"));
         }
+        return Ok(Some(addr));
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected ip:port or host:port"))?;
+    if host.is_empty() || host.contains(':') {
+        return Err(invalid("expected ip:port, [ipv6]:port or host:port"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err(invalid("port 0 cannot be connected to")),
+        Ok(_) => Ok(None),
+        Err(_) => Err(invalid("the port must be a number from 1 to 65535")),
+    }
+}
+
+/// Resolves `ip:port` (IPv6 in brackets) or `host:port` to one socket address.
+///
+/// A host name is resolved once, here, when the replica is added: a load
+/// balancer that re-resolved per request would put DNS on the request path.
+pub fn resolve_address(address: &str) -> Result<SocketAddr, ReplicaError> {
+    if let Some(addr) = parse_address(address)? {
+        return Ok(addr);
+    }
+    let invalid = |reason: &str| ReplicaError::Address {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
     };
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| invalid(&format!("cannot resolve host {host:?}: {e}")))?
+        .next()
+        .ok_or_else(|| invalid("the host resolved to no address"))?;
     if addr.port() == 0 {
         return Err(invalid("port 0 cannot be connected to"));
     }

@@ -168,7 +168,7 @@ impl ScalingSettings {
             );
         }
         if let Some(ports) = config.port_count() {
-            if ports < self.max {
+            if ports < self.max && self.max <= MAX_REPLICAS {
                 refuse(
                     "max",
                     format!(

@@ -1,0 +1,467 @@
+//! The configuration file as written: one serde type per section, unknown
+//! fields refused so a typo cannot silently fall back to a default. Each
+//! field's comment names its default and its nginx or ALB equivalent.
+
+use serde::{Deserialize, Serialize};
+
+use super::IoDriver;
+use crate::balance::Routing;
+use crate::pool::{Flavor, LoadWeights, PrefixSettings};
+
+/// The configuration file, as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address the data plane listens on. Default `0.0.0.0:8080`.
+    pub listen: Option<String>,
+    /// Worker threads, one per core; 0 or absent means one per available core
+    /// (nginx `worker_processes auto`).
+    pub workers: Option<usize>,
+    /// `auto` (io_uring, epoll where io_uring is unavailable), `uring` or `legacy`.
+    pub io_driver: Option<IoDriver>,
+    /// Pin worker N to CPU N (nginx `worker_cpu_affinity auto`). Default false.
+    pub cpu_pinning: Option<bool>,
+    /// The routing rule, `round_robin` (default), `weighted_round_robin`,
+    /// `least_outstanding`, `p2c`, `least_load` or `prefix`; or a
+    /// `[routing]` table with `rule` and how the model is read.
+    pub routing: Option<FileRouting>,
+    /// `prefix` routing's defaults for every pool.
+    #[serde(default)]
+    pub prefix: FilePrefix,
+    /// `least_load`'s weights, for every pool.
+    #[serde(default)]
+    pub least_load: FileLoadWeights,
+    /// Engine metrics scraping, for every pool (the default pool included).
+    #[serde(default)]
+    pub engine_metrics: FileEngineMetrics,
+    /// Pools: one model's replicas each.
+    #[serde(default)]
+    pub pools: Vec<FilePool>,
+    /// Peers whose `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Real-IP` and
+    /// `Forwarded` headers are believed and appended to, as CIDRs
+    /// (`10.0.0.0/8`, `::1/128`, or a bare address). Default empty: nobody
+    /// is trusted, as at an edge, and those headers are replaced (nginx
+    /// `set_real_ip_from`; Envoy `xff_num_trusted_hops`).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Forward request headers whose names contain `_`. Default false: they
+    /// are dropped, because a CGI/WSGI backend reads `X_Forwarded_For` and
+    /// `X-Forwarded-For` as the same variable (nginx `underscores_in_headers`).
+    pub underscores_in_headers: Option<bool>,
+    /// Timeouts, in milliseconds.
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    /// Limits that protect the proxy from clients.
+    #[serde(default)]
+    pub limits: FileLimits,
+    /// The upstream connection pool.
+    #[serde(default)]
+    pub upstream: FileUpstream,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: FileAdmin,
+    /// Slow start: a new or recovered replica's share ramps up linearly over
+    /// this long (ms); 0 or absent is off (ALB `slow_start.duration_seconds`).
+    pub slow_start_ms: Option<u64>,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: FileHealth,
+    /// Re-resolving replica host names.
+    #[serde(default)]
+    pub dns: FileDns,
+    /// Passive outlier ejection.
+    #[serde(default)]
+    pub outlier: FileOutlier,
+    /// Retries on another replica.
+    #[serde(default)]
+    pub retries: FileRetries,
+    /// The declared replicas; runtime changes from a state file, when one is
+    /// used, are applied on top of them.
+    #[serde(default)]
+    pub replicas: Vec<FileReplica>,
+    /// Autoscaling signals the proxy publishes.
+    #[serde(default)]
+    pub autoscaling: FileAutoscaling,
+}
+
+/// `[autoscaling]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAutoscaling {
+    /// Publishing the proxy's own concurrency to CloudWatch.
+    pub publish: Option<FilePublish>,
+}
+
+/// `[autoscaling.publish]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePublish {
+    /// CloudWatch namespace. Default `inferlb`.
+    pub namespace: Option<String>,
+    /// Seconds between publications: 10 (high-resolution metrics) or 60
+    /// (default).
+    pub interval_s: Option<u64>,
+    /// AWS region; default: aws-config's chain.
+    pub region: Option<String>,
+    /// Dimensions added to every metric (the pool is always one), e.g.
+    /// `[{ name = "EndpointName", value = "chat-llm" }]`.
+    #[serde(default)]
+    pub dimensions: Vec<FileDimension>,
+}
+
+/// A CloudWatch dimension.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDimension {
+    pub name: String,
+    pub value: String,
+}
+
+/// `routing = "p2c"`, or a `[routing]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FileRouting {
+    /// Just the rule.
+    Rule(Routing),
+    /// The rule and how a request's model is found.
+    Table(FileRoutingTable),
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoutingTable {
+    /// The routing rule. Default `round_robin`.
+    pub rule: Option<Routing>,
+    /// The header that names the model. Default `X-Model`.
+    pub model_header: Option<String>,
+    /// JSON bodies up to this size are read for their `"model"` (and for
+    /// `prefix` routing, their text) before a replica is picked. Default
+    /// 1 MiB; 0 turns body inspection off.
+    pub max_inspect_body_bytes: Option<usize>,
+}
+
+/// `[prefix]` or `[pools.prefix]`: see [`PrefixSettings`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FilePrefix {
+    pub min_match_ratio: Option<f64>,
+    pub balance_abs_threshold: Option<f64>,
+    pub balance_rel_threshold: Option<f64>,
+    pub max_tree_bytes: Option<usize>,
+}
+
+impl FilePrefix {
+    /// These values over `base`.
+    pub fn over(&self, base: PrefixSettings) -> PrefixSettings {
+        PrefixSettings {
+            min_match_ratio: self.min_match_ratio.unwrap_or(base.min_match_ratio),
+            balance_abs_threshold: self
+                .balance_abs_threshold
+                .unwrap_or(base.balance_abs_threshold),
+            balance_rel_threshold: self
+                .balance_rel_threshold
+                .unwrap_or(base.balance_rel_threshold),
+            max_tree_bytes: self.max_tree_bytes.unwrap_or(base.max_tree_bytes),
+        }
+    }
+}
+
+/// `[least_load]` or `[pools.least_load]`: see [`LoadWeights`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FileLoadWeights {
+    pub queue: Option<f64>,
+    pub running: Option<f64>,
+    pub kv_cache: Option<f64>,
+    pub in_flight: Option<f64>,
+}
+
+impl FileLoadWeights {
+    /// These values over `base`.
+    pub fn over(&self, base: LoadWeights) -> LoadWeights {
+        LoadWeights {
+            queue: self.queue.unwrap_or(base.queue),
+            running: self.running.unwrap_or(base.running),
+            kv_cache: self.kv_cache.unwrap_or(base.kv_cache),
+            in_flight: self.in_flight.unwrap_or(base.in_flight),
+        }
+    }
+}
+
+/// `[engine_metrics]` or `[pools.engine_metrics]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEngineMetrics {
+    /// Scrape each replica's metrics. Default false.
+    pub enabled: Option<bool>,
+    /// Default `/metrics`.
+    pub path: Option<String>,
+    /// Default 250.
+    pub interval_ms: Option<u64>,
+    /// `auto` (default), `vllm`, `sglang` or `tgi`.
+    pub flavor: Option<Flavor>,
+}
+
+/// `[[pools]]`: a model's replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    /// The model name clients send.
+    pub name: String,
+    /// Other names of the model (e.g. its Hugging Face id).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The pool's routing rule; default: the top-level one.
+    pub routing: Option<Routing>,
+    /// The pool's replicas.
+    #[serde(default)]
+    pub replicas: Vec<FileReplica>,
+    /// Overrides of `[prefix]`.
+    #[serde(default)]
+    pub prefix: FilePrefix,
+    /// Overrides of `[least_load]`.
+    #[serde(default)]
+    pub least_load: FileLoadWeights,
+    /// Engine metrics scraping.
+    #[serde(default)]
+    pub engine_metrics: FileEngineMetrics,
+    /// Overrides of `[health]` for this pool's replicas.
+    #[serde(default)]
+    pub health: FilePoolHealth,
+    /// Local autoscaling: the pool starts and stops its own replicas.
+    pub autoscaling: Option<FilePoolAutoscaling>,
+}
+
+/// `[pools.autoscaling]`: see [`PoolAutoscaling`](crate::scaling::PoolAutoscaling).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePoolAutoscaling {
+    /// Fewest replicas; 0 scales to zero when idle. Default 0.
+    pub min: Option<u32>,
+    /// Most replicas (required).
+    pub max: Option<u32>,
+    /// In-flight requests per replica to keep. Default 4.
+    pub target_in_flight: Option<f64>,
+    /// Default 30.
+    pub scale_out_cooldown_s: Option<u64>,
+    /// Default 300.
+    pub scale_in_cooldown_s: Option<u64>,
+    /// With `min = 0`: no request for this long → 0 replicas. Default 600.
+    pub idle_to_zero_s: Option<u64>,
+    /// Datapoints above target before a scale-out. Default 3.
+    pub scale_out_datapoints: Option<u32>,
+    /// The scale-out datapoints' period. Default 10.
+    pub scale_out_period_s: Option<u64>,
+    /// Datapoints below 90 % of the target before a scale-in. Default 15.
+    pub scale_in_datapoints: Option<u32>,
+    /// The scale-in datapoints' period. Default 60.
+    pub scale_in_period_s: Option<u64>,
+    /// `exec` (a child process per replica) or `systemd` (a template unit).
+    pub provider: Option<String>,
+    /// exec: the command and its arguments; `{port}`, `{index}`, `{pool}`
+    /// and `{host}` are substituted.
+    pub command: Option<Vec<String>>,
+    /// exec: extra environment, values substituted like `command`.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// exec: the ports `{port}` is taken from, `"20000-20099"`.
+    pub ports: Option<String>,
+    /// systemd: the template unit, e.g. `"model@{index}.service"`.
+    pub unit: Option<String>,
+    /// systemd: the port replica `index` listens on, `"{20000 + index}"`.
+    pub port: Option<String>,
+    /// The address replicas listen on. Default 127.0.0.1.
+    pub host: Option<std::net::IpAddr>,
+    /// Default 600.
+    pub start_timeout_s: Option<u64>,
+    /// Default 30.
+    pub stop_grace_s: Option<u64>,
+    /// How long a scale-in drain may take. Default 300.
+    pub drain_timeout_s: Option<u64>,
+    /// The path a starting replica must answer 200–399 on; default the
+    /// pool's `[pools.health] path`, else `/health`.
+    pub health_path: Option<String>,
+    /// How long a request may wait for a first replica. Default 60000.
+    pub queue_timeout_ms: Option<u64>,
+    /// Held requests beyond this many get 503. Default 1000.
+    pub max_queued: Option<u32>,
+    /// Requests in flight per replica beyond which more are held; default
+    /// none (only a pool with no routable replica holds).
+    pub max_in_flight_per_replica: Option<u32>,
+}
+
+/// `[pools.health]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePoolHealth {
+    /// Check this pool's replicas; default: `[health] enabled`.
+    pub enabled: Option<bool>,
+    /// The path checked; default: `[health] path`.
+    pub path: Option<String>,
+}
+
+/// `[timeouts]`: every value in milliseconds, each above 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    /// Time for a client to send a whole request head; then 408 and close.
+    /// Default 10 000 (nginx `client_header_timeout`, 60 s there).
+    pub client_header_timeout_ms: Option<u64>,
+    /// How long an idle keep-alive client connection is kept. Default 60 000
+    /// (nginx `keepalive_timeout` 75 s; ALB idle timeout 60 s).
+    pub client_keepalive_timeout_ms: Option<u64>,
+    /// Time to establish an upstream connection before trying the next
+    /// replica. Default 2 000 (nginx `proxy_connect_timeout`, 60 s there).
+    pub upstream_connect_timeout_ms: Option<u64>,
+    /// Time from the end of the request to the response head. Inference is
+    /// slow, so the default is 300 000 (nginx `proxy_read_timeout` 60 s;
+    /// SageMaker's invocation timeout is 60 s, longer for streaming).
+    pub upstream_response_timeout_ms: Option<u64>,
+    /// Longest gap between two reads of a body, from the client or the
+    /// replica. Default 300 000 (nginx `client_body_timeout` / `proxy_read_timeout`).
+    pub body_read_timeout_ms: Option<u64>,
+    /// Longest a write to a replica (the request head or a piece of its
+    /// body) may wait for the replica to read; then the exchange ends (504
+    /// before any response byte). Default: `body_read_timeout_ms` (nginx
+    /// `proxy_send_timeout`, 60 s there).
+    pub upstream_write_timeout_ms: Option<u64>,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish.
+    /// Default 30 000 (ALB deregistration delay is 300 s; Kubernetes gives 30 s).
+    pub shutdown_drain_timeout_ms: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Largest request head (request line and headers); larger gets 431.
+    /// Default 16 384 (nginx `large_client_header_buffers 4 8k`).
+    pub max_request_head_bytes: Option<usize>,
+    /// Most header fields in a request; more gets 431. Default 100.
+    pub max_headers: Option<usize>,
+    /// Largest request body; larger gets 413. 0 means no limit, the default:
+    /// prompts and uploads to model servers vary widely (nginx
+    /// `client_max_body_size`, 1 MiB there).
+    pub max_request_body_bytes: Option<u64>,
+    /// Client connections one worker holds; past it new ones are closed at
+    /// once. Default 16 384 (nginx `worker_connections`).
+    pub max_connections_per_worker: Option<usize>,
+    /// Replicas tried for one request when connects fail, before 502.
+    /// Default 3 (nginx `proxy_next_upstream_tries`). Together with
+    /// `retries.max_retries` this bounds the replicas one request touches:
+    /// see the README's "Retries and connect attempts".
+    pub max_connect_attempts: Option<usize>,
+    /// Total bytes of chunk extensions (`;name=value` after a chunk size)
+    /// one request may carry; more gets 400 and a close. Extensions also
+    /// count toward `max_request_body_bytes`. Default 4 096.
+    pub max_chunk_extension_bytes: Option<usize>,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    /// Idle keep-alive connections each worker keeps per replica. Default 64
+    /// (nginx `keepalive`).
+    pub max_idle_per_replica: Option<usize>,
+    /// How long an idle upstream connection is kept. Default 60 000 (nginx
+    /// `keepalive_timeout` in an upstream block). Keep it below the model
+    /// server's own idle timeout.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[dns]`: replica host names are resolved again on an interval, off the
+/// control thread; an address that changed is replaced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    /// How often replica host names are resolved again. Default 30 000
+    /// (nginx's `resolver valid=30s`); 0 turns re-resolution off.
+    pub refresh_interval_ms: Option<u64>,
+}
+
+/// `[health]`: active health checks (ALB target-group health checks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealth {
+    /// Check replicas at all. Default true.
+    pub enabled: Option<bool>,
+    /// Path of the HTTP GET. Default `/health` (vLLM, TGI and Triton serve one).
+    pub path: Option<String>,
+    /// Time between checks of one replica. Default 5 000 (ALB `interval`).
+    pub interval_ms: Option<u64>,
+    /// A check slower than this fails. Default 2 000 (ALB `timeout`).
+    pub timeout_ms: Option<u64>,
+    /// Passing checks in a row to become healthy. Default 2 (ALB `healthy_threshold`).
+    pub healthy_threshold: Option<u32>,
+    /// Failing checks in a row to become unhealthy. Default 2 (ALB `unhealthy_threshold`).
+    pub unhealthy_threshold: Option<u32>,
+    /// When every replica is unhealthy, route to all anyway. Default true (ALB fails open too).
+    pub fail_open: Option<bool>,
+}
+
+/// `[outlier]`: passive ejection of replicas that keep failing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutlier {
+    /// Connect failures or 5xx responses in a row that eject. Default 5; 0 is off.
+    pub consecutive_failures: Option<u64>,
+    /// First ejection; the n-th lasts n times this. Default 30 000.
+    pub base_ejection_ms: Option<u64>,
+    /// Longest ejection. Default 300 000.
+    pub max_ejection_ms: Option<u64>,
+    /// Most replicas ejected at once, percent. Default 50.
+    pub max_ejection_percent: Option<u64>,
+}
+
+/// `[retries]`: a request whose replica failed before any response byte is
+/// retried on another replica.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRetries {
+    /// Retries per request. Default 2 (nginx `proxy_next_upstream_tries` 0 = unlimited).
+    pub max_retries: Option<u32>,
+    /// Retries allowed as a percentage of requests over the window. Default 20.
+    pub budget_percent: Option<u64>,
+    /// The budget's window. Default 10 000.
+    pub budget_window_ms: Option<u64>,
+    /// A body is replayed only when it is at most this large (the proxy keeps
+    /// it in memory). Default 65 536.
+    pub max_replay_body_bytes: Option<usize>,
+    /// Also retry POST and PATCH (not idempotent). Default false.
+    pub non_idempotent: Option<bool>,
+}
+
+/// `[admin]`: the admin REST API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// Address of the admin API. Default `127.0.0.1:9090`; a non-loopback
+    /// address requires a token.
+    pub listen: Option<String>,
+    /// File holding the bearer token that protects every `/v1` route
+    /// (the `INFERLB_ADMIN_TOKEN` environment variable is the alternative).
+    pub token_file: Option<String>,
+    /// Require the token for `/healthz`, `/readyz` and `/metrics` too.
+    /// Default false: probes and scrapers usually carry no token.
+    pub protect_probes: Option<bool>,
+    /// Where runtime replica changes are persisted, on top of the declared
+    /// replicas. Default `$STATE_DIRECTORY/inferlb-state.json` when systemd
+    /// sets `STATE_DIRECTORY`; otherwise none (changes live in memory).
+    pub state_file: Option<String>,
+}
+
+/// `[[replicas]]`: one replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReplica {
+    /// `ip:port`, `[ipv6]:port` or `host:port` (resolved once, at start).
+    pub address: String,
+    /// 0 to 1000; 0 takes no new requests. Default 1.
+    pub weight: Option<u64>,
+    /// Stable id; default derived from the address (`10.0.0.5:8000` → `10.0.0.5-8000`).
+    pub id: Option<String>,
+}

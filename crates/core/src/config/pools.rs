@@ -1,0 +1,287 @@
+//! The pools and their replicas: `[[replicas]]`, `[[pools]]` (names,
+//! aliases, routing, `[prefix]`, `[least_load]`, `[engine_metrics]`,
+//! `[pools.health]`, `[pools.autoscaling]`), and the replica form the
+//! admin API and `--replica` share.
+
+use std::net::SocketAddr;
+
+use super::autoscaling::autoscaling;
+use super::file::{FileConfig, FileEngineMetrics, FileReplica};
+use super::{millis, ConfigError, Problems};
+use crate::command::ReplicaSpec;
+use crate::pool::{EngineMetrics, LoadWeights, PoolName, PoolSpec, PrefixSettings};
+use crate::replica::{check_weight, parse_address, resolve_address, ReplicaId, DEFAULT_WEIGHT};
+
+/// Where a replica of the file stands before its name is resolved.
+const UNRESOLVED: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Turns a declared replica into a spec, resolving its name now; the field
+/// is named on failure. For `--replica` and the admin API.
+pub fn replica_spec(field: &str, replica: &FileReplica) -> Result<ReplicaSpec, ConfigError> {
+    replica_spec_in(field, replica, PoolName::default_pool())
+}
+
+/// Like [`replica_spec`], for a replica of `pool`.
+pub fn replica_spec_in(
+    field: &str,
+    replica: &FileReplica,
+    pool: PoolName,
+) -> Result<ReplicaSpec, ConfigError> {
+    let mut p = Problems::default();
+    let spec = checked_spec(&mut p, field, replica, pool);
+    p.into_result()?;
+    let mut spec = spec.ok_or_else(|| ConfigError::invalid(field, "invalid replica"))?;
+    if spec.addr == UNRESOLVED {
+        spec.addr = resolve_address(&replica.address)
+            .map_err(|e| ConfigError::invalid(format!("{field}.address"), e.to_string()))?;
+    }
+    Ok(spec)
+}
+
+/// A replica's spec, checked without resolving its name: a host name's
+/// address is [`UNRESOLVED`] until [`super::Config::resolve`].
+fn checked_spec(
+    p: &mut Problems,
+    field: &str,
+    replica: &FileReplica,
+    pool: PoolName,
+) -> Option<ReplicaSpec> {
+    let addr = parse_address(&replica.address)
+        .map_err(|e| p.add(format!("{field}.address"), e.to_string()))
+        .ok()?;
+    let weight = check_weight(replica.weight.unwrap_or(u64::from(DEFAULT_WEIGHT)))
+        .map_err(|e| p.add(format!("{field}.weight"), e.to_string()))
+        .ok()?;
+    let id = match &replica.id {
+        Some(id) => ReplicaId::new(id)
+            .map_err(|e| p.add(format!("{field}.id"), e.to_string()))
+            .ok()?,
+        None => ReplicaId::from_address(&replica.address),
+    };
+    Some(ReplicaSpec {
+        id,
+        address: replica.address.clone(),
+        addr: addr.unwrap_or(UNRESOLVED),
+        weight,
+        pool,
+    })
+}
+
+/// Every pool's replicas, checked (ids and addresses used once), names not
+/// resolved yet. Returns them with their fields, for [`resolve`].
+pub(super) fn replicas(p: &mut Problems, file: &FileConfig) -> Vec<(String, ReplicaSpec)> {
+    let mut listed = Vec::new();
+    for (i, replica) in file.replicas.iter().enumerate() {
+        listed.push((format!("replicas[{i}]"), replica, PoolName::default_pool()));
+    }
+    for (n, pool) in file.pools.iter().enumerate() {
+        // A bad pool name is reported by `pools`.
+        let Ok(name) = PoolName::new(&pool.name) else {
+            continue;
+        };
+        for (i, replica) in pool.replicas.iter().enumerate() {
+            listed.push((format!("pools[{n}].replicas[{i}]"), replica, name.clone()));
+        }
+    }
+    let mut replicas: Vec<(String, ReplicaSpec)> = Vec::with_capacity(listed.len());
+    for (field, replica, pool) in listed {
+        let Some(spec) = checked_spec(p, &field, replica, pool) else {
+            continue;
+        };
+        if replicas.iter().any(|(_, r)| r.id == spec.id) {
+            p.add(
+                format!("{field}.id"),
+                format!("id {} is used twice", spec.id),
+            );
+            continue;
+        }
+        let same = |r: &ReplicaSpec| {
+            r.address == spec.address || (spec.addr != UNRESOLVED && r.addr == spec.addr)
+        };
+        if replicas.iter().any(|(_, r)| same(r)) {
+            p.add(
+                format!("{field}.address"),
+                format!("address {} is used twice", spec.address),
+            );
+            continue;
+        }
+        replicas.push((field, spec));
+    }
+    replicas
+}
+
+/// Resolves the host names among `replicas` (each field named on failure)
+/// and checks that no two resolve to one address.
+pub(super) fn resolve(replicas: &mut [(String, ReplicaSpec)]) -> Result<(), ConfigError> {
+    let mut p = Problems::default();
+    for i in 0..replicas.len() {
+        let (field, spec) = &mut replicas[i];
+        if spec.addr == UNRESOLVED {
+            match resolve_address(&spec.address) {
+                Ok(addr) => spec.addr = addr,
+                Err(e) => {
+                    p.add(format!("{field}.address"), e.to_string());
+                    continue;
+                }
+            }
+        }
+        let (field, spec) = &replicas[i];
+        if replicas[..i].iter().any(|(_, r)| r.addr == spec.addr) {
+            p.add(
+                format!("{field}.address"),
+                format!("{} is the address of another replica", spec.address),
+            );
+        }
+    }
+    p.into_result()
+}
+
+/// The declared pools, each problem recorded under its field.
+pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
+    let mut base_prefix = file.prefix.over(PrefixSettings::default());
+    if let Err((field, reason)) = base_prefix.check("prefix") {
+        p.add(field, reason);
+        base_prefix = PrefixSettings::default();
+    }
+    let mut base_load = file.least_load.over(LoadWeights::default());
+    if let Err((field, reason)) = check_weights("least_load", &base_load) {
+        p.add(field, reason);
+        base_load = LoadWeights::default();
+    }
+    let base_engine = engine_metrics(
+        p,
+        "engine_metrics",
+        &file.engine_metrics,
+        &EngineMetrics::default(),
+    );
+    let mut pools: Vec<PoolSpec> = Vec::with_capacity(file.pools.len());
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (n, pool) in file.pools.iter().enumerate() {
+        let at = format!("pools[{n}]");
+        let name = PoolName::new(&pool.name)
+            .map_err(|e| p.add(format!("{at}.name"), e.to_string()))
+            .ok();
+        for (i, alias) in pool.aliases.iter().enumerate() {
+            if let Err(e) = crate::pool::check_alias(alias) {
+                p.add(format!("{at}.aliases[{i}]"), e.to_string());
+            }
+        }
+        let fields = std::iter::once((format!("{at}.name"), pool.name.clone())).chain(
+            pool.aliases
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("{at}.aliases[{i}]"), a.clone())),
+        );
+        for (field, model) in fields {
+            if let Some((first, _)) = names.iter().find(|(_, m)| *m == model) {
+                p.add(
+                    field.clone(),
+                    format!("model name {model:?} is already used by {first}"),
+                );
+            }
+            names.push((field, model));
+        }
+        let mut prefix = pool.prefix.over(base_prefix);
+        if let Err((field, reason)) = prefix.check(&format!("{at}.prefix")) {
+            p.add(field, reason);
+            prefix = base_prefix;
+        }
+        let mut load = pool.least_load.over(base_load);
+        if let Err((field, reason)) = check_weights(&format!("{at}.least_load"), &load) {
+            p.add(field, reason);
+            load = base_load;
+        }
+        let engine_metrics = engine_metrics(
+            p,
+            &format!("{at}.engine_metrics"),
+            &pool.engine_metrics,
+            &base_engine,
+        );
+        if let Some(path) = pool.health.path.as_ref().filter(|p| !p.starts_with('/')) {
+            p.add(
+                format!("{at}.health.path"),
+                format!("{path:?} must start with /"),
+            );
+        }
+        let autoscaling = pool.autoscaling.as_ref().and_then(|a| {
+            autoscaling(
+                p,
+                &format!("{at}.autoscaling"),
+                a,
+                pool,
+                file.health.path.as_deref(),
+            )
+            .map(std::sync::Arc::new)
+        });
+        let Some(name) = name else {
+            continue;
+        };
+        pools.push(PoolSpec {
+            autoscaling,
+            name,
+            aliases: pool.aliases.clone(),
+            routing: pool.routing,
+            prefix,
+            load,
+            engine_metrics,
+            health: crate::pool::PoolHealth {
+                enabled: pool.health.enabled,
+                path: pool.health.path.clone(),
+            },
+        });
+    }
+    // The default pool gets the top-level settings too: declared when it
+    // has replicas in the file, or when no named pool is (its replicas may
+    // come from `--replica` flags).
+    let default_wanted = !file.replicas.is_empty() || file.pools.is_empty();
+    if default_wanted && !pools.iter().any(|p| p.name.is_default()) {
+        let mut default = PoolSpec::named(PoolName::default_pool());
+        default.prefix = base_prefix;
+        default.load = base_load;
+        default.engine_metrics = base_engine;
+        if default != PoolSpec::named(PoolName::default_pool()) {
+            pools.push(default);
+        }
+    }
+    pools
+}
+
+/// `[engine_metrics]` fields over `base`, checked under `at`.
+fn engine_metrics(
+    p: &mut Problems,
+    at: &str,
+    m: &FileEngineMetrics,
+    base: &EngineMetrics,
+) -> EngineMetrics {
+    let mut metrics = EngineMetrics {
+        enabled: m.enabled.unwrap_or(base.enabled),
+        path: m.path.clone().unwrap_or_else(|| base.path.clone()),
+        interval: millis(
+            p,
+            &format!("{at}.interval_ms"),
+            m.interval_ms,
+            base.interval,
+        ),
+        flavor: m.flavor.unwrap_or(base.flavor),
+    };
+    if !metrics.path.starts_with('/') {
+        p.add(format!("{at}.path"), "must start with /");
+        metrics.path.clone_from(&base.path);
+    }
+    metrics
+}
+
+fn check_weights(at: &str, w: &LoadWeights) -> Result<(), (String, String)> {
+    for (name, value) in [
+        ("queue", w.queue),
+        ("running", w.running),
+        ("kv_cache", w.kv_cache),
+        ("in_flight", w.in_flight),
+    ] {
+        if !(value >= 0.0 && value.is_finite()) {
+            return Err((format!("{at}.{name}"), "must be 0 or more".into()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,500 @@
+//! The data plane's sections: `listen`, `workers`, `[timeouts]`, `[limits]`,
+//! `[upstream]`, `[retries]`, `[outlier]`, `trusted_proxies` and how a
+//! request's model is read (`[routing]`), validated into the form the
+//! workers run with.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::file::{
+    FileConfig, FileLimits, FileOutlier, FileRetries, FileRouting, FileTimeouts, FileUpstream,
+};
+use super::{count, millis, Problems};
+use crate::cidr::Cidr;
+
+/// Which monoio driver the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    /// io_uring, falling back to epoll (said once in the log) when the kernel
+    /// or its limits (RLIMIT_MEMLOCK, seccomp) refuse to build a ring.
+    #[default]
+    Auto,
+    /// io_uring only; start-up fails when a ring cannot be built.
+    Uring,
+    /// The epoll driver.
+    Legacy,
+}
+
+impl IoDriver {
+    /// The name used in the config and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+impl FromStr for IoDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            "legacy" | "epoll" => Ok(Self::Legacy),
+            _ => Err(format!(
+                "unknown I/O driver {s:?}: expected auto, uring or legacy"
+            )),
+        }
+    }
+}
+
+/// What the data plane needs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Data-plane listen address.
+    pub listen: SocketAddr,
+    /// Worker threads; 0 means one per available core.
+    pub workers: usize,
+    /// Which monoio driver to run.
+    pub io_driver: IoDriver,
+    /// Pin worker N to CPU N.
+    pub cpu_pinning: bool,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+    /// Upstream pool.
+    pub upstream: Upstream,
+    /// Retries on another replica.
+    pub retries: Retries,
+    /// Passive outlier ejection.
+    pub outlier: crate::outlier::Ejection,
+    /// See [`FileConfig::trusted_proxies`].
+    pub trusted_proxies: Vec<Cidr>,
+    /// See [`FileConfig::underscores_in_headers`].
+    pub underscores_in_headers: bool,
+    /// How a request's model is found.
+    pub model: ModelSelection,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: 0,
+            io_driver: IoDriver::Auto,
+            cpu_pinning: false,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            upstream: Upstream::default(),
+            retries: Retries::default(),
+            outlier: crate::outlier::Ejection::default(),
+            trusted_proxies: Vec::new(),
+            underscores_in_headers: false,
+            model: ModelSelection::default(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The worker count with 0 resolved to the available cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// Validated timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// See [`FileTimeouts::client_header_timeout_ms`].
+    pub client_header: Duration,
+    /// See [`FileTimeouts::client_keepalive_timeout_ms`].
+    pub client_keepalive: Duration,
+    /// See [`FileTimeouts::upstream_connect_timeout_ms`].
+    pub upstream_connect: Duration,
+    /// See [`FileTimeouts::upstream_response_timeout_ms`].
+    pub upstream_response: Duration,
+    /// See [`FileTimeouts::body_read_timeout_ms`].
+    pub body_read: Duration,
+    /// See [`FileTimeouts::upstream_write_timeout_ms`].
+    pub upstream_write: Duration,
+    /// See [`FileTimeouts::shutdown_drain_timeout_ms`].
+    pub shutdown_drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_header: Duration::from_secs(10),
+            client_keepalive: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(2),
+            upstream_response: Duration::from_secs(300),
+            body_read: Duration::from_secs(300),
+            upstream_write: Duration::from_secs(300),
+            shutdown_drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Validated limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// See [`FileLimits::max_request_head_bytes`].
+    pub max_request_head_bytes: usize,
+    /// See [`FileLimits::max_headers`].
+    pub max_headers: usize,
+    /// See [`FileLimits::max_request_body_bytes`]; `None` is no limit.
+    pub max_request_body_bytes: Option<u64>,
+    /// See [`FileLimits::max_connections_per_worker`].
+    pub max_connections_per_worker: usize,
+    /// See [`FileLimits::max_connect_attempts`].
+    pub max_connect_attempts: usize,
+    /// See [`FileLimits::max_chunk_extension_bytes`].
+    pub max_chunk_extension_bytes: usize,
+}
+
+/// Upper bound on `max_headers`: the parser's header array lives on the
+/// stack of every request, so it is sized once, at this many entries.
+pub const MAX_HEADERS_CAP: usize = 256;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_head_bytes: 16 * 1024,
+            max_headers: 100,
+            max_request_body_bytes: None,
+            max_connections_per_worker: 16 * 1024,
+            max_connect_attempts: 3,
+            max_chunk_extension_bytes: 4096,
+        }
+    }
+}
+
+/// Validated upstream pool settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream {
+    /// See [`FileUpstream::max_idle_per_replica`].
+    pub max_idle_per_replica: usize,
+    /// See [`FileUpstream::idle_timeout_ms`].
+    pub idle_timeout: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            max_idle_per_replica: 64,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Validated `[retries]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// See [`FileRetries::max_retries`].
+    pub max_retries: u32,
+    /// See [`FileRetries::budget_percent`].
+    pub budget_percent: u64,
+    /// See [`FileRetries::budget_window_ms`].
+    pub budget_window_ms: u64,
+    /// See [`FileRetries::max_replay_body_bytes`].
+    pub max_replay_body_bytes: usize,
+    /// See [`FileRetries::non_idempotent`].
+    pub non_idempotent: bool,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            budget_percent: 20,
+            budget_window_ms: 10_000,
+            max_replay_body_bytes: 64 * 1024,
+            non_idempotent: false,
+        }
+    }
+}
+
+/// How a request's model is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSelection {
+    /// The header naming the model, lowercase.
+    pub header: String,
+    /// JSON bodies up to this size are inspected; 0: none.
+    pub max_inspect_body_bytes: usize,
+}
+
+impl Default for ModelSelection {
+    fn default() -> Self {
+        Self {
+            header: "x-model".into(),
+            max_inspect_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The data plane's settings from `file`; each problem is recorded and its
+/// field left at its default.
+pub(super) fn proxy(p: &mut Problems, file: &FileConfig) -> ProxyConfig {
+    let defaults = ProxyConfig::default();
+    let listen = match &file.listen {
+        None => defaults.listen,
+        Some(text) => text.parse().unwrap_or_else(|_| {
+            p.add(
+                "listen",
+                format!("{text:?} is not ip:port (e.g. 0.0.0.0:8080 or [::]:8080)"),
+            );
+            defaults.listen
+        }),
+    };
+    ProxyConfig {
+        listen,
+        workers: count(p, "workers", file.workers, 0, 0, 1024),
+        io_driver: file.io_driver.unwrap_or_default(),
+        cpu_pinning: file.cpu_pinning.unwrap_or(false),
+        timeouts: timeouts(p, &file.timeouts),
+        limits: limits(p, &file.limits),
+        upstream: upstream(p, &file.upstream),
+        retries: retries(p, &file.retries),
+        outlier: outlier(p, &file.outlier),
+        trusted_proxies: trusted_proxies(p, &file.trusted_proxies),
+        underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
+        model: model_selection(p, file.routing.as_ref()),
+    }
+}
+
+fn timeouts(p: &mut Problems, t: &FileTimeouts) -> Timeouts {
+    let td = Timeouts::default();
+    Timeouts {
+        client_header: millis(
+            p,
+            "timeouts.client_header_timeout_ms",
+            t.client_header_timeout_ms,
+            td.client_header,
+        ),
+        client_keepalive: millis(
+            p,
+            "timeouts.client_keepalive_timeout_ms",
+            t.client_keepalive_timeout_ms,
+            td.client_keepalive,
+        ),
+        upstream_connect: millis(
+            p,
+            "timeouts.upstream_connect_timeout_ms",
+            t.upstream_connect_timeout_ms,
+            td.upstream_connect,
+        ),
+        upstream_response: millis(
+            p,
+            "timeouts.upstream_response_timeout_ms",
+            t.upstream_response_timeout_ms,
+            td.upstream_response,
+        ),
+        body_read: millis(
+            p,
+            "timeouts.body_read_timeout_ms",
+            t.body_read_timeout_ms,
+            td.body_read,
+        ),
+        upstream_write: millis(
+            p,
+            "timeouts.upstream_write_timeout_ms",
+            // Only its own field is blamed for its own value.
+            t.upstream_write_timeout_ms
+                .or(t.body_read_timeout_ms.filter(|&ms| ms > 0)),
+            td.upstream_write,
+        ),
+        shutdown_drain: millis(
+            p,
+            "timeouts.shutdown_drain_timeout_ms",
+            t.shutdown_drain_timeout_ms,
+            td.shutdown_drain,
+        ),
+    }
+}
+
+fn limits(p: &mut Problems, l: &FileLimits) -> Limits {
+    let ld = Limits::default();
+    Limits {
+        max_request_head_bytes: count(
+            p,
+            "limits.max_request_head_bytes",
+            l.max_request_head_bytes,
+            ld.max_request_head_bytes,
+            1024,
+            1024 * 1024,
+        ),
+        max_headers: count(
+            p,
+            "limits.max_headers",
+            l.max_headers,
+            ld.max_headers,
+            8,
+            MAX_HEADERS_CAP,
+        ),
+        max_request_body_bytes: l.max_request_body_bytes.filter(|&n| n > 0),
+        max_connections_per_worker: count(
+            p,
+            "limits.max_connections_per_worker",
+            l.max_connections_per_worker,
+            ld.max_connections_per_worker,
+            1,
+            10_000_000,
+        ),
+        max_connect_attempts: count(
+            p,
+            "limits.max_connect_attempts",
+            l.max_connect_attempts,
+            ld.max_connect_attempts,
+            1,
+            16,
+        ),
+        max_chunk_extension_bytes: count(
+            p,
+            "limits.max_chunk_extension_bytes",
+            l.max_chunk_extension_bytes,
+            ld.max_chunk_extension_bytes,
+            0,
+            1024 * 1024,
+        ),
+    }
+}
+
+fn upstream(p: &mut Problems, u: &FileUpstream) -> Upstream {
+    let ud = Upstream::default();
+    Upstream {
+        max_idle_per_replica: count(
+            p,
+            "upstream.max_idle_per_replica",
+            u.max_idle_per_replica,
+            ud.max_idle_per_replica,
+            0,
+            100_000,
+        ),
+        idle_timeout: millis(
+            p,
+            "upstream.idle_timeout_ms",
+            u.idle_timeout_ms,
+            ud.idle_timeout,
+        ),
+    }
+}
+
+fn trusted_proxies(p: &mut Problems, list: &[String]) -> Vec<Cidr> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            text.parse::<Cidr>()
+                .map_err(|reason| p.add(format!("trusted_proxies[{i}]"), reason))
+                .ok()
+        })
+        .collect()
+}
+
+fn model_selection(p: &mut Problems, routing: Option<&FileRouting>) -> ModelSelection {
+    let defaults = ModelSelection::default();
+    let Some(FileRouting::Table(t)) = routing else {
+        return defaults;
+    };
+    let header = match &t.model_header {
+        None => defaults.header.clone(),
+        Some(h) if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            h.to_ascii_lowercase()
+        }
+        Some(h) => {
+            p.add(
+                "routing.model_header",
+                format!("{h:?} is not a header name (letters, digits and -)"),
+            );
+            defaults.header.clone()
+        }
+    };
+    ModelSelection {
+        header,
+        max_inspect_body_bytes: count(
+            p,
+            "routing.max_inspect_body_bytes",
+            t.max_inspect_body_bytes,
+            defaults.max_inspect_body_bytes,
+            0,
+            64 * 1024 * 1024,
+        ),
+    }
+}
+
+fn outlier(p: &mut Problems, o: &FileOutlier) -> crate::outlier::Ejection {
+    let od = crate::outlier::Ejection::default();
+    crate::outlier::Ejection {
+        consecutive_failures: o.consecutive_failures.unwrap_or(od.consecutive_failures),
+        base_ms: millis(
+            p,
+            "outlier.base_ejection_ms",
+            o.base_ejection_ms,
+            Duration::from_millis(od.base_ms),
+        )
+        .as_millis() as u64,
+        max_ms: millis(
+            p,
+            "outlier.max_ejection_ms",
+            o.max_ejection_ms,
+            Duration::from_millis(od.max_ms),
+        )
+        .as_millis() as u64,
+        max_percent: count(
+            p,
+            "outlier.max_ejection_percent",
+            o.max_ejection_percent.map(|v| v as usize),
+            od.max_percent as usize,
+            0,
+            100,
+        ) as u64,
+    }
+}
+
+fn retries(p: &mut Problems, r: &FileRetries) -> Retries {
+    let rd = Retries::default();
+    Retries {
+        max_retries: count(
+            p,
+            "retries.max_retries",
+            r.max_retries.map(|v| v as usize),
+            rd.max_retries as usize,
+            0,
+            10,
+        ) as u32,
+        budget_percent: count(
+            p,
+            "retries.budget_percent",
+            r.budget_percent.map(|v| v as usize),
+            rd.budget_percent as usize,
+            0,
+            100,
+        ) as u64,
+        budget_window_ms: millis(
+            p,
+            "retries.budget_window_ms",
+            r.budget_window_ms,
+            Duration::from_millis(rd.budget_window_ms),
+        )
+        .as_millis() as u64,
+        max_replay_body_bytes: count(
+            p,
+            "retries.max_replay_body_bytes",
+            r.max_replay_body_bytes,
+            rd.max_replay_body_bytes,
+            0,
+            16 * 1024 * 1024,
+        ),
+        non_idempotent: r.non_idempotent.unwrap_or(false),
+    }
+}
