@@ -1,7 +1,7 @@
 //! `cargo xtask bench prefix`: a shared-prefix workload (SGLang's
 //! generated-shared-prefix benchmark: G long system prompts, each followed
 //! by many distinct questions) offered open loop to a fleet of simulated
-//! engines (`inferlb_testkit::engine`) whose prefix caches hold only part
+//! engines (`inferlb_testkit::fake_engine`) whose prefix caches hold only part
 //! of all the prompts, once per routing rule.
 //!
 //! Each request is a streamed chat completion. Time to first token (TTFT)
@@ -66,7 +66,7 @@ impl PrefixWorkload {
     /// The request bodies: `groups` system prompts, question `i` of group
     /// `g` unique. The same sequence for every rule (a fixed seed).
     pub fn bodies(&self, count: usize) -> Vec<String> {
-        let bytes = |tokens: usize| tokens * inferlb_testkit::engine::BYTES_PER_TOKEN;
+        let bytes = |tokens: usize| tokens * inferlb_testkit::fake_engine::BYTES_PER_TOKEN;
         let systems: Vec<String> = (0..self.groups)
             .map(|g| {
                 let mut rng = fastrand::Rng::with_seed(g as u64 + 1);
@@ -119,7 +119,7 @@ pub struct PrefixResult {
 pub fn start_engines(w: &PrefixWorkload, n: usize) -> Result<Vec<EngineHandle>> {
     (0..n)
         .map(|i| {
-            inferlb_testkit::engine::start(
+            inferlb_testkit::fake_engine::start(
                 w.engine(&format!("engine-{i}")),
                 SocketAddr::from(([127, 0, 0, 1], 0)),
             )

@@ -160,7 +160,7 @@ impl From<&Replica> for ReplicaView {
                 "unresolved".to_owned()
             },
             weight: r.weight,
-            state: inferlb_core::ReplicaStatus::of(r, inferlb_core::clock::now_ms())
+            state: inferlb_core::Routability::of(r, inferlb_core::clock::now_ms())
                 .as_str()
                 .to_owned(),
             in_flight: s.in_flight(),
@@ -665,7 +665,7 @@ async fn replace_replicas(
             Command::SetAddress { id, .. } => updated.push(id.to_string()),
             Command::SetRouting(_)
             | Command::SetHealth { .. }
-            | Command::SetPolicy(_)
+            | Command::SetSafeguards(_)
             | Command::SetPool(_)
             | Command::RemovePool { .. }
             | Command::SetScaling { .. } => {}

@@ -301,8 +301,8 @@ impl Collector for Source {
         )?;
         let now = inferlb_core::clock::now_ms();
         for r in replicas {
-            let current = inferlb_core::ReplicaStatus::of(r, now);
-            for state in inferlb_core::ReplicaStatus::ALL {
+            let current = inferlb_core::Routability::of(r, now);
+            for state in inferlb_core::Routability::ALL {
                 m.encode_family(&labels(r, Some(("state", state.as_str()))))?
                     .encode_gauge(&i64::from(current == state))?;
             }

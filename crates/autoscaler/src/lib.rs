@@ -12,7 +12,8 @@
 //! - [`aws`]: reading state and making calls through the AWS SDK.
 //! - [`retry`]: which Application Auto Scaling errors are retried.
 //! - [`agent`]: plan, apply, destroy, status, run.
-//! - [`engine`]: a pure model of how AAS decides capacity (for `simulate`).
+//! - [`aas`]: a pure model of how Application Auto Scaling decides capacity
+//!   (the engine of `simulate` and of local autoscaling).
 //! - [`simulate`]: a load trace replayed through the engine.
 //! - [`local`]: the local scaler's decisions on the engine (pools whose
 //!   replicas inferlb starts itself), a pure state machine.
@@ -20,9 +21,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aas;
 pub mod agent;
 pub mod aws;
-pub mod engine;
 pub mod local;
 pub mod model;
 pub mod plan;

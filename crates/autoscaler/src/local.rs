@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use inferlb_core::{PoolAutoscaling, ScalingSettings};
 
-use crate::engine::{AlarmOverrides, Engine, Metrics};
+use crate::aas::{AlarmOverrides, Engine, Metrics};
 use crate::model::{Suspended, Target, TargetTracking};
 
 /// How often the executor calls [`LocalScaler::tick`]: the engine's tick.
@@ -596,7 +596,7 @@ fn failure(from: u32, to: u32, cause: String) -> Event {
     }
 }
 
-fn record_engine(activities: Vec<crate::engine::Activity>, d: &mut Decision) {
+fn record_engine(activities: Vec<crate::aas::Activity>, d: &mut Decision) {
     for a in activities {
         let direction = match a.to.cmp(&a.from) {
             std::cmp::Ordering::Greater => "out",

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::engine::{Activity, AlarmOverrides, Engine, Metrics};
+use crate::aas::{Activity, AlarmOverrides, Engine, Metrics};
 use crate::model::{Target, BACKLOG_METRIC};
 
 /// What the trace's load column counts.

@@ -303,7 +303,7 @@ fn simulate(
         capacity_per_instance: capacity,
         provision_delay_s: provision_delay.as_secs() as i64,
         start_capacity: start_capacity.unwrap_or(target.min_capacity.max(1)),
-        alarms: inferlb_autoscaler::engine::AlarmOverrides {
+        alarms: inferlb_autoscaler::aas::AlarmOverrides {
             scale_out_datapoints: *scale_out_datapoints,
             scale_out_period_s: scale_out_period.map(|d| d.as_secs() as i64),
             scale_in_datapoints: *scale_in_datapoints,

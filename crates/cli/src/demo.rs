@@ -131,7 +131,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
                 ..EngineConfig::default()
             };
             let replica =
-                inferlb_testkit::engine::start(engine, SocketAddr::from(([127, 0, 0, 1], 0)))
+                inferlb_testkit::fake_engine::start(engine, SocketAddr::from(([127, 0, 0, 1], 0)))
                     .with_context(|| format!("cannot start fake replica {id}"))?;
             let addr = replica.addr();
             let spec = ReplicaSpec {

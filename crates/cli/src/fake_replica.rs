@@ -1,5 +1,5 @@
 //! `inferlb fake-replica`: a simulated model server speaking the OpenAI API
-//! (see `inferlb_testkit::engine` for its cost model), run as its own
+//! (see `inferlb_testkit::fake_engine` for its cost model), run as its own
 //! process so it can be started like a real one.
 
 use std::net::SocketAddr;
@@ -63,7 +63,7 @@ impl FakeReplicaArgs {
 pub(crate) fn run(args: FakeReplicaArgs) -> Result<()> {
     let config = args.config();
     tracing::info!(listen = %args.listen, models = ?config.models, cost = %config.describe(), "fake replica");
-    let engine = inferlb_testkit::engine::start(config, args.listen)
+    let engine = inferlb_testkit::fake_engine::start(config, args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     // Runs until a signal ends the process.
     engine.join();

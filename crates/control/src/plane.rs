@@ -36,7 +36,7 @@ pub fn declared(config: &Config) -> Declared {
 /// The state built from the declared replicas and pools alone.
 pub fn initial_state(config: &Config) -> Result<State, StartError> {
     let mut state = State::new(config.routing);
-    state.apply(Command::SetPolicy(config.policy))?;
+    state.apply(Command::SetSafeguards(config.safeguards))?;
     for pool in &config.pools {
         state
             .apply(Command::SetPool(pool.clone()))
@@ -65,7 +65,7 @@ pub fn starting_state(config: &Config, store: Option<&StateFile>) -> Result<Stat
     };
     match loaded {
         Some(mut state) => {
-            state.apply(Command::SetPolicy(config.policy))?;
+            state.apply(Command::SetSafeguards(config.safeguards))?;
             tracing::info!(
                 replicas = state.replicas().len(),
                 "runtime changes from the state file applied on top of the declared replicas"
@@ -200,8 +200,8 @@ pub async fn reload(control: &Control, path: Option<&Path>) {
             if config.routing != state.routing() {
                 extra.push(Command::SetRouting(config.routing));
             }
-            if config.policy != state.policy() {
-                extra.push(Command::SetPolicy(config.policy));
+            if config.safeguards != state.safeguards() {
+                extra.push(Command::SetSafeguards(config.safeguards));
             }
             (desired, extra)
         })

@@ -81,7 +81,7 @@ impl Change {
 /// A replica as the status shows it.
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ReplicaStatus {
+pub struct ScaledReplica {
     pub id: String,
     pub index: u32,
     pub address: String,
@@ -129,7 +129,7 @@ pub struct Status {
     pub longest_hold_ms: u64,
     /// Requests in flight to the pool's replicas.
     pub in_flight: u64,
-    pub replicas: Vec<ReplicaStatus>,
+    pub replicas: Vec<ScaledReplica>,
     /// Newest first.
     pub activities: Vec<ActivityStatus>,
 }

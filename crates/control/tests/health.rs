@@ -77,8 +77,8 @@ async fn checks_flip_health_both_ways_and_fail_open() {
         assert_eq!(picked.id.as_str(), "good");
     }
     assert_eq!(
-        inferlb_core::ReplicaStatus::of(&snapshot.replicas()[1], 0),
-        inferlb_core::ReplicaStatus::Unhealthy
+        inferlb_core::Routability::of(&snapshot.replicas()[1], 0),
+        inferlb_core::Routability::Unhealthy
     );
 
     // The good one stops answering: every replica is unhealthy, and routing

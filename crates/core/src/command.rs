@@ -13,7 +13,7 @@ use crate::balance::Routing;
 use crate::pool::{PoolName, PoolSpec};
 use crate::prefix::PrefixTable;
 use crate::replica::{Health, Origin, Replica, ReplicaId, ReplicaState};
-use crate::replica_set::{Policy, PoolEntry, ReplicaSet};
+use crate::replica_set::{PoolEntry, ReplicaSet, Safeguards};
 use crate::scaling::{PoolQueue, ScalingSettings};
 
 /// A replica as declared by an operator or a discovery source.
@@ -68,7 +68,7 @@ pub enum Command {
     /// Records an active health-check verdict.
     SetHealth { id: ReplicaId, health: Health },
     /// Changes the slow-start and fail-open settings.
-    SetPolicy(Policy),
+    SetSafeguards(Safeguards),
     /// A replica's host name now resolves to `addr`: when that differs (or
     /// it did not resolve before), the replica is replaced by a fresh one
     /// at the new address under the same id and weight — requests in
@@ -106,7 +106,7 @@ impl Command {
             | Command::Remove { id } => !scaler_replica(id),
             Command::Add(_)
             | Command::SetRouting(_)
-            | Command::SetPolicy(_)
+            | Command::SetSafeguards(_)
             | Command::SetPool(_)
             | Command::RemovePool { .. }
             | Command::SetScaling { .. } => true,
@@ -151,7 +151,7 @@ pub enum Outcome {
 pub struct State {
     generation: u64,
     routing: Routing,
-    policy: Policy,
+    safeguards: Safeguards,
     replicas: Vec<Replica>,
     pools: Vec<PoolSpec>,
     /// Autoscaling settings changed at runtime, by pool; a pool not here
@@ -170,7 +170,7 @@ impl State {
         Self {
             generation: 0,
             routing,
-            policy: Policy::default(),
+            safeguards: Safeguards::default(),
             replicas: Vec::new(),
             pools: Vec::new(),
             scaling: BTreeMap::new(),
@@ -184,7 +184,7 @@ impl State {
         Self {
             generation: 1,
             routing,
-            policy: Policy::default(),
+            safeguards: Safeguards::default(),
             replicas,
             pools: Vec::new(),
             scaling: BTreeMap::new(),
@@ -253,8 +253,8 @@ impl State {
     }
 
     /// The slow-start and fail-open settings.
-    pub fn policy(&self) -> Policy {
-        self.policy
+    pub fn safeguards(&self) -> Safeguards {
+        self.safeguards
     }
 
     /// The routing rule.
@@ -403,11 +403,11 @@ impl State {
                     Outcome::Changed
                 }
             }
-            Command::SetPolicy(policy) => {
-                if self.policy == policy {
+            Command::SetSafeguards(safeguards) => {
+                if self.safeguards == safeguards {
                     Outcome::NoChange
                 } else {
-                    self.policy = policy;
+                    self.safeguards = safeguards;
                     Outcome::Changed
                 }
             }
@@ -479,7 +479,7 @@ impl State {
         ReplicaSet::with_pools(
             self.generation,
             self.routing,
-            self.policy,
+            self.safeguards,
             self.replicas.clone(),
             &entries,
         )

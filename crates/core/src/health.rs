@@ -1,5 +1,5 @@
 //! Health, clock-free: the check-verdict state machine ([`Tracker`]) and
-//! the status an operator sees ([`ReplicaStatus`]).
+//! the status an operator sees ([`Routability`]).
 //!
 //! ```text
 //!            unhealthy_threshold failures in a row
@@ -57,7 +57,7 @@ impl Tracker {
 /// What an operator sees of a replica: draining wins, then an unresolved
 /// name, then an ejection, then a failing health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplicaStatus {
+pub enum Routability {
     Active,
     Draining,
     Unhealthy,
@@ -66,7 +66,7 @@ pub enum ReplicaStatus {
     Unresolved,
 }
 
-impl ReplicaStatus {
+impl Routability {
     /// Every status, in the order metrics list them.
     pub const ALL: [Self; 5] = [
         Self::Active,

@@ -43,12 +43,12 @@ pub use command::{Command, Outcome, ReplicaSpec, State, StateError};
 pub use config::{
     AdminConfig, Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream,
 };
-pub use health::{ReplicaStatus, Thresholds, Tracker};
+pub use health::{Routability, Thresholds, Tracker};
 pub use pool::{PoolName, PoolSpec, DEFAULT_POOL};
 pub use replica::{
     EngineLoad, Health, Origin, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats,
     StatusClass,
 };
-pub use replica_set::{Policy, PoolView, PrefixKey, ReplicaSet, Snapshots};
+pub use replica_set::{PoolView, PrefixKey, ReplicaSet, Safeguards, Snapshots};
 pub use scaling::{PoolAutoscaling, PoolQueue, Provider, ScalingError, ScalingSettings};
 pub use stats::{Histogram, HistogramSnapshot, WorkerStats};

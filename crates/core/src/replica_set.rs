@@ -19,7 +19,7 @@ use crate::scaling::PoolQueue;
 pub struct ReplicaSet {
     generation: u64,
     routing: Routing,
-    policy: Policy,
+    safeguards: Safeguards,
     replicas: Vec<Replica>,
     pools: Vec<PoolView>,
     /// Pool names and aliases → index into `pools`.
@@ -100,9 +100,10 @@ pub struct PrefixKey<'a> {
     pub len: usize,
 }
 
-/// Routing settings every snapshot carries.
+/// The safeguards every snapshot routes under: slow start and fail-open
+/// (not a scaling safeguards).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub struct Safeguards {
     /// Slow-start ramp of new and recovered replicas, ms; 0 is off.
     pub slow_start_ms: u64,
     /// When every active replica is unhealthy, route to all of them anyway
@@ -110,7 +111,7 @@ pub struct Policy {
     pub fail_open: bool,
 }
 
-impl Default for Policy {
+impl Default for Safeguards {
     fn default() -> Self {
         Self {
             slow_start_ms: 0,
@@ -131,19 +132,19 @@ pub struct PoolEntry {
 }
 
 impl ReplicaSet {
-    /// Builds a snapshot and its balancer with the default policy.
+    /// Builds a snapshot and its balancer with the default safeguards.
     pub fn new(generation: u64, routing: Routing, replicas: Vec<Replica>) -> Self {
-        Self::with_policy(generation, routing, Policy::default(), replicas)
+        Self::with_safeguards(generation, routing, Safeguards::default(), replicas)
     }
 
     /// Builds a snapshot whose pools are the ones its replicas name.
-    pub fn with_policy(
+    pub fn with_safeguards(
         generation: u64,
         routing: Routing,
-        policy: Policy,
+        safeguards: Safeguards,
         replicas: Vec<Replica>,
     ) -> Self {
-        Self::with_pools(generation, routing, policy, replicas, &[])
+        Self::with_pools(generation, routing, safeguards, replicas, &[])
     }
 
     /// Builds a snapshot: the declared pools, then any pool a replica names
@@ -154,7 +155,7 @@ impl ReplicaSet {
     pub fn with_pools(
         generation: u64,
         routing: Routing,
-        policy: Policy,
+        safeguards: Safeguards,
         replicas: Vec<Replica>,
         declared: &[PoolEntry],
     ) -> Self {
@@ -185,7 +186,7 @@ impl ReplicaSet {
                 .filter(|&i| replicas[i as usize].pool == entry.spec.name)
                 .collect();
             let (balancer, failing_open, routable) =
-                build_balancer(effective, &policy, &replicas, &members);
+                build_balancer(effective, &safeguards, &replicas, &members);
             let table = if effective == Routing::Prefix {
                 Some(entry.table.unwrap_or_else(|| {
                     Arc::new(PrefixTable::new(entry.spec.prefix.max_tree_bytes))
@@ -223,7 +224,7 @@ impl ReplicaSet {
         Self {
             generation,
             routing,
-            policy,
+            safeguards,
             replicas,
             pools,
             names,
@@ -238,8 +239,8 @@ impl ReplicaSet {
     }
 
     /// The routing settings.
-    pub fn policy(&self) -> Policy {
-        self.policy
+    pub fn safeguards(&self) -> Safeguards {
+        self.safeguards
     }
 
     /// An empty snapshot (generation 0): every request gets 503.
@@ -358,7 +359,7 @@ impl ReplicaSet {
             replicas: &self.replicas,
             tried,
             now_ms,
-            slow_start_ms: self.policy.slow_start_ms,
+            slow_start_ms: self.safeguards.slow_start_ms,
             weights: &view.spec.load,
         };
         match (&view.table, key) {
@@ -375,7 +376,7 @@ impl ReplicaSet {
 /// the members it routes to.
 fn build_balancer(
     routing: Routing,
-    policy: &Policy,
+    safeguards: &Safeguards,
     replicas: &[Replica],
     members: &[u32],
 ) -> (Box<dyn Balancer>, bool, Vec<u32>) {
@@ -387,7 +388,7 @@ fn build_balancer(
         .enumerate()
         .map(|(i, r)| in_pool(i) && r.is_routable())
         .collect();
-    let failing_open = policy.fail_open
+    let failing_open = safeguards.fail_open
         && members.iter().any(|&i| active(&replicas[i as usize]))
         && !routable.contains(&true);
     if failing_open {

@@ -96,8 +96,8 @@ async fn forward(
     head_len: usize,
 ) -> Result<Next, Abort> {
     match route(worker, client, id, head_len).await? {
-        Routing::Answered(next) => Ok(next),
-        Routing::Forward(mut request) => send(worker, client, id, &mut request).await,
+        Route::Answered(next) => Ok(next),
+        Route::Forward(mut request) => send(worker, client, id, &mut request).await,
     }
 }
 
@@ -116,7 +116,7 @@ struct Routable {
     replayable: bool,
 }
 
-enum Routing {
+enum Route {
     /// The proxy answered itself (a refusal, a model listing, 404).
     Answered(Next),
     Forward(Routable),
@@ -129,9 +129,9 @@ async fn route(
     client: &mut Client,
     id: &mut RequestId,
     head_len: usize,
-) -> Result<Routing, Abort> {
+) -> Result<Route, Abort> {
     let config = &worker.config;
-    let answered = |next: Result<Next, Abort>| next.map(Routing::Answered);
+    let answered = |next: Result<Next, Abort>| next.map(Route::Answered);
 
     // Classify: parse and check the head, write the replica's version of it.
     let info = classify(worker, client, id, head_len)?;
@@ -189,7 +189,7 @@ async fn route(
         }
         Routed::TooLarge => return Err(Abort::Respond(ErrorKind::BodyTooLarge)),
     };
-    Ok(Routing::Forward(Routable {
+    Ok(Route::Forward(Routable {
         info,
         replayable: body.is_done(),
         body,

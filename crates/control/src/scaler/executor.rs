@@ -14,7 +14,7 @@ use inferlb_core::{
 
 use super::provider::{self, Running, Slot};
 use super::{
-    lock, ActivityStatus, ReplicaStatus, Shared, FAST_TICK, HEALTH_TIMEOUT, KEPT_ACTIVITIES, TICK,
+    lock, ActivityStatus, ScaledReplica, Shared, FAST_TICK, HEALTH_TIMEOUT, KEPT_ACTIVITIES, TICK,
     UNIT_CHECK,
 };
 use crate::writer::Control;
@@ -494,7 +494,7 @@ impl Scaler {
             .iter()
             .filter_map(|r| {
                 let p = self.processes.get(&r.index)?;
-                Some(ReplicaStatus {
+                Some(ScaledReplica {
                     id: p.id.to_string(),
                     index: r.index,
                     address: p.addr.to_string(),

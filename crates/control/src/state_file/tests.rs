@@ -125,8 +125,8 @@ fn a_name_that_does_not_resolve_is_kept_as_unresolved() {
     let m = &loaded.replicas()[0];
     assert_eq!((m.id.as_str(), m.weight, m.resolved), ("m", 2, false));
     assert_eq!(
-        inferlb_core::ReplicaStatus::of(m, 0),
-        inferlb_core::ReplicaStatus::Unresolved
+        inferlb_core::Routability::of(m, 0),
+        inferlb_core::Routability::Unresolved
     );
     assert!(!loaded.snapshot().has_routable());
 }

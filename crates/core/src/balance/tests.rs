@@ -262,24 +262,26 @@ fn slow_start_ramps_a_new_replica_in() {
 #[test]
 fn unhealthy_replicas_are_skipped_until_all_are_unhealthy() {
     use crate::replica::Health;
-    use crate::replica_set::{Policy, ReplicaSet};
+    use crate::replica_set::{ReplicaSet, Safeguards};
     let mut set = replicas(&[(1, false), (1, false)]);
     set[0].health = Health::Unhealthy;
-    let snapshot = ReplicaSet::with_policy(1, Routing::RoundRobin, Policy::default(), set.clone());
+    let snapshot =
+        ReplicaSet::with_safeguards(1, Routing::RoundRobin, Safeguards::default(), set.clone());
     let mut cursor = Cursor::default();
     for _ in 0..10 {
         assert_eq!(snapshot.pick_at(&mut cursor, &Tried::default(), 0), Some(1));
     }
     set[1].health = Health::Unhealthy;
-    let open = ReplicaSet::with_policy(2, Routing::RoundRobin, Policy::default(), set.clone());
+    let open =
+        ReplicaSet::with_safeguards(2, Routing::RoundRobin, Safeguards::default(), set.clone());
     assert!(open.failing_open());
     assert!(open.pick_at(&mut cursor, &Tried::default(), 0).is_some());
-    let closed = ReplicaSet::with_policy(
+    let closed = ReplicaSet::with_safeguards(
         3,
         Routing::RoundRobin,
-        Policy {
+        Safeguards {
             fail_open: false,
-            ..Policy::default()
+            ..Safeguards::default()
         },
         set,
     );

@@ -131,7 +131,7 @@ pub struct Config {
     /// How often replica host names are resolved again; `None` is off.
     pub dns_refresh: Option<Duration>,
     /// Slow start and fail-open.
-    pub policy: crate::replica_set::Policy,
+    pub safeguards: crate::replica_set::Safeguards,
     /// Publishing the proxy's concurrency to CloudWatch; `None` is off.
     pub publish: Option<Publish>,
     /// Each replica's field in the file, for [`Config::resolve`]'s errors.
@@ -238,7 +238,7 @@ impl TryFrom<FileConfig> for Config {
         let proxy = proxy::proxy(&mut p, &file);
         let health = admin::health(&mut p, &file.health);
         let admin = admin::admin(&mut p, &file.admin);
-        let policy = crate::replica_set::Policy {
+        let safeguards = crate::replica_set::Safeguards {
             slow_start_ms: file.slow_start_ms.unwrap_or(0),
             fail_open: file.health.fail_open.unwrap_or(true),
         };
@@ -259,7 +259,7 @@ impl TryFrom<FileConfig> for Config {
             admin,
             health,
             dns_refresh: admin::dns_refresh(&file.dns),
-            policy,
+            safeguards,
             publish,
             replica_fields,
         })
