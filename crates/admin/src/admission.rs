@@ -97,7 +97,7 @@ pub(crate) async fn read_body_within(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let read = axum::body::to_bytes(body, crate::api::MAX_BODY);
+    let read = axum::body::to_bytes(body, crate::app::MAX_BODY);
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
@@ -148,7 +148,7 @@ pub(crate) async fn require_token_or_close(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::api::bearer_credentials)
+        .and_then(crate::auth::bearer_credentials)
         .unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         next.run(request).await

@@ -5,8 +5,11 @@
 //!
 //! # Layout
 //!
-//! - [`api`]: routes, DTOs, handlers, bearer-token auth, the OpenAPI document.
+//! - [`api`]: the router, the OpenAPI document, the probes and the status.
+//! - [`replicas`]: the `/v1/replicas` routes.
 //! - [`pools`]: `/v1/pools` and a pool's autoscaling routes.
+//! - [`app`]: what every route shares (state, JSON extractor, parsing).
+//! - `auth`: the loopback rule without a token, the bearer token with one.
 //! - [`metrics`]: the Prometheus collector behind `/metrics`.
 //! - [`error`]: `ApiError` and the status each variant maps to.
 //! - `admission`: who may hold an admin connection (per-client caps, the
@@ -16,11 +19,14 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod error;
 pub mod metrics;
 pub mod pools;
+pub mod replicas;
 
 mod admission;
+mod auth;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +36,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{watch, Semaphore};
 
-pub use api::{router, AppState, DataPlane};
+pub use api::router;
+pub use app::{AppState, DataPlane};
 pub use error::ApiError;
 
 /// What one admin client may hold: the API is reachable before any token is

@@ -8,8 +8,9 @@ use inferlb_core::{Command, PoolView, ReplicaSet};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::{add, parse_pool, AppState, NewReplica, ReplicaView};
+use crate::app::{parse_pool, ApiJson, AppState};
 use crate::error::{ApiError, ErrorBody};
+use crate::replicas::{add, NewReplica, ReplicaView};
 
 /// One pool as the API shows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -91,7 +92,7 @@ pub(crate) async fn get_pool(
 pub(crate) async fn add_pool_replica(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    crate::api::ApiJson(mut new): crate::api::ApiJson<NewReplica>,
+    ApiJson(mut new): ApiJson<NewReplica>,
 ) -> Result<Response, ApiError> {
     let pool = parse_pool("pool", &name)?;
     if new.pool.as_ref().is_some_and(|p| p != pool.as_str()) {
@@ -126,7 +127,7 @@ pub(crate) async fn get_autoscaling(
 pub(crate) async fn patch_autoscaling(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    crate::api::ApiJson(change): crate::api::ApiJson<inferlb_control::scaler::Change>,
+    ApiJson(change): ApiJson<inferlb_control::scaler::Change>,
 ) -> Result<Json<inferlb_control::scaler::Status>, ApiError> {
     let shared = scaler_of(&app, &name)?;
     let pool = shared.status().pool;

@@ -348,9 +348,9 @@ impl ResourceKind {
 impl Target {
     /// The dimension, declared or inferred; `None` for an invalid resource id.
     pub fn dimension(&self) -> Option<String> {
-        self.scalable_dimension.clone().or_else(|| {
-            crate::validate::resource_kind(&self.resource_id).map(|k| k.dimension().to_owned())
-        })
+        self.scalable_dimension
+            .clone()
+            .or_else(|| resource_kind(&self.resource_id).map(|k| k.dimension().to_owned()))
     }
 
     /// The inference component's name, for `inference-component/<name>`.
@@ -439,5 +439,29 @@ impl Target {
             Some(CapacityMode::IgnoreChanges) => false,
             None => self.scheduled.is_empty(),
         }
+    }
+}
+
+/// A SageMaker name: 1 to 63 alphanumerics and hyphens, not starting or
+/// ending with a hyphen.
+fn is_sagemaker_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// What a resource id names, when it is well formed.
+pub fn resource_kind(resource_id: &str) -> Option<ResourceKind> {
+    let parts: Vec<&str> = resource_id.split('/').collect();
+    match parts.as_slice() {
+        ["endpoint", ep, "variant", v] if is_sagemaker_name(ep) && is_sagemaker_name(v) => {
+            Some(ResourceKind::Variant)
+        }
+        ["inference-component", ic] if is_sagemaker_name(ic) => {
+            Some(ResourceKind::InferenceComponent)
+        }
+        _ => None,
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 
+pub use crate::model::resource_kind;
 use crate::model::{
     AutoscalingFile, CustomizedMetric, ResourceKind, Step, Target, COMPONENT_DIMENSION,
     PROVISIONED_CONCURRENCY_DIMENSION, VARIANT_DIMENSION,
@@ -42,30 +43,6 @@ pub const COMPONENT_METRICS: [&str; 2] = [
     "SageMakerInferenceComponentInvocationsPerCopy",
     "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution",
 ];
-
-/// A SageMaker name: 1 to 63 alphanumerics and hyphens, not starting or
-/// ending with a hyphen.
-fn is_sagemaker_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-/// What a resource id names, when it is well formed.
-pub fn resource_kind(resource_id: &str) -> Option<ResourceKind> {
-    let parts: Vec<&str> = resource_id.split('/').collect();
-    match parts.as_slice() {
-        ["endpoint", ep, "variant", v] if is_sagemaker_name(ep) && is_sagemaker_name(v) => {
-            Some(ResourceKind::Variant)
-        }
-        ["inference-component", ic] if is_sagemaker_name(ic) => {
-            Some(ResourceKind::InferenceComponent)
-        }
-        _ => None,
-    }
-}
 
 /// Policy and scheduled-action names: 1 to 256 printable characters, no
 /// `:`, `/` or `|`, no leading or trailing space (Application Auto Scaling's

@@ -16,6 +16,8 @@
 //! - [`dns`]: replica host names resolved again on an interval, off the
 //!   control thread.
 //! - [`engine_metrics`]: model servers' queue and KV-cache load, scraped.
+//! - [`autoscaling`]: each autoscaling pool's settings in force and status,
+//!   shared with the admin API.
 //! - [`scaler`]: local autoscaling's executor: pools that start and stop
 //!   their own replicas; `scaler::provider` holds the crate's only `unsafe`
 //!   (the child's parent-death signal, and signalling its process group).
@@ -24,6 +26,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod autoscaling;
 pub mod cloudwatch;
 pub mod dns;
 pub mod engine_metrics;

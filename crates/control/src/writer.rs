@@ -52,7 +52,7 @@ pub struct Control {
     declared: std::sync::Mutex<Declared>,
     /// The autoscaling pools' shared state; their settings are published
     /// here from the state at each commit, as the snapshot is.
-    scalers: crate::scaler::Registry,
+    scalers: crate::autoscaling::Registry,
     /// The drain reaper's last error, so a stuck disk is logged once in a
     /// while rather than ten times a second.
     reap_errors: crate::repeats::Repeats,
@@ -67,13 +67,13 @@ impl Control {
             snapshots,
             store,
             declared: std::sync::Mutex::default(),
-            scalers: crate::scaler::Registry::default(),
+            scalers: crate::autoscaling::Registry::default(),
             reap_errors: crate::repeats::Repeats::default(),
         }
     }
 
     /// The autoscaling pools.
-    pub fn scalers(&self) -> &crate::scaler::Registry {
+    pub fn scalers(&self) -> &crate::autoscaling::Registry {
         &self.scalers
     }
 

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::balance::Routing;
 use crate::pool::{PoolName, PoolSpec};
 use crate::prefix::PrefixTable;
 use crate::replica::{Health, Origin, Replica, ReplicaId, ReplicaState};
 use crate::replica_set::{PoolEntry, ReplicaSet, Safeguards};
+use crate::routing::Routing;
 use crate::scaling::{PoolQueue, ScalingSettings};
 
 /// A replica as declared by an operator or a discovery source.

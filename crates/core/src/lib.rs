@@ -7,7 +7,8 @@
 //!
 //! - [`replica`]: a replica, its id, state and shared counters.
 //! - [`replica_set`]: the immutable snapshot and the arc-swap publisher.
-//! - [`balance`]: the balancer trait and the routing algorithms.
+//! - [`routing`]: the routing rules by name.
+//! - [`balance`]: the balancer trait and each rule's algorithm.
 //! - [`command`]: `Command`, `State::apply` and `State::diff`.
 //! - [`config`]: the TOML file form and its validated form.
 //! - [`stats`]: lock-free histograms and worker counters.
@@ -34,6 +35,7 @@ pub mod pool;
 pub mod prefix;
 pub mod replica;
 pub mod replica_set;
+pub mod routing;
 pub mod scaling;
 pub mod stats;
 

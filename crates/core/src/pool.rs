@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::balance::Routing;
+use crate::routing::Routing;
 
 /// The pool of replicas declared without one.
 pub const DEFAULT_POOL: &str = "default";

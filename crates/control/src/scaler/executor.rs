@@ -14,9 +14,10 @@ use inferlb_core::{
 
 use super::provider::{self, Running, Slot};
 use super::{
-    lock, ActivityStatus, ScaledReplica, Shared, FAST_TICK, HEALTH_TIMEOUT, KEPT_ACTIVITIES, TICK,
+    ActivityStatus, ScaledReplica, Shared, FAST_TICK, HEALTH_TIMEOUT, KEPT_ACTIVITIES, TICK,
     UNIT_CHECK,
 };
+use crate::autoscaling::lock;
 use crate::writer::Control;
 
 /// A replica process this pool runs.

@@ -10,11 +10,6 @@ mod p2c;
 mod round_robin;
 mod weighted_round_robin;
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
-
 pub use least_outstanding::LeastOutstanding;
 pub use p2c::PowerOfTwoChoices;
 pub use round_robin::RoundRobin;
@@ -22,6 +17,7 @@ pub use weighted_round_robin::WeightedRoundRobin;
 
 use crate::pool::LoadWeights;
 use crate::replica::Replica;
+pub use crate::routing::Routing;
 
 /// What a pick sees: the snapshot's replicas, the ones already tried for
 /// this request, and the time (for penalties, ejections and slow start).
@@ -80,94 +76,11 @@ impl View<'_> {
 }
 
 /// Picks a replica for a request.
-pub trait Balancer: Send + Sync + fmt::Debug {
+pub trait Balancer: Send + Sync + std::fmt::Debug {
     /// The index (into the snapshot's replicas) of the replica for the next
     /// request: never one already tried or ejected; a penalized one only
     /// when nothing else is left. `None` when no replica can be used.
     fn pick(&self, view: &View<'_>, cursor: &mut Cursor) -> Option<usize>;
-}
-
-/// The routing rules a snapshot can be built with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Routing {
-    /// Each routable replica in turn, weights ignored (nginx's default).
-    #[default]
-    RoundRobin,
-    /// Smooth weighted round robin: weights 5:1 give 5:1, interleaved.
-    WeightedRoundRobin,
-    /// The fewest requests in flight across all workers (per unit of weight),
-    /// ties broken round robin.
-    LeastOutstanding,
-    /// Power of two choices: two distinct random replicas, the less loaded
-    /// wins (in flight, then peak-EWMA of time to response head).
-    P2c,
-    /// The lowest load as the model server reports it (queue, running
-    /// requests, KV-cache usage) plus inferlb's own in-flight count; only
-    /// the in-flight count where engine metrics are off or stale.
-    LeastLoad,
-    /// Prefix-cache affinity: the replica that served the longest matching
-    /// prompt prefix, unless it is overloaded; `least_load` otherwise.
-    Prefix,
-}
-
-impl Routing {
-    /// Every routing rule, by name.
-    pub const ALL: [Routing; 6] = [
-        Routing::RoundRobin,
-        Routing::WeightedRoundRobin,
-        Routing::LeastOutstanding,
-        Routing::P2c,
-        Routing::LeastLoad,
-        Routing::Prefix,
-    ];
-
-    /// The name used in the config, the CLI and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RoundRobin => "round_robin",
-            Self::WeightedRoundRobin => "weighted_round_robin",
-            Self::LeastOutstanding => "least_outstanding",
-            Self::P2c => "p2c",
-            Self::LeastLoad => "least_load",
-            Self::Prefix => "prefix",
-        }
-    }
-
-    /// Builds this rule's balancer over a snapshot's replicas; `routable`
-    /// says which may take requests (see `ReplicaSet`).
-    pub fn build(self, replicas: &[Replica], routable: &[bool]) -> Box<dyn Balancer> {
-        let order: Vec<u32> = (0..replicas.len() as u32)
-            .filter(|&i| routable[i as usize])
-            .collect();
-        match self {
-            Self::RoundRobin => Box::new(RoundRobin::new(order)),
-            Self::WeightedRoundRobin => Box::new(WeightedRoundRobin::build(replicas, &order)),
-            Self::LeastOutstanding => Box::new(LeastOutstanding::new(order)),
-            Self::P2c => Box::new(PowerOfTwoChoices::new(order)),
-            // `prefix` falls back to the least loaded replica when a request
-            // has no text to match (see `ReplicaSet::pick_in`).
-            Self::LeastLoad | Self::Prefix => Box::new(LeastOutstanding::least_load(order)),
-        }
-    }
-}
-
-impl fmt::Display for Routing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Routing {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown routing {s:?}: expected round_robin, weighted_round_robin, least_outstanding, p2c, least_load or prefix")
-            })
-    }
 }
 
 /// A worker's position in the balancer's rotation. Each worker owns one, so
@@ -280,3 +193,22 @@ fn rotate(order: &[u32], view: &View<'_>, cursor: &mut Cursor) -> Option<usize> 
 
 #[cfg(test)]
 mod tests;
+
+impl Routing {
+    /// Builds this rule's balancer over a snapshot's replicas; `routable`
+    /// says which may take requests (see `ReplicaSet`).
+    pub fn build(self, replicas: &[Replica], routable: &[bool]) -> Box<dyn Balancer> {
+        let order: Vec<u32> = (0..replicas.len() as u32)
+            .filter(|&i| routable[i as usize])
+            .collect();
+        match self {
+            Self::RoundRobin => Box::new(RoundRobin::new(order)),
+            Self::WeightedRoundRobin => Box::new(WeightedRoundRobin::build(replicas, &order)),
+            Self::LeastOutstanding => Box::new(LeastOutstanding::new(order)),
+            Self::P2c => Box::new(PowerOfTwoChoices::new(order)),
+            // `prefix` falls back to the least loaded replica when a request
+            // has no text to match (see `ReplicaSet::pick_in`).
+            Self::LeastLoad | Self::Prefix => Box::new(LeastOutstanding::least_load(order)),
+        }
+    }
+}

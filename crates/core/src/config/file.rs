@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::IoDriver;
-use crate::balance::Routing;
 use crate::pool::{Flavor, LoadWeights, PrefixSettings};
+use crate::routing::Routing;
 
 /// The configuration file, as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -22,9 +22,9 @@ mod proxy;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::balance::Routing;
 use crate::command::ReplicaSpec;
 use crate::pool::PoolSpec;
+use crate::routing::Routing;
 
 pub use admin::{AdminConfig, HealthCheck};
 pub use autoscaling::Publish;
