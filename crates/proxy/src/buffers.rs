@@ -5,6 +5,9 @@
 
 use std::mem;
 
+/// The least free space a read is given.
+pub(crate) const MIN_READ: usize = 2 * 1024;
+
 /// Size of a rented buffer: a default-sized request head (16 KiB) fits, and
 /// so do a response head and most reads of a token stream.
 pub(crate) const BUFFER: usize = 16 * 1024;

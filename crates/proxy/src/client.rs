@@ -24,15 +24,13 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
 use monoio::net::TcpStream;
 
-use crate::buffers::Buffers;
+use crate::buffers::{Buffers, MIN_READ};
 use crate::error::{Abort, ErrorKind};
 use crate::h1::request::HeadScanner;
 use crate::h1::RequestId;
 use crate::sock;
 use crate::worker::Worker;
 
-/// The least free space a read is given.
-pub(crate) const MIN_READ: usize = 2 * 1024;
 /// Capacity a client buffer may grow to while a large body streams through.
 pub(crate) const BODY_BUFFER: usize = 64 * 1024;
 /// Time allowed to write a proxy-generated response before giving up.
@@ -153,7 +151,7 @@ impl Client {
         let end = self.buf.len().min(start.saturating_add(max));
         let n = body
             .take(&self.buf[start..end], |_| {})
-            .map_err(|e| Abort::Respond(crate::exchange::body_error(e)))?;
+            .map_err(|e| Abort::Respond(e.kind()))?;
         self.request.extend_from_slice(&self.buf[start..start + n]);
         self.pos += n;
         Ok(())

@@ -11,7 +11,11 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
 
-use monoio::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inferlb_core::WorkerStats;
+use monoio::net::{TcpListener, TcpStream};
 
 use crate::client::Client;
 use crate::deadlines::SWEEP_EVERY;
@@ -26,6 +30,68 @@ enum Wait {
     TimedOut,
     /// The worker is stopping.
     Stop,
+}
+
+/// Accepts and serves until told to stop, then drains: no new connections,
+/// in-flight requests get the drain timeout to finish.
+pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener) {
+    monoio::spawn(crate::worker::sweep(Rc::clone(&worker)));
+    let max = worker.config.limits.max_connections_per_worker as u64;
+    let mut phase = worker.phase.clone();
+    let mut last_refusal_log: Option<Instant> = None;
+    loop {
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            _ = phase.wait_for(|p| *p != crate::worker::Phase::Running) => break,
+        };
+        let (stream, peer): (_, SocketAddr) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if worker.stats.open_connections() >= max {
+            worker.stats.connection_refused();
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(
+                    limit = max,
+                    "connection limit reached; closing new connections"
+                );
+                last_refusal_log = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        }
+        worker.stats.connection_opened();
+        let open = Open(Arc::clone(&worker.stats));
+        let worker = Rc::clone(&worker);
+        monoio::spawn(async move {
+            let _open = open;
+            serve(worker, stream, peer).await;
+        });
+    }
+    worker.stopping.set(true);
+    worker.idle.wake_all();
+    drop(listener);
+    let deadline = Instant::now() + worker.config.timeouts.shutdown_drain;
+    while worker.stats.open_connections() > 0
+        && Instant::now() < deadline
+        && *phase.borrow() != crate::worker::Phase::Stopped
+    {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Decrements the open-connection count when a connection task ends.
+struct Open(Arc<WorkerStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
 }
 
 /// Serves one client connection until it closes.

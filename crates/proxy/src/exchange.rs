@@ -25,7 +25,7 @@ use monoio::io::AsyncWriteRentExt;
 
 use crate::client::{Client, BODY_BUFFER, ERROR_WRITE_TIMEOUT};
 use crate::error::{Abort, ErrorKind};
-use crate::h1::body::{Body, BodyError};
+use crate::h1::body::Body;
 use crate::h1::request::RequestInfo;
 use crate::h1::response::{self, ResponseInfo};
 use crate::h1::RequestId;
@@ -133,7 +133,7 @@ impl Exchange<'_> {
             }
             let n = body
                 .take(&client.buf[client.pos..], |_| {})
-                .map_err(|e| Abort::Respond(body_error(e)))?;
+                .map_err(|e| Abort::Respond(e.kind()))?;
             let buf = std::mem::take(&mut client.buf);
             let (start, end) = (client.pos, client.pos + n);
             let (io, slice) = watch::write(
@@ -274,14 +274,6 @@ fn gave_up(io: Io, direction: Direction) -> Abort {
     }
 }
 
-/// The status for a request body the framer refused.
-pub(crate) fn body_error(error: BodyError) -> ErrorKind {
-    match error {
-        BodyError::Malformed => ErrorKind::BadRequest,
-        BodyError::TooLarge => ErrorKind::BodyTooLarge,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The exchange's outcomes against scripted replicas on real sockets.
@@ -305,7 +297,7 @@ mod tests {
     enum Script {
         /// Reads the request head, then writes these bytes and closes.
         Answer(&'static [u8]),
-        /// Resets the connection before reading anything.
+        /// Resets the connection as the request arrives, reading nothing.
         Reset,
         /// Reads the request head and answers nothing for a second.
         Silent,
@@ -335,6 +327,9 @@ mod tests {
                     }
                 }
                 Script::Reset => {
+                    // Once the request starts to arrive (so the connect
+                    // has completed on the proxy's side), unread.
+                    let _ = stream.peek(&mut [0u8; 1]);
                     socket2::SockRef::from(&stream)
                         .set_linger(Some(Duration::ZERO))
                         .unwrap();
@@ -390,9 +385,6 @@ mod tests {
             let mut conn = crate::upstream::connect(replica_addr, Duration::from_secs(2))
                 .await
                 .unwrap();
-            if matches!(script, Script::Reset) {
-                monoio::time::sleep(Duration::from_millis(100)).await;
-            }
             let stats = ReplicaStats::default();
             let exchange = Exchange {
                 worker: &worker,

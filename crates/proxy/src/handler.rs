@@ -41,9 +41,15 @@ use crate::worker::Worker;
 /// leaves behind.
 const MAX_SPARE: usize = 64;
 
+thread_local! {
+    /// This worker's idle handlers: a worker is one thread with its own
+    /// runtime, so its handlers are the thread's.
+    static HANDLERS: Handlers = Handlers::default();
+}
+
 /// A worker's idle handlers.
 #[derive(Default)]
-pub(crate) struct Handlers {
+struct Handlers {
     free: RefCell<Vec<Rc<Slot>>>,
 }
 
@@ -91,11 +97,8 @@ pub(crate) async fn run(
     client: Client,
     head_timed_out: bool,
 ) -> Option<Client> {
-    let slot = worker.handlers.acquire(worker);
-    let mut lease = Lease {
-        worker,
-        slot: Some(slot),
-    };
+    let slot = HANDLERS.with(|h| h.acquire(worker));
+    let mut lease = Lease { slot: Some(slot) };
     let slot = lease.slot.as_deref().expect("leased");
     slot.job.set(Some((client, head_timed_out)));
     wake(&slot.handler);
@@ -114,20 +117,19 @@ pub(crate) async fn run(
 /// A slot in use by a connection task. Dropped before the handler answered
 /// (the connection task was cancelled), it leaves the handler to free
 /// itself when done.
-struct Lease<'a> {
-    worker: &'a Worker,
+struct Lease {
     slot: Option<Rc<Slot>>,
 }
 
-impl Lease<'_> {
+impl Lease {
     fn finish(&mut self) {
         if let Some(slot) = self.slot.take() {
-            self.worker.handlers.release(slot);
+            HANDLERS.with(|h| h.release(slot));
         }
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             slot.orphaned.set(true);
@@ -193,7 +195,7 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
         };
         if slot.orphaned.replace(false) {
             drop(kept);
-            worker.handlers.release(Rc::clone(&slot));
+            HANDLERS.with(|h| h.release(Rc::clone(&slot)));
         } else {
             slot.done.set(Some(kept));
             wake(&slot.owner);

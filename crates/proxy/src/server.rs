@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use inferlb_core::WorkerStats;
 
-use crate::worker::{self, Phase, Worker};
+use crate::worker::{Phase, Worker};
 
 /// Pending connections the kernel queues per listener before refusing.
 const BACKLOG: i32 = 4096;
@@ -266,5 +266,5 @@ async fn serve_on(
     };
     let _ = ready.send(Ok(driver));
     drop(ready);
-    worker::serve(Rc::new(worker), listener).await;
+    crate::connection::accept(Rc::new(worker), listener).await;
 }

@@ -19,7 +19,7 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::client::MIN_READ;
+use crate::buffers::MIN_READ;
 use crate::sock::{peer_left, peer_state, PeerState};
 use crate::upstream::UpstreamConn;
 use crate::worker::Worker;

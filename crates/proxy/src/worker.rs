@@ -5,19 +5,16 @@
 //! lock and no worker waits on another.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Cache};
 use inferlb_core::{Cursor, ProxyConfig, ReplicaSet, WorkerStats};
-use monoio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::buffers::Buffers;
 use crate::deadlines::{DeadlineTable, SWEEP_EVERY};
-use crate::handler::Handlers;
 use crate::retry_budget::RetryBudget;
 use crate::upstream::pool::Pool;
 
@@ -45,8 +42,6 @@ pub(crate) struct Worker {
     pub(crate) retry_budget: RefCell<RetryBudget>,
     /// Buffers rented by requests in progress.
     pub(crate) buffers: RefCell<Buffers>,
-    /// Tasks that serve requests for idle-waiting connections.
-    pub(crate) handlers: Handlers,
     /// Set once the worker stops accepting. Connections read this (and are
     /// woken through `idle`) instead of the shared phase channel, so a request touches
     /// nothing another worker writes.
@@ -99,7 +94,6 @@ impl Worker {
             stats,
             retry_budget: RefCell::new(retry_budget),
             buffers: RefCell::new(Buffers::default()),
-            handlers: Handlers::default(),
             stopping: Cell::new(false),
             idle: DeadlineTable::default(),
             watching: DeadlineTable::default(),
@@ -110,15 +104,6 @@ impl Worker {
 
 /// How often idle upstream connections are checked and expired.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Decrements the open-connection count when a connection task ends.
-struct Open(Arc<WorkerStats>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.connection_closed();
-    }
-}
 
 /// Keeps the worker's clocks and tables current: the coarse time, the
 /// deadline tables and the buffer pool every [`SWEEP_EVERY`], the upstream
@@ -142,58 +127,5 @@ pub(crate) async fn sweep(worker: Rc<Worker>) {
                 .borrow_mut()
                 .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
         }
-    }
-}
-
-/// Accepts and serves until told to stop, then drains: no new connections,
-/// in-flight requests get the drain timeout to finish.
-pub(crate) async fn serve(worker: Rc<Worker>, listener: TcpListener) {
-    monoio::spawn(sweep(Rc::clone(&worker)));
-    let max = worker.config.limits.max_connections_per_worker as u64;
-    let mut phase = worker.phase.clone();
-    let mut last_refusal_log: Option<Instant> = None;
-    loop {
-        let accepted = monoio::select! {
-            accepted = listener.accept() => accepted,
-            _ = phase.wait_for(|p| *p != Phase::Running) => break,
-        };
-        let (stream, peer): (_, SocketAddr) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                // Out of descriptors or memory: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                monoio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if worker.stats.open_connections() >= max {
-            worker.stats.connection_refused();
-            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                tracing::warn!(
-                    limit = max,
-                    "connection limit reached; closing new connections"
-                );
-                last_refusal_log = Some(Instant::now());
-            }
-            drop(stream);
-            continue;
-        }
-        worker.stats.connection_opened();
-        let open = Open(Arc::clone(&worker.stats));
-        let worker = Rc::clone(&worker);
-        monoio::spawn(async move {
-            let _open = open;
-            crate::connection::serve(worker, stream, peer).await;
-        });
-    }
-    worker.stopping.set(true);
-    worker.idle.wake_all();
-    drop(listener);
-    let deadline = Instant::now() + worker.config.timeouts.shutdown_drain;
-    while worker.stats.open_connections() > 0
-        && Instant::now() < deadline
-        && *phase.borrow() != Phase::Stopped
-    {
-        monoio::time::sleep(Duration::from_millis(10)).await;
     }
 }

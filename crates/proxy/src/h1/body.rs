@@ -30,6 +30,16 @@ pub(crate) enum BodyError {
     TooLarge,
 }
 
+impl BodyError {
+    /// What the client is answered.
+    pub(crate) fn kind(self) -> crate::error::ErrorKind {
+        match self {
+            Self::Malformed => crate::error::ErrorKind::BadRequest,
+            Self::TooLarge => crate::error::ErrorKind::BodyTooLarge,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum State {
     Done,
