@@ -25,6 +25,7 @@ use crate::h1::request::{self, Local, RequestInfo};
 use crate::h1::response::ResponseInfo;
 use crate::h1::RequestId;
 use crate::hold::{self, Hold};
+use crate::model_name::ModelName;
 use crate::sock;
 use crate::upstream::{self, UpstreamConn};
 use crate::watch::{self, Io};
@@ -143,7 +144,9 @@ async fn route(
     let in_head = |span: request::Span| {
         String::from_utf8_lossy(span.in_head(&client.buf[head.clone()])).into_owned()
     };
-    let header_model = info.model.map(in_head);
+    let header_model = info
+        .model
+        .map(|span| ModelName::new(span.in_head(&client.buf[head.clone()])));
     if let Some(local) = info.local {
         let name = match local {
             Local::GetModel(span) => in_head(span),
@@ -180,7 +183,7 @@ async fn route(
     let target = match routed {
         Routed::To(target) => target,
         Routed::NoPool(model) => {
-            let response = models::not_found(model.as_deref());
+            let response = models::not_found(model.as_ref().map(ModelName::as_str));
             let response = models::generated(models::NOT_FOUND, &response);
             let body_done = body.is_done();
             return answered(
@@ -243,7 +246,13 @@ async fn send(
             // its `max_in_flight_per_replica`): wait for one.
             let mut kind = attempts.give_up();
             if std::mem::take(&mut may_hold) {
-                match hold::wait(worker, client, request.target.model.as_deref()).await {
+                match hold::wait(
+                    worker,
+                    client,
+                    request.target.model.as_ref().map(ModelName::as_str),
+                )
+                .await
+                {
                     Hold::Ready => {
                         now_ms = clock::now_ms();
                         continue;
@@ -415,7 +424,7 @@ fn classify(
 /// of each pick) and, for `prefix` routing, its text's block hashes.
 #[derive(Debug, Default)]
 struct Target {
-    model: Option<String>,
+    model: Option<ModelName>,
     chain: Vec<u64>,
     text_len: usize,
 }
@@ -425,7 +434,7 @@ enum Routed {
     To(Target),
     /// No pool serves the model (or the request names none) and there is
     /// no default pool: 404.
-    NoPool(Option<String>),
+    NoPool(Option<ModelName>),
     /// The body is too large to read for its model and there is no default
     /// pool to send it to: 413.
     TooLarge,
@@ -441,7 +450,7 @@ async fn find_target(
     info: &RequestInfo,
     body: &mut Body,
     head_end: usize,
-    header_model: Option<String>,
+    header_model: Option<ModelName>,
     progress: &mut Progress,
 ) -> Result<Routed, Abort> {
     let mut target = Target {
@@ -462,13 +471,21 @@ async fn find_target(
             && info.body != Framing::None
             && max > 0
             && ((target.model.is_none() && models::has_named_pools(set))
-                || by_prefix(set, set.pool_for(target.model.as_deref())));
+                || by_prefix(
+                    set,
+                    set.pool_for(target.model.as_ref().map(ModelName::as_str)),
+                ));
         if !inspect {
-            return Ok(if set.pool_for(target.model.as_deref()).is_none() {
-                Routed::NoPool(target.model)
-            } else {
-                Routed::To(target)
-            });
+            return Ok(
+                if set
+                    .pool_for(target.model.as_ref().map(ModelName::as_str))
+                    .is_none()
+                {
+                    Routed::NoPool(target.model)
+                } else {
+                    Routed::To(target)
+                },
+            );
         }
     }
     let timeout = worker.config.timeouts.body_read;
@@ -477,11 +494,16 @@ async fn find_target(
     let set = Arc::clone(worker.snapshots.borrow_mut().load());
     if whole {
         let payload = inspect::payload(&client.request[head_end..], info.body);
-        let parsed = inspect::Parsed::from(&payload);
+        // The model alone costs nothing on the heap; the text only when the
+        // pool routes by prefix.
         if target.model.is_none() {
-            target.model = parsed.model().map(str::to_owned);
+            target.model = inspect::model_of(&payload).map(|m| ModelName::new(m.as_bytes()));
         }
-        if by_prefix(&set, set.pool_for(target.model.as_deref())) {
+        if by_prefix(
+            &set,
+            set.pool_for(target.model.as_ref().map(ModelName::as_str)),
+        ) {
+            let parsed = inspect::Parsed::from(&payload);
             let mut text = Vec::new();
             parsed.text(&payload, &mut text);
             inferlb_core::prefix::chain(&text, &mut target.chain);
@@ -490,7 +512,10 @@ async fn find_target(
     } else if target.model.is_none() && set.default_pool().is_none() {
         return Ok(Routed::TooLarge);
     }
-    if set.pool_for(target.model.as_deref()).is_none() {
+    if set
+        .pool_for(target.model.as_ref().map(ModelName::as_str))
+        .is_none()
+    {
         return Ok(Routed::NoPool(target.model));
     }
     Ok(Routed::To(target))
@@ -514,7 +539,7 @@ fn pick(
         tried.clear();
         *tried_generation = set.generation();
     }
-    let pool = set.pool_for(target.model.as_deref())?;
+    let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str))?;
     if may_hold {
         let limit = set.pools()[pool]
             .spec()

@@ -67,8 +67,6 @@ pub(crate) fn payload(raw: &[u8], framing: Framing) -> Cow<'_, [u8]> {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Parsed<'a> {
     #[serde(borrow, default, deserialize_with = "lenient")]
-    model: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "lenient")]
     messages: Option<Vec<Message<'a>>>,
     #[serde(borrow, default, deserialize_with = "lenient")]
     prompt: Option<Prompt<'a>>,
@@ -118,15 +116,87 @@ where
     Ok(T::deserialize(value).ok())
 }
 
+/// Only the top-level `"model"`: what routing by model needs. Every other
+/// field is skipped unparsed, and a model without escapes is borrowed from
+/// the payload, so this allocates nothing.
+#[derive(Debug, Default, Deserialize)]
+struct ModelOnly<'a> {
+    #[serde(borrow, default, deserialize_with = "lenient_str")]
+    model: Option<Cow<'a, str>>,
+}
+
+/// The body's top-level `"model"`, when it is a string.
+pub(crate) fn model_of(payload: &[u8]) -> Option<Cow<'_, str>> {
+    serde_json::from_slice::<ModelOnly<'_>>(payload)
+        .ok()
+        .and_then(|m| m.model)
+}
+
+/// A string, borrowed where it can be; any other JSON value reads as absent
+/// (skipped without building it), like [`lenient`].
+fn lenient_str<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<Cow<'de, str>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Borrowed(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v.to_owned())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Cow::Owned(v)))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 impl<'a> Parsed<'a> {
     /// Parses a JSON body; anything that is not a JSON object gives nothing.
     pub(crate) fn from(payload: &'a [u8]) -> Self {
         serde_json::from_slice(payload).unwrap_or_default()
-    }
-
-    /// The top-level `"model"`, when it is a string.
-    pub(crate) fn model(&self) -> Option<&str> {
-        self.model.as_deref()
     }
 
     /// The text `prefix` routing matches: the chat's roles and contents in
@@ -176,7 +246,7 @@ mod tests {
     fn the_model_and_the_chat_text_are_read() {
         let body = br#"{"model":"llama-3-8b","stream":true,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
         let parsed = Parsed::from(body);
-        assert_eq!(parsed.model(), Some("llama-3-8b"));
+        assert_eq!(model_of(body).as_deref(), Some("llama-3-8b"));
         let mut text = Vec::new();
         parsed.text(body, &mut text);
         assert_eq!(text, b"system\0You are terse.\0user\0Hi\0");
@@ -186,17 +256,26 @@ mod tests {
     fn prompts_escapes_and_odd_types() {
         let body = br#"{"model":"a\"b","prompt":"once upon"}"#;
         let parsed = Parsed::from(body);
-        assert_eq!(parsed.model(), Some("a\"b"));
+        assert_eq!(model_of(body).as_deref(), Some("a\"b"));
         let mut text = Vec::new();
         parsed.text(body, &mut text);
         assert_eq!(text, b"once upon");
         // A model that is not a string, and a body that is not JSON.
         let body = br#"{"model":42,"input":"x"}"#;
         let parsed = Parsed::from(body);
-        assert_eq!(parsed.model(), None);
+        assert_eq!(model_of(body), None);
         parsed.text(body, &mut text);
         assert_eq!(text, body, "anything else: the body itself");
-        assert_eq!(Parsed::from(b"not json").model(), None);
+        assert_eq!(model_of(b"not json"), None);
+        for odd in [
+            &br#"{"model":{"a":[1,{"b":2}]},"x":1}"#[..],
+            br#"{"model":[1,"m"]}"#,
+            br#"{"model":null}"#,
+        ] {
+            assert_eq!(model_of(odd), None, "{}", String::from_utf8_lossy(odd));
+        }
+        let after = br#"{"messages":[{"role":"user","content":"hi"}],"model":"late"}"#;
+        assert_eq!(model_of(after).as_deref(), Some("late"));
         let parsed = Parsed::from(br#"{"prompt":[1,2]}"#);
         parsed.text(b"", &mut text);
         assert_eq!(text.len(), 16);
@@ -207,6 +286,6 @@ mod tests {
         let raw = b"7\r\n{\"model\r\n8\r\n\":\"m\"}  \r\n0\r\n\r\n";
         let payload = payload(raw, Framing::Chunked);
         assert_eq!(&*payload, b"{\"model\":\"m\"}  ");
-        assert_eq!(Parsed::from(&payload).model(), Some("m"));
+        assert_eq!(model_of(&payload).as_deref(), Some("m"));
     }
 }

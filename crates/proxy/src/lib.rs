@@ -6,8 +6,9 @@
 //! # Layout
 //!
 //! - [`server`]: `start` the workers, `ProxyHandle` to stop them.
-//! - `worker`: one thread's accept loop, drain and pool reaping.
-//! - `connection`: a client connection between requests, owning no buffer.
+//! - `worker`: one thread's state, its sweep of clocks, tables and pools.
+//! - `connection`: the accept loop and drain, and a client connection
+//!   between requests, owning no buffer.
 //! - `handler`: the tasks a worker reuses to serve requests.
 //! - `deadlines`: coarse deadlines swept per worker, instead of timers.
 //! - `forward`: one request, top to bottom: classify, pick, connect,
@@ -15,6 +16,7 @@
 //! - `hold`: scale from zero: a request for an autoscaling pool with no
 //!   routable replica waits here for its first.
 //! - `exchange`: one attempt of a request on one upstream connection.
+//! - `model_name`: a request's model name, held without allocating.
 //! - `client`: the client side: buffers, heads, error responses, linger.
 //! - `watch`: upstream I/O that gives up when the client leaves, the replica
 //!   is evicted or time runs out.
@@ -36,6 +38,7 @@ mod h1;
 mod handler;
 mod hold;
 mod inspect;
+mod model_name;
 mod models;
 mod retry_budget;
 pub mod server;
