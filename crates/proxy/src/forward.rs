@@ -117,6 +117,9 @@ struct Routable {
     replayable: bool,
 }
 
+// Boxing the larger variant would allocate per request; the future that
+// holds it lives in a handler task reused request after request.
+#[allow(clippy::large_enum_variant)]
 enum Route {
     /// The proxy answered itself (a refusal, a model listing, 404).
     Answered(Next),

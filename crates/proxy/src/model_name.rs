@@ -5,6 +5,8 @@
 use inferlb_core::pool::MAX_ALIAS_LEN;
 
 /// A model name as a request gave it.
+// Inline on purpose: boxing the large variant is the allocation avoided.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub(crate) enum ModelName {
     /// Up to the longest name or alias a pool may have.
