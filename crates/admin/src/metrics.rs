@@ -227,182 +227,218 @@ impl Collector for Source {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result {
         let snapshot = self.control.snapshot();
         let replicas = snapshot.replicas();
-        per_replica_counter(
-            &mut e,
-            "inferlb_replica_requests",
-            "Requests sent to the replica.",
-            replicas,
-            |r| r.stats.requests(),
-        )?;
-        let mut m = e.encode_descriptor(
-            "inferlb_replica_responses",
-            "Responses from the replica by status class.",
-            None,
-            MetricType::Counter,
-        )?;
-        for r in replicas {
-            for (class, name) in [
-                (StatusClass::Success, "2xx"),
-                (StatusClass::Redirect, "3xx"),
-                (StatusClass::ClientError, "4xx"),
-                (StatusClass::ServerError, "5xx"),
-            ] {
-                m.encode_family(&labels(r, Some(("class", name))))?
-                    .encode_counter::<NoLabelSet, _, u64>(&r.stats.responses(class), None)?;
-            }
-        }
-        per_replica_counter(
-            &mut e,
-            "inferlb_replica_connect_errors",
-            "Refused or timed-out connects to the replica.",
-            replicas,
-            |r| r.stats.connect_errors(),
-        )?;
-        per_replica_counter(
-            &mut e,
-            "inferlb_replica_received_bytes",
-            "Bytes received from the replica.",
-            replicas,
-            |r| r.stats.bytes_in(),
-        )?;
-        per_replica_counter(
-            &mut e,
-            "inferlb_replica_sent_bytes",
-            "Bytes sent to the replica.",
-            replicas,
-            |r| r.stats.bytes_out(),
-        )?;
-        per_replica_counter(
-            &mut e,
-            "inferlb_replica_ejections",
-            "Times the replica was ejected as an outlier.",
-            replicas,
-            |r| r.stats.ejections(),
-        )?;
-        per_replica_gauge(
-            &mut e,
-            "inferlb_replica_in_flight",
-            "Requests in flight to the replica, across all workers.",
-            replicas,
-            |r| r.stats.in_flight() as i64,
-        )?;
-        per_replica_gauge(
-            &mut e,
-            "inferlb_replica_weight",
-            "The replica's routing weight.",
-            replicas,
-            |r| i64::from(r.weight),
-        )?;
-        let mut m = e.encode_descriptor(
-            "inferlb_replica_state",
-            "1 for the replica's current state (active, draining, unhealthy, ejected).",
-            None,
-            MetricType::Gauge,
-        )?;
-        let now = inferlb_core::clock::now_ms();
-        for r in replicas {
-            let current = inferlb_core::Routability::of(r, now);
-            for state in inferlb_core::Routability::ALL {
-                m.encode_family(&labels(r, Some(("state", state.as_str()))))?
-                    .encode_gauge(&i64::from(current == state))?;
-            }
-        }
-        for (name, help, value) in [
-            (
-                "inferlb_replica_engine_waiting",
-                "Requests waiting in the model server's queue, as last scraped.",
-                (|l: &inferlb_core::EngineLoad| l.waiting) as fn(&inferlb_core::EngineLoad) -> f64,
-            ),
-            (
-                "inferlb_replica_engine_running",
-                "Requests the model server is running, as last scraped.",
-                |l| l.running,
-            ),
-            (
-                "inferlb_replica_engine_kv_usage",
-                "The model server's KV-cache usage (0 to 1), as last scraped.",
-                |l| l.kv_usage,
-            ),
-        ] {
-            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for r in replicas {
-                if let Some((load, _)) = r.stats.engine_last() {
-                    m.encode_family(&id(r))?.encode_gauge(&value(&load))?;
-                }
-            }
-        }
-        let mut m = e.encode_descriptor(
-            "inferlb_pool_routable_replicas",
-            "Replicas of the pool taking new requests.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for pool in snapshot.pools() {
-            let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.name().as_str()))];
-            let routable = pool
-                .members()
-                .iter()
-                .filter(|&&i| replicas[i as usize].is_routable())
-                .count();
-            m.encode_family(&labels)?.encode_gauge(&(routable as i64))?;
-        }
+        encode_traffic(&mut e, replicas)?;
+        encode_replica_state(&mut e, replicas)?;
+        encode_pools(&mut e, &snapshot)?;
         self.encode_scaling(&mut e, &snapshot)?;
-        per_replica_histogram(
-            &mut e,
-            "inferlb_replica_response_head",
-            "Time from picking the replica to its response head.",
-            replicas,
-            |r| r.stats.head_time().snapshot(),
-        )?;
-        per_replica_histogram(
-            &mut e,
-            "inferlb_replica_request_duration",
-            "Time from picking the replica to the last byte of its response.",
-            replicas,
-            |r| r.stats.duration().snapshot(),
-        )?;
-        let workers = &self.workers;
-        per_worker(
-            &mut e,
-            "inferlb_worker_open_connections",
-            "Client connections open on the worker.",
-            MetricType::Gauge,
-            workers,
-            |w| w.open_connections(),
-        )?;
-        per_worker(
-            &mut e,
-            "inferlb_worker_accepted_connections",
-            "Client connections accepted by the worker.",
-            MetricType::Counter,
-            workers,
-            |w| w.accepted(),
-        )?;
-        per_worker(
-            &mut e,
-            "inferlb_worker_refused_connections",
-            "Client connections closed at once because the worker was at its limit.",
-            MetricType::Counter,
-            workers,
-            |w| w.refused(),
-        )?;
-        let mut m = e.encode_descriptor(
-            "inferlb_snapshot_generation",
-            "Generation of the replica snapshot the workers route with.",
-            None,
-            MetricType::Gauge,
-        )?;
-        m.encode_gauge(&(snapshot.generation() as i64))?;
-        let mut m = e.encode_descriptor(
-            "inferlb_build_info",
-            "Build information; the value is always 1.",
-            None,
-            MetricType::Gauge,
-        )?;
-        let labels: Labels<'_> = vec![("version", Cow::Borrowed(env!("CARGO_PKG_VERSION")))];
-        m.encode_family(&labels)?.encode_gauge(&1i64)?;
-        Ok(())
+        encode_latency(&mut e, replicas)?;
+        encode_workers(&mut e, &self.workers)?;
+        encode_process(&mut e, &snapshot)
     }
+}
+
+/// Each replica's requests, responses by class, failed connects, bytes and
+/// ejections.
+fn encode_traffic(e: &mut DescriptorEncoder<'_>, replicas: &[Replica]) -> Result {
+    per_replica_counter(
+        e,
+        "inferlb_replica_requests",
+        "Requests sent to the replica.",
+        replicas,
+        |r| r.stats.requests(),
+    )?;
+    let mut m = e.encode_descriptor(
+        "inferlb_replica_responses",
+        "Responses from the replica by status class.",
+        None,
+        MetricType::Counter,
+    )?;
+    for r in replicas {
+        for (class, name) in [
+            (StatusClass::Success, "2xx"),
+            (StatusClass::Redirect, "3xx"),
+            (StatusClass::ClientError, "4xx"),
+            (StatusClass::ServerError, "5xx"),
+        ] {
+            m.encode_family(&labels(r, Some(("class", name))))?
+                .encode_counter::<NoLabelSet, _, u64>(&r.stats.responses(class), None)?;
+        }
+    }
+    per_replica_counter(
+        e,
+        "inferlb_replica_connect_errors",
+        "Refused or timed-out connects to the replica.",
+        replicas,
+        |r| r.stats.connect_errors(),
+    )?;
+    per_replica_counter(
+        e,
+        "inferlb_replica_received_bytes",
+        "Bytes received from the replica.",
+        replicas,
+        |r| r.stats.bytes_in(),
+    )?;
+    per_replica_counter(
+        e,
+        "inferlb_replica_sent_bytes",
+        "Bytes sent to the replica.",
+        replicas,
+        |r| r.stats.bytes_out(),
+    )?;
+    per_replica_counter(
+        e,
+        "inferlb_replica_ejections",
+        "Times the replica was ejected as an outlier.",
+        replicas,
+        |r| r.stats.ejections(),
+    )?;
+    Ok(())
+}
+
+/// Each replica's requests in flight, weight, state and engine load.
+fn encode_replica_state(e: &mut DescriptorEncoder<'_>, replicas: &[Replica]) -> Result {
+    per_replica_gauge(
+        e,
+        "inferlb_replica_in_flight",
+        "Requests in flight to the replica, across all workers.",
+        replicas,
+        |r| r.stats.in_flight() as i64,
+    )?;
+    per_replica_gauge(
+        e,
+        "inferlb_replica_weight",
+        "The replica's routing weight.",
+        replicas,
+        |r| i64::from(r.weight),
+    )?;
+    let mut m = e.encode_descriptor(
+        "inferlb_replica_state",
+        "1 for the replica's current state (active, draining, unhealthy, ejected).",
+        None,
+        MetricType::Gauge,
+    )?;
+    let now = inferlb_core::clock::now_ms();
+    for r in replicas {
+        let current = inferlb_core::Routability::of(r, now);
+        for state in inferlb_core::Routability::ALL {
+            m.encode_family(&labels(r, Some(("state", state.as_str()))))?
+                .encode_gauge(&i64::from(current == state))?;
+        }
+    }
+    for (name, help, value) in [
+        (
+            "inferlb_replica_engine_waiting",
+            "Requests waiting in the model server's queue, as last scraped.",
+            (|l: &inferlb_core::EngineLoad| l.waiting) as fn(&inferlb_core::EngineLoad) -> f64,
+        ),
+        (
+            "inferlb_replica_engine_running",
+            "Requests the model server is running, as last scraped.",
+            |l| l.running,
+        ),
+        (
+            "inferlb_replica_engine_kv_usage",
+            "The model server's KV-cache usage (0 to 1), as last scraped.",
+            |l| l.kv_usage,
+        ),
+    ] {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for r in replicas {
+            if let Some((load, _)) = r.stats.engine_last() {
+                m.encode_family(&id(r))?.encode_gauge(&value(&load))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each pool's routable replicas.
+fn encode_pools(e: &mut DescriptorEncoder<'_>, snapshot: &inferlb_core::ReplicaSet) -> Result {
+    let replicas = snapshot.replicas();
+    let mut m = e.encode_descriptor(
+        "inferlb_pool_routable_replicas",
+        "Replicas of the pool taking new requests.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for pool in snapshot.pools() {
+        let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.name().as_str()))];
+        let routable = pool
+            .members()
+            .iter()
+            .filter(|&&i| replicas[i as usize].is_routable())
+            .count();
+        m.encode_family(&labels)?.encode_gauge(&(routable as i64))?;
+    }
+    Ok(())
+}
+
+/// Each replica's time to response head and request duration.
+fn encode_latency(e: &mut DescriptorEncoder<'_>, replicas: &[Replica]) -> Result {
+    per_replica_histogram(
+        e,
+        "inferlb_replica_response_head",
+        "Time from picking the replica to its response head.",
+        replicas,
+        |r| r.stats.head_time().snapshot(),
+    )?;
+    per_replica_histogram(
+        e,
+        "inferlb_replica_request_duration",
+        "Time from picking the replica to the last byte of its response.",
+        replicas,
+        |r| r.stats.duration().snapshot(),
+    )?;
+    Ok(())
+}
+
+/// Each worker's connections.
+fn encode_workers(e: &mut DescriptorEncoder<'_>, workers: &[Arc<WorkerStats>]) -> Result {
+    per_worker(
+        e,
+        "inferlb_worker_open_connections",
+        "Client connections open on the worker.",
+        MetricType::Gauge,
+        workers,
+        |w| w.open_connections(),
+    )?;
+    per_worker(
+        e,
+        "inferlb_worker_accepted_connections",
+        "Client connections accepted by the worker.",
+        MetricType::Counter,
+        workers,
+        |w| w.accepted(),
+    )?;
+    per_worker(
+        e,
+        "inferlb_worker_refused_connections",
+        "Client connections closed at once because the worker was at its limit.",
+        MetricType::Counter,
+        workers,
+        |w| w.refused(),
+    )?;
+    Ok(())
+}
+
+/// The snapshot generation and the build.
+fn encode_process(e: &mut DescriptorEncoder<'_>, snapshot: &inferlb_core::ReplicaSet) -> Result {
+    let mut m = e.encode_descriptor(
+        "inferlb_snapshot_generation",
+        "Generation of the replica snapshot the workers route with.",
+        None,
+        MetricType::Gauge,
+    )?;
+    m.encode_gauge(&(snapshot.generation() as i64))?;
+    let mut m = e.encode_descriptor(
+        "inferlb_build_info",
+        "Build information; the value is always 1.",
+        None,
+        MetricType::Gauge,
+    )?;
+    let labels: Labels<'_> = vec![("version", Cow::Borrowed(env!("CARGO_PKG_VERSION")))];
+    m.encode_family(&labels)?.encode_gauge(&1i64)?;
+    Ok(())
 }
 
 impl Metrics {
