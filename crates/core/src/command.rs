@@ -164,6 +164,16 @@ pub struct State {
     queues: Arc<Mutex<HashMap<PoolName, Arc<PoolQueue>>>>,
 }
 
+/// Sets `slot` to `value`: `Changed` when it was something else.
+fn replace<T: PartialEq>(slot: &mut T, value: T) -> Outcome {
+    if *slot == value {
+        Outcome::NoChange
+    } else {
+        *slot = value;
+        Outcome::Changed
+    }
+}
+
 impl State {
     /// An empty list with a routing rule.
     pub fn new(routing: Routing) -> Self {
@@ -284,146 +294,135 @@ impl State {
         let outcome = match command {
             Command::Add(spec) => self.add(spec, Origin::Operator)?,
             Command::Admit(spec) => self.add(spec, Origin::Scaler)?,
-            Command::SetScaling { pool, settings } => {
-                let current = self
-                    .scaling(&pool)
-                    .ok_or_else(|| StateError::NotAutoscaling { pool: pool.clone() })?;
-                if current == settings {
-                    Outcome::NoChange
-                } else {
-                    self.scaling.insert(pool, settings);
-                    Outcome::Changed
-                }
-            }
             Command::SetWeight { id, weight } => {
-                let at = self.position(&id)?;
-                let replica = &mut self.replicas[at];
-                if replica.weight == weight {
-                    Outcome::NoChange
-                } else {
-                    replica.weight = weight;
-                    Outcome::Changed
-                }
+                replace(&mut self.replica_mut(&id)?.weight, weight)
             }
-            Command::SetState { id, state } => {
-                let at = self.position(&id)?;
-                let replica = &mut self.replicas[at];
-                if replica.state == state {
-                    Outcome::NoChange
-                } else {
-                    replica.state = state;
-                    replica.drain_deadline = None;
-                    Outcome::Changed
-                }
-            }
-            Command::Drain { id, deadline } => {
-                let at = self.position(&id)?;
-                let replica = &mut self.replicas[at];
-                // Draining again keeps the drain that runs: a repeated or
-                // concurrent DELETE cannot push its deadline out. Only an
-                // earlier deadline (e.g. `drain_timeout_s=0`) moves it.
-                if replica.state == ReplicaState::Draining
-                    && replica.drain_deadline.is_some_and(|d| d <= deadline)
-                {
-                    Outcome::NoChange
-                } else {
-                    replica.state = ReplicaState::Draining;
-                    replica.drain_deadline = Some(deadline);
-                    Outcome::Changed
-                }
-            }
-            Command::Remove { id } => {
-                let at = self.position(&id)?;
-                let removed = self.replicas.remove(at);
-                if let Some(table) = self.table_of(&removed.pool) {
-                    table.forget(removed.uid);
-                }
-                Outcome::Changed
-            }
-            Command::SetPool(spec) => {
-                self.check_names(&spec)?;
-                if spec.autoscaling.is_none() {
-                    self.scaling.remove(&spec.name);
-                }
-                match self.pools.iter_mut().find(|p| p.name == spec.name) {
-                    Some(current) if *current == spec => Outcome::NoChange,
-                    Some(current) => {
-                        *current = spec;
-                        Outcome::Changed
-                    }
-                    None => {
-                        self.pools.push(spec);
-                        Outcome::Changed
-                    }
-                }
-            }
-            Command::RemovePool { name } => {
-                let at = self
-                    .pools
-                    .iter()
-                    .position(|p| p.name == name)
-                    .ok_or_else(|| StateError::PoolNotFound { name: name.clone() })?;
-                self.pools.remove(at);
-                self.scaling.remove(&name);
-                Outcome::Changed
-            }
-            Command::SetHealth { id, health } => {
-                let at = self.position(&id)?;
-                let replica = &mut self.replicas[at];
-                if replica.health == health {
-                    Outcome::NoChange
-                } else {
-                    replica.health = health;
-                    if health == Health::Healthy {
-                        // A recovered replica ramps up again.
-                        replica.ramp_from_ms = crate::clock::now_ms();
-                    }
-                    Outcome::Changed
-                }
-            }
-            Command::SetAddress { id, addr } => {
-                let at = self.position(&id)?;
-                let replica = &self.replicas[at];
-                if (replica.resolved && replica.addr == addr)
-                    || replica.state == ReplicaState::Draining
-                {
-                    Outcome::NoChange
-                } else if let Some(other) =
-                    self.replicas.iter().find(|r| r.id != id && r.addr == addr)
-                {
-                    return Err(StateError::AddressExists {
-                        id: other.id.clone(),
-                        address: addr.to_string(),
-                    });
-                } else {
-                    let mut fresh = Replica::new(id, replica.address.clone(), addr, replica.weight)
-                        .in_pool(replica.pool.clone());
-                    fresh.origin = replica.origin;
-                    self.replicas[at] = fresh;
-                    Outcome::Changed
-                }
-            }
-            Command::SetSafeguards(safeguards) => {
-                if self.safeguards == safeguards {
-                    Outcome::NoChange
-                } else {
-                    self.safeguards = safeguards;
-                    Outcome::Changed
-                }
-            }
-            Command::SetRouting(routing) => {
-                if self.routing == routing {
-                    Outcome::NoChange
-                } else {
-                    self.routing = routing;
-                    Outcome::Changed
-                }
-            }
+            Command::SetState { id, state } => self.set_state(&id, state)?,
+            Command::Drain { id, deadline } => self.drain(&id, deadline)?,
+            Command::Remove { id } => self.remove(&id)?,
+            Command::SetHealth { id, health } => self.set_health(&id, health)?,
+            Command::SetAddress { id, addr } => self.set_address(id, addr)?,
+            Command::SetPool(spec) => self.set_pool(spec)?,
+            Command::RemovePool { name } => self.remove_pool(&name)?,
+            Command::SetScaling { pool, settings } => self.set_scaling(pool, settings)?,
+            Command::SetSafeguards(safeguards) => replace(&mut self.safeguards, safeguards),
+            Command::SetRouting(routing) => replace(&mut self.routing, routing),
         };
         if outcome == Outcome::Changed {
             self.generation += 1;
         }
         Ok(outcome)
+    }
+
+    fn replica_mut(&mut self, id: &ReplicaId) -> Result<&mut Replica, StateError> {
+        let at = self.position(id)?;
+        Ok(&mut self.replicas[at])
+    }
+
+    fn set_state(&mut self, id: &ReplicaId, state: ReplicaState) -> Result<Outcome, StateError> {
+        let replica = self.replica_mut(id)?;
+        if replica.state == state {
+            return Ok(Outcome::NoChange);
+        }
+        replica.state = state;
+        replica.drain_deadline = None;
+        Ok(Outcome::Changed)
+    }
+
+    fn drain(&mut self, id: &ReplicaId, deadline: SystemTime) -> Result<Outcome, StateError> {
+        let replica = self.replica_mut(id)?;
+        // Draining again keeps the drain that runs: a repeated or concurrent
+        // DELETE cannot push its deadline out. Only an earlier deadline
+        // (e.g. `drain_timeout_s=0`) moves it.
+        if replica.state == ReplicaState::Draining
+            && replica.drain_deadline.is_some_and(|d| d <= deadline)
+        {
+            return Ok(Outcome::NoChange);
+        }
+        replica.state = ReplicaState::Draining;
+        replica.drain_deadline = Some(deadline);
+        Ok(Outcome::Changed)
+    }
+
+    fn remove(&mut self, id: &ReplicaId) -> Result<Outcome, StateError> {
+        let at = self.position(id)?;
+        let removed = self.replicas.remove(at);
+        if let Some(table) = self.table_of(&removed.pool) {
+            table.forget(removed.uid);
+        }
+        Ok(Outcome::Changed)
+    }
+
+    fn set_health(&mut self, id: &ReplicaId, health: Health) -> Result<Outcome, StateError> {
+        let replica = self.replica_mut(id)?;
+        if replica.health == health {
+            return Ok(Outcome::NoChange);
+        }
+        replica.health = health;
+        if health == Health::Healthy {
+            // A recovered replica ramps up again.
+            replica.ramp_from_ms = crate::clock::now_ms();
+        }
+        Ok(Outcome::Changed)
+    }
+
+    fn set_address(&mut self, id: ReplicaId, addr: SocketAddr) -> Result<Outcome, StateError> {
+        let at = self.position(&id)?;
+        let replica = &self.replicas[at];
+        if (replica.resolved && replica.addr == addr) || replica.state == ReplicaState::Draining {
+            return Ok(Outcome::NoChange);
+        }
+        if let Some(other) = self.replicas.iter().find(|r| r.id != id && r.addr == addr) {
+            return Err(StateError::AddressExists {
+                id: other.id.clone(),
+                address: addr.to_string(),
+            });
+        }
+        let mut fresh = Replica::new(id, replica.address.clone(), addr, replica.weight)
+            .in_pool(replica.pool.clone());
+        fresh.origin = replica.origin;
+        self.replicas[at] = fresh;
+        Ok(Outcome::Changed)
+    }
+
+    fn set_pool(&mut self, spec: PoolSpec) -> Result<Outcome, StateError> {
+        self.check_names(&spec)?;
+        if spec.autoscaling.is_none() {
+            self.scaling.remove(&spec.name);
+        }
+        Ok(match self.pools.iter_mut().find(|p| p.name == spec.name) {
+            Some(current) => replace(current, spec),
+            None => {
+                self.pools.push(spec);
+                Outcome::Changed
+            }
+        })
+    }
+
+    fn remove_pool(&mut self, name: &PoolName) -> Result<Outcome, StateError> {
+        let at = self
+            .pools
+            .iter()
+            .position(|p| &p.name == name)
+            .ok_or_else(|| StateError::PoolNotFound { name: name.clone() })?;
+        self.pools.remove(at);
+        self.scaling.remove(name);
+        Ok(Outcome::Changed)
+    }
+
+    fn set_scaling(
+        &mut self,
+        pool: PoolName,
+        settings: ScalingSettings,
+    ) -> Result<Outcome, StateError> {
+        let current = self
+            .scaling(&pool)
+            .ok_or_else(|| StateError::NotAutoscaling { pool: pool.clone() })?;
+        if current == settings {
+            return Ok(Outcome::NoChange);
+        }
+        self.scaling.insert(pool, settings);
+        Ok(Outcome::Changed)
     }
 
     fn add(&mut self, spec: ReplicaSpec, origin: Origin) -> Result<Outcome, StateError> {
@@ -559,196 +558,4 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(id: &str, port: u16, weight: u32) -> ReplicaSpec {
-        ReplicaSpec {
-            id: ReplicaId::new(id).unwrap(),
-            address: format!("127.0.0.1:{port}"),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            weight,
-            pool: PoolName::default(),
-        }
-    }
-
-    #[test]
-    fn a_new_resolution_replaces_the_replica_unless_it_drains() {
-        let mut state = State::new(Routing::RoundRobin);
-        state.apply(Command::Add(spec("a", 1, 3))).unwrap();
-        let id = ReplicaId::new("a").unwrap();
-        let old_uid = state.replicas()[0].uid;
-        let same = SocketAddr::from(([127, 0, 0, 1], 1));
-        let moved = SocketAddr::from(([127, 0, 0, 1], 2));
-        assert_eq!(
-            state.apply(Command::SetAddress {
-                id: id.clone(),
-                addr: same
-            }),
-            Ok(Outcome::NoChange)
-        );
-        assert_eq!(
-            state.apply(Command::SetAddress {
-                id: id.clone(),
-                addr: moved
-            }),
-            Ok(Outcome::Changed)
-        );
-        let a = state.get(&id).unwrap();
-        assert_eq!((a.addr, a.weight), (moved, 3));
-        assert_ne!(
-            a.uid, old_uid,
-            "the old address's pooled connections must not be reused"
-        );
-        // An unresolved replica becomes routable once resolved.
-        let mut state = State::restore(
-            Routing::RoundRobin,
-            vec![Replica::unresolved(
-                id.clone(),
-                "model.internal:8000".into(),
-                1,
-            )],
-        );
-        assert!(!state.snapshot().has_routable());
-        state
-            .apply(Command::SetAddress {
-                id: id.clone(),
-                addr: moved,
-            })
-            .unwrap();
-        assert!(state.snapshot().has_routable());
-        // A draining replica keeps its address.
-        state
-            .apply(Command::SetState {
-                id: id.clone(),
-                state: ReplicaState::Draining,
-            })
-            .unwrap();
-        assert_eq!(
-            state.apply(Command::SetAddress { id, addr: same }),
-            Ok(Outcome::NoChange)
-        );
-    }
-
-    #[test]
-    fn an_address_changed_under_the_same_id_is_replaced() {
-        let mut state = State::new(Routing::RoundRobin);
-        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
-        state.apply(Command::Add(spec("b", 2, 1))).unwrap();
-        let old_stats = std::sync::Arc::clone(&state.replicas()[0].stats);
-        let desired = [spec("a", 11, 1), spec("b", 2, 1)];
-        let commands = state.diff(&desired, SystemTime::UNIX_EPOCH);
-        assert_eq!(commands.len(), 2, "{commands:?}");
-        for command in commands {
-            state.apply(command).unwrap();
-        }
-        let a = state.get(&ReplicaId::new("a").unwrap()).unwrap();
-        assert_eq!(a.addr, SocketAddr::from(([127, 0, 0, 1], 11)));
-        assert!(!std::sync::Arc::ptr_eq(&a.stats, &old_stats));
-        assert!(state.diff(&desired, SystemTime::UNIX_EPOCH).is_empty());
-    }
-
-    #[test]
-    fn draining_again_keeps_the_running_drain_unless_it_ends_sooner() {
-        let mut state = State::new(Routing::RoundRobin);
-        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
-        let id = ReplicaId::new("a").unwrap();
-        let t0 = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
-        let later = t0 + std::time::Duration::from_secs(300);
-        let drain = |deadline| Command::Drain {
-            id: id.clone(),
-            deadline,
-        };
-        assert_eq!(state.apply(drain(t0)), Ok(Outcome::Changed));
-        assert_eq!(state.apply(drain(later)), Ok(Outcome::NoChange));
-        assert_eq!(state.apply(drain(t0)), Ok(Outcome::NoChange));
-        assert_eq!(state.get(&id).unwrap().drain_deadline, Some(t0));
-        let sooner = t0 - std::time::Duration::from_secs(1);
-        assert_eq!(state.apply(drain(sooner)), Ok(Outcome::Changed));
-        assert_eq!(state.get(&id).unwrap().drain_deadline, Some(sooner));
-    }
-
-    #[test]
-    fn add_refuses_duplicate_ids_and_addresses() {
-        let mut state = State::new(Routing::RoundRobin);
-        assert_eq!(
-            state.apply(Command::Add(spec("a", 1, 1))),
-            Ok(Outcome::Changed)
-        );
-        assert!(matches!(
-            state.apply(Command::Add(spec("a", 2, 1))),
-            Err(StateError::IdExists { .. })
-        ));
-        assert!(matches!(
-            state.apply(Command::Add(spec("b", 1, 1))),
-            Err(StateError::AddressExists { .. })
-        ));
-        assert_eq!(state.generation(), 1);
-    }
-
-    #[test]
-    fn no_change_keeps_the_generation() {
-        let mut state = State::new(Routing::RoundRobin);
-        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
-        let id = ReplicaId::new("a").unwrap();
-        assert_eq!(
-            state.apply(Command::SetWeight {
-                id: id.clone(),
-                weight: 1
-            }),
-            Ok(Outcome::NoChange)
-        );
-        assert_eq!(state.generation(), 1);
-        assert_eq!(
-            state.apply(Command::SetWeight { id, weight: 3 }),
-            Ok(Outcome::Changed)
-        );
-        assert_eq!(state.generation(), 2);
-    }
-
-    #[test]
-    fn counters_survive_republishing() {
-        let mut state = State::new(Routing::RoundRobin);
-        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
-        let before = state.snapshot();
-        let _guard = before.replicas()[0].stats.start_request();
-        state
-            .apply(Command::SetWeight {
-                id: ReplicaId::new("a").unwrap(),
-                weight: 7,
-            })
-            .unwrap();
-        let after = state.snapshot();
-        assert_eq!(after.replicas()[0].stats.in_flight(), 1);
-        assert_eq!(after.generation(), before.generation() + 1);
-    }
-
-    #[test]
-    fn diff_adds_reweights_and_drains() {
-        let mut state = State::new(Routing::RoundRobin);
-        state.apply(Command::Add(spec("a", 1, 1))).unwrap();
-        state.apply(Command::Add(spec("b", 2, 1))).unwrap();
-        let deadline = SystemTime::UNIX_EPOCH;
-        let commands = state.diff(&[spec("a", 1, 5), spec("c", 3, 1)], deadline);
-        assert_eq!(
-            commands,
-            vec![
-                Command::SetWeight {
-                    id: ReplicaId::new("a").unwrap(),
-                    weight: 5
-                },
-                Command::Add(spec("c", 3, 1)),
-                Command::Drain {
-                    id: ReplicaId::new("b").unwrap(),
-                    deadline
-                },
-            ]
-        );
-        for command in commands {
-            state.apply(command).unwrap();
-        }
-        assert!(state
-            .diff(&[spec("a", 1, 5), spec("c", 3, 1)], deadline)
-            .is_empty());
-    }
-}
+mod tests;

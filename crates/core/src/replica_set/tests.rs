@@ -1,0 +1,170 @@
+//! Tests of `replica_set`.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::command::{Command, ReplicaSpec, State};
+use crate::replica::{EngineLoad, ReplicaId};
+
+fn spec(id: &str, port: u16, pool: &str) -> ReplicaSpec {
+    ReplicaSpec {
+        id: ReplicaId::new(id).unwrap(),
+        address: format!("127.0.0.1:{port}"),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        weight: 1,
+        pool: PoolName::new(pool).unwrap(),
+    }
+}
+
+fn named(name: &str, aliases: &[&str], routing: Option<Routing>) -> PoolSpec {
+    let mut spec = PoolSpec::named(PoolName::new(name).unwrap());
+    spec.aliases = aliases.iter().map(|a| a.to_string()).collect();
+    spec.routing = routing;
+    spec
+}
+
+#[test]
+fn the_default_pool_exists_only_when_something_puts_it_there() {
+    // Nothing at all: an empty default pool (503, not 404).
+    let state = State::new(Routing::RoundRobin);
+    assert_eq!(state.snapshot().pool_for(None), Some(0));
+    // Only named pools: no default; names and aliases resolve.
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(named("llama", &["meta/llama"], None)))
+        .unwrap();
+    state.apply(Command::Add(spec("a", 1, "llama"))).unwrap();
+    let set = state.snapshot();
+    assert_eq!(set.default_pool(), None);
+    assert_eq!(set.pool_for(None), None);
+    assert_eq!(set.pool_for(Some("other")), None);
+    assert_eq!(set.pool_for(Some("meta/llama")), Some(0));
+    assert!(set
+        .pick_at(&mut Cursor::default(), &Tried::default(), 0)
+        .is_none());
+    // A replica in the default pool brings it back.
+    state.apply(Command::Add(spec("d", 2, "default"))).unwrap();
+    let set = state.snapshot();
+    let default = set.default_pool().unwrap();
+    assert_eq!(set.pool_for(Some("other")), Some(default));
+    let picked = set.pick_at(&mut Cursor::default(), &Tried::default(), 0);
+    assert_eq!(set.replicas()[picked.unwrap()].id.as_str(), "d");
+}
+
+#[test]
+fn a_pool_picks_only_its_own_replicas_with_its_own_rule() {
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(named("m", &[], Some(Routing::LeastLoad))))
+        .unwrap();
+    for (id, port, pool) in [("a", 1, "m"), ("b", 2, "m"), ("x", 3, "default")] {
+        state.apply(Command::Add(spec(id, port, pool))).unwrap();
+    }
+    let set = state.snapshot();
+    let m = set.pool_for(Some("m")).unwrap();
+    assert_eq!(set.pools()[m].routing(), Routing::LeastLoad);
+    let now = 1_000;
+    // `a` reports a queue: least_load picks `b` every time.
+    set.replicas()[0].stats.record_engine(
+        EngineLoad {
+            waiting: 5.0,
+            running: 1.0,
+            kv_usage: 0.2,
+        },
+        now,
+        1_000,
+    );
+    let mut cursor = Cursor::default();
+    for _ in 0..10 {
+        let i = set
+            .pick_in(m, &mut cursor, &Tried::default(), now, None)
+            .unwrap();
+        assert_eq!(set.replicas()[i].id.as_str(), "b");
+    }
+    // A stale scrape is ignored: both are picked again.
+    let later = now + 5_000;
+    let picks: std::collections::HashSet<usize> = (0..10)
+        .map(|_| {
+            set.pick_in(m, &mut cursor, &Tried::default(), later, None)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(picks.len(), 2);
+    assert!(picks
+        .iter()
+        .all(|&i| set.replicas()[i].pool.as_str() == "m"));
+}
+
+#[test]
+fn aliases_cannot_be_claimed_twice() {
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(named("a", &["x"], None)))
+        .unwrap();
+    let err = state
+        .apply(Command::SetPool(named("b", &["x"], None)))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("already served by pool a"),
+        "{err}"
+    );
+    assert!(state
+        .apply(Command::SetPool(named("x", &[], None)))
+        .is_err());
+}
+
+#[test]
+fn prefix_routing_sticks_to_the_owner_until_it_is_overloaded() {
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(named("m", &[], Some(Routing::Prefix))))
+        .unwrap();
+    for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
+        state.apply(Command::Add(spec(id, port, "m"))).unwrap();
+    }
+    let set = state.snapshot();
+    let mut chain = Vec::new();
+    let text = "a long shared system prompt ".repeat(100);
+    crate::prefix::chain(text.as_bytes(), &mut chain);
+    let key = PrefixKey {
+        chain: &chain,
+        len: text.len(),
+    };
+    let mut cursor = Cursor::default();
+    let first = set
+        .pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+        .unwrap();
+    for _ in 0..5 {
+        let again = set
+            .pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+            .unwrap();
+        assert_eq!(again, first, "the owner keeps its prefix");
+    }
+    // The owner gets busy past abs 8 + 1.5 × the least loaded's 0.
+    let _busy: Vec<_> = (0..9)
+        .map(|_| set.replicas()[first].stats.start_request())
+        .collect();
+    let moved = set
+        .pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+        .unwrap();
+    assert_ne!(moved, first, "the balance guard sends it elsewhere");
+    // A short match (under min_match_ratio) is not followed: texts that
+    // share only their first 200 of 2800 bytes spread out.
+    drop(_busy);
+    let picks: std::collections::HashSet<usize> = (0..6)
+        .map(|i| {
+            let other = format!("{}{}", &text[..200], format!("{i}").repeat(2600));
+            crate::prefix::chain(other.as_bytes(), &mut chain);
+            let key = PrefixKey {
+                chain: &chain,
+                len: other.len(),
+            };
+            set.pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        picks.len() >= 2,
+        "a short match goes to the least loaded: {picks:?}"
+    );
+}
