@@ -77,7 +77,12 @@ fn the_iam_policy_grants_exactly_the_calls_made_and_the_permissions_checked() {
     assert_eq!(granted, expected);
     // Each call granted is one this module really makes; each permission
     // only checked is one it never calls.
-    let source = concat!(include_str!("../aws.rs"), include_str!("../publish.rs"));
+    let source = concat!(
+        include_str!("../aws.rs"),
+        include_str!("read.rs"),
+        include_str!("write.rs"),
+        include_str!("../publish.rs")
+    );
     for action in ACTIONS {
         let call = action.split(':').nth(1).unwrap();
         assert!(

@@ -1,0 +1,515 @@
+//! Making a plan's calls, one change at a time, in the plan's order.
+
+use aws_sdk_applicationautoscaling as aas;
+use aws_sdk_cloudwatch as cw;
+
+use crate::model::{
+    AutoscalingFile, CustomizedMetric, MetricDimension, Scheduled, StepScaling, Target,
+    TargetTracking,
+};
+use crate::plan::{Change, Current, Kind, Op, Plan, ALARM_NAMESPACE};
+
+use super::*;
+
+impl Aws {
+    /// Makes a plan's calls in its order. Returns the calls made.
+    pub async fn execute(
+        &self,
+        file: &AutoscalingFile,
+        plan: &Plan,
+        current: &Current,
+    ) -> Result<Vec<String>, AwsError> {
+        let mut made = Vec::new();
+        let mut arns: Vec<(String, String, String)> = current
+            .policies
+            .iter()
+            .map(|p| (p.resource_id.clone(), p.name.clone(), p.arn.clone()))
+            .collect();
+        for change in &plan.changes {
+            if change.kind == Kind::ScalableTarget
+                && change.op == Op::Delete
+                && !file
+                    .targets
+                    .iter()
+                    .any(|t| t.resource_id == change.resource_id)
+            {
+                // A pruned target (marked, no longer in the file): its
+                // dimension is in the change's name.
+                self.aas
+                    .deregister_scalable_target()
+                    .service_namespace(namespace())
+                    .resource_id(&change.resource_id)
+                    .scalable_dimension(aas::types::ScalableDimension::from(change.name.as_str()))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| aws_error("DeregisterScalableTarget", &change.resource_id, e))
+                    .or_else(gone_is_done)?;
+                made.push(format!("DeregisterScalableTarget {}", change.resource_id));
+                continue;
+            }
+            if change.kind == Kind::Alarm
+                && change.op == Op::Delete
+                && change.resource_id.is_empty()
+            {
+                // A pruned alarm: no declared target.
+                self.cw
+                    .delete_alarms()
+                    .alarm_names(&change.name)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DeleteAlarms", &change.name, e))?;
+                made.push(format!("DeleteAlarms {:?}", change.name));
+                continue;
+            }
+            let target = file
+                .targets
+                .iter()
+                .find(|t| t.resource_id == change.resource_id);
+            let Some(target) = target else { continue };
+            let call = self.make(change, target, current, &mut arns).await?;
+            made.push(format!(
+                "{call} {}{}",
+                change.resource_id,
+                if change.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", change.name)
+                }
+            ));
+        }
+        Ok(made)
+    }
+
+    /// Makes one change with the call (or calls) it needs; returns their
+    /// names for the report.
+    async fn make(
+        &self,
+        change: &Change,
+        target: &Target,
+        current: &Current,
+        arns: &mut Vec<(String, String, String)>,
+    ) -> Result<&'static str, AwsError> {
+        match change.kind {
+            Kind::ScalableTarget => self.make_target(change, target, current).await,
+            Kind::ScalingPolicy => self.make_policy(change, target, arns).await,
+            Kind::ScheduledAction => self.make_scheduled(change, target).await,
+            Kind::Alarm => self.make_alarm(change, target, arns).await,
+        }
+    }
+
+    /// Sets a scalable target's tags to the file's (TagResource).
+    async fn tag(&self, arn: &str, target: &Target) -> Result<(), AwsError> {
+        self.aas
+            .tag_resource()
+            .resource_arn(arn)
+            .set_tags(Some(target.desired_tags().into_iter().collect()))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| aws_error("TagResource", &target.resource_id, e))
+    }
+
+    async fn make_target(
+        &self,
+        change: &Change,
+        target: &Target,
+        current: &Current,
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        let retag = change.differences.iter().any(|d| d.starts_with("tags"));
+        match change.op {
+            Op::Update if change.differences.iter().all(|d| d.starts_with("tags")) => {
+                // Only tags: TagResource (RegisterScalableTarget applies
+                // tags only when it creates the target).
+                let arn = current
+                    .target(id)
+                    .and_then(|t| t.arn.clone())
+                    .ok_or_else(|| build_err("TagResource", id, "the target's ARN is unknown"))?;
+                self.tag(&arn, target).await?;
+                Ok("TagResource")
+            }
+            Op::Create | Op::Update => {
+                // An update that does not change min/max (a schedule owns
+                // them, say) registers the values AWS has now.
+                let changes_capacity = change.op == Op::Create
+                    || change
+                        .differences
+                        .iter()
+                        .any(|d| d.starts_with("min_capacity") || d.starts_with("max_capacity"));
+                let (min, max) = match current.target(id) {
+                    Some(c) if !changes_capacity => (c.min_capacity, c.max_capacity),
+                    _ => (target.min_capacity, target.max_capacity),
+                };
+                let s = target
+                    .suspended
+                    .or_else(|| current.target(id).map(|c| c.suspended))
+                    .unwrap_or_default();
+                let mut request = self
+                    .aas
+                    .register_scalable_target()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .min_capacity(min)
+                    .max_capacity(max);
+                if change.op == Op::Create {
+                    for (key, value) in target.desired_tags() {
+                        request = request.tags(key, value);
+                    }
+                }
+                request
+                    .suspended_state(
+                        aas::types::SuspendedState::builder()
+                            .dynamic_scaling_in_suspended(s.dynamic_scaling_in)
+                            .dynamic_scaling_out_suspended(s.dynamic_scaling_out)
+                            .scheduled_scaling_suspended(s.scheduled_scaling)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("RegisterScalableTarget", id, e))?;
+                let arn = current.target(id).and_then(|t| t.arn.clone());
+                if let (Op::Update, true, Some(arn)) = (change.op, retag, arn) {
+                    self.tag(&arn, target).await?;
+                    return Ok("RegisterScalableTarget, TagResource");
+                }
+                Ok("RegisterScalableTarget")
+            }
+            Op::Delete => {
+                self.aas
+                    .deregister_scalable_target()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| aws_error("DeregisterScalableTarget", id, e))
+                    .or_else(gone_is_done)?;
+                Ok("DeregisterScalableTarget")
+            }
+        }
+    }
+
+    async fn make_policy(
+        &self,
+        change: &Change,
+        target: &Target,
+        arns: &mut Vec<(String, String, String)>,
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        match change.op {
+            Op::Create | Op::Update => {
+                let resource = format!("{id} policy {:?}", change.name);
+                let request = self
+                    .aas
+                    .put_scaling_policy()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .policy_name(&change.name);
+                let request = if let Some(tt) = target
+                    .target_tracking
+                    .iter()
+                    .find(|p| p.name == change.name)
+                {
+                    request
+                        .policy_type(aas::types::PolicyType::TargetTrackingScaling)
+                        .target_tracking_scaling_policy_configuration(target_tracking_config(
+                            tt, &resource,
+                        )?)
+                } else if let Some(step) =
+                    target.step_scaling.iter().find(|p| p.name == change.name)
+                {
+                    request
+                        .policy_type(aas::types::PolicyType::StepScaling)
+                        .step_scaling_policy_configuration(step_config(step, &resource)?)
+                } else {
+                    return Err(build_err(
+                        "PutScalingPolicy",
+                        &resource,
+                        "the policy is not in the file",
+                    ));
+                };
+                let out = request
+                    .customize()
+                    .config_override(crate::retry::not_found_yet())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("PutScalingPolicy", &resource, e))?;
+                arns.retain(|(r, n, _)| !(r == id && n == &change.name));
+                arns.push((
+                    id.to_owned(),
+                    change.name.clone(),
+                    out.policy_arn().to_owned(),
+                ));
+                Ok("PutScalingPolicy")
+            }
+            Op::Delete => {
+                let resource = format!("{id} policy {:?}", change.name);
+                self.aas
+                    .delete_scaling_policy()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .policy_name(&change.name)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| aws_error("DeleteScalingPolicy", &resource, e))
+                    .or_else(gone_is_done)?;
+                Ok("DeleteScalingPolicy")
+            }
+        }
+    }
+
+    async fn make_scheduled(
+        &self,
+        change: &Change,
+        target: &Target,
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        match change.op {
+            Op::Create | Op::Update => {
+                let resource = format!("{id} scheduled action {:?}", change.name);
+                let Some(s) = target.scheduled.iter().find(|s| s.name == change.name) else {
+                    return Err(build_err(
+                        "PutScheduledAction",
+                        &resource,
+                        "the action is not in the file",
+                    ));
+                };
+                put_scheduled(&self.aas, target, s)
+                    .customize()
+                    .config_override(crate::retry::not_found_yet())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("PutScheduledAction", &resource, e))?;
+                Ok("PutScheduledAction")
+            }
+            Op::Delete => {
+                let resource = format!("{id} scheduled action {:?}", change.name);
+                self.aas
+                    .delete_scheduled_action()
+                    .service_namespace(namespace())
+                    .resource_id(id)
+                    .scalable_dimension(dimension_of(target))
+                    .scheduled_action_name(&change.name)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| aws_error("DeleteScheduledAction", &resource, e))
+                    .or_else(gone_is_done)?;
+                Ok("DeleteScheduledAction")
+            }
+        }
+    }
+
+    async fn make_alarm(
+        &self,
+        change: &Change,
+        target: &Target,
+        arns: &[(String, String, String)],
+    ) -> Result<&'static str, AwsError> {
+        let id = target.resource_id.as_str();
+        match change.op {
+            Op::Create | Op::Update => {
+                let resource = format!("alarm {:?} of {id}", change.name);
+                let spec = target.alarm().ok_or_else(|| {
+                    build_err(
+                        "PutMetricAlarm",
+                        &resource,
+                        "no scale-to-zero recipe in the file",
+                    )
+                })?;
+                let arn = arns
+                    .iter()
+                    .find(|(r, n, _)| r == id && n == &spec.step_policy)
+                    .map(|(_, _, arn)| arn.clone())
+                    .ok_or_else(|| {
+                        build_err(
+                            "PutMetricAlarm",
+                            &resource,
+                            "the step policy has no ARN yet",
+                        )
+                    })?;
+                let dimension = cw::types::Dimension::builder()
+                    .name(spec.dimension_name)
+                    .value(&spec.dimension_value)
+                    .build();
+                self.cw
+                    .put_metric_alarm()
+                    .alarm_name(&change.name)
+                    .alarm_description(format!(
+                        "Managed by inferlb: adds capacity to {id} when requests find none (scale to zero)."
+                    ))
+                    .namespace(ALARM_NAMESPACE)
+                    .metric_name(spec.metric_name)
+                    .dimensions(dimension)
+                    .statistic(cw::types::Statistic::from(spec.statistic.as_str()))
+                    .period(spec.period_s)
+                    .evaluation_periods(spec.evaluation_periods)
+                    .datapoints_to_alarm(spec.datapoints_to_alarm)
+                    .threshold(spec.threshold)
+                    .comparison_operator(cw::types::ComparisonOperator::from(
+                        spec.comparison_operator.as_str(),
+                    ))
+                    .treat_missing_data(&spec.treat_missing_data)
+                    .actions_enabled(spec.actions_enabled)
+                    .alarm_actions(arn)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("PutMetricAlarm", &resource, e))?;
+                Ok("PutMetricAlarm")
+            }
+            Op::Delete => {
+                let resource = format!("alarm {:?} of {id}", change.name);
+                self.cw
+                    .delete_alarms()
+                    .alarm_names(&change.name)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DeleteAlarms", &resource, e))?;
+                Ok("DeleteAlarms")
+            }
+        }
+    }
+}
+
+fn target_tracking_config(
+    p: &TargetTracking,
+    resource: &str,
+) -> Result<aas::types::TargetTrackingScalingPolicyConfiguration, AwsError> {
+    let mut config = aas::types::TargetTrackingScalingPolicyConfiguration::builder()
+        .target_value(p.target_value)
+        .disable_scale_in(p.disable_scale_in)
+        .set_scale_out_cooldown(p.scale_out_cooldown_s)
+        .set_scale_in_cooldown(p.scale_in_cooldown_s);
+    if let Some(metric) = &p.predefined_metric {
+        config = config.predefined_metric_specification(
+            aas::types::PredefinedMetricSpecification::builder()
+                .predefined_metric_type(aas::types::MetricType::from(metric.as_str()))
+                .build()
+                .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+        );
+    }
+    if let Some(custom) = &p.customized_metric {
+        config = config.customized_metric_specification(customized_spec(custom, resource)?);
+    }
+    config
+        .build()
+        .map_err(|e| build_err("PutScalingPolicy", resource, e))
+}
+
+/// A declared customized metric in the SDK's shape: one metric, or metric
+/// math queries.
+fn customized_spec(
+    custom: &CustomizedMetric,
+    resource: &str,
+) -> Result<aas::types::CustomizedMetricSpecification, AwsError> {
+    let dimension = |d: &MetricDimension| {
+        aas::types::MetricDimension::builder()
+            .name(&d.name)
+            .value(&d.value)
+            .build()
+            .map_err(|e| build_err("PutScalingPolicy", resource, e))
+    };
+    let mut spec = aas::types::CustomizedMetricSpecification::builder();
+    if custom.metrics.is_empty() {
+        spec = spec
+            .namespace(&custom.namespace)
+            .metric_name(&custom.metric_name)
+            .statistic(aas::types::MetricStatistic::from(custom.statistic.as_str()))
+            .set_unit(custom.unit.clone());
+        for d in &custom.dimensions {
+            spec = spec.dimensions(dimension(d)?);
+        }
+    }
+    for q in &custom.metrics {
+        let mut query = aas::types::TargetTrackingMetricDataQuery::builder()
+            .id(&q.id)
+            .set_expression(q.expression.clone())
+            .set_label(q.label.clone())
+            .return_data(q.return_data);
+        if let (Some(namespace), Some(name), Some(statistic)) =
+            (&q.namespace, &q.metric_name, &q.statistic)
+        {
+            let mut metric = aas::types::TargetTrackingMetric::builder()
+                .namespace(namespace)
+                .metric_name(name);
+            for d in &q.dimensions {
+                metric = metric.dimensions(
+                    aas::types::TargetTrackingMetricDimension::builder()
+                        .name(&d.name)
+                        .value(&d.value)
+                        .build()
+                        .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+                );
+            }
+            query = query.metric_stat(
+                aas::types::TargetTrackingMetricStat::builder()
+                    .metric(metric.build())
+                    .stat(statistic)
+                    .set_unit(q.unit.clone())
+                    .build()
+                    .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+            );
+        }
+        spec = spec.metrics(
+            query
+                .build()
+                .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+        );
+    }
+    Ok(spec.build())
+}
+
+fn step_config(
+    p: &StepScaling,
+    resource: &str,
+) -> Result<aas::types::StepScalingPolicyConfiguration, AwsError> {
+    let mut config = aas::types::StepScalingPolicyConfiguration::builder()
+        .adjustment_type(aas::types::AdjustmentType::from(p.adjustment_type.as_str()))
+        .set_cooldown(p.cooldown_s)
+        .set_min_adjustment_magnitude(p.min_adjustment_magnitude)
+        .set_metric_aggregation_type(
+            p.metric_aggregation_type
+                .as_deref()
+                .map(aas::types::MetricAggregationType::from),
+        );
+    for step in &p.steps {
+        config = config.step_adjustments(
+            aas::types::StepAdjustment::builder()
+                .set_metric_interval_lower_bound(step.lower_bound)
+                .set_metric_interval_upper_bound(step.upper_bound)
+                .scaling_adjustment(step.adjustment)
+                .build()
+                .map_err(|e| build_err("PutScalingPolicy", resource, e))?,
+        );
+    }
+    Ok(config.build())
+}
+
+fn put_scheduled(
+    client: &aas::Client,
+    target: &Target,
+    s: &Scheduled,
+) -> aas::operation::put_scheduled_action::builders::PutScheduledActionFluentBuilder {
+    client
+        .put_scheduled_action()
+        .service_namespace(namespace())
+        .resource_id(&target.resource_id)
+        .scalable_dimension(dimension_of(target))
+        .scheduled_action_name(&s.name)
+        .schedule(&s.schedule)
+        .set_timezone(s.timezone.clone())
+        .set_start_time(s.start_time.as_deref().and_then(datetime))
+        .set_end_time(s.end_time.as_deref().and_then(datetime))
+        .scalable_target_action(
+            aas::types::ScalableTargetAction::builder()
+                .set_min_capacity(s.min_capacity)
+                .set_max_capacity(s.max_capacity)
+                .build(),
+        )
+}
