@@ -211,302 +211,8 @@ impl Plan {
     }
 }
 
-fn differ<T: PartialEq + std::fmt::Debug>(
-    out: &mut Vec<String>,
-    field: &str,
-    current: &T,
-    declared: &T,
-) {
-    if current != declared {
-        out.push(format!("{field}: {current:?} -> {declared:?}"));
-    }
-}
-
-/// Compares a declared optional field only when declared.
-fn differ_declared<T: PartialEq + std::fmt::Debug>(
-    out: &mut Vec<String>,
-    field: &str,
-    current: &Option<T>,
-    declared: &Option<T>,
-) {
-    if declared.is_some() && current != declared {
-        out.push(format!("{field}: {current:?} -> {declared:?}"));
-    }
-}
-
-/// A cooldown: a declared one must match; an absent one matches nothing
-/// set or AWS's default, and anything else (one removed from the file) is a
-/// change.
-fn differ_cooldown(
-    out: &mut Vec<String>,
-    field: &str,
-    current: Option<i32>,
-    declared: Option<i32>,
-) {
-    let same = match declared {
-        Some(_) => current == declared,
-        None => current.is_none_or(|c| c == DEFAULT_COOLDOWN_S),
-    };
-    if !same {
-        out.push(format!("{field}: {current:?} -> {declared:?}"));
-    }
-}
-
-/// A customized metric in a comparable form: dimensions in a fixed order.
-fn normalized(metric: &CustomizedMetric) -> CustomizedMetric {
-    let mut m = metric.clone();
-    let sort = |dims: &mut Vec<MetricDimension>| {
-        dims.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)))
-    };
-    sort(&mut m.dimensions);
-    for q in &mut m.metrics {
-        sort(&mut q.dimensions);
-    }
-    m
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-fn target_tracking_differences(declared: &TargetTracking, current: &PolicyShape) -> Vec<String> {
-    let mut d = Vec::new();
-    let PolicyShape::TargetTracking {
-        predefined_metric,
-        customized_metric,
-        target_value,
-        scale_out_cooldown_s,
-        scale_in_cooldown_s,
-        disable_scale_in,
-    } = current
-    else {
-        return vec!["policy type: StepScaling -> TargetTrackingScaling".into()];
-    };
-    differ(
-        &mut d,
-        "predefined_metric",
-        predefined_metric,
-        &declared.predefined_metric,
-    );
-    differ(
-        &mut d,
-        "customized_metric",
-        &customized_metric.as_ref().map(normalized),
-        &declared.customized_metric.as_ref().map(normalized),
-    );
-    if !close(*target_value, declared.target_value) {
-        d.push(format!(
-            "target_value: {target_value} -> {}",
-            declared.target_value
-        ));
-    }
-    differ_cooldown(
-        &mut d,
-        "scale_out_cooldown_s",
-        *scale_out_cooldown_s,
-        declared.scale_out_cooldown_s,
-    );
-    differ_cooldown(
-        &mut d,
-        "scale_in_cooldown_s",
-        *scale_in_cooldown_s,
-        declared.scale_in_cooldown_s,
-    );
-    differ(
-        &mut d,
-        "disable_scale_in",
-        disable_scale_in,
-        &declared.disable_scale_in,
-    );
-    d
-}
-
-/// The steps of a declared policy in the shape AWS returns them.
-pub fn step_shape(policy: &StepScaling) -> Vec<(Option<f64>, Option<f64>, i32)> {
-    let mut steps: Vec<_> = policy
-        .steps
-        .iter()
-        .map(|s| (s.lower_bound, s.upper_bound, s.adjustment))
-        .collect();
-    steps.sort_by(|a, b| {
-        a.0.unwrap_or(f64::NEG_INFINITY)
-            .total_cmp(&b.0.unwrap_or(f64::NEG_INFINITY))
-    });
-    steps
-}
-
-fn step_scaling_differences(declared: &StepScaling, current: &PolicyShape) -> Vec<String> {
-    let mut d = Vec::new();
-    let PolicyShape::StepScaling {
-        adjustment_type,
-        steps,
-        cooldown_s,
-        metric_aggregation_type,
-        min_adjustment_magnitude,
-    } = current
-    else {
-        return vec!["policy type: TargetTrackingScaling -> StepScaling".into()];
-    };
-    differ(
-        &mut d,
-        "adjustment_type",
-        adjustment_type,
-        &Some(declared.adjustment_type.clone()),
-    );
-    let mut current_steps = steps.clone();
-    current_steps.sort_by(|a, b| {
-        a.0.unwrap_or(f64::NEG_INFINITY)
-            .total_cmp(&b.0.unwrap_or(f64::NEG_INFINITY))
-    });
-    differ(&mut d, "steps", &current_steps, &step_shape(declared));
-    differ_declared(&mut d, "cooldown_s", cooldown_s, &declared.cooldown_s);
-    differ_declared(
-        &mut d,
-        "metric_aggregation_type",
-        metric_aggregation_type,
-        &declared.metric_aggregation_type,
-    );
-    differ_declared(
-        &mut d,
-        "min_adjustment_magnitude",
-        min_adjustment_magnitude,
-        &declared.min_adjustment_magnitude,
-    );
-    d
-}
-
-/// Seconds since the epoch of an RFC 3339 time (validated earlier).
-pub fn epoch_seconds(text: &str) -> Option<i64> {
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs() as i64)
-}
-
-fn scheduled_differences(declared: &Scheduled, current: &CurrentScheduled) -> Vec<String> {
-    let mut d = Vec::new();
-    differ(&mut d, "schedule", &current.schedule, &declared.schedule);
-    // No time zone is UTC; removing one from the file is a change.
-    let zone = |z: &Option<String>| z.clone().unwrap_or_else(|| "UTC".to_owned());
-    differ(
-        &mut d,
-        "timezone",
-        &zone(&current.timezone),
-        &zone(&declared.timezone),
-    );
-    differ(
-        &mut d,
-        "start_time",
-        &current.start_time,
-        &declared.start_time.as_deref().and_then(epoch_seconds),
-    );
-    differ(
-        &mut d,
-        "end_time",
-        &current.end_time,
-        &declared.end_time.as_deref().and_then(epoch_seconds),
-    );
-    differ(
-        &mut d,
-        "min_capacity",
-        &current.min_capacity,
-        &declared.min_capacity,
-    );
-    differ(
-        &mut d,
-        "max_capacity",
-        &current.max_capacity,
-        &declared.max_capacity,
-    );
-    d
-}
-
 /// The namespace of both scale-to-zero alarms' metrics.
 pub const ALARM_NAMESPACE: &str = "AWS/SageMaker";
-
-/// Every field of the scale-to-zero alarm, compared with the declared one
-/// (AWS's recipe where the file leaves a field out).
-fn alarm_differences(
-    target: &Target,
-    current: &CurrentAlarm,
-    policy_arn: Option<&str>,
-) -> Vec<String> {
-    let mut d = Vec::new();
-    let Some(spec) = target.alarm() else {
-        return d;
-    };
-    differ(
-        &mut d,
-        "namespace",
-        &current.namespace.as_deref(),
-        &Some(ALARM_NAMESPACE),
-    );
-    differ(
-        &mut d,
-        "metric_name",
-        &current.metric_name.as_deref(),
-        &Some(spec.metric_name),
-    );
-    differ(
-        &mut d,
-        "dimensions",
-        &current.dimensions,
-        &vec![(spec.dimension_name.to_owned(), spec.dimension_value.clone())],
-    );
-    differ(&mut d, "period_s", &current.period_s, &Some(spec.period_s));
-    differ(
-        &mut d,
-        "evaluation_periods",
-        &current.evaluation_periods,
-        &Some(spec.evaluation_periods),
-    );
-    differ(
-        &mut d,
-        "datapoints_to_alarm",
-        &current.datapoints_to_alarm.or(current.evaluation_periods),
-        &Some(spec.datapoints_to_alarm),
-    );
-    differ(
-        &mut d,
-        "statistic",
-        &current.statistic,
-        &Some(spec.statistic.clone()),
-    );
-    if !current.threshold.is_some_and(|t| close(t, spec.threshold)) {
-        d.push(format!(
-            "threshold: {:?} -> Some({})",
-            current.threshold, spec.threshold
-        ));
-    }
-    differ(
-        &mut d,
-        "comparison_operator",
-        &current.comparison_operator,
-        &Some(spec.comparison_operator.clone()),
-    );
-    differ(
-        &mut d,
-        "treat_missing_data",
-        &current
-            .treat_missing_data
-            .clone()
-            .or_else(|| Some("missing".into())),
-        &Some(spec.treat_missing_data.clone()),
-    );
-    differ(
-        &mut d,
-        "actions_enabled",
-        &current.actions_enabled.unwrap_or(true),
-        &spec.actions_enabled,
-    );
-    match policy_arn {
-        Some(arn) if current.actions.iter().any(|a| a == arn) => {}
-        Some(arn) => d.push(format!("alarm_actions: {:?} -> [{arn:?}]", current.actions)),
-        // The policy is about to be created; its ARN is not known yet.
-        None => d.push("alarm_actions: -> the new step policy".into()),
-    }
-    d
-}
 
 /// What `apply` must do: create what is missing, update what differs.
 /// Nothing undeclared is touched; it is listed in `unmanaged`.
@@ -525,6 +231,18 @@ pub fn plan_apply(file: &AutoscalingFile, current: &Current) -> Plan {
 /// `reset_capacity` re-applies the file's values once.
 pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanOptions) -> Plan {
     let mut plan = Plan::default();
+    plan_targets(&mut plan, file, current, options);
+    plan_policies(&mut plan, file, current);
+    plan_scheduled(&mut plan, file, current);
+    plan_alarms(&mut plan, file, current);
+    plan.unmanaged = unmanaged(file, current);
+    plan_prune(&mut plan, file, current, options);
+    plan
+}
+
+/// Scalable targets: created, or updated where they differ (min/max only
+/// when the file owns them).
+fn plan_targets(plan: &mut Plan, file: &AutoscalingFile, current: &Current, options: PlanOptions) {
     for t in &file.targets {
         let id = t.resource_id.as_str();
         match current.target(id) {
@@ -566,6 +284,10 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
             }
         }
     }
+}
+
+/// Target-tracking and step-scaling policies.
+fn plan_policies(plan: &mut Plan, file: &AutoscalingFile, current: &Current) {
     for t in &file.targets {
         let id = t.resource_id.as_str();
         for p in &t.target_tracking {
@@ -591,6 +313,10 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
             }
         }
     }
+}
+
+/// Scheduled actions.
+fn plan_scheduled(plan: &mut Plan, file: &AutoscalingFile, current: &Current) {
     for t in &file.targets {
         let id = t.resource_id.as_str();
         for s in &t.scheduled {
@@ -605,6 +331,10 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
             }
         }
     }
+}
+
+/// The scale-to-zero alarms (pointing at their step policy's ARN).
+fn plan_alarms(plan: &mut Plan, file: &AutoscalingFile, current: &Current) {
     for t in &file.targets {
         let Some(spec) = t.alarm() else {
             continue;
@@ -623,7 +353,11 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
             }
         }
     }
-    plan.unmanaged = unmanaged(file, current);
+}
+
+/// What inferlb made and the file no longer declares: deleted with
+/// `--prune`, else listed.
+fn plan_prune(plan: &mut Plan, file: &AutoscalingFile, current: &Current, options: PlanOptions) {
     let declared: Vec<String> = file.targets.iter().filter_map(Target::alarm_name).collect();
     for name in &current.marked_alarms {
         if declared.contains(name) {
@@ -644,7 +378,6 @@ pub fn plan_apply_with(file: &AutoscalingFile, current: &Current, options: PlanO
             plan.prunable.push(format!("scalable target {id}"));
         }
     }
-    plan
 }
 
 /// Policies and scheduled actions on declared targets that the file does not name.
@@ -783,6 +516,14 @@ pub fn render(plan: &Plan) -> String {
     }
     out
 }
+
+mod diff;
+
+use diff::{
+    alarm_differences, differ, scheduled_differences, step_scaling_differences,
+    target_tracking_differences,
+};
+pub use diff::{epoch_seconds, step_shape};
 
 #[cfg(test)]
 mod tests;
