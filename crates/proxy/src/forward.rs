@@ -7,7 +7,9 @@
 //!                            └────────┴───────────┘ (within the limits of `Attempts`)
 //! ```
 //!
-//! Each phase is one function below, in that order. The exchange (one
+//! Each phase is one function below, in that order; finding the target
+//! (`target`) and streaming the response (`stream`) have modules of their
+//! own. The exchange (one
 //! attempt on one upstream connection) lives in `exchange`, the body framer
 //! in `h1::body`, the client's buffers in `client`.
 
@@ -31,6 +33,12 @@ use crate::upstream::{self, UpstreamConn};
 use crate::watch::{self, Io};
 use crate::worker::Worker;
 use crate::{inspect, models};
+
+mod stream;
+mod target;
+
+use stream::{finish, stream};
+use target::{find_target, Routed, Target};
 
 /// What happens to the client connection after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,107 +431,6 @@ fn classify(
     parsed.map_err(Abort::Respond)
 }
 
-/// Where a request goes: its model (the pool is looked up in the snapshot
-/// of each pick) and, for `prefix` routing, its text's block hashes.
-#[derive(Debug, Default)]
-struct Target {
-    model: Option<ModelName>,
-    chain: Vec<u64>,
-    text_len: usize,
-}
-
-/// The outcome of looking for a request's pool.
-enum Routed {
-    To(Target),
-    /// No pool serves the model (or the request names none) and there is
-    /// no default pool: 404.
-    NoPool(Option<ModelName>),
-    /// The body is too large to read for its model and there is no default
-    /// pool to send it to: 413.
-    TooLarge,
-}
-
-/// Finds the request's pool from the model header, or reads a JSON body
-/// (within `routing.max_inspect_body_bytes`) for its `"model"` when the
-/// header is absent and there are pools to choose from, or for its text when
-/// the pool routes by prefix. Other requests are not looked into.
-async fn find_target(
-    worker: &Worker,
-    client: &mut Client,
-    info: &RequestInfo,
-    body: &mut Body,
-    head_end: usize,
-    header_model: Option<ModelName>,
-    progress: &mut Progress,
-) -> Result<Routed, Abort> {
-    let mut target = Target {
-        model: header_model,
-        ..Target::default()
-    };
-    let by_prefix = |set: &ReplicaSet, pool: Option<usize>| {
-        pool.is_some_and(|p| set.pools()[p].routing() == inferlb_core::Routing::Prefix)
-    };
-    let max = worker.config.model.max_inspect_body_bytes;
-    // Decided on the worker's cached snapshot, without taking a reference
-    // to it: the common request (no JSON body to read) touches no shared
-    // reference count.
-    {
-        let mut snapshots = worker.snapshots.borrow_mut();
-        let set = snapshots.load();
-        let inspect = info.json
-            && info.body != Framing::None
-            && max > 0
-            && ((target.model.is_none() && models::has_named_pools(set))
-                || by_prefix(
-                    set,
-                    set.pool_for(target.model.as_ref().map(ModelName::as_str)),
-                ));
-        if !inspect {
-            return Ok(
-                if set
-                    .pool_for(target.model.as_ref().map(ModelName::as_str))
-                    .is_none()
-                {
-                    Routed::NoPool(target.model)
-                } else {
-                    Routed::To(target)
-                },
-            );
-        }
-    }
-    let timeout = worker.config.timeouts.body_read;
-    let whole = inspect::read_body(client, info, body, head_end, max, timeout, progress).await?;
-    // The snapshot as it is once the body is in.
-    let set = Arc::clone(worker.snapshots.borrow_mut().load());
-    if whole {
-        let payload = inspect::payload(&client.request[head_end..], info.body);
-        // The model alone costs nothing on the heap; the text only when the
-        // pool routes by prefix.
-        if target.model.is_none() {
-            target.model = inspect::model_of(&payload).map(|m| ModelName::new(m.as_bytes()));
-        }
-        if by_prefix(
-            &set,
-            set.pool_for(target.model.as_ref().map(ModelName::as_str)),
-        ) {
-            let parsed = inspect::Parsed::from(&payload);
-            let mut text = Vec::new();
-            parsed.text(&payload, &mut text);
-            inferlb_core::prefix::chain(&text, &mut target.chain);
-            target.text_len = text.len();
-        }
-    } else if target.model.is_none() && set.default_pool().is_none() {
-        return Ok(Routed::TooLarge);
-    }
-    if set
-        .pool_for(target.model.as_ref().map(ModelName::as_str))
-        .is_none()
-    {
-        return Ok(Routed::NoPool(target.model));
-    }
-    Ok(Routed::To(target))
-}
-
 /// Picks a replica of the current snapshot that this request has not
 /// tried; what was tried is forgotten when the snapshot changes. With
 /// `may_hold`, an autoscaling pool whose replicas are all at their
@@ -674,110 +581,6 @@ fn account(worker: &Worker, picked: &Picked, resp: &ResponseInfo, head_time: Dur
             clock::now_ms(),
         );
     }
-}
-
-/// Sends the response head and streams the body, each read written to the
-/// client as it arrives. Returns whether the upstream connection may carry
-/// another request: never when bytes followed the body.
-async fn stream(
-    worker: &Worker,
-    client: &mut Client,
-    conn: &mut UpstreamConn,
-    info: &RequestInfo,
-    resp: &ResponseInfo,
-    stats: &ReplicaStats,
-) -> Result<bool, Abort> {
-    let timeout = worker.config.timeouts.body_read;
-    let mut body = Body::new(resp.body);
-    // An HTTP/1.0 client cannot read chunked framing: it gets the payload.
-    let dechunk = resp.body == Framing::Chunked && info.minor == 0;
-    // Body bytes that arrived with the head ride in the head's write.
-    let early = conn.buf.len() - resp.head_len;
-    let taken = take_into(
-        &mut body,
-        &conn.buf[resp.head_len..],
-        dechunk,
-        &mut client.out,
-    )?;
-    let mut trailing = taken < early;
-    conn.buf.clear();
-    client.write_out(worker, timeout).await?;
-    while !body.is_done() {
-        if stats.is_evicted() {
-            // The replica's drain timed out: cut what is still flowing.
-            return Err(Abort::AfterHead);
-        }
-        conn.buf.clear();
-        let n = match watch::read(worker, conn, &client.stream, stats, timeout).await {
-            Io::Done(n) => n,
-            Io::Eof if body.ends_at_close() => return Ok(false),
-            Io::ClientGone => return Err(Abort::ClientGone),
-            _ => return Err(Abort::AfterHead),
-        };
-        stats.add_bytes_in(n);
-        if dechunk {
-            client.out.clear();
-            let taken = take_into(&mut body, &conn.buf[..n], true, &mut client.out)?;
-            trailing |= taken < n;
-            client.write_out(worker, timeout).await?;
-        } else {
-            let taken = body
-                .take(&conn.buf[..n], |_| {})
-                .map_err(|_| Abort::AfterHead)?;
-            trailing |= taken < n;
-            if taken > 0 {
-                let buf = std::mem::take(&mut conn.buf);
-                conn.buf = client.write_prefix(worker, buf, taken, timeout).await?;
-            }
-        }
-    }
-    Ok(resp.upstream_keep_alive && !trailing)
-}
-
-/// Takes body bytes from `input` into `out`: as they are, or only their
-/// payload when de-chunking. Returns how many input bytes were body.
-fn take_into(
-    body: &mut Body,
-    input: &[u8],
-    dechunk: bool,
-    out: &mut Vec<u8>,
-) -> Result<usize, Abort> {
-    let n = body
-        .take(input, |range| {
-            if dechunk {
-                out.extend_from_slice(&input[range]);
-            }
-        })
-        .map_err(|_| Abort::AfterHead)?;
-    if !dechunk {
-        out.extend_from_slice(&input[..n]);
-    }
-    Ok(n)
-}
-
-/// Ends a streamed response: the upstream connection goes back to the pool
-/// when it can carry another request, and its buffer back to the worker.
-fn finish(
-    worker: &Worker,
-    mut conn: UpstreamConn,
-    uid: u64,
-    streamed: Result<bool, Abort>,
-    client_close: bool,
-) -> Result<Next, Abort> {
-    worker.buffers.borrow_mut().give_back(&mut conn.buf);
-    match streamed {
-        Ok(true) => worker.pool.borrow_mut().put(uid, conn, worker.now()),
-        Ok(false) => {}
-        Err(abort) => {
-            sock::shutdown(&conn.stream);
-            return Err(abort);
-        }
-    }
-    Ok(if client_close {
-        Next::Close
-    } else {
-        Next::KeepAlive
-    })
 }
 
 /// Sends a response the proxy made (404 for an unknown model, a model
