@@ -9,9 +9,9 @@
 //!
 //! Each phase is one function below, in that order; finding the target
 //! (`target`) and streaming the response (`stream`) have modules of their
-//! own. The exchange (one
-//! attempt on one upstream connection) lives in `exchange`, the body framer
-//! in `h1::body`, the client's buffers in `client`.
+//! own. The exchange (one attempt on one upstream connection) lives in
+//! `exchange`, the body framer in `h1::body`, the client's buffers in
+//! `client`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -61,105 +61,25 @@ pub(crate) fn parse_and_rewrite(
         return Err(ErrorKind::UpstreamFailed);
     }
     let informational = status < 200;
-
-    let mut length: Option<u64> = None;
-    // Every Transfer-Encoding line counts: a list split over several lines
-    // is one list (RFC 9110 §5.3).
-    let mut chunked_count = 0;
-    let mut chunked_final = false;
-    let mut has_te = false;
-    let mut connection = ConnectionTokens::default();
-    let mut has_request_id = false;
-    let mut retry_after_s = None;
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            length = Some(content_length(length, h.value).ok_or(ErrorKind::UpstreamFailed)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            for coding in h.value.split(|&b| b == b',').map(trim) {
-                if coding.is_empty() {
-                    continue;
-                }
-                has_te = true;
-                chunked_final = coding.eq_ignore_ascii_case(b"chunked");
-                chunked_count += usize::from(chunked_final);
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            connection.add(h.value);
-        } else if name.eq_ignore_ascii_case(b"x-request-id") {
-            has_request_id = true;
-        } else if name.eq_ignore_ascii_case(b"retry-after") {
-            retry_after_s = std::str::from_utf8(trim(h.value))
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-        }
-    }
+    let seen = Seen::scan(resp.headers)?;
     let bodiless =
         request.method == Method::Head || informational || status == 204 || status == 304;
-    let body = if bodiless {
-        Framing::None
-    } else if has_te {
-        // Only a lone `chunked` can be relayed: another coding would reach
-        // the client undeclared, and a non-chunked final coding leaves the
-        // body's end to the close, where a response can be cut short unseen.
-        if !(chunked_final && chunked_count == 1) {
-            return Err(ErrorKind::UpstreamFailed);
-        }
-        Framing::Chunked
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        Framing::UntilClose
-    };
+    let body = seen.framing(bodiless)?;
     let upstream_keep_alive = minor == 1
-        && !connection.close
+        && !seen.connection.close
         && body != Framing::UntilClose
-        && !(has_te && length.is_some());
+        && !(seen.has_te && seen.length.is_some());
     let client_close = !keep_client
         || body == Framing::UntilClose
         || (body == Framing::Chunked && request.minor == 0);
-
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || connection.drops(&*resp.headers, name)
-            || name.eq_ignore_ascii_case(b"content-length")
-        {
-            continue;
-        }
-        push_header(out, name, h.value);
-    }
-    if !informational {
-        let framing_length = match body {
-            Framing::Length(n) => Some(n),
-            // A HEAD or 304 response's length describes the body it omits.
-            Framing::None if status != 204 && !has_te => length,
-            _ => None,
-        };
-        if let Some(n) = framing_length {
-            out.extend_from_slice(b"Content-Length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if body == Framing::Chunked && request.minor == 1 {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-        }
-        if !has_request_id {
-            push_header(out, b"X-Request-Id", request_id.as_bytes());
-        }
-        if client_close {
-            out.extend_from_slice(b"Connection: close\r\n");
-        } else if request.minor == 0 {
-            out.extend_from_slice(b"Connection: keep-alive\r\n");
-        }
-    }
-    out.extend_from_slice(b"\r\n");
+    let head = ClientHead {
+        status,
+        reason: resp.reason.unwrap_or(""),
+        body,
+        informational,
+        client_close,
+    };
+    head.write(&seen, resp.headers, request, request_id, out);
     Ok(Some(ResponseInfo {
         status,
         body,
@@ -167,6 +87,135 @@ pub(crate) fn parse_and_rewrite(
         upstream_keep_alive,
         client_close,
         head_len,
-        retry_after_s,
+        retry_after_s: seen.retry_after_s,
     }))
+}
+
+/// What one pass over a response's header fields found.
+#[derive(Default)]
+struct Seen {
+    length: Option<u64>,
+    // Every Transfer-Encoding line counts: a list split over several lines
+    // is one list (RFC 9110 §5.3).
+    chunked_count: usize,
+    chunked_final: bool,
+    has_te: bool,
+    connection: ConnectionTokens,
+    has_request_id: bool,
+    retry_after_s: Option<u64>,
+}
+
+impl Seen {
+    fn scan(headers: &[httparse::Header<'_>]) -> Result<Self, ErrorKind> {
+        let mut seen = Self::default();
+        for h in headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                seen.length =
+                    Some(content_length(seen.length, h.value).ok_or(ErrorKind::UpstreamFailed)?);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                for coding in h.value.split(|&b| b == b',').map(trim) {
+                    if coding.is_empty() {
+                        continue;
+                    }
+                    seen.has_te = true;
+                    seen.chunked_final = coding.eq_ignore_ascii_case(b"chunked");
+                    seen.chunked_count += usize::from(seen.chunked_final);
+                }
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                seen.connection.add(h.value);
+            } else if name.eq_ignore_ascii_case(b"x-request-id") {
+                seen.has_request_id = true;
+            } else if name.eq_ignore_ascii_case(b"retry-after") {
+                seen.retry_after_s = std::str::from_utf8(trim(h.value))
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok());
+            }
+        }
+        Ok(seen)
+    }
+
+    /// How the body is delimited on the replica's side.
+    fn framing(&self, bodiless: bool) -> Result<Framing, ErrorKind> {
+        Ok(if bodiless {
+            Framing::None
+        } else if self.has_te {
+            // Only a lone `chunked` can be relayed: another coding would
+            // reach the client undeclared, and a non-chunked final coding
+            // leaves the body's end to the close, where a response can be
+            // cut short unseen.
+            if !(self.chunked_final && self.chunked_count == 1) {
+                return Err(ErrorKind::UpstreamFailed);
+            }
+            Framing::Chunked
+        } else if let Some(n) = self.length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        })
+    }
+}
+
+/// The head the client receives.
+struct ClientHead<'a> {
+    status: u16,
+    reason: &'a str,
+    body: Framing,
+    informational: bool,
+    client_close: bool,
+}
+
+impl ClientHead<'_> {
+    /// Writes the status line, the replica's end-to-end fields, and the
+    /// framing and connection fields of the client's side.
+    fn write(
+        &self,
+        seen: &Seen,
+        headers: &[httparse::Header<'_>],
+        request: &RequestInfo,
+        request_id: &RequestId,
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in headers {
+            let name = h.name.as_bytes();
+            if is_hop_by_hop(name)
+                || seen.connection.drops(headers, name)
+                || name.eq_ignore_ascii_case(b"content-length")
+            {
+                continue;
+            }
+            push_header(out, name, h.value);
+        }
+        if !self.informational {
+            let framing_length = match self.body {
+                Framing::Length(n) => Some(n),
+                // A HEAD or 304 response's length describes the body it omits.
+                Framing::None if self.status != 204 && !seen.has_te => seen.length,
+                _ => None,
+            };
+            if let Some(n) = framing_length {
+                out.extend_from_slice(b"Content-Length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            if self.body == Framing::Chunked && request.minor == 1 {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            }
+            if !seen.has_request_id {
+                push_header(out, b"X-Request-Id", request_id.as_bytes());
+            }
+            if self.client_close {
+                out.extend_from_slice(b"Connection: close\r\n");
+            } else if request.minor == 0 {
+                out.extend_from_slice(b"Connection: keep-alive\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
 }
