@@ -579,7 +579,13 @@ fn check_recipe(t: &Target, kind: Option<ResourceKind>, at: &str, p: &mut Proble
             "scale to zero needs a target-tracking policy to scale in and out of one copy",
         );
     }
-    let Some(spec) = t.alarm() else { return };
+    if let Some(spec) = t.alarm() {
+        check_alarm(&spec, &f, p);
+    }
+}
+
+/// The scale-to-zero alarm's fields, by CloudWatch's rules (under `f`).
+fn check_alarm(spec: &crate::model::AlarmSpec, f: &str, p: &mut Problems<'_>) {
     if ![10, 20, 30].contains(&spec.period_s) && (spec.period_s < 60 || spec.period_s % 60 != 0) {
         p.add(
             format!("{f}.period_s"),
