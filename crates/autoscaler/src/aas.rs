@@ -41,96 +41,17 @@
 //!   provisioning delay.
 
 use std::collections::VecDeque;
-use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
-use crate::model::{AlarmSpec, Scheduled, StepScaling, Suspended, Target, TargetTracking};
+use crate::model::{AlarmSpec, Scheduled, StepScaling, Suspended, Target};
 
-/// The two alarms AAS creates for a target-tracking policy.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct TrackingAlarms {
-    /// Consecutive datapoints above target before a scale-out.
-    pub scale_out_datapoints: usize,
-    /// The scale-out alarm's period.
-    pub scale_out_period_s: i64,
-    /// Consecutive datapoints below `scale_in_ratio` × target before a
-    /// scale-in.
-    pub scale_in_datapoints: usize,
-    /// The scale-in alarm's period.
-    pub scale_in_period_s: i64,
-    /// The scale-in alarm's threshold as a share of the target.
-    pub scale_in_ratio: f64,
-}
+mod alarm;
+mod schedule;
 
-impl Default for TrackingAlarms {
-    /// A one-minute metric: 3 datapoints to scale out, 15 to scale in.
-    fn default() -> Self {
-        Self {
-            scale_out_datapoints: 3,
-            scale_out_period_s: 60,
-            scale_in_datapoints: 15,
-            scale_in_period_s: 60,
-            scale_in_ratio: 0.9,
-        }
-    }
-}
-
-impl TrackingAlarms {
-    /// The alarms for a policy on `metric` (a predefined metric type, or
-    /// `None` for a customized one). SageMaker's `...HighResolution`
-    /// metrics are emitted every 10 seconds; a policy on them scales out
-    /// faster but scales in at the speed of standard metrics ("Define a
-    /// scaling policy", SageMaker developer guide). The 10-second scale-out
-    /// alarm keeps the standard datapoint count: AWS does not document it,
-    /// so it is a setting (`--scale-out-datapoints`).
-    pub fn for_metric(metric: Option<&str>) -> Self {
-        let standard = Self::default();
-        match metric {
-            Some(name) if name.ends_with("HighResolution") => Self {
-                scale_out_period_s: 10,
-                ..standard
-            },
-            _ => standard,
-        }
-    }
-}
-
-/// Changes to the alarms' defaults (what `simulate`'s flags set).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct AlarmOverrides {
-    pub scale_out_datapoints: Option<usize>,
-    pub scale_out_period_s: Option<i64>,
-    pub scale_in_datapoints: Option<usize>,
-    pub scale_in_period_s: Option<i64>,
-    pub scale_in_ratio: Option<f64>,
-}
-
-impl AlarmOverrides {
-    /// `alarms` with these changes.
-    pub fn apply(&self, alarms: TrackingAlarms) -> TrackingAlarms {
-        TrackingAlarms {
-            scale_out_datapoints: self
-                .scale_out_datapoints
-                .unwrap_or(alarms.scale_out_datapoints)
-                .max(1),
-            scale_out_period_s: self
-                .scale_out_period_s
-                .unwrap_or(alarms.scale_out_period_s)
-                .max(1),
-            scale_in_datapoints: self
-                .scale_in_datapoints
-                .unwrap_or(alarms.scale_in_datapoints)
-                .max(1),
-            scale_in_period_s: self
-                .scale_in_period_s
-                .unwrap_or(alarms.scale_in_period_s)
-                .max(1),
-            scale_in_ratio: self.scale_in_ratio.unwrap_or(alarms.scale_in_ratio),
-        }
-    }
-}
+use alarm::{compare, Alarm, Tracked};
+pub use alarm::{AlarmOverrides, TrackingAlarms};
+pub use schedule::fires;
 
 /// One scaling activity, as DescribeScalingActivities would show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -155,80 +76,6 @@ pub struct Metrics {
     pub recipe: f64,
 }
 
-/// One CloudWatch alarm's view of a metric: the values of the period under
-/// way, and the datapoints of the periods before it, newest last.
-#[derive(Debug, Clone)]
-struct Alarm {
-    period_s: i64,
-    keep: usize,
-    current: Vec<f64>,
-    points: VecDeque<f64>,
-}
-
-impl Alarm {
-    fn new(period_s: i64, keep: usize) -> Self {
-        Self {
-            period_s: period_s.max(1),
-            keep: keep.max(1),
-            current: Vec::new(),
-            points: VecDeque::new(),
-        }
-    }
-
-    /// Adds the value of the tick `[now, now + tick_s)`; when the tick ends
-    /// a period, the period's datapoint (its `statistic` over the values it
-    /// has, NaN when none) is added and `true` returned.
-    fn observe(&mut self, now: i64, tick_s: i64, value: f64, statistic_name: &str) -> bool {
-        if value.is_finite() {
-            self.current.push(value);
-        }
-        if (now + tick_s).div_euclid(self.period_s) == now.div_euclid(self.period_s) {
-            return false;
-        }
-        let point = if self.current.is_empty() {
-            f64::NAN
-        } else {
-            statistic(statistic_name, &self.current)
-        };
-        self.current.clear();
-        self.points.push_back(point);
-        while self.points.len() > self.keep {
-            self.points.pop_front();
-        }
-        true
-    }
-
-    /// Whether the last `n` datapoints all satisfy `breach`.
-    fn last_all(&self, n: usize, breach: impl Fn(f64) -> bool) -> bool {
-        n > 0 && self.points.len() >= n && self.points.iter().rev().take(n).all(|&v| breach(v))
-    }
-
-    /// The newest datapoint (NaN before the first).
-    fn latest(&self) -> f64 {
-        self.points.back().copied().unwrap_or(f64::NAN)
-    }
-}
-
-/// A target-tracking policy's two alarms.
-#[derive(Debug, Clone)]
-struct Tracked {
-    policy: TargetTracking,
-    alarms: TrackingAlarms,
-    high: Alarm,
-    low: Alarm,
-}
-
-impl Tracked {
-    fn new(policy: TargetTracking, alarms: TrackingAlarms) -> Self {
-        Self {
-            high: Alarm::new(alarms.scale_out_period_s, alarms.scale_out_datapoints),
-            low: Alarm::new(alarms.scale_in_period_s, alarms.scale_in_datapoints),
-            policy,
-            alarms,
-        }
-    }
-}
-
 /// The model of one scalable target.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -251,11 +98,6 @@ pub struct Engine {
     step_until: i64,
     /// The time the last scheduled check covered (exclusive end).
     checked_until: Option<i64>,
-}
-
-/// Parses an RFC 3339 time to seconds since the epoch.
-fn epoch(text: &str) -> Option<i64> {
-    crate::plan::epoch_seconds(text)
 }
 
 impl Engine {
@@ -637,98 +479,6 @@ impl Engine {
             .max()
             .unwrap_or(crate::plan::DEFAULT_COOLDOWN_S)
     }
-}
-
-/// A statistic over one period's values.
-fn statistic(name: &str, values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    match name {
-        "Sum" => values.iter().sum(),
-        "Maximum" => values.iter().copied().fold(f64::MIN, f64::max),
-        "Minimum" => values.iter().copied().fold(f64::MAX, f64::min),
-        "SampleCount" => values.len() as f64,
-        _ => values.iter().sum::<f64>() / values.len() as f64,
-    }
-}
-
-fn compare(operator: &str, value: f64, threshold: f64) -> bool {
-    match operator {
-        "GreaterThanThreshold" => value > threshold,
-        "LessThanThreshold" => value < threshold,
-        "LessThanOrEqualToThreshold" => value <= threshold,
-        _ => value >= threshold,
-    }
-}
-
-/// Whether a scheduled action fires in `(from, to]` (seconds since the
-/// epoch), in its time zone and within its start and end time.
-pub fn fires(action: &Scheduled, from: i64, to: i64) -> bool {
-    let start = action.start_time.as_deref().and_then(epoch);
-    let end = action.end_time.as_deref().and_then(epoch);
-    let zone: chrono_tz::Tz = action
-        .timezone
-        .as_deref()
-        .and_then(|z| z.parse().ok())
-        .unwrap_or(chrono_tz::UTC);
-    let inner = |prefix: &str| {
-        action
-            .schedule
-            .strip_prefix(prefix)
-            .and_then(|s| s.strip_suffix(')'))
-    };
-    let in_window = |t: i64| start.is_none_or(|s| t >= s) && end.is_none_or(|e| t <= e);
-    if let Some(at) = inner("at(") {
-        let Ok(local) = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%dT%H:%M:%S") else {
-            return false;
-        };
-        let Some(t) = zone.from_local_datetime(&local).earliest() else {
-            return false;
-        };
-        let t = t.timestamp();
-        return t > from && t <= to && in_window(t);
-    }
-    if let Some(rate) = inner("rate(") {
-        let mut parts = rate.split_whitespace();
-        let (Some(n), Some(unit)) = (parts.next(), parts.next()) else {
-            return false;
-        };
-        let Ok(n) = n.parse::<i64>() else {
-            return false;
-        };
-        let every = n * match unit.trim_end_matches('s') {
-            "minute" => 60,
-            "hour" => 3600,
-            "day" => 86_400,
-            _ => return false,
-        };
-        // From the start time, or the epoch when there is none.
-        let origin = start.unwrap_or(0);
-        if every <= 0 || to < origin {
-            return false;
-        }
-        let k = (to - origin) / every;
-        let t = origin + k * every;
-        return t > from && in_window(t);
-    }
-    if let Some(cron) = inner("cron(") {
-        // AAS's six fields (minutes hours day-of-month month day-of-week
-        // year) with a seconds field in front, as the cron crate reads them.
-        let Ok(schedule) = cron::Schedule::from_str(&format!("0 {cron}")) else {
-            return false;
-        };
-        let Some(after) = DateTime::<Utc>::from_timestamp(from, 0) else {
-            return false;
-        };
-        let after = after.with_timezone(&zone);
-        return schedule
-            .after(&after)
-            .next()
-            .map(|t| t.timestamp())
-            .is_some_and(|t| t <= to && in_window(t));
-    }
-    false
 }
 
 #[cfg(test)]
