@@ -1,0 +1,130 @@
+//! The results as a table and as ratios between peers.
+
+use super::*;
+
+pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) {
+    let direct = |point: &str| {
+        rows.iter()
+            .find(|r| r.point == point && r.peer == "direct")
+            .map(|r| r.median.throughput_rps)
+    };
+    let mut table = Vec::new();
+    for r in rows {
+        let m = &r.median;
+        let vs_direct = direct(&r.point)
+            .filter(|d| *d > 0.0)
+            .map(|d| format!("{:.2}x", m.throughput_rps / d))
+            .unwrap_or_default();
+        let mut row = vec![
+            r.point.clone(),
+            r.peer.clone(),
+            format!("{:.0}", m.throughput_rps),
+            vs_direct,
+            format!("{:.2}", m.latency.p50_ms),
+            format!("{:.2}", m.latency.p99_ms),
+            m.cpu_s_per_100k
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_default(),
+            m.peak_rss_kib
+                .map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_default(),
+            m.errors.total().to_string(),
+        ];
+        let extra = match s.kind {
+            Kind::Stream => m
+                .first_token
+                .as_ref()
+                .zip(m.token_gap.as_ref())
+                .map(|(f, g)| {
+                    format!(
+                        "ttft p50 {:.1} p99 {:.1} ms; gap p99 {:.1} ms",
+                        f.p50_ms, f.p99_ms, g.p99_ms
+                    )
+                })
+                .unwrap_or_default(),
+            Kind::Connections => m
+                .extra
+                .get("rss_per_connection_kib")
+                .and_then(|v| v.as_f64())
+                .map(|v| format!("{v:.2} KiB/conn"))
+                .unwrap_or_default(),
+            Kind::Skew => m
+                .extra
+                .get("slow_replica_share")
+                .and_then(|v| v.as_f64())
+                .map(|v| {
+                    format!(
+                        "slow share {:.1}%, p90 {:.1} ms",
+                        v * 100.0,
+                        m.latency.p90_ms
+                    )
+                })
+                .unwrap_or_default(),
+            Kind::Churn => format!(
+                "{} admin ops, {} failed requests",
+                m.extra.get("admin_operations").cloned().unwrap_or_default(),
+                m.errors.total()
+            ),
+            Kind::Requests | Kind::Prefix | Kind::Autoscale => String::new(),
+        };
+        row.push(extra);
+        table.push(row);
+    }
+    println!(
+        "{}",
+        report::table(
+            &[
+                "point",
+                "peer",
+                "req/s",
+                "vs direct",
+                "p50 ms",
+                "p99 ms",
+                "cpu s/100k",
+                "peak MiB",
+                "errors",
+                "notes"
+            ],
+            &table
+        )
+    );
+}
+
+pub(crate) fn ratios(rows: &[Row]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let points: Vec<&String> = rows.iter().map(|r| &r.point).fold(Vec::new(), |mut v, p| {
+        if !v.contains(&p) {
+            v.push(p);
+        }
+        v
+    });
+    for point in points {
+        let get = |peer: &str| {
+            rows.iter()
+                .find(|r| &r.point == point && r.peer == peer)
+                .map(|r| &r.median)
+        };
+        let Some(inferlb) = get("inferlb") else {
+            continue;
+        };
+        let mut m = serde_json::Map::new();
+        for other in ["direct", "nginx", "haproxy", "haproxy-tcp"] {
+            if let Some(o) = get(other) {
+                if o.throughput_rps > 0.0 {
+                    m.insert(
+                        format!("throughput_inferlb_over_{other}"),
+                        json!(inferlb.throughput_rps / o.throughput_rps),
+                    );
+                }
+                if let (Some(a), Some(b)) = (inferlb.cpu_s_per_100k, o.cpu_s_per_100k) {
+                    m.insert(
+                        format!("cpu_per_request_inferlb_over_{other}"),
+                        json!(a / b),
+                    );
+                }
+            }
+        }
+        out.insert(point.clone(), serde_json::Value::Object(m));
+    }
+    serde_json::Value::Object(out)
+}
