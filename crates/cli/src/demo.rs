@@ -106,6 +106,34 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             args.admin_listen
         );
     }
+    let (config, state, handles) = pools(&args)?;
+    let (handle, snapshots) = crate::serve::start_proxy(&config, &state)?;
+    let at = handle.local_addr();
+    let admin = args.admin_listen;
+    print_instructions(&args, at, admin);
+    let plane = crate::serve::ControlPlane {
+        admin_listen: admin,
+        admin_listen_given: true,
+        token: None,
+        protect_probes: false,
+        store: None,
+        declared: inferlb_control::declared(&config),
+        config_path: None,
+        tasks: inferlb_control::TaskSettings {
+            dns_refresh: None,
+            health: config.health.clone(),
+            publish: None,
+        },
+    };
+    let workers = config.proxy.worker_count();
+    crate::serve::run_control_plane(handle, snapshots, state, workers, plane)?;
+    drop(handles);
+    Ok(())
+}
+
+/// The demo's pools, each with its simulated replicas started, as the
+/// config and the first state.
+fn pools(args: &DemoArgs) -> Result<(Config, State, Vec<inferlb_testkit::EngineHandle>)> {
     let mut handles = Vec::new();
     let mut config = Config::default();
     config.proxy.listen = args.listen;
@@ -151,74 +179,56 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
         state.apply(Command::SetPool(spec.clone()))?;
         config.pools.push(spec);
     }
-    let (handle, snapshots) = crate::serve::start_proxy(&config, &state)?;
-    let at = handle.local_addr();
-    let admin = args.admin_listen;
-    #[allow(clippy::print_stdout)]
-    {
-        let (a, b) = (POOLS[0].0, POOLS[1].0);
-        println!();
+    Ok((config, state, handles))
+}
+
+/// What to try, printed once the proxy listens.
+#[allow(clippy::print_stdout)]
+fn print_instructions(args: &DemoArgs, at: SocketAddr, admin: SocketAddr) {
+    let (a, b) = (POOLS[0].0, POOLS[1].0);
+    println!();
+    println!(
+        "inferlb demo: pools {a} (prefix routing) and {b} (least_load on engine metrics), {} simulated replicas each, behind http://{at}",
+        args.replicas.max(1)
+    );
+    println!();
+    println!("  # the models, as OpenAI's API lists them:");
+    println!("  curl -s http://{at}/v1/models");
+    println!();
+    println!("  # a chat completion; the body's \"model\" picks the pool:");
+    println!("  curl -s http://{at}/v1/chat/completions -H 'content-type: application/json' \\");
+    println!("       -d '{{\"model\": \"{a}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'");
+    println!();
+    println!("  # a token stream (SSE), relayed event by event; X-Model works too:");
+    println!("  curl -N http://{at}/v1/completions -H 'content-type: application/json' -H 'X-Model: {b}' \\");
+    println!("       -d '{{\"prompt\": \"hello\", \"max_tokens\": 8, \"stream\": true}}'");
+    println!();
+    println!("  # the openai SDK (pip install openai), unchanged:");
+    println!("  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{at}/v1\", api_key=\"none\")");
+    println!("  for e in c.chat.completions.create(model=\"{a}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}], stream=True):");
+    println!("      print(e.choices[0].delta.content or \"\", end=\"\", flush=True)'");
+    println!();
+    println!("  # which replica answered, and the pools with their engines' load:");
+    println!("  curl -si http://{at}/v1/completions -H 'X-Model: {a}' -H 'content-type: application/json' -d '{{\"prompt\": \"hi\"}}' | grep -i x-replica");
+    println!("  curl -s http://{admin}/v1/pools");
+    println!();
+    println!(
+        "  # the admin API: list, add, drain replicas (changes are not persisted in the demo):"
+    );
+    println!("  cargo run -p inferlb -- replicas list --admin http://{admin}");
+    println!("  curl -s http://{admin}/metrics | grep inferlb_replica_requests");
+    println!();
+    if args.autoscale {
+        println!("  # {AUTOSCALED} scales itself: 0 replicas now, up to 3, each a process that takes 3 s to start.");
         println!(
-            "inferlb demo: pools {a} (prefix routing) and {b} (least_load on engine metrics), {} simulated replicas each, behind http://{at}",
-            args.replicas.max(1)
+            "  # A burst: the first requests are held while a replica starts, then it scales out:"
         );
+        println!("  for i in $(seq 24); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' http://{at}/v1/chat/completions \\");
+        println!("       -H 'content-type: application/json' -d '{{\"model\": \"{AUTOSCALED}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], \"max_tokens\": 200}}' & done; wait");
+        println!("  # replicas appear, then drain and stop after 15 s of quiet, and the pool goes to zero after 60 s idle:");
+        println!("  watch -n1 cargo run -q -p inferlb -- replicas list --admin http://{admin}");
+        println!("  curl -s http://{admin}/v1/pools/{AUTOSCALED}/autoscaling");
         println!();
-        println!("  # the models, as OpenAI's API lists them:");
-        println!("  curl -s http://{at}/v1/models");
-        println!();
-        println!("  # a chat completion; the body's \"model\" picks the pool:");
-        println!(
-            "  curl -s http://{at}/v1/chat/completions -H 'content-type: application/json' \\"
-        );
-        println!("       -d '{{\"model\": \"{a}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'");
-        println!();
-        println!("  # a token stream (SSE), relayed event by event; X-Model works too:");
-        println!("  curl -N http://{at}/v1/completions -H 'content-type: application/json' -H 'X-Model: {b}' \\");
-        println!("       -d '{{\"prompt\": \"hello\", \"max_tokens\": 8, \"stream\": true}}'");
-        println!();
-        println!("  # the openai SDK (pip install openai), unchanged:");
-        println!("  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{at}/v1\", api_key=\"none\")");
-        println!("  for e in c.chat.completions.create(model=\"{a}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}], stream=True):");
-        println!("      print(e.choices[0].delta.content or \"\", end=\"\", flush=True)'");
-        println!();
-        println!("  # which replica answered, and the pools with their engines' load:");
-        println!("  curl -si http://{at}/v1/completions -H 'X-Model: {a}' -H 'content-type: application/json' -d '{{\"prompt\": \"hi\"}}' | grep -i x-replica");
-        println!("  curl -s http://{admin}/v1/pools");
-        println!();
-        println!(
-            "  # the admin API: list, add, drain replicas (changes are not persisted in the demo):"
-        );
-        println!("  cargo run -p inferlb -- replicas list --admin http://{admin}");
-        println!("  curl -s http://{admin}/metrics | grep inferlb_replica_requests");
-        println!();
-        if args.autoscale {
-            println!("  # {AUTOSCALED} scales itself: 0 replicas now, up to 3, each a process that takes 3 s to start.");
-            println!("  # A burst: the first requests are held while a replica starts, then it scales out:");
-            println!("  for i in $(seq 24); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' http://{at}/v1/chat/completions \\");
-            println!("       -H 'content-type: application/json' -d '{{\"model\": \"{AUTOSCALED}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], \"max_tokens\": 200}}' & done; wait");
-            println!("  # replicas appear, then drain and stop after 15 s of quiet, and the pool goes to zero after 60 s idle:");
-            println!("  watch -n1 cargo run -q -p inferlb -- replicas list --admin http://{admin}");
-            println!("  curl -s http://{admin}/v1/pools/{AUTOSCALED}/autoscaling");
-            println!();
-        }
-        println!("Ctrl-C to stop.");
     }
-    let plane = crate::serve::ControlPlane {
-        admin_listen: admin,
-        admin_listen_given: true,
-        token: None,
-        protect_probes: false,
-        store: None,
-        declared: inferlb_control::declared(&config),
-        config_path: None,
-        tasks: inferlb_control::TaskSettings {
-            dns_refresh: None,
-            health: config.health.clone(),
-            publish: None,
-        },
-    };
-    let workers = config.proxy.worker_count();
-    crate::serve::run_control_plane(handle, snapshots, state, workers, plane)?;
-    drop(handles);
-    Ok(())
+    println!("Ctrl-C to stop.");
 }
