@@ -409,7 +409,14 @@ fn sighup_applies_the_config_difference_and_rejects_a_bad_file() {
 
     std::fs::write(&config, "workers = \"many\"\n").unwrap();
     hup(server.child.id());
-    std::thread::sleep(Duration::from_millis(300));
+    // The server says it kept the running configuration, and it did.
+    let log = dir.join("state.log");
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("config reload rejected"))),
+        "{}",
+        log_tail(&log, 20)
+    );
     assert_eq!(ids(server.admin), ["b"]);
     let mut client = RawClient::connect(server.listen).unwrap();
     assert_eq!(client.get("/").unwrap().header("x-replica"), Some("b"));
