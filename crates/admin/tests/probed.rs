@@ -265,12 +265,28 @@ async fn a_drain_and_the_removal_of_an_idle_replica_are_one_change() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let (status, _) = call(&app, Method::PUT, "/v1/replicas", Some(json!([]))).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, _) = call(
+        &app,
+        Method::PATCH,
+        "/v1/replicas/a",
+        Some(json!({"weight": 7, "state": "draining"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, _) = call(
+        &app,
+        Method::POST,
+        "/v1/pools/other/replicas",
+        Some(json!({"address": "127.0.0.1:9003"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let snapshot = app.control.snapshot();
     assert_eq!(snapshot.replicas().len(), 2);
     assert!(snapshot
         .replicas()
         .iter()
-        .all(|r| r.state == ReplicaState::Active));
+        .all(|r| r.state == ReplicaState::Active && r.weight == 1));
     // It works again: both answers are true to the final state.
     std::fs::remove_dir_all(&path).unwrap();
     let (status, answer) = call(&app, Method::DELETE, "/v1/replicas/a", None).await;

@@ -354,6 +354,24 @@ fn the_token_is_enforced_and_required_off_loopback() {
         200
     );
     assert_eq!(call(server.admin, "GET", "/v1/status", None, None).0, 401);
+    // Written with the default umask, the file is readable by everyone: the
+    // start-up log says so (as ssh does of a private key); at 0600 it does not.
+    let warning = "readable by its group or by everyone";
+    let log = std::fs::read_to_string(dir.join("state2.log")).unwrap();
+    assert!(log.contains(warning), "{log}");
+    drop(server);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut cmd = command(&dir.join("state4.json"), admin, listen);
+    cmd.arg("--admin-token-file").arg(&token_file);
+    let server = start(cmd, listen, admin);
+    assert_eq!(
+        call(server.admin, "GET", "/v1/status", None, Some("from-a-file")).0,
+        200
+    );
+    let log = std::fs::read_to_string(dir.join("state4.log")).unwrap();
+    assert!(!log.contains(warning), "{log}");
 
     let port = free_addr().port();
     let output = command(
