@@ -265,10 +265,18 @@ impl LocalScaler {
     /// forgotten and retried after the backoff.
     pub fn start_failed(&mut self, now: Duration, index: u32, cause: String) -> Event {
         self.replicas.retain(|r| r.index != index);
-        self.next_start = now + self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.back_off(now);
         let live = self.live() as u32;
         failure(live, live, cause)
+    }
+
+    /// After a failure: no start before the backoff has passed, and the next
+    /// failure waits twice as long (up to [`BACKOFF_MAX`]). Returns the wait.
+    fn back_off(&mut self, now: Duration) -> Duration {
+        let wait = self.backoff;
+        self.next_start = now + wait;
+        self.backoff = (wait * 2).min(BACKOFF_MAX);
+        wait
     }
 
     /// A `Start` not attempted (an earlier one of the same decision failed):
@@ -350,13 +358,12 @@ impl LocalScaler {
             let replica = self.replicas.remove(at);
             d.actions.push(Action::Stop { index: *index });
             if replica.phase != Phase::Draining {
-                self.next_start = now + self.backoff;
+                let wait = self.back_off(now);
                 let cause = format!(
                     "replica {} {reason}; replacing it in {}",
                     self.name(*index),
-                    humantime::format_duration(self.backoff)
+                    humantime::format_duration(wait)
                 );
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 let live = self.live() as u32;
                 d.events.push(failure(live + 1, live, cause));
             }
@@ -392,15 +399,14 @@ impl LocalScaler {
             }
             if now.saturating_sub(r.started) >= self.config.start_timeout {
                 self.replicas.remove(i);
-                self.next_start = now + self.backoff;
+                let wait = self.back_off(now);
                 let cause = format!(
                     "replica {} did not pass its health check ({}) within {}: stopped; retrying in {}",
                     self.name(r.index),
                     self.config.health_path,
                     humantime::format_duration(self.config.start_timeout),
-                    humantime::format_duration(self.backoff)
+                    humantime::format_duration(wait)
                 );
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 d.actions.push(Action::Stop { index: r.index });
                 let live = self.live() as u32;
                 d.events.push(failure(live + 1, live, cause));
