@@ -160,7 +160,8 @@ async fn route(
         .map(|span| ModelName::new(span.in_head(&client.buf[head.clone()])));
     if let Some(local) = info.local {
         let name = match local {
-            Local::GetModel(span) => in_head(span),
+            // A model id with a `/` (a Hugging Face id) comes as `%2F`.
+            Local::GetModel(span) => models::percent_decoded(&in_head(span)),
             Local::ListModels => String::new(),
         };
         let set = Arc::clone(worker.snapshots.borrow_mut().load());

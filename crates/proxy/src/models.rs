@@ -91,6 +91,33 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\n";
 
 /// The answer to a model route, or `None` when the request should go to a
 /// replica (no named pools). `model` is the `{model}` of a retrieval.
+/// A path segment with its `%XX` escapes decoded (`meta-llama%2FLlama-3`
+/// is `meta-llama/Llama-3`); a malformed escape, or bytes that are not
+/// UTF-8 once decoded, leave the segment as it was.
+pub(crate) fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                None => return segment.to_owned(),
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| segment.to_owned())
+}
+
 pub(crate) fn answer(
     set: &ReplicaSet,
     local: Local,
@@ -137,5 +164,24 @@ pub(crate) fn generated<'a>(status_line: &'a [u8], body: &'a [u8]) -> Generated<
         status_line,
         extra_headers: b"",
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decoded;
+
+    #[test]
+    fn model_ids_in_paths_are_percent_decoded() {
+        assert_eq!(
+            percent_decoded("meta-llama%2FLlama-3"),
+            "meta-llama/Llama-3"
+        );
+        assert_eq!(percent_decoded("a%2fb%20c"), "a/b c");
+        assert_eq!(percent_decoded("plain"), "plain");
+        // Malformed escapes and non-UTF-8 results are left alone.
+        assert_eq!(percent_decoded("bad%2"), "bad%2");
+        assert_eq!(percent_decoded("bad%zz"), "bad%zz");
+        assert_eq!(percent_decoded("x%ff"), "x%ff");
     }
 }

@@ -245,6 +245,11 @@ fn the_proxy_lists_the_models_of_its_pools(driver: IoDriver) {
     assert_eq!(resp.status, 200);
     let model: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(model["id"], "org/a");
+    // As clients send an id with a `/` (`urllib.parse.quote(id, safe="")`).
+    let resp = client.get("/v1/models/org%2Fa").unwrap();
+    assert_eq!(resp.status, 200);
+    let model: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(model["id"], "org/a");
     let resp = client.get("/v1/models/c").unwrap();
     assert_eq!(resp.status, 404);
 
