@@ -8,6 +8,8 @@
 pub(crate) enum ErrorKind {
     /// Malformed request line, header or framing; 400 and close.
     BadRequest,
+    /// A JSON body that names `"model"` more than once; 400 and close.
+    AmbiguousModel,
     /// A head over the size limit or with too many fields; 431 and close.
     HeadTooLarge,
     /// A body over the configured limit; 413 and close.
@@ -46,7 +48,7 @@ impl ErrorKind {
     /// The status line, reason included.
     pub(crate) fn status_line(self) -> &'static [u8] {
         match self {
-            Self::BadRequest => b"HTTP/1.1 400 Bad Request\r\n",
+            Self::BadRequest | Self::AmbiguousModel => b"HTTP/1.1 400 Bad Request\r\n",
             Self::HeadTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             Self::BodyTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
             Self::HeadTimeout | Self::BodyTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
@@ -68,6 +70,7 @@ impl ErrorKind {
     pub(crate) fn body(self) -> &'static [u8] {
         match self {
             Self::BadRequest => br#"{"error":"bad_request","message":"the request is malformed or its framing is ambiguous"}"#,
+            Self::AmbiguousModel => br#"{"error":{"message":"The request body names \"model\" more than once.","type":"invalid_request_error","param":"model","code":"duplicate_model"}}"#,
             Self::HeadTooLarge => br#"{"error":"request_header_fields_too_large","message":"the request head is over the size or field-count limit"}"#,
             Self::BodyTooLarge => br#"{"error":"content_too_large","message":"the request body is over the configured limit"}"#,
             Self::HeadTimeout => br#"{"error":"request_timeout","message":"the request head did not arrive in time"}"#,

@@ -116,20 +116,93 @@ where
     Ok(T::deserialize(value).ok())
 }
 
-/// Only the top-level `"model"`: what routing by model needs. Every other
-/// field is skipped unparsed, and a model without escapes is borrowed from
-/// the payload, so this allocates nothing.
-#[derive(Debug, Default, Deserialize)]
-struct ModelOnly<'a> {
-    #[serde(borrow, default, deserialize_with = "lenient_str")]
-    model: Option<Cow<'a, str>>,
+/// What a body says of its model.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum BodyModel<'a> {
+    /// A top-level `"model"` string (borrowed from the payload unless it
+    /// has escapes).
+    Named(Cow<'a, str>),
+    /// No `"model"` string (another type, not JSON, not an object).
+    Absent,
+    /// `"model"` more than once: JSON parsers disagree on which one wins,
+    /// so the proxy and the replica could read different models.
+    Duplicate,
 }
 
-/// The body's top-level `"model"`, when it is a string.
-pub(crate) fn model_of(payload: &[u8]) -> Option<Cow<'_, str>> {
-    serde_json::from_slice::<ModelOnly<'_>>(payload)
-        .ok()
-        .and_then(|m| m.model)
+/// The body's top-level `"model"`, reading nothing else: every other field
+/// is skipped unparsed, and a model without escapes is borrowed from the
+/// payload, so this allocates nothing.
+pub(crate) fn model_of(payload: &[u8]) -> BodyModel<'_> {
+    match serde_json::from_slice::<ModelOnly<'_>>(payload) {
+        Ok(ModelOnly { count: 0, .. }) | Err(_) => BodyModel::Absent,
+        Ok(ModelOnly { count: 1, model }) => model.map_or(BodyModel::Absent, BodyModel::Named),
+        Ok(_) => BodyModel::Duplicate,
+    }
+}
+
+/// A top-level object's `"model"` values: the last, and how many there were.
+struct ModelOnly<'a> {
+    model: Option<Cow<'a, str>>,
+    count: usize,
+}
+
+impl<'de> Deserialize<'de> for ModelOnly<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ModelOnly<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = ModelOnly {
+                    model: None,
+                    count: 0,
+                };
+                while let Some(IsModel(is_model)) = map.next_key()? {
+                    if is_model {
+                        out.count += 1;
+                        out.model = map.next_value::<Lenient<'de>>()?.0;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// Whether an object key is `"model"`, decided without allocating.
+struct IsModel(bool);
+
+impl<'de> Deserialize<'de> for IsModel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IsModel;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IsModel(v == "model"))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// A string value, read with [`lenient_str`].
+struct Lenient<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Lenient<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_str(d).map(Lenient)
+    }
 }
 
 /// A string, borrowed where it can be; any other JSON value reads as absent
@@ -246,7 +319,7 @@ mod tests {
     fn the_model_and_the_chat_text_are_read() {
         let body = br#"{"model":"llama-3-8b","stream":true,"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":[{"type":"text","text":"Hi"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
         let parsed = Parsed::from(body);
-        assert_eq!(model_of(body).as_deref(), Some("llama-3-8b"));
+        assert_eq!(model_of(body), BodyModel::Named("llama-3-8b".into()));
         let mut text = Vec::new();
         parsed.text(body, &mut text);
         assert_eq!(text, b"system\0You are terse.\0user\0Hi\0");
@@ -256,26 +329,33 @@ mod tests {
     fn prompts_escapes_and_odd_types() {
         let body = br#"{"model":"a\"b","prompt":"once upon"}"#;
         let parsed = Parsed::from(body);
-        assert_eq!(model_of(body).as_deref(), Some("a\"b"));
+        assert_eq!(model_of(body), BodyModel::Named("a\"b".into()));
         let mut text = Vec::new();
         parsed.text(body, &mut text);
         assert_eq!(text, b"once upon");
         // A model that is not a string, and a body that is not JSON.
         let body = br#"{"model":42,"input":"x"}"#;
         let parsed = Parsed::from(body);
-        assert_eq!(model_of(body), None);
+        assert_eq!(model_of(body), BodyModel::Absent);
         parsed.text(body, &mut text);
         assert_eq!(text, body, "anything else: the body itself");
-        assert_eq!(model_of(b"not json"), None);
+        assert_eq!(model_of(b"not json"), BodyModel::Absent);
+        assert_eq!(model_of(b"[1, 2]"), BodyModel::Absent);
         for odd in [
             &br#"{"model":{"a":[1,{"b":2}]},"x":1}"#[..],
             br#"{"model":[1,"m"]}"#,
             br#"{"model":null}"#,
         ] {
-            assert_eq!(model_of(odd), None, "{}", String::from_utf8_lossy(odd));
+            assert_eq!(model_of(odd), BodyModel::Absent, "{}", String::from_utf8_lossy(odd));
         }
         let after = br#"{"messages":[{"role":"user","content":"hi"}],"model":"late"}"#;
-        assert_eq!(model_of(after).as_deref(), Some("late"));
+        assert_eq!(model_of(after), BodyModel::Named("late".into()));
+        // Twice, even with one value: refused, not read as either.
+        for twice in [&br#"{"model":"a","model":"b"}"#[..], br#"{"model":"a","x":{"model":"n"},"model":"a"}"#] {
+            assert_eq!(model_of(twice), BodyModel::Duplicate);
+        }
+        // A nested "model" is not the top-level one.
+        assert_eq!(model_of(br#"{"x":{"model":"n"},"model":"a"}"#), BodyModel::Named("a".into()));
         let parsed = Parsed::from(br#"{"prompt":[1,2]}"#);
         parsed.text(b"", &mut text);
         assert_eq!(text.len(), 16);
@@ -286,6 +366,6 @@ mod tests {
         let raw = b"7\r\n{\"model\r\n8\r\n\":\"m\"}  \r\n0\r\n\r\n";
         let payload = payload(raw, Framing::Chunked);
         assert_eq!(&*payload, b"{\"model\":\"m\"}  ");
-        assert_eq!(model_of(&payload).as_deref(), Some("m"));
+        assert_eq!(model_of(&payload), BodyModel::Named("m".into()));
     }
 }

@@ -179,6 +179,18 @@ fn without_a_default_pool_a_model_nobody_serves_gets_404(driver: IoDriver) {
     // The connection stays usable: the body was read whole.
     let resp = post(&mut client, "/v1/completions", json, r#"{"model":"a"}"#);
     assert_eq!(resp.status, 200);
+    // A body that names its model twice is refused, not read as no model
+    // (or as whichever one the replica's parser would keep).
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = post(
+        &mut client,
+        "/v1/completions",
+        json,
+        r#"{"model":"a","prompt":"x","model":"b"}"#,
+    );
+    assert_eq!(resp.status, 400);
+    let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(error["error"]["code"], "duplicate_model");
 }
 
 fn a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413(driver: IoDriver) {

@@ -80,7 +80,13 @@ pub(super) async fn find_target(
         // The model alone costs nothing on the heap; the text only when the
         // pool routes by prefix.
         if target.model.is_none() {
-            target.model = inspect::model_of(&payload).map(|m| ModelName::new(m.as_bytes()));
+            target.model = match inspect::model_of(&payload) {
+                inspect::BodyModel::Named(m) => Some(ModelName::new(m.as_bytes())),
+                inspect::BodyModel::Absent => None,
+                inspect::BodyModel::Duplicate => {
+                    return Err(Abort::Respond(ErrorKind::AmbiguousModel))
+                }
+            };
         }
         if by_prefix(
             &set,
