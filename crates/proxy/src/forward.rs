@@ -202,7 +202,13 @@ async fn route(
                 respond_with(worker, client, id, response, body_done, keep_client).await,
             );
         }
-        Routed::TooLarge => return Err(Abort::Respond(ErrorKind::BodyTooLarge)),
+        Routed::TooLarge => {
+            let config = &worker.config.model;
+            let body = models::too_large_to_inspect(config.max_inspect_body_bytes, &config.header);
+            let response = models::generated(models::TOO_LARGE, &body);
+            // The rest of the body is unread: the connection closes.
+            return answered(respond_with(worker, client, id, response, false, false).await);
+        }
     };
     Ok(Route::Forward(Routable {
         info,

@@ -19,10 +19,19 @@ use crate::exchange::{continue_if_expected, Progress};
 use crate::h1::body::{Body, Framing};
 use crate::h1::request::RequestInfo;
 
+/// How much of a chunked body's framing inspection accepts beside `max`
+/// payload bytes: chunks of a few KiB cost a few bytes each, while a body
+/// of one-byte chunks (six bytes per payload byte) stops being inspected.
+fn framing_allowance(max: usize) -> usize {
+    max / 2 + 4096
+}
+
 /// Reads the rest of the request body behind the head in `client.request`
-/// (which ends at `head_end`) while the body stays within `max` bytes.
-/// Returns whether the whole body is there within `max`; when it is not,
-/// what was read stays in `client.request` and the rest streams as usual.
+/// (which ends at `head_end`) while its payload stays within `max` bytes
+/// (the decoded bytes: a chunked body's framing does not count, within a
+/// [`framing_allowance`]). Returns whether the whole body is there within
+/// `max`; when it is not, what was read stays in `client.request` and the
+/// rest streams as usual.
 pub(crate) async fn read_body(
     client: &mut Client,
     info: &RequestInfo,
@@ -35,10 +44,11 @@ pub(crate) async fn read_body(
     if matches!(info.body, Framing::Length(n) if n > max as u64) {
         return Ok(false);
     }
+    let raw_max = max.saturating_add(framing_allowance(max));
     loop {
         let have = client.request.len() - head_end;
-        client.keep_body(body, (max + 1).saturating_sub(have))?;
-        let within = client.request.len() - head_end <= max;
+        client.keep_body(body, (raw_max + 1).saturating_sub(have))?;
+        let within = body.payload_len() <= max as u64 && client.request.len() - head_end <= raw_max;
         if body.is_done() || !within {
             return Ok(body.is_done() && within);
         }
@@ -346,16 +356,27 @@ mod tests {
             br#"{"model":[1,"m"]}"#,
             br#"{"model":null}"#,
         ] {
-            assert_eq!(model_of(odd), BodyModel::Absent, "{}", String::from_utf8_lossy(odd));
+            assert_eq!(
+                model_of(odd),
+                BodyModel::Absent,
+                "{}",
+                String::from_utf8_lossy(odd)
+            );
         }
         let after = br#"{"messages":[{"role":"user","content":"hi"}],"model":"late"}"#;
         assert_eq!(model_of(after), BodyModel::Named("late".into()));
         // Twice, even with one value: refused, not read as either.
-        for twice in [&br#"{"model":"a","model":"b"}"#[..], br#"{"model":"a","x":{"model":"n"},"model":"a"}"#] {
+        for twice in [
+            &br#"{"model":"a","model":"b"}"#[..],
+            br#"{"model":"a","x":{"model":"n"},"model":"a"}"#,
+        ] {
             assert_eq!(model_of(twice), BodyModel::Duplicate);
         }
         // A nested "model" is not the top-level one.
-        assert_eq!(model_of(br#"{"x":{"model":"n"},"model":"a"}"#), BodyModel::Named("a".into()));
+        assert_eq!(
+            model_of(br#"{"x":{"model":"n"},"model":"a"}"#),
+            BodyModel::Named("a".into())
+        );
         let parsed = Parsed::from(br#"{"prompt":[1,2]}"#);
         parsed.text(b"", &mut text);
         assert_eq!(text.len(), 16);

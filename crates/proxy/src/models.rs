@@ -87,10 +87,26 @@ pub(crate) fn not_found(model: Option<&str>) -> Vec<u8> {
 
 /// The status line of [`not_found`].
 pub(crate) const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\n";
+pub(crate) const TOO_LARGE: &[u8] = b"HTTP/1.1 413 Content Too Large\r\n";
+
+/// The 413 of a body too large to read for its model with no default pool
+/// to send it to: it names the limit, and the way around it.
+pub(crate) fn too_large_to_inspect(limit: usize, header: &str) -> Vec<u8> {
+    let message = format!(
+        "The request body is over routing.max_inspect_body_bytes ({limit} bytes), the most read to find its \"model\", and there is no default pool: name the model in the {header} header instead."
+    );
+    serde_json::to_vec(&serde_json::json!({
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "request_too_large",
+        }
+    }))
+    .unwrap_or_default()
+}
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\n";
 
-/// The answer to a model route, or `None` when the request should go to a
-/// replica (no named pools). `model` is the `{model}` of a retrieval.
 /// A path segment with its `%XX` escapes decoded (`meta-llama%2FLlama-3`
 /// is `meta-llama/Llama-3`); a malformed escape, or bytes that are not
 /// UTF-8 once decoded, leave the segment as it was.
@@ -118,6 +134,8 @@ pub(crate) fn percent_decoded(segment: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| segment.to_owned())
 }
 
+/// The answer to a model route, or `None` when the request should go to a
+/// replica (no named pools). `model` is the `{model}` of a retrieval.
 pub(crate) fn answer(
     set: &ReplicaSet,
     local: Local,

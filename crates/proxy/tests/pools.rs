@@ -215,6 +215,32 @@ fn a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413(driver: Io
     let resp = post(&mut client, "/v1/completions", json, &big);
     assert_eq!(resp.status, 413);
     assert_eq!(resp.header("connection"), Some("close"));
+    // The answer names the limit and the way around it.
+    let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("routing.max_inspect_body_bytes") && message.contains("1024"),
+        "{message}"
+    );
+    assert!(message.contains("x-model"), "{message}");
+    // The limit counts the payload, not a chunked body's framing: 900
+    // bytes in 8-byte chunks (about 1 500 bytes on the wire) are read.
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let payload = format!(r#"{{"model":"b","prompt":"{}"}}"#, "y".repeat(870));
+    let mut wire = String::from("POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for piece in payload.as_bytes().chunks(8) {
+        wire.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            piece.len(),
+            std::str::from_utf8(piece).unwrap()
+        ));
+    }
+    wire.push_str("0\r\n\r\n");
+    assert!(wire.len() > 1024 + 200);
+    client.send(wire.as_bytes()).unwrap();
+    let resp = client.read_response().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(replica_of(&resp), "b1");
     // Chunked, discovered while reading.
     let mut client = RawClient::connect(proxy.addr()).unwrap();
     let head = "POST / HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";

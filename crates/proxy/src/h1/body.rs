@@ -56,6 +56,8 @@ pub(crate) struct Body {
     limit: Option<u64>,
     /// Most chunk-extension bytes accepted over the whole body.
     max_extensions: Option<u64>,
+    /// Payload bytes taken so far (a chunked body's framing not counted).
+    payload: u64,
 }
 
 impl Body {
@@ -71,6 +73,7 @@ impl Body {
             state,
             limit: None,
             max_extensions: None,
+            payload: 0,
         }
     }
 
@@ -82,6 +85,11 @@ impl Body {
             max_extensions: Some(max_extensions as u64),
             ..Self::new(framing)
         }
+    }
+
+    /// Payload bytes taken so far: the body's decoded size up to here.
+    pub(crate) fn payload_len(&self) -> u64 {
+        self.payload
     }
 
     /// Whether the whole body has been taken.
@@ -104,6 +112,11 @@ impl Body {
         input: &[u8],
         mut payload: impl FnMut(Range<usize>),
     ) -> Result<usize, BodyError> {
+        let mut counted = 0;
+        let mut payload = |range: Range<usize>| {
+            counted += range.len() as u64;
+            payload(range);
+        };
         let n = match &mut self.state {
             State::Done => 0,
             State::Length(left) => {
@@ -139,6 +152,7 @@ impl Body {
                 input.len()
             }
         };
+        self.payload += counted;
         Ok(n)
     }
 }
