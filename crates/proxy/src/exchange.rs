@@ -376,6 +376,7 @@ mod tests {
                     client_ip: b"127.0.0.1",
                     trusted: false,
                     underscores: false,
+                    keep_claims: false,
                     model_header: b"x-model",
                 },
                 &mut request_id,

@@ -425,6 +425,7 @@ fn classify(
         client_ip: client.ip.as_bytes(),
         trusted: client.trusted,
         underscores: config.underscores_in_headers,
+        keep_claims: config.keep_untrusted_forwarded_headers,
         model_header: config.model.header.as_bytes(),
     };
     let parsed = request::parse_and_rewrite(

@@ -66,6 +66,7 @@ pub mod bench_support {
                 client_ip: b"192.0.2.1",
                 trusted: false,
                 underscores: false,
+                keep_claims: false,
                 model_header: b"x-model",
             },
             &mut request_id.0,

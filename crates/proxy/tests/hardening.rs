@@ -379,7 +379,16 @@ fn underscored_headers_are_dropped_by_default(driver: IoDriver) {
 
 const SPOOFED: &[u8] =
     b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n\
-X-Real-IP: 10.0.0.1\r\nForwarded: for=10.0.0.1;proto=https\r\n\r\n";
+X-Real-IP: 10.0.0.1\r\nForwarded: for=10.0.0.1;proto=https\r\nX-Forwarded-Host: evil.example\r\n\
+X-Forwarded-Port: 8443\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Server: evil\r\n\r\n";
+
+/// The claims only a proxy in front can vouch for.
+const CLAIMS: [&str; 4] = [
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+];
 
 fn forwarding_headers_from_untrusted_clients_are_replaced(driver: IoDriver) {
     let replica = FakeReplica::builder().start().unwrap();
@@ -395,6 +404,21 @@ fn forwarding_headers_from_untrusted_clients_are_replaced(driver: IoDriver) {
         seen.header_values("forwarded"),
         vec!["for=127.0.0.1;proto=http"]
     );
+    for claim in CLAIMS {
+        assert!(
+            seen.header_values(claim).is_empty(),
+            "{claim} reached the replica"
+        );
+    }
+    // Kept when the operator says so.
+    let proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.keep_untrusted_forwarded_headers = true;
+    });
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    client.send(SPOOFED).unwrap();
+    assert_eq!(client.read_response().unwrap().status, 200);
+    let seen = replica.counters().last_request().unwrap();
+    assert_eq!(seen.header_values("x-forwarded-host"), vec!["evil.example"]);
 }
 
 fn forwarding_headers_from_trusted_proxies_are_appended(driver: IoDriver) {
@@ -416,6 +440,10 @@ fn forwarding_headers_from_trusted_proxies_are_appended(driver: IoDriver) {
         seen.header_values("forwarded"),
         vec!["for=10.0.0.1;proto=https, for=127.0.0.1;proto=http"]
     );
+    // A trusted proxy's claims go on.
+    for claim in CLAIMS {
+        assert_eq!(seen.header_values(claim).len(), 1, "{claim}");
+    }
 }
 
 fn absolute_form_goes_on_in_origin_form(driver: IoDriver) {

@@ -48,6 +48,12 @@ pub struct FileConfig {
     /// are dropped, because a CGI/WSGI backend reads `X_Forwarded_For` and
     /// `X-Forwarded-For` as the same variable (nginx `underscores_in_headers`).
     pub underscores_in_headers: Option<bool>,
+    /// Keep `X-Forwarded-Host`, `X-Forwarded-Port`, `X-Forwarded-Prefix` and
+    /// `X-Forwarded-Server` from clients that are not `trusted_proxies`.
+    /// Default false: they are dropped, since a replica that builds URLs or
+    /// redirects from them would believe any client (Traefik's
+    /// `forwardedHeaders.insecure`).
+    pub keep_untrusted_forwarded_headers: Option<bool>,
     /// Timeouts, in milliseconds.
     #[serde(default)]
     pub timeouts: FileTimeouts,

@@ -79,6 +79,8 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<Cidr>,
     /// See [`FileConfig::underscores_in_headers`].
     pub underscores_in_headers: bool,
+    /// See [`FileConfig::keep_untrusted_forwarded_headers`].
+    pub keep_untrusted_forwarded_headers: bool,
     /// How a request's model is found.
     pub model: ModelSelection,
 }
@@ -97,6 +99,7 @@ impl Default for ProxyConfig {
             outlier: crate::outlier::Ejection::default(),
             trusted_proxies: Vec::new(),
             underscores_in_headers: false,
+            keep_untrusted_forwarded_headers: false,
             model: ModelSelection::default(),
         }
     }
@@ -269,6 +272,7 @@ pub(super) fn proxy(p: &mut Problems, file: &FileConfig) -> ProxyConfig {
         outlier: outlier(p, &file.outlier),
         trusted_proxies: trusted_proxies(p, &file.trusted_proxies),
         underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
+        keep_untrusted_forwarded_headers: file.keep_untrusted_forwarded_headers.unwrap_or(false),
         model: model_selection(p, file.routing.as_ref()),
     }
 }

@@ -230,9 +230,21 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) trusted: bool,
     /// Forward header names containing `_` (`underscores_in_headers`).
     pub(crate) underscores: bool,
+    /// Keep an untrusted client's [`CLIENT_CLAIMS`]
+    /// (`keep_untrusted_forwarded_headers`).
+    pub(crate) keep_claims: bool,
     /// The header naming the model, lowercase.
     pub(crate) model_header: &'a [u8],
 }
+
+/// Forwarding headers that only a proxy in front can vouch for and that
+/// inferlb does not write: from an untrusted client they are dropped.
+const CLIENT_CLAIMS: [&[u8]; 4] = [
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+    b"x-forwarded-server",
+];
 
 /// Forwarding headers the proxy writes itself, from the client's address
 /// and (for a trusted client) the client's own values.
@@ -495,6 +507,9 @@ impl ReplicaHead<'_, '_> {
                 || name.eq_ignore_ascii_case(b"expect")
                 || name.eq_ignore_ascii_case(b"x-request-id")
                 || FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
+                || (!self.forwarding.trusted
+                    && !self.forwarding.keep_claims
+                    && CLIENT_CLAIMS.iter().any(|f| name.eq_ignore_ascii_case(f)))
                 || (self.authority.is_some() && name.eq_ignore_ascii_case(b"host"))
                 || (!self.forwarding.underscores && name.contains(&b'_'))
             {

@@ -12,6 +12,7 @@ fn rewrite(head: &[u8]) -> Result<(RequestInfo, String), ErrorKind> {
             client_ip: b"192.0.2.7",
             trusted: false,
             underscores: false,
+            keep_claims: false,
             model_header: b"x-model",
         },
         &mut id,
