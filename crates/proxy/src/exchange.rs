@@ -167,6 +167,7 @@ impl Exchange<'_> {
         // An interim response went to the client: a failure now must close
         // the client connection rather than answer a second time.
         let mut interim = false;
+        let mut interims = 0;
         loop {
             if !conn.buf.is_empty() {
                 let parsed = response::parse_and_rewrite(
@@ -178,8 +179,22 @@ impl Exchange<'_> {
                 );
                 match parsed {
                     Ok(Some(resp)) if resp.informational => {
-                        interim = true;
-                        if self.info.minor == 1 && !(resp.status == 100 && progress.sent_continue) {
+                        interims += 1;
+                        if interims > MAX_INTERIM_RESPONSES {
+                            // A replica that never gets to its answer: the
+                            // client gets a final 502 (allowed after any
+                            // number of interim responses).
+                            return Outcome::Fatal(Abort::Respond(ErrorKind::UpstreamFailed));
+                        }
+                        // RFC 9110 §15.2: not to an HTTP/1.0 client, and a
+                        // 100 only to a client that asked for it (and not
+                        // twice).
+                        let wanted = match resp.status {
+                            100 => self.info.expect_continue && !progress.sent_continue,
+                            _ => true,
+                        };
+                        if self.info.minor == 1 && wanted {
+                            interim = true;
                             let timeout = self.worker.config.timeouts.body_read;
                             if let Err(abort) = client.write_out(self.worker, timeout).await {
                                 return Outcome::Fatal(abort);
@@ -227,6 +242,10 @@ impl Exchange<'_> {
         }
     }
 }
+
+/// Interim (1xx) responses accepted before the final one; more is a
+/// replica that never answers, and the client gets 502.
+const MAX_INTERIM_RESPONSES: usize = 10;
 
 /// Which way a watched operation went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

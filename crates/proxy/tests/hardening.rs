@@ -24,6 +24,7 @@ both_drivers!(
     upload_time_is_not_response_time,
     every_transfer_encoding_line_counts,
     response_content_length_lists_follow_the_request_rules,
+    interim_responses_are_capped_and_100_goes_only_to_who_asked,
     bytes_after_the_last_chunk_keep_the_connection_out_of_the_pool,
     no_replay_after_a_response_byte,
     connection_cannot_name_host_away_and_every_token_counts,
@@ -283,6 +284,42 @@ fn response_content_length_lists_follow_the_request_rules(driver: IoDriver) {
             assert_eq!(client.get("/").unwrap().status, 200, "{text:?}");
         }
     }
+}
+
+fn interim_responses_are_capped_and_100_goes_only_to_who_asked(driver: IoDriver) {
+    // Eleven interim responses and never a final one: after ten, 502.
+    let endless: &'static [u8] = Box::leak(
+        "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+            .repeat(11)
+            .into_bytes()
+            .into_boxed_slice(),
+    );
+    let replica = scripted(endless, false);
+    let proxy = start(driver, &[replica.addr], |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut hints = 0;
+    let last = loop {
+        let head = client.read_head().unwrap();
+        if head.status != 103 {
+            break head;
+        }
+        hints += 1;
+    };
+    assert_eq!((hints, last.status), (10, 502));
+    // A 100 Continue the client did not ask for is not passed on (RFC 9110
+    // §15.2.1); the final answer is.
+    let replica = scripted(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    );
+    let proxy = start(driver, &[replica.addr], |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    // The first head the client sees is the final one.
+    assert_eq!(client.read_head().unwrap().status, 200);
 }
 
 fn bytes_after_the_last_chunk_keep_the_connection_out_of_the_pool(driver: IoDriver) {
