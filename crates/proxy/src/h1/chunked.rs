@@ -13,7 +13,7 @@
 //!  Ext ──CR──▶ SizeLf        TrailerStart ──CR──▶ EndLf ──LF──▶ Done
 //!                                │ other
 //!                                ▼
-//!                             Trailer ──CR──▶ TrailerLf ──LF──▶ TrailerStart
+//!                             TrailerName ──:──▶ TrailerValue ──CR──▶ TrailerLf ──LF──▶ TrailerStart
 //! ```
 
 use std::ops::Range;
@@ -23,6 +23,16 @@ use std::ops::Range;
 const MAX_LINE: usize = 4096;
 /// Hex digits in a size; 15 keep the size below 2⁶⁰.
 const MAX_SIZE_DIGITS: u8 = 15;
+
+/// Enough of a trailer field's name to tell a refused one.
+const NAME_KEPT: usize = 17;
+/// Fields a trailer may not carry (RFC 9110 §6.5.1): framing, and routing.
+const REFUSED_TRAILERS: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
+
+/// A `tchar` of a field name (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
 /// A chunked body that cannot be accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +47,8 @@ enum State {
     DataCr,
     DataLf,
     TrailerStart,
-    Trailer,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -51,6 +62,9 @@ pub(crate) struct ChunkedDecoder {
     digits: u8,
     line: usize,
     trailer: usize,
+    /// The trailer field name being read, lowercase, as far as it fits.
+    name: [u8; NAME_KEPT],
+    name_len: usize,
     data: u64,
     extensions: u64,
 }
@@ -70,9 +84,20 @@ impl ChunkedDecoder {
             digits: 0,
             line: 0,
             trailer: 0,
+            name: [0; NAME_KEPT],
+            name_len: 0,
             data: 0,
             extensions: 0,
         }
+    }
+
+    /// Counts a trailer byte against [`MAX_LINE`].
+    fn count_trailer(&mut self) -> Result<(), ChunkError> {
+        self.trailer += 1;
+        if self.trailer > MAX_LINE {
+            return Err(ChunkError);
+        }
+        Ok(())
     }
 
     /// Whether the last chunk and the trailer section have been seen.
@@ -154,14 +179,33 @@ impl ChunkedDecoder {
                 (State::DataCr, b'\r') => State::DataLf,
                 (State::DataLf, b'\n') => State::Size,
                 (State::TrailerStart, b'\r') => State::EndLf,
-                (State::TrailerStart | State::Trailer, 0 | b'\n') => return Err(ChunkError),
-                (State::Trailer, b'\r') => State::TrailerLf,
-                (State::TrailerStart | State::Trailer, _) => {
-                    self.trailer += 1;
-                    if self.trailer > MAX_LINE {
+                // Each trailer line is a field (RFC 9112 §7.1.2): a name of
+                // token characters, a colon, a value; not a folded line, not
+                // a bare line, not a framing or routing field.
+                (State::TrailerStart | State::TrailerName, b) if is_tchar(b) => {
+                    if self.state == State::TrailerStart {
+                        self.name_len = 0;
+                    }
+                    if self.name_len < NAME_KEPT {
+                        self.name[self.name_len] = b.to_ascii_lowercase();
+                    }
+                    self.name_len += 1;
+                    self.count_trailer()?;
+                    State::TrailerName
+                }
+                (State::TrailerName, b':') => {
+                    let name = &self.name[..self.name_len.min(NAME_KEPT)];
+                    if self.name_len <= NAME_KEPT && REFUSED_TRAILERS.contains(&name) {
                         return Err(ChunkError);
                     }
-                    State::Trailer
+                    self.count_trailer()?;
+                    State::TrailerValue
+                }
+                (State::TrailerValue, b'\r') => State::TrailerLf,
+                (State::TrailerValue, 0 | b'\n') => return Err(ChunkError),
+                (State::TrailerValue, _) => {
+                    self.count_trailer()?;
+                    State::TrailerValue
                 }
                 (State::TrailerLf, b'\n') => State::TrailerStart,
                 (State::EndLf, b'\n') => State::Done,
@@ -200,6 +244,31 @@ mod tests {
         let (_, out, done) = decode(b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n").unwrap();
         assert!(done);
         assert_eq!(out, b"abc");
+        let two = b"0\r\ngrpc-status: 0\r\nX-Checksum:abc\r\nX-Empty:\r\n\r\n";
+        assert!(decode(two).unwrap().2);
+    }
+
+    #[test]
+    fn trailers_are_header_fields_and_never_framing() {
+        for bad in [
+            // A folded line (obs-fold).
+            &b"0\r\nX-A: 1\r\n continued\r\n\r\n"[..],
+            b"0\r\n\tX-A: 1\r\n\r\n",
+            // A line that is not a field.
+            b"0\r\nnot a field\r\n\r\n",
+            b"0\r\nNoColon\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
+            b"0\r\nX A: 1\r\n\r\n",
+            // Framing and routing fields.
+            b"0\r\nContent-Length: 5\r\n\r\n",
+            b"0\r\ncontent-length:5\r\n\r\n",
+            b"0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"0\r\nHost: other\r\n\r\n",
+        ] {
+            assert!(decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // A longer name that starts like a refused one is a field like any.
+        assert!(decode(b"0\r\nContent-Length-X: 5\r\n\r\n").unwrap().2);
     }
 
     #[test]
