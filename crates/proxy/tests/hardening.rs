@@ -25,6 +25,7 @@ both_drivers!(
     every_transfer_encoding_line_counts,
     response_content_length_lists_follow_the_request_rules,
     interim_responses_are_capped_and_100_goes_only_to_who_asked,
+    an_invalid_chunked_response_before_any_byte_out_is_a_502,
     bytes_after_the_last_chunk_keep_the_connection_out_of_the_pool,
     no_replay_after_a_response_byte,
     connection_cannot_name_host_away_and_every_token_counts,
@@ -320,6 +321,19 @@ fn interim_responses_are_capped_and_100_goes_only_to_who_asked(driver: IoDriver)
         .unwrap();
     // The first head the client sees is the final one.
     assert_eq!(client.read_head().unwrap().status, 200);
+}
+
+fn an_invalid_chunked_response_before_any_byte_out_is_a_502(driver: IoDriver) {
+    // The head and a broken first chunk arrive together: nothing has gone
+    // to the client, so it gets a 502, not a bare close.
+    let replica = scripted(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        true,
+    );
+    let proxy = start(driver, &[replica.addr], |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = client.get("/").unwrap();
+    assert_eq!(resp.status, 502);
 }
 
 fn bytes_after_the_last_chunk_keep_the_connection_out_of_the_pool(driver: IoDriver) {

@@ -20,12 +20,15 @@ pub(super) async fn stream(
     let dechunk = resp.body == Framing::Chunked && info.minor == 0;
     // Body bytes that arrived with the head ride in the head's write.
     let early = conn.buf.len() - resp.head_len;
+    // Nothing has reached the client yet: a body that is already invalid
+    // is the replica's failure, answered 502 rather than a bare close.
     let taken = take_into(
         &mut body,
         &conn.buf[resp.head_len..],
         dechunk,
         &mut client.out,
-    )?;
+    )
+    .map_err(|_| Abort::Respond(ErrorKind::UpstreamFailed))?;
     let mut trailing = taken < early;
     conn.buf.clear();
     client.write_out(worker, timeout).await?;
