@@ -39,6 +39,7 @@ pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener) {
     let max = worker.config.limits.max_connections_per_worker as u64;
     let mut phase = worker.phase.clone();
     let mut last_refusal_log: Option<Instant> = None;
+    let mut last_client_refusal_log: Option<Instant> = None;
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
@@ -65,11 +66,32 @@ pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener) {
             drop(stream);
             continue;
         }
+        // One client address may hold only so many, across the workers.
+        let counted = match &worker.clients {
+            None => None,
+            Some(clients) => match clients.enter(peer.ip()) {
+                Some(counted) => Some(counted),
+                None => {
+                    worker.stats.connection_refused();
+                    if last_client_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                    {
+                        tracing::warn!(
+                            client = %peer.ip(),
+                            limit = worker.config.limits.max_connections_per_client,
+                            "connection limit per client address reached; closing its new connections"
+                        );
+                        last_client_refusal_log = Some(Instant::now());
+                    }
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
         worker.stats.connection_opened();
         let open = Open(Arc::clone(&worker.stats));
         let worker = Rc::clone(&worker);
         monoio::spawn(async move {
-            let _open = open;
+            let _held = (open, counted);
             serve(worker, stream, peer).await;
         });
     }

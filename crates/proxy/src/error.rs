@@ -28,6 +28,10 @@ pub(crate) enum ErrorKind {
     ExpectationFailed,
     /// No replica can take requests; 503 with `Retry-After`.
     NoReplica,
+    /// The worker's share of `limits.inspect_budget_bytes` is held by other
+    /// bodies, and this one names its model nowhere else; 503 with
+    /// `Retry-After` and close.
+    InspectBusy,
     /// Held for an autoscaling pool's first replica past `queue_timeout_ms`;
     /// 503 with `Retry-After`.
     QueueTimeout,
@@ -56,7 +60,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
             Self::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
             Self::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
-            Self::NoReplica | Self::QueueTimeout | Self::QueueFull => {
+            Self::NoReplica | Self::QueueTimeout | Self::QueueFull | Self::InspectBusy => {
                 b"HTTP/1.1 503 Service Unavailable\r\n"
             }
             Self::ConnectFailed | Self::UpstreamFailed => b"HTTP/1.1 502 Bad Gateway\r\n",
@@ -80,6 +84,7 @@ impl ErrorKind {
             Self::NotImplemented => br#"{"error":"not_implemented","message":"the method or transfer coding is not supported"}"#,
             Self::ExpectationFailed => br#"{"error":"expectation_failed","message":"only Expect: 100-continue is supported"}"#,
             Self::NoReplica => br#"{"error":"no_routable_replica","message":"no replica can take requests right now; retry later"}"#,
+            Self::InspectBusy => br#"{"error":"overloaded","message":"too many request bodies are being read for their model right now; retry later, or name the model in the model header"}"#,
             Self::QueueTimeout => br#"{"error":"no_routable_replica","message":"no replica of the pool became ready within its queue timeout; retry later"}"#,
             Self::QueueFull => br#"{"error":"no_routable_replica","message":"too many requests are waiting for the pool's first replica; retry later"}"#,
             Self::ConnectFailed => br#"{"error":"bad_gateway","message":"no replica accepted a connection"}"#,
@@ -110,7 +115,7 @@ impl ErrorKind {
         match self {
             // Long enough for an autoscaler or an operator to bring a replica
             // back, short enough that clients retry promptly.
-            Self::NoReplica => b"Retry-After: 1\r\n",
+            Self::NoReplica | Self::InspectBusy => b"Retry-After: 1\r\n",
             // A replica is starting: worth a few seconds.
             Self::QueueTimeout | Self::QueueFull => b"Retry-After: 5\r\n",
             Self::MethodNotAllowed => b"Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n",

@@ -9,10 +9,11 @@
 //! replayable. Requests without a JSON body never wait here.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::budget::Reserved;
 use crate::client::{Client, BODY_BUFFER};
 use crate::error::{Abort, ErrorKind};
 use crate::exchange::{continue_if_expected, Progress};
@@ -26,34 +27,87 @@ fn framing_allowance(max: usize) -> usize {
     max / 2 + 4096
 }
 
+/// How far reading a body for its model may go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InspectLimits {
+    /// Most payload bytes read (`routing.max_inspect_body_bytes`).
+    pub(crate) max: usize,
+    /// Longest gap between two reads (`timeouts.body_read_timeout_ms`).
+    pub(crate) gap: Duration,
+    /// Time for the whole body (`timeouts.request_read_timeout_ms`).
+    pub(crate) whole: Duration,
+    /// Slowest average arrival after [`RATE_GRACE`]
+    /// (`limits.min_body_rate_bytes_per_s`); 0 is off.
+    pub(crate) min_rate: u64,
+}
+
+/// How long a body may take before its average rate counts: a client's
+/// first packets may come slowly while its connection warms up.
+const RATE_GRACE: Duration = Duration::from_secs(1);
+
+/// How reading a body for its model ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inspected {
+    /// The whole body is in `client.request`.
+    Whole,
+    /// It is over the limit; what was read stays and the rest streams.
+    TooLarge,
+    /// The worker's inspection budget is spent; what was read stays and the
+    /// rest streams.
+    NoBudget,
+}
+
 /// Reads the rest of the request body behind the head in `client.request`
-/// (which ends at `head_end`) while its payload stays within `max` bytes
-/// (the decoded bytes: a chunked body's framing does not count, within a
-/// [`framing_allowance`]). Returns whether the whole body is there within
-/// `max`; when it is not, what was read stays in `client.request` and the
-/// rest streams as usual.
+/// (which ends at `head_end`) while its payload stays within `limits.max`
+/// bytes (the decoded bytes: a chunked body's framing does not count, within
+/// a [`framing_allowance`]), holding what it reads against `reserved`. A
+/// body that trickles (past the whole-body time, or under the minimum rate)
+/// is answered 408: memory held for inspection is never pinned by a slow
+/// client.
 pub(crate) async fn read_body(
     client: &mut Client,
     info: &RequestInfo,
     body: &mut Body,
     head_end: usize,
-    max: usize,
-    timeout: Duration,
+    limits: InspectLimits,
+    reserved: &mut Reserved,
     progress: &mut Progress,
-) -> Result<bool, Abort> {
-    if matches!(info.body, Framing::Length(n) if n > max as u64) {
-        return Ok(false);
+) -> Result<Inspected, Abort> {
+    let max = limits.max;
+    match info.body {
+        Framing::Length(n) if n > max as u64 => return Ok(Inspected::TooLarge),
+        // The whole body's room, before reading any of it.
+        Framing::Length(n) if !reserved.grow_to(n as usize) => return Ok(Inspected::NoBudget),
+        _ => {}
     }
     let raw_max = max.saturating_add(framing_allowance(max));
+    let started = Instant::now();
+    let deadline = started + limits.whole;
     loop {
         let have = client.request.len() - head_end;
         client.keep_body(body, (raw_max + 1).saturating_sub(have))?;
-        let within = body.payload_len() <= max as u64 && client.request.len() - head_end <= raw_max;
+        let held = client.request.len() - head_end;
+        if !reserved.grow_to(held) {
+            return Ok(Inspected::NoBudget);
+        }
+        let within = body.payload_len() <= max as u64 && held <= raw_max;
         if body.is_done() || !within {
-            return Ok(body.is_done() && within);
+            return Ok(if body.is_done() && within {
+                Inspected::Whole
+            } else {
+                Inspected::TooLarge
+            });
+        }
+        let elapsed = started.elapsed();
+        let too_slow = limits.min_rate > 0
+            && elapsed > RATE_GRACE
+            && (body.payload_len() as f64) < limits.min_rate as f64 * elapsed.as_secs_f64();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if too_slow || left.is_zero() {
+            return Err(Abort::Respond(ErrorKind::BodyTimeout));
         }
         continue_if_expected(info, client, body, progress).await?;
-        match monoio::time::timeout(timeout, client.fill(BODY_BUFFER)).await {
+        match monoio::time::timeout(limits.gap.min(left), client.fill(BODY_BUFFER)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Err(Abort::ClientGone),
             Err(_) => return Err(Abort::Respond(ErrorKind::BodyTimeout)),

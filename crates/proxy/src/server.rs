@@ -119,6 +119,10 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<ActiveDriver>>();
     let mut threads = Vec::with_capacity(workers);
     let mut stats = Vec::with_capacity(workers);
+    let clients = config
+        .limits
+        .max_connections_per_client
+        .map(crate::clients::ClientCounts::new);
     for index in 0..workers {
         let worker_stats = Arc::new(WorkerStats::default());
         stats.push(Arc::clone(&worker_stats));
@@ -126,6 +130,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         let cell = Arc::clone(snapshots.cell());
         let phase = phase_rx.clone();
         let ready = ready_tx.clone();
+        let clients = clients.clone();
         let thread = thread::Builder::new()
             .name(format!("inferlb-w{index}"))
             .spawn(move || {
@@ -134,7 +139,8 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
                         tracing::warn!(worker = index, error = ?e, "cannot pin worker to a CPU");
                     }
                 }
-                let worker = Worker::new(index, config.clone(), cell, phase, worker_stats);
+                let mut worker = Worker::new(index, config.clone(), cell, phase, worker_stats);
+                worker.clients = clients;
                 run_worker(&config, local_addr, worker, ready);
             })?;
         threads.push(thread);

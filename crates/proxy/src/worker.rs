@@ -13,7 +13,9 @@ use arc_swap::{ArcSwap, Cache};
 use inferlb_core::{Cursor, ProxyConfig, ReplicaSet, WorkerStats};
 use tokio::sync::watch;
 
+use crate::budget::InspectBudget;
 use crate::buffers::Buffers;
+use crate::clients::ClientCounts;
 use crate::deadlines::{DeadlineTable, SWEEP_EVERY};
 use crate::retry_budget::RetryBudget;
 use crate::upstream::pool::Pool;
@@ -55,6 +57,11 @@ pub(crate) struct Worker {
     /// (keep-alive, header, pool idle), where a clock read per use would
     /// cost more than the precision is worth (nginx caches its time too).
     coarse_now: Cell<Instant>,
+    /// This worker's share of `limits.inspect_budget_bytes`.
+    pub(crate) inspect_budget: Rc<InspectBudget>,
+    /// Connections per client address across the workers, when
+    /// `limits.max_connections_per_client` is set.
+    pub(crate) clients: Option<Arc<ClientCounts>>,
 }
 
 impl Worker {
@@ -85,7 +92,11 @@ impl Worker {
             config.retries.budget_window_ms,
             config.retries.budget_percent,
         );
+        let inspect_budget =
+            InspectBudget::share(config.limits.inspect_budget_bytes, config.worker_count());
         Self {
+            inspect_budget,
+            clients: None,
             config,
             snapshots: RefCell::new(Cache::new(cell)),
             cursor: RefCell::new(Cursor::starting_at(index as u64)),

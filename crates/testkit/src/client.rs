@@ -66,6 +66,17 @@ impl RawClient {
         })
     }
 
+    /// Wraps a connected stream (one bound to a chosen source address, say),
+    /// with the default read timeout.
+    pub fn from_stream(stream: TcpStream) -> io::Result<Self> {
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
     /// Changes the read timeout.
     pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
         self.stream.set_read_timeout(Some(timeout))

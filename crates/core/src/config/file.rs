@@ -329,6 +329,11 @@ pub struct FileTimeouts {
     /// Longest gap between two reads of a body, from the client or the
     /// replica. Default 300 000 (nginx `client_body_timeout` / `proxy_read_timeout`).
     pub body_read_timeout_ms: Option<u64>,
+    /// Time for a whole request body held in memory (read for its model
+    /// before a replica is picked) to arrive, however steadily it trickles;
+    /// then 408. Default 60 000 (HAProxy `timeout http-request`; nginx's
+    /// `client_body_timeout` is a gap).
+    pub request_read_timeout_ms: Option<u64>,
     /// Longest a write to a replica (the request head or a piece of its
     /// body) may wait for the replica to read; then the exchange ends (504
     /// before any response byte). Default: `body_read_timeout_ms` (nginx
@@ -364,6 +369,21 @@ pub struct FileLimits {
     /// one request may carry; more gets 400 and a close. Extensions also
     /// count toward `max_request_body_bytes`. Default 4 096.
     pub max_chunk_extension_bytes: Option<usize>,
+    /// Client connections one client address may hold across all workers;
+    /// past it new ones from that address are closed at once. Default 0:
+    /// off (for a proxy at the edge; nginx `limit_conn`, HAProxy
+    /// `src_conn_cur`).
+    pub max_connections_per_client: Option<usize>,
+    /// Bytes of request bodies the process holds in memory to read their
+    /// `"model"` (or prompt text), shared equally by the workers. A request
+    /// that finds none left is routed without reading its body where that
+    /// is possible (the model header, a default pool), else answered 503
+    /// with `Retry-After`. Default 67 108 864 (64 MiB).
+    pub inspect_budget_bytes: Option<usize>,
+    /// Slowest a body held in memory (read for its model) may arrive,
+    /// averaged from its first byte after one second's grace; slower gets
+    /// 408. Default 1 024; 0 is off (Apache `MinRate`).
+    pub min_body_rate_bytes_per_s: Option<u64>,
 }
 
 /// `[upstream]`.

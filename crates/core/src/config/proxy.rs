@@ -129,6 +129,8 @@ pub struct Timeouts {
     pub upstream_response: Duration,
     /// See [`FileTimeouts::body_read_timeout_ms`].
     pub body_read: Duration,
+    /// See [`FileTimeouts::request_read_timeout_ms`].
+    pub request_read: Duration,
     /// See [`FileTimeouts::upstream_write_timeout_ms`].
     pub upstream_write: Duration,
     /// See [`FileTimeouts::shutdown_drain_timeout_ms`].
@@ -143,6 +145,7 @@ impl Default for Timeouts {
             upstream_connect: Duration::from_secs(2),
             upstream_response: Duration::from_secs(300),
             body_read: Duration::from_secs(300),
+            request_read: Duration::from_secs(60),
             upstream_write: Duration::from_secs(300),
             shutdown_drain: Duration::from_secs(30),
         }
@@ -164,6 +167,12 @@ pub struct Limits {
     pub max_connect_attempts: usize,
     /// See [`FileLimits::max_chunk_extension_bytes`].
     pub max_chunk_extension_bytes: usize,
+    /// See [`FileLimits::max_connections_per_client`]; `None` is off.
+    pub max_connections_per_client: Option<usize>,
+    /// See [`FileLimits::inspect_budget_bytes`].
+    pub inspect_budget_bytes: usize,
+    /// See [`FileLimits::min_body_rate_bytes_per_s`]; 0 is off.
+    pub min_body_rate_bytes_per_s: u64,
 }
 
 /// Upper bound on `max_headers`: the parser's header array lives on the
@@ -179,6 +188,9 @@ impl Default for Limits {
             max_connections_per_worker: 16 * 1024,
             max_connect_attempts: 3,
             max_chunk_extension_bytes: 4096,
+            max_connections_per_client: None,
+            inspect_budget_bytes: 64 * 1024 * 1024,
+            min_body_rate_bytes_per_s: 1024,
         }
     }
 }
@@ -310,6 +322,12 @@ fn timeouts(p: &mut Problems, t: &FileTimeouts) -> Timeouts {
             t.body_read_timeout_ms,
             td.body_read,
         ),
+        request_read: millis(
+            p,
+            "timeouts.request_read_timeout_ms",
+            t.request_read_timeout_ms,
+            td.request_read,
+        ),
         upstream_write: millis(
             p,
             "timeouts.upstream_write_timeout_ms",
@@ -330,6 +348,18 @@ fn timeouts(p: &mut Problems, t: &FileTimeouts) -> Timeouts {
 fn limits(p: &mut Problems, l: &FileLimits) -> Limits {
     let ld = Limits::default();
     Limits {
+        max_connections_per_client: l.max_connections_per_client.filter(|&n| n > 0),
+        inspect_budget_bytes: count(
+            p,
+            "limits.inspect_budget_bytes",
+            l.inspect_budget_bytes,
+            ld.inspect_budget_bytes,
+            0,
+            1 << 40,
+        ),
+        min_body_rate_bytes_per_s: l
+            .min_body_rate_bytes_per_s
+            .unwrap_or(ld.min_body_rate_bytes_per_s),
         max_request_head_bytes: count(
             p,
             "limits.max_request_head_bytes",

@@ -2,6 +2,7 @@
 //! only when routing needs it), and for `prefix` routing its text.
 
 use super::*;
+use crate::budget::Reserved;
 
 /// Where a request goes: its model (the pool is looked up in the snapshot
 /// of each pick) and, for `prefix` routing, its text's block hashes.
@@ -10,6 +11,8 @@ pub(super) struct Target {
     pub(super) model: Option<ModelName>,
     pub(super) chain: Vec<u64>,
     pub(super) text_len: usize,
+    /// The bytes of its body held to read it, given back when it ends.
+    pub(super) reserved: Option<Reserved>,
 }
 
 /// The outcome of looking for a request's pool.
@@ -71,11 +74,41 @@ pub(super) async fn find_target(
             );
         }
     }
-    let timeout = worker.config.timeouts.body_read;
-    let whole = inspect::read_body(client, info, body, head_end, max, timeout, progress).await?;
+    let config = &worker.config;
+    let limits = inspect::InspectLimits {
+        max,
+        gap: config.timeouts.body_read,
+        whole: config.timeouts.request_read,
+        min_rate: config.limits.min_body_rate_bytes_per_s,
+    };
+    let mut reserved = Reserved::none(&worker.inspect_budget);
+    let inspected = inspect::read_body(
+        client,
+        info,
+        body,
+        head_end,
+        limits,
+        &mut reserved,
+        progress,
+    )
+    .await?;
+    // Held for the request's life: while it is forwarded, and while it
+    // waits for an autoscaling pool's first replica.
+    target.reserved = Some(reserved);
     // The snapshot as it is once the body is in.
     let set = Arc::clone(worker.snapshots.borrow_mut().load());
-    if whole {
+    let no_route = target.model.is_none() && set.default_pool().is_none();
+    match inspected {
+        inspect::Inspected::Whole => {}
+        inspect::Inspected::TooLarge if no_route => return Ok(Routed::TooLarge),
+        // Refused rather than read: nothing else says where it goes.
+        inspect::Inspected::NoBudget if no_route => {
+            return Err(Abort::Respond(ErrorKind::InspectBusy))
+        }
+        // The model header or the default pool routes it, unread.
+        inspect::Inspected::TooLarge | inspect::Inspected::NoBudget => {}
+    }
+    if inspected == inspect::Inspected::Whole {
         let payload = inspect::payload(&client.request[head_end..], info.body);
         // The model alone costs nothing on the heap; the text only when the
         // pool routes by prefix.
@@ -98,8 +131,6 @@ pub(super) async fn find_target(
             inferlb_core::prefix::chain(&text, &mut target.chain);
             target.text_len = text.len();
         }
-    } else if target.model.is_none() && set.default_pool().is_none() {
-        return Ok(Routed::TooLarge);
     }
     if set
         .pool_for(target.model.as_ref().map(ModelName::as_str))
