@@ -46,7 +46,7 @@ pub(crate) struct InspectLimits {
 const RATE_GRACE: Duration = Duration::from_secs(1);
 
 /// How reading a body for its model ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Inspected {
     /// The whole body is in `client.request`.
     Whole,
@@ -55,15 +55,24 @@ pub(crate) enum Inspected {
     /// The worker's inspection budget is spent; what was read stays and the
     /// rest streams.
     NoBudget,
+    /// The body's top-level `"model"` came first and routes it alone: its
+    /// bytes are at this range of `client.request`; what was read stays and
+    /// the rest streams, unread.
+    ModelFirst(std::ops::Range<usize>),
 }
 
 /// Reads the rest of the request body behind the head in `client.request`
 /// (which ends at `head_end`) while its payload stays within `limits.max`
 /// bytes (the decoded bytes: a chunked body's framing does not count, within
-/// a [`framing_allowance`]), holding what it reads against `reserved`. A
+/// a [`framing_allowance`]), holding what it reads against `reserved`. When
+/// the body's `"model"` arrives before the rest and `enough` says it alone
+/// routes the request, reading stops there. A
 /// body that trickles (past the whole-body time, or under the minimum rate)
 /// is answered 408: memory held for inspection is never pinned by a slow
 /// client.
+// The request's parts, its limits, what it holds, and when to stop: each a
+// different owner's, so a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn read_body(
     client: &mut Client,
     info: &RequestInfo,
@@ -72,13 +81,11 @@ pub(crate) async fn read_body(
     limits: InspectLimits,
     reserved: &mut Reserved,
     progress: &mut Progress,
+    enough: impl Fn(&str) -> bool,
 ) -> Result<Inspected, Abort> {
     let max = limits.max;
-    match info.body {
-        Framing::Length(n) if n > max as u64 => return Ok(Inspected::TooLarge),
-        // The whole body's room, before reading any of it.
-        Framing::Length(n) if !reserved.grow_to(n as usize) => return Ok(Inspected::NoBudget),
-        _ => {}
+    if matches!(info.body, Framing::Length(n) if n > max as u64) {
+        return Ok(Inspected::TooLarge);
     }
     let raw_max = max.saturating_add(framing_allowance(max));
     let started = Instant::now();
@@ -86,6 +93,8 @@ pub(crate) async fn read_body(
     loop {
         let have = client.request.len() - head_end;
         client.keep_body(body, (raw_max + 1).saturating_sub(have))?;
+        // What is held, reserved as it grows: a body whose model comes first
+        // holds only what was read of it.
         let held = client.request.len() - head_end;
         if !reserved.grow_to(held) {
             return Ok(Inspected::NoBudget);
@@ -97,6 +106,17 @@ pub(crate) async fn read_body(
             } else {
                 Inspected::TooLarge
             });
+        }
+        // A sized body is its payload: its model may be read before the
+        // rest arrives, and when that is all routing needs, the rest streams.
+        if matches!(info.body, Framing::Length(_)) {
+            if let ModelSoFar::Found(range) = model_so_far(&client.request[head_end..]) {
+                let at = head_end + range.start..head_end + range.end;
+                let model = std::str::from_utf8(&client.request[at.clone()]).unwrap_or("");
+                if enough(model) {
+                    return Ok(Inspected::ModelFirst(at));
+                }
+            }
         }
         let elapsed = started.elapsed();
         let too_slow = limits.min_rate > 0
@@ -111,6 +131,125 @@ pub(crate) async fn read_body(
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Err(Abort::ClientGone),
             Err(_) => return Err(Abort::Respond(ErrorKind::BodyTimeout)),
+        }
+    }
+}
+
+/// What the start of a JSON body says of its top-level `"model"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ModelSoFar {
+    /// `"model": "..."` at the top level, without escapes: its bytes are
+    /// at this range of the input.
+    Found(std::ops::Range<usize>),
+    /// Not there yet (or an escaped one): read on.
+    NotYet,
+    /// Not a JSON object: there is none to find.
+    Never,
+}
+
+/// Scans the start of a JSON body for its top-level `"model"` string, so a
+/// large body need not be read whole when its model comes first (as the
+/// OpenAI SDKs write it). Strings, numbers and nested values are skipped
+/// without being built.
+pub(crate) fn model_so_far(input: &[u8]) -> ModelSoFar {
+    let mut i = skip_ws(input, 0);
+    match input.get(i) {
+        None => return ModelSoFar::NotYet,
+        Some(b'{') => i += 1,
+        Some(_) => return ModelSoFar::Never,
+    }
+    loop {
+        i = skip_ws(input, i);
+        match input.get(i) {
+            None => return ModelSoFar::NotYet,
+            Some(b',') => {
+                i += 1;
+                continue;
+            }
+            Some(b'"') => {}
+            Some(_) => return ModelSoFar::Never,
+        }
+        let Some(key_end) = string_end(input, i) else {
+            return ModelSoFar::NotYet;
+        };
+        let is_model = &input[i..key_end] == b"\"model\"";
+        i = skip_ws(input, key_end);
+        match input.get(i) {
+            None => return ModelSoFar::NotYet,
+            Some(b':') => i = skip_ws(input, i + 1),
+            Some(_) => return ModelSoFar::Never,
+        }
+        if i >= input.len() {
+            return ModelSoFar::NotYet;
+        }
+        if is_model && input[i] == b'"' {
+            let Some(end) = string_end(input, i) else {
+                return ModelSoFar::NotYet;
+            };
+            let value = i + 1..end - 1;
+            if input[value.clone()].contains(&b'\\') {
+                // Escaped: left to the whole-body parse.
+                return ModelSoFar::NotYet;
+            }
+            return ModelSoFar::Found(value);
+        }
+        let Some(next) = value_end(input, i) else {
+            return ModelSoFar::NotYet;
+        };
+        i = next;
+    }
+}
+
+fn skip_ws(input: &[u8], mut i: usize) -> usize {
+    while input.get(i).is_some_and(|b| b" \t\r\n".contains(b)) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (one past the closing quote) of the string starting at `i`.
+fn string_end(input: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    while j < input.len() {
+        match input[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// The end of the JSON value starting at `i`, nested ones skipped whole.
+fn value_end(input: &[u8], i: usize) -> Option<usize> {
+    match input[i] {
+        b'"' => string_end(input, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < input.len() {
+                match input[j] {
+                    b'"' => {
+                        j = string_end(input, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            // A number or a literal: up to the next separator.
+            let j = input[i..].iter().position(|b| b",}] \t\r\n".contains(b))?;
+            Some(i + j)
         }
     }
 }
@@ -434,6 +573,30 @@ mod tests {
         let parsed = Parsed::from(br#"{"prompt":[1,2]}"#);
         parsed.text(b"", &mut text);
         assert_eq!(text.len(), 16);
+    }
+
+    #[test]
+    fn the_model_is_found_in_the_start_of_a_body() {
+        let body = br#"{"model": "llama", "messages": [{"role": "user", "content": "hi"}]"#;
+        let ModelSoFar::Found(range) = model_so_far(body) else {
+            panic!("not found");
+        };
+        assert_eq!(&body[range], b"llama");
+        // After other fields, nested values and strings with braces.
+        let body = br#" {"stream":true,"n":1.5e3,"x":{"model":"inner","a":["}",{}]},"s":"a\"}","model":"m","#;
+        let ModelSoFar::Found(range) = model_so_far(body) else {
+            panic!("not found");
+        };
+        assert_eq!(&body[range], b"m");
+        // Not yet: cut anywhere before the value ends.
+        let whole = br#"{"prompt":"abc","model":"m"}"#;
+        for cut in 0..whole.len() - 2 {
+            assert_eq!(model_so_far(&whole[..cut]), ModelSoFar::NotYet, "{cut}");
+        }
+        assert_eq!(model_so_far(br#"{"model":"a\u0062"}"#), ModelSoFar::NotYet);
+        assert_eq!(model_so_far(br#"{"model":42,"#), ModelSoFar::NotYet);
+        assert_eq!(model_so_far(b"[1,2"), ModelSoFar::Never);
+        assert_eq!(model_so_far(b"not json"), ModelSoFar::Never);
     }
 
     #[test]

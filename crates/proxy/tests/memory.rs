@@ -18,6 +18,7 @@ both_drivers!(
     a_held_request_keeps_its_share_of_the_budget,
     a_body_held_in_memory_has_a_whole_body_deadline,
     a_body_slower_than_the_minimum_rate_gets_408,
+    a_model_that_comes_first_routes_the_rest_unread,
     one_client_address_holds_at_most_its_connections,
 );
 
@@ -47,6 +48,12 @@ fn pools(default: bool) -> (State, Vec<ReplicaHandle>) {
             .unwrap();
     }
     (state, handles)
+}
+
+/// A body whose `"model"` comes last, so it must be read whole.
+fn model_last(model: &str, len: usize) -> String {
+    let tail = format!(r#"","model":"{model}"}}"#);
+    format!(r#"{{"prompt":"{}{tail}"#, "x".repeat(len - tail.len() - 12))
 }
 
 fn body_of(model: &str, len: usize) -> String {
@@ -135,8 +142,8 @@ fn a_body_held_in_memory_has_a_whole_body_deadline(driver: IoDriver) {
         c.proxy.timeouts.request_read = Duration::from_millis(500);
         c.proxy.limits.min_body_rate_bytes_per_s = 0;
     });
-    // A byte every 100 ms: every gap is short, the whole never arrives.
-    let body = body_of("a", 200);
+    // Ten bytes every 100 ms: every gap is short, the whole never arrives.
+    let body = model_last("a", 200);
     let mut client = TcpStream::connect(proxy.addr()).unwrap();
     client
         .write_all(
@@ -158,7 +165,7 @@ fn a_body_slower_than_the_minimum_rate_gets_408(driver: IoDriver) {
         c.proxy.limits.min_body_rate_bytes_per_s = 1000;
     });
     // 10 bytes every 100 ms is 100 B/s, a tenth of the minimum.
-    let body = body_of("a", 5000);
+    let body = model_last("a", 5000);
     let mut client = TcpStream::connect(proxy.addr()).unwrap();
     client
         .write_all(
@@ -171,6 +178,24 @@ fn a_body_slower_than_the_minimum_rate_gets_408(driver: IoDriver) {
         .unwrap();
     let status = trickle_until_answered(&mut client, body.as_bytes(), Duration::from_millis(100));
     assert_eq!(status.as_deref(), Some("408"));
+}
+
+fn a_model_that_comes_first_routes_the_rest_unread(driver: IoDriver) {
+    // 32 KiB to hold bodies in, and a 200 KB body that names its model
+    // first: only its start is held, the rest streams to the replica.
+    let (state, replicas) = pools(false);
+    let proxy = start_state(driver, state, |c| {
+        c.proxy.limits.inspect_budget_bytes = 32 * 1024
+    });
+    let body = body_of("b", 200_000);
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = post(&mut client, "", &body);
+    assert_eq!((resp.status, resp.header("x-replica")), (200, Some("b1")));
+    assert_eq!(resp.body.len(), body.len(), "the replica got it all");
+    assert_eq!(replicas[1].counters().requests(), 1);
+    // Its model last, the same body must be read whole: over the budget.
+    let resp = post(&mut client, "", &model_last("b", 200_000));
+    assert_eq!(resp.status, 503);
 }
 
 /// Sends `body` ten bytes at a time, `every` apart, until the proxy

@@ -82,6 +82,14 @@ pub(super) async fn find_target(
         min_rate: config.limits.min_body_rate_bytes_per_s,
     };
     let mut reserved = Reserved::none(&worker.inspect_budget);
+    // Without a model header, a model that comes first is enough unless its
+    // pool routes by prefix (which needs the text).
+    let header_named = target.model.is_some();
+    let enough = |model: &str| {
+        let mut snapshots = worker.snapshots.borrow_mut();
+        let set = snapshots.load();
+        !header_named && !by_prefix(set, set.pool_for(Some(model)))
+    };
     let inspected = inspect::read_body(
         client,
         info,
@@ -90,6 +98,7 @@ pub(super) async fn find_target(
         limits,
         &mut reserved,
         progress,
+        enough,
     )
     .await?;
     // Held for the request's life: while it is forwarded, and while it
@@ -98,8 +107,11 @@ pub(super) async fn find_target(
     // The snapshot as it is once the body is in.
     let set = Arc::clone(worker.snapshots.borrow_mut().load());
     let no_route = target.model.is_none() && set.default_pool().is_none();
-    match inspected {
+    match &inspected {
         inspect::Inspected::Whole => {}
+        inspect::Inspected::ModelFirst(at) => {
+            target.model = Some(ModelName::new(&client.request[at.clone()]));
+        }
         inspect::Inspected::TooLarge if no_route => return Ok(Routed::TooLarge),
         // Refused rather than read: nothing else says where it goes.
         inspect::Inspected::NoBudget if no_route => {
