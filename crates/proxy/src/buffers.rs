@@ -26,6 +26,8 @@ pub(crate) struct Buffers {
     free: Vec<Vec<u8>>,
     /// The fewest free buffers since the last trim: that many sat unused.
     low: usize,
+    /// Bytes of buffers freed since [`Buffers::take_freed`] last asked.
+    freed: usize,
 }
 
 impl Buffers {
@@ -48,6 +50,8 @@ impl Buffers {
         if buf.capacity() == BUFFER && self.free.len() < MAX_KEPT {
             buf.clear();
             self.free.push(buf);
+        } else {
+            self.freed += buf.capacity();
         }
     }
 
@@ -57,11 +61,19 @@ impl Buffers {
     /// within two sweeps.
     pub(crate) fn trim(&mut self) {
         let needed = self.free.len() - self.low.min(self.free.len());
-        self.free.truncate(needed.max(MIN_KEPT));
+        let kept = needed.max(MIN_KEPT);
+        self.freed += self.free.len().saturating_sub(kept) * BUFFER;
+        self.free.truncate(kept);
         if self.free.capacity() > 2 * MIN_KEPT.max(self.free.len()) {
             self.free.shrink_to_fit();
         }
         self.low = self.free.len();
+    }
+
+    /// Bytes of buffers freed (trimmed, or grown past the standard size)
+    /// since the last call.
+    pub(crate) fn take_freed(&mut self) -> usize {
+        mem::take(&mut self.freed)
     }
 }
 
@@ -83,6 +95,29 @@ mod tests {
         slot.reserve(4 * BUFFER);
         pool.give_back(&mut slot);
         assert!(pool.free.is_empty());
+    }
+
+    #[test]
+    fn what_is_freed_is_counted_for_the_heap_trim() {
+        let mut pool = Buffers::default();
+        let mut slots: Vec<Vec<u8>> = (0..200).map(|_| Vec::new()).collect();
+        for slot in &mut slots {
+            pool.rent(slot);
+        }
+        let mut grown = Vec::new();
+        pool.rent(&mut grown);
+        grown.reserve(4 * BUFFER);
+        let grown_capacity = grown.capacity();
+        pool.give_back(&mut grown);
+        assert_eq!(pool.take_freed(), grown_capacity, "a grown buffer is freed");
+        for slot in &mut slots {
+            pool.give_back(slot);
+        }
+        assert_eq!(pool.take_freed(), 0, "kept for reuse");
+        pool.trim();
+        pool.trim();
+        assert_eq!(pool.take_freed(), (200 - MIN_KEPT) * BUFFER);
+        assert_eq!(pool.take_freed(), 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Socket calls monoio does not offer: peeking at a peer's state and shutting
-//! a socket down under an in-flight operation. The only `unsafe` of the crate.
+//! a socket down under an in-flight operation; and giving freed heap memory
+//! back to the system. The only `unsafe` of the crate.
 
 #![allow(unsafe_code)]
 
@@ -74,4 +75,16 @@ pub(crate) fn shutdown_write(fd: &impl AsRawFd) {
     with_sock(fd, |sock| {
         let _ = sock.shutdown(Shutdown::Write);
     });
+}
+
+/// Returns the allocator's free memory to the system (glibc `malloc_trim`):
+/// freed pages at the top of each arena are released, and whole free pages
+/// inside them are given back with `MADV_DONTNEED`.
+pub(crate) fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only walks the allocator's own state, under
+    // its own locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

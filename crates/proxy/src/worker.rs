@@ -113,6 +113,41 @@ impl Worker {
     }
 }
 
+/// After a burst, memory the worker freed goes back to the system: glibc's
+/// allocator keeps freed memory in its arenas for reuse, so a burst of
+/// connections (8 000 slow 15 KiB heads, say) would leave the process
+/// hundreds of MiB larger for good. Once this many bytes were freed...
+const HEAP_TRIM_AFTER: usize = 4 * 1024 * 1024;
+/// ...and no more often than this (a trim walks the allocator's arenas).
+const HEAP_TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// When to give freed memory back to the system.
+#[derive(Debug)]
+struct HeapTrim {
+    pending: usize,
+    last: Instant,
+}
+
+impl Default for HeapTrim {
+    fn default() -> Self {
+        Self {
+            pending: 0,
+            last: Instant::now(),
+        }
+    }
+}
+
+impl HeapTrim {
+    fn after_freeing(&mut self, freed: usize, now: Instant) {
+        self.pending += freed;
+        if self.pending >= HEAP_TRIM_AFTER && now.duration_since(self.last) >= HEAP_TRIM_EVERY {
+            crate::sock::trim_heap();
+            self.pending = 0;
+            self.last = now;
+        }
+    }
+}
+
 /// How often idle upstream connections are checked and expired.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -122,13 +157,19 @@ const REAP_INTERVAL: Duration = Duration::from_secs(1);
 /// [`REAP_INTERVAL`]. Runs for the worker's life.
 pub(crate) async fn sweep(worker: Rc<Worker>) {
     let mut last_reap = Instant::now();
+    let mut heap = HeapTrim::default();
     loop {
         monoio::time::sleep(SWEEP_EVERY).await;
         let now = Instant::now();
         worker.coarse_now.set(now);
         worker.idle.sweep(now);
         worker.watching.sweep(now);
-        worker.buffers.borrow_mut().trim();
+        let freed = {
+            let mut buffers = worker.buffers.borrow_mut();
+            buffers.trim();
+            buffers.take_freed()
+        };
+        heap.after_freeing(freed, now);
         if now.duration_since(last_reap) >= REAP_INTERVAL {
             last_reap = now;
             let mut snapshots = worker.snapshots.borrow_mut();
