@@ -42,12 +42,23 @@ pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) {
                     )
                 })
                 .unwrap_or_default(),
-            Kind::Connections => m
-                .extra
-                .get("rss_per_connection_kib")
-                .and_then(|v| v.as_f64())
-                .map(|v| format!("{v:.2} KiB/conn"))
-                .unwrap_or_default(),
+            Kind::Connections => {
+                let f = |key: &str| m.extra.get(key).and_then(serde_json::Value::as_f64);
+                let mut text = f("rss_per_connection_kib")
+                    .map(|v| format!("{v:.2} KiB/conn"))
+                    .unwrap_or_default();
+                if let (Some(burst), Some(peak), Some(after)) = (
+                    f("burst_rss_per_idle_connection_kib"),
+                    f("flood_peak_rss_kib"),
+                    f("flood_after_60s_ratio"),
+                ) {
+                    text.push_str(&format!(
+                        "; after a burst {burst:.2} KiB/conn; flood peak {:.0} MiB, 60 s later {after:.2}x before",
+                        peak / 1024.0
+                    ));
+                }
+                text
+            }
             Kind::Skew => m
                 .extra
                 .get("slow_replica_share")

@@ -35,6 +35,7 @@ pub(crate) fn connections_measurement(
     while idle.opened() < s.idle_connections as u64 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    let targets_first = targets[0];
     let mut m = measure(s, peer, targets, point, duration, load_threads);
     let rss = peer.rss_kib();
     let opened = idle.opened();
@@ -44,6 +45,9 @@ pub(crate) fn connections_measurement(
         m.extra.insert("rss_per_connection_kib".into(), json!(per));
     }
     m.extra.insert("idle_connections".into(), json!(opened));
+    if peer.peer != Peer::Direct {
+        burst(peer, targets_first, &mut m);
+    }
     m.extra.insert("rss_kib".into(), json!(rss));
     m.extra.insert("baseline_rss_kib".into(), json!(baseline));
     m
@@ -212,4 +216,108 @@ pub(crate) fn skew(
         });
     }
     Ok(rows)
+}
+
+/// Connections of the flood: each sends most of a 15 KiB head, then waits.
+const FLOOD_CONNECTIONS: usize = 8000;
+const FLOOD_HEAD_BYTES: usize = 15 * 1024;
+/// Connections of the concurrent burst: all at once, each with a 12 KiB
+/// header in two segments and a 64 KiB response, then idle.
+const BURST_CONNECTIONS: usize = 200;
+/// How long after the flood memory is measured again.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// The burst variants: what a flood of partial heads leaves behind a
+/// minute after it ends, and what idle connections cost after a concurrent
+/// burst of large requests (the sequential warm-up above takes them one at
+/// a time, which hides what a burst leaves in the allocator).
+fn burst(peer: &peers::Running, target: SocketAddr, m: &mut Measurement) {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = peer.rss_kib();
+    let partial = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: bench\r\nX-Padding: {}",
+        "f".repeat(FLOOD_HEAD_BYTES)
+    );
+    let mut flood = Vec::with_capacity(FLOOD_CONNECTIONS);
+    for _ in 0..FLOOD_CONNECTIONS {
+        let Ok(mut stream) = TcpStream::connect(target) else {
+            break;
+        };
+        // A peer that refuses the head early may close on the write.
+        let _ = stream.write_all(partial.as_bytes());
+        flood.push(stream);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let flood_peak = peer.rss_kib();
+    let flooded = flood.len();
+    drop(flood);
+    std::thread::sleep(SETTLE);
+    let after_flood = peer.rss_kib();
+    m.extra.insert("flood_connections".into(), json!(flooded));
+    m.extra.insert("flood_before_rss_kib".into(), json!(before));
+    m.extra
+        .insert("flood_peak_rss_kib".into(), json!(flood_peak));
+    m.extra
+        .insert("flood_after_60s_rss_kib".into(), json!(after_flood));
+    m.extra.insert(
+        "flood_after_60s_ratio".into(),
+        json!(after_flood as f64 / before.max(1) as f64),
+    );
+
+    let base = peer.rss_kib();
+    let head = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: bench\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(WARMUP_HEADER_BYTES)
+    );
+    let (first, second) = head.as_bytes().split_at(head.len() / 2);
+    let mut conns: Vec<TcpStream> = (0..BURST_CONNECTIONS)
+        .filter_map(|_| TcpStream::connect(target).ok())
+        .collect();
+    for c in &mut conns {
+        let _ = c.write_all(first);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for c in &mut conns {
+        let _ = c.write_all(second);
+    }
+    let mut served = 0;
+    for c in &mut conns {
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        if read_one_response(c).is_some() {
+            served += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = peer.rss_kib();
+    m.extra.insert("burst_connections".into(), json!(served));
+    m.extra.insert(
+        "burst_rss_per_idle_connection_kib".into(),
+        json!(idle.saturating_sub(base) as f64 / served.max(1) as f64),
+    );
+    drop(conns);
+
+    /// Reads one response (head and Content-Length body); `None` on failure.
+    fn read_one_response(stream: &mut TcpStream) -> Option<()> {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 65536];
+        let head_end = loop {
+            let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+            data.extend_from_slice(&buf[..n]);
+            if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())?;
+        while data.len() < head_end + length {
+            let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+            data.extend_from_slice(&buf[..n]);
+        }
+        Some(())
+    }
 }
