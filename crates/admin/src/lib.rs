@@ -52,7 +52,8 @@ pub struct ServeLimits {
     pub body_read_timeout: Duration,
     /// Admin connections open at once; more are closed as they arrive.
     pub max_connections: usize,
-    /// Connections one client address may hold at once.
+    /// General connections one client address may hold at once; past it,
+    /// only the slots kept for the token remain to it.
     pub max_connections_per_client: usize,
     /// With a token set, this many of `max_connections` are kept for
     /// clients that present it: a connection admitted into them is served
@@ -129,22 +130,21 @@ pub async fn serve_with_limits(
                 continue;
             }
         };
-        let Some(client) = clients.enter(peer.ip()) else {
-            refusals.note(
-                peer,
-                "admin connection limit per client address reached; closing its new connections",
-                limits.max_connections_per_client,
-            );
-            continue;
-        };
-        let (permit, token_only) = match Arc::clone(&open).try_acquire_owned() {
-            Ok(permit) => (permit, false),
-            Err(_) => match Arc::clone(&kept).try_acquire_owned() {
-                Ok(permit) => (permit, true),
+        // A general slot: within the client's share and the general pool.
+        // Otherwise one of the slots kept for the token: served only with
+        // it, so a client at its cap (or a flood from anywhere) cannot
+        // lock the operator out, even from the same address.
+        let general = clients
+            .enter(peer.ip())
+            .and_then(|client| Some((client, Arc::clone(&open).try_acquire_owned().ok()?)));
+        let (held, token_only) = match general {
+            Some((client, permit)) => ((permit, Some(client)), false),
+            None => match Arc::clone(&kept).try_acquire_owned() {
+                Ok(permit) => ((permit, None), true),
                 Err(_) => {
                     refusals.note(
                         peer,
-                        "admin connection limit reached; closing new connections",
+                        "admin connection limit reached (overall or for this client address); closing new connections",
                         limits.max_connections,
                     );
                     continue;
@@ -162,7 +162,7 @@ pub async fn serve_with_limits(
         let mut closing = closing.clone();
         let (header_timeout, max_head) = (limits.header_read_timeout, limits.max_head_bytes);
         tokio::spawn(async move {
-            let _held = (permit, client);
+            let _held = held;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -276,3 +276,30 @@ fn a_body_that_never_ends_is_cut_off() {
         "a slow body held its connection"
     );
 }
+
+#[test]
+fn a_client_at_its_cap_still_reaches_the_api_with_the_token() {
+    let addr = start(ServeLimits {
+        max_connections_per_client: 2,
+        reserved_for_token: 2,
+        token: Some("s3cret".into()),
+        ..ServeLimits::default()
+    });
+    // An unauthenticated peer holds its two.
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            assert_eq!(ask(&mut s, HEALTHZ), 200);
+            s
+        })
+        .collect();
+    // From the same address: without the token, 401 and closed...
+    let mut anonymous = TcpStream::connect(addr).unwrap();
+    assert_eq!(ask(&mut anonymous, HEALTHZ), 401);
+    assert!(closed_within(&mut anonymous, Duration::from_secs(2)));
+    // ...with it, served.
+    let mut operator = TcpStream::connect(addr).unwrap();
+    let with_token =
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n\r\n";
+    assert_eq!(ask(&mut operator, with_token), 200);
+}
