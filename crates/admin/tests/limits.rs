@@ -192,6 +192,17 @@ fn ask(stream: &mut TcpStream, request: &[u8]) -> u16 {
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
+/// `n` connections, each served once (so admitted) and kept open.
+fn served(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            assert_eq!(ask(&mut s, HEALTHZ), 200);
+            s
+        })
+        .collect()
+}
+
 #[test]
 fn one_client_address_cannot_take_every_connection() {
     let addr = start(ServeLimits {
@@ -237,13 +248,7 @@ fn slots_kept_for_the_token_serve_only_requests_that_carry_it() {
         ..ServeLimits::default()
     });
     // The two open slots, taken by an unauthenticated peer.
-    let _held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut s = TcpStream::connect(addr).unwrap();
-            assert_eq!(ask(&mut s, HEALTHZ), 200);
-            s
-        })
-        .collect();
+    let _held = served(addr, 2);
     // A kept slot without the token: 401, then closed.
     let mut anonymous = TcpStream::connect(addr).unwrap();
     assert_eq!(ask(&mut anonymous, HEALTHZ), 401);
@@ -286,13 +291,7 @@ fn a_client_at_its_cap_still_reaches_the_api_with_the_token() {
         ..ServeLimits::default()
     });
     // An unauthenticated peer holds its two.
-    let _held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut s = TcpStream::connect(addr).unwrap();
-            assert_eq!(ask(&mut s, HEALTHZ), 200);
-            s
-        })
-        .collect();
+    let _held = served(addr, 2);
     // From the same address: without the token, 401 and closed...
     let mut anonymous = TcpStream::connect(addr).unwrap();
     assert_eq!(ask(&mut anonymous, HEALTHZ), 401);

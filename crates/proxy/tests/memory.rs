@@ -144,18 +144,7 @@ fn a_body_held_in_memory_has_a_whole_body_deadline(driver: IoDriver) {
     });
     // Ten bytes every 100 ms: every gap is short, the whole never arrives.
     let body = model_last("a", 200);
-    let mut client = TcpStream::connect(proxy.addr()).unwrap();
-    client
-        .write_all(
-            format!(
-                "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    client.set_nonblocking(false).unwrap();
-    let status = trickle_until_answered(&mut client, body.as_bytes(), Duration::from_millis(100));
+    let status = trickle(proxy.addr(), &body);
     assert_eq!(status.as_deref(), Some("408"));
 }
 
@@ -166,17 +155,7 @@ fn a_body_slower_than_the_minimum_rate_gets_408(driver: IoDriver) {
     });
     // 10 bytes every 100 ms is 100 B/s, a tenth of the minimum.
     let body = model_last("a", 5000);
-    let mut client = TcpStream::connect(proxy.addr()).unwrap();
-    client
-        .write_all(
-            format!(
-                "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    let status = trickle_until_answered(&mut client, body.as_bytes(), Duration::from_millis(100));
+    let status = trickle(proxy.addr(), &body);
     assert_eq!(status.as_deref(), Some("408"));
 }
 
@@ -196,6 +175,18 @@ fn a_model_that_comes_first_routes_the_rest_unread(driver: IoDriver) {
     // Its model last, the same body must be read whole: over the budget.
     let resp = post(&mut client, "", &model_last("b", 200_000));
     assert_eq!(resp.status, 503);
+}
+
+/// Sends a POST's head at once and `body` ten bytes every 100 ms; returns
+/// the status of the answer.
+fn trickle(to: SocketAddr, body: &str) -> Option<String> {
+    let mut client = TcpStream::connect(to).unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).unwrap();
+    trickle_until_answered(&mut client, body.as_bytes(), Duration::from_millis(100))
 }
 
 /// Sends `body` ten bytes at a time, `every` apart, until the proxy
