@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod autoscale;
+mod check;
 mod demo;
 mod fake_replica;
 mod plot;
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve(serve::ServeArgs),
+    /// Check a config file: every problem at once, each with its field;
+    /// exits non-zero when there is one (nginx -t).
+    Check(check::CheckArgs),
     /// Start two model pools of fake replicas and the proxy in front of
     /// them, for a first look with curl or the openai SDK.
     Demo(demo::DemoArgs),
@@ -63,6 +67,7 @@ fn run() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args).map(|()| std::process::ExitCode::SUCCESS),
+        Command::Check(args) => check::run(args),
         Command::Demo(args) => demo::run(args).map(|()| std::process::ExitCode::SUCCESS),
         Command::FakeReplica(args) => {
             fake_replica::run(args).map(|()| std::process::ExitCode::SUCCESS)

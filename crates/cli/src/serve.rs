@@ -275,6 +275,14 @@ pub(crate) fn run_control_plane(
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let config = load_config(&args)?;
+    // What `inferlb check` finds beyond the file's own rules stops start-up too.
+    let problems = crate::check::commands(&config);
+    if !problems.is_empty() {
+        bail!(
+            "invalid config: {}",
+            inferlb_core::ConfigError::Invalid(problems)
+        );
+    }
     let token = admin_token(config.admin.token_file.as_deref())?;
     if !config.admin.listen.ip().is_loopback() && token.is_none() {
         bail!(

@@ -91,6 +91,84 @@ fn invalid_config_stops_start_up_naming_the_field() {
 }
 
 #[test]
+fn check_reports_every_problem_and_exits_non_zero() {
+    let dir = fresh_dir("cli-check");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "routing = \"fastest\"\n").unwrap();
+    let mut command = inferlb();
+    command.args(["check", "--config"]).arg(&bad);
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("least_outstanding"),
+        "the valid rules are named: {stderr}"
+    );
+
+    let bad = dir.join("many.toml");
+    std::fs::write(
+        &bad,
+        "[timeouts]\nupstream_connect_timeout_ms = 0\n[health]\npath = \"nope\"\n\
+         [[pools]]\nname = \"m\"\n[pools.autoscaling]\nprovider = \"exec\"\ncommand = [\"/nonexistent/serve\"]\nmax = 2\n\
+         [[pools]]\nname = \"n\"\n[pools.autoscaling]\nprovider = \"exec\"\ncommand = [\"no-such-model-server-xyz\"]\nmax = 2\n",
+    )
+    .unwrap();
+    let mut command = inferlb();
+    command.args(["check", "--config"]).arg(&bad);
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    for field in ["timeouts.upstream_connect_timeout_ms", "health.path"] {
+        assert!(stderr.contains(field), "{field}: {stderr}");
+    }
+    // The file's own problems first; the commands once the file is valid.
+    let commands = dir.join("commands.toml");
+    std::fs::write(
+        &commands,
+        "[[pools]]\nname = \"m\"\n[pools.autoscaling]\nprovider = \"exec\"\ncommand = [\"/nonexistent/serve\"]\nmax = 2\n\
+         [[pools]]\nname = \"n\"\n[pools.autoscaling]\nprovider = \"exec\"\ncommand = [\"no-such-model-server-xyz\"]\nmax = 2\n\
+         [[pools]]\nname = \"o\"\n[pools.autoscaling]\nprovider = \"exec\"\ncommand = [\"sh\", \"-c\", \"true\"]\nmax = 2\n",
+    )
+    .unwrap();
+    let mut command = inferlb();
+    command.args(["check", "--config"]).arg(&commands);
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("pools[0].autoscaling.command") && stderr.contains("/nonexistent/serve"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pools[1].autoscaling.command") && stderr.contains("not found in PATH"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pools[2]"), "sh is found: {stderr}");
+    // `serve` refuses the same file.
+    let (mut command, _state) = serve("check-commands");
+    command.arg("--config").arg(&commands);
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    assert!(stderr_of(&output).contains("pools[1].autoscaling.command"));
+
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "routing = \"p2c\"\n").unwrap();
+    let mut command = inferlb();
+    command.args(["check", "-c"]).arg(&good);
+    let output = run_to_end(command);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("valid"));
+    // The shipped example is valid.
+    let mut command = inferlb();
+    command.args(["check", "--config"]).arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/inferlb.toml"
+    ));
+    let output = run_to_end(command);
+    assert!(output.status.success(), "{}", stderr_of(&output));
+}
+
+#[test]
 fn the_demo_keeps_a_tokenless_admin_api_on_loopback() {
     let mut command = inferlb();
     command.args([

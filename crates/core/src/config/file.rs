@@ -124,13 +124,43 @@ pub struct FileDimension {
 }
 
 /// `routing = "p2c"`, or a `[routing]` table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum FileRouting {
     /// Just the rule.
     Rule(Routing),
     /// The rule and how a request's model is found.
     Table(FileRoutingTable),
+}
+
+impl<'de> Deserialize<'de> for FileRouting {
+    /// A string is a rule, a table is a table: each failure says what was
+    /// wrong with the one it is (an unknown rule names the valid ones),
+    /// rather than that neither shape matched.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FileRouting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a routing rule (\"round_robin\", \"prefix\", ...) or a [routing] table",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                v.parse::<Routing>()
+                    .map(FileRouting::Rule)
+                    .map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                FileRoutingTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileRouting::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// `[routing]`.

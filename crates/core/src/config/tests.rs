@@ -409,3 +409,28 @@ fn autoscaling_bounds_follow_the_runtime_rules() {
     }
     assert!(Config::from_toml(&pool("max = 4\ntarget_in_flight = 0.5")).is_ok());
 }
+
+#[test]
+fn a_bad_routing_value_names_the_valid_rules() {
+    for text in [
+        "routing = \"fastest\"",
+        "[routing]\nrule = \"fastest\"",
+        "[[pools]]\nname = \"m\"\nrouting = \"fastest\"",
+    ] {
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            err.contains("round_robin")
+                && err.contains("least_outstanding")
+                && err.contains("prefix"),
+            "{text}: {err}"
+        );
+        assert!(!err.contains("untagged"), "{text}: {err}");
+    }
+    assert_eq!(
+        Config::from_toml("routing = \"p2c\"").unwrap().routing,
+        Routing::P2c
+    );
+    let table = Config::from_toml("[routing]\nrule = \"prefix\"\nmodel_header = \"X-M\"").unwrap();
+    assert_eq!(table.routing, Routing::Prefix);
+    assert_eq!(table.proxy.model.header, "x-m");
+}
