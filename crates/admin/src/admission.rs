@@ -1,11 +1,11 @@
 //! Who may hold an admin connection, and for how long a body may take: the
-//! per-client connection count, the slots kept for clients holding the
-//! token, and the body timeout. The API is reachable before a token is
+//! refusals' log, the slots kept for clients holding the token, and the
+//! body timeout (the per-address count is core's `ClientCounts`). The API is reachable before a token is
 //! checked, so one peer must not be able to hold it all.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -13,58 +13,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-
-/// Open connections per client address.
-#[derive(Debug, Clone)]
-pub(crate) struct Clients {
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    max: usize,
-}
-
-/// One admitted connection; its count is given back on drop.
-#[derive(Debug)]
-pub(crate) struct Admitted {
-    clients: Clients,
-    ip: IpAddr,
-}
-
-impl Clients {
-    pub(crate) fn new(max: usize) -> Self {
-        Self {
-            open: Arc::default(),
-            max,
-        }
-    }
-
-    /// Admits one more connection from `ip`, unless it holds the most.
-    pub(crate) fn enter(&self, ip: IpAddr) -> Option<Admitted> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(Admitted {
-            clients: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut open = self.clients.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
 
 /// Refused connections are logged once per 10 s per reason, not per
 /// connection: a flood must not flood the log too.
@@ -144,13 +94,7 @@ pub(crate) async fn require_token_or_close(
     request: Request,
     next: Next,
 ) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::auth::bearer_credentials)
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+    if crate::auth::carries_token(request.headers(), &token) {
         next.run(request).await
     } else {
         closing(ApiError::Unauthorized.into_response())

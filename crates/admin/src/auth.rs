@@ -79,9 +79,14 @@ pub(crate) async fn require_token(
 /// Whether the request carries the configured token (always, when none is
 /// configured). Compared in constant time, so nothing leaks about it.
 pub(crate) fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &app.token else {
-        return true;
-    };
+    app.token
+        .as_deref()
+        .is_none_or(|token| carries_token(headers, token))
+}
+
+/// Whether `headers` carry `token` as a bearer credential, compared in
+/// constant time.
+pub(crate) fn carries_token(headers: &HeaderMap, token: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -92,7 +97,7 @@ pub(crate) fn authorized(app: &AppState, headers: &HeaderMap) -> bool {
 
 /// The credentials of a `Bearer` authorization: the scheme is
 /// case-insensitive (RFC 9110 §11.1), then one or more spaces.
-pub(crate) fn bearer_credentials(value: &str) -> Option<&str> {
+fn bearer_credentials(value: &str) -> Option<&str> {
     let (scheme, rest) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -108,7 +108,7 @@ pub async fn serve_with_limits(
     };
     let open = Arc::new(Semaphore::new(limits.max_connections - reserved));
     let kept = Arc::new(Semaphore::new(reserved));
-    let clients = admission::Clients::new(limits.max_connections_per_client);
+    let clients = inferlb_core::clients::ClientCounts::new(limits.max_connections_per_client);
     let router = router.layer(axum::middleware::from_fn_with_state(
         limits.body_read_timeout,
         admission::read_body_within,

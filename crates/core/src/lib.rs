@@ -16,6 +16,7 @@
 //! - [`outlier`]: passive outlier ejection.
 //! - [`penalty`]: the back-off a 429 or `Retry-After` asks for.
 //! - [`cidr`]: address ranges, for `trusted_proxies`.
+//! - [`clients`]: connections per client address, across threads.
 //! - [`health`]: the health-check verdict machine and the replica status.
 //! - [`pool`]: pools (one model's replicas) and their settings.
 //! - [`prefix`]: the shared prefix table of `prefix` routing.
@@ -25,6 +26,7 @@
 
 pub mod balance;
 pub mod cidr;
+pub mod clients;
 pub mod clock;
 pub mod command;
 pub mod config;

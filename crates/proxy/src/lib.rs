@@ -24,7 +24,6 @@
 //! - `upstream`: connecting to replicas and the keep-alive pool.
 //! - `buffers`: the worker's pool of I/O buffers.
 //! - `budget`: the worker's share of the bytes bodies may hold for inspection.
-//! - `clients`: connections per client address, across the workers.
 //! - `retry_budget`: how many retries a worker may make.
 //! - `error`: hot-path error kinds and the status each maps to.
 //! - `sock`: the few socket calls monoio lacks (the crate's only `unsafe`).
@@ -32,7 +31,6 @@
 mod budget;
 mod buffers;
 mod client;
-mod clients;
 mod connection;
 mod deadlines;
 mod error;

@@ -122,7 +122,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
     let clients = config
         .limits
         .max_connections_per_client
-        .map(crate::clients::ClientCounts::new);
+        .map(inferlb_core::clients::ClientCounts::new);
     for index in 0..workers {
         let worker_stats = Arc::new(WorkerStats::default());
         stats.push(Arc::clone(&worker_stats));

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Cache};
+use inferlb_core::clients::ClientCounts;
 use inferlb_core::{Cursor, ProxyConfig, ReplicaSet, WorkerStats};
 use tokio::sync::watch;
 
 use crate::budget::InspectBudget;
 use crate::buffers::Buffers;
-use crate::clients::ClientCounts;
 use crate::deadlines::{DeadlineTable, SWEEP_EVERY};
 use crate::retry_budget::RetryBudget;
 use crate::upstream::pool::Pool;

@@ -1,7 +1,8 @@
-//! Connections per client address across every worker, for
-//! `limits.max_connections_per_client` (off unless configured): one client
-//! address may not hold more, so one host at the edge cannot take the
-//! proxy's connections. Counted on accept and close only, never per request.
+//! Connections per client address, counted across threads: the data
+//! plane's `limits.max_connections_per_client` (across its workers) and the
+//! admin server's per-address cap. One client address may not hold more, so
+//! one host cannot take every connection. Counted on accept and close only,
+//! never per request.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -13,7 +14,7 @@ const SHARDS: usize = 16;
 
 /// Open connections by client address.
 #[derive(Debug)]
-pub(crate) struct ClientCounts {
+pub struct ClientCounts {
     max: usize,
     hasher: RandomState,
     shards: [Mutex<HashMap<IpAddr, usize>>; SHARDS],
@@ -21,13 +22,13 @@ pub(crate) struct ClientCounts {
 
 /// One connection counted; uncounted when dropped (the connection ended).
 #[derive(Debug)]
-pub(crate) struct Counted {
+pub struct Counted {
     counts: Arc<ClientCounts>,
     ip: IpAddr,
 }
 
 impl ClientCounts {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
+    pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
             hasher: RandomState::new(),
@@ -40,7 +41,7 @@ impl ClientCounts {
     }
 
     /// Counts a connection from `ip`, unless it holds the most already.
-    pub(crate) fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Counted> {
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Counted> {
         let mut open = self.shard(&ip).lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(ip).or_insert(0);
         if *count >= self.max {
