@@ -90,6 +90,7 @@ pub(crate) async fn read_body(
     let raw_max = max.saturating_add(framing_allowance(max));
     let started = Instant::now();
     let deadline = started + limits.whole;
+    let mut scan = ModelScan::default();
     loop {
         let have = client.request.len() - head_end;
         client.keep_body(body, (raw_max + 1).saturating_sub(have))?;
@@ -110,7 +111,7 @@ pub(crate) async fn read_body(
         // A sized body is its payload: its model may be read before the
         // rest arrives, and when that is all routing needs, the rest streams.
         if matches!(info.body, Framing::Length(_)) {
-            if let ModelSoFar::Found(range) = model_so_far(&client.request[head_end..]) {
+            if let ModelSoFar::Found(range) = scan.scan(&client.request[head_end..]) {
                 let at = head_end + range.start..head_end + range.end;
                 let model = std::str::from_utf8(&client.request[at.clone()]).unwrap_or("");
                 if enough(model) {
@@ -147,56 +148,95 @@ pub(crate) enum ModelSoFar {
     Never,
 }
 
+/// One scan of a whole input.
+#[cfg(test)]
+fn model_so_far(input: &[u8]) -> ModelSoFar {
+    ModelScan::default().scan(input)
+}
+
 /// Scans the start of a JSON body for its top-level `"model"` string, so a
 /// large body need not be read whole when its model comes first (as the
 /// OpenAI SDKs write it). Strings, numbers and nested values are skipped
-/// without being built.
-pub(crate) fn model_so_far(input: &[u8]) -> ModelSoFar {
-    let mut i = skip_ws(input, 0);
-    match input.get(i) {
-        None => return ModelSoFar::NotYet,
-        Some(b'{') => i += 1,
-        Some(_) => return ModelSoFar::Never,
+/// without being built. The body grows between calls: each call resumes at
+/// the first top-level member not yet passed, so a body read in many pieces
+/// is scanned once, not once per piece.
+#[derive(Debug, Default)]
+pub(crate) struct ModelScan {
+    /// Where the next top-level member (or its comma) starts; 0 before the
+    /// opening brace.
+    resume: usize,
+    /// The scan's last word once nothing more can change it: the body is
+    /// no object, or its model is escaped (left to the whole-body parse).
+    settled: Option<ModelSoFar>,
+}
+
+impl ModelScan {
+    /// Scans `input`, the body so far (the same bytes as before, and more).
+    pub(crate) fn scan(&mut self, input: &[u8]) -> ModelSoFar {
+        if let Some(settled) = &self.settled {
+            return settled.clone();
+        }
+        let found = self.members(input);
+        if matches!(found, ModelSoFar::Never) {
+            self.settled = Some(ModelSoFar::Never);
+        }
+        found
     }
-    loop {
-        i = skip_ws(input, i);
-        match input.get(i) {
-            None => return ModelSoFar::NotYet,
-            Some(b',') => {
-                i += 1;
-                continue;
+
+    fn members(&mut self, input: &[u8]) -> ModelSoFar {
+        let mut i = self.resume;
+        if i == 0 {
+            i = skip_ws(input, 0);
+            match input.get(i) {
+                None => return ModelSoFar::NotYet,
+                Some(b'{') => i += 1,
+                Some(_) => return ModelSoFar::Never,
             }
-            Some(b'"') => {}
-            Some(_) => return ModelSoFar::Never,
+            self.resume = i;
         }
-        let Some(key_end) = string_end(input, i) else {
-            return ModelSoFar::NotYet;
-        };
-        let is_model = &input[i..key_end] == b"\"model\"";
-        i = skip_ws(input, key_end);
-        match input.get(i) {
-            None => return ModelSoFar::NotYet,
-            Some(b':') => i = skip_ws(input, i + 1),
-            Some(_) => return ModelSoFar::Never,
-        }
-        if i >= input.len() {
-            return ModelSoFar::NotYet;
-        }
-        if is_model && input[i] == b'"' {
-            let Some(end) = string_end(input, i) else {
+        loop {
+            i = skip_ws(input, i);
+            match input.get(i) {
+                None => return ModelSoFar::NotYet,
+                Some(b',') => {
+                    i += 1;
+                    self.resume = i;
+                    continue;
+                }
+                Some(b'"') => {}
+                Some(_) => return ModelSoFar::Never,
+            }
+            let Some(key_end) = string_end(input, i) else {
                 return ModelSoFar::NotYet;
             };
-            let value = i + 1..end - 1;
-            if input[value.clone()].contains(&b'\\') {
-                // Escaped: left to the whole-body parse.
+            let is_model = &input[i..key_end] == b"\"model\"";
+            i = skip_ws(input, key_end);
+            match input.get(i) {
+                None => return ModelSoFar::NotYet,
+                Some(b':') => i = skip_ws(input, i + 1),
+                Some(_) => return ModelSoFar::Never,
+            }
+            if i >= input.len() {
                 return ModelSoFar::NotYet;
             }
-            return ModelSoFar::Found(value);
+            if is_model && input[i] == b'"' {
+                let Some(end) = string_end(input, i) else {
+                    return ModelSoFar::NotYet;
+                };
+                let value = i + 1..end - 1;
+                if input[value.clone()].contains(&b'\\') {
+                    // Escaped: left to the whole-body parse.
+                    self.settled = Some(ModelSoFar::NotYet);
+                    return ModelSoFar::NotYet;
+                }
+                return ModelSoFar::Found(value);
+            }
+            let Some(next) = value_end(input, i) else {
+                return ModelSoFar::NotYet;
+            };
+            i = next;
+            self.resume = i;
         }
-        let Some(next) = value_end(input, i) else {
-            return ModelSoFar::NotYet;
-        };
-        i = next;
     }
 }
 
@@ -596,6 +636,16 @@ mod tests {
         assert_eq!(model_so_far(br#"{"model":"a\u0062"}"#), ModelSoFar::NotYet);
         assert_eq!(model_so_far(br#"{"model":42,"#), ModelSoFar::NotYet);
         assert_eq!(model_so_far(b"[1,2"), ModelSoFar::Never);
+        // Fed in growing pieces, the scan resumes and finds the same.
+        let mut scan = ModelScan::default();
+        for cut in 0..whole.len() - 2 {
+            assert_eq!(scan.scan(&whole[..cut]), ModelSoFar::NotYet, "{cut}");
+        }
+        let ModelSoFar::Found(range) = scan.scan(whole) else {
+            panic!("not found when resumed");
+        };
+        assert_eq!(&whole[range], b"m");
+        assert!(scan.resume > 1, "it resumes past the members it passed");
         assert_eq!(model_so_far(b"not json"), ModelSoFar::Never);
     }
 
