@@ -133,9 +133,15 @@ impl Client {
         self.buf.len() - self.pos
     }
 
-    /// Rents the buffers a request needs.
-    pub(crate) fn rent(&mut self, buffers: &mut Buffers) {
+    /// Rents the buffer a request's head is read into. The others wait for
+    /// a complete head ([`Client::rent_for_request`]): a flood of partial
+    /// heads holds one buffer per connection, not three.
+    pub(crate) fn rent_for_head(&mut self, buffers: &mut Buffers) {
         buffers.rent(&mut self.buf);
+    }
+
+    /// Rents the buffers a request needs once its head is in.
+    pub(crate) fn rent_for_request(&mut self, buffers: &mut Buffers) {
         buffers.rent(&mut self.out);
         buffers.rent(&mut self.request);
     }

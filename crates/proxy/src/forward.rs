@@ -56,13 +56,16 @@ pub(crate) async fn serve_request(
     id: &mut RequestId,
     head_timed_out: bool,
 ) -> Next {
-    client.rent(&mut worker.buffers.borrow_mut());
+    client.rent_for_head(&mut worker.buffers.borrow_mut());
     id.clear();
     let result = if head_timed_out {
         Err(Abort::Respond(ErrorKind::HeadTimeout))
     } else {
         match client.read_head(worker).await {
-            Ok(Some(head_len)) => forward(worker, client, id, head_len).await,
+            Ok(Some(head_len)) => {
+                client.rent_for_request(&mut worker.buffers.borrow_mut());
+                forward(worker, client, id, head_len).await
+            }
             Ok(None) => Err(Abort::ClientGone),
             Err(kind) => Err(Abort::Respond(kind)),
         }

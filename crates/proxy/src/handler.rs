@@ -7,7 +7,9 @@
 //! tasks, which serve request after request for whichever connection hands
 //! one over. A handler is spawned only when every existing one is busy and
 //! is kept for the next burst, up to [`MAX_SPARE`] idle ones: in steady state
-//! nothing is spawned and nothing is allocated.
+//! nothing is spawned and nothing is allocated. Spares that no request
+//! needed for a whole sweep end (down to [`MIN_SPARE`]), so what a burst
+//! spawned does not stay with an idle worker.
 //!
 //! ```text
 //!  connection task                 handler task
@@ -40,6 +42,8 @@ use crate::worker::Worker;
 /// a request's future state (about 5 KiB), so this bounds what a burst
 /// leaves behind.
 const MAX_SPARE: usize = 64;
+/// Idle handlers a worker keeps however long it has been idle.
+const MIN_SPARE: usize = 4;
 
 thread_local! {
     /// This worker's idle handlers: a worker is one thread with its own
@@ -51,6 +55,8 @@ thread_local! {
 #[derive(Default)]
 struct Handlers {
     free: RefCell<Vec<Rc<Slot>>>,
+    /// The fewest idle handlers since the last trim: that many sat unused.
+    low: Cell<usize>,
 }
 
 /// Where a connection task and a handler task meet.
@@ -71,9 +77,12 @@ struct Slot {
 
 impl Handlers {
     fn acquire(&self, worker: &Rc<Worker>) -> Rc<Slot> {
-        if let Some(slot) = self.free.borrow_mut().pop() {
+        let mut free = self.free.borrow_mut();
+        if let Some(slot) = free.pop() {
+            self.low.set(self.low.get().min(free.len()));
             return slot;
         }
+        drop(free);
         let slot = Rc::new(Slot::default());
         monoio::spawn(handle(Rc::clone(worker), Rc::clone(&slot)));
         slot
@@ -88,6 +97,21 @@ impl Handlers {
             wake(&slot.handler);
         }
     }
+}
+
+/// Ends the idle handlers that no request needed since the last trim,
+/// keeping at least [`MIN_SPARE`]. Called every sweep of the worker.
+pub(crate) fn trim() {
+    HANDLERS.with(|h| {
+        let mut free = h.free.borrow_mut();
+        let needed = free.len() - h.low.get().min(free.len());
+        let kept = needed.max(MIN_SPARE).min(free.len());
+        for slot in free.drain(kept..) {
+            slot.retire.set(true);
+            wake(&slot.handler);
+        }
+        h.low.set(free.len());
+    });
 }
 
 /// Hands one request of `client` to a handler and waits for it; returns the

@@ -170,6 +170,7 @@ pub(crate) async fn sweep(worker: Rc<Worker>) {
             buffers.take_freed()
         };
         heap.after_freeing(freed, now);
+        crate::handler::trim();
         if now.duration_since(last_reap) >= REAP_INTERVAL {
             last_reap = now;
             let mut snapshots = worker.snapshots.borrow_mut();
