@@ -136,6 +136,11 @@ pub struct PrefixSettings {
     /// Memory the pool's prefix table may use; least recently used entries
     /// are evicted beyond it. Default 16 MiB.
     pub max_tree_bytes: usize,
+    /// How much of a request's text (its chat roles and contents, or its
+    /// prompt) the prefix is matched on; a body is read only until that much
+    /// of its text is in (and its model, when no header names it), and the
+    /// rest streams unread. Default 32 KiB (about 8 000 tokens).
+    pub max_text_bytes: usize,
 }
 
 impl Default for PrefixSettings {
@@ -145,6 +150,7 @@ impl Default for PrefixSettings {
             balance_abs_threshold: 8.0,
             balance_rel_threshold: 1.5,
             max_tree_bytes: 16 * 1024 * 1024,
+            max_text_bytes: 32 * 1024,
         }
     }
 }
@@ -166,6 +172,12 @@ impl PrefixSettings {
             return Err((
                 field("max_tree_bytes"),
                 "must be between 64 KiB and 16 GiB".into(),
+            ));
+        }
+        if !(crate::prefix::BLOCK..=64 * 1024 * 1024).contains(&self.max_text_bytes) {
+            return Err((
+                field("max_text_bytes"),
+                format!("must be between {} bytes and 64 MiB", crate::prefix::BLOCK),
             ));
         }
         Ok(())
@@ -323,5 +335,10 @@ mod tests {
             ..PrefixSettings::default()
         };
         assert!(bad.check("prefix").is_err());
+        let bad = PrefixSettings {
+            max_text_bytes: 10,
+            ..PrefixSettings::default()
+        };
+        assert_eq!(bad.check("prefix").unwrap_err().0, "prefix.max_text_bytes");
     }
 }

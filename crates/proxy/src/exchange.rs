@@ -77,6 +77,9 @@ pub(crate) struct Exchange<'a> {
 pub(crate) struct Progress {
     /// `100 Continue` went to the client.
     pub(crate) sent_continue: bool,
+    /// The body's top-level keys, counted as it streams, when the request
+    /// was routed on the `"model"` at its start: a second one is refused.
+    pub(crate) model_keys: Option<crate::inspect::ModelKeys>,
 }
 
 impl Exchange<'_> {
@@ -109,7 +112,10 @@ impl Exchange<'_> {
         if let Err(abort) = continue_if_expected(self.info, client, body, progress).await {
             return Outcome::Fatal(abort);
         }
-        if let Err(abort) = self.stream_body(client, conn, body).await {
+        if let Err(abort) = self
+            .stream_body(client, conn, body, &mut progress.model_keys)
+            .await
+        {
             return Outcome::Fatal(abort);
         }
         self.await_head(client, conn, progress).await
@@ -121,6 +127,7 @@ impl Exchange<'_> {
         client: &mut Client,
         conn: &mut UpstreamConn,
         body: &mut Body,
+        model_keys: &mut Option<crate::inspect::ModelKeys>,
     ) -> Result<(), Abort> {
         let timeouts = &self.worker.config.timeouts;
         while !body.is_done() {
@@ -131,9 +138,20 @@ impl Exchange<'_> {
                     Err(_) => return Err(Abort::Respond(ErrorKind::BodyTimeout)),
                 }
             }
+            let pending = &client.buf[client.pos..];
+            let mut second_model = false;
             let n = body
-                .take(&client.buf[client.pos..], |_| {})
+                .take(pending, |payload| {
+                    if let Some(keys) = model_keys.as_mut() {
+                        second_model |= keys.feed(&pending[payload]);
+                    }
+                })
                 .map_err(|e| Abort::Respond(e.kind()))?;
+            if second_model {
+                // Not sent: the replica gets an unfinished body and the
+                // connection to it is closed.
+                return Err(Abort::Respond(ErrorKind::AmbiguousModel));
+            }
             let buf = std::mem::take(&mut client.buf);
             let (start, end) = (client.pos, client.pos + n);
             let (io, slice) = watch::write(

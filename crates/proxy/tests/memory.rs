@@ -19,6 +19,7 @@ both_drivers!(
     a_body_held_in_memory_has_a_whole_body_deadline,
     a_body_slower_than_the_minimum_rate_gets_408,
     a_model_that_comes_first_routes_the_rest_unread,
+    prefix_routing_reads_only_the_start_of_the_text,
     one_client_address_holds_at_most_its_connections,
 );
 
@@ -174,6 +175,70 @@ fn a_model_that_comes_first_routes_the_rest_unread(driver: IoDriver) {
     assert_eq!(replicas[1].counters().requests(), 1);
     // Its model last, the same body must be read whole: over the budget.
     let resp = post(&mut client, "", &model_last("b", 200_000));
+    assert_eq!(resp.status, 503);
+    // A second "model" far into a body routed on its first is still
+    // refused: the proxy answers, the replica's body is cut short.
+    let twice = format!(
+        r#"{{"model":"b","prompt":"{}","model":"a"}}"#,
+        "x".repeat(200_000)
+    );
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = post(&mut client, "", &twice);
+    assert_eq!(resp.status, 400);
+    let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(error["error"]["code"], "duplicate_model");
+    assert_eq!(resp.header("x-replica"), None, "answered by the proxy");
+    assert_eq!(replicas[0].counters().requests(), 0);
+}
+
+fn prefix_routing_reads_only_the_start_of_the_text(driver: IoDriver) {
+    // A pool of two replicas routing by the first KiB of text, 32 KiB to
+    // hold bodies in, and 200 KB chats: only their start is held.
+    let replicas: Vec<ReplicaHandle> = ["p1", "p2"]
+        .iter()
+        .map(|n| FakeReplica::builder().name(n).echo().start().unwrap())
+        .collect();
+    let mut state = State::new(Routing::RoundRobin);
+    let mut spec = PoolSpec::named(PoolName::new("p").unwrap());
+    spec.routing = Some(Routing::Prefix);
+    spec.prefix.max_text_bytes = 1024;
+    state.apply(Command::SetPool(spec)).unwrap();
+    for (name, h) in ["p1", "p2"].iter().zip(&replicas) {
+        state
+            .apply(Command::Add(pool_spec(name, h.addr(), "p")))
+            .unwrap();
+    }
+    let proxy = start_state(driver, state, |c| {
+        c.proxy.limits.inspect_budget_bytes = 32 * 1024
+    });
+    let chat = |tail: &str| {
+        format!(
+            r#"{{"model":"p","messages":[{{"role":"system","content":"{}"}},{{"role":"user","content":"{tail}"}}],"max_tokens":1}}"#,
+            "s".repeat(2000)
+        )
+    };
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let mut served_by = Vec::new();
+    for tail in ["a", "b", "c"] {
+        let body = chat(&tail.repeat(200_000));
+        // Read whole, it would not fit the budget: 503.
+        let resp = post(&mut client, "", &body);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.body.len(), body.len(), "the replica got it all");
+        served_by.push(resp.header("x-replica").unwrap().to_owned());
+    }
+    // The same first KiB of text: the replica that served it serves it again.
+    assert!(
+        served_by.iter().all(|r| *r == served_by[0]),
+        "{served_by:?}"
+    );
+    // Its text after 200 KB of something else, the body must be read whole:
+    // over the budget.
+    let late = format!(
+        r#"{{"model":"p","tools":"{}","messages":[{{"role":"user","content":"hi"}}]}}"#,
+        "t".repeat(200_000)
+    );
+    let resp = post(&mut client, "", &late);
     assert_eq!(resp.status, 503);
 }
 

@@ -186,6 +186,7 @@ pub struct FilePrefix {
     pub balance_abs_threshold: Option<f64>,
     pub balance_rel_threshold: Option<f64>,
     pub max_tree_bytes: Option<usize>,
+    pub max_text_bytes: Option<usize>,
 }
 
 impl FilePrefix {
@@ -200,6 +201,7 @@ impl FilePrefix {
                 .balance_rel_threshold
                 .unwrap_or(base.balance_rel_threshold),
             max_tree_bytes: self.max_tree_bytes.unwrap_or(base.max_tree_bytes),
+            max_text_bytes: self.max_text_bytes.unwrap_or(base.max_text_bytes),
         }
     }
 }

@@ -43,9 +43,6 @@ pub(super) async fn find_target(
         model: header_model,
         ..Target::default()
     };
-    let by_prefix = |set: &ReplicaSet, pool: Option<usize>| {
-        pool.is_some_and(|p| set.pools()[p].routing() == inferlb_core::Routing::Prefix)
-    };
     let max = worker.config.model.max_inspect_body_bytes;
     // Decided on the worker's cached snapshot, without taking a reference
     // to it: the common request (no JSON body to read) touches no shared
@@ -57,10 +54,11 @@ pub(super) async fn find_target(
             && info.body != Framing::None
             && max > 0
             && ((target.model.is_none() && models::has_named_pools(set))
-                || by_prefix(
+                || prefix_limit(
                     set,
                     set.pool_for(target.model.as_ref().map(ModelName::as_str)),
-                ));
+                )
+                .is_some());
         if !inspect {
             return Ok(
                 if set
@@ -82,25 +80,51 @@ pub(super) async fn find_target(
         min_rate: config.limits.min_body_rate_bytes_per_s,
     };
     let mut reserved = Reserved::none(&worker.inspect_budget);
-    // Without a model header, a model that comes first is enough unless its
-    // pool routes by prefix (which needs the text).
-    let header_named = target.model.is_some();
-    let enough = |model: &str| {
-        let mut snapshots = worker.snapshots.borrow_mut();
-        let set = snapshots.load();
-        !header_named && !by_prefix(set, set.pool_for(Some(model)))
+    let mut text = Vec::new();
+    let inspected = {
+        // Reading stops once the body's start holds what routing needs: its
+        // model when no header names one, and for a pool that routes by
+        // prefix the first `prefix.max_text_bytes` of its text.
+        let header_model = target.model.clone();
+        let mut model_scan = inspect::ModelScan::default();
+        let mut text_scan = inspect::TextScan::default();
+        let early = |payload: &[u8]| {
+            let mut snapshots = worker.snapshots.borrow_mut();
+            let set = snapshots.load();
+            let mut found = inspect::Early::default();
+            let pool = match &header_model {
+                Some(model) => set.pool_for(Some(model.as_str())),
+                None => match model_scan.scan(payload) {
+                    inspect::ModelSoFar::Found(range) => {
+                        let model = std::str::from_utf8(&payload[range.clone()]).unwrap_or("");
+                        found.model = Some(range);
+                        set.pool_for(Some(model))
+                    }
+                    // Without pools of their own, models route nothing.
+                    _ if !models::has_named_pools(set) => set.pool_for(None),
+                    _ => return None,
+                },
+            };
+            match prefix_limit(set, pool) {
+                None => found.model.is_some().then_some(found),
+                Some(limit) => {
+                    found.text = text_scan.scan(payload, limit, &mut text);
+                    found.text.then_some(found)
+                }
+            }
+        };
+        inspect::read_body(
+            client,
+            info,
+            body,
+            head_end,
+            limits,
+            &mut reserved,
+            progress,
+            early,
+        )
+        .await?
     };
-    let inspected = inspect::read_body(
-        client,
-        info,
-        body,
-        head_end,
-        limits,
-        &mut reserved,
-        progress,
-        enough,
-    )
-    .await?;
     // Held for the request's life: while it is forwarded, and while it
     // waits for an autoscaling pool's first replica.
     target.reserved = Some(reserved);
@@ -108,9 +132,40 @@ pub(super) async fn find_target(
     let set = Arc::clone(worker.snapshots.borrow_mut().load());
     let no_route = target.model.is_none() && set.default_pool().is_none();
     match &inspected {
-        inspect::Inspected::Whole => {}
-        inspect::Inspected::ModelFirst(at) => {
-            target.model = Some(ModelName::new(&client.request[at.clone()]));
+        inspect::Inspected::Whole => {
+            let payload = inspect::payload(&client.request[head_end..], info.body);
+            // The model alone costs nothing on the heap; the text only when
+            // the pool routes by prefix.
+            if target.model.is_none() {
+                target.model = match inspect::model_of(&payload) {
+                    inspect::BodyModel::Named(m) => Some(ModelName::new(m.as_bytes())),
+                    inspect::BodyModel::Absent => None,
+                    inspect::BodyModel::Duplicate => {
+                        return Err(Abort::Respond(ErrorKind::AmbiguousModel))
+                    }
+                };
+            }
+            let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str));
+            if let Some(limit) = prefix_limit(&set, pool) {
+                inspect::Parsed::from(&payload).text(&payload, &mut text);
+                text.truncate(limit);
+                target.prefix_text(&text);
+            }
+        }
+        inspect::Inspected::Early(early) => {
+            if let Some(range) = &early.model {
+                let at = head_end + range.start..head_end + range.end;
+                target.model = Some(ModelName::new(&client.request[at]));
+                // The rest is checked for a second "model" as it streams.
+                let mut keys = inspect::ModelKeys::default();
+                if keys.feed(&client.request[head_end..]) {
+                    return Err(Abort::Respond(ErrorKind::AmbiguousModel));
+                }
+                progress.model_keys = Some(keys);
+            }
+            if early.text {
+                target.prefix_text(&text);
+            }
         }
         inspect::Inspected::TooLarge if no_route => return Ok(Routed::TooLarge),
         // Refused rather than read: nothing else says where it goes.
@@ -120,30 +175,6 @@ pub(super) async fn find_target(
         // The model header or the default pool routes it, unread.
         inspect::Inspected::TooLarge | inspect::Inspected::NoBudget => {}
     }
-    if inspected == inspect::Inspected::Whole {
-        let payload = inspect::payload(&client.request[head_end..], info.body);
-        // The model alone costs nothing on the heap; the text only when the
-        // pool routes by prefix.
-        if target.model.is_none() {
-            target.model = match inspect::model_of(&payload) {
-                inspect::BodyModel::Named(m) => Some(ModelName::new(m.as_bytes())),
-                inspect::BodyModel::Absent => None,
-                inspect::BodyModel::Duplicate => {
-                    return Err(Abort::Respond(ErrorKind::AmbiguousModel))
-                }
-            };
-        }
-        if by_prefix(
-            &set,
-            set.pool_for(target.model.as_ref().map(ModelName::as_str)),
-        ) {
-            let parsed = inspect::Parsed::from(&payload);
-            let mut text = Vec::new();
-            parsed.text(&payload, &mut text);
-            inferlb_core::prefix::chain(&text, &mut target.chain);
-            target.text_len = text.len();
-        }
-    }
     if set
         .pool_for(target.model.as_ref().map(ModelName::as_str))
         .is_none()
@@ -151,4 +182,18 @@ pub(super) async fn find_target(
         return Ok(Routed::NoPool(target.model));
     }
     Ok(Routed::To(target))
+}
+
+impl Target {
+    /// Keeps the block hashes of the text `prefix` routing matches.
+    fn prefix_text(&mut self, text: &[u8]) {
+        inferlb_core::prefix::chain(text, &mut self.chain);
+        self.text_len = text.len();
+    }
+}
+
+/// How much text `prefix` routing matches, when `pool` routes by prefix.
+fn prefix_limit(set: &ReplicaSet, pool: Option<usize>) -> Option<usize> {
+    let pool = &set.pools()[pool?];
+    (pool.routing() == inferlb_core::Routing::Prefix).then(|| pool.spec().prefix.max_text_bytes)
 }
