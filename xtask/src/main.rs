@@ -23,6 +23,11 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root, &args[1..]),
         Some("dist") => dist(&root),
+        Some("lint-iam") => {
+            // The venv comes with moto's.
+            drop(Moto::start(&root)?);
+            lint_iam_policy(&root)
+        }
         Some("bench") => bench(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             usage();
@@ -42,6 +47,7 @@ fn usage() {
          tasks:\n  \
          test    cargo fmt --check, cargo clippy -D warnings, cargo test --workspace\n  \
          dist    release tarball in target/dist/\n  \
+         lint-iam  parliament over deploy/iam/inferlb-autoscaler.json (also part of test)\n  \
          bench   [SCENARIO ...] [--duration SECS] [--rounds N] [--peers nginx,haproxy,haproxy-tcp|none]\n          \
          [--workers N] [--install-peers]: load tests, results in target/bench/"
     );
@@ -102,6 +108,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         ],
     )?;
     let moto = Moto::start(root)?;
+    lint_iam_policy(root)?;
     let mut args = vec!["test", "--workspace", "--locked"];
     args.extend(extra.iter().map(String::as_str));
     let python = root.join("target/moto-venv/bin/python");
@@ -217,6 +224,71 @@ const MOTO_START: Duration = Duration::from_secs(60);
 struct Moto {
     child: Child,
     url: String,
+}
+
+/// The shipped IAM policy, checked by parliament (an IAM linter that knows
+/// each action's resources and condition keys).
+const IAM_POLICY: &str = "deploy/iam/inferlb-autoscaler.json";
+
+/// Actions the policy grants on `*` on purpose (README, "IAM"): the writes
+/// on scalable targets (their ARNs are made at registration; the
+/// `service-namespace` condition limits them to SageMaker) and
+/// `DescribeAlarms` (called with a name prefix).
+const RESOURCE_STAR_ALLOWED: [&str; 7] = [
+    "application-autoscaling:RegisterScalableTarget",
+    "application-autoscaling:DeregisterScalableTarget",
+    "application-autoscaling:PutScalingPolicy",
+    "application-autoscaling:DeleteScalingPolicy",
+    "application-autoscaling:PutScheduledAction",
+    "application-autoscaling:DeleteScheduledAction",
+    "cloudwatch:DescribeAlarms",
+];
+
+/// Runs parliament over the IAM policy; any finding fails (unknown actions,
+/// condition keys an action does not have, malformed statements), except a
+/// `Resource: "*"` kept on purpose for the actions above.
+fn lint_iam_policy(root: &Path) -> Result<()> {
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("==> iam policy: parliament {IAM_POLICY}");
+    }
+    let policy = std::fs::read_to_string(root.join(IAM_POLICY))
+        .with_context(|| format!("cannot read {IAM_POLICY}"))?;
+    let output = Command::new(root.join("target/moto-venv/bin/parliament"))
+        .args(["--json", "--minimum_severity", "INFO", "--string", &policy])
+        .stdin(Stdio::null())
+        .current_dir(root)
+        .output()
+        .context("cannot run parliament (installed with moto)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut problems = Vec::new();
+    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let finding: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("parliament printed something else: {line}"))?;
+        let kept = finding["issue"] == "RESOURCE_STAR"
+            && finding["detail"].as_array().is_some_and(|actions| {
+                actions.iter().all(|a| {
+                    a.as_str()
+                        .is_some_and(|a| RESOURCE_STAR_ALLOWED.contains(&a))
+                })
+            });
+        if !kept {
+            problems.push(line.to_owned());
+        }
+    }
+    if !output.status.success() && stdout.trim().is_empty() {
+        bail!(
+            "parliament failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if !problems.is_empty() {
+        bail!(
+            "parliament found problems in {IAM_POLICY}:\n{}",
+            problems.join("\n")
+        );
+    }
+    Ok(())
 }
 
 impl Moto {
