@@ -104,12 +104,42 @@ fn check_resource(t: &Target, at: &str, p: &mut Problems<'_>) -> Option<Resource
     kind
 }
 
-/// Min and max. 0 is allowed for inference components and for endpoint
-/// variants (asynchronous endpoints scale to zero: "Autoscale an
-/// asynchronous endpoint", SageMaker developer guide).
+/// Min and max.
+///
+/// - 0 only where AWS can come back from zero: an inference component with
+///   its wake-up alarm (`scale_to_zero`; "Scale an endpoint to zero
+///   instances", SageMaker developer guide) or an asynchronous endpoint's
+///   variant with its backlog alarm (`async_scale_to_zero`; "Autoscale an
+///   asynchronous endpoint"). A real-time variant at 0 instances receives
+///   no invocations, so no metric would ever scale it out again.
+/// - Provisioned concurrency of a serverless variant: 1 to 200 ("Automatically
+///   scale Provisioned Concurrency for a serverless endpoint";
+///   `ProvisionedConcurrency` is 1 to 200 in the SageMaker API).
 fn check_capacity(t: &Target, at: &str, p: &mut Problems<'_>) {
     if t.min_capacity < 0 {
         p.add(format!("{at}.min_capacity"), "must be 0 or more");
+    }
+    let provisioned = t.dimension().as_deref() == Some(PROVISIONED_CONCURRENCY_DIMENSION);
+    if provisioned {
+        if t.min_capacity < 1 {
+            p.add(
+                format!("{at}.min_capacity"),
+                "provisioned concurrency is 1 to 200: min_capacity must be 1 or more",
+            );
+        }
+        if t.max_capacity > MAX_PROVISIONED_CONCURRENCY {
+            p.add(
+                format!("{at}.max_capacity"),
+                format!("provisioned concurrency is 1 to {MAX_PROVISIONED_CONCURRENCY}"),
+            );
+        }
+    } else if t.min_capacity == 0 && t.scale_to_zero.is_none() && t.async_scale_to_zero.is_none() {
+        p.add(
+            format!("{at}.min_capacity"),
+            "0 needs a way back from zero: scale_to_zero (an inference component's wake-up \
+             alarm) or async_scale_to_zero (an asynchronous endpoint's backlog alarm); a \
+             real-time variant at 0 instances gets no traffic to scale on",
+        );
     }
     if t.max_capacity < 1 {
         p.add(format!("{at}.max_capacity"), "must be 1 or more");
@@ -198,6 +228,49 @@ fn check_customized(custom: &CustomizedMetric, f: &str, p: &mut Problems<'_>) {
     }
 }
 
+/// Serverless provisioned concurrency's upper bound.
+const MAX_PROVISIONED_CONCURRENCY: i32 = 200;
+
+/// Quotas that cannot be raised, or are checked at their default ("Quotas for
+/// Application Auto Scaling", Application Auto Scaling user guide).
+const MAX_POLICIES_PER_TARGET: usize = 50;
+const MAX_SCHEDULED_PER_TARGET: usize = 200;
+/// Adjustable, so a larger quota may exist on an account; the file is held
+/// to the default.
+const MAX_STEPS_PER_POLICY: usize = 20;
+
+fn check_quotas(t: &Target, at: &str, p: &mut Problems<'_>) {
+    let policies = t.target_tracking.len() + t.step_scaling.len();
+    if policies > MAX_POLICIES_PER_TARGET {
+        p.add(
+            format!("{at}.target_tracking"),
+            format!(
+                "{policies} scaling policies: Application Auto Scaling allows {MAX_POLICIES_PER_TARGET} per target (target tracking and step scaling together)"
+            ),
+        );
+    }
+    if t.scheduled.len() > MAX_SCHEDULED_PER_TARGET {
+        p.add(
+            format!("{at}.scheduled"),
+            format!(
+                "{} scheduled actions: Application Auto Scaling allows {MAX_SCHEDULED_PER_TARGET} per target",
+                t.scheduled.len()
+            ),
+        );
+    }
+    for (i, sp) in t.step_scaling.iter().enumerate() {
+        if sp.steps.len() > MAX_STEPS_PER_POLICY {
+            p.add(
+                format!("{at}.step_scaling[{i}].steps"),
+                format!(
+                    "{} step adjustments: the default quota is {MAX_STEPS_PER_POLICY} per policy",
+                    sp.steps.len()
+                ),
+            );
+        }
+    }
+}
+
 fn check_target_tracking(
     t: &Target,
     kind: Option<ResourceKind>,
@@ -205,9 +278,29 @@ fn check_target_tracking(
     names: &mut Names,
     p: &mut Problems<'_>,
 ) {
+    // "You can have multiple target tracking scaling policies for a scalable
+    // target, provided that each of them uses a different metric" (Target
+    // tracking scaling policies, Application Auto Scaling user guide).
+    let mut metrics: Vec<String> = Vec::new();
     for (i, tt) in t.target_tracking.iter().enumerate() {
         let f = format!("{at}.target_tracking[{i}]");
         names.check(format!("{f}.name"), &tt.name, p);
+        let metric = match (&tt.predefined_metric, &tt.customized_metric) {
+            (Some(name), _) => format!("predefined {name}"),
+            (None, Some(custom)) => format!("customized {:?}", serde_json::to_string(custom).ok()),
+            (None, None) => String::new(),
+        };
+        if !metric.is_empty() {
+            if let Some(first) = metrics.iter().position(|m| *m == metric) {
+                p.add(
+                    format!("{f}.predefined_metric"),
+                    format!(
+                        "uses the same metric as target_tracking[{first}]: each target-tracking policy of a target needs its own metric"
+                    ),
+                );
+            }
+            metrics.push(metric);
+        }
         match (&tt.predefined_metric, &tt.customized_metric) {
             (Some(_), Some(_)) | (None, None) => p.add(
                 format!("{f}.predefined_metric"),
@@ -370,6 +463,7 @@ fn check_target(t: &Target, at: &str, problems: &mut Vec<Problem>) {
     let mut p = Problems(problems);
     let kind = check_resource(t, at, &mut p);
     check_capacity(t, at, &mut p);
+    check_quotas(t, at, &mut p);
     check_tags(t, at, &mut p);
     let mut names = Names::default();
     check_target_tracking(t, kind, at, &mut names, &mut p);

@@ -168,14 +168,27 @@ fn capacities() {
         "targets[0].min_capacity",
         "above max_capacity",
     );
-    // Endpoint variants may scale to zero too: asynchronous endpoints do
-    // ("Autoscale an asynchronous endpoint", SageMaker developer guide).
-    validate(&file(&VALID.replacen(
-        "min_capacity = 1\nmax_capacity = 4",
-        "min_capacity = 0\nmax_capacity = 4",
-        1,
-    )))
-    .unwrap();
+    // A real-time variant cannot come back from zero: with no invocations
+    // no metric scales it out ("Autoscale an asynchronous endpoint" and
+    // "Scale an endpoint to zero instances", SageMaker developer guide:
+    // only asynchronous endpoints and inference components scale to zero).
+    expect(
+        |t| {
+            t.replacen(
+                "min_capacity = 1\nmax_capacity = 4",
+                "min_capacity = 0\nmax_capacity = 4",
+                1,
+            )
+        },
+        "targets[0].min_capacity",
+        "a way back from zero",
+    );
+    // Nor an inference component without its wake-up alarm.
+    expect(
+        |t| t.replacen("[targets.scale_to_zero]\nstep_policy = \"wake\"\n", "", 1),
+        "targets[1].min_capacity",
+        "a way back from zero",
+    );
     expect(
         |t| t.replacen("max_capacity = 2", "max_capacity = 0", 1),
         "targets[1].max_capacity",
@@ -526,4 +539,80 @@ fn alarm_names_carry_the_prefix_the_iam_policy_allows() {
         "{VALID}alarm_name = \"inferlb-my-alarm\"\n"
     )))
     .unwrap();
+}
+
+/// "Quotas for Application Auto Scaling" (user guide): 50 scaling policies
+/// and 200 scheduled actions per scalable target, 20 step adjustments per
+/// step scaling policy (the default).
+#[test]
+fn quotas_are_checked() {
+    let many_policies = |t: &str| {
+        let mut text = t.to_owned();
+        for i in 0..50 {
+            text.push_str(&format!(
+                "[[targets.step_scaling]]\nname = \"s{i}\"\nadjustment_type = \"ChangeInCapacity\"\n[[targets.step_scaling.steps]]\nlower_bound = 0.0\nadjustment = 1\n"
+            ));
+        }
+        text
+    };
+    expect(many_policies, "targets[1].target_tracking", "50 per target");
+    let many_actions = |t: &str| {
+        let mut text = t.to_owned();
+        for i in 0..201 {
+            text.push_str(&format!(
+                "[[targets.scheduled]]\nname = \"a{i}\"\nschedule = \"cron(0 20 ? * * *)\"\nmin_capacity = 0\n"
+            ));
+        }
+        text
+    };
+    expect(many_actions, "targets[1].scheduled", "200 per target");
+    let many_steps = |t: &str| {
+        let mut text = t.to_owned();
+        text.push_str("[[targets.step_scaling]]\nname = \"many\"\nadjustment_type = \"ChangeInCapacity\"\n");
+        for i in 0..21 {
+            let upper = if i == 20 { String::new() } else { format!("upper_bound = {}.0\n", i + 1) };
+            text.push_str(&format!(
+                "[[targets.step_scaling.steps]]\nlower_bound = {i}.0\n{upper}adjustment = 1\n"
+            ));
+        }
+        text
+    };
+    expect(many_steps, "targets[1].step_scaling[2].steps", "20 per policy");
+}
+
+/// "Target tracking scaling policies" (user guide): several target-tracking
+/// policies on one target must each use a different metric.
+#[test]
+fn two_target_tracking_policies_need_two_metrics() {
+    expect(
+        |t| {
+            t.replacen(
+                "[[targets.scheduled]]",
+                "[[targets.target_tracking]]\nname = \"tt2\"\npredefined_metric = \"SageMakerVariantInvocationsPerInstance\"\ntarget_value = 80.0\n[[targets.scheduled]]",
+                1,
+            )
+        },
+        "targets[0].target_tracking[1].predefined_metric",
+        "same metric",
+    );
+}
+
+/// Serverless provisioned concurrency is 1 to 200.
+#[test]
+fn provisioned_concurrency_is_1_to_200() {
+    let serverless = |min: i32, max: i32| {
+        format!(
+            "[[targets]]\nresource_id = \"endpoint/sl/variant/AllTraffic\"\nscalable_dimension = \"sagemaker:variant:DesiredProvisionedConcurrency\"\nmin_capacity = {min}\nmax_capacity = {max}\n"
+        )
+    };
+    validate(&file(&serverless(1, 200))).unwrap();
+    for (min, max, field) in [(0, 10, "min_capacity"), (1, 201, "max_capacity")] {
+        let err = validate(&file(&serverless(min, max))).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.field == format!("targets[0].{field}") && p.reason.contains("1 to 200")),
+            "{min}..{max}: {err}"
+        );
+    }
 }
