@@ -568,16 +568,26 @@ fn quotas_are_checked() {
     expect(many_actions, "targets[1].scheduled", "200 per target");
     let many_steps = |t: &str| {
         let mut text = t.to_owned();
-        text.push_str("[[targets.step_scaling]]\nname = \"many\"\nadjustment_type = \"ChangeInCapacity\"\n");
+        text.push_str(
+            "[[targets.step_scaling]]\nname = \"many\"\nadjustment_type = \"ChangeInCapacity\"\n",
+        );
         for i in 0..21 {
-            let upper = if i == 20 { String::new() } else { format!("upper_bound = {}.0\n", i + 1) };
+            let upper = if i == 20 {
+                String::new()
+            } else {
+                format!("upper_bound = {}.0\n", i + 1)
+            };
             text.push_str(&format!(
                 "[[targets.step_scaling.steps]]\nlower_bound = {i}.0\n{upper}adjustment = 1\n"
             ));
         }
         text
     };
-    expect(many_steps, "targets[1].step_scaling[2].steps", "20 per policy");
+    expect(
+        many_steps,
+        "targets[1].step_scaling[2].steps",
+        "20 per policy",
+    );
 }
 
 /// "Target tracking scaling policies" (user guide): several target-tracking
