@@ -21,7 +21,13 @@ use crate::aws::AwsError;
 pub struct PoolSample {
     /// The pool's name (the `Pool` dimension).
     pub pool: String,
-    /// Mean over the interval's samples of (in flight ÷ routable replicas).
+    /// Mean over the interval's samples of the pool's requests in flight
+    /// (all its replicas together): the figure to track when a replica is
+    /// an endpoint URL in front of several instances.
+    pub in_flight: f64,
+    /// Mean over the interval's samples of (in flight ÷ routable replicas):
+    /// in flight per instance only when each replica is one instance (or
+    /// one inference component copy).
     pub in_flight_per_replica: f64,
     /// The largest in-flight count of any one replica seen in the interval.
     pub max_in_flight_per_replica: f64,
@@ -34,12 +40,13 @@ pub struct PoolSample {
 }
 
 /// The metric names, as a customized metric names them.
-pub const METRICS: [&str; 5] = [
+pub const METRICS: [&str; 6] = [
     "InFlightPerReplica",
     "MaxInFlightPerReplica",
     "Requests",
     "Errors5xx",
     "QueuedRequests",
+    "InFlight",
 ];
 
 /// Where and how samples go.
@@ -121,6 +128,7 @@ impl Publisher {
                 (METRICS[2], pool.requests, cw::types::StandardUnit::Count),
                 (METRICS[3], pool.errors_5xx, cw::types::StandardUnit::Count),
                 (METRICS[4], pool.queued, cw::types::StandardUnit::Count),
+                (METRICS[5], pool.in_flight, cw::types::StandardUnit::Count),
             ];
             for (name, value, unit) in values {
                 request = request.metric_data(

@@ -527,6 +527,7 @@ async fn per_pool_concurrency_is_published_to_cloudwatch() {
     let at = std::time::SystemTime::now();
     let sample = PoolSample {
         pool: "llama-3-8b".into(),
+        in_flight: 14.0,
         in_flight_per_replica: 3.5,
         max_in_flight_per_replica: 6.0,
         requests: 120.0,

@@ -13,6 +13,9 @@ use inferlb_core::StatusClass;
 /// The interval's running figures of one pool.
 #[derive(Debug, Default)]
 struct Acc {
+    /// Sums over the interval's samples of the pool's requests in flight,
+    /// and of that divided by its routable replicas.
+    total_sum: f64,
     ratio_sum: f64,
     samples: u32,
     max: u64,
@@ -45,8 +48,10 @@ pub async fn run(control: Arc<Control>, config: Publish) {
                 .map(|r| r.stats.in_flight())
                 .collect();
             let entry = acc.entry(pool.name().to_string()).or_default();
+            let total = routable.iter().sum::<u64>() as f64;
+            entry.total_sum += total;
             if !routable.is_empty() {
-                entry.ratio_sum += routable.iter().sum::<u64>() as f64 / routable.len() as f64;
+                entry.ratio_sum += total / routable.len() as f64;
             }
             entry.samples += 1;
             entry.max = entry.max.max(routable.iter().copied().max().unwrap_or(0));
@@ -73,6 +78,7 @@ pub async fn run(control: Arc<Control>, config: Publish) {
             let a = acc.remove(pool.name().as_str()).unwrap_or_default();
             samples.push(PoolSample {
                 pool: pool.name().to_string(),
+                in_flight: a.total_sum / f64::from(a.samples.max(1)),
                 in_flight_per_replica: a.ratio_sum / f64::from(a.samples.max(1)),
                 max_in_flight_per_replica: a.max as f64,
                 requests: requests as f64,
