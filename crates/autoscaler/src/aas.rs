@@ -339,23 +339,18 @@ impl Engine {
             return;
         }
         let (policy, spec, value) = (policy.clone(), spec.clone(), alarm.latest());
-        let delta = value - spec.threshold;
-        let Some(step) = policy.steps.iter().find(|s| {
-            s.lower_bound.is_none_or(|l| delta >= l) && s.upper_bound.is_none_or(|u| delta < u)
-        }) else {
+        let Some(step) = step_for(&policy.steps, value - spec.threshold) else {
             return;
         };
         let target = match policy.adjustment_type.as_str() {
             "ExactCapacity" => step.adjustment,
             "PercentChangeInCapacity" => {
-                let change = (f64::from(self.desired) * f64::from(step.adjustment) / 100.0) as i32;
-                let magnitude = policy.min_adjustment_magnitude.unwrap_or(0);
-                let change = if change.abs() < magnitude {
-                    magnitude * step.adjustment.signum()
-                } else {
-                    change
-                };
-                self.desired + change
+                self.desired
+                    + percent_change(
+                        self.desired,
+                        step.adjustment,
+                        policy.min_adjustment_magnitude.unwrap_or(0),
+                    )
             }
             _ => self.desired + step.adjustment,
         };
@@ -478,6 +473,41 @@ impl Engine {
             .filter_map(|t| t.policy.scale_in_cooldown_s)
             .max()
             .unwrap_or(crate::plan::DEFAULT_COOLDOWN_S)
+    }
+}
+
+/// The step whose bounds hold `delta` (the metric minus the alarm's
+/// threshold). At or above the threshold a step's lower bound is inclusive
+/// and its upper bound exclusive; below it the lower bound is exclusive and
+/// the upper bound inclusive ("Step scaling policies for Application Auto
+/// Scaling", user guide: "(lower, upper]" below the breach threshold).
+pub(crate) fn step_for(steps: &[crate::model::Step], delta: f64) -> Option<&crate::model::Step> {
+    steps.iter().find(|s| {
+        if delta >= 0.0 {
+            s.lower_bound.is_none_or(|l| delta >= l) && s.upper_bound.is_none_or(|u| delta < u)
+        } else {
+            s.lower_bound.is_none_or(|l| delta > l) && s.upper_bound.is_none_or(|u| delta <= u)
+        }
+    })
+}
+
+/// A `PercentChangeInCapacity` step's change to `capacity`: a result between
+/// -1 and 1 (not 0) counts as ±1, any other is rounded toward zero, and
+/// `min_magnitude` is the least change ("Step scaling policies", user guide:
+/// "Application Auto Scaling handles this as follows: values greater than 1
+/// are rounded down, values less than -1 are rounded up, values between 0 and
+/// 1 are rounded to 1, values between 0 and -1 are rounded to -1").
+pub(crate) fn percent_change(capacity: i32, percent: i32, min_magnitude: i32) -> i32 {
+    let raw = f64::from(capacity) * f64::from(percent) / 100.0;
+    let change = if raw != 0.0 && raw.abs() < 1.0 {
+        raw.signum() as i32
+    } else {
+        raw.trunc() as i32
+    };
+    if change.abs() < min_magnitude {
+        min_magnitude * percent.signum()
+    } else {
+        change
     }
 }
 

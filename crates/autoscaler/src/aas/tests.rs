@@ -364,3 +364,61 @@ proptest! {
         prop_assert!(per_instance > 100.0 * 0.9 * f64::from(engine.in_service() - 1) / f64::from(engine.in_service()) - 1e-9 || engine.in_service() == 1);
     }
 }
+
+/// "Step scaling policies for Application Auto Scaling" (user guide): percent
+/// changes between -1 and 1 count as ±1, others are rounded toward zero,
+/// and `MinAdjustmentMagnitude` is the least change.
+#[test]
+fn percent_changes_round_as_aws_rounds_them() {
+    use crate::aas::percent_change;
+    assert_eq!(percent_change(1, 10, 0), 1, "0.1 counts as 1");
+    assert_eq!(percent_change(3, -10, 0), -1, "-0.3 counts as -1");
+    assert_eq!(percent_change(10, 25, 0), 2, "2.5 rounds down");
+    assert_eq!(percent_change(10, -25, 0), -2, "-2.5 rounds up");
+    assert_eq!(percent_change(0, 50, 0), 0);
+    assert_eq!(
+        percent_change(10, 10, 3),
+        3,
+        "at least the minimum magnitude"
+    );
+}
+
+/// The same page: at or above the threshold a step is `[lower, upper)`,
+/// below it `(lower, upper]`.
+#[test]
+fn step_bounds_are_exclusive_below_the_threshold_on_the_lower_side() {
+    use crate::aas::step_for;
+    use crate::model::Step;
+    let steps = [
+        Step {
+            lower_bound: None,
+            upper_bound: Some(-10.0),
+            adjustment: -2,
+        },
+        Step {
+            lower_bound: Some(-10.0),
+            upper_bound: Some(0.0),
+            adjustment: -1,
+        },
+        Step {
+            lower_bound: Some(0.0),
+            upper_bound: Some(10.0),
+            adjustment: 1,
+        },
+        Step {
+            lower_bound: Some(10.0),
+            upper_bound: None,
+            adjustment: 2,
+        },
+    ];
+    let adjustment = |delta: f64| step_for(&steps, delta).map(|s| s.adjustment);
+    assert_eq!(adjustment(-10.0), Some(-2), "below: upper bound inclusive");
+    assert_eq!(adjustment(-9.5), Some(-1));
+    assert_eq!(
+        adjustment(0.0),
+        Some(1),
+        "at the threshold: lower inclusive"
+    );
+    assert_eq!(adjustment(10.0), Some(2));
+    assert_eq!(adjustment(9.99), Some(1));
+}
