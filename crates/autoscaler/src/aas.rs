@@ -49,7 +49,7 @@ use crate::model::{AlarmSpec, Scheduled, StepScaling, Suspended, Target};
 mod alarm;
 mod schedule;
 
-use alarm::{compare, Alarm, Tracked};
+use alarm::{Alarm, Tracked};
 pub use alarm::{AlarmOverrides, TrackingAlarms};
 pub use schedule::fires;
 
@@ -95,7 +95,14 @@ pub struct Engine {
     scale_out_until: i64,
     last_scale_out_to: i32,
     scale_in_until: i64,
-    step_until: i64,
+    /// The step policy's scale-out cooldown: its end, and the capacity the
+    /// scale-out that began it adjusted (a larger step inside the cooldown
+    /// adjusts the same capacity, so it adds only the difference).
+    step_out_until: i64,
+    step_out_base: i32,
+    /// The step policy's scale-in cooldown.
+    step_in_until: i64,
+    assumptions: Assumptions,
     /// The time the last scheduled check covered (exclusive end).
     checked_until: Option<i64>,
 }
@@ -143,7 +150,10 @@ impl Engine {
             scale_out_until: i64::MIN,
             last_scale_out_to: 0,
             scale_in_until: i64::MIN,
-            step_until: i64::MIN,
+            step_out_until: i64::MIN,
+            step_out_base: 0,
+            step_in_until: i64::MIN,
+            assumptions: Assumptions::default(),
             checked_until: None,
         }
     }
@@ -156,11 +166,25 @@ impl Engine {
         self
     }
 
+    /// Other modelling assumptions than the defaults (see [`Assumptions`]).
+    pub fn with_assumptions(mut self, assumptions: Assumptions) -> Self {
+        self.assumptions = assumptions;
+        self
+    }
+
     /// Steps of `tick_s` seconds instead of a minute. Alarm periods should
     /// be multiples of it; a period shorter than the tick sees one value.
     pub fn with_tick(mut self, tick_s: i64) -> Self {
         self.tick_s = tick_s.max(1);
         self
+    }
+
+    /// Each target-tracking policy's name and alarms.
+    pub fn tracking_alarms(&self) -> Vec<(String, TrackingAlarms)> {
+        self.tracking
+            .iter()
+            .map(|t| (t.policy.name.clone(), t.alarms))
+            .collect()
     }
 
     /// The shortest alarm period of the target's policies: the tick a
@@ -273,6 +297,22 @@ impl Engine {
         }
     }
 
+    /// Capacity is provisioning and the target counts as busy meanwhile
+    /// (a SageMaker endpoint is `Updating`): dynamic scaling waits.
+    fn busy(&self) -> bool {
+        self.assumptions.busy_while_provisioning && !self.provisioning.is_empty()
+    }
+
+    /// A scale-out happened: scale-in cooldowns end at once ("if another
+    /// alarm triggers a scale-out activity during the cooldown period after
+    /// a scale-in activity, Application Auto Scaling scales out the target
+    /// immediately", StepScalingPolicyConfiguration and
+    /// TargetTrackingScalingPolicyConfiguration, API reference).
+    fn scaled_out(&mut self) {
+        self.scale_in_until = i64::MIN;
+        self.step_in_until = i64::MIN;
+    }
+
     /// One tick starting at `now` (seconds since the epoch): scheduled
     /// actions, then the step alarm, then target tracking.
     pub fn step(&mut self, now: i64, metrics: &Metrics) -> Vec<Activity> {
@@ -330,33 +370,52 @@ impl Engine {
         if !alarm.observe(now, tick_s, metrics.recipe, &spec.statistic) {
             return;
         }
-        let breaching = alarm
-            .points
-            .iter()
-            .filter(|&&v| compare(&spec.comparison_operator, v, spec.threshold))
-            .count();
-        if (breaching as i32) < spec.datapoints_to_alarm || now < self.step_until {
+        let breaching = alarm.breaching(
+            &spec.comparison_operator,
+            spec.threshold,
+            &spec.treat_missing_data,
+        );
+        if breaching.is_none_or(|n| (n as i32) < spec.datapoints_to_alarm) {
             return;
         }
-        let (policy, spec, value) = (policy.clone(), spec.clone(), alarm.latest());
+        // The breach size: the alarm's datapoints aggregated as the policy
+        // says (Average when it says nothing).
+        let aggregation = policy
+            .metric_aggregation_type
+            .as_deref()
+            .unwrap_or("Average");
+        let value = alarm.aggregate(aggregation).unwrap_or(spec.threshold);
+        let (policy, spec) = (policy.clone(), spec.clone());
         let Some(step) = step_for(&policy.steps, value - spec.threshold) else {
             return;
+        };
+        // Inside a scale-out cooldown the capacity that scale-out adjusted
+        // is adjusted again, so a larger step adds only the difference;
+        // otherwise the current capacity (in service, not what is still
+        // provisioning).
+        let in_out_cooldown = now < self.step_out_until;
+        let base = if in_out_cooldown {
+            self.step_out_base
+        } else {
+            self.in_service
         };
         let target = match policy.adjustment_type.as_str() {
             "ExactCapacity" => step.adjustment,
             "PercentChangeInCapacity" => {
-                self.desired
-                    + percent_change(
-                        self.desired,
-                        step.adjustment,
-                        policy.min_adjustment_magnitude.unwrap_or(0),
-                    )
+                base + percent_change(
+                    base,
+                    step.adjustment,
+                    policy.min_adjustment_magnitude.unwrap_or(0),
+                )
             }
-            _ => self.desired + step.adjustment,
+            _ => base + step.adjustment,
         };
         let scale_out = target > self.desired;
-        if (scale_out && self.suspended.dynamic_scaling_out)
+        if target == self.desired
+            || (scale_out && self.suspended.dynamic_scaling_out)
             || (!scale_out && self.suspended.dynamic_scaling_in)
+            || (!scale_out && now < self.step_in_until)
+            || self.busy()
         {
             return;
         }
@@ -366,8 +425,15 @@ impl Engine {
         );
         let before = self.desired;
         self.set(now, target, reason, out);
-        if self.desired != before {
-            self.step_until = now + i64::from(policy.cooldown_s.unwrap_or(300));
+        let cooldown = i64::from(policy.cooldown_s.unwrap_or(crate::plan::DEFAULT_COOLDOWN_S));
+        if self.desired > before {
+            if !in_out_cooldown {
+                self.step_out_base = base;
+            }
+            self.step_out_until = now + cooldown;
+            self.scaled_out();
+        } else if self.desired < before {
+            self.step_in_until = now + cooldown;
         }
     }
 
@@ -422,7 +488,7 @@ impl Engine {
             }
         }
         if let Some((to, reason)) = out_wanted {
-            if self.suspended.dynamic_scaling_out {
+            if self.suspended.dynamic_scaling_out || self.busy() {
                 return;
             }
             // During a scale-out cooldown only a larger scale-out happens.
@@ -434,23 +500,28 @@ impl Engine {
             if self.desired > before {
                 self.last_scale_out_to = self.desired;
                 self.scale_out_until = now + i64::from(self.cooldown_out());
-                // A scale-out ends any scale-in cooldown.
-                self.scale_in_until = i64::MIN;
+                self.scaled_out();
             }
             return;
         }
         if fresh_in && all_in && !in_proposals.is_empty() {
+            let waits_for_out = self.assumptions.scale_in_waits_for_scale_out_cooldown
+                && now < self.scale_out_until;
             if self.suspended.dynamic_scaling_in
                 || now < self.scale_in_until
-                || now < self.scale_out_until
+                || waits_for_out
+                || self.busy()
             {
                 return;
             }
             // The largest capacity wins, for scale-in too.
-            let (to, reason) = in_proposals
+            let (mut to, reason) = in_proposals
                 .into_iter()
                 .max_by_key(|(c, _)| *c)
                 .unwrap_or((self.desired, String::new()));
+            if let Some(step) = self.assumptions.scale_in_step {
+                to = to.max(self.desired - step.max(1));
+            }
             let before = self.desired;
             self.set(now, to, reason, out);
             if self.desired < before {
@@ -476,11 +547,42 @@ impl Engine {
     }
 }
 
+/// What the model assumes where AWS publishes no rule; `simulate` prints
+/// them with its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Assumptions {
+    /// The most units one target-tracking scale-in removes. AWS says target
+    /// tracking scales in "more gradually" than out and gives no formula;
+    /// `None` goes straight to the proportional capacity
+    /// (`ceil(in service × metric ÷ target)`), the fastest AWS could be.
+    pub scale_in_step: Option<i32>,
+    /// No target-tracking scale-in while a scale-out cooldown runs. No AWS
+    /// page states it (the cooldown pages only hold back further
+    /// scale-outs), so it is off unless asked for.
+    pub scale_in_waits_for_scale_out_cooldown: bool,
+    /// While new capacity provisions the target is busy and no dynamic
+    /// scaling happens: a SageMaker endpoint is `Updating` then and rejects
+    /// another update. On by default; local pools, whose replicas start in
+    /// seconds, turn it off.
+    pub busy_while_provisioning: bool,
+}
+
+impl Default for Assumptions {
+    fn default() -> Self {
+        Self {
+            scale_in_step: None,
+            scale_in_waits_for_scale_out_cooldown: false,
+            busy_while_provisioning: true,
+        }
+    }
+}
+
 /// The step whose bounds hold `delta` (the metric minus the alarm's
 /// threshold). At or above the threshold a step's lower bound is inclusive
 /// and its upper bound exclusive; below it the lower bound is exclusive and
-/// the upper bound inclusive ("Step scaling policies for Application Auto
-/// Scaling", user guide: "(lower, upper]" below the breach threshold).
+/// the upper bound inclusive (StepAdjustment, Application Auto Scaling API
+/// reference: a lower bound of -10 and an upper bound of 0 hold a metric
+/// "greater than 40 and less than or equal to 50" for a threshold of 50).
 pub(crate) fn step_for(steps: &[crate::model::Step], delta: f64) -> Option<&crate::model::Step> {
     steps.iter().find(|s| {
         if delta >= 0.0 {
@@ -493,10 +595,9 @@ pub(crate) fn step_for(steps: &[crate::model::Step], delta: f64) -> Option<&crat
 
 /// A `PercentChangeInCapacity` step's change to `capacity`: a result between
 /// -1 and 1 (not 0) counts as ±1, any other is rounded toward zero, and
-/// `min_magnitude` is the least change ("Step scaling policies", user guide:
-/// "Application Auto Scaling handles this as follows: values greater than 1
-/// are rounded down, values less than -1 are rounded up, values between 0 and
-/// 1 are rounded to 1, values between 0 and -1 are rounded to -1").
+/// `min_magnitude` is the least change (the rounding rule of "Step scaling
+/// policies for Application Auto Scaling", user guide; `MinAdjustmentMagnitude`
+/// in StepScalingPolicyConfiguration, API reference).
 pub(crate) fn percent_change(capacity: i32, percent: i32, min_magnitude: i32) -> i32 {
     let raw = f64::from(capacity) * f64::from(percent) / 100.0;
     let change = if raw != 0.0 && raw.abs() < 1.0 {

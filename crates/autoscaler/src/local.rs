@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use inferlb_core::{PoolAutoscaling, ScalingSettings};
 
-use crate::aas::{AlarmOverrides, Engine, Metrics};
+use crate::aas::{AlarmOverrides, Assumptions, Engine, Metrics};
 use crate::model::{Suspended, Target, TargetTracking};
 
 /// How often the executor calls [`LocalScaler::tick`]: the engine's tick.
@@ -563,6 +563,14 @@ fn engine_for(config: &PoolAutoscaling, settings: &ScalingSettings, now: Duratio
             scale_in_datapoints: Some(config.scale_in_datapoints as usize),
             scale_in_period_s: Some(config.scale_in_period.as_secs() as i64),
             scale_in_ratio: None,
+        })
+        // Local replicas start in seconds and nothing rejects a change
+        // meanwhile; a scale-in waits out a scale-out's cooldown, so a pool
+        // does not stop a replica it has just started.
+        .with_assumptions(Assumptions {
+            scale_in_step: None,
+            scale_in_waits_for_scale_out_cooldown: true,
+            busy_while_provisioning: false,
         });
     engine.set_suspended(Suspended {
         dynamic_scaling_in: settings.suspended,

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::aas::{Activity, AlarmOverrides, Engine, Metrics};
+use crate::aas::{Activity, AlarmOverrides, Assumptions, Engine, Metrics};
 use crate::model::{Target, BACKLOG_METRIC};
 
 /// What the trace's load column counts.
@@ -170,6 +170,57 @@ pub struct Options {
     pub start_capacity: i32,
     /// Changes to the target-tracking alarms' defaults.
     pub alarms: AlarmOverrides,
+    /// What the model assumes where AWS publishes no rule.
+    pub assumptions: Assumptions,
+}
+
+impl Options {
+    /// The settings and assumptions a result rests on, one per line, for
+    /// the top of a report.
+    pub fn describe(&self, target: &Target) -> String {
+        let engine = Engine::new(target, 1, 0).with_alarms(self.alarms);
+        let alarms = engine.tracking_alarms();
+        let mut out = format!(
+            "capacity per instance: {}\nprovisioning delay: {} s\nstart capacity: {}\n",
+            self.capacity_per_instance, self.provision_delay_s, self.start_capacity
+        );
+        for (name, a) in alarms {
+            out.push_str(&format!(
+                "policy {name:?}: scale out after {} datapoints of {} s above target; scale in after {} datapoints of {} s below {} x target\n",
+                a.scale_out_datapoints,
+                a.scale_out_period_s,
+                a.scale_in_datapoints,
+                a.scale_in_period_s,
+                a.scale_in_ratio
+            ));
+        }
+        let a = &self.assumptions;
+        out.push_str("assumptions (AWS publishes no rule for these):\n");
+        out.push_str(&format!(
+            "  scale-in step: {}\n",
+            a.scale_in_step.map_or(
+                "none: straight to ceil(in service x metric / target)".to_owned(),
+                |n| format!("at most {n} per scale-in")
+            )
+        ));
+        out.push_str(&format!(
+            "  scale-in waits for a scale-out cooldown: {}\n",
+            if a.scale_in_waits_for_scale_out_cooldown {
+                "yes"
+            } else {
+                "no"
+            }
+        ));
+        out.push_str(&format!(
+            "  busy (no dynamic scaling) while capacity provisions: {}\n",
+            if a.busy_while_provisioning {
+                "yes (SageMaker endpoint Updating)"
+            } else {
+                "no"
+            }
+        ));
+        out
+    }
 }
 
 /// One minute of the timeline.
@@ -209,6 +260,8 @@ pub struct Summary {
 pub struct Simulation {
     pub timeline: Vec<Row>,
     pub summary: Summary,
+    /// What the model assumed (see [`Assumptions`]).
+    pub assumptions: Assumptions,
 }
 
 /// Replays `trace` through `target`'s policies: one row a minute, the
@@ -216,7 +269,8 @@ pub struct Simulation {
 /// seconds for a high-resolution metric).
 pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
     let engine = Engine::new(target, options.start_capacity, options.provision_delay_s)
-        .with_alarms(options.alarms);
+        .with_alarms(options.alarms)
+        .with_assumptions(options.assumptions);
     let tick_s = engine.finest_period_s().clamp(1, 60);
     let tick_s = if 60 % tick_s == 0 { tick_s } else { 1 };
     let mut engine = engine.with_tick(tick_s);
@@ -297,7 +351,11 @@ pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
         activities.extend(acts);
     }
     let summary = summarize(&timeline, &activities);
-    Simulation { timeline, summary }
+    Simulation {
+        timeline,
+        summary,
+        assumptions: options.assumptions,
+    }
 }
 
 fn summarize(timeline: &[Row], activities: &[Activity]) -> Summary {
@@ -381,6 +439,7 @@ scale_in_cooldown_s = 300
             provision_delay_s: 300,
             start_capacity: 1,
             alarms: AlarmOverrides::default(),
+            assumptions: Assumptions::default(),
         }
     }
 

@@ -118,6 +118,19 @@ enum AutoscaleCommand {
         /// The scale-in threshold as a share of the target [AAS: 0.9].
         #[arg(long)]
         scale_in_ratio: Option<f64>,
+        /// An assumption: the most units one target-tracking scale-in
+        /// removes (AWS scales in "more gradually" and publishes no
+        /// formula) [default: none, straight to the proportional capacity].
+        #[arg(long)]
+        scale_in_step: Option<i32>,
+        /// An assumption with no AWS source: no target-tracking scale-in
+        /// while a scale-out cooldown runs [default: off].
+        #[arg(long)]
+        scale_in_waits_for_scale_out_cooldown: bool,
+        /// An assumption: while new capacity provisions, the endpoint is
+        /// `Updating` and no dynamic scaling happens [default: true].
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        busy_while_provisioning: bool,
     },
     /// Pause `run` for a deploy window: it applies nothing until the hold
     /// ends (`<file>.hold` holds the end time).
@@ -279,6 +292,9 @@ fn simulate(
         scale_in_datapoints,
         scale_in_period,
         scale_in_ratio,
+        scale_in_step,
+        scale_in_waits_for_scale_out_cooldown,
+        busy_while_provisioning,
     } = command
     else {
         unreachable!("called for simulate only");
@@ -310,16 +326,22 @@ fn simulate(
             scale_in_period_s: scale_in_period.map(|d| d.as_secs() as i64),
             scale_in_ratio: *scale_in_ratio,
         },
+        assumptions: inferlb_autoscaler::aas::Assumptions {
+            scale_in_step: *scale_in_step,
+            scale_in_waits_for_scale_out_cooldown: *scale_in_waits_for_scale_out_cooldown,
+            busy_while_provisioning: *busy_while_provisioning,
+        },
     };
+    if scale_in_step.is_some_and(|n| n < 1) {
+        anyhow::bail!("--scale-in-step must be 1 or more");
+    }
     let simulation = inferlb_autoscaler::simulate::run(target, &trace, options);
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&simulation)?);
     } else {
-        println!(
-            "{} with {}",
-            target.resource_id,
-            serde_json::to_string(&options)?
-        );
+        println!("{}", target.resource_id);
+        print!("{}", options.describe(target));
+        println!();
         print!("{}", inferlb_autoscaler::simulate::render(&simulation));
     }
     if let Some(path) = svg {

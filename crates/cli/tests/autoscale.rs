@@ -232,20 +232,37 @@ fn simulate_runs_on_the_shipped_traces() {
         .position(|&d| d == 0)
         .expect("scales to zero");
     assert!(desired[zero..].iter().any(|&d| d > 0), "and back");
-    // The alarm flags are taken and shown with the run.
+    // The alarm flags and the modelling assumptions are taken and printed
+    // with the run, readably.
     let slow = Command::new(env!("CARGO_BIN_EXE_inferlb"))
         .args(["autoscale", "simulate", "--file", &file])
         .args(["--trace", &format!("{root}/deploy/traces/spike.csv")])
         .args(["--target", "inference-component/chat-llm-ic"])
         .args(["--scale-out-period", "1m", "--scale-in-datapoints", "5"])
+        .args(["--scale-in-step", "1", "--busy-while-provisioning", "false"])
         .output()
         .unwrap();
     assert_eq!(slow.status.code(), Some(0), "{}", text(&slow));
-    assert!(
-        text(&slow).contains("\"scale_out_period_s\":60"),
-        "{}",
-        text(&slow)
-    );
+    let printed = text(&slow);
+    for expected in [
+        "of 60 s above target",
+        "scale in after 5 datapoints",
+        "assumptions",
+        "scale-in step: at most 1 per scale-in",
+        "while capacity provisions: no",
+        "scale-in waits for a scale-out cooldown: no",
+    ] {
+        assert!(printed.contains(expected), "{expected:?} in {printed}");
+    }
+    let json = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .args(["autoscale", "simulate", "--file", &file])
+        .args(["--trace", &format!("{root}/deploy/traces/spike.csv")])
+        .args(["--scale-in-step", "2", "--output", "json"])
+        .output()
+        .unwrap();
+    let sim: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(sim["assumptions"]["scale_in_step"], 2);
+    assert_eq!(sim["assumptions"]["busy_while_provisioning"], true);
 }
 
 /// ListMetrics through moto's query API: the metric names in `namespace`.

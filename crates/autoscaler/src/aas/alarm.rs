@@ -146,6 +146,46 @@ impl Alarm {
         n > 0 && self.points.len() >= n && self.points.iter().rev().take(n).all(|&v| breach(v))
     }
 
+    /// How many of the kept datapoints breach, a missing one (NaN) counted
+    /// as `treat_missing_data` says: `breaching`, `notBreaching`, or (for
+    /// `ignore` and `missing`) left out; `None` when only missing ones are
+    /// left (CloudWatch's INSUFFICIENT_DATA, or the state kept).
+    pub(super) fn breaching(
+        &self,
+        operator: &str,
+        threshold: f64,
+        treat_missing: &str,
+    ) -> Option<usize> {
+        let mut present = 0;
+        let mut count = 0;
+        for &v in &self.points {
+            if v.is_nan() {
+                match treat_missing {
+                    "breaching" => count += 1,
+                    "notBreaching" => {}
+                    _ => continue,
+                }
+                present += 1;
+                continue;
+            }
+            present += 1;
+            count += usize::from(compare(operator, v, threshold));
+        }
+        (present > 0).then_some(count)
+    }
+
+    /// The kept datapoints aggregated (`Average`, `Minimum` or `Maximum`),
+    /// missing ones left out; `None` when all are missing.
+    pub(super) fn aggregate(&self, aggregation: &str) -> Option<f64> {
+        let values: Vec<f64> = self
+            .points
+            .iter()
+            .copied()
+            .filter(|v| !v.is_nan())
+            .collect();
+        (!values.is_empty()).then(|| statistic(aggregation, &values))
+    }
+
     /// The newest datapoint (NaN before the first).
     pub(super) fn latest(&self) -> f64 {
         self.points.back().copied().unwrap_or(f64::NAN)

@@ -422,3 +422,138 @@ fn step_bounds_are_exclusive_below_the_threshold_on_the_lower_side() {
     assert_eq!(adjustment(10.0), Some(2));
     assert_eq!(adjustment(9.99), Some(1));
 }
+
+/// A step policy the recipe's alarm drives: +1 for a breach under 5 over the
+/// threshold (1), +3 from 5 over; `extra` adds TOML to the recipe.
+fn stepped(extra: &str, aggregation: &str) -> Target {
+    target(&format!(
+        r#"
+[[targets]]
+resource_id = "inference-component/ic"
+min_capacity = 0
+max_capacity = 10
+[[targets.step_scaling]]
+name = "wake"
+adjustment_type = "ChangeInCapacity"
+cooldown_s = 300
+metric_aggregation_type = "{aggregation}"
+[[targets.step_scaling.steps]]
+lower_bound = 0.0
+upper_bound = 5.0
+adjustment = 1
+[[targets.step_scaling.steps]]
+lower_bound = 5.0
+adjustment = 3
+[targets.scale_to_zero]
+step_policy = "wake"
+threshold = 1.0
+comparison_operator = "GreaterThanOrEqualToThreshold"
+{extra}
+"#
+    ))
+}
+
+fn recipe(value: f64) -> Metrics {
+    Metrics {
+        tracking: Vec::new(),
+        recipe: value,
+    }
+}
+
+/// StepScalingPolicyConfiguration (API reference), `Cooldown`: inside a
+/// scale-out cooldown a larger step counts the previous scale-out as part
+/// of the capacity, so only the difference is added; the same step again
+/// adds nothing; after the cooldown, steps apply to the capacity in service.
+#[test]
+fn a_larger_step_inside_the_cooldown_adds_only_the_difference() {
+    let mut engine = Engine::new(&stepped("", "Average"), 0, 0);
+    let first = engine.step(60, &recipe(2.0));
+    assert_eq!((first[0].from, first[0].to), (0, 1));
+    let larger = engine.step(120, &recipe(10.0));
+    assert_eq!((larger[0].from, larger[0].to), (1, 3), "0 + 3, not 1 + 3");
+    assert!(
+        engine.step(180, &recipe(10.0)).is_empty(),
+        "the same step again"
+    );
+    let after = engine.step(480, &recipe(10.0));
+    assert_eq!(
+        (after[0].from, after[0].to),
+        (3, 6),
+        "after the cooldown: 3 + 3"
+    );
+}
+
+/// TreatMissingData (PutMetricAlarm, CloudWatch API reference): `breaching`
+/// counts a period without data as a breach, `notBreaching` does not.
+#[test]
+fn missing_data_is_treated_as_the_alarm_says() {
+    let mut breaching = Engine::new(
+        &stepped("treat_missing_data = \"breaching\"", "Average"),
+        0,
+        0,
+    );
+    let acts = breaching.step(60, &recipe(f64::NAN));
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    let mut not = Engine::new(
+        &stepped("treat_missing_data = \"notBreaching\"", "Average"),
+        0,
+        0,
+    );
+    assert!(not.step(60, &recipe(f64::NAN)).is_empty());
+}
+
+/// `MetricAggregationType` (StepScalingPolicyConfiguration): the breach
+/// size is the alarm's datapoints aggregated, Average when unset.
+#[test]
+fn the_step_is_chosen_from_the_aggregated_datapoints() {
+    let window = "evaluation_periods = 3\ndatapoints_to_alarm = 1";
+    let mut low = Engine::new(&stepped(window, "Average"), 0, 0);
+    for (t, v) in [(60, 1.0), (120, 1.0), (480, 12.0)] {
+        low.step(t, &recipe(v));
+    }
+    let mut high = Engine::new(&stepped(window, "Maximum"), 0, 0);
+    for (t, v) in [(60, 1.0), (120, 1.0), (480, 12.0)] {
+        high.step(t, &recipe(v));
+    }
+    // (1 + 1 + 12) / 3 - 1 = 3.67 over: the +1 step; Maximum 11 over: +3.
+    assert!(
+        high.desired() > low.desired(),
+        "{} vs {}",
+        high.desired(),
+        low.desired()
+    );
+}
+
+/// The assumption that a SageMaker endpoint is busy while capacity
+/// provisions: a surge during provisioning waits; without it, it scales.
+#[test]
+fn while_capacity_provisions_the_target_is_busy() {
+    let loads = [400.0, 400.0, 400.0, 1500.0, 1500.0, 1500.0, 1500.0];
+    let mut busy = Engine::new(&target(TRACKING), 1, 600);
+    replay(&mut busy, &loads);
+    assert_eq!(busy.desired(), 4, "only the first scale-out");
+    let mut free = Engine::new(&target(TRACKING), 1, 600).with_assumptions(Assumptions {
+        busy_while_provisioning: false,
+        ..Assumptions::default()
+    });
+    replay(&mut free, &loads);
+    assert!(free.desired() > 4, "{}", free.desired());
+}
+
+/// `scale_in_step` caps what one scale-in removes.
+#[test]
+fn scale_in_step_limits_each_scale_in() {
+    let mut loads = vec![900.0; 5];
+    loads.extend([10.0; 20]);
+    let mut proportional = Engine::new(&target(TRACKING), 1, 0);
+    let acts = replay(&mut proportional, &loads);
+    let first_in = acts.iter().find(|a| a.to < a.from).unwrap();
+    assert_eq!(first_in.to, 1, "straight to the proportional capacity");
+    let mut gradual = Engine::new(&target(TRACKING), 1, 0).with_assumptions(Assumptions {
+        scale_in_step: Some(2),
+        ..Assumptions::default()
+    });
+    let acts = replay(&mut gradual, &loads);
+    let first_in = acts.iter().find(|a| a.to < a.from).unwrap();
+    assert_eq!(first_in.from - first_in.to, 2, "{first_in:?}");
+}
