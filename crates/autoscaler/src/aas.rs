@@ -51,7 +51,7 @@ mod schedule;
 
 use alarm::{Alarm, Tracked};
 pub use alarm::{AlarmOverrides, TrackingAlarms};
-pub use schedule::fires;
+pub use schedule::{bounds_at, fires, last_firing, model_problem};
 
 /// One scaling activity, as DescribeScalingActivities would show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use crate::model::{
-    AutoscalingFile, CustomizedMetric, MetricDimension, Scheduled, StepScaling, Suspended, Target,
-    TargetTracking,
+    AutoscalingFile, CapacityMode, CustomizedMetric, MetricDimension, Scheduled, StepScaling,
+    Suspended, Target, TargetTracking,
 };
 
 /// The cooldown AWS applies when a target-tracking policy gives none, for
@@ -249,19 +249,21 @@ fn plan_targets(plan: &mut Plan, file: &AutoscalingFile, current: &Current, opti
             None => plan.push(Op::Create, Kind::ScalableTarget, id, "", vec![]),
             Some(c) => {
                 let mut d = Vec::new();
-                if t.capacity_owned_by_file() || options.reset_capacity {
-                    differ(&mut d, "min_capacity", &c.min_capacity, &t.min_capacity);
-                    differ(&mut d, "max_capacity", &c.max_capacity, &t.max_capacity);
-                } else if (c.min_capacity, c.max_capacity) != (t.min_capacity, t.max_capacity) {
-                    let owner = if t.scheduled.is_empty() {
-                        "left as it is (capacity = \"ignore_changes\")"
-                    } else {
-                        "set by schedule"
-                    };
-                    plan.notes.push(format!(
-                        "{id}: min/max {}..={} {owner}; the file says {}..={} (apply --reset-capacity to set them)",
+                let drifted = (c.min_capacity, c.max_capacity) != (t.min_capacity, t.max_capacity);
+                match capacity_hold(t, c, current) {
+                    _ if !drifted => {}
+                    None => {
+                        differ(&mut d, "min_capacity", &c.min_capacity, &t.min_capacity);
+                        differ(&mut d, "max_capacity", &c.max_capacity, &t.max_capacity);
+                    }
+                    Some(_) if options.reset_capacity => {
+                        differ(&mut d, "min_capacity", &c.min_capacity, &t.min_capacity);
+                        differ(&mut d, "max_capacity", &c.max_capacity, &t.max_capacity);
+                    }
+                    Some(why) => plan.notes.push(format!(
+                        "{id}: min/max {}..={} {why}; the file says {}..={} (apply --reset-capacity to set them)",
                         c.min_capacity, c.max_capacity, t.min_capacity, t.max_capacity
-                    ));
+                    )),
                 }
                 if let Some(suspended) = &t.suspended {
                     differ(&mut d, "suspended", &c.suspended, suspended);
@@ -284,6 +286,43 @@ fn plan_targets(plan: &mut Plan, file: &AutoscalingFile, current: &Current, opti
             }
         }
     }
+}
+
+/// Why a target's min/max are left as AWS has them (reported, changed only
+/// with `--reset-capacity`), or `None` when the file's values are applied:
+///
+/// - a scheduled action owns them — one the file declares, or one on AWS
+///   that it does not ("Scheduled scaling": an action sets min/max when it
+///   runs, so its values are not drift);
+/// - `capacity = "ignore_changes"`;
+/// - a suspension flag is set on AWS: RegisterScalableTarget moves the
+///   capacity into the new range at once, past a suspended scale-in and
+///   past any cooldown (RegisterScalableTarget, API reference), which would
+///   undo an operator's hold;
+/// - the file's max is lower than AWS's: lowering it scales in at once, to
+///   the new max, whatever the load (the current capacity is not read, so
+///   any lower max counts).
+fn capacity_hold(t: &Target, c: &CurrentTarget, current: &Current) -> Option<&'static str> {
+    let scheduled_on_aws = current
+        .scheduled
+        .iter()
+        .any(|s| s.resource_id == t.resource_id);
+    match t.capacity {
+        Some(CapacityMode::Enforce) => {}
+        Some(CapacityMode::IgnoreChanges) => {
+            return Some("left as it is (capacity = \"ignore_changes\")")
+        }
+        None if !t.scheduled.is_empty() || scheduled_on_aws => return Some("set by schedule"),
+        None => {}
+    }
+    let s = c.suspended;
+    if s.dynamic_scaling_in || s.dynamic_scaling_out || s.scheduled_scaling {
+        return Some("left as they are while scaling is suspended on AWS");
+    }
+    if t.max_capacity < c.max_capacity {
+        return Some("left as they are: a lower max would scale in at once, past cooldowns");
+    }
+    None
 }
 
 /// Target-tracking and step-scaling policies.

@@ -40,9 +40,13 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
     pub kind: LoadKind,
-    /// The wall-clock start (seconds since the epoch), for schedules; the
-    /// first RFC 3339 time, or now rounded to the minute.
+    /// The wall-clock start (seconds since the epoch), for schedules: the
+    /// first RFC 3339 time, or [`FIXED_START`] for a trace of seconds (never
+    /// "now", so a replay is the same every time).
     pub start_epoch: i64,
+    /// The start is a real time (RFC 3339 times, or `--start`): a target
+    /// with scheduled actions needs one.
+    pub absolute: bool,
     pub samples: Vec<Sample>,
 }
 
@@ -133,15 +137,10 @@ impl Trace {
         if samples.is_empty() {
             return Err(TraceError::Empty);
         }
-        let start_epoch = start_epoch.unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            now - now % 60
-        });
         Ok(Self {
             kind,
-            start_epoch,
+            absolute: start_epoch.is_some(),
+            start_epoch: start_epoch.unwrap_or(FIXED_START),
             samples,
         })
     }
@@ -156,6 +155,25 @@ impl Trace {
     pub fn minutes(&self) -> i64 {
         self.samples.last().map_or(0, |s| s.at_s / 60 + 1)
     }
+}
+
+/// Where a trace of seconds starts when nothing says: Monday 2026-01-05
+/// 00:00 UTC, printed with the results.
+pub const FIXED_START: i64 = 1_767_571_200;
+
+/// How far back a replay looks for the scheduled actions in force at its
+/// start.
+const SCHEDULE_LOOKBACK_S: i64 = 400 * 86_400;
+
+/// Why a trace cannot be replayed through a target.
+pub fn replay_problem(target: &Target, trace: &Trace) -> Option<String> {
+    if !target.scheduled.is_empty() && !trace.absolute {
+        return Some(format!(
+            "{} has scheduled actions, which fire at wall-clock times: give the trace RFC 3339 times or --start",
+            target.resource_id
+        ));
+    }
+    target.scheduled.iter().find_map(crate::aas::model_problem)
 }
 
 /// How the simulation runs.
@@ -274,6 +292,11 @@ pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
     let tick_s = engine.finest_period_s().clamp(1, 60);
     let tick_s = if 60 % tick_s == 0 { tick_s } else { 1 };
     let mut engine = engine.with_tick(tick_s);
+    // The min/max the schedule's last firings before the trace set.
+    if !target.scheduled.is_empty() {
+        let (min, max) = crate::aas::bounds_at(target, trace.start_epoch, SCHEDULE_LOOKBACK_S);
+        engine.set_bounds(trace.start_epoch, min, max, String::new());
+    }
     let ticks = 60 / tick_s;
     let mut timeline = Vec::new();
     let mut activities: Vec<Activity> = Vec::new();
@@ -537,5 +560,28 @@ scale_in_cooldown_s = 300
             (t.kind, t.samples[1].at_s, t.start_epoch),
             (LoadKind::Concurrency, 600, 1_796_022_000)
         );
+    }
+
+    /// A replay starts with the min/max the schedule's last firings before
+    /// the trace set; a trace of seconds through such a target is refused.
+    #[test]
+    fn a_replay_starts_inside_the_schedule_in_force() {
+        let file = format!(
+            "{FILE}[[targets.scheduled]]\nname = \"day\"\nschedule = \"cron(0 8 * * ? *)\"\nmin_capacity = 3\n"
+        );
+        let target = AutoscalingFile::from_toml(&file).unwrap().targets.remove(0);
+        let relative = Trace::parse("time,invocations\n0,50\n600,50\n").unwrap();
+        assert!(replay_problem(&target, &relative).is_some());
+        let morning =
+            Trace::parse("time,invocations\n2026-01-05T09:00:00Z,50\n2026-01-05T09:10:00Z,50\n")
+                .unwrap();
+        assert!(replay_problem(&target, &morning).is_none());
+        let sim = run(&target, &morning, options());
+        assert_eq!(sim.timeline[0].desired, 3, "the 08:00 action's min");
+        let night =
+            Trace::parse("time,invocations\n2026-01-05T07:00:00Z,50\n2026-01-05T07:10:00Z,50\n")
+                .unwrap();
+        // Before 08:00 that day, the previous day's firing is in force too.
+        assert_eq!(run(&target, &night, options()).timeline[0].desired, 3);
     }
 }

@@ -397,6 +397,19 @@ fn check_scheduled(t: &Target, at: &str, names: &mut Names, p: &mut Problems<'_>
         if s.min_capacity.is_some_and(|m| m < 0) {
             p.add(format!("{f}.min_capacity"), "must be 0 or more");
         }
+        // A min-only action above the target's max would leave min above
+        // max when it runs; AWS refuses it.
+        if let (Some(lo), None) = (s.min_capacity, s.max_capacity) {
+            if lo > t.max_capacity {
+                p.add(
+                    format!("{f}.min_capacity"),
+                    format!(
+                        "{lo} is above the target's max_capacity {}: give max_capacity too",
+                        t.max_capacity
+                    ),
+                );
+            }
+        }
         for (field, value) in [("start_time", &s.start_time), ("end_time", &s.end_time)] {
             if value.as_deref().is_some_and(|v| !is_rfc3339(v)) {
                 p.add(

@@ -118,6 +118,11 @@ enum AutoscaleCommand {
         /// The scale-in threshold as a share of the target [AAS: 0.9].
         #[arg(long)]
         scale_in_ratio: Option<f64>,
+        /// The wall-clock time the trace starts at (RFC 3339), for a trace
+        /// of seconds: needed when the target has scheduled actions
+        /// [default: the trace's first time, or 2026-01-05T00:00:00Z].
+        #[arg(long)]
+        start: Option<String>,
         /// An assumption: the most units one target-tracking scale-in
         /// removes (AWS scales in "more gradually" and publishes no
         /// formula) [default: none, straight to the proportional capacity].
@@ -292,6 +297,7 @@ fn simulate(
         scale_in_datapoints,
         scale_in_period,
         scale_in_ratio,
+        start,
         scale_in_step,
         scale_in_waits_for_scale_out_cooldown,
         busy_while_provisioning,
@@ -311,7 +317,15 @@ fn simulate(
             .first()
             .context("the file declares no target")?,
     };
-    let trace = Trace::load(trace)?;
+    let mut trace = Trace::load(trace)?;
+    if let Some(start) = start {
+        trace.start_epoch = inferlb_autoscaler::plan::epoch_seconds(start)
+            .with_context(|| format!("--start {start:?} is not an RFC 3339 time"))?;
+        trace.absolute = true;
+    }
+    if let Some(problem) = inferlb_autoscaler::simulate::replay_problem(target, &trace) {
+        anyhow::bail!(problem);
+    }
     let capacity = capacity_per_instance
         .or_else(|| target.target_tracking.first().map(|p| p.target_value))
         .context("give --capacity-per-instance (the target has no target-tracking policy to take it from)")?;
@@ -340,6 +354,15 @@ fn simulate(
         println!("{}", serde_json::to_string_pretty(&simulation)?);
     } else {
         println!("{}", target.resource_id);
+        let started = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(trace.start_epoch.max(0) as u64),
+        );
+        let how = if trace.absolute {
+            ""
+        } else {
+            " (fixed: the trace gives seconds; --start sets it)"
+        };
+        println!("start: {started}{how}");
         print!("{}", options.describe(target));
         println!();
         print!("{}", inferlb_autoscaler::simulate::render(&simulation));

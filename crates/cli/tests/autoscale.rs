@@ -263,6 +263,29 @@ fn simulate_runs_on_the_shipped_traces() {
     let sim: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(sim["assumptions"]["scale_in_step"], 2);
     assert_eq!(sim["assumptions"]["busy_while_provisioning"], true);
+    // A trace of seconds through a target with scheduled actions needs a
+    // wall-clock start; with --start it replays, and says where it started.
+    let relative = dir.join("relative.csv");
+    std::fs::write(&relative, "time,invocations\n0,60\n3600,60\n").unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_inferlb"))
+            .args(["autoscale", "simulate", "--file", &file, "--trace"])
+            .arg(&relative)
+            .args(["--target", "endpoint/chat-llm/variant/AllTraffic"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("--start"), "{}", text(&refused));
+    let started = run(&["--start", "2026-01-05T08:00:00Z"]);
+    assert_eq!(started.status.code(), Some(0), "{}", text(&started));
+    assert!(
+        text(&started).contains("start: 2026-01-05T08:00:00Z"),
+        "{}",
+        text(&started)
+    );
 }
 
 /// ListMetrics through moto's query API: the metric names in `namespace`.

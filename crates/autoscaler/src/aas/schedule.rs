@@ -63,9 +63,11 @@ pub fn fires(action: &Scheduled, from: i64, to: i64) -> bool {
         return t > from && in_window(t);
     }
     if let Some(cron) = inner("cron(") {
-        // AAS's six fields (minutes hours day-of-month month day-of-week
-        // year) with a seconds field in front, as the cron crate reads them.
-        let Ok(schedule) = cron::Schedule::from_str(&format!("0 {cron}")) else {
+        // A cron action with a start time also runs at the start time.
+        if start.is_some_and(|s| s > from && s <= to && in_window(s)) {
+            return true;
+        }
+        let Some(schedule) = parse_cron(cron) else {
             return false;
         };
         let Some(after) = DateTime::<Utc>::from_timestamp(from, 0) else {
@@ -79,4 +81,78 @@ pub fn fires(action: &Scheduled, from: i64, to: i64) -> bool {
             .is_some_and(|t| t <= to && in_window(t));
     }
     false
+}
+
+/// AAS's six cron fields (minutes hours day-of-month month day-of-week
+/// year) with a seconds field in front, as the cron crate reads them.
+fn parse_cron(cron: &str) -> Option<cron::Schedule> {
+    cron::Schedule::from_str(&format!("0 {cron}")).ok()
+}
+
+/// Why the model cannot replay an action that AWS would run: a cron
+/// expression with `L`, `W` or `#` (last day, nearest weekday, nth weekday),
+/// which the model's cron reader does not know. `simulate` and local pools
+/// refuse such an action rather than never firing it.
+pub fn model_problem(action: &Scheduled) -> Option<String> {
+    let cron = action
+        .schedule
+        .strip_prefix("cron(")
+        .and_then(|s| s.strip_suffix(')'))?;
+    parse_cron(cron).is_none().then(|| {
+        format!(
+            "scheduled action {:?}: {:?} cannot be replayed (the model reads no L, W or #); AWS runs it, simulate cannot",
+            action.name, action.schedule
+        )
+    })
+}
+
+/// The last time `action` fired at or before `now`, looking back at most
+/// `lookback_s`.
+pub fn last_firing(action: &Scheduled, now: i64, lookback_s: i64) -> Option<i64> {
+    const DAY: i64 = 86_400;
+    let mut to = now;
+    while to > now - lookback_s {
+        let from = to - DAY;
+        if fires(action, from, to) {
+            // The latest firing t in (from, to]: `fires(x, to)` holds for
+            // every x below t and for none from t on.
+            let (mut lo, mut hi) = (from, to);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fires(action, mid, to) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            return Some(hi);
+        }
+        to = from;
+    }
+    None
+}
+
+/// The min and max in force at `now`: the declared ones, changed by each
+/// scheduled action's last firing (in the order they fired) over the past
+/// `lookback_s`, as a target registered now should get them.
+pub fn bounds_at(target: &crate::model::Target, now: i64, lookback_s: i64) -> (i32, i32) {
+    let mut fired: Vec<(i64, &Scheduled)> = target
+        .scheduled
+        .iter()
+        .filter_map(|a| last_firing(a, now, lookback_s).map(|t| (t, a)))
+        .collect();
+    fired.sort_by_key(|(t, _)| *t);
+    let (mut min, mut max) = (target.min_capacity, target.max_capacity);
+    for (_, action) in fired {
+        if let Some(m) = action.min_capacity {
+            min = m;
+        }
+        if let Some(m) = action.max_capacity {
+            max = m;
+        }
+        if min > max {
+            max = min;
+        }
+    }
+    (min, max)
 }

@@ -557,3 +557,48 @@ fn scale_in_step_limits_each_scale_in() {
     let first_in = acts.iter().find(|a| a.to < a.from).unwrap();
     assert_eq!(first_in.from - first_in.to, 2, "{first_in:?}");
 }
+
+/// When actions fire, looking back: the last firing, the min/max in force
+/// (what a re-registered target and a replay start with), a cron action's
+/// start time, and the expressions the model cannot replay.
+#[test]
+fn the_schedule_in_force_is_found_from_the_last_firings() {
+    let text = r#"
+[[targets]]
+resource_id = "endpoint/ep/variant/v"
+min_capacity = 1
+max_capacity = 4
+[[targets.scheduled]]
+name = "day"
+schedule = "cron(0 8 * * ? *)"
+min_capacity = 3
+max_capacity = 8
+[[targets.scheduled]]
+name = "night"
+schedule = "cron(0 20 * * ? *)"
+min_capacity = 1
+max_capacity = 4
+"#;
+    let t = target(text);
+    let day = |h: i64| 20_000 * 86_400 + h * 3600; // some day, at h:00 UTC
+    assert_eq!(
+        last_firing(&t.scheduled[0], day(9), 8 * 86_400),
+        Some(day(8))
+    );
+    assert_eq!(
+        last_firing(&t.scheduled[1], day(9), 8 * 86_400),
+        Some(day(-4))
+    );
+    assert_eq!(bounds_at(&t, day(9), 8 * 86_400), (3, 8), "the morning's");
+    assert_eq!(bounds_at(&t, day(21), 8 * 86_400), (1, 4), "the evening's");
+    // A cron action with a start time also runs at its start.
+    let mut started = t.scheduled[0].clone();
+    started.start_time = Some("2024-10-04T10:30:00Z".into());
+    let start = crate::plan::epoch_seconds("2024-10-04T10:30:00Z").unwrap();
+    assert!(fires(&started, start - 60, start));
+    // L, W and # are refused by the model, not silently never fired.
+    let mut last_day = t.scheduled[0].clone();
+    last_day.schedule = "cron(0 8 L * ? *)".into();
+    assert!(model_problem(&last_day).is_some());
+    assert!(model_problem(&t.scheduled[0]).is_none());
+}

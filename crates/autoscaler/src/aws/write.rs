@@ -11,6 +11,9 @@ use crate::plan::{Change, Current, Kind, Op, Plan, ALARM_NAMESPACE};
 
 use super::*;
 
+/// How far back a registration looks for the scheduled actions in force.
+const SCHEDULE_LOOKBACK_S: i64 = 400 * 86_400;
+
 impl Aws {
     /// Makes a plan's calls in its order. Returns the calls made.
     pub async fn execute(
@@ -130,42 +133,54 @@ impl Aws {
                 Ok("TagResource")
             }
             Op::Create | Op::Update => {
-                // An update that does not change min/max (a schedule owns
-                // them, say) registers the values AWS has now.
-                let changes_capacity = change.op == Op::Create
-                    || change
-                        .differences
-                        .iter()
-                        .any(|d| d.starts_with("min_capacity") || d.starts_with("max_capacity"));
-                let (min, max) = match current.target(id) {
-                    Some(c) if !changes_capacity => (c.min_capacity, c.max_capacity),
-                    _ => (target.min_capacity, target.max_capacity),
+                // An update sends only what differs: a field left out is
+                // unchanged on AWS (RegisterScalableTarget, API reference),
+                // so min/max or a suspension someone set after this pass
+                // read them are not written back over.
+                let create = change.op == Op::Create;
+                let differs =
+                    |field: &str| create || change.differences.iter().any(|d| d.starts_with(field));
+                let (min, max) = if create {
+                    // A target registered again while a schedule is in
+                    // force gets the window's min/max, not the file's.
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    let (lo, hi) = crate::aas::bounds_at(target, now, SCHEDULE_LOOKBACK_S);
+                    (Some(lo), Some(hi))
+                } else {
+                    (
+                        differs("min_capacity").then_some(target.min_capacity),
+                        differs("max_capacity").then_some(target.max_capacity),
+                    )
                 };
-                let s = target
-                    .suspended
-                    .or_else(|| current.target(id).map(|c| c.suspended))
-                    .unwrap_or_default();
+                let suspended = match target.suspended {
+                    Some(s) if differs("suspended") => Some(s),
+                    _ => None,
+                };
                 let mut request = self
                     .aas
                     .register_scalable_target()
                     .service_namespace(namespace())
                     .resource_id(id)
                     .scalable_dimension(dimension_of(target))
-                    .min_capacity(min)
-                    .max_capacity(max);
+                    .set_min_capacity(min)
+                    .set_max_capacity(max);
+                if let Some(s) = suspended {
+                    request = request.suspended_state(
+                        aas::types::SuspendedState::builder()
+                            .dynamic_scaling_in_suspended(s.dynamic_scaling_in)
+                            .dynamic_scaling_out_suspended(s.dynamic_scaling_out)
+                            .scheduled_scaling_suspended(s.scheduled_scaling)
+                            .build(),
+                    );
+                }
                 if change.op == Op::Create {
                     for (key, value) in target.desired_tags() {
                         request = request.tags(key, value);
                     }
                 }
                 request
-                    .suspended_state(
-                        aas::types::SuspendedState::builder()
-                            .dynamic_scaling_in_suspended(s.dynamic_scaling_in)
-                            .dynamic_scaling_out_suspended(s.dynamic_scaling_out)
-                            .scheduled_scaling_suspended(s.scheduled_scaling)
-                            .build(),
-                    )
                     .send()
                     .await
                     .map_err(|e| aws_error("RegisterScalableTarget", id, e))?;

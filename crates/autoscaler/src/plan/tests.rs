@@ -411,3 +411,92 @@ fn every_alarm_field_is_compared_against_the_recipe() {
         assert!(d.iter().any(|x| x.starts_with(field)), "{field}: {d:?}");
     }
 }
+
+/// `run` and `apply` never undo others' changes to min/max: a scheduled
+/// action on AWS the file does not declare owns them ("Scheduled scaling
+/// for Application Auto Scaling"); while a suspension flag is set, or when
+/// the file's max is lower, RegisterScalableTarget would move capacity at
+/// once past the suspension and any cooldown (RegisterScalableTarget, API
+/// reference). Reported; `--reset-capacity` applies them.
+#[test]
+fn min_and_max_are_not_corrected_where_that_would_undo_someone() {
+    let plain = AutoscalingFile::from_toml(
+        "[[targets]]\nresource_id = \"endpoint/ep/variant/v\"\nmin_capacity = 1\nmax_capacity = 4\n",
+    )
+    .unwrap();
+    let t = &plain.targets[0];
+    let reset = PlanOptions {
+        reset_capacity: true,
+        ..PlanOptions::default()
+    };
+    let updates = |plan: &Plan| {
+        plan.changes
+            .iter()
+            .filter(|c| c.kind == Kind::ScalableTarget)
+            .count()
+    };
+    // Someone else's scheduled action moved min.
+    let mut moved = as_applied(t);
+    moved.min_capacity = 2;
+    let theirs = Current {
+        targets: vec![moved.clone()],
+        scheduled: vec![CurrentScheduled {
+            resource_id: t.resource_id.clone(),
+            name: "someone-elses".into(),
+            schedule: "cron(0 8 * * ? *)".into(),
+            timezone: None,
+            start_time: None,
+            end_time: None,
+            min_capacity: Some(2),
+            max_capacity: None,
+        }],
+        ..Current::default()
+    };
+    let plan = plan_apply(&plain, &theirs);
+    assert_eq!(updates(&plan), 0, "{}", render(&plan));
+    assert!(render(&plan).contains("set by schedule"));
+    assert_eq!(updates(&plan_apply_with(&plain, &theirs, reset)), 1);
+    // A suspension on AWS.
+    let mut held = moved.clone();
+    held.suspended.dynamic_scaling_in = true;
+    let suspended = Current {
+        targets: vec![held],
+        ..Current::default()
+    };
+    let plan = plan_apply(&plain, &suspended);
+    assert_eq!(updates(&plan), 0, "{}", render(&plan));
+    assert!(render(&plan).contains("suspended"), "{}", render(&plan));
+    // A max above the file's: lowering it would scale in at once.
+    let mut raised = as_applied(t);
+    raised.max_capacity = 9;
+    let plan = plan_apply(
+        &plain,
+        &Current {
+            targets: vec![raised.clone()],
+            ..Current::default()
+        },
+    );
+    assert_eq!(updates(&plan), 0, "{}", render(&plan));
+    assert!(render(&plan).contains("lower max"), "{}", render(&plan));
+    let plan = plan_apply_with(
+        &plain,
+        &Current {
+            targets: vec![raised],
+            ..Current::default()
+        },
+        reset,
+    );
+    assert_eq!(plan.changes[0].differences, ["max_capacity: 9 -> 4"]);
+    // A max below the file's, or a min moved with no schedule: corrected.
+    let mut lowered = as_applied(t);
+    lowered.max_capacity = 2;
+    lowered.min_capacity = 2;
+    let plan = plan_apply(
+        &plain,
+        &Current {
+            targets: vec![lowered],
+            ..Current::default()
+        },
+    );
+    assert_eq!(updates(&plan), 1, "{}", render(&plan));
+}

@@ -165,39 +165,9 @@ pub(super) fn steps_problem(steps: &[Step], adjustment_type: &str) -> Option<Str
     None
 }
 
-/// IANA zone names without a `/` that Application Auto Scaling accepts
-/// (canonical or backward-compatible names in the tz database).
-const ZONES_WITHOUT_SLASH: [&str; 20] = [
-    "UTC",
-    "GMT",
-    "UCT",
-    "Zulu",
-    "Universal",
-    "Greenwich",
-    "CET",
-    "EET",
-    "MET",
-    "WET",
-    "EST",
-    "MST",
-    "HST",
-    "EST5EDT",
-    "CST6CDT",
-    "MST7MDT",
-    "PST8PDT",
-    "GMT0",
-    "Etc",
-    "Factory",
-];
-
+/// An IANA time zone name (the tz database Application Auto Scaling reads
+/// `Timezone` from: "Scheduled scaling", user guide), e.g. `Europe/Berlin`
+/// or `UTC`; a misspelt one is refused rather than read as UTC.
 pub(super) fn is_time_zone(tz: &str) -> bool {
-    let charset = tz
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c));
-    charset
-        && if tz.contains('/') {
-            !tz.starts_with('/') && !tz.ends_with('/')
-        } else {
-            ZONES_WITHOUT_SLASH.contains(&tz)
-        }
+    tz.parse::<chrono_tz::Tz>().is_ok()
 }

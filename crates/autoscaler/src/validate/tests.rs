@@ -626,3 +626,40 @@ fn provisioned_concurrency_is_1_to_200() {
         );
     }
 }
+
+/// "Scheduled scaling" (Application Auto Scaling user guide): the time zone
+/// is an IANA name; a misspelt one is refused, not read as UTC. A min-only
+/// action above the target's max would put min above max when it runs.
+#[test]
+fn schedule_zones_are_iana_names_and_min_only_actions_fit_under_max() {
+    for bad in ["Europe/Berlinn", "Mars/Olympus", "PST"] {
+        expect(
+            |t| {
+                t.replacen(
+                    "min_capacity = 1\n\n",
+                    &format!("min_capacity = 1\ntimezone = \"{bad}\"\n\n"),
+                    1,
+                )
+            },
+            "targets[0].scheduled[0].timezone",
+            "IANA",
+        );
+    }
+    validate(&file(&VALID.replacen(
+        "min_capacity = 1\n\n",
+        "min_capacity = 1\ntimezone = \"America/Argentina/Buenos_Aires\"\n\n",
+        1,
+    )))
+    .unwrap();
+    expect(
+        |t| {
+            t.replacen(
+                "schedule = \"cron(0 20 ? * * *)\"\nmin_capacity = 1",
+                "schedule = \"cron(0 20 ? * * *)\"\nmin_capacity = 5",
+                1,
+            )
+        },
+        "targets[0].scheduled[0].min_capacity",
+        "above the target's max_capacity 4",
+    );
+}
