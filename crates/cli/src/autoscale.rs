@@ -43,6 +43,8 @@ enum Output {
     Json,
 }
 
+// Parsed once per process: the size of `Simulate`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum AutoscaleCommand {
     /// Show what apply would change; changes nothing. Exit 2 when changes are pending.
