@@ -27,6 +27,21 @@ pub enum AgentError {
         .0.iter().map(|u| format!("  - {u}")).collect::<Vec<_>>().join("\n")
     )]
     WouldDeleteUnmanaged(Vec<String>),
+    /// Some targets' changes failed; the others were carried out. Every
+    /// error is listed, and every call that was made.
+    #[error(
+        "{} change(s) failed; the other targets' changes were made:\n{}\nwrite calls made ({}):\n{}",
+        .errors.len(),
+        .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"),
+        .calls.len(),
+        if .calls.is_empty() { "  (none)".to_owned() } else { .calls.iter().map(|c| format!("  done: {c}")).collect::<Vec<_>>().join("\n") }
+    )]
+    Failed {
+        errors: Vec<AwsError>,
+        calls: Vec<String>,
+        /// The plan that was carried out in part.
+        plan: Box<Plan>,
+    },
 }
 
 /// What `apply` or `destroy` did.
@@ -137,7 +152,15 @@ impl Agent {
         let calls = if dry_run || plan.is_empty() {
             Vec::new()
         } else {
-            self.aws.execute(&self.file, &plan, current).await?
+            let executed = self.aws.execute(&self.file, &plan, current).await;
+            if !executed.failed.is_empty() {
+                return Err(AgentError::Failed {
+                    errors: executed.failed,
+                    calls: executed.made,
+                    plan: Box::new(plan),
+                });
+            }
+            executed.made
         };
         Ok(Outcome {
             plan,
@@ -246,24 +269,26 @@ impl Agent {
         }
     }
 
-    /// One pass of `run`: apply, skipping targets whose resource is gone.
+    /// One pass of `run`: apply; a target whose resource is gone (a
+    /// deployment replacing it) is skipped with a warning, the others are
+    /// applied all the same, and any other failure is the pass's error.
     pub async fn reconcile(&self) -> Result<Outcome, AgentError> {
-        let mut agent = self.clone();
-        loop {
-            match agent.apply(false).await {
-                Err(AgentError::Aws(e)) if resource_gone(&e) => {
-                    let before = agent.file.targets.len();
-                    agent
-                        .file
-                        .targets
-                        .retain(|t| !e.resource.starts_with(&t.resource_id));
-                    if agent.file.targets.len() == before {
-                        return Err(AgentError::Aws(e));
-                    }
+        match self.apply(false).await {
+            Err(AgentError::Failed {
+                errors,
+                calls,
+                plan,
+            }) if errors.iter().all(resource_gone) => {
+                for e in &errors {
                     tracing::warn!(resource = %e.resource, reason = %e.message, "the resource no longer exists (a deployment?); skipping its target this time");
                 }
-                other => return other,
+                Ok(Outcome {
+                    plan: *plan,
+                    calls,
+                    dry_run: false,
+                })
             }
+            other => other,
         }
     }
 }

@@ -386,10 +386,10 @@ max_capacity = 3
 "#,
     )
     .unwrap();
-    // Registrations go in file order: the gone endpoint's first, in `apply`
-    // (call 1) and in `run`'s pass (call 2); then the other's (call 3).
+    // Registrations go in file order: the gone endpoint's first, then the
+    // other's, in `apply` (calls 1 and 2) and in `run`'s pass (3 and 4).
     let script: Arc<Script> = Arc::new(move |op: &str, n| match (op, n) {
-        ("RegisterScalableTarget", 1 | 2) => (
+        ("RegisterScalableTarget", 1 | 3) => (
             400,
             r#"{"__type":"ValidationException","message":"The endpoint gone does not exist."}"#
                 .to_owned(),
@@ -399,13 +399,93 @@ max_capacity = 3
     });
     let server = serve(script);
     let agent = agent(&server, &file).await;
-    // `apply` reports it...
+    // `apply` reports it, and registers the other target all the same...
     let err = agent.apply(false).await.unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
-    // ...`run`'s pass skips it and reconciles the rest.
+    let AgentError::Failed { calls, errors, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors.len(), 1);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].contains("endpoint/ep/variant/AllTraffic"));
+    // ...`run`'s pass skips it with a warning and reconciles the rest.
     let outcome = agent.reconcile().await.unwrap();
     assert_eq!(outcome.calls.len(), 1, "{:?}", outcome.calls);
     assert!(outcome.calls[0].contains("endpoint/ep/variant/AllTraffic"));
+}
+
+/// A validation error on one target does not stop the others: each
+/// target's changes are made in order, a failure skips the rest of that
+/// target's, and every error is listed with the calls that were made.
+#[tokio::test]
+async fn one_failing_target_does_not_stop_the_others() {
+    let file = AutoscalingFile::from_toml(
+        r#"
+[[targets]]
+resource_id = "endpoint/bad/variant/AllTraffic"
+min_capacity = 1
+max_capacity = 3
+[[targets.target_tracking]]
+name = "tt"
+predefined_metric = "SageMakerVariantInvocationsPerInstance"
+target_value = 10.0
+
+[[targets]]
+resource_id = "endpoint/ep/variant/AllTraffic"
+min_capacity = 1
+max_capacity = 3
+[[targets.target_tracking]]
+name = "tt"
+predefined_metric = "SageMakerVariantInvocationsPerInstance"
+target_value = 10.0
+
+[[targets]]
+resource_id = "endpoint/updating/variant/AllTraffic"
+min_capacity = 1
+max_capacity = 3
+"#,
+    )
+    .unwrap();
+    // Registrations in file order: the first fails validation, the third
+    // finds its endpoint Updating.
+    let script: Arc<Script> = Arc::new(|op: &str, n| {
+        match (op, n) {
+        ("RegisterScalableTarget", 1) => (
+            400,
+            r#"{"__type":"ValidationException","message":"Maximum capacity is above the account's quota"}"#.to_owned(),
+        ),
+        ("RegisterScalableTarget", 3) => (
+            400,
+            r#"{"__type":"ValidationException","message":"Endpoint updating is in Updating status"}"#.to_owned(),
+        ),
+        ("RegisterScalableTarget", _) => (200, r#"{"ScalableTargetARN":"arn:t"}"#.to_owned()),
+        _ => (200, "{}".to_owned()),
+    }
+    });
+    let server = serve(script);
+    let err = agent(&server, &file).await.apply(false).await.unwrap_err();
+    let AgentError::Failed { errors, calls, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(errors.len(), 2, "{err}");
+    let text = err.to_string();
+    for needle in [
+        "endpoint/bad",
+        "quota",
+        "endpoint/updating",
+        "Updating status",
+    ] {
+        assert!(text.contains(needle), "{text}");
+    }
+    assert_eq!(
+        calls,
+        &[
+            "RegisterScalableTarget endpoint/ep/variant/AllTraffic".to_owned(),
+            "PutScalingPolicy endpoint/ep/variant/AllTraffic \"tt\"".to_owned(),
+        ],
+        "the bad target's policy is not tried"
+    );
+    assert_eq!(count(&server, "PutScalingPolicy"), 1);
 }
 
 const REGISTERED_WITH_ARN: &str = r#"{"ScalableTargets":[{"ServiceNamespace":"sagemaker","ResourceId":"endpoint/ep/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000,"ScalableTargetARN":"arn:aws:application-autoscaling:us-east-1:1:scalable-target/abc"}]}"#;

@@ -11,77 +11,118 @@ use crate::plan::{Change, Current, Kind, Op, Plan, ALARM_NAMESPACE};
 
 use super::*;
 
+/// What carrying out a plan did.
+#[derive(Debug, Default)]
+pub struct Executed {
+    /// The write calls made, in order.
+    pub made: Vec<String>,
+    /// The changes that failed, one per target at most (its later changes
+    /// were not tried).
+    pub failed: Vec<AwsError>,
+}
+
 /// How far back a registration looks for the scheduled actions in force.
 const SCHEDULE_LOOKBACK_S: i64 = 400 * 86_400;
 
 impl Aws {
-    /// Makes a plan's calls in its order. Returns the calls made.
+    /// Makes a plan's calls in its order, one target at a time: a change
+    /// that fails skips the rest of its target's changes (a policy needs its
+    /// target, an alarm its policy) and the other targets go on. Returns the
+    /// calls made and the errors, all of them.
     pub async fn execute(
         &self,
         file: &AutoscalingFile,
         plan: &Plan,
         current: &Current,
-    ) -> Result<Vec<String>, AwsError> {
-        let mut made = Vec::new();
+    ) -> Executed {
+        let mut out = Executed::default();
         let mut arns: Vec<(String, String, String)> = current
             .policies
             .iter()
             .map(|p| (p.resource_id.clone(), p.name.clone(), p.arn.clone()))
             .collect();
+        let mut failed: Vec<&str> = Vec::new();
         for change in &plan.changes {
-            if change.kind == Kind::ScalableTarget
-                && change.op == Op::Delete
-                && !file
-                    .targets
-                    .iter()
-                    .any(|t| t.resource_id == change.resource_id)
-            {
-                // A pruned target (marked, no longer in the file): its
-                // dimension is in the change's name.
-                self.aas
-                    .deregister_scalable_target()
-                    .service_namespace(namespace())
-                    .resource_id(&change.resource_id)
-                    .scalable_dimension(aas::types::ScalableDimension::from(change.name.as_str()))
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| aws_error("DeregisterScalableTarget", &change.resource_id, e))
-                    .or_else(gone_is_done)?;
-                made.push(format!("DeregisterScalableTarget {}", change.resource_id));
+            // A pruned alarm has no target: its name stands for it.
+            let owner = if change.resource_id.is_empty() {
+                change.name.as_str()
+            } else {
+                change.resource_id.as_str()
+            };
+            if failed.contains(&owner) {
                 continue;
             }
-            if change.kind == Kind::Alarm
-                && change.op == Op::Delete
-                && change.resource_id.is_empty()
-            {
-                // A pruned alarm: no declared target.
-                self.cw
-                    .delete_alarms()
-                    .alarm_names(&change.name)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("DeleteAlarms", &change.name, e))?;
-                made.push(format!("DeleteAlarms {:?}", change.name));
-                continue;
+            match self.execute_one(file, change, current, &mut arns).await {
+                Ok(Some(call)) => out.made.push(call),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.push(owner);
+                    out.failed.push(e);
+                }
             }
-            let target = file
+        }
+        out
+    }
+
+    /// One change of a plan; the call made, for the report.
+    async fn execute_one(
+        &self,
+        file: &AutoscalingFile,
+        change: &Change,
+        current: &Current,
+        arns: &mut Vec<(String, String, String)>,
+    ) -> Result<Option<String>, AwsError> {
+        if change.kind == Kind::ScalableTarget
+            && change.op == Op::Delete
+            && !file
                 .targets
                 .iter()
-                .find(|t| t.resource_id == change.resource_id);
-            let Some(target) = target else { continue };
-            let call = self.make(change, target, current, &mut arns).await?;
-            made.push(format!(
-                "{call} {}{}",
-                change.resource_id,
-                if change.name.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {:?}", change.name)
-                }
-            ));
+                .any(|t| t.resource_id == change.resource_id)
+        {
+            // A pruned target (marked, no longer in the file): its
+            // dimension is in the change's name.
+            self.aas
+                .deregister_scalable_target()
+                .service_namespace(namespace())
+                .resource_id(&change.resource_id)
+                .scalable_dimension(aas::types::ScalableDimension::from(change.name.as_str()))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| aws_error("DeregisterScalableTarget", &change.resource_id, e))
+                .or_else(gone_is_done)?;
+            return Ok(Some(format!(
+                "DeregisterScalableTarget {}",
+                change.resource_id
+            )));
         }
-        Ok(made)
+        if change.kind == Kind::Alarm && change.op == Op::Delete && change.resource_id.is_empty() {
+            // A pruned alarm: no declared target.
+            self.cw
+                .delete_alarms()
+                .alarm_names(&change.name)
+                .send()
+                .await
+                .map_err(|e| aws_error("DeleteAlarms", &change.name, e))?;
+            return Ok(Some(format!("DeleteAlarms {:?}", change.name)));
+        }
+        let Some(target) = file
+            .targets
+            .iter()
+            .find(|t| t.resource_id == change.resource_id)
+        else {
+            return Ok(None);
+        };
+        let call = self.make(change, target, current, arns).await?;
+        Ok(Some(format!(
+            "{call} {}{}",
+            change.resource_id,
+            if change.name.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", change.name)
+            }
+        )))
     }
 
     /// Makes one change with the call (or calls) it needs; returns their
