@@ -23,7 +23,7 @@ pub enum AgentError {
     /// DeregisterScalableTarget deletes every policy and scheduled action of
     /// the target (Application Auto Scaling API reference).
     #[error(
-        "destroy refused: deregistering the targets would also delete what the file does not name:\n{}\n(pass --force to delete them too)",
+        "refused: deregistering the targets would also delete what the file does not name:\n{}\n(pass --force to delete them too)",
         .0.iter().map(|u| format!("  - {u}")).collect::<Vec<_>>().join("\n")
     )]
     WouldDeleteUnmanaged(Vec<String>),
@@ -124,6 +124,19 @@ impl Agent {
         let mut current = self.current().await?;
         if options.prune {
             current.marked_targets = self.aws.marked_targets(&self.file).await?;
+            // Deregistering deletes what a target carries. Once the file no
+            // longer names a target, inferlb cannot tell the policies and
+            // scheduled actions it made there from anyone else's: like
+            // `destroy`, it refuses unless told (`--force`).
+            if !options.force {
+                let mut carried = Vec::new();
+                for (id, dimension) in &current.marked_targets {
+                    carried.extend(self.aws.carried_by(id, dimension).await?);
+                }
+                if !carried.is_empty() {
+                    return Err(AgentError::WouldDeleteUnmanaged(carried));
+                }
+            }
         }
         let plan = plan_apply_with(&self.file, &current, options);
         self.carry_out(plan, &current, dry_run).await

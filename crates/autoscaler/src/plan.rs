@@ -185,6 +185,9 @@ pub struct PlanOptions {
     pub reset_capacity: bool,
     /// Delete marked resources the file no longer names: `apply --prune`.
     pub prune: bool,
+    /// With `prune`: deregister a marked target even when it carries
+    /// policies or scheduled actions (`apply --prune --force`).
+    pub force: bool,
 }
 
 impl Plan {

@@ -605,6 +605,52 @@ async fn prune_deregisters_only_marked_targets_the_file_dropped() {
     assert_eq!(count(&server, "DeregisterScalableTarget"), 1);
 }
 
+/// A marked target the file dropped that still carries a scaling policy
+/// or a scheduled action: `apply --prune` refuses (deregistering would
+/// delete them, and inferlb cannot tell its own from anyone else's once
+/// the file no longer names them) and makes no write call; `--force`
+/// deregisters it.
+#[tokio::test]
+async fn prune_refuses_a_target_carrying_policies_unless_forced() {
+    const TARGETS: &str = r#"{"ScalableTargets":[
+        {"ServiceNamespace":"sagemaker","ResourceId":"endpoint/old/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","MinCapacity":1,"MaxCapacity":3,"RoleARN":"arn:r","CreationTime":1700000000,"ScalableTargetARN":"arn:aws:application-autoscaling:us-east-1:1:scalable-target/old"}]}"#;
+    let script: Arc<Script> = Arc::new(|op: &str, _| {
+        match op {
+        "DescribeScalableTargets" => (200, TARGETS.to_owned()),
+        "ListTagsForResource" => (200, r#"{"Tags":{"inferlb:managed":"true"}}"#.to_owned()),
+        "DescribeScheduledActions" => (
+            200,
+            r#"{"ScheduledActions":[{"ScheduledActionName":"someone-elses","ScheduledActionARN":"arn:s","ServiceNamespace":"sagemaker","Schedule":"cron(0 8 * * ? *)","ResourceId":"endpoint/old/variant/AllTraffic","ScalableDimension":"sagemaker:variant:DesiredInstanceCount","CreationTime":1700000000}]}"#
+                .to_owned(),
+        ),
+        _ => (200, "{}".to_owned()),
+    }
+    });
+    let server = serve(script);
+    let file = AutoscalingFile::from_toml("").unwrap();
+    let pruning = agent(&server, &file).await;
+    let prune = |force| inferlb_autoscaler::PlanOptions {
+        prune: true,
+        force,
+        ..Default::default()
+    };
+    let err = pruning.apply_with(false, prune(false)).await.unwrap_err();
+    let AgentError::WouldDeleteUnmanaged(list) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        list,
+        &["scheduled action \"someone-elses\" on endpoint/old/variant/AllTraffic".to_owned()]
+    );
+    assert!(err.to_string().contains("--force"), "{err}");
+    assert_eq!(count(&server, "DeregisterScalableTarget"), 0);
+    let outcome = pruning.apply_with(false, prune(true)).await.unwrap();
+    assert_eq!(
+        outcome.calls,
+        ["DeregisterScalableTarget endpoint/old/variant/AllTraffic"]
+    );
+}
+
 /// `status` shows the alarms Application Auto Scaling made for target
 /// tracking and asks for the activities that did not scale, with their
 /// reasons (DescribeScalingActivities `IncludeNotScaledActivities`).

@@ -63,9 +63,15 @@ enum AutoscaleCommand {
         #[arg(long)]
         reset_capacity: bool,
         /// Also delete what inferlb made (targets tagged inferlb:managed,
-        /// alarms named inferlb-*) that the file no longer names.
+        /// alarms named inferlb-*) that the file no longer names. Refuses
+        /// (exit 1) when such a target carries policies or scheduled
+        /// actions, which deregistering deletes too, unless --force.
         #[arg(long)]
         prune: bool,
+        /// With --prune: deregister marked targets even when they carry
+        /// policies or scheduled actions.
+        #[arg(long, requires = "prune")]
+        force: bool,
     },
     /// Show targets, policies, alarms and recent scaling activities.
     Status,
@@ -227,6 +233,7 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                 dry_run,
                 reset_capacity,
                 prune,
+                force,
             } => {
                 let outcome = agent
                     .apply_with(
@@ -234,6 +241,7 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                         PlanOptions {
                             reset_capacity,
                             prune,
+                            force,
                         },
                     )
                     .await?;

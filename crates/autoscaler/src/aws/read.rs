@@ -357,6 +357,74 @@ impl Aws {
         Ok(marked)
     }
 
+    /// What a target carries besides itself: its scaling policies and
+    /// scheduled actions, by name (`scaling policy "x"`, `scheduled action
+    /// "y"`). DeregisterScalableTarget deletes them all with it.
+    pub async fn carried_by(
+        &self,
+        resource_id: &str,
+        dimension: &str,
+    ) -> Result<Vec<String>, AwsError> {
+        let dimension = aas::types::ScalableDimension::from(dimension);
+        let policies = all_pages(|token| {
+            let request = self
+                .aas
+                .describe_scaling_policies()
+                .service_namespace(namespace())
+                .resource_id(resource_id)
+                .scalable_dimension(dimension.clone())
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeScalingPolicies", resource_id, e))?;
+                Ok((
+                    out.scaling_policies().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
+            }
+        })
+        .await?;
+        let actions = all_pages(|token| {
+            let request = self
+                .aas
+                .describe_scheduled_actions()
+                .service_namespace(namespace())
+                .resource_id(resource_id)
+                .scalable_dimension(dimension.clone())
+                .set_next_token(token);
+            async {
+                let out = request
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("DescribeScheduledActions", resource_id, e))?;
+                Ok((
+                    out.scheduled_actions().to_vec(),
+                    out.next_token().map(str::to_owned),
+                ))
+            }
+        })
+        .await?;
+        let mut carried: Vec<String> = policies
+            .iter()
+            .filter(|p| p.resource_id() == resource_id)
+            .map(|p| format!("scaling policy {:?} on {resource_id}", p.policy_name()))
+            .collect();
+        carried.extend(
+            actions
+                .iter()
+                .filter(|a| a.resource_id() == resource_id)
+                .map(|a| {
+                    format!(
+                        "scheduled action {:?} on {resource_id}",
+                        a.scheduled_action_name()
+                    )
+                }),
+        );
+        Ok(carried)
+    }
+
     /// The names of every alarm carrying inferlb's mark.
     async fn marked_alarms(&self) -> Result<Vec<String>, AwsError> {
         let prefix = crate::model::ALARM_PREFIX;
