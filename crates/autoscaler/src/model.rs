@@ -410,6 +410,9 @@ impl Target {
                 .clone()
                 .unwrap_or_else(|| default_statistic.to_owned()),
             threshold: recipe.threshold.unwrap_or(1.0),
+            // The SageMaker page's command says GreaterThanThreshold with a
+            // threshold of 1, which needs two failed requests in a minute to
+            // wake a component: a deliberate deviation (README).
             comparison_operator: recipe
                 .comparison_operator
                 .clone()
