@@ -165,8 +165,18 @@ pub const FIXED_START: i64 = 1_767_571_200;
 /// start.
 const SCHEDULE_LOOKBACK_S: i64 = 400 * 86_400;
 
+fn is_provisioned(target: &Target) -> bool {
+    target.dimension().as_deref() == Some(crate::model::PROVISIONED_CONCURRENCY_DIMENSION)
+}
+
 /// Why a trace cannot be replayed through a target.
 pub fn replay_problem(target: &Target, trace: &Trace) -> Option<String> {
+    if is_provisioned(target) && trace.kind != LoadKind::Concurrency {
+        return Some(format!(
+            "{} scales provisioned concurrency, which counts concurrent invocations: give the trace a `concurrency` column",
+            target.resource_id
+        ));
+    }
     if !target.scheduled.is_empty() && !trace.absolute {
         return Some(format!(
             "{} has scheduled actions, which fire at wall-clock times: give the trace RFC 3339 times or --start",
@@ -253,6 +263,9 @@ pub struct Row {
     pub desired: i32,
     pub in_service: i32,
     pub unserved: f64,
+    /// Load above a serverless endpoint's provisioned concurrency: served,
+    /// with cold starts (it is not unserved).
+    pub cold_start: f64,
     /// What AAS did, with its reasons; empty when nothing.
     pub activity: String,
 }
@@ -268,6 +281,9 @@ pub struct Summary {
     pub unserved_minutes: usize,
     /// Unserved load over all load.
     pub unserved_share: f64,
+    /// Load served with cold starts (above provisioned concurrency) over
+    /// all load.
+    pub cold_start_share: f64,
     /// From the first minute with unserved load to the first minute after it
     /// with enough capacity; `None` when there was none, or it never came.
     pub time_to_capacity_s: Option<i64>,
@@ -302,6 +318,11 @@ pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
     let mut activities: Vec<Activity> = Vec::new();
     let recipe_metric = target.alarm().map(|a| a.metric_name);
     let share = tick_s as f64 / 60.0;
+    // A serverless variant's provisioned concurrency: each unit serves one
+    // concurrent invocation, and invocations above it are served on demand,
+    // with a cold start ("Automatically scale Provisioned Concurrency for a
+    // serverless endpoint", SageMaker developer guide).
+    let provisioned = is_provisioned(target);
     for minute in 0..trace.minutes() {
         let mut row = Row {
             t: minute * 60,
@@ -310,6 +331,7 @@ pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
             desired: 0,
             in_service: 0,
             unserved: 0.0,
+            cold_start: 0.0,
             activity: String::new(),
         };
         let mut acts = Vec::new();
@@ -356,7 +378,12 @@ pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
             ));
             let served = f64::from(engine.in_service()) * options.capacity_per_instance;
             row.load += sample.load / ticks as f64;
-            row.unserved += (sample.load - served).max(0.0) / ticks as f64;
+            let excess = (sample.load - served).max(0.0) / ticks as f64;
+            if provisioned {
+                row.cold_start += excess;
+            } else {
+                row.unserved += excess;
+            }
             row.metric = tracking
                 .first()
                 .copied()
@@ -402,6 +429,11 @@ fn summarize(timeline: &[Row], activities: &[Activity]) -> Summary {
         } else {
             0.0
         },
+        cold_start_share: if total_load > 0.0 {
+            timeline.iter().map(|r| r.cold_start).sum::<f64>() / total_load
+        } else {
+            0.0
+        },
         time_to_capacity_s,
     }
 }
@@ -436,6 +468,12 @@ pub fn render(simulation: &Simulation) -> String {
         s.time_to_capacity_s
             .map_or("-".to_owned(), |t| format!("{t} s"))
     ));
+    if s.cold_start_share > 0.0 {
+        out.push_str(&format!(
+            "served with cold starts (above provisioned concurrency): {:.2}% of load\n",
+            s.cold_start_share * 100.0
+        ));
+    }
     out
 }
 
@@ -583,5 +621,46 @@ scale_in_cooldown_s = 300
                 .unwrap();
         // Before 08:00 that day, the previous day's firing is in force too.
         assert_eq!(run(&target, &night, options()).timeline[0].desired, 3);
+    }
+
+    /// "Automatically scale Provisioned Concurrency for a serverless
+    /// endpoint" (SageMaker developer guide): provisioned concurrency counts
+    /// concurrent invocations; those above it are served on demand, with a
+    /// cold start, not left unserved.
+    #[test]
+    fn provisioned_concurrency_serves_the_excess_with_cold_starts() {
+        let file = r#"
+[[targets]]
+resource_id = "endpoint/sl/variant/AllTraffic"
+scalable_dimension = "sagemaker:variant:DesiredProvisionedConcurrency"
+min_capacity = 2
+max_capacity = 20
+[[targets.target_tracking]]
+name = "pc"
+predefined_metric = "SageMakerVariantProvisionedConcurrencyUtilization"
+target_value = 0.7
+"#;
+        let target = AutoscalingFile::from_toml(file).unwrap().targets.remove(0);
+        let invocations = Trace::parse("time,invocations\n0,5\n").unwrap();
+        assert!(replay_problem(&target, &invocations).is_some());
+        let trace = Trace::parse("time,concurrency\n0,2\n300,10\n1800,10\n").unwrap();
+        assert!(replay_problem(&target, &trace).is_none());
+        let sim = run(
+            &target,
+            &trace,
+            Options {
+                capacity_per_instance: 1.0,
+                start_capacity: 2,
+                ..options()
+            },
+        );
+        let s = &sim.summary;
+        assert_eq!(s.unserved_minutes, 0, "{s:?}");
+        assert!(s.cold_start_share > 0.0, "{s:?}");
+        assert!(
+            s.peak >= 10,
+            "utilization 10 / 2 over 0.7 scales out: {s:?}"
+        );
+        assert!(render(&sim).contains("cold starts"));
     }
 }

@@ -98,7 +98,8 @@ enum AutoscaleCommand {
         #[arg(long)]
         target: Option<String>,
         /// What one instance or copy serves (invocations per minute, or
-        /// concurrent requests) [default: the first policy's target value].
+        /// concurrent requests) [default: the first policy's target value;
+        /// 1 for provisioned concurrency].
         #[arg(long)]
         capacity_per_instance: Option<f64>,
         /// Time until new capacity serves, e.g. 5m.
@@ -336,7 +337,11 @@ fn simulate(
     if let Some(problem) = inferlb_autoscaler::simulate::replay_problem(target, &trace) {
         anyhow::bail!(problem);
     }
+    // One unit of provisioned concurrency serves one concurrent invocation.
+    let provisioned = target.dimension().as_deref()
+        == Some(inferlb_autoscaler::model::PROVISIONED_CONCURRENCY_DIMENSION);
     let capacity = capacity_per_instance
+        .or(provisioned.then_some(1.0))
         .or_else(|| target.target_tracking.first().map(|p| p.target_value))
         .context("give --capacity-per-instance (the target has no target-tracking policy to take it from)")?;
     let options = SimOptions {
