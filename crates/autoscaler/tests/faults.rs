@@ -605,6 +605,37 @@ async fn prune_deregisters_only_marked_targets_the_file_dropped() {
     assert_eq!(count(&server, "DeregisterScalableTarget"), 1);
 }
 
+/// An update sends only the fields that differ (RegisterScalableTarget
+/// leaves out what it is not given, API reference): a raised max goes
+/// alone, never with min or a suspension state read earlier in the pass.
+#[tokio::test]
+async fn an_update_sends_only_what_differs() {
+    let file = AutoscalingFile::from_toml(
+        "[[targets]]\nresource_id = \"endpoint/ep/variant/AllTraffic\"\nmin_capacity = 1\nmax_capacity = 5\n",
+    )
+    .unwrap();
+    let script: Arc<Script> = Arc::new(|op: &str, _| match op {
+        "DescribeScalableTargets" => (200, REGISTERED.to_owned()),
+        "RegisterScalableTarget" => (200, r#"{"ScalableTargetARN":"arn:t"}"#.to_owned()),
+        _ => (200, "{}".to_owned()),
+    });
+    let server = serve(script);
+    let outcome = agent(&server, &file).await.apply(false).await.unwrap();
+    assert_eq!(outcome.calls.len(), 1, "{:?}", outcome.calls);
+    let body = server
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(op, _)| op == "RegisterScalableTarget")
+        .map(|(_, b)| b.clone())
+        .unwrap();
+    assert!(body.contains("\"MaxCapacity\":5"), "{body}");
+    for absent in ["MinCapacity", "SuspendedState", "Tags"] {
+        assert!(!body.contains(absent), "{absent} in {body}");
+    }
+}
+
 /// A marked target the file dropped that still carries a scaling policy
 /// or a scheduled action: `apply --prune` refuses (deregistering would
 /// delete them, and inferlb cannot tell its own from anyone else's once
