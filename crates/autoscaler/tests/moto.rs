@@ -262,9 +262,9 @@ async fn drift_is_planned_and_fixed() {
     let file = example();
     let agent = moto.agent(&file);
     agent.apply(false).await.unwrap();
-    // Someone raises max capacity by hand, on the asynchronous endpoint
-    // (no schedule, so the file owns its min/max).
-    moto.set_capacity("endpoint/batch-embed/variant/AllTraffic", 0, 20)
+    // Someone lowers max capacity by hand, on the asynchronous endpoint (no
+    // schedule, so the file owns its min/max): put back.
+    moto.set_capacity("endpoint/batch-embed/variant/AllTraffic", 0, 2)
         .await;
     let plan = agent.plan().await.unwrap();
     assert_eq!(plan.changes.len(), 1, "{plan:?}");
@@ -274,7 +274,7 @@ async fn drift_is_planned_and_fixed() {
         change
             .differences
             .iter()
-            .any(|d| d.contains("max_capacity: 20 -> 4")),
+            .any(|d| d.contains("max_capacity: 2 -> 4")),
         "{:?}",
         change.differences
     );
@@ -285,6 +285,33 @@ async fn drift_is_planned_and_fixed() {
         4
     )));
     assert!(agent.plan().await.unwrap().is_empty());
+    // Raised by hand instead: lowering it again would scale in at once,
+    // past cooldowns (RegisterScalableTarget, API reference), so it is
+    // reported, and set only with --reset-capacity.
+    moto.set_capacity("endpoint/batch-embed/variant/AllTraffic", 0, 20)
+        .await;
+    let plan = agent.plan().await.unwrap();
+    assert!(plan.is_empty(), "{plan:?}");
+    assert!(
+        plan.notes.iter().any(|n| n.contains("lower max")),
+        "{:?}",
+        plan.notes
+    );
+    agent
+        .apply_with(
+            false,
+            inferlb_autoscaler::PlanOptions {
+                reset_capacity: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(moto.target_ids().await.contains(&(
+        "endpoint/batch-embed/variant/AllTraffic".into(),
+        0,
+        4
+    )));
 }
 
 #[tokio::test]
@@ -440,7 +467,8 @@ async fn run_corrects_drift_on_its_interval() {
     let file = example();
     let agent = moto.agent(&file);
     agent.apply(false).await.unwrap();
-    moto.set_capacity("inference-component/chat-llm-ic", 0, 9)
+    // Max lowered by hand: `run` puts it back.
+    moto.set_capacity("inference-component/chat-llm-ic", 0, 2)
         .await;
     agent
         .run(

@@ -363,10 +363,19 @@ fn held_requests_time_out_overflow_and_leave(driver: &str) {
     assert!(eventually(Duration::from_secs(2), || status(&serve)
         ["queued"]
         == 2));
+    // 429 in OpenAI's shape: the openai SDK raises RateLimitError and
+    // retries after Retry-After.
     let refused = chat(serve.listen, 2);
-    assert_eq!(refused.status, 503);
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    let error: serde_json::Value = serde_json::from_slice(&refused.body).unwrap();
+    assert_eq!(error["error"]["code"], "queue_full");
+    assert_eq!(error["error"]["type"], "rate_limit_error");
     assert!(
-        refused.text().contains("too many requests are waiting"),
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too many requests are waiting"),
         "{}",
         refused.text()
     );

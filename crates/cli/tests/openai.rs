@@ -197,3 +197,64 @@ fn serve_routes_fake_replica_processes_by_model() {
         "the alpha replicas' engine metrics were never shown fresh"
     );
 }
+
+const SDK_ERRORS: &str = r#"
+import sys
+from openai import OpenAI, APIStatusError
+client = OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=20)
+for model, prompt in [("dead", "x"), ("empty", "x"), ("dead", "y" * 5000)]:
+    try:
+        client.completions.create(model=model, prompt=prompt, max_tokens=1)
+        print(model, "no error")
+    except APIStatusError as e:
+        print(model, type(e).__name__, e.status_code, e.code, e.type, "message" if e.message else "empty")
+"#;
+
+/// Every error the proxy makes is in OpenAI's shape, so the SDK's exception
+/// carries its code, type and message: a replica that refuses connections
+/// (502 `bad_gateway`), a pool with no replica (503 `no_routable_replica`),
+/// a body over the limit (413 `request_too_large`).
+#[test]
+fn the_openai_sdk_raises_the_proxy_errors_with_their_code() {
+    let python = python();
+    let (listen, admin, dead) = (free_addr(), free_addr(), free_addr());
+    let config = format!(
+        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
+         [limits]\nmax_request_body_bytes = 2048\n\
+         [health]\nenabled = false\n\
+         [[pools]]\nname = \"dead\"\nreplicas = [{{ address = \"{dead}\" }}]\n\
+         [[pools]]\nname = \"empty\"\n"
+    );
+    let dir = inferlb_testkit::fresh_dir("openai-errors");
+    let path = dir.join("inferlb.toml");
+    std::fs::write(&path, config).unwrap();
+    let _serve = Running(
+        inferlb()
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for_port(listen, Duration::from_secs(20)));
+    let output = Command::new(python)
+        .args(["-c", SDK_ERRORS, &format!("http://{listen}/v1")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "dead InternalServerError 502 bad_gateway server_error message",
+            "empty InternalServerError 503 no_routable_replica server_error message",
+            "dead APIStatusError 413 request_too_large invalid_request_error message",
+        ],
+        "{stdout}"
+    );
+}

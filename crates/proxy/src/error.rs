@@ -10,6 +10,11 @@ pub(crate) enum ErrorKind {
     BadRequest,
     /// A JSON body that names `"model"` more than once; 400 and close.
     AmbiguousModel,
+    /// A body read for its model that is not valid JSON; 400 and close.
+    InvalidJson,
+    /// A JSON API path (`/v1/chat/completions`, ...) with a body of another
+    /// content type; 415 and close.
+    UnsupportedMediaType,
     /// A head over the size limit or with too many fields; 431 and close.
     HeadTooLarge,
     /// A body over the configured limit; 413 and close.
@@ -35,7 +40,7 @@ pub(crate) enum ErrorKind {
     /// Held for an autoscaling pool's first replica past `queue_timeout_ms`;
     /// 503 with `Retry-After`.
     QueueTimeout,
-    /// The autoscaling pool already holds `max_queued` requests; 503 with
+    /// The autoscaling pool already holds `max_queued` requests; 429 with
     /// `Retry-After`.
     QueueFull,
     /// Every replica tried refused the connection or timed out; 502.
@@ -52,7 +57,10 @@ impl ErrorKind {
     /// The status line, reason included.
     pub(crate) fn status_line(self) -> &'static [u8] {
         match self {
-            Self::BadRequest | Self::AmbiguousModel => b"HTTP/1.1 400 Bad Request\r\n",
+            Self::BadRequest | Self::AmbiguousModel | Self::InvalidJson => {
+                b"HTTP/1.1 400 Bad Request\r\n"
+            }
+            Self::UnsupportedMediaType => b"HTTP/1.1 415 Unsupported Media Type\r\n",
             Self::HeadTooLarge => b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
             Self::BodyTooLarge => b"HTTP/1.1 413 Content Too Large\r\n",
             Self::HeadTimeout | Self::BodyTimeout => b"HTTP/1.1 408 Request Timeout\r\n",
@@ -60,9 +68,10 @@ impl ErrorKind {
             Self::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
             Self::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
             Self::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
-            Self::NoReplica | Self::QueueTimeout | Self::QueueFull | Self::InspectBusy => {
+            Self::NoReplica | Self::QueueTimeout | Self::InspectBusy => {
                 b"HTTP/1.1 503 Service Unavailable\r\n"
             }
+            Self::QueueFull => b"HTTP/1.1 429 Too Many Requests\r\n",
             Self::ConnectFailed | Self::UpstreamFailed => b"HTTP/1.1 502 Bad Gateway\r\n",
             Self::UpstreamTimeout | Self::UpstreamWriteTimeout => {
                 b"HTTP/1.1 504 Gateway Timeout\r\n"
@@ -70,27 +79,33 @@ impl ErrorKind {
         }
     }
 
-    /// A short JSON body that says what happened.
+    /// The JSON body, in OpenAI's error shape (`{"error": {"message",
+    /// "type", "param", "code"}}`), so OpenAI SDKs raise their error with
+    /// the message and code: `invalid_request_error` for the client's
+    /// mistakes, `rate_limit_error` for a full queue, `server_error` when no
+    /// replica could answer.
     pub(crate) fn body(self) -> &'static [u8] {
         match self {
-            Self::BadRequest => br#"{"error":"bad_request","message":"the request is malformed or its framing is ambiguous"}"#,
+            Self::BadRequest => br#"{"error":{"message":"The request is malformed or its framing is ambiguous.","type":"invalid_request_error","param":null,"code":"bad_request"}}"#,
             Self::AmbiguousModel => br#"{"error":{"message":"The request body names \"model\" more than once.","type":"invalid_request_error","param":"model","code":"duplicate_model"}}"#,
-            Self::HeadTooLarge => br#"{"error":"request_header_fields_too_large","message":"the request head is over the size or field-count limit"}"#,
-            Self::BodyTooLarge => br#"{"error":"content_too_large","message":"the request body is over the configured limit"}"#,
-            Self::HeadTimeout => br#"{"error":"request_timeout","message":"the request head did not arrive in time"}"#,
-            Self::BodyTimeout => br#"{"error":"request_timeout","message":"the request body stalled past the body timeout"}"#,
-            Self::VersionNotSupported => br#"{"error":"http_version_not_supported","message":"only HTTP/1.0 and HTTP/1.1 are served"}"#,
-            Self::MethodNotAllowed => br#"{"error":"method_not_allowed","message":"CONNECT and TRACE are not served by this proxy"}"#,
-            Self::NotImplemented => br#"{"error":"not_implemented","message":"the method or transfer coding is not supported"}"#,
-            Self::ExpectationFailed => br#"{"error":"expectation_failed","message":"only Expect: 100-continue is supported"}"#,
-            Self::NoReplica => br#"{"error":"no_routable_replica","message":"no replica can take requests right now; retry later"}"#,
-            Self::InspectBusy => br#"{"error":"overloaded","message":"too many request bodies are being read for their model right now; retry later, or name the model in the model header"}"#,
-            Self::QueueTimeout => br#"{"error":"no_routable_replica","message":"no replica of the pool became ready within its queue timeout; retry later"}"#,
-            Self::QueueFull => br#"{"error":"no_routable_replica","message":"too many requests are waiting for the pool's first replica; retry later"}"#,
-            Self::ConnectFailed => br#"{"error":"bad_gateway","message":"no replica accepted a connection"}"#,
-            Self::UpstreamFailed => br#"{"error":"bad_gateway","message":"the replica closed or sent an invalid response"}"#,
-            Self::UpstreamTimeout => br#"{"error":"gateway_timeout","message":"the replica did not answer in time"}"#,
-            Self::UpstreamWriteTimeout => br#"{"error":"gateway_timeout","message":"the replica did not read the request in time"}"#,
+            Self::InvalidJson => br#"{"error":{"message":"The request body is not valid JSON.","type":"invalid_request_error","param":null,"code":"invalid_json"}}"#,
+            Self::UnsupportedMediaType => br#"{"error":{"message":"This endpoint takes a JSON body: send it with Content-Type: application/json.","type":"invalid_request_error","param":null,"code":"unsupported_media_type"}}"#,
+            Self::HeadTooLarge => br#"{"error":{"message":"The request head is over the size or field-count limit.","type":"invalid_request_error","param":null,"code":"request_header_fields_too_large"}}"#,
+            Self::BodyTooLarge => br#"{"error":{"message":"The request body is over the configured limit (limits.max_request_body_bytes; chunk extensions count too).","type":"invalid_request_error","param":null,"code":"request_too_large"}}"#,
+            Self::HeadTimeout => br#"{"error":{"message":"The request head did not arrive in time.","type":"invalid_request_error","param":null,"code":"request_timeout"}}"#,
+            Self::BodyTimeout => br#"{"error":{"message":"The request body arrived too slowly (timeouts.body_read_timeout_ms, request_read_timeout_ms or limits.min_body_rate_bytes_per_s).","type":"invalid_request_error","param":null,"code":"request_timeout"}}"#,
+            Self::VersionNotSupported => br#"{"error":{"message":"Only HTTP/1.0 and HTTP/1.1 are served on this listener.","type":"invalid_request_error","param":null,"code":"http_version_not_supported"}}"#,
+            Self::MethodNotAllowed => br#"{"error":{"message":"CONNECT and TRACE are not served by this proxy.","type":"invalid_request_error","param":null,"code":"method_not_allowed"}}"#,
+            Self::NotImplemented => br#"{"error":{"message":"The method or transfer coding is not supported.","type":"invalid_request_error","param":null,"code":"not_implemented"}}"#,
+            Self::ExpectationFailed => br#"{"error":{"message":"Only Expect: 100-continue is supported.","type":"invalid_request_error","param":null,"code":"expectation_failed"}}"#,
+            Self::NoReplica => br#"{"error":{"message":"No replica can take requests right now; retry later.","type":"server_error","param":null,"code":"no_routable_replica"}}"#,
+            Self::InspectBusy => br#"{"error":{"message":"Too many request bodies are being read for their model right now; retry later, or name the model in the model header.","type":"server_error","param":null,"code":"overloaded"}}"#,
+            Self::QueueTimeout => br#"{"error":{"message":"No replica of the pool became ready within its queue timeout; retry later.","type":"server_error","param":null,"code":"no_routable_replica"}}"#,
+            Self::QueueFull => br#"{"error":{"message":"Too many requests are waiting for the pool's first replica; retry later.","type":"rate_limit_error","param":null,"code":"queue_full"}}"#,
+            Self::ConnectFailed => br#"{"error":{"message":"No replica accepted a connection.","type":"server_error","param":null,"code":"bad_gateway"}}"#,
+            Self::UpstreamFailed => br#"{"error":{"message":"The replica closed the connection or sent an invalid response.","type":"server_error","param":null,"code":"bad_gateway"}}"#,
+            Self::UpstreamTimeout => br#"{"error":{"message":"The replica did not answer in time.","type":"server_error","param":null,"code":"gateway_timeout"}}"#,
+            Self::UpstreamWriteTimeout => br#"{"error":{"message":"The replica did not read the request in time.","type":"server_error","param":null,"code":"gateway_timeout"}}"#,
         }
     }
 
@@ -134,4 +149,59 @@ pub(crate) enum Abort {
     /// The response head was sent and the replica failed; close the client
     /// connection so the truncation is visible.
     AfterHead,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every answer the proxy makes is in OpenAI's error shape, with a
+    /// status the SDKs map: the message, a type, `param`, and a code.
+    #[test]
+    fn every_error_is_in_openai_shape() {
+        let all = [
+            ErrorKind::BadRequest,
+            ErrorKind::AmbiguousModel,
+            ErrorKind::InvalidJson,
+            ErrorKind::UnsupportedMediaType,
+            ErrorKind::HeadTooLarge,
+            ErrorKind::BodyTooLarge,
+            ErrorKind::HeadTimeout,
+            ErrorKind::BodyTimeout,
+            ErrorKind::VersionNotSupported,
+            ErrorKind::MethodNotAllowed,
+            ErrorKind::NotImplemented,
+            ErrorKind::ExpectationFailed,
+            ErrorKind::NoReplica,
+            ErrorKind::InspectBusy,
+            ErrorKind::QueueTimeout,
+            ErrorKind::QueueFull,
+            ErrorKind::ConnectFailed,
+            ErrorKind::UpstreamFailed,
+            ErrorKind::UpstreamTimeout,
+            ErrorKind::UpstreamWriteTimeout,
+        ];
+        for kind in all {
+            let body: serde_json::Value =
+                serde_json::from_slice(kind.body()).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            let error = &body["error"];
+            assert!(
+                error["message"].as_str().is_some_and(|m| m.len() > 10),
+                "{kind:?}"
+            );
+            let status: u16 = std::str::from_utf8(&kind.status_line()[9..12])
+                .unwrap()
+                .parse()
+                .unwrap();
+            // 501 and 505 are the client's request the proxy does not do.
+            let expected_type = match status {
+                429 => "rate_limit_error",
+                502..=504 => "server_error",
+                _ => "invalid_request_error",
+            };
+            assert_eq!(error["type"], expected_type, "{kind:?}");
+            assert!(error.get("param").is_some(), "{kind:?}");
+            assert!(error["code"].as_str().is_some(), "{kind:?}");
+        }
+    }
 }

@@ -149,14 +149,33 @@ fn a_json_body_names_the_model_and_reaches_the_replica_unchanged(driver: IoDrive
     let resp = client.read_response().unwrap();
     assert!(replica_of(&resp).starts_with('a'), "{resp:?}");
     assert_eq!(resp.text(), "{\"model\":\"org/a\"}");
-    // Not JSON (by its content type): not looked into, default pool.
+    // Not JSON (by its content type) on a path of another API: not looked
+    // into, default pool.
     let resp = post(
         &mut client,
-        "/v1/completions",
+        "/generate",
         "Content-Type: text/plain\r\n",
         body,
     );
     assert_eq!(replica_of(&resp), "d1");
+    // On OpenAI's JSON API: 415 naming the type it takes (as curl's `-d`
+    // without `-H 'Content-Type: application/json'` sends).
+    for path in ["/v1/completions", "/v1/chat/completions?x=1"] {
+        let mut client = RawClient::connect(proxy.addr()).unwrap();
+        let resp = post(
+            &mut client,
+            path,
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            body,
+        );
+        assert_eq!(resp.status, 415, "{path}");
+        let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(error["error"]["code"], "unsupported_media_type");
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"));
+    }
 }
 
 fn without_a_default_pool_a_model_nobody_serves_gets_404(driver: IoDriver) {
@@ -191,6 +210,17 @@ fn without_a_default_pool_a_model_nobody_serves_gets_404(driver: IoDriver) {
     assert_eq!(resp.status, 400);
     let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(error["error"]["code"], "duplicate_model");
+    // Malformed JSON is 400, not a 404 saying it names no model.
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = post(
+        &mut client,
+        "/v1/completions",
+        json,
+        r#"{"model": "a", "prompt": "#,
+    );
+    assert_eq!(resp.status, 400);
+    let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(error["error"]["code"], "invalid_json");
 }
 
 fn a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413(driver: IoDriver) {

@@ -143,6 +143,10 @@ pub(super) async fn find_target(
                     inspect::BodyModel::Duplicate => {
                         return Err(Abort::Respond(ErrorKind::AmbiguousModel))
                     }
+                    // Nothing can be read from it, by the proxy or a replica.
+                    inspect::BodyModel::Invalid => {
+                        return Err(Abort::Respond(ErrorKind::InvalidJson))
+                    }
                 };
             }
             let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str));

@@ -153,6 +153,22 @@ fn local_route(head: &[u8], path: &str) -> Option<Local> {
     Some(Local::GetModel(Span::of(head, model.as_bytes())))
 }
 
+/// OpenAI's API paths whose request body is JSON (audio uploads are
+/// multipart and are not among them).
+const JSON_API_PATHS: [&str; 5] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/moderations",
+];
+
+/// Whether `path` (query and all) is one of [`JSON_API_PATHS`].
+fn is_json_api(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    JSON_API_PATHS.contains(&path.trim_end_matches('/'))
+}
+
 /// Whether a `Content-Type` value is JSON (`application/json`, any params).
 fn is_json(value: &[u8]) -> bool {
     let media = value.split(|&b| b == b';').next().unwrap_or(b"");
@@ -342,6 +358,16 @@ pub(crate) fn parse_and_rewrite(
         }
         Err(_) => return Err(ErrorKind::BadRequest),
     };
+    // A JSON API with a body of another type: say what it takes, rather
+    // than read it for a model it cannot name.
+    if method == Method::Post
+        && body != Framing::None
+        && seen.typed
+        && !seen.json
+        && is_json_api(path)
+    {
+        return Err(ErrorKind::UnsupportedMediaType);
+    }
     if request_id.is_empty() {
         request_id.generate();
     }
@@ -407,6 +433,8 @@ struct Seen<'h> {
     expect_continue: bool,
     model: Option<Span>,
     json: bool,
+    /// A `Content-Type` was sent (JSON or not).
+    typed: bool,
 }
 
 impl<'h> Seen<'h> {
@@ -429,6 +457,7 @@ impl<'h> Seen<'h> {
                 }
             } else if name.eq_ignore_ascii_case(b"content-type") {
                 seen.json = is_json(h.value);
+                seen.typed = true;
             } else if name.eq_ignore_ascii_case(b"content-length") {
                 seen.length =
                     Some(content_length(seen.length, h.value).ok_or(ErrorKind::BadRequest)?);

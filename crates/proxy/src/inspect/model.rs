@@ -174,6 +174,8 @@ pub(crate) enum BodyModel<'a> {
     /// `"model"` more than once: JSON parsers disagree on which one wins,
     /// so the proxy and the replica could read different models.
     Duplicate,
+    /// Not JSON at all (a syntax error, or cut short).
+    Invalid,
 }
 
 /// The body's top-level `"model"`, reading nothing else: every other field
@@ -181,6 +183,14 @@ pub(crate) enum BodyModel<'a> {
 /// payload, so this allocates nothing.
 pub(crate) fn model_of(payload: &[u8]) -> BodyModel<'_> {
     match serde_json::from_slice::<ModelOnly<'_>>(payload) {
+        Err(e)
+            if matches!(
+                e.classify(),
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            ) =>
+        {
+            BodyModel::Invalid
+        }
         Ok(ModelOnly { count: 0, .. }) | Err(_) => BodyModel::Absent,
         Ok(ModelOnly { count: 1, model }) => model.map_or(BodyModel::Absent, BodyModel::Named),
         Ok(_) => BodyModel::Duplicate,

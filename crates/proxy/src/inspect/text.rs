@@ -346,7 +346,12 @@ mod tests {
         assert_eq!(model_of(body), BodyModel::Absent);
         parsed.text(body, &mut text);
         assert_eq!(text, body, "anything else: the body itself");
-        assert_eq!(model_of(b"not json"), BodyModel::Absent);
+        assert_eq!(model_of(b"not json"), BodyModel::Invalid);
+        assert_eq!(
+            model_of(br#"{"model": "m", "#),
+            BodyModel::Invalid,
+            "cut short"
+        );
         assert_eq!(model_of(b"[1, 2]"), BodyModel::Absent);
         for odd in [
             &br#"{"model":{"a":[1,{"b":2}]},"x":1}"#[..],
