@@ -81,11 +81,13 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: 200 only while at least one replica is routable.
+/// Readiness: 200 only while at least one replica is healthy and routable;
+/// 503 while none is, failing open included (requests are then sent to
+/// replicas that fail their checks).
 #[utoipa::path(get, path = "/readyz", tag = "probes",
     responses((status = 200, description = "a replica is routable"), (status = 503, description = "none is")))]
 async fn readyz(State(app): State<AppState>) -> Response {
-    if app.control.snapshot().has_routable() {
+    if app.control.snapshot().has_healthy() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no routable replica\n").into_response()

@@ -583,12 +583,31 @@ async fn probes_status_and_metrics() {
     .await;
     let (status, _) = call(&app, Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
+    // Its only replica unhealthy: routing fails open, but not ready.
+    let id = inferlb_core::ReplicaId::new("a").unwrap();
+    app.control
+        .apply_one(inferlb_core::Command::SetHealth {
+            id: id.clone(),
+            health: inferlb_core::Health::Unhealthy,
+        })
+        .await
+        .unwrap();
+    assert!(app.control.snapshot().has_routable(), "failing open");
+    let (status, _) = call(&app, Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    app.control
+        .apply_one(inferlb_core::Command::SetHealth {
+            id,
+            health: inferlb_core::Health::Healthy,
+        })
+        .await
+        .unwrap();
     let (status, body) = call(&app, Method::GET, "/v1/status", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["workers"], 2);
     assert_eq!(body["io_driver"], "io_uring");
     assert_eq!(body["routing"], "round_robin");
-    assert_eq!(body["generation"], 1);
+    assert_eq!(body["generation"], 3, "the add and the two health changes");
 
     let stats = Arc::clone(&app.control.snapshot().replicas()[0].stats);
     drop(stats.start_request());
@@ -608,7 +627,7 @@ async fn probes_status_and_metrics() {
         "inferlb_replica_request_duration_seconds_count{replica=\"a\",pool=\"default\"} 0",
         "inferlb_pool_routable_replicas{pool=\"default\"} 1",
         "inferlb_worker_open_connections{worker=\"1\"} 0",
-        "inferlb_snapshot_generation 1",
+        "inferlb_snapshot_generation 3",
         "inferlb_build_info{version=",
     ] {
         assert!(text.contains(line), "metrics lack {line:?}:\n{text}");

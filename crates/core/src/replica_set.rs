@@ -292,6 +292,13 @@ impl ReplicaSet {
         self.default_pool.map(|i| &self.pools[i as usize])
     }
 
+    /// Whether at least one replica of any pool is healthy and takes new
+    /// requests: a pool failing open (every replica unhealthy, routed
+    /// anyway) does not count.
+    pub fn has_healthy(&self) -> bool {
+        self.replicas.iter().any(|r| r.is_routable())
+    }
+
     /// Whether at least one replica of any pool takes new requests.
     pub fn has_routable(&self) -> bool {
         (0..self.pools.len()).any(|p| self.pool_has_routable(p))

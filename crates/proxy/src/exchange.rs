@@ -415,6 +415,7 @@ mod tests {
                     underscores: false,
                     keep_claims: false,
                     model_header: b"x-model",
+                    health_path: None,
                 },
                 &mut request_id,
                 &mut client.request,

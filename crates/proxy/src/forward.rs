@@ -161,11 +161,27 @@ async fn route(
     let header_model = info
         .model
         .map(|span| ModelName::new(span.in_head(&client.buf[head.clone()])));
+    if info.local == Some(Local::Health) {
+        // 200 while a replica of any pool is healthy and routable; a pool
+        // failing open (sent to replicas that fail their checks) is 503.
+        let healthy = worker.snapshots.borrow_mut().load().has_healthy();
+        let (status, body): (&[u8], &[u8]) = if healthy {
+            (b"HTTP/1.1 200 OK\r\n", br#"{"status":"ok"}"#)
+        } else {
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\n",
+                br#"{"status":"unavailable","message":"no replica is healthy and routable"}"#,
+            )
+        };
+        let keep = info.keep_alive && !worker.stopping.get();
+        let response = models::generated(status, body);
+        return answered(respond_with(worker, client, id, response, true, keep).await);
+    }
     if let Some(local) = info.local {
         let name = match local {
             // A model id with a `/` (a Hugging Face id) comes as `%2F`.
             Local::GetModel(span) => models::percent_decoded(&in_head(span)),
-            Local::ListModels => String::new(),
+            Local::ListModels | Local::Health => String::new(),
         };
         let set = Arc::clone(worker.snapshots.borrow_mut().load());
         if let Some((status, body)) = models::answer(&set, local, &name) {
@@ -430,6 +446,7 @@ fn classify(
         underscores: config.underscores_in_headers,
         keep_claims: config.keep_untrusted_forwarded_headers,
         model_header: config.model.header.as_bytes(),
+        health_path: config.health_path.as_deref(),
     };
     let parsed = request::parse_and_rewrite(
         head,

@@ -70,6 +70,7 @@ pub mod bench_support {
                 underscores: false,
                 keep_claims: false,
                 model_header: b"x-model",
+                health_path: None,
             },
             &mut request_id.0,
             out,

@@ -165,6 +165,7 @@ pub(crate) fn answer(
             };
             (OK, serde_json::to_vec(&list).unwrap_or_default())
         }
+        Local::Health => return None,
         Local::GetModel(_) => match set.pool_named(model).filter(|&i| serving(i)) {
             Some(_) => (
                 OK,

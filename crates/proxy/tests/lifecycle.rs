@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use inferlb_core::{Command, IoDriver, ReplicaId, ReplicaState};
+use inferlb_core::{Command, Health, IoDriver, ReplicaId, ReplicaState};
 use inferlb_testkit::{eventually, FakeReplica, RawClient};
 use support::start;
 
@@ -18,6 +18,7 @@ both_drivers!(
     snapshot_changes_apply_from_the_next_request,
     busy_connection_pauses_without_losing_a_byte,
     busy_connection_closes_on_shutdown,
+    the_health_path_is_answered_on_the_data_port,
 );
 
 fn graceful_shutdown_lets_a_stream_finish(driver: IoDriver) {
@@ -216,4 +217,39 @@ fn busy_connection_closes_on_shutdown(driver: IoDriver) {
     assert!(client.is_closed(Duration::from_secs(2)));
     proxy.handle.wait();
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// `[health] serve_path`: answered by the proxy on the data listener (for a
+/// load balancer or a Kubernetes probe in front), 200 while a replica is
+/// healthy and routable, 503 when none is — failing open included — and
+/// never sent to a replica.
+fn the_health_path_is_answered_on_the_data_port(driver: IoDriver) {
+    let replica = FakeReplica::builder().start().unwrap();
+    let mut proxy = start(driver, &[replica.addr()], |c| {
+        c.proxy.health_path = Some("/healthz".into());
+    });
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let resp = client.get("/healthz").unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), r#"{"status":"ok"}"#);
+    assert_eq!(client.get("/healthz?probe=1").unwrap().status, 200);
+    assert_eq!(replica.counters().requests(), 0, "not forwarded");
+    // Other paths still go to the replica.
+    assert_eq!(client.get("/health").unwrap().status, 200);
+    assert_eq!(replica.counters().requests(), 1);
+    // Its only replica unhealthy: routing fails open, the probe says 503.
+    let id = ReplicaId::from_address(&replica.addr().to_string());
+    proxy.apply(Command::SetHealth {
+        id: id.clone(),
+        health: Health::Unhealthy,
+    });
+    let resp = client.get("/healthz").unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!(
+        client.get("/v1/anything").unwrap().status,
+        200,
+        "fails open"
+    );
+    proxy.apply(Command::Remove { id });
+    assert_eq!(client.get("/healthz").unwrap().status, 503);
 }

@@ -459,6 +459,11 @@ pub struct FileHealth {
     pub unhealthy_threshold: Option<u32>,
     /// When every replica is unhealthy, route to all anyway. Default true (ALB fails open too).
     pub fail_open: Option<bool>,
+    /// A path the proxy answers itself on the data listener (e.g.
+    /// `"/healthz"`), for a load balancer or a Kubernetes probe in front:
+    /// 200 while a replica of any pool is healthy and routable, else 503.
+    /// Off by default (every path goes to the replicas).
+    pub serve_path: Option<String>,
 }
 
 /// `[outlier]`: passive ejection of replicas that keep failing.

@@ -83,6 +83,8 @@ pub struct ProxyConfig {
     pub keep_untrusted_forwarded_headers: bool,
     /// How a request's model is found.
     pub model: ModelSelection,
+    /// `[health] serve_path`: answered by the proxy itself.
+    pub health_path: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -101,6 +103,7 @@ impl Default for ProxyConfig {
             underscores_in_headers: false,
             keep_untrusted_forwarded_headers: false,
             model: ModelSelection::default(),
+            health_path: None,
         }
     }
 }
@@ -286,7 +289,24 @@ pub(super) fn proxy(p: &mut Problems, file: &FileConfig) -> ProxyConfig {
         underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
         keep_untrusted_forwarded_headers: file.keep_untrusted_forwarded_headers.unwrap_or(false),
         model: model_selection(p, file.routing.as_ref()),
+        health_path: health_path(p, file.health.serve_path.as_deref()),
     }
+}
+
+/// `[health] serve_path`: an absolute path without a query.
+fn health_path(p: &mut Problems, path: Option<&str>) -> Option<String> {
+    let path = path?;
+    let ok = path.starts_with('/')
+        && !path.contains(['?', '#', ' '])
+        && path.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        p.add(
+            "health.serve_path",
+            format!("{path:?} is not a path such as \"/healthz\" (a leading /, no query)"),
+        );
+        return None;
+    }
+    Some(path.to_owned())
 }
 
 fn timeouts(p: &mut Problems, t: &FileTimeouts) -> Timeouts {

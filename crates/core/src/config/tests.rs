@@ -434,3 +434,15 @@ fn a_bad_routing_value_names_the_valid_rules() {
     assert_eq!(table.routing, Routing::Prefix);
     assert_eq!(table.proxy.model.header, "x-m");
 }
+
+#[test]
+fn the_health_serve_path_is_a_path() {
+    let config = Config::from_toml("[health]\nserve_path = \"/healthz\"\n").unwrap();
+    assert_eq!(config.proxy.health_path.as_deref(), Some("/healthz"));
+    for bad in ["healthz", "/h?x=1", "/a b"] {
+        let err = Config::from_toml(&format!("[health]\nserve_path = \"{bad}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health.serve_path"), "{bad}: {err}");
+    }
+}

@@ -133,9 +133,12 @@ impl Span {
     }
 }
 
-/// Requests the proxy answers from its pools (OpenAI's model listing).
+/// Requests the proxy answers itself: OpenAI's model listing from its
+/// pools, and its own health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Local {
+    /// `[health] serve_path`.
+    Health,
     /// `GET /v1/models`.
     ListModels,
     /// `GET /v1/models/{model}`: the model's span in the head.
@@ -143,8 +146,11 @@ pub(crate) enum Local {
 }
 
 /// Which OpenAI model route, if any, a bodiless GET targets.
-fn local_route(head: &[u8], path: &str) -> Option<Local> {
+fn local_route(head: &[u8], path: &str, health_path: Option<&str>) -> Option<Local> {
     let path = path.split('?').next().unwrap_or(path);
+    if health_path == Some(path) {
+        return Some(Local::Health);
+    }
     let rest = path.strip_prefix("/v1/models")?;
     if rest.is_empty() || rest == "/" {
         return Some(Local::ListModels);
@@ -251,6 +257,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) keep_claims: bool,
     /// The header naming the model, lowercase.
     pub(crate) model_header: &'a [u8],
+    /// `[health] serve_path`, answered by the proxy.
+    pub(crate) health_path: Option<&'a str>,
 }
 
 /// Forwarding headers that only a proxy in front can vouch for and that
@@ -393,7 +401,7 @@ pub(crate) fn parse_and_rewrite(
         model: seen.model,
         json: seen.json,
         local: if method == Method::Get && body == Framing::None {
-            local_route(head, path)
+            local_route(head, path, forwarding.health_path)
         } else {
             None
         },
