@@ -14,6 +14,7 @@ fn rewrite(head: &[u8]) -> Result<(RequestInfo, String), ErrorKind> {
             underscores: false,
             keep_claims: false,
             model_header: b"x-model",
+            health_path: None,
         },
         &mut id,
         &mut out,
