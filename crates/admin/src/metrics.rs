@@ -418,6 +418,14 @@ fn encode_workers(e: &mut DescriptorEncoder<'_>, workers: &[Arc<WorkerStats>]) -
         workers,
         |w| w.refused(),
     )?;
+    per_worker(
+        e,
+        "inferlb_worker_access_log_dropped_lines",
+        "Access log lines dropped because the log writer fell behind (a stalled disk).",
+        MetricType::Counter,
+        workers,
+        |w| w.access_log_dropped(),
+    )?;
     Ok(())
 }
 

@@ -51,6 +51,10 @@ pub(crate) struct ServeArgs {
     /// memory only].
     #[arg(long)]
     pub(crate) state_file: Option<PathBuf>,
+    /// Write an access log line per request to this file ("-" for stdout),
+    /// JSON lines unless `[access_log] format = "text"`; SIGUSR1 reopens it.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) access_log: Option<String>,
 }
 
 /// Reads the config file and applies the flags over it.
@@ -87,6 +91,22 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
     }
     if let Some(file) = &args.state_file {
         config.admin.state_file = Some(file.clone());
+    }
+    if let Some(path) = &args.access_log {
+        anyhow::ensure!(
+            !path.is_empty(),
+            "--access-log needs a file, or - for stdout"
+        );
+        let format = config
+            .proxy
+            .access_log
+            .as_ref()
+            .map(|a| a.format)
+            .unwrap_or_default();
+        config.proxy.access_log = Some(inferlb_core::config::AccessLog {
+            path: (path != "-").then(|| PathBuf::from(path)),
+            format,
+        });
     }
     for (i, address) in args.replicas.iter().enumerate() {
         let spec = replica_spec(
@@ -206,6 +226,7 @@ pub(crate) fn run_control_plane(
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut usr1 = signal(SignalKind::user_defined1())?;
 
         let listener = match tokio::net::TcpListener::bind(plane.admin_listen).await {
             Ok(listener) => Some(listener),
@@ -252,6 +273,8 @@ pub(crate) fn run_control_plane(
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => inferlb_control::reload(&control, plane.config_path.as_deref()).await,
+                // logrotate moved the access log: write a new one.
+                _ = usr1.recv() => handle.reopen_access_log(),
             }
         }
         tracing::info!("shutting down: no new connections; in-flight requests finish");

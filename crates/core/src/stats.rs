@@ -68,6 +68,7 @@ pub struct WorkerStats {
     open_connections: AtomicU64,
     accepted: AtomicU64,
     refused: AtomicU64,
+    access_log_dropped: AtomicU64,
 }
 
 impl WorkerStats {
@@ -82,6 +83,15 @@ impl WorkerStats {
     /// Client connections closed at once because the worker was full.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+    /// Access log lines dropped because the logger fell behind (a stalled
+    /// disk): the data plane never waits for the log.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.access_log_dropped.load(Ordering::Relaxed)
+    }
+    /// Counts access log lines dropped.
+    pub fn access_log_lines_dropped(&self, lines: u64) {
+        self.access_log_dropped.fetch_add(lines, Ordering::Relaxed);
     }
     /// Counts an accepted connection that is now open.
     pub fn connection_opened(&self) {

@@ -97,6 +97,9 @@ pub(crate) struct Client {
     /// response before it, so the next one is awaited with a read rather
     /// than an idle wait (see [`Client::wait_hot`]).
     pub(crate) hot: bool,
+    /// The access log record of the request being served, lent by the
+    /// handler for the request (none when there is no access log).
+    pub(crate) log: Option<Box<crate::access::Record>>,
 }
 
 /// What a busy connection's short wait for its next request found.
@@ -125,6 +128,7 @@ impl Client {
             scanner: HeadScanner::default(),
             accepted: Some(Instant::now()),
             hot: false,
+            log: None,
         }
     }
 
@@ -307,8 +311,11 @@ impl Client {
     ) -> Result<(), Abort> {
         let out = mem::take(&mut self.out);
         match crate::watch::within(worker, self.stream.write_all(out), timeout).await {
-            Some((Ok(_), out)) => {
+            Some((Ok(n), out)) => {
                 self.out = out;
+                if let Some(log) = self.log.as_deref_mut() {
+                    log.bytes_out += n as u64;
+                }
                 Ok(())
             }
             _ => Err(Abort::ClientGone),
@@ -324,7 +331,13 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<u8>, Abort> {
         match crate::watch::within(worker, self.stream.write_all(buf.slice(..end)), timeout).await {
-            Some((Ok(_), slice)) => Ok(slice.into_inner()),
+            Some((Ok(n), slice)) => {
+                if let Some(log) = self.log.as_deref_mut() {
+                    log.bytes_out += n as u64;
+                    log.body_sent();
+                }
+                Ok(slice.into_inner())
+            }
             _ => Err(Abort::ClientGone),
         }
     }
@@ -342,6 +355,9 @@ impl Client {
             extra_headers: kind.extra_headers(),
             body: kind.body(),
         };
+        if let Some(log) = self.log.as_deref_mut() {
+            log.reason = Some(kind.code());
+        }
         self.respond(worker, response, close, request_id).await
     }
 
@@ -372,6 +388,11 @@ impl Client {
             b"\r\n\r\n"
         });
         self.out.extend_from_slice(response.body);
+        if let Some(log) = self.log.as_deref_mut() {
+            log.status = status_of(response.status_line);
+            log.head_sent();
+            log.body_sent();
+        }
         self.write_out(worker, ERROR_WRITE_TIMEOUT).await.is_ok()
     }
 
@@ -394,4 +415,12 @@ impl Client {
             }
         }
     }
+}
+
+/// The status code of a status line (`HTTP/1.1 404 Not Found\r\n`).
+fn status_of(line: &[u8]) -> u16 {
+    line.get(9..12)
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
 }

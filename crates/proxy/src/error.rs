@@ -109,6 +109,18 @@ impl ErrorKind {
         }
     }
 
+    /// The `code` of its body, for the access log's `reason`.
+    pub(crate) fn code(self) -> &'static str {
+        let body = self.body();
+        let at = body
+            .windows(8)
+            .position(|w| w == b"\"code\":\"")
+            .map_or(body.len(), |i| i + 8);
+        let rest = &body[at..];
+        let end = rest.iter().position(|&b| b == b'"').unwrap_or(0);
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
     /// Whether the client connection must close after this answer: after a
     /// framing error nothing that follows on the connection can be trusted.
     pub(crate) fn closes(self) -> bool {

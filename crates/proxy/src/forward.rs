@@ -58,11 +58,18 @@ pub(crate) async fn serve_request(
 ) -> Next {
     client.rent_for_head(&mut worker.buffers.borrow_mut());
     id.clear();
+    if let Some(log) = client.log.as_deref_mut() {
+        log.begin();
+    }
     let result = if head_timed_out {
         Err(Abort::Respond(ErrorKind::HeadTimeout))
     } else {
         match client.read_head(worker).await {
             Ok(Some(head_len)) => {
+                if let Some(log) = client.log.as_deref_mut() {
+                    log.request_line(&client.buf[client.pos..client.pos + head_len]);
+                    log.bytes_in = head_len as u64;
+                }
                 client.rent_for_request(&mut worker.buffers.borrow_mut());
                 forward(worker, client, id, head_len).await
             }
@@ -88,7 +95,31 @@ pub(crate) async fn serve_request(
         client.pos = client.buf.len();
     }
     client.give_back(&mut worker.buffers.borrow_mut());
+    log_request(worker, client, id);
     next
+}
+
+/// Appends the request's access log line, if there is an access log and a
+/// request to speak of (a connection that closed before sending a byte is
+/// not one).
+fn log_request(worker: &Worker, client: &mut Client, id: &RequestId) {
+    let (Some(access), Some(log)) = (&worker.access, client.log.as_deref_mut()) else {
+        return;
+    };
+    if !log.is_open() || (log.status == 0 && log.request_is_empty()) {
+        return;
+    }
+    if log.status == 0 {
+        // Closed by the client before an answer (nginx's 499).
+        log.status = 499;
+    }
+    let mut snapshots = worker.snapshots.borrow_mut();
+    let set = snapshots.load();
+    let model = log.model_str();
+    let pool = set
+        .pool_for((!model.is_empty()).then_some(model))
+        .map_or("", |i| set.pools()[i].name().as_str());
+    access.write(log, client.ip.as_bytes(), id.as_bytes(), pool);
 }
 
 /// The replica a request went to.
@@ -109,7 +140,13 @@ async fn forward(
 ) -> Result<Next, Abort> {
     match route(worker, client, id, head_len).await? {
         Route::Answered(next) => Ok(next),
-        Route::Forward(mut request) => send(worker, client, id, &mut request).await,
+        Route::Forward(mut request) => {
+            let sent = send(worker, client, id, &mut request).await;
+            if let Some(log) = client.log.as_deref_mut() {
+                log.bytes_in += request.body.payload_len();
+            }
+            sent
+        }
     }
 }
 
@@ -211,9 +248,20 @@ async fn route(
         &mut progress,
     )
     .await?;
+    if let Some(log) = client.log.as_deref_mut() {
+        match &routed {
+            Routed::To(Target { model: Some(m), .. }) | Routed::NoPool(Some(m)) => {
+                log.model(m.as_str())
+            }
+            _ => {}
+        }
+    }
     let target = match routed {
         Routed::To(target) => target,
         Routed::NoPool(model) => {
+            if let Some(log) = client.log.as_deref_mut() {
+                log.reason = Some("model_not_found");
+            }
             let response = models::not_found(model.as_ref().map(ModelName::as_str));
             let response = models::generated(models::NOT_FOUND, &response);
             let body_done = body.is_done();
@@ -283,13 +331,17 @@ async fn send(
             // its `max_in_flight_per_replica`): wait for one.
             let mut kind = attempts.give_up();
             if std::mem::take(&mut may_hold) {
-                match hold::wait(
+                let held_at = Instant::now();
+                let held = hold::wait(
                     worker,
                     client,
                     request.target.model.as_ref().map(ModelName::as_str),
                 )
-                .await
-                {
+                .await;
+                if let Some(log) = client.log.as_deref_mut() {
+                    log.hold += held_at.elapsed();
+                }
+                match held {
                     Hold::Ready => {
                         now_ms = clock::now_ms();
                         continue;
@@ -302,6 +354,10 @@ async fn send(
             return refuse(worker, client, id, request, kind).await;
         };
         may_hold = false;
+        if let Some(log) = client.log.as_deref_mut() {
+            log.replica = Some(picked.addr);
+            log.attempts += 1;
+        }
         let _in_flight = picked.stats.start_request();
         let started = Instant::now();
 
@@ -379,6 +435,9 @@ async fn attempt(
     let kind = match outcome {
         Outcome::Response { resp, head_time } => {
             account(worker, picked, &resp, head_time);
+            if let Some(log) = client.log.as_deref_mut() {
+                log.status = resp.status;
+            }
             let streamed = stream(worker, client, &mut conn, info, &resp, &picked.stats).await;
             picked.stats.duration().record(started.elapsed());
             return Attempted::Done(finish(

@@ -167,6 +167,11 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
     let mut request_id = RequestId::new();
     // Cancels a busy connection's read when it pauses.
     let mut canceller = Canceller::new();
+    // The access log record, lent to each request's connection.
+    let mut record = worker
+        .access
+        .is_some()
+        .then(Box::<crate::access::Record>::default);
     loop {
         let job = poll_fn(|cx| {
             if slot.retire.get() {
@@ -185,6 +190,7 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
             return;
         };
         let kept = loop {
+            client.log = record.take();
             // A bug in one request must cost that connection, not the
             // worker and every connection it holds.
             let served = Isolated(pin!(forward::serve_request(
@@ -194,6 +200,10 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
                 head_timed_out
             )))
             .await;
+            record = client.log.take().or_else(|| record.take());
+            if record.is_none() && worker.access.is_some() {
+                record = Some(Box::default());
+            }
             match served {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => break None,

@@ -28,6 +28,7 @@
 //! - `error`: hot-path error kinds and the status each maps to.
 //! - `sock`: the few socket calls monoio lacks (the crate's only `unsafe`).
 
+mod access;
 mod budget;
 mod buffers;
 mod client;

@@ -51,6 +51,7 @@ pub struct ProxyHandle {
     phase: watch::Sender<Phase>,
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<WorkerStats>>,
+    access_log: Option<crate::access::Logger>,
 }
 
 impl ProxyHandle {
@@ -85,9 +86,22 @@ impl ProxyHandle {
         self.join();
     }
 
+    /// Reopens the access log file before its next write (`SIGUSR1`, after
+    /// logrotate moved it); nothing when there is no access log.
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = &self.access_log {
+            log.reopen();
+        }
+    }
+
     fn join(&mut self) {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+        // The workers flushed their lines as they ended; the logger writes
+        // them and ends once their senders are gone.
+        if let Some(log) = &mut self.access_log {
+            log.join();
         }
     }
 }
@@ -123,6 +137,14 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         .limits
         .max_connections_per_client
         .map(inferlb_core::clients::ClientCounts::new);
+    // Opened here, so a path that cannot be written fails the start.
+    let (access_log, access_tx) = match &config.access_log {
+        Some(settings) => {
+            let (logger, tx) = crate::access::Logger::start(settings)?;
+            (Some(logger), Some((tx, settings.format)))
+        }
+        None => (None, None),
+    };
     for index in 0..workers {
         let worker_stats = Arc::new(WorkerStats::default());
         stats.push(Arc::clone(&worker_stats));
@@ -131,6 +153,9 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         let phase = phase_rx.clone();
         let ready = ready_tx.clone();
         let clients = clients.clone();
+        let access = access_tx
+            .clone()
+            .map(|(tx, format)| crate::access::worker_log(tx, format, Arc::clone(&worker_stats)));
         let thread = thread::Builder::new()
             .name(format!("inferlb-w{index}"))
             .spawn(move || {
@@ -141,17 +166,21 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
                 }
                 let mut worker = Worker::new(index, config.clone(), cell, phase, worker_stats);
                 worker.clients = clients;
+                worker.access = access;
                 run_worker(&config, local_addr, worker, ready);
             })?;
         threads.push(thread);
     }
     drop(ready_tx);
+    // Only the workers hold senders: the logger ends after the last one.
+    drop(access_tx);
     let mut handle = ProxyHandle {
         local_addr,
         driver: ActiveDriver::IoUring,
         phase: phase_tx,
         threads,
         stats,
+        access_log,
     };
     let mut drivers = Vec::with_capacity(workers);
     for _ in 0..workers {
@@ -272,5 +301,9 @@ async fn serve_on(
     };
     let _ = ready.send(Ok(driver));
     drop(ready);
-    crate::connection::accept(Rc::new(worker), listener).await;
+    let worker = Rc::new(worker);
+    crate::connection::accept(Rc::clone(&worker), listener).await;
+    if let Some(access) = &worker.access {
+        access.flush();
+    }
 }

@@ -62,6 +62,8 @@ pub(crate) struct Worker {
     /// Connections per client address across the workers, when
     /// `limits.max_connections_per_client` is set.
     pub(crate) clients: Option<Arc<ClientCounts>>,
+    /// This worker's side of the access log, when there is one.
+    pub(crate) access: Option<crate::access::WorkerLog>,
 }
 
 impl Worker {
@@ -97,6 +99,7 @@ impl Worker {
         Self {
             inspect_budget,
             clients: None,
+            access: None,
             config,
             snapshots: RefCell::new(Cache::new(cell)),
             cursor: RefCell::new(Cursor::starting_at(index as u64)),
@@ -170,6 +173,9 @@ pub(crate) async fn sweep(worker: Rc<Worker>) {
             buffers.take_freed()
         };
         heap.after_freeing(freed, now);
+        if let Some(access) = &worker.access {
+            access.flush();
+        }
         crate::handler::trim();
         if now.duration_since(last_reap) >= REAP_INTERVAL {
             last_reap = now;

@@ -72,6 +72,9 @@ pub struct FileConfig {
     /// Active health checks.
     #[serde(default)]
     pub health: FileHealth,
+    /// One line per request, written off the data plane.
+    #[serde(default)]
+    pub access_log: FileAccessLog,
     /// Re-resolving replica host names.
     #[serde(default)]
     pub dns: FileDns,
@@ -439,6 +442,17 @@ pub struct FileDns {
     /// How often replica host names are resolved again. Default 30 000
     /// (nginx's `resolver valid=30s`); 0 turns re-resolution off.
     pub refresh_interval_ms: Option<u64>,
+}
+
+/// `[access_log]`: one line per request (nginx `access_log`, HAProxy
+/// `option httplog`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccessLog {
+    /// A file to append to, or `"-"` for stdout. Absent: no access log.
+    pub path: Option<String>,
+    /// `"json"` (JSON lines, the default) or `"text"` (combined-like).
+    pub format: Option<String>,
 }
 
 /// `[health]`: active health checks (ALB target-group health checks).

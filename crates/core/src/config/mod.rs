@@ -31,7 +31,8 @@ pub use autoscaling::Publish;
 pub use file::*;
 pub use pools::{replica_spec, replica_spec_in};
 pub use proxy::{
-    IoDriver, Limits, ModelSelection, ProxyConfig, Retries, Timeouts, Upstream, MAX_HEADERS_CAP,
+    AccessLog, AccessLogFormat, IoDriver, Limits, ModelSelection, ProxyConfig, Retries, Timeouts,
+    Upstream, MAX_HEADERS_CAP,
 };
 
 /// A configuration that cannot be used.

@@ -85,6 +85,27 @@ pub struct ProxyConfig {
     pub model: ModelSelection,
     /// `[health] serve_path`: answered by the proxy itself.
     pub health_path: Option<String>,
+    /// `[access_log]`, when there is one.
+    pub access_log: Option<AccessLog>,
+}
+
+/// Where access log lines go, and how they read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// The file, or `None` for stdout (`"-"`).
+    pub path: Option<std::path::PathBuf>,
+    pub format: AccessLogFormat,
+}
+
+/// An access log line's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Combined-like text: `client - - [time] "METHOD path" status bytes`
+    /// and `key=value` fields.
+    Text,
 }
 
 impl Default for ProxyConfig {
@@ -104,6 +125,7 @@ impl Default for ProxyConfig {
             keep_untrusted_forwarded_headers: false,
             model: ModelSelection::default(),
             health_path: None,
+            access_log: None,
         }
     }
 }
@@ -290,7 +312,32 @@ pub(super) fn proxy(p: &mut Problems, file: &FileConfig) -> ProxyConfig {
         keep_untrusted_forwarded_headers: file.keep_untrusted_forwarded_headers.unwrap_or(false),
         model: model_selection(p, file.routing.as_ref()),
         health_path: health_path(p, file.health.serve_path.as_deref()),
+        access_log: access_log(p, &file.access_log),
     }
+}
+
+/// `[access_log]`: a path (or `"-"`), and `json` or `text`.
+fn access_log(p: &mut Problems, file: &super::file::FileAccessLog) -> Option<AccessLog> {
+    let format = match file.format.as_deref() {
+        None | Some("json") => AccessLogFormat::Json,
+        Some("text") => AccessLogFormat::Text,
+        Some(other) => {
+            p.add(
+                "access_log.format",
+                format!("{other:?} is not \"json\" or \"text\""),
+            );
+            AccessLogFormat::Json
+        }
+    };
+    let path = file.path.as_deref()?;
+    if path.is_empty() {
+        p.add("access_log.path", "give a file, or \"-\" for stdout");
+        return None;
+    }
+    Some(AccessLog {
+        path: (path != "-").then(|| std::path::PathBuf::from(path)),
+        format,
+    })
 }
 
 /// `[health] serve_path`: an absolute path without a query.

@@ -31,6 +31,12 @@ pub(super) async fn stream(
     .map_err(|_| Abort::Respond(ErrorKind::UpstreamFailed))?;
     let mut trailing = taken < early;
     conn.buf.clear();
+    if let Some(log) = client.log.as_deref_mut() {
+        log.head_sent();
+        if taken > 0 {
+            log.body_sent();
+        }
+    }
     client.write_out(worker, timeout).await?;
     while !body.is_done() {
         if stats.is_evicted() {
@@ -49,6 +55,9 @@ pub(super) async fn stream(
             client.out.clear();
             let taken = take_into(&mut body, &conn.buf[..n], true, &mut client.out)?;
             trailing |= taken < n;
+            if let Some(log) = client.log.as_deref_mut() {
+                log.body_sent();
+            }
             client.write_out(worker, timeout).await?;
         } else {
             let taken = body

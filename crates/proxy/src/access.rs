@@ -1,0 +1,533 @@
+//! The access log: one line per request (nginx `access_log`, HAProxy
+//! `option httplog`), kept off the data plane.
+//!
+//! ```text
+//!  worker (per request)            worker (every sweep)        logger thread
+//!  ────────────────────            ────────────────────        ─────────────
+//!  Record filled as the    ──▶     its buffer of lines   ──▶   write(2) to the file
+//!  request goes; one line          handed over whole            (reopened after SIGUSR1)
+//!  appended to the worker's        (try_send: a full queue
+//!  buffer when it ends             drops the lines, counted)
+//! ```
+//!
+//! A request only formats its line into its worker's buffer: no lock, no
+//! system call, and no allocation once the buffer has grown. The worker
+//! hands the buffer over at each sweep (100 ms) or when it passes
+//! [`FLUSH_AT`], with a `try_send`: when the logger is behind (a stalled
+//! disk) the lines are dropped and counted
+//! (`inferlb_worker_access_log_dropped_lines`), never waited for.
+
+use std::cell::{Cell, RefCell};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
+use inferlb_core::config::{AccessLog, AccessLogFormat};
+use inferlb_core::WorkerStats;
+
+/// A worker hands its buffer over once it holds this much.
+const FLUSH_AT: usize = 64 * 1024;
+/// Buffers in flight to the logger; more are dropped.
+const QUEUE: usize = 64;
+
+/// What one request did, filled in as it goes. Each handler keeps one and
+/// lends it to the connection it serves, so its buffers are reused.
+#[derive(Debug, Default)]
+pub(crate) struct Record {
+    started: Option<Instant>,
+    wall: Option<SystemTime>,
+    /// `METHOD target`, from the request line.
+    request: Vec<u8>,
+    /// The final status: the replica's, or the proxy's own answer.
+    pub(crate) status: u16,
+    /// Why the proxy answered itself (its error code), if it did.
+    pub(crate) reason: Option<&'static str>,
+    model: Vec<u8>,
+    pub(crate) replica: Option<SocketAddr>,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    head: Option<Duration>,
+    first_byte: Option<Duration>,
+    /// Replicas tried (connects and sends): retries are this less one.
+    pub(crate) attempts: u32,
+    pub(crate) hold: Duration,
+}
+
+impl Record {
+    /// Starts a request: everything else is forgotten.
+    pub(crate) fn begin(&mut self) {
+        self.started = Some(Instant::now());
+        self.wall = Some(SystemTime::now());
+        self.request.clear();
+        self.status = 0;
+        self.reason = None;
+        self.model.clear();
+        self.replica = None;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.head = None;
+        self.first_byte = None;
+        self.attempts = 0;
+        self.hold = Duration::ZERO;
+    }
+
+    /// Keeps the request line's method and target.
+    pub(crate) fn request_line(&mut self, head: &[u8]) {
+        let line = head
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or(b"");
+        // Method and target, not the version.
+        let end = line
+            .iter()
+            .rposition(|&b| b == b' ')
+            .filter(|&i| i > 0)
+            .unwrap_or(line.len());
+        self.request.clear();
+        self.request.extend_from_slice(&line[..end.min(4096)]);
+    }
+
+    /// The model the request was routed by.
+    pub(crate) fn model(&mut self, model: &str) {
+        self.model.clear();
+        self.model.extend_from_slice(model.as_bytes());
+    }
+
+    /// The response head went to the client now.
+    pub(crate) fn head_sent(&mut self) {
+        if self.head.is_none() {
+            self.head = self.started.map(|s| s.elapsed());
+        }
+    }
+
+    /// A body byte went to the client now.
+    pub(crate) fn body_sent(&mut self) {
+        if self.first_byte.is_none() {
+            self.first_byte = self.started.map(|s| s.elapsed());
+        }
+    }
+
+    /// Whether a request is being recorded.
+    pub(crate) fn is_open(&self) -> bool {
+        self.started.is_some()
+    }
+
+    /// No request line was read (the head never came, or was refused).
+    pub(crate) fn request_is_empty(&self) -> bool {
+        self.request.is_empty()
+    }
+
+    /// The model, as text.
+    pub(crate) fn model_str(&self) -> &str {
+        std::str::from_utf8(&self.model).unwrap_or("")
+    }
+}
+
+/// A worker's side of the access log.
+pub(crate) struct WorkerLog {
+    tx: Sender<Vec<u8>>,
+    buf: RefCell<Vec<u8>>,
+    lines: Cell<u64>,
+    format: AccessLogFormat,
+    stats: Arc<WorkerStats>,
+}
+
+impl WorkerLog {
+    /// Appends `record`'s line; hands the buffer over when it is full.
+    pub(crate) fn write(&self, record: &Record, client: &[u8], request_id: &[u8], pool: &str) {
+        let Some(started) = record.started else {
+            return;
+        };
+        let mut buf = self.buf.borrow_mut();
+        let took = started.elapsed();
+        let wall = record.wall.unwrap_or_else(SystemTime::now);
+        let (method, target) = split_request(&record.request);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let retries = record.attempts.saturating_sub(1);
+        let _ = match self.format {
+            AccessLogFormat::Json => {
+                buf.extend_from_slice(b"{\"time\":\"");
+                let _ = write!(buf, "{}", humantime::format_rfc3339_millis(wall));
+                buf.extend_from_slice(b"\",\"client\":");
+                json_str(&mut buf, client);
+                buf.extend_from_slice(b",\"method\":");
+                json_str(&mut buf, method);
+                buf.extend_from_slice(b",\"path\":");
+                json_str(&mut buf, target);
+                let _ = write!(buf, ",\"status\":{}", record.status);
+                buf.extend_from_slice(b",\"pool\":");
+                json_opt(&mut buf, pool.as_bytes());
+                buf.extend_from_slice(b",\"model\":");
+                json_opt(&mut buf, &record.model);
+                buf.extend_from_slice(b",\"replica\":");
+                match record.replica {
+                    Some(addr) => {
+                        let _ = write!(buf, "\"{addr}\"");
+                    }
+                    None => buf.extend_from_slice(b"null"),
+                }
+                buf.extend_from_slice(b",\"request_id\":");
+                json_str(&mut buf, request_id);
+                let _ = write!(
+                    buf,
+                    ",\"bytes_in\":{},\"bytes_out\":{},\"request_time_ms\":{:.3}",
+                    record.bytes_in,
+                    record.bytes_out,
+                    took.as_secs_f64() * 1000.0
+                );
+                for (name, value) in [
+                    ("head_time_ms", ms(record.head)),
+                    ("first_byte_ms", ms(record.first_byte)),
+                ] {
+                    match value {
+                        Some(v) => {
+                            let _ = write!(buf, ",\"{name}\":{v:.3}");
+                        }
+                        None => {
+                            let _ = write!(buf, ",\"{name}\":null");
+                        }
+                    }
+                }
+                let _ = write!(
+                    buf,
+                    ",\"retries\":{retries},\"hold_ms\":{:.3},\"reason\":",
+                    record.hold.as_secs_f64() * 1000.0
+                );
+                json_opt(&mut buf, record.reason.unwrap_or("").as_bytes());
+                buf.extend_from_slice(b"}\n");
+                Ok::<(), io::Error>(())
+            }
+            AccessLogFormat::Text => {
+                text_field(&mut buf, client);
+                let _ = write!(buf, " - - [{}] \"", humantime::format_rfc3339_millis(wall));
+                text_field(&mut buf, &record.request);
+                let _ = write!(buf, "\" {} {} rid=", record.status, record.bytes_out);
+                text_field(&mut buf, request_id);
+                buf.extend_from_slice(b" pool=");
+                text_or_dash(&mut buf, pool.as_bytes());
+                buf.extend_from_slice(b" model=");
+                text_or_dash(&mut buf, &record.model);
+                match record.replica {
+                    Some(addr) => {
+                        let _ = write!(buf, " replica={addr}");
+                    }
+                    None => buf.extend_from_slice(b" replica=-"),
+                }
+                let _ = write!(
+                    buf,
+                    " in={} rt={:.3} ht=",
+                    record.bytes_in,
+                    took.as_secs_f64()
+                );
+                secs_or_dash(&mut buf, record.head);
+                buf.extend_from_slice(b" fb=");
+                secs_or_dash(&mut buf, record.first_byte);
+                let _ = writeln!(
+                    buf,
+                    " retries={retries} hold={:.3} reason={}",
+                    record.hold.as_secs_f64(),
+                    record.reason.unwrap_or("-")
+                );
+                Ok(())
+            }
+        };
+        self.lines.set(self.lines.get() + 1);
+        if buf.len() >= FLUSH_AT {
+            drop(buf);
+            self.flush();
+        }
+    }
+
+    /// Hands the buffered lines to the logger, or drops them (counted)
+    /// when it is behind.
+    pub(crate) fn flush(&self) {
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() {
+            return;
+        }
+        let lines = self.lines.replace(0);
+        let batch = std::mem::replace(&mut *buf, Vec::with_capacity(FLUSH_AT + 4096));
+        match self.tx.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(mut batch) | TrySendError::Disconnected(mut batch)) => {
+                self.stats.access_log_lines_dropped(lines);
+                batch.clear();
+                *buf = batch;
+            }
+        }
+    }
+}
+
+fn secs_or_dash(buf: &mut Vec<u8>, d: Option<Duration>) {
+    match d {
+        Some(d) => {
+            let _ = write!(buf, "{:.3}", d.as_secs_f64());
+        }
+        None => buf.push(b'-'),
+    }
+}
+
+fn split_request(request: &[u8]) -> (&[u8], &[u8]) {
+    match request.iter().position(|&b| b == b' ') {
+        Some(i) => (&request[..i], &request[i + 1..]),
+        None => (request, b""),
+    }
+}
+
+/// A JSON string of arbitrary bytes (invalid UTF-8 replaced).
+fn json_str(buf: &mut Vec<u8>, value: &[u8]) {
+    buf.push(b'"');
+    for ch in String::from_utf8_lossy(value).chars() {
+        match ch {
+            '"' => buf.extend_from_slice(b"\\\""),
+            '\\' => buf.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(buf, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut utf8 = [0u8; 4];
+                buf.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    buf.push(b'"');
+}
+
+/// A JSON string, or `null` when empty.
+fn json_opt(buf: &mut Vec<u8>, value: &[u8]) {
+    if value.is_empty() {
+        buf.extend_from_slice(b"null");
+    } else {
+        json_str(buf, value);
+    }
+}
+
+/// Bytes for a text line: printable ASCII as is, others (and `"`) escaped
+/// as `\xNN`, so a line can never be split or forged.
+fn text_field(buf: &mut Vec<u8>, value: &[u8]) {
+    for &b in value {
+        if b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ' {
+            buf.push(b);
+        } else {
+            let _ = write!(buf, "\\x{b:02x}");
+        }
+    }
+}
+
+fn text_or_dash(buf: &mut Vec<u8>, value: &[u8]) {
+    if value.is_empty() {
+        buf.push(b'-');
+    } else {
+        text_field(buf, value);
+    }
+}
+
+/// The logger thread, and how to reach it.
+#[derive(Debug)]
+pub(crate) struct Logger {
+    thread: Option<JoinHandle<()>>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Logger {
+    /// Opens the log (failing at start-up, not at the first request) and
+    /// starts the thread that writes it. Returns the sender for workers.
+    pub(crate) fn start(settings: &AccessLog) -> io::Result<(Self, Sender<Vec<u8>>)> {
+        let mut out = Output::open(settings.path.clone())?;
+        let (tx, rx) = channel::bounded::<Vec<u8>>(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&reopen);
+        let thread = std::thread::Builder::new()
+            .name("inferlb-access-log".into())
+            .spawn(move || out.run(&rx, &flag))?;
+        Ok((
+            Self {
+                thread: Some(thread),
+                reopen,
+            },
+            tx,
+        ))
+    }
+
+    /// Reopens the file before the next write (after logrotate moved it).
+    pub(crate) fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the thread to write what it was given; it ends once every
+    /// worker's sender is gone.
+    pub(crate) fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The log's destination.
+struct Output {
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+impl Output {
+    fn open(path: Option<PathBuf>) -> io::Result<Self> {
+        let file = match &path {
+            Some(p) => Some(append(p)?),
+            None => None,
+        };
+        Ok(Self { path, file })
+    }
+
+    fn run(&mut self, rx: &Receiver<Vec<u8>>, reopen: &AtomicBool) {
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let batch = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(batch) => Some(batch),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if reopen.swap(false, Ordering::Relaxed) {
+                if let Some(path) = &self.path {
+                    match append(path) {
+                        Ok(file) => {
+                            self.file = Some(file);
+                            tracing::info!(path = %path.display(), "access log reopened");
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), error = %e, "cannot reopen the access log; writing on to the old file")
+                        }
+                    }
+                }
+            }
+            let Some(batch) = batch else { continue };
+            let written = match &mut self.file {
+                Some(file) => file.write_all(&batch),
+                None => io::stdout().lock().write_all(&batch),
+            };
+            match written {
+                Ok(()) => failing_since = None,
+                Err(e) => {
+                    if failing_since.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::error!(error = %e, "cannot write the access log; lines are lost");
+                        failing_since = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn append(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open the access log {}: {e}", path.display()),
+            )
+        })
+}
+
+/// A worker's side of the log, given the logger's sender.
+pub(crate) fn worker_log(
+    tx: Sender<Vec<u8>>,
+    format: AccessLogFormat,
+    stats: Arc<WorkerStats>,
+) -> WorkerLog {
+    WorkerLog {
+        tx,
+        buf: RefCell::new(Vec::with_capacity(FLUSH_AT + 4096)),
+        lines: Cell::new(0),
+        format,
+        stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        let mut r = Record::default();
+        r.begin();
+        r.request_line(b"POST /v1/chat/completions?x=\"1\" HTTP/1.1\r\nHost: h\r\n\r\n");
+        r.status = 200;
+        r.model("llama");
+        r.replica = Some("10.0.0.5:8000".parse().unwrap());
+        r.bytes_in = 120;
+        r.bytes_out = 4096;
+        r.attempts = 2;
+        r.head_sent();
+        r.body_sent();
+        r
+    }
+
+    #[test]
+    fn a_json_line_has_every_field_and_escapes_what_it_must() {
+        let (tx, rx) = channel::bounded(4);
+        let log = worker_log(tx, AccessLogFormat::Json, Arc::default());
+        log.write(&record(), b"192.0.2.1", b"req-1", "llama");
+        log.flush();
+        let batch = rx.try_recv().unwrap();
+        let line: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["path"], "/v1/chat/completions?x=\"1\"");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["pool"], "llama");
+        assert_eq!(line["replica"], "10.0.0.5:8000");
+        assert_eq!(line["retries"], 1);
+        assert_eq!(line["reason"], serde_json::Value::Null);
+        for field in [
+            "time",
+            "client",
+            "request_id",
+            "bytes_in",
+            "bytes_out",
+            "request_time_ms",
+            "head_time_ms",
+            "first_byte_ms",
+            "hold_ms",
+        ] {
+            assert!(!line[field].is_null(), "{field}");
+        }
+    }
+
+    #[test]
+    fn a_text_line_cannot_be_split_or_forged() {
+        let (tx, rx) = channel::bounded(4);
+        let log = worker_log(tx, AccessLogFormat::Text, Arc::default());
+        let mut r = record();
+        r.request_line(b"GET /a\"\x01b HTTP/1.1\r\n");
+        log.write(&r, b"192.0.2.1", b"req-1", "");
+        log.flush();
+        let batch = rx.try_recv().unwrap();
+        let text = String::from_utf8(batch).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("192.0.2.1 - - ["), "{text}");
+        assert!(text.contains("\"GET /a\\x22\\x01b\" 200 4096"), "{text}");
+        assert!(
+            text.contains(" pool=- model=llama replica=10.0.0.5:8000"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_logger_that_is_behind_costs_dropped_lines_not_waiting() {
+        let (tx, _rx) = channel::bounded(1);
+        let stats = Arc::new(WorkerStats::default());
+        let log = worker_log(tx, AccessLogFormat::Json, Arc::clone(&stats));
+        for _ in 0..3 {
+            log.write(&record(), b"192.0.2.1", b"r", "p");
+            log.flush();
+        }
+        assert_eq!(stats.access_log_dropped(), 2, "the queue holds one batch");
+    }
+}
