@@ -136,6 +136,9 @@ pub(crate) struct WorkerLog {
     lines: Cell<u64>,
     format: AccessLogFormat,
     stats: Arc<WorkerStats>,
+    /// The last second formatted (`2026-12-03T18:40:12`), reused by every
+    /// line of that second.
+    second: RefCell<(u64, Vec<u8>)>,
 }
 
 impl WorkerLog {
@@ -153,7 +156,7 @@ impl WorkerLog {
         let _ = match self.format {
             AccessLogFormat::Json => {
                 buf.extend_from_slice(b"{\"time\":\"");
-                let _ = write!(buf, "{}", humantime::format_rfc3339_millis(wall));
+                self.time(&mut buf, wall);
                 buf.extend_from_slice(b"\",\"client\":");
                 json_str(&mut buf, client);
                 buf.extend_from_slice(b",\"method\":");
@@ -244,6 +247,26 @@ impl WorkerLog {
         }
     }
 
+    /// Writes `wall` as RFC 3339 with milliseconds, formatting the date and
+    /// time of day once per second.
+    fn time(&self, buf: &mut Vec<u8>, wall: SystemTime) {
+        let since = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (secs, millis) = (since.as_secs(), since.subsec_millis());
+        let mut second = self.second.borrow_mut();
+        if second.0 != secs {
+            second.1.clear();
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let _ = write!(second.1, "{}", humantime::format_rfc3339_seconds(whole));
+            // `...:12Z`: the `Z` goes after the milliseconds.
+            second.1.pop();
+            second.0 = secs;
+        }
+        buf.extend_from_slice(&second.1);
+        let _ = write!(buf, ".{millis:03}Z");
+    }
+
     /// Hands the buffered lines to the logger, or drops them (counted)
     /// when it is behind.
     pub(crate) fn flush(&self) {
@@ -282,6 +305,16 @@ fn split_request(request: &[u8]) -> (&[u8], &[u8]) {
 
 /// A JSON string of arbitrary bytes (invalid UTF-8 replaced).
 fn json_str(buf: &mut Vec<u8>, value: &[u8]) {
+    // The common case, a path or model of plain ASCII, is copied as is.
+    if value
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        buf.push(b'"');
+        buf.extend_from_slice(value);
+        buf.push(b'"');
+        return;
+    }
     buf.push(b'"');
     for ch in String::from_utf8_lossy(value).chars() {
         match ch {
@@ -448,6 +481,7 @@ pub(crate) fn worker_log(
         lines: Cell::new(0),
         format,
         stats,
+        second: RefCell::new((u64::MAX, Vec::with_capacity(32))),
     }
 }
 
@@ -485,6 +519,9 @@ mod tests {
         assert_eq!(line["replica"], "10.0.0.5:8000");
         assert_eq!(line["retries"], 1);
         assert_eq!(line["reason"], serde_json::Value::Null);
+        let time = line["time"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        assert_eq!(time.len(), "2026-12-03T18:40:12.345Z".len(), "{time}");
         for field in [
             "time",
             "client",

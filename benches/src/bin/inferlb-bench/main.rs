@@ -50,6 +50,10 @@ struct Args {
     /// The inferlb binary.
     #[arg(long, default_value = "target/release/inferlb")]
     inferlb: PathBuf,
+    /// TOML appended to inferlb's config in every scenario, to measure what
+    /// a setting costs (e.g. an `[access_log]`).
+    #[arg(long, value_name = "FILE")]
+    inferlb_extra_config: Option<PathBuf>,
     /// Where scenarios live.
     #[arg(long, default_value = "benches/scenarios")]
     scenario_dir: PathBuf,
@@ -250,8 +254,12 @@ fn settings(
         // The same keep-alive pool nginx gets, so no peer closes and reopens
         // upstream connections under load while another keeps them.
         inferlb_config: Some(format!(
-            "[upstream]\nmax_idle_per_replica = {}\n",
-            connections.max(64) * 2
+            "[upstream]\nmax_idle_per_replica = {}\n{}",
+            connections.max(64) * 2,
+            args.inferlb_extra_config
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default()
         )),
     }
 }
