@@ -94,6 +94,12 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
+        if status == 401 {
+            bail!(
+                "{method} {path}: 401: the admin API wants its bearer token: pass --token-file FILE or set INFERLB_ADMIN_TOKEN{}",
+                if self.token.is_some() { " (the one given was refused)" } else { "" }
+            );
+        }
         if status >= 400 {
             let message = value
                 .get("message")
@@ -103,6 +109,15 @@ impl Client {
             bail!("{method} {path}: {status}: {message}");
         }
         Ok((status, value))
+    }
+}
+
+/// The admin API's base URL: `host:port` works without `http://`.
+fn admin_base(admin: &str) -> String {
+    if admin.contains("://") {
+        admin.to_owned()
+    } else {
+        format!("http://{admin}")
     }
 }
 
@@ -167,7 +182,7 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<()> {
         .timeout(Duration::from_secs(30))
         .build();
     let client = Client {
-        base: args.admin.clone(),
+        base: admin_base(&args.admin),
         token,
         agent,
     };

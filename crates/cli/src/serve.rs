@@ -24,7 +24,8 @@ pub(crate) struct ServeArgs {
     /// Data-plane listen address [default: 0.0.0.0:8080].
     #[arg(long)]
     pub(crate) listen: Option<SocketAddr>,
-    /// Worker threads [default: one per available core].
+    /// Worker threads; 0 is one per available core, as in the file
+    /// [default: one per available core].
     #[arg(long)]
     pub(crate) workers: Option<usize>,
     /// A replica address (ip:port or host:port); repeat for more. Added to
@@ -70,8 +71,8 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
     }
     if let Some(workers) = args.workers {
         anyhow::ensure!(
-            workers > 0 && workers <= 1024,
-            "--workers must be between 1 and 1024, got {workers}"
+            workers <= 1024,
+            "--workers must be between 0 (one per core) and 1024, got {workers}"
         );
         config.proxy.workers = workers;
     }

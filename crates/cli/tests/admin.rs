@@ -342,6 +342,31 @@ fn the_token_is_enforced_and_required_off_loopback() {
         200
     );
     assert_eq!(call(server.admin, "GET", "/healthz", None, None).0, 200);
+    // The CLI: `--admin host:port` needs no scheme, and a 401 says how to
+    // give the token.
+    let cli = |token: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_inferlb"));
+        command
+            .args(["replicas", "--admin", &server.admin.to_string(), "list"])
+            .env_remove("INFERLB_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("INFERLB_ADMIN_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let refused = cli(None);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--token-file") && stderr.contains("INFERLB_ADMIN_TOKEN"),
+        "{stderr}"
+    );
+    let listed = cli(Some("hunter2"));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
 
     let token_file = dir.join("token");
     std::fs::write(&token_file, "from-a-file\n").unwrap();
