@@ -40,6 +40,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    quiet_on_closed_pipe();
     match run() {
         Ok(code) => code,
         Err(e) => {
@@ -52,6 +53,26 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Output piped into a reader that stops early (`inferlb autoscale simulate
+/// ... | head`) ends the command quietly, as `cat` does: Rust ignores
+/// SIGPIPE, so `println!` panics on the closed pipe; that one panic is
+/// turned into a silent exit, every other keeps its report.
+fn quiet_on_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
 }
 
 fn run() -> Result<std::process::ExitCode> {

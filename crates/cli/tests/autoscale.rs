@@ -263,6 +263,16 @@ fn simulate_runs_on_the_shipped_traces() {
     let sim: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(sim["assumptions"]["scale_in_step"], 2);
     assert_eq!(sim["assumptions"]["busy_while_provisioning"], true);
+    // Piped into a reader that stops early: a quiet end, no panic.
+    let piped = Command::new("bash")
+        .args(["-c", &format!(
+            "set -o pipefail; {} autoscale simulate --file {file} --trace {root}/deploy/traces/daily.csv | head -1",
+            env!("CARGO_BIN_EXE_inferlb")
+        )])
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{}", text(&piped));
+    assert!(!text(&piped).contains("panicked"), "{}", text(&piped));
     // A trace of seconds through a target with scheduled actions needs a
     // wall-clock start; with --start it replays, and says where it started.
     let relative = dir.join("relative.csv");
