@@ -25,6 +25,8 @@ pub struct DataPlane {
     pub io_driver: String,
     /// Per-worker counters.
     pub worker_stats: Vec<Arc<WorkerStats>>,
+    /// What clients saw per pool and model (the front-end metrics).
+    pub front: Arc<inferlb_core::FrontEnd>,
 }
 
 /// Everything the handlers share.
@@ -50,6 +52,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new(
             Arc::clone(&control),
             data_plane.worker_stats.clone(),
+            Arc::clone(&data_plane.front),
         ));
         Self {
             control,

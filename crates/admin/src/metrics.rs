@@ -22,6 +22,7 @@ pub struct Metrics {
 struct Source {
     control: Arc<Control>,
     workers: Vec<Arc<WorkerStats>>,
+    front: Arc<inferlb_core::FrontEnd>,
 }
 
 type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
@@ -233,6 +234,7 @@ impl Collector for Source {
         self.encode_scaling(&mut e, &snapshot)?;
         encode_latency(&mut e, replicas)?;
         encode_workers(&mut e, &self.workers)?;
+        encode_front(&mut e, &self.front)?;
         encode_process(&mut e, &snapshot)
     }
 }
@@ -429,6 +431,53 @@ fn encode_workers(e: &mut DescriptorEncoder<'_>, workers: &[Arc<WorkerStats>]) -
     Ok(())
 }
 
+/// What clients saw per pool and model, the proxy's own answers included,
+/// and the streams' time to first token and inter-token gaps per pool.
+fn encode_front(e: &mut DescriptorEncoder<'_>, front: &inferlb_core::FrontEnd) -> Result {
+    let pools = front.pools();
+    let mut m = e.encode_descriptor(
+        "inferlb_frontend_responses",
+        "Responses to clients by pool, model and status class, whoever answered (a replica or the proxy itself: 404 model_not_found, 503, 429, 502, 504, ...). A model no pool serves counts as \"unknown\".",
+        None,
+        MetricType::Counter,
+    )?;
+    for (pool, counters) in &pools {
+        for (model, counts) in counters.models() {
+            for (class, count) in counts.counts() {
+                let labels: Labels<'_> = vec![
+                    ("pool", Cow::Borrowed(pool.as_str())),
+                    ("model", Cow::Owned(model.clone())),
+                    ("class", Cow::Borrowed(class)),
+                ];
+                m.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+    }
+    for (name, help, pick) in [
+        (
+            "inferlb_pool_time_to_first_token",
+            "Time from a streamed request's arrival to its first body byte (time to first token).",
+            (|p: &inferlb_core::PoolFront| p.ttft.snapshot())
+                as fn(&inferlb_core::PoolFront) -> HistogramSnapshot,
+        ),
+        (
+            "inferlb_pool_inter_token_latency",
+            "Gaps between the body chunks of streamed responses (inter-token latency).",
+            |p: &inferlb_core::PoolFront| p.itl.snapshot(),
+        ),
+    ] {
+        let mut m = e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        for (pool, counters) in &pools {
+            let h = pick(counters);
+            let labels: Labels<'_> = vec![("pool", Cow::Borrowed(pool.as_str()))];
+            m.encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+        }
+    }
+    Ok(())
+}
+
 /// The snapshot generation and the build.
 fn encode_process(e: &mut DescriptorEncoder<'_>, snapshot: &inferlb_core::ReplicaSet) -> Result {
     let mut m = e.encode_descriptor(
@@ -451,9 +500,17 @@ fn encode_process(e: &mut DescriptorEncoder<'_>, snapshot: &inferlb_core::Replic
 
 impl Metrics {
     /// Metrics over the control plane's snapshot and the workers' counters.
-    pub fn new(control: Arc<Control>, workers: Vec<Arc<WorkerStats>>) -> Self {
+    pub fn new(
+        control: Arc<Control>,
+        workers: Vec<Arc<WorkerStats>>,
+        front: Arc<inferlb_core::FrontEnd>,
+    ) -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Source { control, workers }));
+        registry.register_collector(Box::new(Source {
+            control,
+            workers,
+            front,
+        }));
         Self { registry }
     }
 

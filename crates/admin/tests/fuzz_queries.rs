@@ -81,7 +81,7 @@ proptest! {
             let state = State::new(Routing::RoundRobin);
             let snapshots = Snapshots::new(state.snapshot());
             let control = Arc::new(Control::new(state, snapshots, None));
-            let data_plane = DataPlane { workers: 1, io_driver: "io_uring".into(), worker_stats: Vec::new() };
+            let data_plane = DataPlane { workers: 1, io_driver: "io_uring".into(), worker_stats: Vec::new(), front: Default::default() };
             let router = inferlb_admin::router(AppState::new(Arc::clone(&control), data_plane, None, false));
             let add = Request::builder()
                 .method(Method::POST)

@@ -27,6 +27,7 @@ fn start(limits: ServeLimits) -> SocketAddr {
                 workers: 1,
                 io_driver: "io_uring".into(),
                 worker_stats: Vec::new(),
+                front: Default::default(),
             };
             let app = AppState::new(control, data_plane, None, false);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

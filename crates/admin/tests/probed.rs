@@ -56,6 +56,7 @@ async fn app_with(token: Option<&str>, store: Option<StateFile>) -> App {
         workers: 1,
         io_driver: "io_uring".into(),
         worker_stats: Vec::new(),
+        front: Default::default(),
     };
     let app = AppState::new(
         Arc::clone(&control),

@@ -35,6 +35,7 @@ fn app_with_probes(token: Option<&str>, store: Option<StateFile>, protect_probes
             Arc::new(WorkerStats::default()),
             Arc::new(WorkerStats::default()),
         ],
+        front: Default::default(),
     };
     let state = AppState::new(
         Arc::clone(&control),

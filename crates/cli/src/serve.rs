@@ -250,6 +250,7 @@ pub(crate) fn run_control_plane(
             workers,
             io_driver: handle.io_driver().as_str().to_owned(),
             worker_stats: handle.worker_stats().to_vec(),
+            front: Arc::clone(handle.front_end()),
         };
         let app = AppState::new(Arc::clone(&control), data_plane, plane.token.clone(), plane.protect_probes);
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -55,4 +55,4 @@ pub use replica::{
 };
 pub use replica_set::{PoolView, PrefixKey, ReplicaSet, Safeguards, Snapshots};
 pub use scaling::{PoolAutoscaling, PoolQueue, Provider, ScalingError, ScalingSettings};
-pub use stats::{Histogram, HistogramSnapshot, WorkerStats};
+pub use stats::{ClassCounts, FrontEnd, Histogram, HistogramSnapshot, PoolFront, WorkerStats};

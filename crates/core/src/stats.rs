@@ -2,6 +2,7 @@
 //! the control plane (which reads them for the API and metrics).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency buckets. Inference spans a 5 ms
@@ -125,5 +126,90 @@ mod tests {
         assert_eq!(s.buckets[3], (0.05, 2));
         assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 3)));
         assert!((s.sum - 1000.033).abs() < 1e-6);
+    }
+}
+
+/// What clients saw, per pool and model, whoever answered: the replicas'
+/// responses and the proxy's own (404 `model_not_found`, 503 with no
+/// replica, 429 for a full queue, 502, 504, ...), and for streamed
+/// responses the time to the first body byte and the gaps between chunks
+/// (time to first token and inter-token latency, as vLLM's router exports
+/// them). Shared by the workers, which reach it through a per-worker cache
+/// of `Arc`s (no lock per request), and read by the admin API.
+#[derive(Debug, Default)]
+pub struct FrontEnd {
+    pools: std::sync::RwLock<std::collections::HashMap<String, Arc<PoolFront>>>,
+}
+
+/// One pool's front-end counters (`""` is the default pool, or a request
+/// routed nowhere).
+#[derive(Debug, Default)]
+pub struct PoolFront {
+    /// Time from the request to the first body byte of a streamed response.
+    pub ttft: Histogram,
+    /// Gaps between the body chunks of a streamed response.
+    pub itl: Histogram,
+    models: std::sync::RwLock<std::collections::HashMap<String, Arc<ClassCounts>>>,
+}
+
+/// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+#[derive(Debug, Default)]
+pub struct ClassCounts([AtomicU64; 5]);
+
+impl ClassCounts {
+    /// Counts one response.
+    pub fn record(&self, status: u16) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(class label, count)` for each class.
+    pub fn counts(&self) -> [(&'static str, u64); 5] {
+        let labels = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        std::array::from_fn(|i| (labels[i], self.0[i].load(Ordering::Relaxed)))
+    }
+}
+
+impl FrontEnd {
+    /// The counters of `pool`, made on first use.
+    pub fn pool(&self, pool: &str) -> Arc<PoolFront> {
+        if let Some(found) = self.pools.read().ok().and_then(|p| p.get(pool).cloned()) {
+            return found;
+        }
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(pools.entry(pool.to_owned()).or_default())
+    }
+
+    /// Every pool's counters, by name.
+    pub fn pools(&self) -> Vec<(String, Arc<PoolFront>)> {
+        let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = pools
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+}
+
+impl PoolFront {
+    /// The counters of `model` in this pool, made on first use.
+    pub fn model(&self, model: &str) -> Arc<ClassCounts> {
+        if let Some(found) = self.models.read().ok().and_then(|m| m.get(model).cloned()) {
+            return found;
+        }
+        let mut models = self.models.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(models.entry(model.to_owned()).or_default())
+    }
+
+    /// Every model's counters, by name.
+    pub fn models(&self) -> Vec<(String, Arc<ClassCounts>)> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = models
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
     }
 }

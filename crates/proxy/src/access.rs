@@ -57,6 +57,12 @@ pub(crate) struct Record {
     /// Replicas tried (connects and sends): retries are this less one.
     pub(crate) attempts: u32,
     pub(crate) hold: Duration,
+    /// The response streams (chunked, or until close): its timing counts
+    /// as time to first token and inter-token gaps.
+    pub(crate) streamed: bool,
+    /// Gaps between body writes to the client, in microseconds.
+    pub(crate) gaps: Vec<u32>,
+    last_body: Option<Instant>,
 }
 
 impl Record {
@@ -75,6 +81,9 @@ impl Record {
         self.first_byte = None;
         self.attempts = 0;
         self.hold = Duration::ZERO;
+        self.streamed = false;
+        self.gaps.clear();
+        self.last_body = None;
     }
 
     /// Keeps the request line's method and target.
@@ -108,9 +117,21 @@ impl Record {
 
     /// A body byte went to the client now.
     pub(crate) fn body_sent(&mut self) {
+        let now = Instant::now();
         if self.first_byte.is_none() {
-            self.first_byte = self.started.map(|s| s.elapsed());
+            self.first_byte = self.started.map(|s| now.duration_since(s));
         }
+        if let Some(last) = self.last_body.replace(now) {
+            if self.streamed {
+                let gap = now.duration_since(last).as_micros();
+                self.gaps.push(u32::try_from(gap).unwrap_or(u32::MAX));
+            }
+        }
+    }
+
+    /// Time from the request to the first body byte.
+    pub(crate) fn first_byte(&self) -> Option<Duration> {
+        self.first_byte
     }
 
     /// Whether a request is being recorded.

@@ -99,11 +99,11 @@ pub(crate) async fn serve_request(
     next
 }
 
-/// Appends the request's access log line, if there is an access log and a
-/// request to speak of (a connection that closed before sending a byte is
-/// not one).
+/// Counts what the client saw in the front-end metrics and appends the
+/// request's access log line, if there is an access log. A connection that
+/// closed before sending a byte is no request.
 fn log_request(worker: &Worker, client: &mut Client, id: &RequestId) {
-    let (Some(access), Some(log)) = (&worker.access, client.log.as_deref_mut()) else {
+    let Some(log) = client.log.as_deref_mut() else {
         return;
     };
     if !log.is_open() || (log.status == 0 && log.request_is_empty()) {
@@ -119,7 +119,17 @@ fn log_request(worker: &Worker, client: &mut Client, id: &RequestId) {
     let pool = set
         .pool_for((!model.is_empty()).then_some(model))
         .map_or("", |i| set.pools()[i].name().as_str());
-    access.write(log, client.ip.as_bytes(), id.as_bytes(), pool);
+    // A model no pool serves is counted as "unknown": clients cannot grow
+    // the metrics without bound.
+    let model_label = if model.is_empty() || set.pool_named(model).is_some() {
+        model
+    } else {
+        "unknown"
+    };
+    worker.front.record(pool, model_label, log);
+    if let Some(access) = &worker.access {
+        access.write(log, client.ip.as_bytes(), id.as_bytes(), pool);
+    }
 }
 
 /// The replica a request went to.

@@ -167,11 +167,9 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
     let mut request_id = RequestId::new();
     // Cancels a busy connection's read when it pauses.
     let mut canceller = Canceller::new();
-    // The access log record, lent to each request's connection.
-    let mut record = worker
-        .access
-        .is_some()
-        .then(Box::<crate::access::Record>::default);
+    // What the request did (for the front-end metrics and the access
+    // log), lent to each request's connection.
+    let mut record = Some(Box::<crate::access::Record>::default());
     loop {
         let job = poll_fn(|cx| {
             if slot.retire.get() {
@@ -200,10 +198,7 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
                 head_timed_out
             )))
             .await;
-            record = client.log.take().or_else(|| record.take());
-            if record.is_none() && worker.access.is_some() {
-                record = Some(Box::default());
-            }
+            record = client.log.take().or_else(|| Some(Box::default()));
             match served {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => break None,

@@ -37,6 +37,7 @@ mod deadlines;
 mod error;
 mod exchange;
 mod forward;
+mod front;
 mod h1;
 mod handler;
 mod hold;

@@ -52,6 +52,7 @@ pub struct ProxyHandle {
     threads: Vec<JoinHandle<()>>,
     stats: Vec<Arc<WorkerStats>>,
     access_log: Option<crate::access::Logger>,
+    front: Arc<inferlb_core::FrontEnd>,
 }
 
 impl ProxyHandle {
@@ -84,6 +85,11 @@ impl ProxyHandle {
     /// Waits until every worker has exited.
     pub fn wait(mut self) {
         self.join();
+    }
+
+    /// What clients saw per pool and model (the front-end metrics).
+    pub fn front_end(&self) -> &Arc<inferlb_core::FrontEnd> {
+        &self.front
     }
 
     /// Reopens the access log file before its next write (`SIGUSR1`, after
@@ -145,6 +151,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         }
         None => (None, None),
     };
+    let front = Arc::new(inferlb_core::FrontEnd::default());
     for index in 0..workers {
         let worker_stats = Arc::new(WorkerStats::default());
         stats.push(Arc::clone(&worker_stats));
@@ -153,6 +160,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         let phase = phase_rx.clone();
         let ready = ready_tx.clone();
         let clients = clients.clone();
+        let worker_front = Arc::clone(&front);
         let access = access_tx
             .clone()
             .map(|(tx, format)| crate::access::worker_log(tx, format, Arc::clone(&worker_stats)));
@@ -167,6 +175,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
                 let mut worker = Worker::new(index, config.clone(), cell, phase, worker_stats);
                 worker.clients = clients;
                 worker.access = access;
+                worker.front = crate::front::FrontCache::new(worker_front);
                 run_worker(&config, local_addr, worker, ready);
             })?;
         threads.push(thread);
@@ -181,6 +190,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         threads,
         stats,
         access_log,
+        front,
     };
     let mut drivers = Vec::with_capacity(workers);
     for _ in 0..workers {

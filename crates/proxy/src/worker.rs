@@ -64,6 +64,8 @@ pub(crate) struct Worker {
     pub(crate) clients: Option<Arc<ClientCounts>>,
     /// This worker's side of the access log, when there is one.
     pub(crate) access: Option<crate::access::WorkerLog>,
+    /// The front-end metrics: what clients saw per pool and model.
+    pub(crate) front: crate::front::FrontCache,
 }
 
 impl Worker {
@@ -100,6 +102,7 @@ impl Worker {
             inspect_budget,
             clients: None,
             access: None,
+            front: crate::front::FrontCache::new(std::sync::Arc::default()),
             config,
             snapshots: RefCell::new(Cache::new(cell)),
             cursor: RefCell::new(Cursor::starting_at(index as u64)),

@@ -21,6 +21,7 @@ both_drivers!(
     prefix_routing_keeps_each_prefix_on_one_replica,
     least_load_follows_the_engines_queues,
     requests_without_a_json_body_are_not_held,
+    front_end_metrics_count_every_answer_and_time_streams,
 );
 
 /// Echoing replicas named `names`, each in the pool of the same index.
@@ -443,4 +444,74 @@ fn requests_without_a_json_body_are_not_held(driver: IoDriver) {
     );
     client.send(b":1234}").unwrap();
     assert_eq!(client.read_response().unwrap().status, 200);
+}
+
+/// The front-end counters see what clients saw, the proxy's own answers
+/// included (a model nobody serves, a pool with no replica), with a model
+/// nobody serves counted as "unknown"; a stream's time to first token and
+/// its inter-token gaps land in its pool's histograms.
+fn front_end_metrics_count_every_answer_and_time_streams(driver: IoDriver) {
+    let streaming = FakeReplica::builder()
+        .name("s1")
+        .tokens(5, Duration::from_millis(20))
+        .start()
+        .unwrap();
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(pool("s", &["org/s"], None)))
+        .unwrap();
+    state
+        .apply(Command::SetPool(pool("empty", &[], None)))
+        .unwrap();
+    state
+        .apply(Command::Add(pool_spec("s1", streaming.addr(), "s")))
+        .unwrap();
+    let proxy = start_state(driver, state, |_| {});
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let json = "Content-Type: application/json\r\n";
+    for (body, status) in [
+        (r#"{"model":"org/s","stream":true}"#, 200),
+        (r#"{"model":"gpt-9"}"#, 404),
+        (r#"{"model":"empty"}"#, 503),
+    ] {
+        let mut client = RawClient::connect(proxy.addr()).unwrap();
+        let resp = post(&mut client, "/v1/completions", json, body);
+        assert_eq!(resp.status, status, "{body}: {}", resp.text());
+    }
+    drop(client.get("/"));
+    let front = proxy.handle.front_end();
+    let count = |pool: &str, model: &str, class: &str| {
+        front
+            .pools()
+            .into_iter()
+            .filter(|(p, _)| p == pool)
+            .flat_map(|(_, f)| f.models())
+            .filter(|(m, _)| m == model)
+            .flat_map(|(_, c)| c.counts())
+            .filter(|(k, _)| *k == class)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    assert!(
+        eventually(Duration::from_secs(2), || count("s", "org/s", "2xx") == 1),
+        "{:?}",
+        front
+            .pools()
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        count("", "unknown", "4xx"),
+        1,
+        "404 for a model nobody serves"
+    );
+    assert_eq!(
+        count("empty", "empty", "5xx"),
+        1,
+        "503 for a pool without a replica"
+    );
+    let (_, s) = front.pools().into_iter().find(|(p, _)| p == "s").unwrap();
+    assert_eq!(s.ttft.snapshot().count, 1);
+    assert!(s.itl.snapshot().count >= 3, "{:?}", s.itl.snapshot());
 }

@@ -32,6 +32,7 @@ pub(super) async fn stream(
     let mut trailing = taken < early;
     conn.buf.clear();
     if let Some(log) = client.log.as_deref_mut() {
+        log.streamed = matches!(resp.body, Framing::Chunked | Framing::UntilClose);
         log.head_sent();
         if taken > 0 {
             log.body_sent();
