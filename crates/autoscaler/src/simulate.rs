@@ -287,6 +287,10 @@ pub struct Summary {
     /// From the first minute with unserved load to the first minute after it
     /// with enough capacity; `None` when there was none, or it never came.
     pub time_to_capacity_s: Option<i64>,
+    /// Load went unserved and capacity never caught up before the trace
+    /// ended; `capped`: the capacity was at its max then.
+    pub never_caught_up: bool,
+    pub capped: bool,
 }
 
 /// The result of a simulation.
@@ -400,7 +404,7 @@ pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
         timeline.push(row);
         activities.extend(acts);
     }
-    let summary = summarize(&timeline, &activities);
+    let summary = summarize(&timeline, &activities, engine.bounds().1);
     Simulation {
         timeline,
         summary,
@@ -408,7 +412,7 @@ pub fn run(target: &Target, trace: &Trace, options: Options) -> Simulation {
     }
 }
 
-fn summarize(timeline: &[Row], activities: &[Activity]) -> Summary {
+fn summarize(timeline: &[Row], activities: &[Activity], max: i32) -> Summary {
     let total_load: f64 = timeline.iter().map(|r| r.load).sum();
     let total_unserved: f64 = timeline.iter().map(|r| r.unserved).sum();
     let first_short = timeline.iter().position(|r| r.unserved > 0.0);
@@ -435,6 +439,10 @@ fn summarize(timeline: &[Row], activities: &[Activity]) -> Summary {
             0.0
         },
         time_to_capacity_s,
+        never_caught_up: first_short.is_some() && time_to_capacity_s.is_none(),
+        capped: first_short.is_some()
+            && time_to_capacity_s.is_none()
+            && timeline.last().is_some_and(|r| r.desired >= max),
     }
 }
 
@@ -465,8 +473,12 @@ pub fn render(simulation: &Simulation) -> String {
         s.instance_hours,
         s.unserved_minutes,
         s.unserved_share * 100.0,
-        s.time_to_capacity_s
-            .map_or("-".to_owned(), |t| format!("{t} s"))
+        match (s.time_to_capacity_s, s.never_caught_up, s.capped) {
+            (Some(t), _, _) => format!("{t} s"),
+            (None, true, true) => "never (capped at max)".to_owned(),
+            (None, true, false) => "never (the trace ended first)".to_owned(),
+            (None, false, _) => "- (no shortfall)".to_owned(),
+        }
     ));
     if s.cold_start_share > 0.0 {
         out.push_str(&format!(
@@ -662,5 +674,24 @@ target_value = 0.7
             "utilization 10 / 2 over 0.7 scales out: {s:?}"
         );
         assert!(render(&sim).contains("cold starts"));
+    }
+
+    /// A shortfall the capacity never catches up with says so, and says
+    /// whether the max held it back.
+    #[test]
+    fn time_to_capacity_says_never_when_capped() {
+        let target =
+            AutoscalingFile::from_toml(&FILE.replace("max_capacity = 10", "max_capacity = 2"))
+                .unwrap()
+                .targets
+                .remove(0);
+        let trace = Trace::parse("time,invocations\n0,900\n3600,900\n").unwrap();
+        let sim = run(&target, &trace, options());
+        assert!(
+            sim.summary.never_caught_up && sim.summary.capped,
+            "{:?}",
+            sim.summary
+        );
+        assert!(render(&sim).contains("time to capacity never (capped at max)"));
     }
 }
