@@ -46,9 +46,14 @@ enum ReplicasCommand {
         /// Stable id [default: derived from the address].
         #[arg(long)]
         id: Option<String>,
-        /// The pool (model) it serves [default: the default pool].
+        /// The pool (model) it serves [default: the default pool]. A pool
+        /// that does not exist is refused (a typo would make a new pool
+        /// nobody routes to) unless --create-pool.
         #[arg(long)]
         pool: Option<String>,
+        /// Create the pool when it does not exist yet.
+        #[arg(long, requires = "pool")]
+        create_pool: bool,
     },
     /// Drain a replica: no new requests; removed when in-flight requests finish.
     Drain {
@@ -186,50 +191,73 @@ pub(crate) fn run(args: ReplicasArgs) -> Result<()> {
         token,
         agent,
     };
-    let (_, value) = match &args.command {
-        ReplicasCommand::List { pool: None } => client.request("GET", "/v1/replicas", None)?,
-        ReplicasCommand::List { pool: Some(pool) } => {
-            let (status, value) = client.request("GET", &format!("/v1/pools/{pool}"), None)?;
-            (
-                status,
-                value.get("replicas").cloned().unwrap_or(Value::Null),
-            )
-        }
-        ReplicasCommand::Add {
-            address,
-            weight,
-            id,
-            pool,
-        } => {
-            let mut body = json!({ "address": address });
-            if let Some(w) = weight {
-                body["weight"] = json!(w);
+    let (_, value) =
+        match &args.command {
+            ReplicasCommand::List { pool: None } => client.request("GET", "/v1/replicas", None)?,
+            ReplicasCommand::List { pool: Some(pool) } => {
+                let (status, value) = client.request("GET", &format!("/v1/pools/{pool}"), None)?;
+                (
+                    status,
+                    value.get("replicas").cloned().unwrap_or(Value::Null),
+                )
             }
-            if let Some(id) = id {
-                body["id"] = json!(id);
+            ReplicasCommand::Add {
+                address,
+                weight,
+                id,
+                pool,
+                create_pool,
+            } => {
+                if let (Some(name), false) = (pool, create_pool) {
+                    let (_, pools) = client.request("GET", "/v1/pools", None)?;
+                    let known: Vec<&str> = pools
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["name"].as_str())
+                        .collect();
+                    let aliases = pools
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|p| p["aliases"].as_array().into_iter().flatten())
+                        .filter_map(Value::as_str);
+                    if !known.contains(&name.as_str()) && !aliases.clone().any(|a| a == name) {
+                        bail!(
+                        "no pool is named {name:?} (pools: {}); pass --create-pool to create it",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    );
+                    }
+                }
+                let mut body = json!({ "address": address });
+                if let Some(w) = weight {
+                    body["weight"] = json!(w);
+                }
+                if let Some(id) = id {
+                    body["id"] = json!(id);
+                }
+                if let Some(pool) = pool {
+                    body["pool"] = json!(pool);
+                }
+                client.request("POST", "/v1/replicas", Some(body))?
             }
-            if let Some(pool) = pool {
-                body["pool"] = json!(pool);
+            ReplicasCommand::Drain { id, timeout } => {
+                let query = timeout
+                    .map(|t| format!("?drain_timeout_s={t}"))
+                    .unwrap_or_default();
+                client.request("DELETE", &format!("/v1/replicas/{id}{query}"), None)?
             }
-            client.request("POST", "/v1/replicas", Some(body))?
-        }
-        ReplicasCommand::Drain { id, timeout } => {
-            let query = timeout
-                .map(|t| format!("?drain_timeout_s={t}"))
-                .unwrap_or_default();
-            client.request("DELETE", &format!("/v1/replicas/{id}{query}"), None)?
-        }
-        ReplicasCommand::Remove { id } => client.request(
-            "DELETE",
-            &format!("/v1/replicas/{id}?drain_timeout_s=0"),
-            None,
-        )?,
-        ReplicasCommand::SetWeight { id, weight } => client.request(
-            "PATCH",
-            &format!("/v1/replicas/{id}"),
-            Some(json!({ "weight": weight })),
-        )?,
-    };
+            ReplicasCommand::Remove { id } => client.request(
+                "DELETE",
+                &format!("/v1/replicas/{id}?drain_timeout_s=0"),
+                None,
+            )?,
+            ReplicasCommand::SetWeight { id, weight } => client.request(
+                "PATCH",
+                &format!("/v1/replicas/{id}"),
+                Some(json!({ "weight": weight })),
+            )?,
+        };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());

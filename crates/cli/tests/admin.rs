@@ -571,3 +571,37 @@ fn runtime_changes_persist_on_top_of_what_is_declared() {
     let server = serve_in(&dir, &[a.addr()], &["--state-file", &state_arg]);
     assert_eq!(ids(server.admin), vec!["c".to_owned()]);
 }
+
+/// `replicas add --pool NAME` refuses a pool that does not exist (a typo
+/// would make a pool nobody routes to), naming the pools and the flag that
+/// creates one.
+#[test]
+fn adding_to_an_unknown_pool_needs_create_pool() {
+    let dir = temp_dir("create-pool");
+    let server = spawn_server(&dir.join("state.json"));
+    let add = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_inferlb"))
+            .args(["replicas", "--admin", &server.admin.to_string(), "add"])
+            .arg(free_addr().to_string())
+            .args(["--pool", "llama-typo"])
+            .args(extra)
+            .env_remove("INFERLB_ADMIN_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let refused = add(&[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--create-pool") && stderr.contains("llama-typo"),
+        "{stderr}"
+    );
+    let created = add(&["--create-pool"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // Now it exists: a second replica needs no flag.
+    assert!(add(&[]).status.success());
+}
