@@ -162,29 +162,37 @@ fn text_so_far(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Option<()> {
     }
     i += 1;
     loop {
-        i = skip_ws(input, i);
-        match input.get(i)? {
-            b',' => {
-                i += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
-        }
-        let key_end = string_end(input, i)?;
-        let key = &input[i..key_end];
-        i = skip_ws(input, key_end);
-        if input.get(i)? != &b':' {
-            return None;
-        }
-        i = skip_ws(input, i + 1);
-        input.get(i)?;
+        let (key, at) = next_member(input, i)?;
+        i = at;
         match key {
             b"\"messages\"" => return messages_so_far(input, i, limit, out),
             b"\"prompt\"" => return prompt_so_far(input, i, limit, out),
             _ => i = value_end(input, i)?,
         }
     }
+}
+
+/// The next member of an object whose members (or the `,` before one)
+/// start at `i`: its key, quotes included, and where its value starts;
+/// `None` when the input ends first or is not an object's member.
+fn next_member(input: &[u8], mut i: usize) -> Option<(&[u8], usize)> {
+    loop {
+        i = skip_ws(input, i);
+        match input.get(i)? {
+            b',' => i += 1,
+            b'"' => break,
+            _ => return None,
+        }
+    }
+    let key_end = string_end(input, i)?;
+    let key = &input[i..key_end];
+    let colon = skip_ws(input, key_end);
+    if input.get(colon)? != &b':' {
+        return None;
+    }
+    let value = skip_ws(input, colon + 1);
+    input.get(value)?;
+    Some((key, value))
 }
 
 /// A `"messages"` array at `i`: each complete message as
@@ -228,23 +236,9 @@ fn partial_message(input: &[u8], mut i: usize, limit: usize, out: &mut Vec<u8>) 
     let mut role: Option<Cow<'_, str>> = None;
     i += 1;
     loop {
-        i = skip_ws(input, i);
-        match input.get(i)? {
-            b',' => {
-                i += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
-        }
-        let key_end = string_end(input, i)?;
-        let key = &input[i..key_end];
-        i = skip_ws(input, key_end);
-        if input.get(i)? != &b':' {
-            return None;
-        }
-        i = skip_ws(input, i + 1);
-        match (key, input.get(i)?) {
+        let (key, at) = next_member(input, i)?;
+        i = at;
+        match (key, input[i]) {
             (b"\"role\"", b'"') => {
                 let end = string_end(input, i)?;
                 role = Some(serde_json::from_slice(&input[i..end]).ok()?);
