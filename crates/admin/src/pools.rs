@@ -19,6 +19,9 @@ pub struct PoolInfo {
     pub name: String,
     /// Other names of the model.
     pub aliases: Vec<String>,
+    /// The model name its replicas serve: a request naming an alias in its
+    /// body is forwarded with this name.
+    pub served_model_name: String,
     /// The routing rule in force.
     pub routing: String,
     /// Serves requests that name no model, or a model no pool serves.
@@ -42,6 +45,7 @@ fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
     PoolInfo {
         name: pool.name().to_string(),
         aliases: pool.spec().aliases.clone(),
+        served_model_name: pool.spec().served_name().to_owned(),
         routing: pool.routing().to_string(),
         default: set.default_pool() == Some(index),
         declared,

@@ -242,6 +242,10 @@ pub struct NewPool {
     /// Other names of the model.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The model name the replicas serve (a body naming an alias is
+    /// forwarded with this name); absent keeps the current one, which is
+    /// the pool's name unless the config says otherwise.
+    pub served_model_name: Option<String>,
     /// The pool's routing rule; default: the top-level one.
     #[schema(value_type = Option<String>, example = "prefix")]
     pub routing: Option<Routing>,
@@ -481,6 +485,10 @@ pub(crate) async fn replace_replicas(
             inferlb_core::pool::check_alias(alias)
                 .map_err(|e| ApiError::BadRequest(format!("pools[{p}].aliases[{i}]: {e}")))?;
         }
+        if let Some(served) = &pool.served_model_name {
+            inferlb_core::pool::check_alias(served)
+                .map_err(|e| ApiError::BadRequest(format!("pools[{p}].served_model_name: {e}")))?;
+        }
         if pool_specs.iter().any(|s: &PoolSpec| s.name == name) {
             return Err(ApiError::BadRequest(format!(
                 "pools[{p}]: pool {name} is listed twice"
@@ -496,6 +504,9 @@ pub(crate) async fn replace_replicas(
             .cloned()
             .unwrap_or_else(|| PoolSpec::named(name.clone()));
         spec.aliases = pool.aliases.clone();
+        if pool.served_model_name.is_some() {
+            spec.served_model_name = pool.served_model_name.clone();
+        }
         spec.routing = pool.routing;
         pool_specs.push(spec);
         for (i, replica) in pool.replicas.iter().enumerate() {

@@ -897,11 +897,20 @@ async fn pools_persist_in_the_state_file() {
         "/v1/replicas",
         Some(json!({"pools": [{
             "name": "m", "aliases": ["org/m"], "routing": "least_load",
+            "served_model_name": "org/m",
             "replicas": [{"address": "127.0.0.1:9201", "id": "m1"}],
         }]})),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    let (_, pools) = call(&app, Method::GET, "/v1/pools", None).await;
+    let listed = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "m")
+        .unwrap();
+    assert_eq!(listed["served_model_name"], "org/m");
     let state = StateFile::new(&path)
         .load(Routing::RoundRobin, &Default::default())
         .unwrap()
@@ -909,6 +918,7 @@ async fn pools_persist_in_the_state_file() {
     let pool = state.pools().first().unwrap();
     assert_eq!(pool.name.as_str(), "m");
     assert_eq!(pool.aliases, ["org/m"]);
+    assert_eq!(pool.served_name(), "org/m");
     assert_eq!(pool.routing, Some(Routing::LeastLoad));
     assert_eq!(state.replicas()[0].pool.as_str(), "m");
 }

@@ -88,6 +88,8 @@ struct FilePool {
     name: PoolName,
     #[serde(default)]
     aliases: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    served_model_name: Option<String>,
     routing: Option<Routing>,
 }
 
@@ -96,6 +98,7 @@ impl FilePool {
         Self {
             name: spec.name.clone(),
             aliases: spec.aliases.clone(),
+            served_model_name: spec.served_model_name.clone(),
             routing: spec.routing,
         }
     }
@@ -291,10 +294,15 @@ impl StateFile {
                 let mut spec = base
                     .cloned()
                     .unwrap_or_else(|| PoolSpec::named(p.name.clone()));
-                if base.is_some_and(|b| b.aliases != p.aliases || b.routing != p.routing) {
-                    tracing::warn!(path = %self.path.display(), pool = %p.name, "declared pool changed at runtime (aliases or routing): the state file's version is used");
+                if base.is_some_and(|b| {
+                    b.aliases != p.aliases
+                        || b.routing != p.routing
+                        || b.served_model_name != p.served_model_name
+                }) {
+                    tracing::warn!(path = %self.path.display(), pool = %p.name, "declared pool changed at runtime (aliases, served model name or routing): the state file's version is used");
                 }
                 spec.aliases = p.aliases;
+                spec.served_model_name = p.served_model_name;
                 spec.routing = p.routing;
                 spec
             })

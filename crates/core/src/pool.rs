@@ -272,6 +272,10 @@ pub struct PoolSpec {
     pub name: PoolName,
     /// Other names of the same model.
     pub aliases: Vec<String>,
+    /// The name the replicas serve (`served_model_name`); `None` is the
+    /// pool's name. A body that names the pool by another name is
+    /// forwarded with its `"model"` set to this one.
+    pub served_model_name: Option<String>,
     /// The routing rule; `None` follows the top-level `routing`.
     pub routing: Option<Routing>,
     /// `prefix` routing's settings.
@@ -292,6 +296,7 @@ impl PoolSpec {
         Self {
             name,
             aliases: Vec::new(),
+            served_model_name: None,
             routing: None,
             prefix: PrefixSettings::default(),
             load: LoadWeights::default(),
@@ -299,6 +304,14 @@ impl PoolSpec {
             health: PoolHealth::default(),
             autoscaling: None,
         }
+    }
+
+    /// The model name the pool's replicas serve: `served_model_name`, or
+    /// the pool's name.
+    pub fn served_name(&self) -> &str {
+        self.served_model_name
+            .as_deref()
+            .unwrap_or(self.name.as_str())
     }
 }
 

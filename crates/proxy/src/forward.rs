@@ -243,7 +243,7 @@ async fn route(
     }
     let mut body = Body::limited(info.body, limit, config.limits.max_chunk_extension_bytes);
     let keep_client = info.keep_alive && !worker.stopping.get();
-    let head_end = client.request.len();
+    let mut head_end = client.request.len();
     // The body bytes that came with the head go out in the same write (and
     // can be sent again when they are the whole body).
     client.keep_body(&mut body, config.retries.max_replay_body_bytes)?;
@@ -253,7 +253,7 @@ async fn route(
         client,
         &info,
         &mut body,
-        head_end,
+        &mut head_end,
         header_model,
         &mut progress,
     )

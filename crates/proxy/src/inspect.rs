@@ -21,7 +21,7 @@ use crate::h1::request::RequestInfo;
 mod model;
 mod text;
 
-pub(crate) use model::{model_of, BodyModel, ModelKeys, ModelScan, ModelSoFar};
+pub(crate) use model::{model_of, model_token, BodyModel, ModelKeys, ModelScan, ModelSoFar};
 pub(crate) use text::{Parsed, TextScan};
 
 /// How much of a chunked body's framing inspection accepts beside `max`

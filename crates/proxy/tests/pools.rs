@@ -15,6 +15,7 @@ use support::{pool_spec, start_state};
 both_drivers!(
     the_model_header_picks_the_pool,
     a_json_body_names_the_model_and_reaches_the_replica_unchanged,
+    an_alias_in_the_body_is_forwarded_as_the_served_name,
     without_a_default_pool_a_model_nobody_serves_gets_404,
     a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413,
     the_proxy_lists_the_models_of_its_pools,
@@ -149,7 +150,8 @@ fn a_json_body_names_the_model_and_reaches_the_replica_unchanged(driver: IoDrive
         .unwrap();
     let resp = client.read_response().unwrap();
     assert!(replica_of(&resp).starts_with('a'), "{resp:?}");
-    assert_eq!(resp.text(), "{\"model\":\"org/a\"}");
+    // The alias goes out as the name the pool's replicas serve.
+    assert_eq!(resp.text(), "{\"model\":\"a\"}");
     // Not JSON (by its content type) on a path of another API: not looked
     // into, default pool.
     let resp = post(
@@ -177,6 +179,84 @@ fn a_json_body_names_the_model_and_reaches_the_replica_unchanged(driver: IoDrive
             .unwrap()
             .contains("application/json"));
     }
+}
+
+fn an_alias_in_the_body_is_forwarded_as_the_served_name(driver: IoDriver) {
+    let (mut state, _handles) = fleet(true);
+    // Pool b's replicas serve "org/b-instruct", whatever name clients use.
+    let mut b = pool("b", &["b-alias"], None);
+    b.served_model_name = Some("org/b-instruct".into());
+    state.apply(Command::SetPool(b)).unwrap();
+    let proxy = start_state(driver, state, |c| {
+        c.proxy.model.max_inspect_body_bytes = 4096
+    });
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let json = "Content-Type: application/json\r\n";
+    // By alias, by the pool's name, escaped: only the model string changes
+    // and the replica reads exactly the new length.
+    for (sent, forwarded) in [
+        (
+            r#"{"model": "org/a", "prompt":"hi","n":1}"#,
+            r#"{"model": "a", "prompt":"hi","n":1}"#,
+        ),
+        (
+            r#"{"prompt":"model","model":"b","n":1}"#,
+            r#"{"prompt":"model","model":"org/b-instruct","n":1}"#,
+        ),
+        (
+            r#"{"model":"b-al\u0069as"}"#,
+            r#"{"model":"org/b-instruct"}"#,
+        ),
+    ] {
+        let resp = post(&mut client, "/v1/completions", json, sent);
+        assert_eq!(resp.status, 200, "{sent}");
+        assert_eq!(resp.text(), forwarded, "{sent}");
+    }
+    // The served name itself, a model only the default pool takes, and a
+    // model named by the header: the body is untouched.
+    for (headers, body) in [
+        (json.to_owned(), r#"{"model":"a"}"#),
+        (json.to_owned(), r#"{"model":"org/b-instruct"}"#),
+        (json.to_owned(), r#"{"model":"unknown"}"#),
+        (format!("{json}X-Model: org/a\r\n"), r#"{"model":"org/a"}"#),
+    ] {
+        let resp = post(&mut client, "/v1/completions", &headers, body);
+        assert_eq!(resp.status, 200, "{body}");
+        assert_eq!(resp.text(), body, "{headers}");
+    }
+    // A body whose model comes first is routed on its start, the rest
+    // streamed (when it arrives later): the start is rewritten, the rest
+    // follows as sent, and a Content-Length with fewer digits moves the
+    // head's end. Either way the replica reads exactly the new body.
+    let tail = "x".repeat(1_002 - 29);
+    let sent = format!(r#"{{"model":"org/a","prompt":"{tail}"}}"#);
+    let forwarded = format!(r#"{{"model":"a","prompt":"{tail}"}}"#);
+    assert_eq!((sent.len(), forwarded.len()), (1_002, 998));
+    client
+        .send(
+            format!(
+                "POST /v1/completions HTTP/1.1\r\nHost: t\r\n{json}Content-Length: {}\r\n\r\n{}",
+                sent.len(),
+                &sent[..40]
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    client.send(&sent.as_bytes()[40..]).unwrap();
+    let resp = client.read_response().unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(resp.text() == forwarded, "body rewritten at its start");
+    // Chunked: re-sent as one chunk.
+    let head = "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+    client
+        .send(format!("{head}5\r\n{{\"mod\r\n10\r\nel\": \"b-alias\" }}\r\n0\r\n\r\n").as_bytes())
+        .unwrap();
+    let resp = client.read_response().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), r#"{"model": "org/b-instruct" }"#);
+    // The connection is still in step after all of them.
+    assert_eq!(post(&mut client, "/v1/completions", json, "{}").status, 200);
 }
 
 fn without_a_default_pool_a_model_nobody_serves_gets_404(driver: IoDriver) {

@@ -255,6 +255,10 @@ pub struct FilePool {
     /// Other names of the model (e.g. its Hugging Face id).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The model name the replicas serve; a body naming the pool by
+    /// another name (an alias) is forwarded with its `"model"` set to it.
+    /// Default: the pool's name.
+    pub served_model_name: Option<String>,
     /// The pool's routing rule; default: the top-level one.
     pub routing: Option<Routing>,
     /// The pool's replicas.

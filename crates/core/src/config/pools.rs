@@ -167,6 +167,13 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
                 p.add(format!("{at}.aliases[{i}]"), e.to_string());
             }
         }
+        if let Some(Err(e)) = pool
+            .served_model_name
+            .as_deref()
+            .map(crate::pool::check_alias)
+        {
+            p.add(format!("{at}.served_model_name"), e.to_string());
+        }
         let fields = std::iter::once((format!("{at}.name"), pool.name.clone())).chain(
             pool.aliases
                 .iter()
@@ -221,6 +228,7 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
             autoscaling,
             name,
             aliases: pool.aliases.clone(),
+            served_model_name: pool.served_model_name.clone(),
             routing: pool.routing,
             prefix,
             load,

@@ -209,6 +209,7 @@ fn pools_are_read_with_their_replicas_and_settings() {
         [[pools]]
         name = "llama-3-8b"
         aliases = ["meta-llama/Meta-Llama-3-8B-Instruct"]
+        served_model_name = "meta-llama/Meta-Llama-3-8B-Instruct"
         routing = "prefix"
         replicas = [{ address = "127.0.0.1:9001" }, { address = "127.0.0.1:9002", weight = 2 }]
         [pools.prefix]
@@ -227,6 +228,17 @@ fn pools_are_read_with_their_replicas_and_settings() {
     assert_eq!(config.replicas[2].weight, 2);
     let pool = config.pools.iter().find(|p| !p.name.is_default()).unwrap();
     assert_eq!(pool.routing, Some(Routing::Prefix));
+    assert_eq!(pool.served_name(), "meta-llama/Meta-Llama-3-8B-Instruct");
+    assert_eq!(
+        config
+            .pools
+            .iter()
+            .find(|p| p.name.is_default())
+            .unwrap()
+            .served_name(),
+        "default",
+        "without served_model_name, the pool's name"
+    );
     assert_eq!(pool.prefix.min_match_ratio, 0.6, "inherited from [prefix]");
     assert_eq!(pool.prefix.balance_abs_threshold, 8.0);
     assert!(pool.engine_metrics.enabled);
@@ -250,6 +262,10 @@ fn bad_pools_name_the_field() {
         (
             "[[pools]]\nname = \"a\"\naliases = [\"x y\"]",
             "pools[0].aliases[0]",
+        ),
+        (
+            "[[pools]]\nname = \"a\"\nserved_model_name = \"\"",
+            "pools[0].served_model_name",
         ),
         (
             "[[pools]]\nname = \"a\"\n[[pools]]\nname = \"b\"\naliases = [\"a\"]",

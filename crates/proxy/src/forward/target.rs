@@ -35,10 +35,11 @@ pub(super) async fn find_target(
     client: &mut Client,
     info: &RequestInfo,
     body: &mut Body,
-    head_end: usize,
+    head_end: &mut usize,
     header_model: Option<ModelName>,
     progress: &mut Progress,
 ) -> Result<Routed, Abort> {
+    let from_body = header_model.is_none();
     let mut target = Target {
         model: header_model,
         ..Target::default()
@@ -117,7 +118,7 @@ pub(super) async fn find_target(
             client,
             info,
             body,
-            head_end,
+            *head_end,
             limits,
             &mut reserved,
             progress,
@@ -131,9 +132,10 @@ pub(super) async fn find_target(
     // The snapshot as it is once the body is in.
     let set = Arc::clone(worker.snapshots.borrow_mut().load());
     let no_route = target.model.is_none() && set.default_pool().is_none();
+    let body_start = *head_end;
     match &inspected {
         inspect::Inspected::Whole => {
-            let payload = inspect::payload(&client.request[head_end..], info.body);
+            let payload = inspect::payload(&client.request[body_start..], info.body);
             // The model alone costs nothing on the heap; the text only when
             // the pool routes by prefix.
             if target.model.is_none() {
@@ -155,17 +157,35 @@ pub(super) async fn find_target(
                 text.truncate(limit);
                 target.prefix_text(&text);
             }
+            // A body naming the pool by an alias goes out with the name the
+            // replicas serve.
+            let rewrite = from_body
+                .then(|| served_name(&set, target.model.as_ref()))
+                .flatten()
+                .and_then(|served| Some((inspect::model_token(&payload)?, served)));
+            if let Some((token, served)) = rewrite {
+                // A sized body is rewritten in place; a chunked one anew.
+                let payload = match info.body {
+                    Framing::Chunked => payload.into_owned(),
+                    _ => Vec::new(),
+                };
+                rewrite_model(client, info.body, head_end, &payload, token, served);
+            }
         }
         inspect::Inspected::Early(early) => {
             if let Some(range) = &early.model {
-                let at = head_end + range.start..head_end + range.end;
+                let at = body_start + range.start..body_start + range.end;
                 target.model = Some(ModelName::new(&client.request[at]));
                 // The rest is checked for a second "model" as it streams.
                 let mut keys = inspect::ModelKeys::default();
-                if keys.feed(&client.request[head_end..]) {
+                if keys.feed(&client.request[body_start..]) {
                     return Err(Abort::Respond(ErrorKind::AmbiguousModel));
                 }
                 progress.model_keys = Some(keys);
+                if let Some(served) = served_name(&set, target.model.as_ref()) {
+                    let token = range.start - 1..range.end + 1;
+                    rewrite_model(client, info.body, head_end, &[], token, served);
+                }
             }
             if early.text {
                 target.prefix_text(&text);
@@ -194,6 +214,79 @@ impl Target {
         inferlb_core::prefix::chain(text, &mut self.chain);
         self.text_len = text.len();
     }
+}
+
+/// The name to forward instead of `model`, when the body names the pool by
+/// another name (an alias, or the pool's name when `served_model_name`
+/// differs). Not for a model that only falls to the default pool.
+fn served_name<'s>(set: &'s ReplicaSet, model: Option<&ModelName>) -> Option<&'s str> {
+    let model = model?.as_str();
+    let spec = set.pools()[set.pool_named(model)?].spec();
+    if spec.name.is_default() && spec.served_model_name.is_none() {
+        return None;
+    }
+    let served = spec.served_name();
+    (served != model).then_some(served)
+}
+
+/// Replaces the body's `"model"` string (`token`, a range of `payload`, the
+/// body after the head at `head_end` de-chunked) with `served`, and fixes the
+/// framing: a sized body's `Content-Length` (the head's end moves when its
+/// digits do), a chunked one re-sent whole as one chunk. Only that string
+/// changes; the rest of the body is sent as the client wrote it.
+fn rewrite_model(
+    client: &mut Client,
+    framing: Framing,
+    head_end: &mut usize,
+    payload: &[u8],
+    token: std::ops::Range<usize>,
+    served: &str,
+) {
+    let name = serde_json::to_string(served).unwrap_or_default();
+    let body = *head_end;
+    match framing {
+        Framing::Length(total) => {
+            client
+                .request
+                .splice(body + token.start..body + token.end, name.bytes());
+            let length = total + name.len() as u64 - token.len() as u64;
+            *head_end = set_content_length(&mut client.request, body, length);
+        }
+        _ => {
+            let mut rewritten = Vec::with_capacity(payload.len() + name.len() + 16);
+            rewritten.extend_from_slice(&payload[..token.start]);
+            rewritten.extend_from_slice(name.as_bytes());
+            rewritten.extend_from_slice(&payload[token.end..]);
+            client.request.truncate(body);
+            let size = format!("{:x}\r\n", rewritten.len());
+            client.request.extend_from_slice(size.as_bytes());
+            client.request.extend_from_slice(&rewritten);
+            client.request.extend_from_slice(b"\r\n0\r\n\r\n");
+        }
+    }
+}
+
+/// Sets the `Content-Length` the proxy wrote into the replica's head
+/// (`request[..head_end]`) to `length`; returns where the head ends now.
+fn set_content_length(request: &mut Vec<u8>, head_end: usize, length: u64) -> usize {
+    // A header value holds no CRLF: this is the proxy's own line.
+    const NAME: &[u8] = b"\r\nContent-Length: ";
+    let Some(at) = request[..head_end]
+        .windows(NAME.len())
+        .position(|w| w == NAME)
+    else {
+        return head_end;
+    };
+    let digits = at + NAME.len();
+    let end = digits
+        + request[digits..head_end]
+            .iter()
+            .position(|&b| b == b'\r')
+            .unwrap_or(0);
+    let new = itoa::Buffer::new().format(length).as_bytes().to_vec();
+    let moved = new.len() as isize - (end - digits) as isize;
+    request.splice(digits..end, new);
+    (head_end as isize + moved) as usize
 }
 
 /// How much text `prefix` routing matches, when `pool` routes by prefix.

@@ -37,6 +37,8 @@ pub(crate) struct ModelScan {
     /// The scan's last word once nothing more can change it: the body is
     /// no object, or its model is escaped (left to the whole-body parse).
     settled: Option<ModelSoFar>,
+    /// An escaped model's string, quotes included.
+    escaped: Option<std::ops::Range<usize>>,
 }
 
 impl ModelScan {
@@ -95,6 +97,7 @@ impl ModelScan {
                 let value = i + 1..end - 1;
                 if input[value.clone()].contains(&b'\\') {
                     // Escaped: left to the whole-body parse.
+                    self.escaped = Some(i..end);
                     self.settled = Some(ModelSoFar::NotYet);
                     return ModelSoFar::NotYet;
                 }
@@ -106,6 +109,16 @@ impl ModelScan {
             i = next;
             self.resume = i;
         }
+    }
+}
+
+/// Where a whole body's top-level `"model"` string is, quotes included,
+/// escaped or not: the bytes an alias rewrite replaces.
+pub(crate) fn model_token(payload: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut scan = ModelScan::default();
+    match scan.scan(payload) {
+        ModelSoFar::Found(value) => Some(value.start - 1..value.end + 1),
+        _ => scan.escaped,
     }
 }
 
