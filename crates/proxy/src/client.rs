@@ -100,6 +100,9 @@ pub(crate) struct Client {
     /// The access log record of the request being served, lent by the
     /// handler for the request (none when there is no access log).
     pub(crate) log: Option<Box<crate::access::Record>>,
+    /// `[cors]` header lines every answer to the current request carries
+    /// (empty without `[cors]` or an allowed `Origin`).
+    pub(crate) cors: Vec<u8>,
 }
 
 /// What a busy connection's short wait for its next request found.
@@ -129,6 +132,7 @@ impl Client {
             accepted: Some(Instant::now()),
             hot: false,
             log: None,
+            cors: Vec::new(),
         }
     }
 
@@ -374,12 +378,16 @@ impl Client {
         }
         self.out.clear();
         self.out.extend_from_slice(response.status_line);
-        self.out
-            .extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(response.body.len()).as_bytes());
-        self.out.extend_from_slice(b"\r\n");
+        // A 204 (a CORS preflight's answer) has no body to describe.
+        if status_of(response.status_line) != 204 {
+            self.out
+                .extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+            self.out
+                .extend_from_slice(itoa::Buffer::new().format(response.body.len()).as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
         self.out.extend_from_slice(response.extra_headers);
+        self.out.extend_from_slice(&self.cors);
         self.out.extend_from_slice(b"X-Request-Id: ");
         self.out.extend_from_slice(request_id.as_bytes());
         self.out.extend_from_slice(if close {

@@ -31,6 +31,9 @@ pub(crate) enum ErrorKind {
     NotImplemented,
     /// An `Expect` other than `100-continue`; 417.
     ExpectationFailed,
+    /// A CORS preflight for an origin, method or header `[cors]` does not
+    /// allow; 403.
+    CorsRefused,
     /// No replica can take requests; 503 with `Retry-After`.
     NoReplica,
     /// The worker's share of `limits.inspect_budget_bytes` is held by other
@@ -68,6 +71,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => b"HTTP/1.1 405 Method Not Allowed\r\n",
             Self::NotImplemented => b"HTTP/1.1 501 Not Implemented\r\n",
             Self::ExpectationFailed => b"HTTP/1.1 417 Expectation Failed\r\n",
+            Self::CorsRefused => b"HTTP/1.1 403 Forbidden\r\n",
             Self::NoReplica | Self::QueueTimeout | Self::InspectBusy => {
                 b"HTTP/1.1 503 Service Unavailable\r\n"
             }
@@ -98,6 +102,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => br#"{"error":{"message":"CONNECT and TRACE are not served by this proxy.","type":"invalid_request_error","param":null,"code":"method_not_allowed"}}"#,
             Self::NotImplemented => br#"{"error":{"message":"The method or transfer coding is not supported.","type":"invalid_request_error","param":null,"code":"not_implemented"}}"#,
             Self::ExpectationFailed => br#"{"error":{"message":"Only Expect: 100-continue is supported.","type":"invalid_request_error","param":null,"code":"expectation_failed"}}"#,
+            Self::CorsRefused => br#"{"error":{"message":"The preflight's Origin, method or headers are not allowed by this load balancer's [cors] settings.","type":"invalid_request_error","param":null,"code":"cors_not_allowed"}}"#,
             Self::NoReplica => br#"{"error":{"message":"No replica can take requests right now; retry later.","type":"server_error","param":null,"code":"no_routable_replica"}}"#,
             Self::InspectBusy => br#"{"error":{"message":"Too many request bodies are being read for their model right now; retry later, or name the model in the model header.","type":"server_error","param":null,"code":"overloaded"}}"#,
             Self::QueueTimeout => br#"{"error":{"message":"No replica of the pool became ready within its queue timeout; retry later.","type":"server_error","param":null,"code":"no_routable_replica"}}"#,
@@ -134,6 +139,7 @@ impl ErrorKind {
                 | Self::UpstreamTimeout
                 | Self::UpstreamWriteTimeout
                 | Self::MethodNotAllowed
+                | Self::CorsRefused
         )
     }
 
@@ -184,6 +190,7 @@ mod tests {
             ErrorKind::MethodNotAllowed,
             ErrorKind::NotImplemented,
             ErrorKind::ExpectationFailed,
+            ErrorKind::CorsRefused,
             ErrorKind::NoReplica,
             ErrorKind::InspectBusy,
             ErrorKind::QueueTimeout,

@@ -193,6 +193,11 @@ impl Exchange<'_> {
                     self.info,
                     self.keep_client,
                     self.request_id,
+                    self.worker
+                        .config
+                        .cors
+                        .is_some()
+                        .then_some(&client.cors[..]),
                     &mut client.out,
                 );
                 match parsed {

@@ -57,6 +57,7 @@ pub(crate) async fn serve_request(
     head_timed_out: bool,
 ) -> Next {
     client.rent_for_head(&mut worker.buffers.borrow_mut());
+    client.cors.clear();
     id.clear();
     if let Some(log) = client.log.as_deref_mut() {
         log.begin();
@@ -197,6 +198,24 @@ async fn route(
 
     // Classify: parse and check the head, write the replica's version of it.
     let info = classify(worker, client, id, head_len)?;
+    if let Some(cors) = &config.cors {
+        let head = &client.buf[client.pos - head_len..client.pos];
+        let keep = info.keep_alive && !worker.stopping.get();
+        match crate::cors::judge(cors, &info, head, &mut client.cors) {
+            crate::cors::Verdict::Pass => {}
+            crate::cors::Verdict::Preflight => {
+                if let Some(log) = client.log.as_deref_mut() {
+                    log.reason = Some("cors_preflight");
+                }
+                let response = models::generated(b"HTTP/1.1 204 No Content\r\n", b"");
+                return answered(respond_with(worker, client, id, response, true, keep).await);
+            }
+            crate::cors::Verdict::Refused => {
+                let kind = ErrorKind::CorsRefused;
+                return answered(respond_keeping(worker, client, id, kind, true, keep).await);
+            }
+        }
+    }
     if let Some(kind) = info.refused {
         return answered(respond_keeping(worker, client, id, kind, true, info.keep_alive).await);
     }

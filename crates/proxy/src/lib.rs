@@ -33,6 +33,7 @@ mod budget;
 mod buffers;
 mod client;
 mod connection;
+mod cors;
 mod deadlines;
 mod error;
 mod exchange;

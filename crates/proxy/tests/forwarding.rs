@@ -269,7 +269,9 @@ fn hanging_replica_gives_504(driver: IoDriver) {
     let started = Instant::now();
     let resp = client.get("/").unwrap();
     assert_eq!(resp.status, 504);
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Not before the timeout, within the timer wheel's millisecond
+    // rounding (it fired at 299.x ms once in many runs).
+    assert!(started.elapsed() >= Duration::from_millis(295));
     // The client's connection stays usable; the replica's is closed.
     assert_eq!(client.get("/").unwrap().status, 504);
     assert!(eventually(Duration::from_secs(2), || replica

@@ -75,6 +75,8 @@ pub struct FileConfig {
     /// One line per request, written off the data plane.
     #[serde(default)]
     pub access_log: FileAccessLog,
+    /// `[cors]`: answers browsers' preflights and allows their origins.
+    pub cors: Option<FileCors>,
     /// Re-resolving replica host names.
     #[serde(default)]
     pub dns: FileDns,
@@ -457,6 +459,28 @@ pub struct FileAccessLog {
     pub path: Option<String>,
     /// `"json"` (JSON lines, the default) or `"text"` (combined-like).
     pub format: Option<String>,
+}
+
+/// `[cors]`: cross-origin requests from browser UIs that call the API
+/// directly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCors {
+    /// Origins allowed (`"https://ui.example.com"`), or `["*"]` for any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Default `["GET", "POST", "OPTIONS"]`.
+    pub allowed_methods: Option<Vec<String>>,
+    /// Request headers allowed; default `["*"]`: whatever the preflight
+    /// asks for (`Authorization` included).
+    pub allowed_headers: Option<Vec<String>>,
+    /// Response headers a page may read. Default `["X-Request-Id"]`.
+    pub expose_headers: Option<Vec<String>>,
+    /// How long a browser caches a preflight. Default 600.
+    pub max_age_s: Option<u64>,
+    /// Send `Access-Control-Allow-Credentials: true` (cookies). Default
+    /// false; not with `"*"` origins.
+    pub allow_credentials: Option<bool>,
 }
 
 /// `[health]`: active health checks (ALB target-group health checks).

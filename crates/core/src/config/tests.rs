@@ -462,3 +462,35 @@ fn the_health_serve_path_is_a_path() {
         assert!(err.contains("health.serve_path"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn cors_is_checked_field_by_field() {
+    let config = Config::from_toml(
+        "[cors]\nallowed_origins = [\"https://UI.example.com\"]\nallowed_methods = [\"post\"]",
+    )
+    .unwrap();
+    let cors = config.proxy.cors.unwrap();
+    assert_eq!(cors.origins, ["https://ui.example.com"]);
+    assert!(cors.allows_origin(b"https://ui.example.com"));
+    assert!(!cors.allows_origin(b"https://ui.example.com.evil"));
+    assert_eq!(cors.methods, ["POST"]);
+    assert!(cors.any_header, "default: the headers a preflight asks for");
+    assert_eq!(cors.max_age_s, 600);
+    assert!(Config::from_toml("").unwrap().proxy.cors.is_none());
+    // Every problem at once, each with its field.
+    let err = Config::from_toml(
+        "[cors]\nallowed_origins = [\"*\", \"ui.example.com\", \"https://a/b\"]\nallow_credentials = true\nallowed_headers = [\"bad header\"]",
+    )
+    .unwrap_err()
+    .to_string();
+    for field in [
+        "cors.allowed_origins[1]",
+        "cors.allowed_origins[2]",
+        "cors.allow_credentials",
+        "cors.allowed_headers[0]",
+    ] {
+        assert!(err.contains(field), "{field}: {err}");
+    }
+    let err = Config::from_toml("[cors]\n").unwrap_err().to_string();
+    assert!(err.contains("cors.allowed_origins"), "{err}");
+}

@@ -110,6 +110,19 @@ pub(crate) struct RequestInfo {
     pub(crate) json: bool,
     /// The proxy answers this request itself.
     pub(crate) local: Option<Local>,
+    /// Its CORS fields, for `[cors]`.
+    pub(crate) cors: CorsAsk,
+}
+
+/// Where a request's CORS fields are in its head.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CorsAsk {
+    /// `Origin`.
+    pub(crate) origin: Option<Span>,
+    /// `Access-Control-Request-Method` (a preflight's).
+    pub(crate) request_method: Option<Span>,
+    /// `Access-Control-Request-Headers`.
+    pub(crate) request_headers: Option<Span>,
 }
 
 /// A range of the head: `head[start..start + len]`.
@@ -362,6 +375,7 @@ pub(crate) fn parse_and_rewrite(
                 model: None,
                 json: false,
                 local: None,
+                cors: seen.cors,
             });
         }
         Err(_) => return Err(ErrorKind::BadRequest),
@@ -400,6 +414,7 @@ pub(crate) fn parse_and_rewrite(
         refused: None,
         model: seen.model,
         json: seen.json,
+        cors: seen.cors,
         local: if method == Method::Get && body == Framing::None {
             local_route(head, path, forwarding.health_path)
         } else {
@@ -443,6 +458,7 @@ struct Seen<'h> {
     json: bool,
     /// A `Content-Type` was sent (JSON or not).
     typed: bool,
+    cors: CorsAsk,
 }
 
 impl<'h> Seen<'h> {
@@ -487,6 +503,12 @@ impl<'h> Seen<'h> {
                 }
             } else if name.eq_ignore_ascii_case(b"x-request-id") {
                 request_id.set_from_client(trim(h.value));
+            } else if name.eq_ignore_ascii_case(b"origin") {
+                seen.cors.origin = Some(Span::of(head, trim(h.value)));
+            } else if name.eq_ignore_ascii_case(b"access-control-request-method") {
+                seen.cors.request_method = Some(Span::of(head, trim(h.value)));
+            } else if name.eq_ignore_ascii_case(b"access-control-request-headers") {
+                seen.cors.request_headers = Some(Span::of(head, trim(h.value)));
             }
         }
         Ok(seen)

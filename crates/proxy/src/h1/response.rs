@@ -30,12 +30,16 @@ pub(crate) struct ResponseInfo {
 }
 
 /// Parses a response head at the start of `buf` and writes the client's head
-/// into `out`. `Ok(None)` means the head is not complete yet.
+/// into `out`. With `[cors]` (`cors` is `Some`, the lines for this request,
+/// possibly none) the replica's `Access-Control-*` fields are dropped and the
+/// proxy's lines go on a final response. `Ok(None)` means the head is not
+/// complete yet.
 pub(crate) fn parse_and_rewrite(
     buf: &[u8],
     request: &RequestInfo,
     keep_client: bool,
     request_id: &RequestId,
+    cors: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseInfo>, ErrorKind> {
     // Left uninitialised, as for requests: httparse writes what it finds.
@@ -79,7 +83,7 @@ pub(crate) fn parse_and_rewrite(
         informational,
         client_close,
     };
-    head.write(&seen, resp.headers, request, request_id, out);
+    head.write(&seen, resp.headers, request, request_id, cors, out);
     Ok(Some(ResponseInfo {
         status,
         body,
@@ -174,6 +178,7 @@ impl ClientHead<'_> {
         headers: &[httparse::Header<'_>],
         request: &RequestInfo,
         request_id: &RequestId,
+        cors: Option<&[u8]>,
         out: &mut Vec<u8>,
     ) {
         out.clear();
@@ -187,12 +192,16 @@ impl ClientHead<'_> {
             if is_hop_by_hop(name)
                 || seen.connection.drops(headers, name)
                 || name.eq_ignore_ascii_case(b"content-length")
+                || (cors.is_some()
+                    && name.len() > 15
+                    && name[..15].eq_ignore_ascii_case(b"access-control-"))
             {
                 continue;
             }
             push_header(out, name, h.value);
         }
         if !self.informational {
+            out.extend_from_slice(cors.unwrap_or_default());
             let framing_length = match self.body {
                 Framing::Length(n) => Some(n),
                 // A HEAD or 304 response's length describes the body it omits.
