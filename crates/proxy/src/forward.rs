@@ -227,6 +227,11 @@ async fn route(
     let header_model = info
         .model
         .map(|span| ModelName::new(span.in_head(&client.buf[head.clone()])));
+    // A form's boundary, for its `model` field (copied: rare, and the
+    // buffer moves as the body is read).
+    let form = info
+        .form
+        .map(|span| span.in_head(&client.buf[head.clone()]).to_vec());
     if info.local == Some(Local::Health) {
         // 200 while a replica of any pool is healthy and routable; a pool
         // failing open (sent to replicas that fail their checks) is 503.
@@ -273,7 +278,10 @@ async fn route(
         &info,
         &mut body,
         &mut head_end,
-        header_model,
+        target::FromHead {
+            model: header_model,
+            form,
+        },
         &mut progress,
     )
     .await?;

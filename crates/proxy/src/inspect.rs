@@ -18,9 +18,11 @@ use crate::exchange::{continue_if_expected, Progress};
 use crate::h1::body::{Body, Framing};
 use crate::h1::request::RequestInfo;
 
+mod form;
 mod model;
 mod text;
 
+pub(crate) use form::{model_field, FieldSoFar, FormScan};
 pub(crate) use model::{model_of, model_token, BodyModel, ModelKeys, ModelScan, ModelSoFar};
 pub(crate) use text::{Parsed, TextScan};
 
@@ -43,6 +45,10 @@ pub(crate) struct InspectLimits {
     /// Slowest average arrival after [`RATE_GRACE`]
     /// (`limits.min_body_rate_bytes_per_s`); 0 is off.
     pub(crate) min_rate: u64,
+    /// A sized body over `max` is still read up to `max` for what routing
+    /// needs at its start (a form's model field before its file); when it
+    /// is not there, the body is [`Inspected::TooLarge`].
+    pub(crate) start_only: bool,
 }
 
 /// How long a body may take before its average rate counts: a client's
@@ -98,7 +104,8 @@ pub(crate) async fn read_body(
     mut early: impl FnMut(&[u8]) -> Option<Early>,
 ) -> Result<Inspected, Abort> {
     let max = limits.max;
-    if matches!(info.body, Framing::Length(n) if n > max as u64) {
+    let sized = matches!(info.body, Framing::Length(_));
+    if matches!(info.body, Framing::Length(n) if n > max as u64) && !limits.start_only {
         return Ok(Inspected::TooLarge);
     }
     let raw_max = max.saturating_add(framing_allowance(max));
@@ -114,6 +121,11 @@ pub(crate) async fn read_body(
             return Ok(Inspected::NoBudget);
         }
         let within = body.payload_len() <= max as u64 && held <= raw_max;
+        if !within && sized && limits.start_only {
+            if let Some(found) = early(&client.request[head_end..]) {
+                return Ok(Inspected::Early(found));
+            }
+        }
         if body.is_done() || !within {
             return Ok(if body.is_done() && within {
                 Inspected::Whole
@@ -123,7 +135,7 @@ pub(crate) async fn read_body(
         }
         // A sized body is its payload: what routing needs may be read before
         // the rest arrives, and then the rest streams.
-        if matches!(info.body, Framing::Length(_)) {
+        if sized {
             if let Some(found) = early(&client.request[head_end..]) {
                 return Ok(Inspected::Early(found));
             }

@@ -16,6 +16,7 @@ both_drivers!(
     the_model_header_picks_the_pool,
     a_json_body_names_the_model_and_reaches_the_replica_unchanged,
     an_alias_in_the_body_is_forwarded_as_the_served_name,
+    a_form_upload_is_routed_by_its_model_field,
     without_a_default_pool_a_model_nobody_serves_gets_404,
     a_body_over_the_inspect_limit_goes_to_the_default_pool_or_gets_413,
     the_proxy_lists_the_models_of_its_pools,
@@ -257,6 +258,55 @@ fn an_alias_in_the_body_is_forwarded_as_the_served_name(driver: IoDriver) {
     assert_eq!(resp.text(), r#"{"model": "org/b-instruct" }"#);
     // The connection is still in step after all of them.
     assert_eq!(post(&mut client, "/v1/completions", json, "{}").status, 200);
+}
+
+/// A `multipart/form-data` body as OpenAI's SDKs send an audio upload: the
+/// fields, then the file.
+fn form(boundary: &str, model: &str, file: &[u8]) -> Vec<u8> {
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"response_format\"\r\n\r\njson\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(file);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+fn a_form_upload_is_routed_by_its_model_field(driver: IoDriver) {
+    let (state, _handles) = fleet(false);
+    let proxy = start_state(driver, state, |c| {
+        c.proxy.model.max_inspect_body_bytes = 4096
+    });
+    let mut client = RawClient::connect(proxy.addr()).unwrap();
+    let upload = |client: &mut RawClient, body: &[u8], content_type: &str| {
+        let head = format!(
+            "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        client.send(head.as_bytes()).unwrap();
+        client.send(body).unwrap();
+        client.read_response().unwrap()
+    };
+    let boundary = "a7f3c9e0d1b2";
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    // A small form, and one whose file is far over the inspection limit:
+    // the field at its start routes it, the file streams unread.
+    for file_len in [100, 64 * 1024] {
+        let file: Vec<u8> = (0..file_len).map(|i| (i % 251) as u8).collect();
+        let resp = upload(&mut client, &form(boundary, "b", &file), &content_type);
+        assert_eq!(replica_of(&resp), "b1", "{file_len}");
+        assert_eq!(resp.body, form(boundary, "b", &file), "forwarded unchanged");
+        // By alias: the field's value is rewritten to the served name.
+        let resp = upload(&mut client, &form(boundary, "org/a", &file), &content_type);
+        assert!(replica_of(&resp).starts_with('a'), "{file_len}");
+        assert_eq!(resp.body, form(boundary, "a", &file), "{file_len}");
+    }
+    // A quoted boundary; a model nobody serves is OpenAI's 404.
+    let quoted = format!("multipart/form-data; boundary=\"{boundary}\"");
+    let resp = upload(&mut client, &form(boundary, "whisper-9", b"x"), &quoted);
+    assert_eq!(resp.status, 404);
+    let error: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(error["error"]["code"], "model_not_found");
 }
 
 fn without_a_default_pool_a_model_nobody_serves_gets_404(driver: IoDriver) {

@@ -15,6 +15,14 @@ pub(super) struct Target {
     pub(super) reserved: Option<Reserved>,
 }
 
+/// What the request's head says of where it goes, copied out of the head.
+pub(super) struct FromHead {
+    /// The model header's value.
+    pub(super) model: Option<ModelName>,
+    /// A `multipart/form-data` body's boundary.
+    pub(super) form: Option<Vec<u8>>,
+}
+
 /// The outcome of looking for a request's pool.
 pub(super) enum Routed {
     To(Target),
@@ -36,9 +44,14 @@ pub(super) async fn find_target(
     info: &RequestInfo,
     body: &mut Body,
     head_end: &mut usize,
-    header_model: Option<ModelName>,
+    head: FromHead,
     progress: &mut Progress,
 ) -> Result<Routed, Abort> {
+    let FromHead {
+        model: header_model,
+        form,
+    } = head;
+    let form = form.as_deref();
     let from_body = header_model.is_none();
     let mut target = Target {
         model: header_model,
@@ -51,15 +64,18 @@ pub(super) async fn find_target(
     {
         let mut snapshots = worker.snapshots.borrow_mut();
         let set = snapshots.load();
-        let inspect = info.json
-            && info.body != Framing::None
+        let wants_model = target.model.is_none() && models::has_named_pools(set);
+        let inspect = info.body != Framing::None
             && max > 0
-            && ((target.model.is_none() && models::has_named_pools(set))
-                || prefix_limit(
-                    set,
-                    set.pool_for(target.model.as_ref().map(ModelName::as_str)),
-                )
-                .is_some());
+            && ((info.json
+                && (wants_model
+                    || prefix_limit(
+                        set,
+                        set.pool_for(target.model.as_ref().map(ModelName::as_str)),
+                    )
+                    .is_some()))
+                // A form (an audio upload) is read only for its model.
+                || (form.is_some() && wants_model));
         if !inspect {
             return Ok(
                 if set
@@ -79,6 +95,7 @@ pub(super) async fn find_target(
         gap: config.timeouts.body_read,
         whole: config.timeouts.request_read,
         min_rate: config.limits.min_body_rate_bytes_per_s,
+        start_only: form.is_some(),
     };
     let mut reserved = Reserved::none(&worker.inspect_budget);
     let mut text = Vec::new();
@@ -89,10 +106,21 @@ pub(super) async fn find_target(
         let header_model = target.model.clone();
         let mut model_scan = inspect::ModelScan::default();
         let mut text_scan = inspect::TextScan::default();
+        let mut form_scan = inspect::FormScan::default();
         let early = |payload: &[u8]| {
             let mut snapshots = worker.snapshots.borrow_mut();
             let set = snapshots.load();
             let mut found = inspect::Early::default();
+            if let Some(boundary) = form {
+                // A form's model is all it is read for.
+                return match form_scan.scan(payload, boundary) {
+                    inspect::FieldSoFar::Found(range) => {
+                        found.model = Some(range);
+                        Some(found)
+                    }
+                    _ => None,
+                };
+            }
             let pool = match &header_model {
                 Some(model) => set.pool_for(Some(model.as_str())),
                 None => match model_scan.scan(payload) {
@@ -136,44 +164,63 @@ pub(super) async fn find_target(
     match &inspected {
         inspect::Inspected::Whole => {
             let payload = inspect::payload(&client.request[body_start..], info.body);
-            // The model alone costs nothing on the heap; the text only when
-            // the pool routes by prefix.
-            if target.model.is_none() {
-                target.model = match inspect::model_of(&payload) {
-                    inspect::BodyModel::Named(m) => Some(ModelName::new(m.as_bytes())),
-                    inspect::BodyModel::Absent => None,
-                    inspect::BodyModel::Duplicate => {
-                        return Err(Abort::Respond(ErrorKind::AmbiguousModel))
-                    }
-                    // Nothing can be read from it, by the proxy or a replica.
-                    inspect::BodyModel::Invalid => {
-                        return Err(Abort::Respond(ErrorKind::InvalidJson))
-                    }
-                };
-            }
-            let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str));
-            if let Some(limit) = prefix_limit(&set, pool) {
-                inspect::Parsed::from(&payload).text(&payload, &mut text);
-                text.truncate(limit);
-                target.prefix_text(&text);
+            // What the alias rewrite replaces: the model's JSON string, or
+            // its form field's value; and with what.
+            let mut rewrite = None;
+            if let Some(boundary) = form {
+                let field = inspect::model_field(&payload, boundary);
+                target.model = field.clone().map(|range| ModelName::new(&payload[range]));
+                rewrite = field
+                    .zip(served_name(&set, target.model.as_ref()))
+                    .map(|(token, served)| (token, served.as_bytes().to_vec()));
+            } else {
+                // The model alone costs nothing on the heap; the text only
+                // when the pool routes by prefix.
+                if from_body {
+                    target.model = match inspect::model_of(&payload) {
+                        inspect::BodyModel::Named(m) => Some(ModelName::new(m.as_bytes())),
+                        inspect::BodyModel::Absent => None,
+                        inspect::BodyModel::Duplicate => {
+                            return Err(Abort::Respond(ErrorKind::AmbiguousModel))
+                        }
+                        // Nothing can be read from it, by the proxy or a replica.
+                        inspect::BodyModel::Invalid => {
+                            return Err(Abort::Respond(ErrorKind::InvalidJson))
+                        }
+                    };
+                    rewrite = served_name(&set, target.model.as_ref())
+                        .zip(inspect::model_token(&payload))
+                        .map(|(served, token)| {
+                            (token, serde_json::to_vec(served).unwrap_or_default())
+                        });
+                }
+                let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str));
+                if let Some(limit) = prefix_limit(&set, pool) {
+                    inspect::Parsed::from(&payload).text(&payload, &mut text);
+                    text.truncate(limit);
+                    target.prefix_text(&text);
+                }
             }
             // A body naming the pool by an alias goes out with the name the
-            // replicas serve.
-            let rewrite = from_body
-                .then(|| served_name(&set, target.model.as_ref()))
-                .flatten()
-                .and_then(|served| Some((inspect::model_token(&payload)?, served)));
-            if let Some((token, served)) = rewrite {
-                // A sized body is rewritten in place; a chunked one anew.
+            // replicas serve: a sized body rewritten in place, a chunked one
+            // anew.
+            if let Some((token, name)) = rewrite {
                 let payload = match info.body {
                     Framing::Chunked => payload.into_owned(),
                     _ => Vec::new(),
                 };
-                rewrite_model(client, info.body, head_end, &payload, token, served);
+                rewrite_model(client, info.body, head_end, &payload, token, &name);
             }
         }
         inspect::Inspected::Early(early) => {
-            if let Some(range) = &early.model {
+            if let (Some(range), Some(_)) = (&early.model, form) {
+                let at = body_start + range.start..body_start + range.end;
+                target.model = Some(ModelName::new(&client.request[at]));
+                if let Some(served) = served_name(&set, target.model.as_ref()) {
+                    let name = served.as_bytes().to_vec();
+                    rewrite_model(client, info.body, head_end, &[], range.clone(), &name);
+                }
+            } else if let Some(range) = &early.model {
                 let at = body_start + range.start..body_start + range.end;
                 target.model = Some(ModelName::new(&client.request[at]));
                 // The rest is checked for a second "model" as it streams.
@@ -184,7 +231,8 @@ pub(super) async fn find_target(
                 progress.model_keys = Some(keys);
                 if let Some(served) = served_name(&set, target.model.as_ref()) {
                     let token = range.start - 1..range.end + 1;
-                    rewrite_model(client, info.body, head_end, &[], token, served);
+                    let name = serde_json::to_vec(served).unwrap_or_default();
+                    rewrite_model(client, info.body, head_end, &[], token, &name);
                 }
             }
             if early.text {
@@ -229,8 +277,9 @@ fn served_name<'s>(set: &'s ReplicaSet, model: Option<&ModelName>) -> Option<&'s
     (served != model).then_some(served)
 }
 
-/// Replaces the body's `"model"` string (`token`, a range of `payload`, the
-/// body after the head at `head_end` de-chunked) with `served`, and fixes the
+/// Replaces the body's model (`token`, a range of `payload`, the body after
+/// the head at `head_end` de-chunked: a JSON string, or a form field's
+/// value) with `name` (as it goes in the body), and fixes the
 /// framing: a sized body's `Content-Length` (the head's end moves when its
 /// digits do), a chunked one re-sent whole as one chunk. Only that string
 /// changes; the rest of the body is sent as the client wrote it.
@@ -240,22 +289,21 @@ fn rewrite_model(
     head_end: &mut usize,
     payload: &[u8],
     token: std::ops::Range<usize>,
-    served: &str,
+    name: &[u8],
 ) {
-    let name = serde_json::to_string(served).unwrap_or_default();
     let body = *head_end;
     match framing {
         Framing::Length(total) => {
             client
                 .request
-                .splice(body + token.start..body + token.end, name.bytes());
+                .splice(body + token.start..body + token.end, name.iter().copied());
             let length = total + name.len() as u64 - token.len() as u64;
             *head_end = set_content_length(&mut client.request, body, length);
         }
         _ => {
             let mut rewritten = Vec::with_capacity(payload.len() + name.len() + 16);
             rewritten.extend_from_slice(&payload[..token.start]);
-            rewritten.extend_from_slice(name.as_bytes());
+            rewritten.extend_from_slice(name);
             rewritten.extend_from_slice(&payload[token.end..]);
             client.request.truncate(body);
             let size = format!("{:x}\r\n", rewritten.len());

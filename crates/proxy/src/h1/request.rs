@@ -108,6 +108,8 @@ pub(crate) struct RequestInfo {
     pub(crate) model: Option<Span>,
     /// The body is JSON (`Content-Type: application/json`).
     pub(crate) json: bool,
+    /// The body is `multipart/form-data`: its boundary, in the head.
+    pub(crate) form: Option<Span>,
     /// The proxy answers this request itself.
     pub(crate) local: Option<Local>,
     /// Its CORS fields, for `[cors]`.
@@ -192,6 +194,29 @@ fn is_json_api(path: &str) -> bool {
 fn is_json(value: &[u8]) -> bool {
     let media = value.split(|&b| b == b';').next().unwrap_or(b"");
     trim(media).eq_ignore_ascii_case(b"application/json")
+}
+
+/// The boundary of a `multipart/form-data` content type (quoted or not),
+/// when it is one: 1 to 70 characters (RFC 2046 §5.1.1).
+fn form_boundary(value: &[u8]) -> Option<&[u8]> {
+    let mut params = value.split(|&b| b == b';');
+    let media = trim(params.next()?);
+    if !media.eq_ignore_ascii_case(b"multipart/form-data") {
+        return None;
+    }
+    params.find_map(|param| {
+        let param = trim(param);
+        let eq = param.iter().position(|&b| b == b'=')?;
+        if !trim(&param[..eq]).eq_ignore_ascii_case(b"boundary") {
+            return None;
+        }
+        let value = trim(&param[eq + 1..]);
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        (1..=70).contains(&value.len()).then_some(value)
+    })
 }
 
 /// Transfer codings a client may legitimately apply before `chunked`; a
@@ -374,6 +399,7 @@ pub(crate) fn parse_and_rewrite(
                 refused: Some(kind),
                 model: None,
                 json: false,
+                form: None,
                 local: None,
                 cors: seen.cors,
             });
@@ -414,6 +440,7 @@ pub(crate) fn parse_and_rewrite(
         refused: None,
         model: seen.model,
         json: seen.json,
+        form: seen.form,
         cors: seen.cors,
         local: if method == Method::Get && body == Framing::None {
             local_route(head, path, forwarding.health_path)
@@ -458,6 +485,7 @@ struct Seen<'h> {
     json: bool,
     /// A `Content-Type` was sent (JSON or not).
     typed: bool,
+    form: Option<Span>,
     cors: CorsAsk,
 }
 
@@ -481,6 +509,7 @@ impl<'h> Seen<'h> {
                 }
             } else if name.eq_ignore_ascii_case(b"content-type") {
                 seen.json = is_json(h.value);
+                seen.form = form_boundary(h.value).map(|b| Span::of(head, b));
                 seen.typed = true;
             } else if name.eq_ignore_ascii_case(b"content-length") {
                 seen.length =
