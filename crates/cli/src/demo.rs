@@ -106,6 +106,18 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             args.admin_listen
         );
     }
+    // Both ports are checked before anything starts or is printed.
+    check_port(args.listen, "the proxy", "--listen", "")?;
+    check_port(
+        args.admin_listen,
+        "the admin API",
+        "--admin-listen",
+        if args.admin_listen.port() == 9090 {
+            " (9090 is also Prometheus' default port)"
+        } else {
+            ""
+        },
+    )?;
     let (config, state, handles) = pools(&args)?;
     let (handle, snapshots) = crate::serve::start_proxy(&config, &state)?;
     let at = handle.local_addr();
@@ -182,15 +194,59 @@ fn pools(args: &DemoArgs) -> Result<(Config, State, Vec<inferlb_testkit::EngineH
     Ok((config, state, handles))
 }
 
+/// Fails, naming the flag that moves it, when `addr` cannot be bound: taken
+/// by another process (the proxy's listeners share ports with
+/// `SO_REUSEPORT`, so a taken port would otherwise be shared silently).
+fn check_port(addr: SocketAddr, what: &str, flag: &str, hint: &str) -> Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(listener) => {
+            drop(listener);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "{addr} is already in use{hint}: choose another address for {what} with {flag}, e.g. {flag} {}:{}",
+            addr.ip(),
+            addr.port() + 1
+        ),
+        Err(e) => bail!("cannot listen on {addr} for {what} ({flag}): {e}"),
+    }
+}
+
+/// How to run this binary again from the current directory: a relative
+/// path when it is under it (`./target/release/inferlb`), else the full one.
+fn this_binary() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "inferlb".into();
+    };
+    let relative = std::env::current_dir().ok().and_then(|cwd| {
+        exe.strip_prefix(cwd)
+            .ok()
+            .map(|p| format!("./{}", p.display()))
+    });
+    relative.unwrap_or_else(|| exe.display().to_string())
+}
+
 /// What to try, printed once the proxy listens.
 #[allow(clippy::print_stdout)]
 fn print_instructions(args: &DemoArgs, at: SocketAddr, admin: SocketAddr) {
     let (a, b) = (POOLS[0].0, POOLS[1].0);
+    let inferlb = this_binary();
+    let replicas = args.replicas.max(1);
+    let each = if replicas == 1 {
+        "1 simulated replica each".to_owned()
+    } else {
+        format!("{replicas} simulated replicas each")
+    };
     println!();
-    println!(
-        "inferlb demo: pools {a} (prefix routing) and {b} (least_load on engine metrics), {} simulated replicas each, behind http://{at}",
-        args.replicas.max(1)
-    );
+    if args.autoscale {
+        println!(
+            "inferlb demo: pools {a} (prefix routing) and {b} (least_load on engine metrics), {each}, and {AUTOSCALED} (scales itself, 0 to 3), behind http://{at}"
+        );
+    } else {
+        println!(
+            "inferlb demo: pools {a} (prefix routing) and {b} (least_load on engine metrics), {each}, behind http://{at}"
+        );
+    }
     println!();
     println!("  # the models, as OpenAI's API lists them:");
     println!("  curl -s http://{at}/v1/models");
@@ -215,7 +271,7 @@ fn print_instructions(args: &DemoArgs, at: SocketAddr, admin: SocketAddr) {
     println!(
         "  # the admin API: list, add, drain replicas (changes are not persisted in the demo):"
     );
-    println!("  cargo run -p inferlb -- replicas list --admin http://{admin}");
+    println!("  {inferlb} replicas list --admin {admin}");
     println!("  curl -s http://{admin}/metrics | grep inferlb_replica_requests");
     println!();
     if args.autoscale {
@@ -226,7 +282,7 @@ fn print_instructions(args: &DemoArgs, at: SocketAddr, admin: SocketAddr) {
         println!("  for i in $(seq 24); do curl -s -o /dev/null -w '%{{http_code}} %{{time_total}}s\\n' http://{at}/v1/chat/completions \\");
         println!("       -H 'content-type: application/json' -d '{{\"model\": \"{AUTOSCALED}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}], \"max_tokens\": 200}}' & done; wait");
         println!("  # replicas appear, then drain and stop after 15 s of quiet, and the pool goes to zero after 60 s idle:");
-        println!("  watch -n1 cargo run -q -p inferlb -- replicas list --admin http://{admin}");
+        println!("  watch -n1 {inferlb} replicas list --admin {admin}");
         println!("  curl -s http://{admin}/v1/pools/{AUTOSCALED}/autoscaling");
         println!();
     }

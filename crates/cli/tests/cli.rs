@@ -188,6 +188,34 @@ fn the_demo_keeps_a_tokenless_admin_api_on_loopback() {
 }
 
 #[test]
+fn the_demo_checks_both_ports_before_its_banner() {
+    // The admin port taken (as Prometheus takes 9090): the error names the
+    // flag that moves it, and nothing was printed or started before it.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut command = inferlb();
+    command.args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", &addr]);
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("already in use") && stderr.contains("--admin-listen"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "no banner before the check");
+    // The data port taken: --listen.
+    let mut command = inferlb();
+    command.args(["demo", "--listen", &addr, "--admin-listen", "127.0.0.1:0"]);
+    let output = run_to_end(command);
+    assert!(!output.status.success());
+    assert!(
+        stderr_of(&output).contains("--listen"),
+        "{}",
+        stderr_of(&output)
+    );
+}
+
+#[test]
 fn a_port_in_use_is_refused() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
