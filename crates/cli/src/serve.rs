@@ -32,7 +32,9 @@ pub(crate) struct ServeArgs {
     /// the config file's replicas.
     #[arg(long = "replica", value_name = "ADDR")]
     pub(crate) replicas: Vec<String>,
-    /// round_robin, weighted_round_robin, least_outstanding or p2c.
+    /// The routing rule: round_robin, weighted_round_robin, least_outstanding,
+    /// p2c, least_load (the engines' reported load) or prefix (prefix-cache
+    /// affinity).
     #[arg(long)]
     pub(crate) routing: Option<Routing>,
     /// auto (io_uring, epoll where unavailable), uring, or legacy (epoll).

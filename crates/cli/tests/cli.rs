@@ -424,3 +424,22 @@ fn the_local_autoscaling_units_lift_what_model_servers_need() {
     let rules = include_str!("../../../deploy/systemd/50-inferlb-model-units.rules");
     assert!(rules.contains("model@[0-9]+\\.service"));
 }
+
+#[test]
+fn serve_help_lists_every_routing_rule() {
+    let mut command = inferlb();
+    command.args(["serve", "--help"]);
+    let output = run_to_end(command);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for rule in [
+        "round_robin",
+        "weighted_round_robin",
+        "least_outstanding",
+        "p2c",
+        "least_load",
+        "prefix",
+    ] {
+        assert!(help.contains(rule), "{rule}: {help}");
+    }
+}
