@@ -87,17 +87,10 @@ where
             )
         }
         SdkError::TimeoutError(_) => ("Timeout".to_owned(), "the call timed out".to_owned()),
-        SdkError::DispatchFailure(d) => (
-            "DispatchFailure".to_owned(),
-            d.as_connector_error()
-                .map(|c| {
-                    format!(
-                        "{}",
-                        aws_smithy_types::error::display::DisplayErrorContext(c)
-                    )
-                })
-                .unwrap_or_else(|| format!("{d:?}")),
-        ),
+        SdkError::DispatchFailure(d) => match d.as_connector_error() {
+            Some(c) => transport_failure(c),
+            None => ("DispatchFailure".to_owned(), format!("{d:?}")),
+        },
         other => (
             "Error".to_owned(),
             format!(
@@ -112,6 +105,50 @@ where
         code,
         message,
     }
+}
+
+/// Where calls go, for error messages: `--endpoint-url`, or AWS's regional
+/// endpoint once the region is known.
+static ENDPOINT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn endpoint() -> String {
+    let endpoint = ENDPOINT.lock().map(|e| e.clone()).unwrap_or_default();
+    if endpoint.is_empty() {
+        "the AWS endpoint".into()
+    } else {
+        endpoint
+    }
+}
+
+/// A call that never reached AWS, as one line: no credentials, a refused or
+/// failed connection, or the innermost error's own words (the SDK's
+/// `Display` nests every layer with its debug dump).
+fn transport_failure(err: &(dyn std::error::Error + 'static)) -> (String, String) {
+    let chain: Vec<&(dyn std::error::Error + 'static)> =
+        std::iter::successors(Some(err), |e| e.source()).collect();
+    let said = |text: &str| chain.iter().any(|e| e.to_string().contains(text));
+    if said("loading credentials") || said("provided credentials") || said("no credentials") {
+        return (
+            "NoCredentials".into(),
+            "no AWS credentials found (tried the environment's AWS_ACCESS_KEY_ID, the profile in ~/.aws, web identity, ECS and the instance metadata service; with --endpoint-url only the first two): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE".into(),
+        );
+    }
+    let io = chain
+        .iter()
+        .find_map(|e| e.downcast_ref::<std::io::Error>());
+    if let Some(io) = io {
+        let reason = match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            std::io::ErrorKind::TimedOut => "connection timed out".to_owned(),
+            _ => io.to_string(),
+        };
+        return (
+            "ConnectFailed".into(),
+            format!("cannot connect to {}: {reason}", endpoint()),
+        );
+    }
+    let innermost = chain.last().map_or_else(String::new, |e| e.to_string());
+    ("DispatchFailure".into(), innermost)
 }
 
 /// The HTTP client of every AWS call: hyper over rustls with ring, so the
@@ -158,10 +195,11 @@ fn gone_is_done(e: AwsError) -> Result<(), AwsError> {
 
 /// The region, in the order the file model documents: `--region`, then
 /// `AWS_REGION`, then the profile's, then the file's `region`, then the
-/// instance's (IMDS).
+/// instance's (IMDS, with `imds`).
 fn region_chain(
     options: &AwsOptions,
     file_region: Option<&str>,
+    imds: bool,
 ) -> aws_config::meta::region::RegionProviderChain {
     use aws_config::meta::region::RegionProviderChain;
     use aws_config::Region;
@@ -169,18 +207,21 @@ fn region_chain(
     if let Some(name) = &options.profile {
         profile = profile.profile_name(name);
     }
-    RegionProviderChain::first_try(options.region.clone().map(Region::new))
+    let chain = RegionProviderChain::first_try(options.region.clone().map(Region::new))
         .or_else(aws_config::environment::EnvironmentVariableRegionProvider::new())
         .or_else(profile.build())
-        .or_else(file_region.map(|r| Region::new(r.to_owned())))
-        .or_else(
-            aws_config::imds::region::ImdsRegionProvider::builder()
-                .configure(
-                    &aws_config::provider_config::ProviderConfig::without_region()
-                        .with_http_client(https_client()),
-                )
-                .build(),
-        )
+        .or_else(file_region.map(|r| Region::new(r.to_owned())));
+    if !imds {
+        return chain;
+    }
+    chain.or_else(
+        aws_config::imds::region::ImdsRegionProvider::builder()
+            .configure(
+                &aws_config::provider_config::ProviderConfig::without_region()
+                    .with_http_client(https_client()),
+            )
+            .build(),
+    )
 }
 
 fn namespace() -> aas::types::ServiceNamespace {
@@ -218,11 +259,41 @@ impl Aws {
         if let Some(profile) = &options.profile {
             loader = loader.profile_name(profile);
         }
-        loader = loader.region(region_chain(options, file_region));
         if let Some(url) = &options.endpoint_url {
-            loader = loader.endpoint_url(url);
+            // An emulator or a private endpoint: credentials from the
+            // environment or the profile only, never the instance metadata
+            // service (whose timeouts would only delay the real error).
+            let mut profile = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .configure(
+                    &aws_config::provider_config::ProviderConfig::without_region()
+                        .with_http_client(https_client()),
+                );
+            if let Some(name) = &options.profile {
+                profile = profile.profile_name(name);
+            }
+            let credentials = aws_config::meta::credentials::CredentialsProviderChain::first_try(
+                "Environment",
+                aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+            )
+            .or_else("Profile", profile.build());
+            loader = loader
+                .endpoint_url(url)
+                .credentials_provider(credentials)
+                .region(region_chain(options, file_region, false));
+        } else {
+            loader = loader.region(region_chain(options, file_region, true));
         }
         let config = loader.load().await;
+        let endpoint = match (&options.endpoint_url, config.region()) {
+            (Some(url), _) => url.clone(),
+            (None, Some(region)) => {
+                format!("https://application-autoscaling.{region}.amazonaws.com")
+            }
+            (None, None) => String::new(),
+        };
+        if let Ok(mut at) = ENDPOINT.lock() {
+            *at = endpoint;
+        }
         Self::from_config(&config)
     }
 

@@ -79,7 +79,9 @@ fn run() -> Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // The AWS SDK's credential chain warns per provider it tried
+                // (with debug dumps); the call's own error says it in a line.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws_config=error")),
         )
         .with_target(false)
         .with_writer(std::io::stderr)

@@ -394,3 +394,57 @@ fn serve_publishes_pool_concurrency_to_cloudwatch() {
         assert!(listed.contains(needle), "{needle} not published: {listed}");
     }
 }
+
+/// What reaching AWS failed on is one line: a refused connection names the
+/// endpoint, missing credentials name where they were looked for, and with
+/// `--endpoint-url` the instance metadata service is not tried.
+#[test]
+fn aws_errors_are_one_readable_line() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let url = format!("http://{closed}");
+    let output = autoscale(&url, &["plan", "--max-attempts", "1"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        stderr.contains(&format!("cannot connect to {url}: connection refused")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("ConnectorError"), "{stderr}");
+
+    let home = inferlb_testkit::fresh_dir("no-aws-home");
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/autoscaling.example.toml"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .args([
+            "autoscale",
+            "plan",
+            "--max-attempts",
+            "1",
+            "--file",
+            example,
+        ])
+        .args(["--endpoint-url", &url, "--region", "us-east-1"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("HOME", &*home)
+        .env_remove("AWS_CONFIG_FILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(stderr.contains("no AWS credentials found"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains("Ec2InstanceMetadata") && !stderr.contains("IMDS"),
+        "{stderr}"
+    );
+}
