@@ -21,7 +21,7 @@ async fn the_region_comes_from_the_flag_the_environment_the_profile_then_the_fil
             ..AwsOptions::default()
         };
         async move {
-            region_chain(&options, Some("ap-south-1"))
+            region_chain(&options, Some("ap-south-1"), true)
                 .region()
                 .await
                 .map(|r| r.to_string())
