@@ -30,8 +30,8 @@ pub enum AgentError {
     /// Some targets' changes failed; the others were carried out. Every
     /// error is listed, and every call that was made.
     #[error(
-        "{} change(s) failed; the other targets' changes were made:\n{}\nwrite calls made ({}):\n{}",
-        .errors.len(),
+        "{} failed; the other targets' changes were made:\n{}\nwrite calls made ({}):\n{}",
+        inferlb_core::text::count(.errors.len() as u64, "change"),
         .errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"),
         .calls.len(),
         if .calls.is_empty() { "  (none)".to_owned() } else { .calls.iter().map(|c| format!("  done: {c}")).collect::<Vec<_>>().join("\n") }

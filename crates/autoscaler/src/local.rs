@@ -426,7 +426,10 @@ impl LocalScaler {
             let acts = self.engine.set_desired(
                 secs(now),
                 want,
-                format!("nothing in service yet: {held} requests held at {target} per replica"),
+                format!(
+                    "nothing in service yet: {} held at {target} per replica",
+                    inferlb_core::text::count(held, "request")
+                ),
             );
             record_engine(acts, d);
         }
@@ -440,7 +443,10 @@ impl LocalScaler {
             secs(now),
             self.applied.min.max(1) as i32,
             self.applied.max as i32,
-            format!("scale from zero: {held} requests held for a first replica"),
+            format!(
+                "scale from zero: {} held for a first replica",
+                inferlb_core::text::count(held, "request")
+            ),
         );
         record_engine(acts, d);
     }

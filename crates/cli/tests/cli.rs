@@ -443,3 +443,42 @@ fn serve_help_lists_every_routing_rule() {
         assert!(help.contains(rule), "{rule}: {help}");
     }
 }
+
+#[test]
+fn rust_log_debug_shows_each_routing_decision() {
+    let replica = FakeReplica::builder().name("r1").start().unwrap();
+    let listen = free_addr();
+    let (mut command, _dir) = serve("debug");
+    command
+        .env("RUST_LOG", "debug")
+        .args(["--workers", "1", "--listen", &listen.to_string()])
+        .args(["--replica", &replica.addr().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut running = Running(command.spawn().unwrap());
+    assert!(wait_for_port(listen, Duration::from_secs(10)));
+    let mut client = RawClient::connect(listen).unwrap();
+    assert_eq!(client.get("/").unwrap().status, 200);
+    signal(&running.0, "TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "inferlb did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = String::new();
+    running
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("routed"))
+        .unwrap_or_else(|| panic!("no routing decision logged:\n{stderr}"));
+    assert!(
+        line.contains("pool=default") && line.contains("rule=round_robin"),
+        "{line}"
+    );
+}

@@ -40,6 +40,7 @@ pub mod replica_set;
 pub mod routing;
 pub mod scaling;
 pub mod stats;
+pub mod text;
 
 pub use balance::{Balancer, Cursor, Routing, Tried};
 pub use cidr::Cidr;

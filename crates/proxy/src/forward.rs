@@ -591,6 +591,17 @@ fn pick(
     let index = set.pick_in(pool, &mut worker.cursor.borrow_mut(), tried, now_ms, key)?;
     tried.insert(index);
     let replica = &set.replicas()[index];
+    // `RUST_LOG=inferlb_proxy=debug`: each routing decision (a level check
+    // when off).
+    tracing::debug!(
+        pool = %set.pools()[pool].name(),
+        model = target.model.as_ref().map_or("", ModelName::as_str),
+        rule = %set.pools()[pool].routing(),
+        replica = %replica.id,
+        in_flight = replica.stats.in_flight(),
+        prefix_bytes = target.text_len,
+        "routed"
+    );
     Some(Picked {
         uid: replica.uid,
         addr: replica.addr,

@@ -203,6 +203,122 @@ async fn systemctl(args: &[&str]) -> Result<(), String> {
 async fn log_lines(stream: impl tokio::io::AsyncRead + Unpin, id: ReplicaId, which: &'static str) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        let line = without_timestamp(&line);
         tracing::info!(target: "inferlb::replica", replica = %id, stream = which, "{line}");
+    }
+}
+
+/// A child's log line without the time it stamped itself (inferlb's log
+/// stamps it again): an RFC 3339 or `YYYY-MM-DD HH:MM:SS[,.]fff` time at the
+/// start, bracketed or not, and vLLM's `LEVEL MM-DD HH:MM:SS` (its level
+/// kept). Other lines are left as they are.
+fn without_timestamp(line: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    let digits = |s: &[u8], n: usize| s.len() >= n && s[..n].iter().all(u8::is_ascii_digit);
+    // HH:MM:SS, then a fraction, then a zone; returns the length.
+    let time = |s: &[u8]| -> Option<usize> {
+        let ok = digits(s, 2)
+            && s.get(2) == Some(&b':')
+            && digits(&s[3..], 2)
+            && s.get(5) == Some(&b':')
+            && digits(&s[6..], 2);
+        if !ok {
+            return None;
+        }
+        let mut i = 8;
+        if matches!(s.get(i), Some(b'.' | b',')) {
+            i += 1;
+            while s.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+        }
+        match s.get(i) {
+            Some(b'Z') => i += 1,
+            Some(b'+' | b'-') if digits(&s[i + 1..], 2) => {
+                i += 3;
+                if s.get(i) == Some(&b':') {
+                    i += 1;
+                }
+                while s.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        Some(i)
+    };
+    let bytes = line.as_bytes();
+    let (open, start) = if bytes.first() == Some(&b'[') {
+        (true, 1)
+    } else {
+        (false, 0)
+    };
+    let s = &bytes[start..];
+    let date = digits(s, 4)
+        && s.get(4) == Some(&b'-')
+        && digits(&s[5..], 2)
+        && s.get(7) == Some(&b'-')
+        && digits(&s[8..], 2)
+        && matches!(s.get(10), Some(b'T' | b' '));
+    if date {
+        if let Some(len) = time(&s[11..]) {
+            let mut end = start + 11 + len;
+            if open {
+                if bytes.get(end) != Some(&b']') {
+                    return Cow::Borrowed(line);
+                }
+                end += 1;
+            }
+            return Cow::Borrowed(line[end..].trim_start());
+        }
+        return Cow::Borrowed(line);
+    }
+    // vLLM: `INFO 12-03 20:28:02 [api_server.py:1] ...`
+    if let Some(space) = line.find(' ') {
+        let level = &line[..space];
+        let rest = &bytes[space + 1..];
+        let short_date = digits(rest, 2)
+            && rest.get(2) == Some(&b'-')
+            && digits(&rest[3..], 2)
+            && rest.get(5) == Some(&b' ');
+        if level.len() <= 8 && level.bytes().all(|b| b.is_ascii_uppercase()) && short_date {
+            if let Some(len) = time(&rest[6..]) {
+                let after = space + 1 + 6 + len;
+                return Cow::Owned(format!("{level} {}", line[after..].trim_start()));
+            }
+        }
+    }
+    Cow::Borrowed(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_timestamp;
+
+    #[test]
+    fn a_childs_own_timestamp_is_not_stamped_twice() {
+        for (line, kept) in [
+            (
+                "2026-12-03T20:28:02.190560Z  INFO listening on 127.0.0.1:8000",
+                "INFO listening on 127.0.0.1:8000",
+            ),
+            (
+                "2026-12-03 20:28:02,123 - uvicorn - started",
+                "- uvicorn - started",
+            ),
+            ("[2026-12-03 20:28:02.5+00:00] ready", "ready"),
+            (
+                "INFO 12-03 20:28:02 [api_server.py:1] Started server",
+                "INFO [api_server.py:1] Started server",
+            ),
+            (
+                "INFO:     Uvicorn running on http://0.0.0.0:8000",
+                "INFO:     Uvicorn running on http://0.0.0.0:8000",
+            ),
+            ("2026 was a year", "2026 was a year"),
+            ("", ""),
+        ] {
+            assert_eq!(without_timestamp(line), kept, "{line}");
+        }
     }
 }
