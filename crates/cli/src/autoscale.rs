@@ -383,7 +383,12 @@ fn simulate(
         print!("{}", inferlb_autoscaler::simulate::render(&simulation));
     }
     if let Some(path) = svg {
-        crate::plot::simulation(path, &target.resource_id, &simulation)?;
+        let unit = if provisioned {
+            "concurrent invocations"
+        } else {
+            "the policy metric's units, whole endpoint"
+        };
+        crate::plot::simulation(path, &target.resource_id, &simulation, capacity, unit)?;
     }
     Ok(ExitCode::SUCCESS)
 }

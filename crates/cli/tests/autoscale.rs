@@ -207,6 +207,17 @@ fn simulate_runs_on_the_shipped_traces() {
             drawn.starts_with("<svg") && drawn.contains("unserved"),
             "{trace}"
         );
+        // Which line is on which axis, the axes' units, and served
+        // capacity on the load axis.
+        for text in [
+            "load (left axis)",
+            "instances in service (right axis)",
+            "served: in service x capacity/instance (left)",
+            "capacity (instances)",
+            "minutes from the trace",
+        ] {
+            assert!(drawn.contains(text), "{trace}: {text}");
+        }
     }
     // The scale-to-zero trace goes to zero copies and comes back.
     let json = Command::new(env!("CARGO_BIN_EXE_inferlb"))
