@@ -383,13 +383,14 @@ fn main() -> Result<()> {
             Kind::Skew => skew(&scenario, &args, &layout, &dir, load_threads)?,
             _ => compare(&scenario, &args, &layout, &dir, load_threads)?,
         };
-        print_rows(&scenario, &rows);
+        let table = print_rows(&scenario, &rows);
         let record = json!({
             "scenario": scenario.name,
             "description": scenario.description,
             "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             "machine": procstat::machine(layout.cores),
             "commit": args.commit,
+            "command": report::command_line(),
             "settings": {
                 "rounds": args.rounds,
                 "duration_s": args.duration.unwrap_or(scenario.duration_s),
@@ -402,48 +403,20 @@ fn main() -> Result<()> {
             "wall_s": started.elapsed().as_secs_f64(),
         });
         report::write_json(&args.out, &scenario.name, &record)?;
-        let (title, unit, value): (String, &str, fn(&Row) -> f64) = match scenario.kind {
-            Kind::Stream => (
-                format!("{}: time to first token, p99", scenario.name),
-                "ms",
-                |r| r.median.first_token.as_ref().map_or(0.0, |p| p.p99_ms),
-            ),
-            Kind::Connections => (
-                format!("{}: resident memory per idle connection", scenario.name),
-                "KiB",
-                |r| {
-                    r.median
-                        .extra
-                        .get("rss_per_connection_kib")
-                        .and_then(|v| v.as_f64())
-                        .unwrap_or(0.0)
-                },
-            ),
-            Kind::Skew => (
-                format!("{}: p90 latency per routing rule", scenario.name),
-                "ms",
-                |r| r.median.latency.p90_ms,
-            ),
-            _ if scenario.load.iter().any(|l| l.rate.is_some()) => (
-                format!("{}: CPU seconds per 100 000 requests", scenario.name),
-                "CPU s",
-                |r| r.median.cpu_s_per_100k.unwrap_or(0.0),
-            ),
-            _ => (
-                format!("{}: throughput", scenario.name),
-                "requests/s",
-                |r| r.median.throughput_rps,
-            ),
-        };
-        let bars: Vec<(String, String, f64)> = rows
-            .iter()
-            .map(|r| (r.point.clone(), r.peer.clone(), value(r)))
-            .collect();
-        report::write_svg(&args.out, &scenario.name, &title, unit, &bars)?;
+        report::write_table(&args.out, &scenario.name, &table)?;
+        let title = format!("{}: {}", scenario.name, scenario.description);
+        report::write_figure(
+            &args.out,
+            &scenario.name,
+            &title,
+            &rows::panels(&scenario, &rows),
+        )?;
+        report::write_index(&args.out)?;
         println!(
-            "wrote {}/{}.json and .svg",
+            "wrote {}/{}.json, .txt and .svg; index: {}/index.html",
             args.out.display(),
-            scenario.name
+            scenario.name,
+            args.out.display()
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -96,47 +96,62 @@ pub(crate) fn prefix(
             r.errors.to_string(),
         ]);
     }
-    print!(
-        "{}",
-        report::table(
-            &[
-                "RULE",
-                "PEER",
-                "REQ/S",
-                "VS RR",
-                "TTFT P50 MS",
-                "VS RR",
-                "TTFT P99 MS",
-                "CACHE HITS",
-                "BUSIEST/MEAN",
-                "ERRORS",
-            ],
-            &table
-        )
+    let text = report::table(
+        &[
+            "RULE",
+            "PEER",
+            "REQ/S",
+            "VS RR",
+            "TTFT P50 MS",
+            "VS RR",
+            "TTFT P99 MS",
+            "CACHE HITS",
+            "BUSIEST/MEAN",
+            "ERRORS",
+        ],
+        &table,
     );
+    print!("{text}");
+    report::write_table(&args.out, &s.name, &text)?;
     let record = json!({
         "scenario": s.name,
         "description": s.description,
         "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "machine": procstat::machine(layout.cores),
         "commit": args.commit,
+        "command": report::command_line(),
         "cost_model": w.engine("e").describe(),
         "settings": {"rounds": args.rounds, "duration_s": duration.as_secs(), "workers": args.workers, "layout": layout, "scenario": s},
         "results": results,
     });
     report::write_json(&args.out, &s.name, &record)?;
-    let bars: Vec<(String, String, f64)> = results
-        .iter()
-        .map(|r| (r.rule.clone(), r.peer.clone(), r.throughput_rps))
-        .collect();
-    report::write_svg(
+    // The headline beside throughput: time to first token (what the cache
+    // saves), the cache hit ratio, and how evenly the replicas were loaded.
+    let mut throughput = report::Panel::new("completed streams", "requests/s", true);
+    let mut ttft50 = report::Panel::new("time to first token p50", "ms", false);
+    let mut ttft99 = report::Panel::new("time to first token p99", "ms", false);
+    let mut hits = report::Panel::new("prefix cache hit ratio", "share of prompt tokens", true);
+    let mut busiest = report::Panel::new("busiest replica / mean (1 = even)", "ratio", false);
+    for r in &results {
+        throughput.bar(&r.rule, &r.peer, Some(r.throughput_rps));
+        ttft50.bar(&r.rule, &r.peer, Some(r.ttft.p50_ms));
+        ttft99.bar(&r.rule, &r.peer, Some(r.ttft.p99_ms));
+        hits.bar(&r.rule, &r.peer, Some(r.cache_hit_ratio));
+        busiest.bar(&r.rule, &r.peer, Some(r.busiest_share));
+    }
+    report::write_figure(
         &args.out,
         &s.name,
-        &format!("{}: completed streams per second", s.name),
-        "requests/s",
-        &bars,
+        &format!("{}: {}", s.name, s.description),
+        &[throughput, ttft50, ttft99, hits, busiest],
     )?;
-    println!("wrote {}/{}.json and .svg", args.out.display(), s.name);
+    report::write_index(&args.out)?;
+    println!(
+        "wrote {}/{}.json, .txt and .svg; index: {}/index.html",
+        args.out.display(),
+        s.name,
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -182,27 +197,24 @@ pub(crate) fn autoscale(
             ]
         })
         .collect();
-    print!(
-        "{}",
-        report::table(
-            &[
-                "T S",
-                "OFFERED",
-                "200",
-                "FAILED",
-                "P50 MS",
-                "P99 MS",
-                "DESIRED",
-                "STARTING",
-                "IN SERVICE",
-                "DRAINING",
-                "HELD",
-                "IN FLIGHT",
-            ],
-            &rows,
-        )
+    let mut text = report::table(
+        &[
+            "T S",
+            "OFFERED",
+            "200",
+            "FAILED",
+            "P50 MS",
+            "P99 MS",
+            "DESIRED",
+            "STARTING",
+            "IN SERVICE",
+            "DRAINING",
+            "HELD",
+            "IN FLIGHT",
+        ],
+        &rows,
     );
-    println!(
+    text.push_str(&format!(
         "requests {}, failed {}, longest hold {:.2} s (limit {:.1} s), scale-outs {}, scale-ins {}, shortest scale-in gap {}, steady in flight per replica / target {}",
         outcome.requests,
         outcome.failed,
@@ -216,22 +228,35 @@ pub(crate) fn autoscale(
         outcome
             .steady_in_flight_ratio
             .map_or("-".to_owned(), |r| format!("{r:.2}"))
-    );
+    ));
     for (target, met) in &outcome.met {
-        println!("  {} {target}", if *met { "met:   " } else { "MISSED:" });
+        text.push_str(&format!(
+            "\n  {} {target}",
+            if *met { "met:   " } else { "MISSED:" }
+        ));
     }
+    text.push('\n');
+    print!("{text}");
+    report::write_table(&args.out, &s.name, &text)?;
     let record = json!({
         "scenario": s.name,
         "description": s.description,
         "date": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "machine": procstat::machine(layout.cores),
         "commit": args.commit,
+        "command": report::command_line(),
         "settings": { "scenario": s },
         "outcome": outcome,
         "wall_s": started.elapsed().as_secs_f64(),
     });
     report::write_json(&args.out, &s.name, &record)?;
     inferlb_benches::autoscale::write_svg(&args.out, &s.name, &outcome)?;
-    println!("wrote {}/{}.json and .svg", args.out.display(), s.name);
+    report::write_index(&args.out)?;
+    println!(
+        "wrote {}/{}.json, .txt and .svg; index: {}/index.html",
+        args.out.display(),
+        s.name,
+        args.out.display()
+    );
     Ok(())
 }

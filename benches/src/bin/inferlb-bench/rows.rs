@@ -2,7 +2,8 @@
 
 use super::*;
 
-pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) {
+/// Prints the scenario's table and returns it.
+pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) -> String {
     let direct = |point: &str| {
         rows.iter()
             .find(|r| r.point == point && r.peer == "direct")
@@ -81,24 +82,91 @@ pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) {
         row.push(extra);
         table.push(row);
     }
-    println!(
-        "{}",
-        report::table(
-            &[
-                "point",
-                "peer",
-                "req/s",
-                "vs direct",
-                "p50 ms",
-                "p99 ms",
-                "cpu s/100k",
-                "peak MiB",
-                "errors",
-                "notes"
-            ],
-            &table
-        )
+    let text = report::table(
+        &[
+            "point",
+            "peer",
+            "req/s",
+            "vs direct",
+            "p50 ms",
+            "p99 ms",
+            "cpu s/100k",
+            "peak MiB",
+            "errors",
+            "notes",
+        ],
+        &table,
     );
+    println!("{text}");
+    text
+}
+
+/// One figure of a measurement, when it was measured.
+type Figure = fn(&Measurement) -> Option<f64>;
+
+/// The figure's panels: what a reader compares between peers. Throughput,
+/// p50 and p99 latency, CPU per request and memory for every scenario that
+/// measured them, and each kind's own figures (time to first token, memory
+/// per connection, the slow replica's share).
+pub(crate) fn panels(s: &Scenario, rows: &[Row]) -> Vec<report::Panel> {
+    use report::Panel;
+    let mut throughput = Panel::new("throughput", "requests/s", true);
+    let mut p50 = Panel::new("latency p50", "ms", false);
+    let mut p99 = Panel::new("latency p99", "ms", false);
+    let mut cpu = Panel::new("CPU per 100 000 requests", "CPU s", false);
+    let mut rss = Panel::new("peak memory", "MiB", false);
+    let mut own: Vec<(Panel, Figure)> = match s.kind {
+        Kind::Stream => vec![
+            (Panel::new("time to first token p50", "ms", false), |m| {
+                m.first_token.as_ref().map(|p| p.p50_ms)
+            }),
+            (Panel::new("time to first token p99", "ms", false), |m| {
+                m.first_token.as_ref().map(|p| p.p99_ms)
+            }),
+        ],
+        Kind::Connections => vec![
+            (
+                Panel::new("memory per idle connection", "KiB", false),
+                |m| {
+                    m.extra
+                        .get("rss_per_connection_kib")
+                        .and_then(|v| v.as_f64())
+                },
+            ),
+            (
+                Panel::new("memory per idle connection after a burst", "KiB", false),
+                |m| {
+                    m.extra
+                        .get("burst_rss_per_idle_connection_kib")
+                        .and_then(|v| v.as_f64())
+                },
+            ),
+        ],
+        Kind::Skew => vec![(
+            Panel::new("share of requests on the slow replica", "%", false),
+            |m| {
+                m.extra
+                    .get("slow_replica_share")
+                    .and_then(|v| v.as_f64())
+                    .map(|v| v * 100.0)
+            },
+        )],
+        _ => Vec::new(),
+    };
+    for r in rows {
+        let m = &r.median;
+        throughput.bar(&r.point, &r.peer, Some(m.throughput_rps));
+        p50.bar(&r.point, &r.peer, Some(m.latency.p50_ms));
+        p99.bar(&r.point, &r.peer, Some(m.latency.p99_ms));
+        cpu.bar(&r.point, &r.peer, m.cpu_s_per_100k);
+        rss.bar(&r.point, &r.peer, m.peak_rss_kib.map(|k| k as f64 / 1024.0));
+        for (panel, value) in &mut own {
+            panel.bar(&r.point, &r.peer, value(m));
+        }
+    }
+    let mut panels = vec![throughput, p50, p99, cpu, rss];
+    panels.extend(own.into_iter().map(|(panel, _)| panel));
+    panels
 }
 
 pub(crate) fn ratios(rows: &[Row]) -> serde_json::Value {
