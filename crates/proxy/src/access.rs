@@ -172,7 +172,6 @@ impl WorkerLog {
         let took = started.elapsed();
         let wall = record.wall.unwrap_or_else(SystemTime::now);
         let (method, target) = split_request(&record.request);
-        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         let retries = record.attempts.saturating_sub(1);
         let _ = match self.format {
             AccessLogFormat::Json => {
@@ -184,7 +183,8 @@ impl WorkerLog {
                 json_str(&mut buf, method);
                 buf.extend_from_slice(b",\"path\":");
                 json_str(&mut buf, target);
-                let _ = write!(buf, ",\"status\":{}", record.status);
+                buf.extend_from_slice(b",\"status\":");
+                push_u64(&mut buf, u64::from(record.status));
                 buf.extend_from_slice(b",\"pool\":");
                 json_opt(&mut buf, pool.as_bytes());
                 buf.extend_from_slice(b",\"model\":");
@@ -192,37 +192,35 @@ impl WorkerLog {
                 buf.extend_from_slice(b",\"replica\":");
                 match record.replica {
                     Some(addr) => {
-                        let _ = write!(buf, "\"{addr}\"");
+                        buf.push(b'"');
+                        push_addr(&mut buf, addr);
+                        buf.push(b'"');
                     }
                     None => buf.extend_from_slice(b"null"),
                 }
                 buf.extend_from_slice(b",\"request_id\":");
                 json_str(&mut buf, request_id);
-                let _ = write!(
-                    buf,
-                    ",\"bytes_in\":{},\"bytes_out\":{},\"request_time_ms\":{:.3}",
-                    record.bytes_in,
-                    record.bytes_out,
-                    took.as_secs_f64() * 1000.0
-                );
+                buf.extend_from_slice(b",\"bytes_in\":");
+                push_u64(&mut buf, record.bytes_in);
+                buf.extend_from_slice(b",\"bytes_out\":");
+                push_u64(&mut buf, record.bytes_out);
+                buf.extend_from_slice(b",\"request_time_ms\":");
+                push_thousandths(&mut buf, took.as_micros());
                 for (name, value) in [
-                    ("head_time_ms", ms(record.head)),
-                    ("first_byte_ms", ms(record.first_byte)),
+                    (&b",\"head_time_ms\":"[..], record.head),
+                    (b",\"first_byte_ms\":", record.first_byte),
                 ] {
+                    buf.extend_from_slice(name);
                     match value {
-                        Some(v) => {
-                            let _ = write!(buf, ",\"{name}\":{v:.3}");
-                        }
-                        None => {
-                            let _ = write!(buf, ",\"{name}\":null");
-                        }
+                        Some(d) => push_thousandths(&mut buf, d.as_micros()),
+                        None => buf.extend_from_slice(b"null"),
                     }
                 }
-                let _ = write!(
-                    buf,
-                    ",\"retries\":{retries},\"hold_ms\":{:.3},\"reason\":",
-                    record.hold.as_secs_f64() * 1000.0
-                );
+                buf.extend_from_slice(b",\"retries\":");
+                push_u64(&mut buf, u64::from(retries));
+                buf.extend_from_slice(b",\"hold_ms\":");
+                push_thousandths(&mut buf, record.hold.as_micros());
+                buf.extend_from_slice(b",\"reason\":");
                 json_opt(&mut buf, record.reason.unwrap_or("").as_bytes());
                 buf.extend_from_slice(b"}\n");
                 Ok::<(), io::Error>(())
@@ -231,33 +229,36 @@ impl WorkerLog {
                 text_field(&mut buf, client);
                 let _ = write!(buf, " - - [{}] \"", humantime::format_rfc3339_millis(wall));
                 text_field(&mut buf, &record.request);
-                let _ = write!(buf, "\" {} {} rid=", record.status, record.bytes_out);
+                buf.extend_from_slice(b"\" ");
+                push_u64(&mut buf, u64::from(record.status));
+                buf.push(b' ');
+                push_u64(&mut buf, record.bytes_out);
+                buf.extend_from_slice(b" rid=");
                 text_field(&mut buf, request_id);
                 buf.extend_from_slice(b" pool=");
                 text_or_dash(&mut buf, pool.as_bytes());
                 buf.extend_from_slice(b" model=");
                 text_or_dash(&mut buf, &record.model);
+                buf.extend_from_slice(b" replica=");
                 match record.replica {
-                    Some(addr) => {
-                        let _ = write!(buf, " replica={addr}");
-                    }
-                    None => buf.extend_from_slice(b" replica=-"),
+                    Some(addr) => push_addr(&mut buf, addr),
+                    None => buf.push(b'-'),
                 }
-                let _ = write!(
-                    buf,
-                    " in={} rt={:.3} ht=",
-                    record.bytes_in,
-                    took.as_secs_f64()
-                );
+                buf.extend_from_slice(b" in=");
+                push_u64(&mut buf, record.bytes_in);
+                buf.extend_from_slice(b" rt=");
+                push_thousandths(&mut buf, took.as_millis());
+                buf.extend_from_slice(b" ht=");
                 secs_or_dash(&mut buf, record.head);
                 buf.extend_from_slice(b" fb=");
                 secs_or_dash(&mut buf, record.first_byte);
-                let _ = writeln!(
-                    buf,
-                    " retries={retries} hold={:.3} reason={}",
-                    record.hold.as_secs_f64(),
-                    record.reason.unwrap_or("-")
-                );
+                buf.extend_from_slice(b" retries=");
+                push_u64(&mut buf, u64::from(retries));
+                buf.extend_from_slice(b" hold=");
+                push_thousandths(&mut buf, record.hold.as_millis());
+                buf.extend_from_slice(b" reason=");
+                buf.extend_from_slice(record.reason.unwrap_or("-").as_bytes());
+                buf.push(b'\n');
                 Ok(())
             }
         };
@@ -285,7 +286,13 @@ impl WorkerLog {
             second.0 = secs;
         }
         buf.extend_from_slice(&second.1);
-        let _ = write!(buf, ".{millis:03}Z");
+        buf.extend_from_slice(&[
+            b'.',
+            b'0' + (millis / 100) as u8,
+            b'0' + (millis / 10 % 10) as u8,
+            b'0' + (millis % 10) as u8,
+            b'Z',
+        ]);
     }
 
     /// Hands the buffered lines to the logger, or drops them (counted)
@@ -310,10 +317,46 @@ impl WorkerLog {
 
 fn secs_or_dash(buf: &mut Vec<u8>, d: Option<Duration>) {
     match d {
-        Some(d) => {
-            let _ = write!(buf, "{:.3}", d.as_secs_f64());
-        }
+        Some(d) => push_thousandths(buf, d.as_millis()),
         None => buf.push(b'-'),
+    }
+}
+
+/// An integer, without the formatting machinery (a line has a dozen).
+fn push_u64(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `n` thousandths as a decimal with three places: microseconds as
+/// milliseconds (`1234` → `1.234`), or milliseconds as seconds.
+fn push_thousandths(buf: &mut Vec<u8>, n: u128) {
+    let n = u64::try_from(n).unwrap_or(u64::MAX);
+    push_u64(buf, n / 1000);
+    let frac = n % 1000;
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// `ip:port` (`[ip]:port` for IPv6), an IPv4 address without `fmt`.
+fn push_addr(buf: &mut Vec<u8>, addr: std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                push_u64(buf, u64::from(*octet));
+            }
+            buf.push(b':');
+            push_u64(buf, u64::from(v4.port()));
+        }
+        std::net::SocketAddr::V6(_) => {
+            let _ = write!(buf, "{addr}");
+        }
     }
 }
 
@@ -575,6 +618,27 @@ mod tests {
             text.contains(" pool=- model=llama replica=10.0.0.5:8000"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn numbers_are_written_without_fmt_as_fmt_would() {
+        let mut buf = Vec::new();
+        for (n, text) in [
+            (0u128, "0.000"),
+            (7, "0.007"),
+            (1_234, "1.234"),
+            (60_000_001, "60000.001"),
+        ] {
+            buf.clear();
+            push_thousandths(&mut buf, n);
+            assert_eq!(buf, text.as_bytes());
+        }
+        for addr in ["10.0.0.255:8000", "[::1]:9000", "127.0.0.1:0"] {
+            buf.clear();
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            push_addr(&mut buf, addr);
+            assert_eq!(buf, addr.to_string().as_bytes());
+        }
     }
 
     #[test]
