@@ -364,6 +364,16 @@ pub fn write_table(dir: &Path, name: &str, table: &str) -> Result<()> {
     std::fs::write(&path, table).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Says where a scenario's files went.
+#[allow(clippy::print_stdout)]
+pub fn announce(dir: &Path, name: &str) {
+    println!(
+        "wrote {}/{name}.json, .txt and .svg; index: {}/index.html",
+        dir.display(),
+        dir.display()
+    );
+}
+
 /// The command line that is running, for the records.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")

@@ -239,6 +239,27 @@ impl Drop for Running {
     }
 }
 
+/// Waits (bounded) for the process to exit; its status and its stderr.
+fn exit_and_stderr(running: &mut Running) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "inferlb did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    running
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args(["-s", name, &child.id().to_string()])
@@ -276,26 +297,8 @@ fn serve_proxies_and_sigterm_lets_the_stream_finish() {
     let rest = client.read_until(b"[DONE]").unwrap();
     assert!(String::from_utf8_lossy(&rest).contains("tok9"));
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = running.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "inferlb did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, stderr) = exit_and_stderr(&mut running);
     assert!(status.success(), "exit status {status}");
-    let mut stderr = String::new();
-    running
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     for line in [
         "workers started",
         "I/O driver",
@@ -460,19 +463,7 @@ fn rust_log_debug_shows_each_routing_decision() {
     let mut client = RawClient::connect(listen).unwrap();
     assert_eq!(client.get("/").unwrap().status, 200);
     signal(&running.0, "TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while running.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "inferlb did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut stderr = String::new();
-    running
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (_, stderr) = exit_and_stderr(&mut running);
     let line = stderr
         .lines()
         .find(|l| l.contains("routed"))

@@ -412,12 +412,7 @@ fn main() -> Result<()> {
             &rows::panels(&scenario, &rows),
         )?;
         report::write_index(&args.out)?;
-        println!(
-            "wrote {}/{}.json, .txt and .svg; index: {}/index.html",
-            args.out.display(),
-            scenario.name,
-            args.out.display()
-        );
+        report::announce(&args.out, &scenario.name);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -146,12 +146,7 @@ pub(crate) fn prefix(
         &[throughput, ttft50, ttft99, hits, busiest],
     )?;
     report::write_index(&args.out)?;
-    println!(
-        "wrote {}/{}.json, .txt and .svg; index: {}/index.html",
-        args.out.display(),
-        s.name,
-        args.out.display()
-    );
+    report::announce(&args.out, &s.name);
     Ok(())
 }
 
@@ -252,11 +247,6 @@ pub(crate) fn autoscale(
     report::write_json(&args.out, &s.name, &record)?;
     inferlb_benches::autoscale::write_svg(&args.out, &s.name, &outcome)?;
     report::write_index(&args.out)?;
-    println!(
-        "wrote {}/{}.json, .txt and .svg; index: {}/index.html",
-        args.out.display(),
-        s.name,
-        args.out.display()
-    );
+    report::announce(&args.out, &s.name);
     Ok(())
 }

@@ -411,40 +411,31 @@ fn cors(p: &mut Problems, file: &super::file::FileCors) -> Cors {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
     };
-    let methods: Vec<String> = match &file.allowed_methods {
-        None => ["GET", "POST", "OPTIONS"].map(String::from).to_vec(),
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                if token_ok(m) {
-                    Some(m.to_ascii_uppercase())
-                } else {
-                    p.add(
-                        format!("cors.allowed_methods[{i}]"),
-                        format!("{m:?} is not a method"),
-                    );
-                    None
-                }
-            })
-            .collect(),
-    };
-    let mut names = |field: &str, list: &[String]| -> Vec<String> {
+    // Each entry a token (RFC 9110 §5.6.2), in one case; the bad ones named.
+    let mut tokens = |field: &str, what: &str, list: &[String], upper: bool| -> Vec<String> {
         list.iter()
             .enumerate()
-            .filter_map(|(i, h)| {
-                if token_ok(h) {
-                    Some(h.to_ascii_lowercase())
-                } else {
-                    p.add(
-                        format!("cors.{field}[{i}]"),
-                        format!("{h:?} is not a header name"),
-                    );
-                    None
+            .filter_map(|(i, t)| {
+                if !token_ok(t) {
+                    p.add(format!("cors.{field}[{i}]"), format!("{t:?} is not {what}"));
+                    return None;
                 }
+                Some(if upper {
+                    t.to_ascii_uppercase()
+                } else {
+                    t.to_ascii_lowercase()
+                })
             })
             .collect()
     };
+    let default_methods = ["GET", "POST", "OPTIONS"].map(String::from);
+    let methods = tokens(
+        "allowed_methods",
+        "a method",
+        file.allowed_methods.as_deref().unwrap_or(&default_methods),
+        true,
+    );
+    let mut names = |field: &str, list: &[String]| tokens(field, "a header name", list, false);
     let headers = names(
         "allowed_headers",
         file.allowed_headers.as_deref().unwrap_or(&["*".to_owned()]),
