@@ -356,15 +356,7 @@ fn a_busy_default_admin_port_disables_the_admin_api_but_not_the_proxy() {
     let mut client = RawClient::connect(listen).unwrap();
     assert_eq!(client.get("/").unwrap().status, 503);
     signal(&running.0, "TERM");
-    let _ = running.0.wait();
-    let mut stderr = String::new();
-    running
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (_, stderr) = exit_and_stderr(&mut running);
     assert!(stderr.contains("WITHOUT the admin API"), "{stderr}");
 
     // An address the operator chose must be free, or start-up fails.
