@@ -132,26 +132,9 @@ impl Aws {
     }
 
     async fn read_policies(&self, target: &Target, current: &mut Current) -> Result<(), AwsError> {
-        let policies = all_pages(|token| {
-            let request = self
-                .aas
-                .describe_scaling_policies()
-                .service_namespace(namespace())
-                .resource_id(&target.resource_id)
-                .scalable_dimension(dimension_of(target))
-                .set_next_token(token);
-            async {
-                let out = request
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("DescribeScalingPolicies", &target.resource_id, e))?;
-                Ok((
-                    out.scaling_policies().to_vec(),
-                    out.next_token().map(str::to_owned),
-                ))
-            }
-        })
-        .await?;
+        let policies = self
+            .describe_policies(&target.resource_id, dimension_of(target))
+            .await?;
         for p in policies {
             if p.resource_id() != target.resource_id
                 || current.policy(p.resource_id(), p.policy_name()).is_some()
@@ -212,26 +195,9 @@ impl Aws {
     }
 
     async fn read_scheduled(&self, target: &Target, current: &mut Current) -> Result<(), AwsError> {
-        let actions = all_pages(|token| {
-            let request = self
-                .aas
-                .describe_scheduled_actions()
-                .service_namespace(namespace())
-                .resource_id(&target.resource_id)
-                .scalable_dimension(dimension_of(target))
-                .set_next_token(token);
-            async {
-                let out = request
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("DescribeScheduledActions", &target.resource_id, e))?;
-                Ok((
-                    out.scheduled_actions().to_vec(),
-                    out.next_token().map(str::to_owned),
-                ))
-            }
-        })
-        .await?;
+        let actions = self
+            .describe_actions(&target.resource_id, dimension_of(target))
+            .await?;
         for s in actions {
             if s.resource_id() != target.resource_id
                 || current
@@ -366,7 +332,34 @@ impl Aws {
         dimension: &str,
     ) -> Result<Vec<String>, AwsError> {
         let dimension = aas::types::ScalableDimension::from(dimension);
-        let policies = all_pages(|token| {
+        let policies = self.describe_policies(resource_id, dimension.clone()).await?;
+        let actions = self.describe_actions(resource_id, dimension).await?;
+        let mut carried: Vec<String> = policies
+            .iter()
+            .filter(|p| p.resource_id() == resource_id)
+            .map(|p| format!("scaling policy {:?} on {resource_id}", p.policy_name()))
+            .collect();
+        carried.extend(
+            actions
+                .iter()
+                .filter(|a| a.resource_id() == resource_id)
+                .map(|a| {
+                    format!(
+                        "scheduled action {:?} on {resource_id}",
+                        a.scheduled_action_name()
+                    )
+                }),
+        );
+        Ok(carried)
+    }
+
+    /// Every scaling policy of a resource and dimension, all pages.
+    async fn describe_policies(
+        &self,
+        resource_id: &str,
+        dimension: aas::types::ScalableDimension,
+    ) -> Result<Vec<aas::types::ScalingPolicy>, AwsError> {
+        all_pages(|token| {
             let request = self
                 .aas
                 .describe_scaling_policies()
@@ -385,8 +378,16 @@ impl Aws {
                 ))
             }
         })
-        .await?;
-        let actions = all_pages(|token| {
+        .await
+    }
+
+    /// Every scheduled action of a resource and dimension, all pages.
+    async fn describe_actions(
+        &self,
+        resource_id: &str,
+        dimension: aas::types::ScalableDimension,
+    ) -> Result<Vec<aas::types::ScheduledAction>, AwsError> {
+        all_pages(|token| {
             let request = self
                 .aas
                 .describe_scheduled_actions()
@@ -405,24 +406,7 @@ impl Aws {
                 ))
             }
         })
-        .await?;
-        let mut carried: Vec<String> = policies
-            .iter()
-            .filter(|p| p.resource_id() == resource_id)
-            .map(|p| format!("scaling policy {:?} on {resource_id}", p.policy_name()))
-            .collect();
-        carried.extend(
-            actions
-                .iter()
-                .filter(|a| a.resource_id() == resource_id)
-                .map(|a| {
-                    format!(
-                        "scheduled action {:?} on {resource_id}",
-                        a.scheduled_action_name()
-                    )
-                }),
-        );
-        Ok(carried)
+        .await
     }
 
     /// The names of every alarm carrying inferlb's mark.
