@@ -69,7 +69,9 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
         None => Config::default(),
     };
     if let Some(listen) = args.listen {
+        // One plaintext listener, in place of the file's.
         config.proxy.listen = listen;
+        config.proxy.more_listeners.clear();
     }
     if let Some(workers) = args.workers {
         anyhow::ensure!(
@@ -178,7 +180,9 @@ pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle
         "workers started"
     );
     tracing::info!(driver = handle.io_driver().as_str(), "I/O driver");
-    tracing::info!(listen = %handle.local_addr(), routing = %state.routing(), "listening");
+    for addr in handle.local_addrs() {
+        tracing::info!(listen = %addr, routing = %state.routing(), "listening");
+    }
     if state.replicas().is_empty() {
         if state.pools().iter().any(|p| p.autoscaling.is_some()) {
             tracing::info!("no replicas yet: autoscaling pools start theirs on demand; others answer 503 until one is added");

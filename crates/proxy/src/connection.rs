@@ -32,10 +32,39 @@ enum Wait {
     Stop,
 }
 
-/// Accepts and serves until told to stop, then drains: no new connections,
-/// in-flight requests get the drain timeout to finish.
-pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener) {
+/// Accepts on every listener and serves until told to stop, then drains:
+/// no new connections, in-flight requests get the drain timeout to finish.
+pub(crate) async fn accept(worker: Rc<Worker>, listeners: Vec<TcpListener>) {
     monoio::spawn(crate::worker::sweep(Rc::clone(&worker)));
+    let mut listeners = listeners.into_iter();
+    let Some(first) = listeners.next() else {
+        return;
+    };
+    // The others accept in tasks of their own; every loop ends when the
+    // phase leaves Running.
+    let others: Vec<_> = listeners
+        .map(|listener| monoio::spawn(accept_on(Rc::clone(&worker), listener)))
+        .collect();
+    accept_on(Rc::clone(&worker), first).await;
+    // Every listener is closed before the drain: a task left behind when
+    // the runtime ends would keep its socket open.
+    for other in others {
+        other.await;
+    }
+    let phase = worker.phase.clone();
+    worker.stopping.set(true);
+    worker.idle.wake_all();
+    let deadline = Instant::now() + worker.config.timeouts.shutdown_drain;
+    while worker.stats.open_connections() > 0
+        && Instant::now() < deadline
+        && *phase.borrow() != crate::worker::Phase::Stopped
+    {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Accepts on one listener until the phase leaves Running.
+async fn accept_on(worker: Rc<Worker>, listener: TcpListener) {
     let max = worker.config.limits.max_connections_per_worker as u64;
     let mut phase = worker.phase.clone();
     let mut last_refusal_log: Option<Instant> = None;
@@ -95,16 +124,7 @@ pub(crate) async fn accept(worker: Rc<Worker>, listener: TcpListener) {
             serve(worker, stream, peer).await;
         });
     }
-    worker.stopping.set(true);
-    worker.idle.wake_all();
     drop(listener);
-    let deadline = Instant::now() + worker.config.timeouts.shutdown_drain;
-    while worker.stats.open_connections() > 0
-        && Instant::now() < deadline
-        && *phase.borrow() != crate::worker::Phase::Stopped
-    {
-        monoio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Decrements the open-connection count when a connection task ends.

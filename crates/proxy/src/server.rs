@@ -46,7 +46,7 @@ impl ActiveDriver {
 /// [`ProxyHandle::shutdown`] for a graceful stop.
 #[derive(Debug)]
 pub struct ProxyHandle {
-    local_addr: SocketAddr,
+    local_addrs: Vec<SocketAddr>,
     driver: ActiveDriver,
     phase: watch::Sender<Phase>,
     threads: Vec<JoinHandle<()>>,
@@ -56,9 +56,15 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
-    /// The address the workers listen on (port 0 resolved).
+    /// The address the workers listen on (port 0 resolved); the first,
+    /// with several.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
+    }
+
+    /// Every address the workers listen on, in the configured order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// The I/O driver the workers run on.
@@ -129,9 +135,11 @@ static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHandle> {
     // A plain bind first: SO_REUSEPORT would let a second process share the
     // port silently, and this also resolves port 0 for every worker.
-    let probe = bind_retrying(config.listen)?;
-    let local_addr = probe.local_addr()?;
-    drop(probe);
+    let mut local_addrs = Vec::with_capacity(1 + config.more_listeners.len());
+    for &addr in std::iter::once(&config.listen).chain(&config.more_listeners) {
+        let probe = bind_retrying(addr)?;
+        local_addrs.push(probe.local_addr()?);
+    }
 
     let workers = config.worker_count();
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
@@ -161,6 +169,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         let ready = ready_tx.clone();
         let clients = clients.clone();
         let worker_front = Arc::clone(&front);
+        let addrs = local_addrs.clone();
         let access = access_tx
             .clone()
             .map(|(tx, format)| crate::access::worker_log(tx, format, Arc::clone(&worker_stats)));
@@ -176,7 +185,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
                 worker.clients = clients;
                 worker.access = access;
                 worker.front = crate::front::FrontCache::new(worker_front);
-                run_worker(&config, local_addr, worker, ready);
+                run_worker(&config, addrs, worker, ready);
             })?;
         threads.push(thread);
     }
@@ -184,7 +193,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
     // Only the workers hold senders: the logger ends after the last one.
     drop(access_tx);
     let mut handle = ProxyHandle {
-        local_addr,
+        local_addrs,
         driver: ActiveDriver::IoUring,
         phase: phase_tx,
         threads,
@@ -240,7 +249,7 @@ fn bind_retrying(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// Builds the worker's runtime and serves on it until the phase says stop.
 fn run_worker(
     config: &ProxyConfig,
-    addr: SocketAddr,
+    addr: Vec<SocketAddr>,
     worker: Worker,
     ready: mpsc::Sender<io::Result<ActiveDriver>>,
 ) {
@@ -264,7 +273,7 @@ fn run_worker(
             });
         match built {
             Ok(mut runtime) => {
-                runtime.block_on(serve_on(addr, worker, ready, ActiveDriver::IoUring));
+                runtime.block_on(serve_on(addr.clone(), worker, ready, ActiveDriver::IoUring));
                 return;
             }
             Err(e) if config.io_driver == IoDriver::Uring => {
@@ -290,7 +299,7 @@ fn run_worker(
 }
 
 async fn serve_on(
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     worker: Worker,
     ready: mpsc::Sender<io::Result<ActiveDriver>>,
     driver: ActiveDriver,
@@ -299,20 +308,23 @@ async fn serve_on(
         .reuse_port(true)
         .reuse_addr(true)
         .backlog(BACKLOG);
-    let listener = match TcpListener::bind_with_config(addr, &opts) {
-        Ok(listener) => listener,
-        Err(e) => {
-            let _ = ready.send(Err(io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr}: {e}"),
-            )));
-            return;
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        match TcpListener::bind_with_config(addr, &opts) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => {
+                let _ = ready.send(Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                )));
+                return;
+            }
         }
-    };
+    }
     let _ = ready.send(Ok(driver));
     drop(ready);
     let worker = Rc::new(worker);
-    crate::connection::accept(Rc::clone(&worker), listener).await;
+    crate::connection::accept(Rc::clone(&worker), listeners).await;
     if let Some(access) = &worker.access {
         access.flush();
     }

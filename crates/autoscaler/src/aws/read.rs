@@ -332,7 +332,9 @@ impl Aws {
         dimension: &str,
     ) -> Result<Vec<String>, AwsError> {
         let dimension = aas::types::ScalableDimension::from(dimension);
-        let policies = self.describe_policies(resource_id, dimension.clone()).await?;
+        let policies = self
+            .describe_policies(resource_id, dimension.clone())
+            .await?;
         let actions = self.describe_actions(resource_id, dimension).await?;
         let mut carried: Vec<String> = policies
             .iter()

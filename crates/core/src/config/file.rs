@@ -14,6 +14,9 @@ use crate::routing::Routing;
 pub struct FileConfig {
     /// Address the data plane listens on. Default `0.0.0.0:8080`.
     pub listen: Option<String>,
+    /// Several listeners (instead of `listen`): every worker binds each.
+    #[serde(default)]
+    pub listeners: Vec<FileListener>,
     /// Worker threads, one per core; 0 or absent means one per available core
     /// (nginx `worker_processes auto`).
     pub workers: Option<usize>,
@@ -459,6 +462,14 @@ pub struct FileAccessLog {
     pub path: Option<String>,
     /// `"json"` (JSON lines, the default) or `"text"` (combined-like).
     pub format: Option<String>,
+}
+
+/// `[[listeners]]`: one address the proxy serves on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    /// `ip:port`, e.g. `"0.0.0.0:8080"` or `"[::]:8080"`.
+    pub address: String,
 }
 
 /// `[cors]`: cross-origin requests from browser UIs that call the API

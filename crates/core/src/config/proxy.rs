@@ -57,8 +57,11 @@ impl FromStr for IoDriver {
 /// What the data plane needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
-    /// Data-plane listen address.
+    /// Data-plane listen address (the first, with several).
     pub listen: SocketAddr,
+    /// More addresses every worker listens on (`[[listeners]]` after the
+    /// first).
+    pub more_listeners: Vec<SocketAddr>,
     /// Worker threads; 0 means one per available core.
     pub workers: usize,
     /// Which monoio driver to run.
@@ -165,6 +168,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            more_listeners: Vec::new(),
             workers: 0,
             io_driver: IoDriver::Auto,
             cpu_pinning: false,
@@ -341,18 +345,41 @@ impl Default for ModelSelection {
 /// field left at its default.
 pub(super) fn proxy(p: &mut Problems, file: &FileConfig) -> ProxyConfig {
     let defaults = ProxyConfig::default();
+    let address = |p: &mut Problems, field: String, text: &str| {
+        text.parse::<SocketAddr>()
+            .map_err(|_| {
+                p.add(
+                    field,
+                    format!("{text:?} is not ip:port (e.g. 0.0.0.0:8080 or [::]:8080)"),
+                )
+            })
+            .ok()
+    };
+    let mut listeners: Vec<SocketAddr> = Vec::new();
+    for (i, listener) in file.listeners.iter().enumerate() {
+        let field = format!("listeners[{i}].address");
+        if let Some(addr) = address(p, field.clone(), &listener.address) {
+            if listeners.contains(&addr) {
+                p.add(field, format!("{addr} is listed twice"));
+            } else {
+                listeners.push(addr);
+            }
+        }
+    }
+    if file.listen.is_some() && !file.listeners.is_empty() {
+        p.add(
+            "listen",
+            "give either listen or [[listeners]], not both: [[listeners]] lists every address",
+        );
+    }
     let listen = match &file.listen {
+        Some(text) => address(p, "listen".into(), text).unwrap_or(defaults.listen),
+        None if !listeners.is_empty() => listeners.remove(0),
         None => defaults.listen,
-        Some(text) => text.parse().unwrap_or_else(|_| {
-            p.add(
-                "listen",
-                format!("{text:?} is not ip:port (e.g. 0.0.0.0:8080 or [::]:8080)"),
-            );
-            defaults.listen
-        }),
     };
     ProxyConfig {
         listen,
+        more_listeners: listeners,
         workers: count(p, "workers", file.workers, 0, 0, 1024),
         io_driver: file.io_driver.unwrap_or_default(),
         cpu_pinning: file.cpu_pinning.unwrap_or(false),

@@ -494,3 +494,23 @@ fn cors_is_checked_field_by_field() {
     let err = Config::from_toml("[cors]\n").unwrap_err().to_string();
     assert!(err.contains("cors.allowed_origins"), "{err}");
 }
+
+#[test]
+fn listeners_are_read_and_checked() {
+    let config = Config::from_toml(
+        "[[listeners]]\naddress = \"0.0.0.0:8080\"\n[[listeners]]\naddress = \"[::]:8081\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.proxy.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.proxy.more_listeners.len(), 1);
+    assert_eq!(config.proxy.more_listeners[0].to_string(), "[::]:8081");
+    // Every problem at once, with its field.
+    let err = Config::from_toml(
+        "listen = \"0.0.0.0:1\"\n[[listeners]]\naddress = \"nope\"\n[[listeners]]\naddress = \"0.0.0.0:2\"\n[[listeners]]\naddress = \"0.0.0.0:2\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for field in ["listen", "listeners[0].address", "listeners[2].address"] {
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
