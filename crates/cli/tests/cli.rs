@@ -465,3 +465,37 @@ fn rust_log_debug_shows_each_routing_decision() {
         "{line}"
     );
 }
+
+#[test]
+fn serve_listens_on_every_configured_listener() {
+    let replica = FakeReplica::builder().name("r1").start().unwrap();
+    let (a, b) = (free_addr(), free_addr());
+    let (mut command, dir) = serve("listeners");
+    let config = dir.join("inferlb.toml");
+    std::fs::write(
+        &config,
+        format!("[[listeners]]\naddress = \"{a}\"\n[[listeners]]\naddress = \"{b}\"\n"),
+    )
+    .unwrap();
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["--workers", "1", "--replica", &replica.addr().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut running = Running(command.spawn().unwrap());
+    for addr in [a, b] {
+        assert!(wait_for_port(addr, Duration::from_secs(10)), "{addr}");
+        let mut client = RawClient::connect(addr).unwrap();
+        assert_eq!(client.get("/").unwrap().status, 200, "{addr}");
+    }
+    signal(&running.0, "TERM");
+    let (status, stderr) = exit_and_stderr(&mut running);
+    assert!(status.success(), "{stderr}");
+    for addr in [a, b] {
+        assert!(
+            stderr.contains(&format!("listen={addr}")),
+            "no listening line for {addr}:\n{stderr}"
+        );
+    }
+}
