@@ -38,6 +38,13 @@ pub(super) enum Routed {
 /// (within `routing.max_inspect_body_bytes`) for its `"model"` when the
 /// header is absent and there are pools to choose from, or for its text when
 /// the pool routes by prefix. Other requests are not looked into.
+///
+/// ```text
+/// needs the body? ──no──▶ routed on the header (or the default pool)
+///       │ yes
+///       ▼
+/// read (until routing has what it needs) ─▶ take what was read ─▶ routed
+/// ```
 pub(super) async fn find_target(
     worker: &Worker,
     client: &mut Client,
@@ -47,63 +54,115 @@ pub(super) async fn find_target(
     head: FromHead,
     progress: &mut Progress,
 ) -> Result<Routed, Abort> {
-    let FromHead {
-        model: header_model,
-        form,
-    } = head;
-    let form = form.as_deref();
-    let from_body = header_model.is_none();
+    let finder = Finder {
+        worker,
+        info,
+        form: head.form.as_deref(),
+        from_body: head.model.is_none(),
+    };
     let mut target = Target {
-        model: header_model,
+        model: head.model,
         ..Target::default()
     };
-    let max = worker.config.model.max_inspect_body_bytes;
     // Decided on the worker's cached snapshot, without taking a reference
     // to it: the common request (no JSON body to read) touches no shared
     // reference count.
     {
         let mut snapshots = worker.snapshots.borrow_mut();
         let set = snapshots.load();
-        let wants_model = target.model.is_none() && models::has_named_pools(set);
-        let inspect = info.body != Framing::None
-            && max > 0
-            && ((info.json
-                && (wants_model
-                    || prefix_limit(
-                        set,
-                        set.pool_for(target.model.as_ref().map(ModelName::as_str)),
-                    )
-                    .is_some()))
-                // A form (an audio upload) is read only for its model.
-                || (form.is_some() && wants_model));
-        if !inspect {
-            return Ok(
-                if set
-                    .pool_for(target.model.as_ref().map(ModelName::as_str))
-                    .is_none()
-                {
-                    Routed::NoPool(target.model)
-                } else {
-                    Routed::To(target)
-                },
-            );
+        if !finder.reads_body(set, target.model.as_ref()) {
+            return Ok(routed(set, target));
         }
     }
-    let config = &worker.config;
-    let limits = inspect::InspectLimits {
-        max,
-        gap: config.timeouts.body_read,
-        whole: config.timeouts.request_read,
-        min_rate: config.limits.min_body_rate_bytes_per_s,
-        start_only: form.is_some(),
-    };
-    let mut reserved = Reserved::none(&worker.inspect_budget);
-    let mut text = Vec::new();
-    let inspected = {
-        // Reading stops once the body's start holds what routing needs: its
-        // model when no header names one, and for a pool that routes by
-        // prefix the first `prefix.max_text_bytes` of its text.
-        let header_model = target.model.clone();
+    let (inspected, reserved, mut text) = finder
+        .read(client, body, *head_end, target.model.as_ref(), progress)
+        .await?;
+    // Held for the request's life: while it is forwarded, and while it
+    // waits for an autoscaling pool's first replica.
+    target.reserved = Some(reserved);
+    // The snapshot as it is once the body is in.
+    let set = Arc::clone(worker.snapshots.borrow_mut().load());
+    let no_route = target.model.is_none() && set.default_pool().is_none();
+    match &inspected {
+        inspect::Inspected::Whole => {
+            finder.take_whole(client, head_end, &set, &mut target, &mut text)?
+        }
+        inspect::Inspected::Early(early) => {
+            finder.take_early(client, head_end, &set, early, &mut target, progress)?;
+            if early.text {
+                target.prefix_text(&text);
+            }
+        }
+        inspect::Inspected::TooLarge if no_route => return Ok(Routed::TooLarge),
+        // Refused rather than read: nothing else says where it goes.
+        inspect::Inspected::NoBudget if no_route => {
+            return Err(Abort::Respond(ErrorKind::InspectBusy))
+        }
+        // The model header or the default pool routes it, unread.
+        inspect::Inspected::TooLarge | inspect::Inspected::NoBudget => {}
+    }
+    Ok(routed(&set, target))
+}
+
+/// The target's pool, or 404 when no pool serves its model.
+fn routed(set: &ReplicaSet, target: Target) -> Routed {
+    if set
+        .pool_for(target.model.as_ref().map(ModelName::as_str))
+        .is_none()
+    {
+        Routed::NoPool(target.model)
+    } else {
+        Routed::To(target)
+    }
+}
+
+/// One request's look into its body: what it is, and what routing needs.
+struct Finder<'a> {
+    worker: &'a Worker,
+    info: &'a RequestInfo,
+    /// A `multipart/form-data` body's boundary.
+    form: Option<&'a [u8]>,
+    /// No header names the model: the body does.
+    from_body: bool,
+}
+
+impl Finder<'_> {
+    /// Whether routing needs the body: a JSON body for its model (when no
+    /// header names one and there are pools to choose from) or for its text
+    /// (a pool that routes by prefix); a form only for its model.
+    fn reads_body(&self, set: &ReplicaSet, model: Option<&ModelName>) -> bool {
+        let wants_model = model.is_none() && models::has_named_pools(set);
+        let prefix = || prefix_limit(set, set.pool_for(model.map(ModelName::as_str))).is_some();
+        self.info.body != Framing::None
+            && self.worker.config.model.max_inspect_body_bytes > 0
+            && ((self.info.json && (wants_model || prefix()))
+                || (self.form.is_some() && wants_model))
+    }
+
+    /// Reads the body until its start holds what routing needs (its model
+    /// when no header names one, and for a pool that routes by prefix the
+    /// first `prefix.max_text_bytes` of its text), or whole, within the
+    /// limits. Returns how it ended, the bytes it holds against the budget,
+    /// and the prefix text found while reading.
+    async fn read(
+        &self,
+        client: &mut Client,
+        body: &mut Body,
+        head_end: usize,
+        header_model: Option<&ModelName>,
+        progress: &mut Progress,
+    ) -> Result<(inspect::Inspected, Reserved, Vec<u8>), Abort> {
+        let worker = self.worker;
+        let config = &worker.config;
+        let limits = inspect::InspectLimits {
+            max: config.model.max_inspect_body_bytes,
+            gap: config.timeouts.body_read,
+            whole: config.timeouts.request_read,
+            min_rate: config.limits.min_body_rate_bytes_per_s,
+            start_only: self.form.is_some(),
+        };
+        let mut reserved = Reserved::none(&worker.inspect_budget);
+        let mut text = Vec::new();
         let mut model_scan = inspect::ModelScan::default();
         let mut text_scan = inspect::TextScan::default();
         let mut form_scan = inspect::FormScan::default();
@@ -111,7 +170,7 @@ pub(super) async fn find_target(
             let mut snapshots = worker.snapshots.borrow_mut();
             let set = snapshots.load();
             let mut found = inspect::Early::default();
-            if let Some(boundary) = form {
+            if let Some(boundary) = self.form {
                 // A form's model is all it is read for.
                 return match form_scan.scan(payload, boundary) {
                     inspect::FieldSoFar::Found(range) => {
@@ -121,7 +180,7 @@ pub(super) async fn find_target(
                     _ => None,
                 };
             }
-            let pool = match &header_model {
+            let pool = match header_model {
                 Some(model) => set.pool_for(Some(model.as_str())),
                 None => match model_scan.scan(payload) {
                     inspect::ModelSoFar::Found(range) => {
@@ -142,118 +201,117 @@ pub(super) async fn find_target(
                 }
             }
         };
-        inspect::read_body(
+        let inspected = inspect::read_body(
             client,
-            info,
+            self.info,
             body,
-            *head_end,
+            head_end,
             limits,
             &mut reserved,
             progress,
             early,
         )
-        .await?
-    };
-    // Held for the request's life: while it is forwarded, and while it
-    // waits for an autoscaling pool's first replica.
-    target.reserved = Some(reserved);
-    // The snapshot as it is once the body is in.
-    let set = Arc::clone(worker.snapshots.borrow_mut().load());
-    let no_route = target.model.is_none() && set.default_pool().is_none();
-    let body_start = *head_end;
-    match &inspected {
-        inspect::Inspected::Whole => {
-            let payload = inspect::payload(&client.request[body_start..], info.body);
-            // What the alias rewrite replaces: the model's JSON string, or
-            // its form field's value; and with what.
-            let mut rewrite = None;
-            if let Some(boundary) = form {
-                let field = inspect::model_field(&payload, boundary);
-                target.model = field.clone().map(|range| ModelName::new(&payload[range]));
-                rewrite = field
-                    .zip(served_name(&set, target.model.as_ref()))
-                    .map(|(token, served)| (token, served.as_bytes().to_vec()));
-            } else {
-                // The model alone costs nothing on the heap; the text only
-                // when the pool routes by prefix.
-                if from_body {
-                    target.model = match inspect::model_of(&payload) {
-                        inspect::BodyModel::Named(m) => Some(ModelName::new(m.as_bytes())),
-                        inspect::BodyModel::Absent => None,
-                        inspect::BodyModel::Duplicate => {
-                            return Err(Abort::Respond(ErrorKind::AmbiguousModel))
-                        }
-                        // Nothing can be read from it, by the proxy or a replica.
-                        inspect::BodyModel::Invalid => {
-                            return Err(Abort::Respond(ErrorKind::InvalidJson))
-                        }
-                    };
-                    rewrite = served_name(&set, target.model.as_ref())
-                        .zip(inspect::model_token(&payload))
-                        .map(|(served, token)| {
-                            (token, serde_json::to_vec(served).unwrap_or_default())
-                        });
-                }
-                let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str));
-                if let Some(limit) = prefix_limit(&set, pool) {
-                    inspect::Parsed::from(&payload).text(&payload, &mut text);
-                    text.truncate(limit);
-                    target.prefix_text(&text);
-                }
-            }
-            // A body naming the pool by an alias goes out with the name the
-            // replicas serve: a sized body rewritten in place, a chunked one
-            // anew.
-            if let Some((token, name)) = rewrite {
-                let payload = match info.body {
-                    Framing::Chunked => payload.into_owned(),
-                    _ => Vec::new(),
+        .await?;
+        Ok((inspected, reserved, text))
+    }
+
+    /// Takes what a whole body says: its model (from the JSON or the form),
+    /// the prefix text, and an alias to rewrite.
+    fn take_whole(
+        &self,
+        client: &mut Client,
+        head_end: &mut usize,
+        set: &ReplicaSet,
+        target: &mut Target,
+        text: &mut Vec<u8>,
+    ) -> Result<(), Abort> {
+        let framing = self.info.body;
+        let payload = inspect::payload(&client.request[*head_end..], framing);
+        // What the alias rewrite replaces: the model's JSON string, or its
+        // form field's value; and with what.
+        let mut rewrite = None;
+        if let Some(boundary) = self.form {
+            let field = inspect::model_field(&payload, boundary);
+            target.model = field.clone().map(|range| ModelName::new(&payload[range]));
+            rewrite = field
+                .zip(served_name(set, target.model.as_ref()))
+                .map(|(token, served)| (token, served.as_bytes().to_vec()));
+        } else {
+            // The model alone costs nothing on the heap; the text only when
+            // the pool routes by prefix.
+            if self.from_body {
+                target.model = match inspect::model_of(&payload) {
+                    inspect::BodyModel::Named(m) => Some(ModelName::new(m.as_bytes())),
+                    inspect::BodyModel::Absent => None,
+                    inspect::BodyModel::Duplicate => {
+                        return Err(Abort::Respond(ErrorKind::AmbiguousModel))
+                    }
+                    // Nothing can be read from it, by the proxy or a replica.
+                    inspect::BodyModel::Invalid => {
+                        return Err(Abort::Respond(ErrorKind::InvalidJson))
+                    }
                 };
-                rewrite_model(client, info.body, head_end, &payload, token, &name);
+                rewrite = served_name(set, target.model.as_ref())
+                    .zip(inspect::model_token(&payload))
+                    .map(|(served, token)| (token, serde_json::to_vec(served).unwrap_or_default()));
+            }
+            let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str));
+            if let Some(limit) = prefix_limit(set, pool) {
+                inspect::Parsed::from(&payload).text(&payload, text);
+                text.truncate(limit);
+                target.prefix_text(text);
             }
         }
-        inspect::Inspected::Early(early) => {
-            if let (Some(range), Some(_)) = (&early.model, form) {
-                let at = body_start + range.start..body_start + range.end;
-                target.model = Some(ModelName::new(&client.request[at]));
-                if let Some(served) = served_name(&set, target.model.as_ref()) {
-                    let name = served.as_bytes().to_vec();
-                    rewrite_model(client, info.body, head_end, &[], range.clone(), &name);
-                }
-            } else if let Some(range) = &early.model {
-                let at = body_start + range.start..body_start + range.end;
-                target.model = Some(ModelName::new(&client.request[at]));
-                // The rest is checked for a second "model" as it streams.
-                let mut keys = inspect::ModelKeys::default();
-                if keys.feed(&client.request[body_start..]) {
-                    return Err(Abort::Respond(ErrorKind::AmbiguousModel));
-                }
-                progress.model_keys = Some(keys);
-                if let Some(served) = served_name(&set, target.model.as_ref()) {
-                    let token = range.start - 1..range.end + 1;
-                    let name = serde_json::to_vec(served).unwrap_or_default();
-                    rewrite_model(client, info.body, head_end, &[], token, &name);
-                }
-            }
-            if early.text {
-                target.prefix_text(&text);
-            }
+        // A body naming the pool by an alias goes out with the name the
+        // replicas serve: a sized body rewritten in place, a chunked one anew.
+        if let Some((token, name)) = rewrite {
+            let payload = match framing {
+                Framing::Chunked => payload.into_owned(),
+                _ => Vec::new(),
+            };
+            rewrite_model(client, framing, head_end, &payload, token, &name);
         }
-        inspect::Inspected::TooLarge if no_route => return Ok(Routed::TooLarge),
-        // Refused rather than read: nothing else says where it goes.
-        inspect::Inspected::NoBudget if no_route => {
-            return Err(Abort::Respond(ErrorKind::InspectBusy))
-        }
-        // The model header or the default pool routes it, unread.
-        inspect::Inspected::TooLarge | inspect::Inspected::NoBudget => {}
+        Ok(())
     }
-    if set
-        .pool_for(target.model.as_ref().map(ModelName::as_str))
-        .is_none()
-    {
-        return Ok(Routed::NoPool(target.model));
+
+    /// Takes the model found at the start of a body whose rest streams: a
+    /// JSON body's rest is then watched for a second `"model"`; an alias is
+    /// rewritten in the part already read.
+    fn take_early(
+        &self,
+        client: &mut Client,
+        head_end: &mut usize,
+        set: &ReplicaSet,
+        early: &inspect::Early,
+        target: &mut Target,
+        progress: &mut Progress,
+    ) -> Result<(), Abort> {
+        let Some(range) = &early.model else {
+            return Ok(());
+        };
+        let body_start = *head_end;
+        let at = body_start + range.start..body_start + range.end;
+        target.model = Some(ModelName::new(&client.request[at]));
+        let served = served_name(set, target.model.as_ref());
+        let (token, name) = if self.form.is_some() {
+            // A form field's value, as it is.
+            (range.clone(), served.map(|s| s.as_bytes().to_vec()))
+        } else {
+            // The rest is checked for a second "model" as it streams.
+            let mut keys = inspect::ModelKeys::default();
+            if keys.feed(&client.request[body_start..]) {
+                return Err(Abort::Respond(ErrorKind::AmbiguousModel));
+            }
+            progress.model_keys = Some(keys);
+            // A JSON string, quotes included.
+            let name = served.map(|s| serde_json::to_vec(s).unwrap_or_default());
+            (range.start - 1..range.end + 1, name)
+        };
+        if let Some(name) = name {
+            rewrite_model(client, self.info.body, head_end, &[], token, &name);
+        }
+        Ok(())
     }
-    Ok(Routed::To(target))
 }
 
 impl Target {
