@@ -18,6 +18,36 @@ impl Drop for Running {
     }
 }
 
+/// `inferlb serve` with one worker on `listen`, the admin API on a free
+/// port, and `rest` of the config (written in `dir`); waits for the port.
+fn serve(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+    rest: &str,
+    args: &[&std::ffi::OsStr],
+) -> Running {
+    let config = format!(
+        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{}\"\n{rest}",
+        free_addr()
+    );
+    let config_path = dir.join("inferlb.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let serve = Running(
+        Command::new(env!("CARGO_BIN_EXE_inferlb"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for_port(listen, Duration::from_secs(20)));
+    serve
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -41,28 +71,17 @@ fn every_request_gets_a_line_and_sigusr1_reopens_the_file() {
     let replica = FakeReplica::builder().name("r1").echo().start().unwrap();
     let dir = fresh_dir("access-log");
     let log = dir.join("access.log");
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = format!(
-        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
-         [[pools]]\nname = \"alpha\"\nreplicas = [{{ address = \"{}\" }}]\n",
+    let listen = free_addr();
+    let pools = format!(
+        "[[pools]]\nname = \"alpha\"\nreplicas = [{{ address = \"{}\" }}]\n",
         replica.addr()
     );
-    let config_path = dir.join("inferlb.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let serve = Running(
-        Command::new(env!("CARGO_BIN_EXE_inferlb"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--access-log")
-            .arg(&log)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let serve = serve(
+        &dir,
+        listen,
+        &pools,
+        &["--access-log".as_ref(), log.as_os_str()],
     );
-    assert!(wait_for_port(listen, Duration::from_secs(20)));
     let mut client = RawClient::connect(listen).unwrap();
     assert_eq!(
         post(&mut client, r#"{"model":"alpha","prompt":"hi"}"#).status,
@@ -141,28 +160,13 @@ fn the_text_format_reads_like_a_combined_log() {
     let replica = FakeReplica::builder().name("r1").start().unwrap();
     let dir = fresh_dir("access-log-text");
     let log = dir.join("access.log");
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = format!(
-        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
-         [access_log]\npath = \"{}\"\nformat = \"text\"\n\
-         [[replicas]]\naddress = \"{}\"\n",
+    let listen = free_addr();
+    let rest = format!(
+        "[access_log]\npath = \"{}\"\nformat = \"text\"\n[[replicas]]\naddress = \"{}\"\n",
         log.display(),
         replica.addr()
     );
-    let config_path = dir.join("inferlb.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let _serve = Running(
-        Command::new(env!("CARGO_BIN_EXE_inferlb"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for_port(listen, Duration::from_secs(20)));
+    let _serve = serve(&dir, listen, &rest, &[]);
     let mut client = RawClient::connect(listen).unwrap();
     assert_eq!(client.get("/some/path?q=1").unwrap().status, 200);
     assert!(eventually(Duration::from_secs(5), || !lines(&log).is_empty()));
