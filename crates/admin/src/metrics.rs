@@ -235,6 +235,7 @@ impl Collector for Source {
         encode_latency(&mut e, replicas)?;
         encode_workers(&mut e, &self.workers)?;
         encode_front(&mut e, &self.front)?;
+        encode_edge(&mut e, &self.front.edge)?;
         encode_process(&mut e, &snapshot)
     }
 }
@@ -474,6 +475,66 @@ fn encode_front(e: &mut DescriptorEncoder<'_>, front: &inferlb_core::FrontEnd) -
             m.encode_family(&labels)?
                 .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
         }
+    }
+    Ok(())
+}
+
+/// TLS handshakes by version and outcome, and HTTP/2 connections.
+fn encode_edge(e: &mut DescriptorEncoder<'_>, edge: &inferlb_core::Edge) -> Result {
+    let mut m = e.encode_descriptor(
+        "inferlb_tls_handshakes",
+        "Completed TLS handshakes by version, and whether the session was resumed (ticket or cache).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (version, resumed, count) in edge.handshakes() {
+        let labels: Labels<'_> = vec![
+            ("version", Cow::Borrowed(version)),
+            (
+                "resumed",
+                Cow::Borrowed(if resumed { "true" } else { "false" }),
+            ),
+        ];
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+    }
+    let mut m = e.encode_descriptor(
+        "inferlb_tls_handshake_errors",
+        "Failed TLS handshakes by kind: timeout, closed, protocol, client_certificate, unknown_server_name, no_application_protocol.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, count) in edge.handshake_errors() {
+        let labels: Labels<'_> = vec![("kind", Cow::Borrowed(kind.label()))];
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+    }
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    for (name, help, value) in [
+        (
+            "inferlb_http2_connections",
+            "HTTP/2 connections from clients (TLS with ALPN h2, or h2c).",
+            edge.h2_connections.load(relaxed),
+        ),
+        (
+            "inferlb_http2_streams",
+            "HTTP/2 streams from clients, each one request.",
+            edge.h2_streams.load(relaxed),
+        ),
+    ] {
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        m.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    let mut m = e.encode_descriptor(
+        "inferlb_http2_goaways",
+        "HTTP/2 connections the proxy closed with an error GOAWAY, by reason: rapid_reset, control_flood, protocol_error.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (why, count) in edge.goaways() {
+        let labels: Labels<'_> = vec![("reason", Cow::Borrowed(why.label()))];
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
     }
     Ok(())
 }

@@ -148,7 +148,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
 fn pools(args: &DemoArgs) -> Result<(Config, State, Vec<inferlb_testkit::EngineHandle>)> {
     let mut handles = Vec::new();
     let mut config = Config::default();
-    config.proxy.listen = args.listen;
+    config.proxy.listen_on(args.listen);
     config.proxy.workers = args.workers.unwrap_or(0);
     let mut state = State::new(config.routing);
     for (name, alias, routing) in POOLS {

@@ -70,8 +70,7 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
     };
     if let Some(listen) = args.listen {
         // One plaintext listener, in place of the file's.
-        config.proxy.listen = listen;
-        config.proxy.more_listeners.clear();
+        config.proxy.listen_on(listen);
     }
     if let Some(workers) = args.workers {
         anyhow::ensure!(
@@ -180,8 +179,19 @@ pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle
         "workers started"
     );
     tracing::info!(driver = handle.io_driver().as_str(), "I/O driver");
-    for addr in handle.local_addrs() {
-        tracing::info!(listen = %addr, routing = %state.routing(), "listening");
+    for (addr, listener) in handle.local_addrs().iter().zip(&config.proxy.listeners) {
+        let protocols: Vec<&str> = listener
+            .alpn
+            .iter()
+            .map(|p| std::str::from_utf8(p.alpn_id()).unwrap_or("?"))
+            .collect();
+        tracing::info!(
+            listen = %addr,
+            tls = listener.tls.is_some(),
+            protocols = %protocols.join(","),
+            routing = %state.routing(),
+            "listening"
+        );
     }
     if state.replicas().is_empty() {
         if state.pools().iter().any(|p| p.autoscaling.is_some()) {
@@ -280,7 +290,14 @@ pub(crate) fn run_control_plane(
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => inferlb_control::reload(&control, plane.config_path.as_deref()).await,
+                _ = hup.recv() => {
+                    inferlb_control::reload(&control, plane.config_path.as_deref()).await;
+                    // New handshakes use the new certificates; a bad file
+                    // keeps the old ones.
+                    for error in handle.reload_certificates() {
+                        tracing::error!(%error, "certificates not reloaded; the old ones stay in use");
+                    }
+                }
                 // logrotate moved the access log: write a new one.
                 _ = usr1.recv() => handle.reopen_access_log(),
             }

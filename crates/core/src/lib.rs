@@ -56,4 +56,7 @@ pub use replica::{
 };
 pub use replica_set::{PoolView, PrefixKey, ReplicaSet, Safeguards, Snapshots};
 pub use scaling::{PoolAutoscaling, PoolQueue, Provider, ScalingError, ScalingSettings};
-pub use stats::{ClassCounts, FrontEnd, Histogram, HistogramSnapshot, PoolFront, WorkerStats};
+pub use stats::{
+    ClassCounts, Edge, FrontEnd, H2Abuse, HandshakeError, Histogram, HistogramSnapshot, PoolFront,
+    WorkerStats,
+};

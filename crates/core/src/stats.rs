@@ -139,6 +139,141 @@ mod tests {
 #[derive(Debug, Default)]
 pub struct FrontEnd {
     pools: std::sync::RwLock<std::collections::HashMap<String, Arc<PoolFront>>>,
+    /// TLS handshakes and HTTP/2 connections.
+    pub edge: Edge,
+}
+
+/// Counters of the edge: TLS handshakes by outcome and HTTP/2 connections.
+/// Handshake failures are counted here and never logged one by one at info
+/// level (a scanner would fill the log).
+#[derive(Debug, Default)]
+pub struct Edge {
+    /// Completed handshakes by version and whether the session was resumed.
+    handshakes: [AtomicU64; 4],
+    /// Failed handshakes by [`HandshakeError`].
+    handshake_errors: [AtomicU64; HandshakeError::ALL.len()],
+    /// HTTP/2 connections opened, streams served, and connections closed
+    /// by the proxy for abuse, by [`H2Abuse`].
+    pub h2_connections: AtomicU64,
+    pub h2_streams: AtomicU64,
+    h2_goaways: [AtomicU64; H2Abuse::ALL.len()],
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// Not finished within `timeouts.tls_handshake_timeout_ms`.
+    Timeout,
+    /// The client closed or reset the connection mid-handshake.
+    Closed,
+    /// The client's bytes were not a TLS handshake rustls accepts (a
+    /// plaintext request on a TLS port, a version or suite mismatch).
+    Protocol,
+    /// A client certificate was missing or did not verify (mutual TLS).
+    ClientCertificate,
+    /// No certificate for the name the client asked for (with
+    /// `unknown_server_name = "refuse"`).
+    UnknownServerName,
+    /// No protocol in common (ALPN).
+    NoApplicationProtocol,
+}
+
+impl HandshakeError {
+    pub const ALL: [Self; 6] = [
+        Self::Timeout,
+        Self::Closed,
+        Self::Protocol,
+        Self::ClientCertificate,
+        Self::UnknownServerName,
+        Self::NoApplicationProtocol,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Closed => "closed",
+            Self::Protocol => "protocol",
+            Self::ClientCertificate => "client_certificate",
+            Self::UnknownServerName => "unknown_server_name",
+            Self::NoApplicationProtocol => "no_application_protocol",
+        }
+    }
+}
+
+/// Why the proxy closed an HTTP/2 connection with GOAWAY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Abuse {
+    /// More stream resets per second than `http2.max_resets_per_s`.
+    RapidReset,
+    /// More control frames per second than `http2.max_control_frames_per_s`.
+    ControlFlood,
+    /// A protocol error the h2 codec found (a header list over its limit,
+    /// CONTINUATION floods, HPACK errors, bad frames).
+    Protocol,
+}
+
+impl H2Abuse {
+    pub const ALL: [Self; 3] = [Self::RapidReset, Self::ControlFlood, Self::Protocol];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RapidReset => "rapid_reset",
+            Self::ControlFlood => "control_flood",
+            Self::Protocol => "protocol_error",
+        }
+    }
+}
+
+impl Edge {
+    /// Counts a completed handshake.
+    pub fn handshake(&self, tls13: bool, resumed: bool) {
+        let i = usize::from(tls13) * 2 + usize::from(resumed);
+        self.handshakes[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed handshake.
+    pub fn handshake_failed(&self, why: HandshakeError) {
+        let i = HandshakeError::ALL
+            .iter()
+            .position(|&e| e == why)
+            .unwrap_or(0);
+        self.handshake_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for abuse.
+    pub fn goaway(&self, why: H2Abuse) {
+        let i = H2Abuse::ALL.iter().position(|&e| e == why).unwrap_or(0);
+        self.h2_goaways[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(version, resumed, count)` for each kind of completed handshake.
+    pub fn handshakes(&self) -> [(&'static str, bool, u64); 4] {
+        std::array::from_fn(|i| {
+            let version = if i >= 2 { "TLSv1.3" } else { "TLSv1.2" };
+            (
+                version,
+                i % 2 == 1,
+                self.handshakes[i].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Failed handshakes by kind.
+    pub fn handshake_errors(&self) -> [(HandshakeError, u64); HandshakeError::ALL.len()] {
+        std::array::from_fn(|i| {
+            (
+                HandshakeError::ALL[i],
+                self.handshake_errors[i].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// GOAWAYs for abuse by reason.
+    pub fn goaways(&self) -> [(H2Abuse, u64); H2Abuse::ALL.len()] {
+        std::array::from_fn(|i| (H2Abuse::ALL[i], self.h2_goaways[i].load(Ordering::Relaxed)))
+    }
 }
 
 /// One pool's front-end counters (`""` is the default pool, or a request

@@ -63,6 +63,10 @@ pub(crate) struct Record {
     /// Gaps between body writes to the client, in microseconds.
     pub(crate) gaps: Vec<u32>,
     last_body: Option<Instant>,
+    /// The request came as an HTTP/2 stream.
+    pub(crate) h2: bool,
+    /// The TLS version and cipher suite, over TLS.
+    pub(crate) tls: Option<(&'static str, &'static str)>,
 }
 
 impl Record {
@@ -84,6 +88,8 @@ impl Record {
         self.streamed = false;
         self.gaps.clear();
         self.last_body = None;
+        self.h2 = false;
+        self.tls = None;
     }
 
     /// Keeps the request line's method and target.
@@ -142,6 +148,15 @@ impl Record {
     /// No request line was read (the head never came, or was refused).
     pub(crate) fn request_is_empty(&self) -> bool {
         self.request.is_empty()
+    }
+
+    /// The protocol the client spoke.
+    fn protocol(&self) -> &'static str {
+        if self.h2 {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        }
     }
 
     /// The model, as text.
@@ -222,6 +237,13 @@ impl WorkerLog {
                 push_thousandths(&mut buf, record.hold.as_micros());
                 buf.extend_from_slice(b",\"reason\":");
                 json_opt(&mut buf, record.reason.unwrap_or("").as_bytes());
+                buf.extend_from_slice(b",\"protocol\":");
+                json_str(&mut buf, record.protocol().as_bytes());
+                let (version, cipher) = record.tls.unwrap_or(("", ""));
+                buf.extend_from_slice(b",\"tls_version\":");
+                json_opt(&mut buf, version.as_bytes());
+                buf.extend_from_slice(b",\"tls_cipher\":");
+                json_opt(&mut buf, cipher.as_bytes());
                 buf.extend_from_slice(b"}\n");
                 Ok::<(), io::Error>(())
             }
@@ -258,6 +280,17 @@ impl WorkerLog {
                 push_thousandths(&mut buf, record.hold.as_millis());
                 buf.extend_from_slice(b" reason=");
                 buf.extend_from_slice(record.reason.unwrap_or("-").as_bytes());
+                buf.extend_from_slice(b" proto=");
+                buf.extend_from_slice(record.protocol().as_bytes());
+                buf.extend_from_slice(b" tls=");
+                match record.tls {
+                    Some((version, cipher)) => {
+                        buf.extend_from_slice(version.as_bytes());
+                        buf.push(b'/');
+                        buf.extend_from_slice(cipher.as_bytes());
+                    }
+                    None => buf.push(b'-'),
+                }
                 buf.push(b'\n');
                 Ok(())
             }

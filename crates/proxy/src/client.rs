@@ -21,14 +21,14 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller};
-use monoio::net::TcpStream;
+use monoio::io::{CancelableAsyncReadRent, Canceller};
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
 
 use crate::buffers::{Buffers, MIN_READ};
 use crate::error::{Abort, ErrorKind};
 use crate::h1::request::HeadScanner;
 use crate::h1::RequestId;
-use crate::sock;
+use crate::io::ClientIo;
 use crate::worker::Worker;
 
 /// Capacity a client buffer may grow to while a large body streams through.
@@ -78,7 +78,11 @@ pub(crate) struct Generated<'a> {
 /// A client connection and the buffers it holds while a request is in
 /// progress.
 pub(crate) struct Client {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: ClientIo,
+    /// A byte a TLS connection's idle wait read, not yet in `buf`.
+    pub(crate) carry: Option<u8>,
+    /// The TLS version and cipher suite, on a TLS connection.
+    pub(crate) tls: Option<(&'static str, &'static str)>,
     /// Bytes read from the client; `buf[pos..]` are not consumed yet.
     pub(crate) buf: Vec<u8>,
     pub(crate) pos: usize,
@@ -118,10 +122,14 @@ pub(crate) enum HotWait {
 }
 
 impl Client {
-    pub(crate) fn new(stream: TcpStream, ip: IpAddr, trusted: bool) -> Self {
-        let _ = stream.set_nodelay(true);
+    pub(crate) fn new(stream: ClientIo, ip: IpAddr, trusted: bool) -> Self {
+        if let Some(tcp) = stream.plain() {
+            let _ = tcp.set_nodelay(true);
+        }
         Self {
             stream,
+            carry: None,
+            tls: None,
             buf: Vec::new(),
             pos: 0,
             out: Vec::new(),
@@ -138,7 +146,16 @@ impl Client {
 
     /// Bytes read but not consumed yet (the start of a pipelined request).
     pub(crate) fn pending(&self) -> usize {
-        self.buf.len() - self.pos
+        self.buf.len() - self.pos + usize::from(self.carry.is_some())
+    }
+
+    /// The plain TCP connection, switched to readiness-based I/O for a
+    /// protocol that needs it (HTTP/2); `None` for any other transport.
+    pub(crate) fn into_poll_io(self) -> Option<TcpStreamPoll> {
+        match self.stream {
+            ClientIo::Plain(stream) => stream.try_into_poll_io().ok(),
+            _ => None,
+        }
     }
 
     /// Rents the buffer a request's head is read into. The others wait for
@@ -198,10 +215,13 @@ impl Client {
             self.buf
                 .reserve(grown.max(self.buf.len() + MIN_READ) - self.buf.len());
         }
+        if let Some(byte) = self.carry.take() {
+            self.buf.push(byte);
+            return Ok(1);
+        }
         let buf = mem::take(&mut self.buf);
-        let (len, cap) = (buf.len(), buf.capacity());
-        let (result, slice) = self.stream.read(buf.slice_mut(len..cap)).await;
-        self.buf = slice.into_inner();
+        let (result, buf) = self.stream.read_into(buf).await;
+        self.buf = buf;
         result
     }
 
@@ -222,9 +242,12 @@ impl Client {
         let buf = mem::take(&mut self.buf);
         let cap = buf.capacity();
         let row = worker.idle.register(worker.short_deadline());
-        let mut read = pin!(self
-            .stream
-            .cancelable_read(buf.slice_mut(0..cap), canceller.handle()));
+        let ClientIo::Plain(stream) = &mut self.stream else {
+            self.buf = buf;
+            worker.buffers.borrow_mut().give_back(&mut self.buf);
+            return HotWait::Cold;
+        };
+        let mut read = pin!(stream.cancelable_read(buf.slice_mut(0..cap), canceller.handle()));
         let mut cancelled = false;
         let (result, slice) = poll_fn(|cx| {
             if let Poll::Ready(done) = read.as_mut().poll(cx) {
@@ -407,7 +430,7 @@ impl Client {
     /// Closes after an error without resetting the connection: stop sending,
     /// then read and discard what the client still sends, briefly.
     pub(crate) async fn linger_close(&mut self) {
-        sock::shutdown_write(&self.stream);
+        self.stream.shutdown_write().await;
         let deadline = Instant::now() + LINGER;
         let mut discarded = 0;
         while discarded < LINGER_BYTES {

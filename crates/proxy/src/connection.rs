@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inferlb_core::WorkerStats;
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::client::Client;
 use crate::deadlines::SWEEP_EVERY;
 use crate::handler;
+use crate::io::ClientIo;
 use crate::worker::Worker;
 
 /// How an idle wait ended.
@@ -43,9 +45,10 @@ pub(crate) async fn accept(worker: Rc<Worker>, listeners: Vec<TcpListener>) {
     // The others accept in tasks of their own; every loop ends when the
     // phase leaves Running.
     let others: Vec<_> = listeners
-        .map(|listener| monoio::spawn(accept_on(Rc::clone(&worker), listener)))
+        .enumerate()
+        .map(|(i, listener)| monoio::spawn(accept_on(Rc::clone(&worker), listener, i + 1)))
         .collect();
-    accept_on(Rc::clone(&worker), first).await;
+    accept_on(Rc::clone(&worker), first, 0).await;
     // Every listener is closed before the drain: a task left behind when
     // the runtime ends would keep its socket open.
     for other in others {
@@ -63,8 +66,9 @@ pub(crate) async fn accept(worker: Rc<Worker>, listeners: Vec<TcpListener>) {
     }
 }
 
-/// Accepts on one listener until the phase leaves Running.
-async fn accept_on(worker: Rc<Worker>, listener: TcpListener) {
+/// Accepts on one listener (the `index`th of the config) until the phase
+/// leaves Running.
+async fn accept_on(worker: Rc<Worker>, listener: TcpListener, index: usize) {
     let max = worker.config.limits.max_connections_per_worker as u64;
     let mut phase = worker.phase.clone();
     let mut last_refusal_log: Option<Instant> = None;
@@ -121,7 +125,7 @@ async fn accept_on(worker: Rc<Worker>, listener: TcpListener) {
         let worker = Rc::clone(&worker);
         monoio::spawn(async move {
             let _held = (open, counted);
-            serve(worker, stream, peer).await;
+            serve(worker, stream, peer, index).await;
         });
     }
     drop(listener);
@@ -136,24 +140,55 @@ impl Drop for Open {
     }
 }
 
-/// Serves one client connection until it closes.
-pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client connection of the `listener`th listener until it
+/// closes: TLS first where the listener has it, then HTTP/2 when the
+/// client chose it (ALPN, or the h2c preface), else HTTP/1.1.
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+) {
     let trusted = worker
         .config
         .trusted_proxies
         .iter()
         .any(|range| range.contains(peer.ip()));
-    let mut client = Client::new(stream, peer.ip(), trusted);
+    let role = &worker.listeners[listener];
+    let h2_peer = |tls: Option<(&'static str, &'static str)>| crate::h2::Peer {
+        ip: peer.ip(),
+        trusted,
+        https: tls.is_some(),
+        tls,
+    };
+    let (io, tls) = match role.tls.clone() {
+        None => (ClientIo::Plain(stream), None),
+        Some(terminator) => match handshake(&worker, &terminator, stream).await {
+            None => return,
+            Some((tls, true)) => {
+                let described = crate::tls::describe(tls.get_ref().1);
+                crate::h2::serve(Rc::clone(&worker), tls, h2_peer(Some(described))).await;
+                return;
+            }
+            Some((tls, false)) => {
+                let described = crate::tls::describe(tls.get_ref().1);
+                (ClientIo::Tls(Box::new(tls)), Some(described))
+            }
+        },
+    };
+    let mut client = Client::new(io, peer.ip(), trusted);
+    client.tls = tls;
     loop {
         let mut head_timed_out = false;
         if client.pending() == 0 {
             let since = worker.now();
-            match wait(&worker, &client).await {
+            match wait(&worker, &mut client).await {
                 // A keep-alive connection whose next request came within
                 // about a sweep is busy: its handler keeps it for a while
                 // (see `Client::wait_hot`).
                 Wait::Readable => {
                     client.hot = client.accepted.is_none()
+                        && client.stream.plain().is_some()
                         && worker.now().duration_since(since) <= SWEEP_EVERY;
                 }
                 // A connection that never sent a byte gets 408 like a slow
@@ -161,6 +196,18 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
                 // closes.
                 Wait::TimedOut if client.accepted.is_some() => head_timed_out = true,
                 Wait::TimedOut | Wait::Stop => return,
+            }
+            // A plaintext client's first bytes may be the HTTP/2 preface
+            // (h2c with prior knowledge).
+            if role.h2 && client.accepted.is_some() && !head_timed_out {
+                if let Some(stream) = client.stream.plain() {
+                    if crate::sock::starts_with(stream, crate::h2::PREFACE) {
+                        if let Some(poll) = client.into_poll_io() {
+                            crate::h2::serve(Rc::clone(&worker), poll, h2_peer(None)).await;
+                        }
+                        return;
+                    }
+                }
             }
         }
         match handler::run(&worker, client, head_timed_out).await {
@@ -170,11 +217,46 @@ pub(crate) async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAdd
     }
 }
 
+/// A TLS connection's handshake, within the handshake timeout; counted by
+/// outcome. Returns the stream and whether the client chose HTTP/2.
+async fn handshake(
+    worker: &Worker,
+    terminator: &crate::tls::Terminator,
+    stream: TcpStream,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStreamPoll>, bool)> {
+    let _ = stream.set_nodelay(true);
+    let poll = stream.try_into_poll_io().ok()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(terminator.config());
+    let edge = worker.front.edge();
+    let timeout = worker.config.timeouts.tls_handshake;
+    match monoio::time::timeout(timeout, acceptor.accept(poll)).await {
+        Ok(Ok(tls)) => {
+            let conn = tls.get_ref().1;
+            edge.handshake(
+                conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+                conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            );
+            let h2 = conn.alpn_protocol() == Some(b"h2");
+            Some((tls, h2))
+        }
+        Ok(Err(error)) => {
+            let kind = crate::tls::classify(&error);
+            edge.handshake_failed(kind);
+            tracing::debug!(%error, kind = kind.label(), listener = terminator.name(), "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            edge.handshake_failed(inferlb_core::HandshakeError::Timeout);
+            None
+        }
+    }
+}
+
 /// Waits for the next request on an idle connection: the rest of the header
 /// timeout before a connection's first request, the keep-alive timeout
 /// after it. The deadline lives in the worker's idle table, not in a timer
 /// of this connection's own.
-async fn wait(worker: &Worker, client: &Client) -> Wait {
+async fn wait(worker: &Worker, client: &mut Client) -> Wait {
     let timeouts = &worker.config.timeouts;
     let deadline = match client.accepted {
         Some(at) => at + timeouts.client_header,
@@ -184,7 +266,7 @@ async fn wait(worker: &Worker, client: &Client) -> Wait {
         return Wait::Stop;
     }
     let row = worker.idle.register(deadline);
-    let mut readable = pin!(client.stream.readable(false));
+    let mut readable = pin!(client.stream.readable(&mut client.carry));
     poll_fn(|cx| {
         // An error is found again by the read that follows.
         if readable.as_mut().poll(cx).is_ready() {

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use inferlb_core::ReplicaStats;
 use monoio::buf::IoBuf;
-use monoio::io::AsyncWriteRentExt;
 
 use crate::client::{Client, BODY_BUFFER, ERROR_WRITE_TIMEOUT};
 use crate::error::{Abort, ErrorKind};
@@ -408,7 +407,7 @@ mod tests {
             let _peer = std::net::TcpStream::connect(front.local_addr().unwrap()).unwrap();
             let (accepted, peer) = front.accept().unwrap();
             let stream = TcpStream::from_std(accepted).unwrap();
-            let mut client = Client::new(stream, peer.ip(), false);
+            let mut client = Client::new(crate::io::ClientIo::Plain(stream), peer.ip(), false);
             let mut request_id = RequestId::new();
             worker.buffers.borrow_mut().rent(&mut client.request);
             let info = parse_and_rewrite(
@@ -416,6 +415,7 @@ mod tests {
                 100,
                 &Forwarding {
                     client_ip: b"127.0.0.1",
+                    https: false,
                     trusted: false,
                     underscores: false,
                     keep_claims: false,

@@ -61,6 +61,8 @@ pub(crate) async fn serve_request(
     id.clear();
     if let Some(log) = client.log.as_deref_mut() {
         log.begin();
+        log.h2 = matches!(client.stream, crate::io::ClientIo::H2(_));
+        log.tls = client.tls;
     }
     let result = if head_timed_out {
         Err(Abort::Respond(ErrorKind::HeadTimeout))
@@ -538,6 +540,7 @@ fn classify(
     let head = &client.buf[client.pos..client.pos + head_len];
     let forwarding = request::Forwarding {
         client_ip: client.ip.as_bytes(),
+        https: client.stream.is_https(),
         trusted: client.trusted,
         underscores: config.underscores_in_headers,
         keep_claims: config.keep_untrusted_forwarded_headers,

@@ -30,6 +30,11 @@ impl FrontCache {
         }
     }
 
+    /// The edge's counters (TLS handshakes, HTTP/2 connections).
+    pub(crate) fn edge(&self) -> &inferlb_core::Edge {
+        &self.shared.edge
+    }
+
     /// Counts a finished request: its status under its pool and model, and
     /// for a streamed response from a replica its time to the first body
     /// byte and the gaps between its chunks.

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::error::ErrorKind;
-use crate::sock::{peer_left, peer_state, PeerState};
 use crate::worker::Worker;
 
 /// How often a held request looks for a replica and for its client.
@@ -76,7 +75,7 @@ pub(crate) async fn wait(worker: &Worker, client: &Client, model: Option<&str>) 
             held.served();
             return Hold::Ready;
         }
-        if peer_state(&client.stream) == PeerState::Closed || peer_left(&client.stream, false) {
+        if client.stream.has_left() {
             return Hold::ClientGone;
         }
         if Instant::now() >= deadline {

@@ -18,6 +18,10 @@
 //! - `exchange`: one attempt of a request on one upstream connection.
 //! - `model_name`: a request's model name, held without allocating.
 //! - `client`: the client side: buffers, heads, error responses, linger.
+//! - `io`: the client's transport: TCP, TLS, or one HTTP/2 stream.
+//! - `tls`: TLS termination: certificates by SNI, resumption, reload.
+//! - `h2`: HTTP/2 from clients, each stream bridged onto the HTTP/1.1
+//!   request path, and the limits against HTTP/2 abuse.
 //! - `watch`: upstream I/O that gives up when the client leaves, the replica
 //!   is evicted or time runs out.
 //! - `h1`: request and response heads, the body framer, header rules.
@@ -40,14 +44,17 @@ mod exchange;
 mod forward;
 mod front;
 mod h1;
+mod h2;
 mod handler;
 mod hold;
 mod inspect;
+mod io;
 mod model_name;
 mod models;
 mod retry_budget;
 pub mod server;
 mod sock;
+mod tls;
 mod upstream;
 mod watch;
 mod worker;
@@ -69,6 +76,7 @@ pub mod bench_support {
             100,
             &Forwarding {
                 client_ip: b"192.0.2.1",
+                https: false,
                 trusted: false,
                 underscores: false,
                 keep_claims: false,

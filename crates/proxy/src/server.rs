@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use inferlb_core::WorkerStats;
 
+use crate::tls::Terminator;
 use crate::worker::{Phase, Worker};
 
 /// Pending connections the kernel queues per listener before refusing.
@@ -53,6 +54,8 @@ pub struct ProxyHandle {
     stats: Vec<Arc<WorkerStats>>,
     access_log: Option<crate::access::Logger>,
     front: Arc<inferlb_core::FrontEnd>,
+    /// The TLS listeners' live certificates.
+    terminators: Vec<Arc<Terminator>>,
 }
 
 impl ProxyHandle {
@@ -65,6 +68,21 @@ impl ProxyHandle {
     /// Every address the workers listen on, in the configured order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// Reads every TLS listener's certificates and keys again (SIGHUP):
+    /// new handshakes use the new ones, connections already open keep
+    /// theirs. A listener whose new files are bad keeps its old ones; the
+    /// errors name each file and why.
+    pub fn reload_certificates(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for terminator in &self.terminators {
+            match terminator.reload() {
+                Ok(()) => tracing::info!(listener = terminator.name(), "certificates reloaded"),
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
     }
 
     /// The I/O driver the workers run on.
@@ -135,10 +153,19 @@ static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHandle> {
     // A plain bind first: SO_REUSEPORT would let a second process share the
     // port silently, and this also resolves port 0 for every worker.
-    let mut local_addrs = Vec::with_capacity(1 + config.more_listeners.len());
-    for &addr in std::iter::once(&config.listen).chain(&config.more_listeners) {
-        let probe = bind_retrying(addr)?;
+    let mut local_addrs = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let probe = bind_retrying(listener.address)?;
         local_addrs.push(probe.local_addr()?);
+    }
+    // Certificates are read once, here, and shared: a bad file stops the
+    // start, naming it.
+    let mut roles = Vec::with_capacity(config.listeners.len());
+    for (index, listener) in config.listeners.iter().enumerate() {
+        roles.push(crate::worker::ListenerRole {
+            tls: Terminator::new(index, listener).map_err(io::Error::other)?,
+            h2: listener.allows_h2(),
+        });
     }
 
     let workers = config.worker_count();
@@ -170,6 +197,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         let clients = clients.clone();
         let worker_front = Arc::clone(&front);
         let addrs = local_addrs.clone();
+        let roles = roles.clone();
         let access = access_tx
             .clone()
             .map(|(tx, format)| crate::access::worker_log(tx, format, Arc::clone(&worker_stats)));
@@ -185,6 +213,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
                 worker.clients = clients;
                 worker.access = access;
                 worker.front = crate::front::FrontCache::new(worker_front);
+                worker.listeners = roles;
                 run_worker(&config, addrs, worker, ready);
             })?;
         threads.push(thread);
@@ -200,6 +229,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         stats,
         access_log,
         front,
+        terminators: roles.iter().filter_map(|r| r.tls.clone()).collect(),
     };
     let mut drivers = Vec::with_capacity(workers);
     for _ in 0..workers {

@@ -1,6 +1,7 @@
 //! Socket calls monoio does not offer: peeking at a peer's state and shutting
-//! a socket down under an in-flight operation; and giving freed heap memory
-//! back to the system. The only `unsafe` of the crate.
+//! a socket down under an in-flight operation; taking the bytes a TLS read
+//! wrote into a buffer's spare capacity; and giving freed heap memory back
+//! to the system. The only `unsafe` of the crate.
 
 #![allow(unsafe_code)]
 
@@ -42,6 +43,23 @@ pub(crate) fn peer_state(fd: &impl AsRawFd) -> PeerState {
     })
 }
 
+/// Whether the bytes waiting on the socket (without blocking) start like
+/// `prefix`: at least three of them, all matching.
+pub(crate) fn starts_with(fd: &impl AsRawFd, prefix: &[u8]) -> bool {
+    with_sock(fd, |sock| {
+        let mut bytes = [MaybeUninit::<u8>::uninit(); 32];
+        let len = prefix.len().min(bytes.len());
+        match sock.recv_with_flags(&mut bytes[..len], libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(n) if n >= 3 => (0..n).all(|i| {
+                // SAFETY: `recv` initialised the first `n` bytes.
+                let b = unsafe { bytes[i].assume_init() };
+                b == prefix[i]
+            }),
+            _ => false,
+        }
+    })
+}
+
 /// Whether the peer has left: the connection was reset or failed, or (when
 /// `half_close` counts) the peer sent its FIN. Bytes it sent before may
 /// still be queued, and a peek cannot see past them; `poll` can.
@@ -75,6 +93,15 @@ pub(crate) fn shutdown_write(fd: &impl AsRawFd) {
     with_sock(fd, |sock| {
         let _ = sock.shutdown(Shutdown::Write);
     });
+}
+
+/// Marks `buf[..len]` as read after a read filled its spare capacity
+/// through a [`tokio::io::ReadBuf`] (which initialised those bytes).
+pub(crate) fn commit_read(buf: &mut Vec<u8>, len: usize) {
+    assert!(len <= buf.capacity());
+    // SAFETY: the caller's read wrote (initialised) every byte up to `len`
+    // of this buffer's allocation, which `len <= capacity` bounds.
+    unsafe { buf.set_len(len) }
 }
 
 /// Returns the allocator's free memory to the system (glibc `malloc_trim`):

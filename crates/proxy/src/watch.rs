@@ -20,7 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::buffers::MIN_READ;
-use crate::sock::{peer_left, peer_state, PeerState};
+use crate::io::ClientIo;
 use crate::upstream::UpstreamConn;
 use crate::worker::Worker;
 
@@ -45,7 +45,7 @@ pub(crate) enum Io {
 pub(crate) async fn read(
     worker: &Worker,
     conn: &mut UpstreamConn,
-    client: &TcpStream,
+    client: &ClientIo,
     stats: &ReplicaStats,
     limit: Duration,
 ) -> Io {
@@ -74,7 +74,7 @@ pub(crate) async fn write<T: IoBuf + 'static>(
     worker: &Worker,
     stream: &mut TcpStream,
     buf: T,
-    client: &TcpStream,
+    client: &ClientIo,
     stats: &ReplicaStats,
     limit: Duration,
 ) -> (Io, Option<T>) {
@@ -102,7 +102,7 @@ pub(crate) async fn write<T: IoBuf + 'static>(
 async fn watched<F: Future>(
     worker: &Worker,
     op: F,
-    client: &TcpStream,
+    client: &ClientIo,
     phase: Phase,
     stats: &ReplicaStats,
     limit: Duration,
@@ -156,7 +156,7 @@ async fn fast<F: Future>(worker: &Worker, mut op: Pin<&mut F>) -> Option<F::Outp
 /// the replica's eviction and what is left of the time limit.
 async fn slow<F: Future>(
     op: Pin<&mut F>,
-    client: &TcpStream,
+    client: &ClientIo,
     phase: Phase,
     stats: &ReplicaStats,
     left: Duration,
@@ -178,9 +178,6 @@ async fn evicted(stats: &ReplicaStats) {
     }
 }
 
-/// How often a client with unread bytes is checked for a close behind them.
-const LEFT_CHECK: Duration = Duration::from_millis(100);
-
 /// Which way a watched operation goes, which decides what counts as the
 /// client leaving while its bytes wait unread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,24 +192,7 @@ enum Phase {
     Response,
 }
 
-/// Completes when the client has closed its side or the connection failed.
-/// Bytes waiting from the client hide a close from a peek; behind them the
-/// close itself is looked for every [`LEFT_CHECK`] (see [`Phase`]).
-async fn client_gone(client: &TcpStream, phase: Phase) {
-    loop {
-        if client.readable(false).await.is_err() {
-            return;
-        }
-        match peer_state(client) {
-            PeerState::Closed => return,
-            PeerState::HasData => {
-                while !peer_left(client, phase == Phase::Upload) {
-                    monoio::time::sleep(LEFT_CHECK).await;
-                }
-                return;
-            }
-            // A spurious wake-up; do not spin on it.
-            PeerState::Quiet => monoio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
+/// Completes when the client has left (see [`ClientIo::gone`]).
+async fn client_gone(client: &ClientIo, phase: Phase) {
+    client.gone(phase == Phase::Upload).await;
 }

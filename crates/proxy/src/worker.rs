@@ -66,6 +66,16 @@ pub(crate) struct Worker {
     pub(crate) access: Option<crate::access::WorkerLog>,
     /// The front-end metrics: what clients saw per pool and model.
     pub(crate) front: crate::front::FrontCache,
+    /// What each listener of the config speaks, by index.
+    pub(crate) listeners: Vec<ListenerRole>,
+}
+
+/// What a listener speaks: TLS (with its live certificates) or plaintext,
+/// and whether HTTP/2 is allowed.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerRole {
+    pub(crate) tls: Option<Arc<crate::tls::Terminator>>,
+    pub(crate) h2: bool,
 }
 
 impl Worker {
@@ -103,6 +113,14 @@ impl Worker {
             clients: None,
             access: None,
             front: crate::front::FrontCache::new(std::sync::Arc::default()),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| ListenerRole {
+                    tls: None,
+                    h2: l.allows_h2(),
+                })
+                .collect(),
             config,
             snapshots: RefCell::new(Cache::new(cell)),
             cursor: RefCell::new(Cursor::starting_at(index as u64)),

@@ -542,7 +542,7 @@ fn start_waits_for_a_listen_address_still_held(driver: IoDriver) {
     });
     let replica = FakeReplica::builder().start().unwrap();
     let started = Instant::now();
-    let proxy = start(driver, &[replica.addr()], |c| c.proxy.listen = addr);
+    let proxy = start(driver, &[replica.addr()], |c| c.proxy.listen_on(addr));
     assert!(started.elapsed() >= Duration::from_millis(500));
     release.join().unwrap();
     let mut client = RawClient::connect(proxy.addr()).unwrap();

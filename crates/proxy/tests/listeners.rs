@@ -14,7 +14,10 @@ fn every_listener_serves_and_a_stop_closes_them_all(driver: IoDriver) {
     let replica = FakeReplica::builder().name("r1").start().unwrap();
     let proxy = support::start(driver, &[replica.addr()], |c| {
         c.proxy.workers = 2;
-        c.proxy.more_listeners = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = inferlb_core::config::Listener::plain(addr.parse().unwrap());
+            c.proxy.listeners.push(listener);
+        }
     });
     let addrs = proxy.handle.local_addrs().to_vec();
     assert_eq!(addrs.len(), 3);

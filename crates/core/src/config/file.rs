@@ -17,6 +17,9 @@ pub struct FileConfig {
     /// Several listeners (instead of `listen`): every worker binds each.
     #[serde(default)]
     pub listeners: Vec<FileListener>,
+    /// HTTP/2 from clients.
+    #[serde(default)]
+    pub http2: FileHttp2,
     /// Worker threads, one per core; 0 or absent means one per available core
     /// (nginx `worker_processes auto`).
     pub workers: Option<usize>,
@@ -386,6 +389,10 @@ pub struct FileTimeouts {
     /// On SIGTERM, how long in-flight requests and streams may take to finish.
     /// Default 30 000 (ALB deregistration delay is 300 s; Kubernetes gives 30 s).
     pub shutdown_drain_timeout_ms: Option<u64>,
+    /// Time for a client to finish its TLS handshake; then the connection
+    /// closes (counted as `timeout`). Default 10 000 (HAProxy
+    /// `timeout client` covers it; nginx `ssl_handshake_timeout` 60 s).
+    pub tls_handshake_timeout_ms: Option<u64>,
 }
 
 /// `[limits]`.
@@ -470,6 +477,64 @@ pub struct FileAccessLog {
 pub struct FileListener {
     /// `ip:port`, e.g. `"0.0.0.0:8080"` or `"[::]:8080"`.
     pub address: String,
+    /// TLS termination; absent: plaintext (HTTP/1.1, and h2c with prior
+    /// knowledge when `alpn` lists `h2`).
+    pub tls: Option<FileTls>,
+    /// Protocols offered, in order of preference. Default
+    /// `["h2", "http/1.1"]`; `["http/1.1"]` turns HTTP/2 off.
+    pub alpn: Option<Vec<String>>,
+    /// Client certificates required and verified against these CAs (PEM):
+    /// mutual TLS. Also accepted inside `tls`.
+    pub client_ca: Option<String>,
+}
+
+/// A listener's `tls` table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Certificate chains (PEM, leaf first) and their private keys (PEM:
+    /// PKCS#8, PKCS#1 or SEC1), ECDSA or RSA. The client's SNI picks one
+    /// by the names in its certificate; the first serves every other name.
+    #[serde(default)]
+    pub certificates: Vec<FileCertificate>,
+    /// See [`FileListener::client_ca`].
+    pub client_ca: Option<String>,
+    /// What a handshake naming a server no certificate covers gets:
+    /// `"first"` (default: the first certificate) or `"refuse"` (the
+    /// handshake fails with an `unrecognized_name` alert).
+    pub unknown_server_name: Option<String>,
+}
+
+/// One certificate chain and its key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `[http2]`: HTTP/2 from clients, and its limits against abuse.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp2 {
+    /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    /// Default 128 (nginx `http2_max_concurrent_streams`).
+    pub max_concurrent_streams: Option<u32>,
+    /// Largest decoded header list of one request (SETTINGS_MAX_HEADER_LIST_SIZE),
+    /// CONTINUATION frames included; more resets the connection. Default:
+    /// `limits.max_request_head_bytes`.
+    pub max_header_list_size: Option<u32>,
+    /// Streams a client may reset per second on one connection before the
+    /// connection is closed with GOAWAY (ENHANCE_YOUR_CALM), against rapid
+    /// reset (CVE-2023-44487). Default 100.
+    pub max_resets_per_s: Option<u32>,
+    /// Control frames (SETTINGS, PING, WINDOW_UPDATE with no stream work)
+    /// a client may send per second before GOAWAY. Default 1 000.
+    pub max_control_frames_per_s: Option<u32>,
+    /// A stream's receive window, bytes. Default 262 144.
+    pub stream_window_bytes: Option<u32>,
+    /// A connection's receive window, bytes. Default 1 048 576.
+    pub connection_window_bytes: Option<u32>,
 }
 
 /// `[cors]`: cross-origin requests from browser UIs that call the API

@@ -31,8 +31,8 @@ pub use autoscaling::Publish;
 pub use file::*;
 pub use pools::{replica_spec, replica_spec_in};
 pub use proxy::{
-    AccessLog, AccessLogFormat, Cors, IoDriver, Limits, ModelSelection, ProxyConfig, Retries,
-    Timeouts, Upstream, MAX_HEADERS_CAP,
+    AccessLog, AccessLogFormat, CertificateFiles, Cors, Http2, IoDriver, Limits, Listener,
+    ModelSelection, Protocol, ProxyConfig, Retries, Timeouts, Tls, Upstream, MAX_HEADERS_CAP,
 };
 
 /// A configuration that cannot be used.

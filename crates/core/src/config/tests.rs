@@ -501,9 +501,14 @@ fn listeners_are_read_and_checked() {
         "[[listeners]]\naddress = \"0.0.0.0:8080\"\n[[listeners]]\naddress = \"[::]:8081\"\n",
     )
     .unwrap();
-    assert_eq!(config.proxy.listen.to_string(), "0.0.0.0:8080");
-    assert_eq!(config.proxy.more_listeners.len(), 1);
-    assert_eq!(config.proxy.more_listeners[0].to_string(), "[::]:8081");
+    assert_eq!(config.proxy.listen().to_string(), "0.0.0.0:8080");
+    assert_eq!(config.proxy.listeners.len(), 2);
+    assert_eq!(config.proxy.listeners[1].address.to_string(), "[::]:8081");
+    assert!(config
+        .proxy
+        .listeners
+        .iter()
+        .all(|l| l.tls.is_none() && l.allows_h2()));
     // Every problem at once, with its field.
     let err = Config::from_toml(
         "listen = \"0.0.0.0:1\"\n[[listeners]]\naddress = \"nope\"\n[[listeners]]\naddress = \"0.0.0.0:2\"\n[[listeners]]\naddress = \"0.0.0.0:2\"\n",

@@ -285,6 +285,8 @@ fn version_error(head: &[u8]) -> ErrorKind {
 pub(crate) struct Forwarding<'a> {
     /// The client's IP, text, for `X-Forwarded-For` and `X-Real-IP`.
     pub(crate) client_ip: &'a [u8],
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub(crate) https: bool,
     /// The client is a trusted proxy (`trusted_proxies`): its forwarding
     /// headers are kept and appended to. From anyone else they are replaced.
     pub(crate) trusted: bool,
@@ -644,7 +646,8 @@ fn write_forwarding(
     }
     out.extend_from_slice(ip);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(theirs("x-forwarded-proto").next().unwrap_or(b"http"));
+    let proto: &[u8] = if forwarding.https { b"https" } else { b"http" };
+    out.extend_from_slice(theirs("x-forwarded-proto").next().unwrap_or(proto));
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     out.extend_from_slice(theirs("x-real-ip").next().unwrap_or(ip));
     out.extend_from_slice(b"\r\nForwarded: ");
@@ -656,11 +659,9 @@ fn write_forwarding(
     let v6 = ip.contains(&b':');
     out.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
     out.extend_from_slice(ip);
-    out.extend_from_slice(if v6 {
-        b"]\";proto=http\r\n"
-    } else {
-        b";proto=http\r\n"
-    });
+    out.extend_from_slice(if v6 { b"]\";proto=" } else { b";proto=" });
+    out.extend_from_slice(proto);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub fn start_weighted(
 /// One worker (so shares are exact) on 127.0.0.1:0, the given driver.
 fn test_config(driver: IoDriver) -> Config {
     let mut config = Config::default();
-    config.proxy.listen = "127.0.0.1:0".parse().unwrap();
+    config.proxy.listen_on("127.0.0.1:0".parse().unwrap());
     config.proxy.workers = 1;
     config.proxy.io_driver = driver;
     config

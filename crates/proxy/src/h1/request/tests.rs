@@ -10,6 +10,7 @@ fn rewrite(head: &[u8]) -> Result<(RequestInfo, String), ErrorKind> {
         100,
         &Forwarding {
             client_ip: b"192.0.2.7",
+            https: false,
             trusted: false,
             underscores: false,
             keep_claims: false,

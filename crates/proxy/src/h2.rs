@@ -1,0 +1,606 @@
+//! HTTP/2 from clients: over TLS (ALPN `h2`) and as h2c with prior
+//! knowledge on plaintext listeners, decoded by the `h2` crate.
+//!
+//! Each stream is one request on the same path as HTTP/1.1: it is written
+//! as an HTTP/1.1 request into a [`pipe::Pipe`] and served by a worker
+//! handler like any connection's request (pools, the model from a header or
+//! the body, every routing rule, retries, the hold queue, metrics, the
+//! access log), then the handler's HTTP/1.1 response is turned back into
+//! HTTP/2 frames. Replicas are reached over HTTP/1.1 keep-alive as before.
+//!
+//! ```text
+//!  client ══h2══▶ connection task ─ stream task ┬ upload: DATA ─▶ pipe ─▶ handler ─▶ replica
+//!                                                └ response: HEADERS/DATA ◀─ pipe ◀─ handler
+//! ```
+//!
+//! Abuse is bounded before the codec: [`Meter`] reads the frame headers of
+//! everything the client sends and ends the connection with GOAWAY
+//! (`ENHANCE_YOUR_CALM`) when stream resets (rapid reset, CVE-2023-44487)
+//! or control frames (SETTINGS, PING, WINDOW_UPDATE, PRIORITY floods) come
+//! faster than `[http2]` allows. The codec itself bounds the header list
+//! (HPACK bombs, CONTINUATION floods: CVE-2024-27316), concurrent streams,
+//! and resets of streams not yet accepted.
+
+mod pipe;
+
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use inferlb_core::H2Abuse;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::client::Client;
+use crate::h1::body::{Body, Framing};
+use crate::io::ClientIo;
+use crate::worker::Worker;
+
+use pipe::Pipe;
+pub(crate) use pipe::StreamIo;
+
+/// The client connection preface (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Who the connection's client is, for every stream's request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub(crate) ip: IpAddr,
+    pub(crate) trusted: bool,
+    pub(crate) https: bool,
+    /// The TLS version and cipher suite, over TLS.
+    pub(crate) tls: Option<(&'static str, &'static str)>,
+}
+
+/// Serves one HTTP/2 connection until it closes.
+pub(crate) async fn serve<T>(worker: Rc<Worker>, io: T, peer: Peer)
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let settings = worker.config.http2;
+    let shared = Rc::new(Shared::default());
+    let metered = Meter::new(io, &settings, Rc::clone(&shared));
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(settings.max_header_list_size)
+        .initial_window_size(settings.stream_window_bytes)
+        .initial_connection_window_size(settings.connection_window_bytes)
+        .max_send_buffer_size(64 * 1024)
+        .max_pending_accept_reset_streams(settings.max_resets_per_s.min(1024) as usize);
+    let handshake = builder.handshake::<_, Bytes>(metered);
+    let timeout = worker.config.timeouts.client_header;
+    let mut conn = match monoio::time::timeout(timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let edge = &worker.front.edge();
+    edge.h2_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let keepalive = worker.config.timeouts.client_keepalive;
+    let mut idle = Some(worker.idle.register(worker.now() + keepalive));
+    let mut shutting = false;
+    let ended = poll_fn(|cx| {
+        shared.conn.set(Some(cx.waker().clone()));
+        if let Some(abuse) = shared.abuse.get() {
+            edge.goaway(abuse);
+            tracing::debug!(reason = abuse.label(), "HTTP/2 connection closed for abuse");
+            conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
+            shared.abuse.set(None);
+            shutting = true;
+        }
+        // Stopping, or idle past the keep-alive timeout: GOAWAY with the
+        // last stream id; streams in flight finish.
+        let idle_expired = idle.as_ref().is_some_and(|row| row.expired(cx.waker()));
+        if !shutting && (worker.stopping.get() || idle_expired) {
+            conn.graceful_shutdown();
+            shutting = true;
+        }
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    idle = None;
+                    shared.open.set(shared.open.get() + 1);
+                    edge.h2_streams
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let worker = Rc::clone(&worker);
+                    let shared = Rc::clone(&shared);
+                    monoio::spawn(async move {
+                        stream(&worker, request, respond, peer).await;
+                        shared.open.set(shared.open.get() - 1);
+                        if let Some(waker) = shared.conn.take() {
+                            waker.wake();
+                        }
+                    });
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(error)),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => break,
+            }
+        }
+        if shared.open.get() == 0 && idle.is_none() {
+            idle = Some(worker.idle.register(worker.now() + keepalive));
+            if idle.as_ref().is_some_and(|row| row.expired(cx.waker())) {
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(error) = ended {
+        if error.is_go_away() || error.is_reset() {
+            if error.reason() != Some(Reason::NO_ERROR) && !error.is_remote() {
+                edge.goaway(H2Abuse::Protocol);
+            }
+        } else if !error.is_io() {
+            edge.goaway(H2Abuse::Protocol);
+        }
+        tracing::debug!(%error, "HTTP/2 connection ended");
+    }
+}
+
+/// What a connection's streams share with it.
+#[derive(Default)]
+struct Shared {
+    /// Streams being served.
+    open: Cell<usize>,
+    /// The connection task, woken when a stream ends or abuse is seen.
+    conn: Cell<Option<Waker>>,
+    /// Abuse the meter saw, for the connection task to act on.
+    abuse: Cell<Option<H2Abuse>>,
+}
+
+/// Serves one stream: the upload, the handler and the response run
+/// together until all three are done.
+async fn stream(
+    worker: &Rc<Worker>,
+    request: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: Peer,
+) {
+    let (parts, body) = request.into_parts();
+    let pipe = Pipe::new();
+    let mut head = Vec::with_capacity(512);
+    let chunked = write_head(&parts, body.is_end_stream(), &mut head);
+    pipe.push_inbound(&head);
+    let is_head = parts.method == http::Method::HEAD;
+    let mut client = Client::new(
+        ClientIo::H2(StreamIo::new(Rc::clone(&pipe), peer.https)),
+        peer.ip,
+        peer.trusted,
+    );
+    client.accepted = None;
+    client.tls = peer.tls;
+    let handler = async {
+        drop(crate::handler::run(worker, client, false).await);
+    };
+    monoio::join!(
+        upload(body, &pipe, chunked),
+        handler,
+        response(&pipe, &mut respond, is_head)
+    );
+}
+
+/// Writes the HTTP/1.1 head of an HTTP/2 request; returns whether its body
+/// is sent chunked (an HTTP/2 body without `content-length`).
+fn write_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) -> bool {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(authority) = parts.uri.authority() {
+        push(out, b"host", authority.as_str().as_bytes());
+    }
+    let mut length = false;
+    let mut cookies: Vec<&[u8]> = Vec::new();
+    for (name, value) in &parts.headers {
+        match name.as_str() {
+            // :authority wins over a host field (RFC 9113 §8.3.1).
+            "host" if parts.uri.authority().is_some() => {}
+            // Connection-specific fields are malformed in HTTP/2 (the codec
+            // refuses them); `te: trailers` means nothing to HTTP/1.1.
+            "te" | "expect" => {}
+            // Split cookies are joined again (RFC 9113 §8.2.3).
+            "cookie" => cookies.push(value.as_bytes()),
+            other => {
+                length |= other == "content-length";
+                push(out, other.as_bytes(), value.as_bytes());
+            }
+        }
+    }
+    if !cookies.is_empty() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(&cookies.join(&b"; "[..]));
+        out.extend_from_slice(b"\r\n");
+    }
+    let chunked = !length && !end_stream;
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if !length && body_expected(&parts.method) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+/// Methods whose requests usually carry a body, which HTTP/1.1 frames
+/// with `Content-Length: 0` when the HTTP/2 request has none.
+fn body_expected(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    )
+}
+
+fn push(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Moves the request body's DATA frames into the pipe, chunk-framed when
+/// the request had no length, releasing flow-control window only as the
+/// handler takes the bytes.
+async fn upload(mut body: RecvStream, pipe: &Pipe, chunked: bool) {
+    if !body.is_end_stream() {
+        loop {
+            if !pipe.upload_room().await {
+                return;
+            }
+            match body.data().await {
+                Some(Ok(data)) => {
+                    let _ = body.flow_control().release_capacity(data.len());
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        let mut size = [0u8; 18];
+                        let len = hex(data.len(), &mut size);
+                        pipe.push_inbound(&size[..len]);
+                        pipe.push_inbound(&data);
+                        pipe.push_inbound(b"\r\n");
+                    } else {
+                        pipe.push_inbound(&data);
+                    }
+                }
+                Some(Err(_)) => {
+                    pipe.set_reset();
+                    return;
+                }
+                None => break,
+            }
+        }
+    }
+    if chunked {
+        pipe.push_inbound(b"0\r\n\r\n");
+    }
+    pipe.end_inbound();
+}
+
+/// `{len:x}\r\n` into `out`; returns its length.
+fn hex(len: usize, out: &mut [u8; 18]) -> usize {
+    use std::io::Write;
+    let mut cursor = io::Cursor::new(&mut out[..]);
+    let _ = write!(cursor, "{len:x}\r\n");
+    cursor.position() as usize
+}
+
+/// Sends the handler's HTTP/1.1 response as HTTP/2: the head as HEADERS,
+/// the body (de-chunked) as DATA frames within the client's window.
+async fn response(pipe: &Pipe, respond: &mut SendResponse<Bytes>, is_head: bool) {
+    let mut buf = Vec::with_capacity(4096);
+    // The head, past any 1xx the handler relayed.
+    let (head, framing) = loop {
+        let more = poll_fn(|cx| {
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            pipe.poll_outbound(cx, &mut buf).map(Some)
+        })
+        .await;
+        match more {
+            None => return pipe.set_reset(),
+            // The handler ended without a response: the client went away.
+            Some(false) => {
+                if !pipe.is_reset() {
+                    respond.send_reset(Reason::INTERNAL_ERROR);
+                }
+                return;
+            }
+            Some(_) => {}
+        }
+        match parse_head(&buf, is_head) {
+            Ok(None) => {}
+            Ok(Some((len, _, _))) if is_informational(&buf) => {
+                buf.drain(..len);
+            }
+            Ok(Some((len, head, framing))) => {
+                buf.drain(..len);
+                break (head, framing);
+            }
+            Err(()) => {
+                respond.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+        }
+    };
+    let empty = matches!(framing, Framing::None | Framing::Length(0));
+    let mut send = match respond.send_response(head, empty) {
+        Ok(send) => send,
+        Err(_) => return pipe.set_reset(),
+    };
+    if empty {
+        return;
+    }
+    let mut body = Body::new(framing);
+    let mut data = Vec::new();
+    let mut input = buf;
+    loop {
+        data.clear();
+        let taken = body.take(&input, |range| data.extend_from_slice(&input[range]));
+        if taken.is_err() {
+            send.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+        input.clear();
+        if !data.is_empty()
+            && send_data(&mut send, Bytes::copy_from_slice(&data))
+                .await
+                .is_err()
+        {
+            return pipe.set_reset();
+        }
+        if body.is_done() {
+            let _ = send.send_data(Bytes::new(), true);
+            return;
+        }
+        let more = poll_fn(|cx| {
+            if send.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            pipe.poll_outbound(cx, &mut input).map(Some)
+        })
+        .await;
+        match more {
+            None => return pipe.set_reset(),
+            Some(true) => {}
+            // The handler is done: a body that ends at close ends here;
+            // any other was cut short.
+            Some(false) => {
+                if body.ends_at_close() {
+                    let _ = send.send_data(Bytes::new(), true);
+                } else {
+                    send.send_reset(Reason::INTERNAL_ERROR);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Sends `data` as the client's window allows.
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(e),
+            None => return Err(h2::Error::from(Reason::CANCEL)),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let piece = data.split_to(granted.min(data.len()));
+        send.send_data(piece, false)?;
+    }
+    Ok(())
+}
+
+fn is_informational(buf: &[u8]) -> bool {
+    buf.get(9) == Some(&b'1')
+}
+
+/// Parses the handler's response head into an HTTP/2 response; `Ok(None)`
+/// while incomplete.
+#[allow(clippy::type_complexity)]
+fn parse_head(
+    buf: &[u8],
+    is_head: bool,
+) -> Result<Option<(usize, http::Response<()>, Framing)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let status = parsed.code.ok_or(())?;
+    let mut response = http::Response::builder().status(status);
+    let mut length = None;
+    let mut chunked = false;
+    for header in parsed.headers.iter() {
+        let name = header.name.to_ascii_lowercase();
+        match name.as_str() {
+            "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" => continue,
+            "transfer-encoding" => {
+                chunked = true;
+                continue;
+            }
+            "content-length" => length = crate::h1::content_length(length, header.value),
+            _ => {}
+        }
+        response = response.header(name, header.value);
+    }
+    let framing = if is_head || status == 204 || status == 304 || (100..200).contains(&status) {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let response = response.body(()).map_err(|_| ())?;
+    Ok(Some((len, response, framing)))
+}
+
+/// Reads the frame headers of what the client sends, counting resets and
+/// control frames per second; over a limit it records the abuse and wakes
+/// the connection task, which sends GOAWAY.
+struct Meter<T> {
+    io: T,
+    shared: Rc<Shared>,
+    /// Preface bytes still to skip.
+    preface: usize,
+    /// A frame header being gathered, and how much of it is in.
+    header: [u8; 9],
+    have: usize,
+    /// Payload bytes of the current frame still to skip.
+    payload: usize,
+    window_start: Instant,
+    resets: u32,
+    control: u32,
+    max_resets: u32,
+    max_control: u32,
+}
+
+impl<T> Meter<T> {
+    fn new(io: T, settings: &inferlb_core::config::Http2, shared: Rc<Shared>) -> Self {
+        Self {
+            io,
+            shared,
+            preface: PREFACE.len(),
+            header: [0; 9],
+            have: 0,
+            payload: 0,
+            window_start: Instant::now(),
+            resets: 0,
+            control: 0,
+            max_resets: settings.max_resets_per_s,
+            max_control: settings.max_control_frames_per_s,
+        }
+    }
+
+    /// Walks the bytes just read.
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.preface > 0 {
+                let n = self.preface.min(bytes.len());
+                self.preface -= n;
+                bytes = &bytes[n..];
+            } else if self.payload > 0 {
+                let n = self.payload.min(bytes.len());
+                self.payload -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (9 - self.have).min(bytes.len());
+                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have == 9 {
+                    self.have = 0;
+                    let h = self.header;
+                    self.payload =
+                        usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                    self.frame(h[3], h[4]);
+                }
+            }
+        }
+    }
+
+    /// Counts one frame by type and flags.
+    fn frame(&mut self, kind: u8, flags: u8) {
+        const RST_STREAM: u8 = 0x3;
+        const PRIORITY: u8 = 0x2;
+        const SETTINGS: u8 = 0x4;
+        const PING: u8 = 0x6;
+        const WINDOW_UPDATE: u8 = 0x8;
+        const ACK: u8 = 0x1;
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.resets = 0;
+            self.control = 0;
+        }
+        let abuse = match kind {
+            RST_STREAM => {
+                self.resets += 1;
+                (self.resets > self.max_resets).then_some(H2Abuse::RapidReset)
+            }
+            SETTINGS | PING if flags & ACK == 0 => {
+                self.control += 1;
+                (self.control > self.max_control).then_some(H2Abuse::ControlFlood)
+            }
+            PRIORITY | WINDOW_UPDATE => {
+                self.control += 1;
+                (self.control > self.max_control).then_some(H2Abuse::ControlFlood)
+            }
+            _ => None,
+        };
+        if let Some(abuse) = abuse {
+            if self.shared.abuse.get().is_none() {
+                self.shared.abuse.set(Some(abuse));
+                if let Some(waker) = self.shared.conn.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Meter<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.scan(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Meter<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
