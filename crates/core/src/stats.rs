@@ -208,8 +208,8 @@ pub enum H2Abuse {
     RapidReset,
     /// More control frames per second than `http2.max_control_frames_per_s`.
     ControlFlood,
-    /// A protocol error the h2 codec found (a header list over its limit,
-    /// CONTINUATION floods, HPACK errors, bad frames).
+    /// A limit or protocol error the h2 codec found (a header list over its
+    /// limit, a CONTINUATION flood, HPACK errors, bad frames).
     Protocol,
 }
 

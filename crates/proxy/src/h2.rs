@@ -74,7 +74,9 @@ where
         .initial_window_size(settings.stream_window_bytes)
         .initial_connection_window_size(settings.connection_window_bytes)
         .max_send_buffer_size(64 * 1024)
-        .max_pending_accept_reset_streams(settings.max_resets_per_s.min(1024) as usize);
+        // Above the meter's limit, so that rapid reset is the meter's call
+        // (and counted as such); the codec's limit is the backstop.
+        .max_pending_accept_reset_streams(settings.max_resets_per_s.saturating_mul(4) as usize);
     let handshake = builder.handshake::<_, Bytes>(metered);
     let timeout = worker.config.timeouts.client_header;
     let mut conn = match monoio::time::timeout(timeout, handshake).await {
@@ -91,6 +93,7 @@ where
     let keepalive = worker.config.timeouts.client_keepalive;
     let mut idle = Some(worker.idle.register(worker.now() + keepalive));
     let mut shutting = false;
+    let mut meter_acted = false;
     let ended = poll_fn(|cx| {
         shared.conn.set(Some(cx.waker().clone()));
         if let Some(abuse) = shared.abuse.get() {
@@ -99,6 +102,7 @@ where
             conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
             shared.abuse.set(None);
             shutting = true;
+            meter_acted = true;
         }
         // Stopping, or idle past the keep-alive timeout: GOAWAY with the
         // last stream id; streams in flight finish.
@@ -139,12 +143,13 @@ where
     })
     .await;
     if let Some(error) = ended {
-        if error.is_go_away() || error.is_reset() {
-            if error.reason() != Some(Reason::NO_ERROR) && !error.is_remote() {
+        // The codec's own GOAWAYs (a header list over the limit, a
+        // CONTINUATION flood, HPACK errors, bad frames); those the meter
+        // asked for were counted when it did.
+        if !error.is_remote() && !error.is_io() && !meter_acted {
+            if !matches!(error.reason(), None | Some(Reason::NO_ERROR)) {
                 edge.goaway(H2Abuse::Protocol);
             }
-        } else if !error.is_io() {
-            edge.goaway(H2Abuse::Protocol);
         }
         tracing::debug!(%error, "HTTP/2 connection ended");
     }
@@ -475,6 +480,8 @@ struct Meter<T> {
     control: u32,
     max_resets: u32,
     max_control: u32,
+    /// A limit was passed: nothing more is read.
+    tripped: bool,
 }
 
 impl<T> Meter<T> {
@@ -491,12 +498,19 @@ impl<T> Meter<T> {
             control: 0,
             max_resets: settings.max_resets_per_s,
             max_control: settings.max_control_frames_per_s,
+            tripped: false,
         }
     }
 
-    /// Walks the bytes just read.
-    fn scan(&mut self, mut bytes: &[u8]) {
+    /// Walks the bytes just read; returns how many the codec may see: all,
+    /// or those before the frame that went over a limit (the codec never
+    /// sees the flood past it, and the connection closes).
+    fn scan(&mut self, all: &[u8]) -> usize {
+        let mut bytes = all;
         while !bytes.is_empty() {
+            if self.tripped {
+                return all.len() - bytes.len();
+            }
             if self.preface > 0 {
                 let n = self.preface.min(bytes.len());
                 self.preface -= n;
@@ -519,6 +533,12 @@ impl<T> Meter<T> {
                 }
             }
         }
+        if self.tripped {
+            // The limit was passed on the last frame header: its payload
+            // and whatever followed are not handed on.
+            return all.len() - bytes.len();
+        }
+        all.len()
     }
 
     /// Counts one frame by type and flags.
@@ -550,6 +570,7 @@ impl<T> Meter<T> {
             _ => None,
         };
         if let Some(abuse) = abuse {
+            self.tripped = true;
             if self.shared.abuse.get().is_none() {
                 self.shared.abuse.set(Some(abuse));
                 if let Some(waker) = self.shared.conn.take() {
@@ -566,10 +587,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for Meter<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.tripped {
+            // The connection task sends GOAWAY and closes; the codec
+            // waits for nothing more.
+            return Poll::Pending;
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            self.scan(&buf.filled()[before..]);
+            let seen = self.scan(&buf.filled()[before..]);
+            buf.set_filled(before + seen);
+            if seen == 0 && self.tripped {
+                return Poll::Pending;
+            }
         }
         polled
     }

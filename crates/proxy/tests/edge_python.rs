@@ -1,0 +1,273 @@
+//! The edge with Python clients nobody here wrote, installed by
+//! `cargo xtask test` (which sets `INFERLB_PYTHON`): the `openai` SDK and
+//! `httpx` over https with a test CA (HTTP/2 and HTTP/1.1), and the `h2`
+//! library driving HTTP/2 abuse by hand: rapid reset, PING and SETTINGS
+//! floods, a CONTINUATION flood and an oversized header list each end the
+//! connection while the proxy keeps serving others. Both drivers.
+
+#[path = "support/certs.rs"]
+mod certs;
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use inferlb_core::config::{CertificateFiles, Listener, Protocol, Tls};
+use inferlb_core::{H2Abuse, IoDriver};
+use inferlb_testkit::{eventually, fresh_dir, EngineConfig};
+
+both_drivers!(
+    the_openai_sdk_and_httpx_speak_h2_over_tls,
+    http2_abuse_ends_the_connection_and_nothing_else
+);
+
+/// The Python with the SDKs; a loud failure without it.
+fn python() -> String {
+    std::env::var("INFERLB_PYTHON").unwrap_or_else(|_| {
+        panic!("INFERLB_PYTHON is not set: run these tests with `cargo xtask test`, which installs the Python clients")
+    })
+}
+
+fn run_python(script: &str, args: &[&str]) -> String {
+    let output = Command::new(python())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// A TLS listener and a plaintext one in front of the simulated engine.
+fn start(driver: IoDriver, dir: &std::path::Path) -> (support::Proxy, certs::Ca) {
+    let ca = certs::Ca::new(dir, "py");
+    let leaf = ca.leaf(dir, "api", &["localhost"]);
+    let engine = inferlb_testkit::fake_engine::start(
+        EngineConfig {
+            models: vec!["m1".into()],
+            decode_ms_per_token: 1.0,
+            ..EngineConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let engine_addr = engine.addr();
+    std::mem::forget(engine);
+    let proxy = support::start(driver, &[engine_addr], |c| {
+        c.proxy.listeners = vec![
+            Listener {
+                address: "127.0.0.1:0".parse().unwrap(),
+                tls: Some(Tls {
+                    certificates: vec![CertificateFiles {
+                        cert: leaf.cert.clone(),
+                        key: leaf.key.clone(),
+                    }],
+                    client_ca: None,
+                    refuse_unknown_server_name: false,
+                }),
+                alpn: vec![Protocol::H2, Protocol::Http1],
+            },
+            Listener::plain("127.0.0.1:0".parse().unwrap()),
+        ];
+        c.proxy.http2.max_resets_per_s = 50;
+        c.proxy.http2.max_control_frames_per_s = 200;
+    });
+    (proxy, ca)
+}
+
+const SDK_SCRIPT: &str = r#"
+import sys, httpx
+from openai import OpenAI
+base, ca = sys.argv[1], sys.argv[2]
+for http2 in (True, False):
+    http = httpx.Client(verify=ca, http2=http2)
+    client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20, http_client=http)
+    stream = client.chat.completions.create(
+        model="m1", messages=[{"role": "user", "content": "Hello!"}], max_tokens=4, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    reply = client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    r = http.get(base + "/models")
+    print("h2" if http2 else "h1", r.http_version, len([p for p in pieces if p]), reply.usage.completion_tokens)
+"#;
+
+fn the_openai_sdk_and_httpx_speak_h2_over_tls(driver: IoDriver) {
+    let dir = fresh_dir(&format!("edge-py-sdk-{driver:?}"));
+    let (proxy, ca) = start(driver, &dir);
+    let tls: SocketAddr = proxy.handle.local_addrs()[0];
+    let base = format!("https://localhost:{}/v1", tls.port());
+    let out = run_python(SDK_SCRIPT, &[&base, ca.pem.to_str().unwrap()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["h2 HTTP/2 4 2", "h1 HTTP/1.1 4 2"], "{out}");
+    assert!(
+        proxy
+            .handle
+            .front_end()
+            .edge
+            .h2_streams
+            .load(Ordering::Relaxed)
+            >= 3
+    );
+}
+
+/// Each attack on its own h2c connection; prints what the server did.
+const ABUSE_SCRIPT: &str = r#"
+import socket, sys, time
+import h2.connection, h2.config, h2.events, h2.exceptions
+from hyperframe.frame import HeadersFrame, ContinuationFrame, PingFrame
+host, port = sys.argv[1], int(sys.argv[2])
+
+def connect():
+    s = socket.create_connection((host, port), timeout=5)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    return s, c
+
+def outcome(s, c):
+    # Reads until the server closes: the GOAWAY's error code, or "open".
+    deadline = time.time() + 5
+    code = None
+    while time.time() < deadline:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            return code or "reset"
+        if not data:
+            return code or "closed"
+        try:
+            for e in c.receive_data(data):
+                if isinstance(e, h2.events.ConnectionTerminated):
+                    code = e.error_code.name
+        except h2.exceptions.ProtocolError:
+            pass
+        try:
+            s.sendall(c.data_to_send())
+        except OSError:
+            return code or "closed"
+    return code or "open"
+
+headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "x")]
+
+# The advertised limit.
+s, c = connect()
+s.sendall(c.data_to_send())
+data = s.recv(65536)
+for e in c.receive_data(data):
+    if isinstance(e, h2.events.RemoteSettingsChanged):
+        print("max_concurrent_streams", e.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value)
+s.close()
+
+# Rapid reset: open and cancel streams as fast as possible.
+s, c = connect()
+for i in range(400):
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, headers, end_stream=True)
+    c.reset_stream(sid)
+    try:
+        s.sendall(c.data_to_send())
+    except OSError:
+        break
+print("rapid_reset", outcome(s, c))
+
+# PING flood.
+s, c = connect()
+for i in range(2000):
+    try:
+        s.sendall(PingFrame(0, opaque_data=i.to_bytes(8, "big")).serialize())
+    except OSError:
+        break
+print("ping_flood", outcome(s, c))
+
+# SETTINGS flood.
+s, c = connect()
+for i in range(2000):
+    c.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100 + i % 7})
+    try:
+        s.sendall(c.data_to_send())
+    except OSError:
+        break
+print("settings_flood", outcome(s, c))
+
+# CONTINUATION flood: one header block that never ends.
+s, c = connect()
+frame = HeadersFrame(1)
+frame.data = c.encoder.encode(headers)
+s.sendall(frame.serialize())
+block = c.encoder.encode([("x-filler", "a" * 1000)])
+sent = 0
+for i in range(5000):
+    cont = ContinuationFrame(1)
+    cont.data = block
+    try:
+        s.sendall(cont.serialize())
+    except OSError:
+        break
+    sent += 1
+print("continuation_flood", outcome(s, c), "stopped" if sent < 5000 else "all")
+
+# A header list over the limit (HPACK-decoded size).
+s, c = connect()
+try:
+    c.send_headers(1, headers + [("x-big-%d" % i, "v" * 1000) for i in range(40)], end_stream=True)
+    s.sendall(c.data_to_send())
+except Exception as e:
+    print("oversized", "client refused", type(e).__name__)
+else:
+    print("oversized", outcome(s, c))
+"#;
+
+fn http2_abuse_ends_the_connection_and_nothing_else(driver: IoDriver) {
+    let dir = fresh_dir(&format!("edge-py-abuse-{driver:?}"));
+    let (proxy, _ca) = start(driver, &dir);
+    let plain = proxy.handle.local_addrs()[1];
+    let out = run_python(ABUSE_SCRIPT, &["127.0.0.1", &plain.port().to_string()]);
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{out}"))
+            .to_owned()
+    };
+    assert_eq!(line("max_concurrent_streams"), "max_concurrent_streams 128");
+    assert_eq!(
+        line("rapid_reset"),
+        "rapid_reset ENHANCE_YOUR_CALM",
+        "{out}"
+    );
+    assert_eq!(line("ping_flood"), "ping_flood ENHANCE_YOUR_CALM", "{out}");
+    assert_eq!(
+        line("settings_flood"),
+        "settings_flood ENHANCE_YOUR_CALM",
+        "{out}"
+    );
+    // The codec refuses the endless header block (its size passes the
+    // header list limit) and closes the connection.
+    let continuation = line("continuation_flood");
+    assert!(!continuation.contains(" open"), "{out}");
+    let oversized = line("oversized");
+    assert!(!oversized.ends_with(" open"), "{out}");
+    let edge = &proxy.handle.front_end().edge;
+    let goaways = edge.goaways();
+    let count = |why| {
+        goaways
+            .iter()
+            .find(|(w, _)| *w == why)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert!(count(H2Abuse::RapidReset) >= 1, "{goaways:?}");
+    assert!(count(H2Abuse::ControlFlood) >= 2, "{goaways:?}");
+    assert!(count(H2Abuse::Protocol) >= 2, "{goaways:?}");
+    // The proxy still serves.
+    assert!(eventually(Duration::from_secs(5), || {
+        let mut client = inferlb_testkit::RawClient::connect(plain).unwrap();
+        client.get("/v1/models").is_ok_and(|r| r.status == 200)
+    }));
+}
