@@ -146,10 +146,9 @@ where
         // The codec's own GOAWAYs (a header list over the limit, a
         // CONTINUATION flood, HPACK errors, bad frames); those the meter
         // asked for were counted when it did.
-        if !error.is_remote() && !error.is_io() && !meter_acted {
-            if !matches!(error.reason(), None | Some(Reason::NO_ERROR)) {
-                edge.goaway(H2Abuse::Protocol);
-            }
+        let failed = !matches!(error.reason(), None | Some(Reason::NO_ERROR));
+        if !error.is_remote() && !error.is_io() && !meter_acted && failed {
+            edge.goaway(H2Abuse::Protocol);
         }
         tracing::debug!(%error, "HTTP/2 connection ended");
     }
