@@ -519,3 +519,77 @@ fn listeners_are_read_and_checked() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+#[test]
+fn tls_listeners_and_http2_are_read_and_checked() {
+    let config = Config::from_toml(
+        r#"
+[[listeners]]
+address = "0.0.0.0:443"
+tls = { certificates = [{ cert = "/etc/inferlb/api.pem", key = "/etc/inferlb/api.key" },
+                        { cert = "/etc/inferlb/other.pem", key = "/etc/inferlb/other.key" }],
+        unknown_server_name = "refuse" }
+alpn = ["http/1.1"]
+client_ca = "/etc/inferlb/clients.pem"
+[[listeners]]
+address = "0.0.0.0:8080"
+[http2]
+max_concurrent_streams = 64
+[timeouts]
+tls_handshake_timeout_ms = 5000
+"#,
+    )
+    .unwrap();
+    let tls = config.proxy.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.certificates.len(), 2);
+    assert_eq!(
+        tls.certificates[1].key.to_str(),
+        Some("/etc/inferlb/other.key")
+    );
+    assert_eq!(
+        tls.client_ca.as_deref().and_then(|p| p.to_str()),
+        Some("/etc/inferlb/clients.pem")
+    );
+    assert!(tls.refuse_unknown_server_name);
+    assert!(!config.proxy.listeners[0].allows_h2());
+    assert!(config.proxy.listeners[1].allows_h2());
+    assert_eq!(config.proxy.http2.max_concurrent_streams, 64);
+    // The header list defaults to the HTTP/1.1 head limit.
+    assert_eq!(config.proxy.http2.max_header_list_size, 16 * 1024);
+    assert_eq!(config.proxy.timeouts.tls_handshake.as_millis(), 5000);
+
+    // Every problem at once, with its field.
+    let err = Config::from_toml(
+        r#"
+[[listeners]]
+address = "0.0.0.0:443"
+tls = { certificates = [], unknown_server_name = "maybe" }
+alpn = ["h3", "h2", "h2"]
+[[listeners]]
+address = "0.0.0.0:444"
+tls = { certificates = [{ cert = "", key = "/k" }], client_ca = "/a" }
+client_ca = "/b"
+[[listeners]]
+address = "0.0.0.0:8080"
+client_ca = "/c"
+[http2]
+max_concurrent_streams = 0
+stream_window_bytes = 100
+"#,
+    )
+    .unwrap_err()
+    .to_string();
+    for field in [
+        "listeners[0].tls.certificates",
+        "listeners[0].tls.unknown_server_name",
+        "listeners[0].alpn[0]",
+        "listeners[0].alpn[2]",
+        "listeners[1].tls.certificates[0].cert",
+        "listeners[1].client_ca",
+        "listeners[2].client_ca",
+        "http2.max_concurrent_streams",
+        "http2.stream_window_bytes",
+    ] {
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
