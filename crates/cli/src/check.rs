@@ -21,7 +21,11 @@ pub(crate) struct CheckArgs {
 pub(crate) fn run(args: CheckArgs) -> Result<ExitCode> {
     let path = args.config.display();
     let problems = match Config::check(&args.config) {
-        Ok(config) => commands(&config),
+        Ok(config) => {
+            let mut problems = commands(&config);
+            problems.extend(inferlb_proxy::check_certificates(&config.proxy));
+            problems
+        }
         Err(ConfigError::Parse(message)) => {
             #[allow(clippy::print_stderr)]
             {

@@ -60,6 +60,26 @@ mod watch;
 mod worker;
 
 pub use inferlb_core::WorkerStats;
+
+/// Reads every TLS listener's certificates, keys and client CA as a start
+/// would; each problem under its listener's field (`inferlb check`).
+pub fn check_certificates(
+    config: &inferlb_core::ProxyConfig,
+) -> Vec<inferlb_core::config::Problem> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, listener)| {
+            tls::Terminator::new(i, listener)
+                .err()
+                .map(|reason| inferlb_core::config::Problem {
+                    field: format!("listeners[{i}].tls"),
+                    reason,
+                })
+        })
+        .collect()
+}
 pub use server::{start, ActiveDriver, ProxyHandle};
 
 /// Entry points for the micro-benchmarks in `benches/`; not a stable API.

@@ -163,7 +163,8 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
     let mut roles = Vec::with_capacity(config.listeners.len());
     for (index, listener) in config.listeners.iter().enumerate() {
         roles.push(crate::worker::ListenerRole {
-            tls: Terminator::new(index, listener).map_err(io::Error::other)?,
+            tls: Terminator::new(index, listener)
+                .map_err(|e| io::Error::other(format!("listeners[{index}].tls: {e}")))?,
             h2: listener.allows_h2(),
         });
     }
