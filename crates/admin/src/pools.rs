@@ -24,6 +24,10 @@ pub struct PoolInfo {
     pub served_model_name: String,
     /// The routing rule in force.
     pub routing: String,
+    /// TLS to the replicas (`[pools.upstream_tls]` in the config); absent:
+    /// plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTlsInfo>,
     /// Serves requests that name no model, or a model no pool serves.
     pub default: bool,
     /// Declared (config or `PUT`), rather than existing because a replica
@@ -33,6 +37,17 @@ pub struct PoolInfo {
     pub routable: usize,
     /// Its replicas, draining ones included.
     pub replicas: Vec<ReplicaView>,
+}
+
+/// How the proxy speaks TLS to a pool's replicas.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UpstreamTlsInfo {
+    /// The CA file the replicas' certificates are verified against; absent:
+    /// the system's roots.
+    pub ca: Option<String>,
+    /// The name verified and sent as SNI; absent: each replica's host.
+    pub server_name: Option<String>,
+    pub verify: bool,
 }
 
 fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
@@ -47,6 +62,15 @@ fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
         aliases: pool.spec().aliases.clone(),
         served_model_name: pool.spec().served_name().to_owned(),
         routing: pool.routing().to_string(),
+        upstream_tls: pool
+            .spec()
+            .upstream_tls
+            .as_deref()
+            .map(|t| UpstreamTlsInfo {
+                ca: t.ca.as_ref().map(|p| p.display().to_string()),
+                server_name: t.server_name.clone(),
+                verify: t.verify,
+            }),
         default: set.default_pool() == Some(index),
         declared,
         routable: pool

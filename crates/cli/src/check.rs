@@ -24,6 +24,7 @@ pub(crate) fn run(args: CheckArgs) -> Result<ExitCode> {
         Ok(config) => {
             let mut problems = commands(&config);
             problems.extend(inferlb_proxy::check_certificates(&config.proxy));
+            problems.extend(inferlb_proxy::check_upstream_tls(&config.pools));
             problems
         }
         Err(ConfigError::Parse(message)) => {

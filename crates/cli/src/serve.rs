@@ -171,6 +171,11 @@ fn warn_if_readable_by_others(path: &Path) {
 /// Starts the data plane and logs what it runs with.
 pub(crate) fn start_proxy(config: &Config, state: &State) -> Result<(ProxyHandle, Snapshots)> {
     let snapshots = Snapshots::new(state.snapshot());
+    // A pool's CA that cannot be read stops the start, as a bad listener
+    // certificate does.
+    if let Some(problem) = inferlb_proxy::check_upstream_tls(&config.pools).first() {
+        anyhow::bail!("cannot start the proxy: {problem}");
+    }
     let handle =
         inferlb_proxy::start(&config.proxy, snapshots.clone()).context("cannot start the proxy")?;
     tracing::info!(

@@ -288,6 +288,19 @@ pub struct PoolSpec {
     pub health: PoolHealth,
     /// Local autoscaling: the pool starts and stops its own replicas.
     pub autoscaling: Option<Arc<crate::scaling::PoolAutoscaling>>,
+    /// TLS to the replicas (`[pools.upstream_tls]`); `None` is plaintext.
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
+}
+
+/// How the proxy speaks TLS to a pool's replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM); `None`: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// The name verified and sent as SNI; `None`: the replica's host.
+    pub server_name: Option<String>,
+    /// Verify the replicas' certificates.
+    pub verify: bool,
 }
 
 impl PoolSpec {
@@ -297,6 +310,7 @@ impl PoolSpec {
             name,
             aliases: Vec::new(),
             served_model_name: None,
+            upstream_tls: None,
             routing: None,
             prefix: PrefixSettings::default(),
             load: LoadWeights::default(),

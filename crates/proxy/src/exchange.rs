@@ -426,7 +426,7 @@ mod tests {
                 &mut client.request,
             )
             .unwrap();
-            let mut conn = crate::upstream::connect(replica_addr, Duration::from_secs(2))
+            let mut conn = crate::upstream::connect(replica_addr, None, Duration::from_secs(2))
                 .await
                 .unwrap();
             let stats = ReplicaStats::default();

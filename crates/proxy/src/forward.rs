@@ -140,6 +140,8 @@ struct Picked {
     uid: u64,
     addr: SocketAddr,
     stats: Arc<ReplicaStats>,
+    /// TLS to the replica, for a pool with `[pools.upstream_tls]`.
+    tls: Option<upstream::TlsTarget>,
 }
 
 /// Forwards one request whose head is `client.buf[pos..pos + head_len]`:
@@ -461,7 +463,7 @@ async fn attempt(
         {
             sock::shutdown(&conn.stream);
             let timeout = worker.config.timeouts.upstream_connect;
-            match upstream::connect(picked.addr, timeout).await {
+            match upstream::connect(picked.addr, picked.tls.as_ref(), timeout).await {
                 Ok(fresh) => {
                     conn = fresh;
                     outcome = exchange.run(client, &mut conn, body, progress).await;
@@ -605,11 +607,40 @@ fn pick(
         prefix_bytes = target.text_len,
         "routed"
     );
+    let tls = match &set.pools()[pool].spec().upstream_tls {
+        None => None,
+        Some(settings) => Some(upstream_tls(settings, &replica.address)?),
+    };
     Some(Picked {
         uid: replica.uid,
         addr: replica.addr,
         stats: Arc::clone(&replica.stats),
+        tls,
     })
+}
+
+/// How to reach a replica of a pool with `[pools.upstream_tls]`; `None`
+/// (the request finds no replica) when the pool's CA cannot be read or the
+/// replica has no name to verify, said once per setting in the log.
+fn upstream_tls(
+    settings: &inferlb_core::pool::UpstreamTls,
+    address: &str,
+) -> Option<upstream::TlsTarget> {
+    let config = match upstream::tls::client_config(settings) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::debug!(%error, "no TLS to the replicas");
+            return None;
+        }
+    };
+    let Some(name) = upstream::tls::server_name(settings, address) else {
+        tracing::debug!(
+            address,
+            "no name to verify the replica's certificate for: set upstream_tls.server_name"
+        );
+        return None;
+    };
+    Some(upstream::TlsTarget { config, name })
 }
 
 /// A pooled connection to the replica, or a new one; `None` when the
@@ -618,7 +649,12 @@ async fn connect(worker: &Worker, picked: &Picked) -> Option<UpstreamConn> {
     let pooled = worker.pool.borrow_mut().take(picked.uid, worker.now());
     let mut conn = match pooled {
         Some(conn) => conn,
-        None => match upstream::connect(picked.addr, worker.config.timeouts.upstream_connect).await
+        None => match upstream::connect(
+            picked.addr,
+            picked.tls.as_ref(),
+            worker.config.timeouts.upstream_connect,
+        )
+        .await
         {
             Ok(conn) => conn,
             Err(error) => {

@@ -61,6 +61,24 @@ mod worker;
 
 pub use inferlb_core::WorkerStats;
 
+/// Sets up TLS to the replicas of every pool with `[pools.upstream_tls]`
+/// (its CA file read); each problem under its pool's field.
+pub fn check_upstream_tls(pools: &[inferlb_core::PoolSpec]) -> Vec<inferlb_core::config::Problem> {
+    pools
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pool)| {
+            let settings = pool.upstream_tls.as_deref()?;
+            upstream::tls::build(settings)
+                .err()
+                .map(|reason| inferlb_core::config::Problem {
+                    field: format!("pools[{i}].upstream_tls"),
+                    reason,
+                })
+        })
+        .collect()
+}
+
 /// Reads every TLS listener's certificates, keys and client CA as a start
 /// would; each problem under its listener's field (`inferlb check`).
 pub fn check_certificates(

@@ -15,9 +15,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use inferlb_core::ReplicaStats;
-use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 
 use crate::buffers::MIN_READ;
 use crate::io::ClientIo;
@@ -53,11 +50,10 @@ pub(crate) async fn read(
         conn.buf.reserve(MIN_READ.max(conn.buf.capacity()));
     }
     let buf = std::mem::take(&mut conn.buf);
-    let (len, cap) = (buf.len(), buf.capacity());
-    let op = conn.stream.read(buf.slice_mut(len..cap));
+    let op = conn.stream.read_into(buf);
     match watched(worker, op, client, Phase::Response, stats, limit).await {
-        Ok((result, slice)) => {
-            conn.buf = slice.into_inner();
+        Ok((result, buf)) => {
+            conn.buf = buf;
             match result {
                 Ok(0) => Io::Eof,
                 Ok(n) => Io::Done(n),
@@ -70,9 +66,9 @@ pub(crate) async fn read(
 
 /// Writes all of `buf` to the replica. The buffer comes back unless the
 /// write was given up on (then it went down with the cancelled operation).
-pub(crate) async fn write<T: IoBuf + 'static>(
+pub(crate) async fn write<T: crate::io::OutBuf>(
     worker: &Worker,
-    stream: &mut TcpStream,
+    stream: &mut crate::upstream::UpstreamIo,
     buf: T,
     client: &ClientIo,
     stats: &ReplicaStats,

@@ -26,6 +26,7 @@ both_drivers!(
     client_certificates_are_required_with_a_client_ca,
     a_silent_client_is_dropped_at_the_handshake_timeout,
     sighup_reload_swaps_certificates_and_keeps_them_when_the_new_files_are_bad,
+    a_pool_with_upstream_tls_reaches_its_replicas_over_verified_tls,
 );
 
 /// A CA, an ECDSA certificate for `api.test` and an RSA one for
@@ -445,5 +446,53 @@ fn a_bad_certificate_stops_the_start_naming_the_file() {
         );
         let error = inferlb_proxy::start(&config.proxy, snapshots).unwrap_err();
         assert!(error.to_string().contains(expected), "{error}");
+    }
+}
+
+/// inferlb in front of a TLS replica (here another inferlb terminating TLS
+/// before a fake replica): verified against the pool's CA, with the name
+/// from `server_name`; a CA that did not sign the replica's certificate
+/// gets no answer from it, and `verify = false` accepts it.
+fn a_pool_with_upstream_tls_reaches_its_replicas_over_verified_tls(driver: IoDriver) {
+    use inferlb_core::pool::{PoolSpec, UpstreamTls};
+    use inferlb_core::{Command, PoolName, Routing, State};
+    let pki = pki();
+    let replica = FakeReplica::builder().name("r1").start().unwrap();
+    let front = start(driver, replica.addr(), tls(&[&pki.api]));
+    let tls_replica = front.handle.local_addrs()[0];
+    let stranger = Ca::new(&pki.dir, "stranger");
+    let cases = [
+        (Some(pki.ca.pem.clone()), Some("api.test"), true, 200),
+        // No server_name: the replica's address (an IP) is not in its
+        // certificate.
+        (Some(pki.ca.pem.clone()), None, true, 502),
+        (Some(stranger.pem.clone()), Some("api.test"), true, 502),
+        (None, None, false, 200),
+    ];
+    for (ca, server_name, verify, status) in cases {
+        let mut state = State::new(Routing::RoundRobin);
+        let mut spec = PoolSpec::named(PoolName::new("m").unwrap());
+        spec.upstream_tls = Some(std::sync::Arc::new(UpstreamTls {
+            ca,
+            server_name: server_name.map(String::from),
+            verify,
+        }));
+        state.apply(Command::SetPool(spec)).unwrap();
+        state
+            .apply(Command::Add(support::pool_spec("a", tls_replica, "m")))
+            .unwrap();
+        let proxy = support::start_state(driver, state, |_| {});
+        let response = inferlb_testkit::send_raw(
+            proxy.addr(),
+            b"GET /v1/x HTTP/1.1\r\nHost: x\r\nX-Model: m\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(response.status, status, "{server_name:?} verify={verify}");
+        if status == 200 {
+            assert_eq!(response.header("x-replica"), Some("r1"));
+            // The replica's proxy saw TLS: it says https to the fake.
+            let seen = replica.counters().last_request().unwrap();
+            assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+        }
     }
 }

@@ -286,6 +286,23 @@ pub struct FilePool {
     pub health: FilePoolHealth,
     /// Local autoscaling: the pool starts and stops its own replicas.
     pub autoscaling: Option<FilePoolAutoscaling>,
+    /// TLS to the pool's replicas.
+    pub upstream_tls: Option<FileUpstreamTls>,
+}
+
+/// `[pools.upstream_tls]`: the proxy speaks TLS to the pool's replicas.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTls {
+    /// CA certificates (PEM) the replicas' certificates are verified
+    /// against. Default: the system's roots.
+    pub ca: Option<String>,
+    /// The name verified and sent as SNI. Default: the replica's host (its
+    /// address's name or IP).
+    pub server_name: Option<String>,
+    /// Verify the replicas' certificates. Default true; false accepts any
+    /// certificate (a test setup, never the internet).
+    pub verify: Option<bool>,
 }
 
 /// `[pools.autoscaling]`: see [`PoolAutoscaling`](crate::scaling::PoolAutoscaling).

@@ -221,11 +221,41 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
             )
             .map(std::sync::Arc::new)
         });
+        let upstream_tls = pool.upstream_tls.as_ref().map(|tls| {
+            if tls.ca.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                p.add(
+                    format!("{at}.upstream_tls.ca"),
+                    "is empty: give a PEM file's path",
+                );
+            }
+            if let Some(name) = &tls.server_name {
+                if name.is_empty()
+                    || name.contains(['/', ' ', ':']) && name.parse::<std::net::IpAddr>().is_err()
+                {
+                    p.add(
+                        format!("{at}.upstream_tls.server_name"),
+                        format!("{name:?} is not a DNS name or an IP address"),
+                    );
+                }
+            }
+            if tls.verify == Some(false) && tls.ca.is_some() {
+                p.add(
+                    format!("{at}.upstream_tls.verify"),
+                    "a CA is given but verify = false ignores it: remove one",
+                );
+            }
+            std::sync::Arc::new(crate::pool::UpstreamTls {
+                ca: tls.ca.as_ref().map(std::path::PathBuf::from),
+                server_name: tls.server_name.clone(),
+                verify: tls.verify.unwrap_or(true),
+            })
+        });
         let Some(name) = name else {
             continue;
         };
         pools.push(PoolSpec {
             autoscaling,
+            upstream_tls,
             name,
             aliases: pool.aliases.clone(),
             served_model_name: pool.served_model_name.clone(),

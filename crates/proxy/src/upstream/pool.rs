@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::UpstreamConn;
-use crate::sock::{peer_state, PeerState};
 
 #[derive(Debug)]
 struct Idle {
@@ -43,7 +42,7 @@ impl Pool {
             if now.duration_since(idle.since) >= self.idle_timeout {
                 continue;
             }
-            if peer_state(&idle.conn.stream) != PeerState::Quiet {
+            if !idle.conn.stream.reusable() {
                 // Closed by the replica, or unexpected bytes: either way the
                 // connection cannot carry a new request.
                 continue;
@@ -80,8 +79,7 @@ impl Pool {
                 return false;
             }
             list.retain(|idle| {
-                now.duration_since(idle.since) < timeout
-                    && peer_state(&idle.conn.stream) == PeerState::Quiet
+                now.duration_since(idle.since) < timeout && idle.conn.stream.reusable()
             });
             !list.is_empty()
         });
