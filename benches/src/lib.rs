@@ -8,6 +8,8 @@
 //!   HdrHistogram percentiles, errors by kind.
 //! - [`scenario`]: the scenario files in benches/scenarios.
 //! - [`peers`]: starting inferlb, nginx, HAProxy (or none: direct) pinned.
+//! - [`edge`]: TLS handshakes, h2load runs and idle TLS / h2 connections
+//!   (`tls`, `h2`).
 //! - [`prefix`]: the shared-prefix workload of the `prefix` scenario.
 //! - [`autoscale`]: local autoscaling through a step of load (`autoscale`).
 //! - [`procstat`]: CPU seconds and memory of a process tree, machine facts.
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
+pub mod edge;
 pub mod loadgen;
 pub mod peers;
 pub mod prefix;

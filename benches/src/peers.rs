@@ -75,6 +75,19 @@ pub struct PeerSettings {
     pub upstream_keepalive: usize,
     /// Extra TOML for inferlb's config file (e.g. `[engine_metrics]`).
     pub inferlb_config: Option<String>,
+    /// Serve TLS (HTTP/1.1 and h2 by ALPN) with this certificate on
+    /// `addr`, and h2c with prior knowledge on a second address, instead
+    /// of plaintext HTTP/1.1 (the `tls` and `h2` scenarios).
+    pub tls: Option<TlsFiles>,
+}
+
+/// One certificate for every peer: the chain, its key, and both in one
+/// file (HAProxy's `crt`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub combined: PathBuf,
 }
 
 /// The descriptor limit a peer may raise itself to (the hard limit).
@@ -88,7 +101,10 @@ fn nofile_limit() -> u64 {
 #[derive(Debug)]
 pub struct Running {
     pub peer: Peer,
+    /// Where clients connect: TLS with [`PeerSettings::tls`].
     pub addr: SocketAddr,
+    /// h2c with prior knowledge, with [`PeerSettings::tls`].
+    pub h2c: Option<SocketAddr>,
     /// The admin API, for inferlb.
     pub admin: Option<SocketAddr>,
     child: Option<Child>,
@@ -177,20 +193,29 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
         Peer::Direct => Ok(Running {
             peer,
             addr: replicas[0],
+            h2c: None,
             admin: None,
             child: None,
         }),
         Peer::Inferlb => {
             let addr = free_port()?;
             let admin = free_port()?;
+            let h2c = s.tls.as_ref().map(|_| free_port()).transpose()?;
             let mut cmd = pinned(&s.inferlb, &s.proxy_cpus);
-            cmd.args([
-                "serve",
-                "--listen",
-                &addr.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
+            cmd.args(["serve", "--admin-listen", &admin.to_string()]);
+            let mut config = s.inferlb_config.clone().unwrap_or_default();
+            match (&s.tls, h2c) {
+                (Some(tls), Some(h2c)) => config.push_str(&format!(
+                    "\n[[listeners]]\naddress = \"{addr}\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\
+                     [[listeners]]\naddress = \"{h2c}\"\n",
+                    tls.cert.display(),
+                    tls.key.display()
+                )),
+                _ => {
+                    cmd.args(["--listen", &addr.to_string()]);
+                }
+            }
+            cmd
             .args(["--workers", &s.workers.to_string(), "--routing", &s.routing])
             .arg("--state-file")
             .arg(s.dir.join(format!("state-{}.json", addr.port())))
@@ -200,9 +225,9 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             for r in replicas {
                 cmd.args(["--replica", &r.to_string()]);
             }
-            if let Some(extra) = &s.inferlb_config {
+            if !config.is_empty() {
                 let path = s.dir.join(format!("inferlb-{}.toml", addr.port()));
-                std::fs::write(&path, extra)?;
+                std::fs::write(&path, config)?;
                 cmd.arg("--config").arg(path);
             }
             let mut child = cmd.spawn().context("cannot start inferlb")?;
@@ -210,12 +235,27 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             Ok(Running {
                 peer,
                 addr,
+                h2c,
                 admin: Some(admin),
                 child: Some(child),
             })
         }
         Peer::Nginx => {
             let addr = free_port()?;
+            let h2c = s.tls.as_ref().map(|_| free_port()).transpose()?;
+            // nginx 1.22: `http2` on `listen`; on a plaintext listener it is
+            // h2c with prior knowledge.
+            let listen = match (&s.tls, h2c) {
+                (Some(tls), Some(h2c)) => format!(
+                    "listen {addr} ssl http2 reuseport;\n        listen {h2c} http2 reuseport;\n\
+                     ssl_certificate {};\n        ssl_certificate_key {};\n\
+                     ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;\n\
+                     ssl_session_tickets on;\n        http2_max_concurrent_streams 128;",
+                    tls.cert.display(),
+                    tls.key.display()
+                ),
+                _ => format!("listen {addr} reuseport;"),
+            };
             let servers: String = replicas
                 .iter()
                 .map(|r| format!("        server {r};\n"))
@@ -225,7 +265,7 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                  worker_rlimit_nofile {nofile};\nevents {{ worker_connections {conns}; }}\n\
                  http {{\n    access_log off;\n    keepalive_requests 1000000;\n    keepalive_timeout 120s;\n\
                  \n    upstream replicas {{\n{servers}        keepalive {keepalive};\n        keepalive_requests 1000000;\n    }}\n\
-                 \n    server {{\n        listen {addr} reuseport;\n        location / {{\n            proxy_pass http://replicas;\n\
+                 \n    server {{\n        {listen}\n        location / {{\n            proxy_pass http://replicas;\n\
                              proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n\
                              proxy_buffering off;\n            proxy_request_buffering off;\n        }}\n    }}\n}}\n",
                 workers = s.workers,
@@ -251,12 +291,21 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             Ok(Running {
                 peer,
                 addr,
+                h2c,
                 admin: None,
                 child: Some(child),
             })
         }
         Peer::Haproxy | Peer::HaproxyTcp => {
             let addr = free_port()?;
+            let h2c = s.tls.as_ref().map(|_| free_port()).transpose()?;
+            let bind = match (&s.tls, h2c) {
+                (Some(tls), Some(h2c)) => format!(
+                    "bind {addr} ssl crt {} alpn h2,http/1.1\n    bind {h2c} proto h2",
+                    tls.combined.display()
+                ),
+                _ => format!("bind {addr}"),
+            };
             let servers: String = replicas
                 .iter()
                 .enumerate()
@@ -277,7 +326,7 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                 format!(
                     "global\n    nbthread {workers}\n    maxconn {maxconn}\n\ndefaults\n    mode http\n    timeout connect 2s\n\
                      timeout client 120s\n    timeout server 300s\n    timeout http-keep-alive 120s\n    option http-keep-alive\n\n\
-                     frontend fe\n    bind {addr}\n    default_backend be\n\nbackend be\n    balance roundrobin\n\
+                     frontend fe\n    {bind}\n    default_backend be\n\nbackend be\n    balance roundrobin\n\
                          http-reuse always\n{servers}",
                     workers = s.workers,
                 )
@@ -298,6 +347,7 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             Ok(Running {
                 peer,
                 addr,
+                h2c,
                 admin: None,
                 child: Some(child),
             })

@@ -23,6 +23,8 @@ pub enum Kind {
     Prefix,
     /// Local autoscaling through a step of load and back.
     Autoscale,
+    /// TLS and HTTP/2 from clients (`tls`, `h2`): handshakes, h2load.
+    Edge,
 }
 
 /// One load point.

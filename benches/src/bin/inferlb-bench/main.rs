@@ -21,6 +21,7 @@ use inferlb_benches::scenario::{Kind, Scenario};
 use inferlb_testkit::{FakeReplica, Latency, ReplicaHandle};
 use serde_json::json;
 
+mod edge;
 mod routers;
 mod rows;
 mod scenarios;
@@ -261,6 +262,7 @@ fn settings(
                 .and_then(|p| std::fs::read_to_string(p).ok())
                 .unwrap_or_default()
         )),
+        tls: None,
     }
 }
 
@@ -381,6 +383,7 @@ fn main() -> Result<()> {
         let rows = match scenario.kind {
             Kind::Churn => churn(&scenario, &args, &layout, &dir, load_threads)?,
             Kind::Skew => skew(&scenario, &args, &layout, &dir, load_threads)?,
+            Kind::Edge => edge::edge(&scenario, &args, &layout, &dir, load_threads)?,
             _ => compare(&scenario, &args, &layout, &dir, load_threads)?,
         };
         let table = print_rows(&scenario, &rows);

@@ -77,6 +77,20 @@ pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) -> String {
                 m.extra.get("admin_operations").cloned().unwrap_or_default(),
                 m.errors.total()
             ),
+            Kind::Edge => {
+                let f = |key: &str| m.extra.get(key).and_then(serde_json::Value::as_f64);
+                let mut notes = Vec::new();
+                if let Some(v) = f("rss_per_connection_kib") {
+                    notes.push(format!("{v:.2} KiB/conn"));
+                }
+                if let Some(v) = f("resumed_share") {
+                    notes.push(format!("{:.0}% resumed", v * 100.0));
+                }
+                if let (Some(mean), Some(max)) = (f("mean_ms"), f("max_ms")) {
+                    notes.push(format!("h2load mean {mean:.2} ms, max {max:.1} ms"));
+                }
+                notes.join("; ")
+            }
             Kind::Requests | Kind::Prefix | Kind::Autoscale => String::new(),
         };
         row.push(extra);
@@ -142,6 +156,14 @@ pub(crate) fn panels(s: &Scenario, rows: &[Row]) -> Vec<report::Panel> {
                 },
             ),
         ],
+        Kind::Edge => vec![(
+            Panel::new("memory per idle connection", "KiB", false),
+            |m| {
+                m.extra
+                    .get("rss_per_connection_kib")
+                    .and_then(|v| v.as_f64())
+            },
+        )],
         Kind::Skew => vec![(
             Panel::new("share of requests on the slow replica", "%", false),
             |m| {
