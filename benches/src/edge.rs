@@ -32,7 +32,10 @@ pub fn certificate(dir: &Path) -> Result<TlsFiles> {
     };
     std::fs::write(&files.cert, cert.pem())?;
     std::fs::write(&files.key, key.serialize_pem())?;
-    std::fs::write(&files.combined, format!("{}{}", cert.pem(), key.serialize_pem()))?;
+    std::fs::write(
+        &files.combined,
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    )?;
     Ok(files)
 }
 
@@ -58,7 +61,12 @@ pub struct Handshakes {
 
 /// Opens a new TLS connection per request (`GET /v1/models`, closed
 /// after the response) from `threads` threads for `duration`.
-pub fn handshakes(addr: SocketAddr, threads: usize, duration: Duration, kind: Handshake) -> Handshakes {
+pub fn handshakes(
+    addr: SocketAddr,
+    threads: usize,
+    duration: Duration,
+    kind: Handshake,
+) -> Handshakes {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..threads.max(1))
@@ -170,7 +178,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -179,7 +192,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -200,10 +218,9 @@ pub struct H2load {
 
 /// Runs h2load with `args` and reads its summary.
 pub fn h2load(args: &[String]) -> Result<H2load> {
-    let out = Command::new("h2load")
-        .args(args)
-        .output()
-        .context("h2load is not installed (apt install nghttp2-client; cargo xtask bench --install-peers)")?;
+    let out = Command::new("h2load").args(args).output().context(
+        "h2load is not installed (apt install nghttp2-client; cargo xtask bench --install-peers)",
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut result = H2load::default();
     for line in text.lines() {
@@ -249,7 +266,10 @@ pub fn h2load(args: &[String]) -> Result<H2load> {
         }
     }
     if result.succeeded == 0 {
-        bail!("h2load completed no request:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "h2load completed no request:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(result)
 }
@@ -292,7 +312,8 @@ type TlsConn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 fn idle_tls_one(addr: SocketAddr, config: &Arc<ClientConfig>) -> Result<TlsConn> {
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let conn = rustls::ClientConnection::new(Arc::clone(config), ServerName::try_from("localhost")?)?;
+    let conn =
+        rustls::ClientConnection::new(Arc::clone(config), ServerName::try_from("localhost")?)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: bench\r\n\r\n")?;
     // The response's head and its Content-Length body.

@@ -215,13 +215,12 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                     cmd.args(["--listen", &addr.to_string()]);
                 }
             }
-            cmd
-            .args(["--workers", &s.workers.to_string(), "--routing", &s.routing])
-            .arg("--state-file")
-            .arg(s.dir.join(format!("state-{}.json", addr.port())))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(s.dir.join("inferlb.log"))?);
+            cmd.args(["--workers", &s.workers.to_string(), "--routing", &s.routing])
+                .arg("--state-file")
+                .arg(s.dir.join(format!("state-{}.json", addr.port())))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(s.dir.join("inferlb.log"))?);
             for r in replicas {
                 cmd.args(["--replica", &r.to_string()]);
             }

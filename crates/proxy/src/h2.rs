@@ -121,7 +121,7 @@ where
                     let worker = Rc::clone(&worker);
                     let shared = Rc::clone(&shared);
                     monoio::spawn(async move {
-                        stream(&worker, request, respond, peer).await;
+                        stream(&worker, &shared, request, respond, peer).await;
                         shared.open.set(shared.open.get() - 1);
                         if let Some(waker) = shared.conn.take() {
                             waker.wake();
@@ -163,21 +163,24 @@ struct Shared {
     conn: Cell<Option<Waker>>,
     /// Abuse the meter saw, for the connection task to act on.
     abuse: Cell<Option<H2Abuse>>,
+    /// Request ids and access log records of finished streams, for the
+    /// next ones (at most as many as streams ran at once).
+    spare: std::cell::RefCell<Vec<(crate::h1::RequestId, Box<crate::access::Record>)>>,
 }
 
 /// Serves one stream: the upload, the handler and the response run
 /// together until all three are done.
 async fn stream(
     worker: &Rc<Worker>,
+    shared: &Shared,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: Peer,
 ) {
     let (parts, body) = request.into_parts();
-    let pipe = Pipe::new();
     let mut head = Vec::with_capacity(512);
     let chunked = write_head(&parts, body.is_end_stream(), &mut head);
-    pipe.push_inbound(&head);
+    let pipe = Pipe::with_inbound(head);
     let is_head = parts.method == http::Method::HEAD;
     let mut client = Client::new(
         ClientIo::H2(StreamIo::new(Rc::clone(&pipe), peer.https)),
@@ -186,8 +189,30 @@ async fn stream(
     );
     client.accepted = None;
     client.tls = peer.tls;
+    // The stream's own task serves its request (a connection's handler
+    // hand-over buys nothing here): with a request id and an access log
+    // record kept by the connection for its next streams.
+    let (mut request_id, record) = shared
+        .spare
+        .borrow_mut()
+        .pop()
+        .unwrap_or_else(|| (crate::h1::RequestId::new(), Box::default()));
+    client.log = Some(record);
     let handler = async {
-        drop(crate::handler::run(worker, client, false).await);
+        let served = crate::handler::Isolated(std::pin::pin!(crate::forward::serve_request(
+            worker,
+            &mut client,
+            &mut request_id,
+            false
+        )))
+        .await;
+        if served.is_err() {
+            tracing::error!("a request handler panicked; its HTTP/2 stream was reset");
+        }
+        let record = client.log.take().unwrap_or_default();
+        // The handler's end closes: the response ends.
+        drop(client);
+        shared.spare.borrow_mut().push((request_id, record));
     };
     monoio::join!(
         upload(body, &pipe, chunked),
@@ -432,21 +457,35 @@ fn parse_head(
         Err(_) => return Err(()),
     };
     let status = parsed.code.ok_or(())?;
-    let mut response = http::Response::builder().status(status);
+    let mut response = http::Response::new(());
+    *response.status_mut() = http::StatusCode::from_u16(status).map_err(|_| ())?;
+    let map = response.headers_mut();
+    map.reserve(parsed.headers.len());
     let mut length = None;
     let mut chunked = false;
     for header in parsed.headers.iter() {
-        let name = header.name.to_ascii_lowercase();
-        match name.as_str() {
-            "connection" | "keep-alive" | "proxy-connection" | "upgrade" | "te" => continue,
-            "transfer-encoding" => {
-                chunked = true;
-                continue;
-            }
-            "content-length" => length = crate::h1::content_length(length, header.value),
-            _ => {}
+        // Known names are matched without allocating; the codec writes
+        // every name in lowercase.
+        let Ok(name) = http::HeaderName::from_bytes(header.name.as_bytes()) else {
+            return Err(());
+        };
+        if name == http::header::TRANSFER_ENCODING {
+            chunked = true;
+            continue;
         }
-        response = response.header(name, header.value);
+        if name == http::header::CONNECTION
+            || name == http::header::UPGRADE
+            || name == http::header::TE
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+        {
+            continue;
+        }
+        if name == http::header::CONTENT_LENGTH {
+            length = crate::h1::content_length(length, header.value);
+        }
+        let value = http::HeaderValue::from_bytes(header.value).map_err(|_| ())?;
+        map.append(name, value);
     }
     let framing = if is_head || status == 204 || status == 304 || (100..200).contains(&status) {
         Framing::None
@@ -457,7 +496,6 @@ fn parse_head(
     } else {
         Framing::UntilClose
     };
-    let response = response.body(()).map_err(|_| ())?;
     Ok(Some((len, response, framing)))
 }
 

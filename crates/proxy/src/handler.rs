@@ -250,7 +250,7 @@ fn wake(cell: &Cell<Option<Waker>>) {
 
 /// Runs a future, turning a panic inside it into `Err(())` so that it ends
 /// only its own request.
-struct Isolated<'a, F>(Pin<&'a mut F>);
+pub(crate) struct Isolated<'a, F>(pub(crate) Pin<&'a mut F>);
 
 impl<F: Future> Future for Isolated<'_, F> {
     type Output = Result<F::Output, ()>;

@@ -62,7 +62,12 @@ pub(crate) fn edge(
     load_threads: usize,
 ) -> Result<Vec<Row>> {
     let parts: &[Part] = match s.name.as_str() {
-        "tls" => &[Part::Full13, Part::Resumed12, Part::KeepAliveRate, Part::IdleTls],
+        "tls" => &[
+            Part::Full13,
+            Part::Resumed12,
+            Part::KeepAliveRate,
+            Part::IdleTls,
+        ],
         "h2" => &[Part::H2Tls, Part::H2c, Part::IdleH2],
         other => bail!("edge scenario {other:?}: expected tls or h2"),
     };
@@ -80,7 +85,10 @@ pub(crate) fn edge(
         let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); peers.len()];
         for _round in 0..args.rounds {
             for (i, &peer) in peers.iter().enumerate() {
-                let mut settings = settings(args, layout, "round_robin", dir, point.connections);
+                // h2load keeps 10 requests in flight per connection: every
+                // peer's upstream keep-alive pool holds that many.
+                let in_flight = point.connections * if s.name == "h2" { 10 } else { 1 };
+                let mut settings = settings(args, layout, "round_robin", dir, in_flight);
                 settings.tls = Some(tls.clone());
                 let running = peers::start(peer, &addrs, &settings)?;
                 let mut m = measure_part(s, part, &running, point, duration, load_threads)?;
@@ -181,7 +189,11 @@ fn measure_part(
             m.cpu_s_per_100k = Some(cpu / done.succeeded.max(1) as f64 * 100_000.0);
         }
         Part::H2Tls | Part::H2c => {
-            let url = if part == Part::H2Tls { &tls_url } else { &h2c_url };
+            let url = if part == Part::H2Tls {
+                &tls_url
+            } else {
+                &h2c_url
+            };
             let run = |d: &str| {
                 edge::h2load(&[
                     "-c".into(),

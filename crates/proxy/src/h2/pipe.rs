@@ -55,8 +55,11 @@ fn wake(cell: &Cell<Option<Waker>>) {
 }
 
 impl Pipe {
-    pub(crate) fn new() -> Rc<Self> {
-        Rc::new(Self::default())
+    /// A pipe whose request starts with `head`.
+    pub(crate) fn with_inbound(head: Vec<u8>) -> Rc<Self> {
+        let pipe = Self::default();
+        pipe.state.borrow_mut().inbound = head;
+        Rc::new(pipe)
     }
 
     // The pumps' side.
