@@ -386,7 +386,14 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
             root,
             "install peers",
             "apt-get",
-            &["install", "-y", "-q", "nginx-light", "haproxy"],
+            &[
+                "install",
+                "-y",
+                "-q",
+                "nginx-light",
+                "haproxy",
+                "nghttp2-client",
+            ],
         )?;
     }
     step(

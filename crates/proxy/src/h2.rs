@@ -91,7 +91,12 @@ where
     edge.h2_connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let keepalive = worker.config.timeouts.client_keepalive;
-    let mut idle = Some(worker.idle.register(worker.now() + keepalive));
+    // One row in the worker's idle table, always: its deadline is the
+    // keep-alive timeout while no stream is open, and far away while one
+    // is; a stopping worker wakes every row, so GOAWAY goes out at once.
+    const BUSY: Duration = Duration::from_secs(365 * 24 * 3600);
+    let mut row = worker.idle.register(worker.now() + keepalive);
+    let mut busy = false;
     let mut shutting = false;
     let mut meter_acted = false;
     let ended = poll_fn(|cx| {
@@ -106,7 +111,7 @@ where
         }
         // Stopping, or idle past the keep-alive timeout: GOAWAY with the
         // last stream id; streams in flight finish.
-        let idle_expired = idle.as_ref().is_some_and(|row| row.expired(cx.waker()));
+        let idle_expired = row.expired(cx.waker()) && !busy;
         if !shutting && (worker.stopping.get() || idle_expired) {
             conn.graceful_shutdown();
             shutting = true;
@@ -114,7 +119,11 @@ where
         loop {
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
-                    idle = None;
+                    if !busy {
+                        row = worker.idle.register(worker.now() + BUSY);
+                        let _ = row.expired(cx.waker());
+                        busy = true;
+                    }
                     shared.open.set(shared.open.get() + 1);
                     edge.h2_streams
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -133,9 +142,10 @@ where
                 Poll::Pending => break,
             }
         }
-        if shared.open.get() == 0 && idle.is_none() {
-            idle = Some(worker.idle.register(worker.now() + keepalive));
-            if idle.as_ref().is_some_and(|row| row.expired(cx.waker())) {
+        if shared.open.get() == 0 && busy {
+            row = worker.idle.register(worker.now() + keepalive);
+            busy = false;
+            if row.expired(cx.waker()) {
                 cx.waker().wake_by_ref();
             }
         }

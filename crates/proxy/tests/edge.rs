@@ -27,6 +27,7 @@ both_drivers!(
     a_silent_client_is_dropped_at_the_handshake_timeout,
     sighup_reload_swaps_certificates_and_keeps_them_when_the_new_files_are_bad,
     a_pool_with_upstream_tls_reaches_its_replicas_over_verified_tls,
+    a_stop_lets_http2_streams_finish,
 );
 
 /// A CA, an ECDSA certificate for `api.test` and an RSA one for
@@ -495,4 +496,49 @@ fn a_pool_with_upstream_tls_reaches_its_replicas_over_verified_tls(driver: IoDri
             assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
         }
     }
+}
+
+/// A graceful stop with an HTTP/2 token stream in flight: the client gets
+/// GOAWAY and still the whole stream (curl over h2c).
+fn a_stop_lets_http2_streams_finish(driver: IoDriver) {
+    use std::io::BufRead;
+    let replica = FakeReplica::builder()
+        .name("r1")
+        .tokens(20, Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let proxy = support::start(driver, &[replica.addr()], |c| {
+        c.proxy.listeners = vec![Listener::plain("127.0.0.1:0".parse().unwrap())];
+    });
+    let url = format!("http://{}/v1/completions", proxy.addr());
+    let mut curl = Command::new("curl")
+        .args(["-sS", "-v", "-N", "--http2-prior-knowledge", &url])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{\"stream\": true}",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("these tests need curl");
+    let mut lines = std::io::BufReader::new(curl.stdout.take().unwrap()).lines();
+    let mut tokens = 0;
+    // The first token is in: stop.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("\"tok") {
+            tokens += 1;
+            break;
+        }
+    }
+    proxy.handle.shutdown();
+    tokens += lines
+        .map_while(Result::ok)
+        .filter(|l| l.contains("\"tok"))
+        .count();
+    let out = curl.wait_with_output().unwrap();
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{verbose}");
+    assert_eq!(tokens, 20, "{verbose}");
 }

@@ -20,7 +20,8 @@ use inferlb_testkit::{eventually, fresh_dir, EngineConfig};
 
 both_drivers!(
     the_openai_sdk_and_httpx_speak_h2_over_tls,
-    http2_abuse_ends_the_connection_and_nothing_else
+    http2_abuse_ends_the_connection_and_nothing_else,
+    a_reset_stream_cancels_its_replica,
 );
 
 /// The Python with the SDKs; a loud failure without it.
@@ -269,5 +270,53 @@ fn http2_abuse_ends_the_connection_and_nothing_else(driver: IoDriver) {
     assert!(eventually(Duration::from_secs(5), || {
         let mut client = inferlb_testkit::RawClient::connect(plain).unwrap();
         client.get("/v1/models").is_ok_and(|r| r.status == 200)
+    }));
+}
+
+/// A token stream reset by the client after its first token.
+const RESET_SCRIPT: &str = r#"
+import socket, sys
+import h2.connection, h2.config, h2.events
+host, port = sys.argv[1], int(sys.argv[2])
+headers = [(":method", "POST"), (":path", "/v1/completions"), (":scheme", "http"),
+           (":authority", "x"), ("content-type", "application/json")]
+s = socket.create_connection((host, port), timeout=10)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+c.initiate_connection()
+c.send_headers(1, headers)
+c.send_data(1, b'{"stream": true}', end_stream=True)
+s.sendall(c.data_to_send())
+done = False
+while not done:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.DataReceived):
+            c.reset_stream(1)
+            s.sendall(c.data_to_send())
+            print("reset", flush=True)
+            done = True
+            break
+"#;
+
+/// A client's `RST_STREAM` mid-stream closes the replica's connection (the
+/// model server stops generating), like a client leaving on HTTP/1.1.
+fn a_reset_stream_cancels_its_replica(driver: IoDriver) {
+    let replica = inferlb_testkit::FakeReplica::builder()
+        .name("r1")
+        .tokens(20, Duration::from_millis(50))
+        .start()
+        .unwrap();
+    let proxy = support::start(driver, &[replica.addr()], |c| {
+        c.proxy.listeners = vec![Listener::plain("127.0.0.1:0".parse().unwrap())];
+    });
+    let out = run_python(
+        RESET_SCRIPT,
+        &["127.0.0.1", &proxy.addr().port().to_string()],
+    );
+    assert_eq!(out.trim(), "reset");
+    assert!(eventually(Duration::from_secs(5), || {
+        replica.counters().cancellations() >= 1
     }));
 }
