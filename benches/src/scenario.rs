@@ -137,12 +137,14 @@ mod tests {
                 "autoscale",
                 "churn",
                 "connections",
+                "h2",
                 "prefix",
                 "rate",
                 "scale",
                 "skew",
                 "small",
-                "stream"
+                "stream",
+                "tls"
             ]
         );
     }

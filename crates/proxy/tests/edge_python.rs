@@ -22,7 +22,62 @@ both_drivers!(
     the_openai_sdk_and_httpx_speak_h2_over_tls,
     http2_abuse_ends_the_connection_and_nothing_else,
     a_reset_stream_cancels_its_replica,
+    an_idle_http2_connection_gets_goaway_at_the_keepalive_timeout,
 );
+
+/// An h2c connection with no stream, waiting for what the server does.
+const IDLE_SCRIPT: &str = r#"
+import socket, sys
+import h2.connection, h2.config
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+s.sendall(c.data_to_send())
+# Frames read by hand: the h2 library closes its state machine at the
+# first GOAWAY, and RFC 9113's graceful shutdown sends two (the second
+# after a PING round trip).
+pending = b""
+while True:
+    data = s.recv(65536)
+    if not data:
+        print("closed")
+        break
+    pending += data
+    while len(pending) >= 9:
+        size = 9 + int.from_bytes(pending[:3], "big")
+        if len(pending) < size:
+            break
+        frame, pending = pending[:size], pending[size:]
+        kind, flags, payload = frame[3], frame[4], frame[9:]
+        if kind == 4 and not flags & 1:
+            s.sendall(bytes([0, 0, 0, 4, 1, 0, 0, 0, 0]))
+        elif kind == 6 and not flags & 1:
+            s.sendall(bytes([0, 0, 8, 6, 1, 0, 0, 0, 0]) + payload)
+        elif kind == 7:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            code = int.from_bytes(payload[4:8], "big")
+            print("goaway", last, code)
+"#;
+
+/// An HTTP/2 connection with no stream for `client_keepalive_timeout_ms`
+/// is closed with GOAWAY (NO_ERROR, no stream processed).
+fn an_idle_http2_connection_gets_goaway_at_the_keepalive_timeout(driver: IoDriver) {
+    let replica = inferlb_testkit::FakeReplica::builder()
+        .name("r1")
+        .start()
+        .unwrap();
+    let proxy = support::start(driver, &[replica.addr()], |c| {
+        c.proxy.listeners = vec![Listener::plain("127.0.0.1:0".parse().unwrap())];
+        c.proxy.timeouts.client_keepalive = Duration::from_millis(300);
+    });
+    let out = run_python(
+        IDLE_SCRIPT,
+        &["127.0.0.1", &proxy.addr().port().to_string()],
+    );
+    // The two-step shutdown: GOAWAY with the largest id, then, after a
+    // PING round trip, with the last stream processed (none), and close.
+    assert_eq!(out, "goaway 2147483647 0\ngoaway 0 0\nclosed\n");
+}
 
 /// The Python with the SDKs; a loud failure without it.
 fn python() -> String {
