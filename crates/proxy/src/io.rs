@@ -18,7 +18,7 @@ use monoio::buf::{IoBuf, IoBufMut, Slice};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
 use crate::sock::{peer_left, peer_state, PeerState};
@@ -54,32 +54,10 @@ impl ClientIo {
     }
 
     /// Reads into the free capacity of `buf` (`buf[len..capacity]`).
-    pub(crate) async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub(crate) async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            Self::Plain(stream) => {
-                let (len, cap) = (buf.len(), buf.capacity());
-                let (result, slice) = stream.read(buf.slice_mut(len..cap)).await;
-                (result, slice.into_inner())
-            }
-            Self::Tls(tls) => {
-                let len = buf.len();
-                let spare = buf.spare_capacity_mut();
-                let result = poll_fn(|cx| {
-                    let mut read = ReadBuf::uninit(&mut *spare);
-                    match Pin::new(&mut **tls).poll_read(cx, &mut read) {
-                        std::task::Poll::Ready(Ok(())) => {
-                            std::task::Poll::Ready(Ok(read.filled().len()))
-                        }
-                        std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
-                        std::task::Poll::Pending => std::task::Poll::Pending,
-                    }
-                })
-                .await;
-                if let Ok(n) = result {
-                    crate::sock::commit_read(&mut buf, len + n);
-                }
-                (result, buf)
-            }
+            Self::Plain(stream) => crate::io::read_plain(stream, buf).await,
+            Self::Tls(tls) => read_tls(&mut **tls, buf).await,
             Self::H2(stream) => stream.read_into(buf).await,
         }
     }
@@ -88,15 +66,7 @@ impl ClientIo {
     pub(crate) async fn write_all<T: OutBuf>(&mut self, buf: T) -> (io::Result<usize>, T) {
         match self {
             Self::Plain(stream) => stream.write_all(buf).await,
-            Self::Tls(tls) => {
-                let result = async {
-                    tls.write_all(buf.bytes()).await?;
-                    tls.flush().await?;
-                    Ok(buf.bytes().len())
-                }
-                .await;
-                (result, buf)
-            }
+            Self::Tls(tls) => write_tls(&mut **tls, buf).await,
             Self::H2(stream) => {
                 let result = stream.write_all(buf.bytes()).await;
                 (result, buf)
@@ -179,6 +149,52 @@ impl ClientIo {
             Self::H2(stream) => stream.is_reset(),
         }
     }
+}
+
+/// Reads from a TCP socket into the free capacity of `buf` (an io_uring
+/// read into the buffer itself).
+pub(crate) async fn read_plain(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (result, slice) = stream.read(buf.slice_mut(len..cap)).await;
+    (result, slice.into_inner())
+}
+
+/// Reads from a TLS stream (a client's or a replica's) into the free
+/// capacity of `buf`, decrypting straight into it.
+pub(crate) async fn read_tls<T: AsyncRead + Unpin>(
+    tls: &mut T,
+    mut buf: Vec<u8>,
+) -> (io::Result<usize>, Vec<u8>) {
+    let len = buf.len();
+    let spare = buf.spare_capacity_mut();
+    let result = poll_fn(|cx| {
+        let mut read = ReadBuf::uninit(&mut *spare);
+        Pin::new(&mut *tls)
+            .poll_read(cx, &mut read)
+            .map_ok(|()| read.filled().len())
+    })
+    .await;
+    if let Ok(n) = result {
+        crate::sock::commit_read(&mut buf, len + n);
+    }
+    (result, buf)
+}
+
+/// Writes all of `buf` to a TLS stream and flushes the records out.
+pub(crate) async fn write_tls<T: AsyncWrite + Unpin, B: OutBuf>(
+    tls: &mut T,
+    buf: B,
+) -> (io::Result<usize>, B) {
+    let result = async {
+        tls.write_all(buf.bytes()).await?;
+        tls.flush().await?;
+        Ok(buf.bytes().len())
+    }
+    .await;
+    (result, buf)
 }
 
 /// A buffer written to a client: owned (for io_uring) and readable as

@@ -4,21 +4,16 @@
 pub(crate) mod pool;
 pub(crate) mod tls;
 
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio_rustls::client::TlsStream;
 
 use crate::io::OutBuf;
@@ -55,30 +50,10 @@ impl AsRawFd for UpstreamIo {
 
 impl UpstreamIo {
     /// Reads into the free capacity of `buf` (`buf[len..capacity]`).
-    pub(crate) async fn read_into(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    pub(crate) async fn read_into(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            Self::Plain(stream) => {
-                let (len, cap) = (buf.len(), buf.capacity());
-                let (result, slice) = stream.read(buf.slice_mut(len..cap)).await;
-                (result, slice.into_inner())
-            }
-            Self::Tls(tls) => {
-                let len = buf.len();
-                let spare = buf.spare_capacity_mut();
-                let result = poll_fn(|cx| {
-                    let mut read = ReadBuf::uninit(&mut *spare);
-                    match Pin::new(&mut **tls).poll_read(cx, &mut read) {
-                        Poll::Ready(Ok(())) => Poll::Ready(Ok(read.filled().len())),
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                        Poll::Pending => Poll::Pending,
-                    }
-                })
-                .await;
-                if let Ok(n) = result {
-                    crate::sock::commit_read(&mut buf, len + n);
-                }
-                (result, buf)
-            }
+            Self::Plain(stream) => crate::io::read_plain(stream, buf).await,
+            Self::Tls(tls) => crate::io::read_tls(&mut **tls, buf).await,
         }
     }
 
@@ -86,15 +61,7 @@ impl UpstreamIo {
     pub(crate) async fn write_all<T: OutBuf>(&mut self, buf: T) -> (io::Result<usize>, T) {
         match self {
             Self::Plain(stream) => stream.write_all(buf).await,
-            Self::Tls(tls) => {
-                let result = async {
-                    tls.write_all(buf.bytes()).await?;
-                    tls.flush().await?;
-                    Ok(buf.bytes().len())
-                }
-                .await;
-                (result, buf)
-            }
+            Self::Tls(tls) => crate::io::write_tls(&mut **tls, buf).await,
         }
     }
 
