@@ -209,13 +209,16 @@ async fn stream(
         .unwrap_or_else(|| (crate::h1::RequestId::new(), Box::default()));
     client.log = Some(record);
     let handler = async {
-        let served = crate::handler::Isolated(std::pin::pin!(crate::forward::serve_request(
+        // Boxed: the request path's future is most of a stream's state,
+        // and a spawned task's future is moved whole, more than once.
+        let mut serving = Box::pin(crate::forward::serve_request(
             worker,
             &mut client,
             &mut request_id,
-            false
-        )))
-        .await;
+            false,
+        ));
+        let served = crate::handler::Isolated(serving.as_mut()).await;
+        drop(serving);
         if served.is_err() {
             tracing::error!("a request handler panicked; its HTTP/2 stream was reset");
         }
