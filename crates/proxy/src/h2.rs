@@ -95,7 +95,11 @@ where
     // keep-alive timeout while no stream is open, and far away while one
     // is; a stopping worker wakes every row, so GOAWAY goes out at once.
     const BUSY: Duration = Duration::from_secs(365 * 24 * 3600);
-    let mut row = worker.idle.register(worker.now() + keepalive);
+    // The first request must come within the header timeout, as on
+    // HTTP/1.1; later gaps get the keep-alive timeout.
+    let mut row = worker
+        .idle
+        .register(worker.now() + worker.config.timeouts.client_header);
     let mut busy = false;
     let mut shutting = false;
     let mut meter_acted = false;
@@ -109,11 +113,17 @@ where
             shutting = true;
             meter_acted = true;
         }
-        // Stopping, or idle past the keep-alive timeout: GOAWAY with the
-        // last stream id; streams in flight finish.
-        let idle_expired = row.expired(cx.waker()) && !busy;
-        if !shutting && (worker.stopping.get() || idle_expired) {
+        // Stopping: GOAWAY with the last stream id, and streams in flight
+        // finish. Idle past the keep-alive timeout (or, before its first
+        // request, past the header timeout): nothing to finish, so one
+        // GOAWAY and close, without waiting on the client (a graceful
+        // shutdown waits for a PING round trip a silent client never makes).
+        if !shutting && worker.stopping.get() {
             conn.graceful_shutdown();
+            shutting = true;
+        }
+        if !shutting && !busy && row.expired(cx.waker()) {
+            conn.abrupt_shutdown(Reason::NO_ERROR);
             shutting = true;
         }
         loop {
