@@ -483,16 +483,17 @@ fn encode_front(e: &mut DescriptorEncoder<'_>, front: &inferlb_core::FrontEnd) -
 fn encode_edge(e: &mut DescriptorEncoder<'_>, edge: &inferlb_core::Edge) -> Result {
     let mut m = e.encode_descriptor(
         "inferlb_tls_handshakes",
-        "Completed TLS handshakes by version, and whether the session was resumed (ticket or cache).",
+        "Completed TLS handshakes by version, cipher suite, and whether the session was resumed (ticket or cache).",
         None,
         MetricType::Counter,
     )?;
-    for (version, resumed, count) in edge.handshakes() {
+    for (handshake, count) in edge.handshakes() {
         let labels: Labels<'_> = vec![
-            ("version", Cow::Borrowed(version)),
+            ("version", Cow::Borrowed(handshake.version)),
+            ("cipher", Cow::Borrowed(handshake.cipher)),
             (
                 "resumed",
-                Cow::Borrowed(if resumed { "true" } else { "false" }),
+                Cow::Borrowed(if handshake.resumed { "true" } else { "false" }),
             ),
         ];
         m.encode_family(&labels)?

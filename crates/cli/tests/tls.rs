@@ -71,6 +71,7 @@ fn sighup_swaps_certificates_and_the_access_log_says_h2_and_tls() {
     let (cert, key) = (dir.join("api.pem"), dir.join("api.key"));
     certificate(&cert, &key, "first");
     let listen = free_addr();
+    let admin = free_addr();
     let log = dir.join("access.log");
     let config = format!(
         "workers = 1\n[[listeners]]\naddress = \"{listen}\"\n\
@@ -79,7 +80,7 @@ fn sighup_swaps_certificates_and_the_access_log_says_h2_and_tls() {
         cert.display(),
         key.display(),
         replica.addr(),
-        free_addr(),
+        admin,
         log.display()
     );
     let config_path = dir.join("inferlb.toml");
@@ -122,6 +123,19 @@ fn sighup_swaps_certificates_and_the_access_log_says_h2_and_tls() {
                 && text.contains("\"tls_cipher\":\"TLS13_")
         })
     }));
+
+    // The handshake is counted by version and cipher suite.
+    let metrics = inferlb_testkit::send_raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("inferlb_tls_handshakes_total{version=\"TLSv1.3\",cipher=\"TLS13_")
+            && text.contains("inferlb_http2_streams_total 1"),
+        "{text}"
+    );
 
     // A renewed certificate under the same file names, then SIGHUP.
     assert!(served_subject(listen).contains("first"));

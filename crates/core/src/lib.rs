@@ -57,6 +57,6 @@ pub use replica::{
 pub use replica_set::{PoolView, PrefixKey, ReplicaSet, Safeguards, Snapshots};
 pub use scaling::{PoolAutoscaling, PoolQueue, Provider, ScalingError, ScalingSettings};
 pub use stats::{
-    ClassCounts, Edge, FrontEnd, H2Abuse, HandshakeError, Histogram, HistogramSnapshot, PoolFront,
-    WorkerStats,
+    ClassCounts, Edge, FrontEnd, H2Abuse, Handshake, HandshakeError, Histogram, HistogramSnapshot,
+    PoolFront, WorkerStats,
 };

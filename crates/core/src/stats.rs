@@ -148,8 +148,9 @@ pub struct FrontEnd {
 /// level (a scanner would fill the log).
 #[derive(Debug, Default)]
 pub struct Edge {
-    /// Completed handshakes by version and whether the session was resumed.
-    handshakes: [AtomicU64; 4],
+    /// Completed handshakes by version, cipher suite and whether the
+    /// session was resumed. A handshake costs far more than this lock.
+    handshakes: std::sync::Mutex<std::collections::BTreeMap<Handshake, u64>>,
     /// Failed handshakes by [`HandshakeError`].
     handshake_errors: [AtomicU64; HandshakeError::ALL.len()],
     /// HTTP/2 connections opened, streams served, and connections closed
@@ -226,11 +227,22 @@ impl H2Abuse {
     }
 }
 
+/// What a completed TLS handshake agreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Handshake {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: &'static str,
+    /// The session was resumed (a ticket or the session cache).
+    pub resumed: bool,
+}
+
 impl Edge {
     /// Counts a completed handshake.
-    pub fn handshake(&self, tls13: bool, resumed: bool) {
-        let i = usize::from(tls13) * 2 + usize::from(resumed);
-        self.handshakes[i].fetch_add(1, Ordering::Relaxed);
+    pub fn handshake(&self, handshake: Handshake) {
+        let mut counts = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(handshake).or_default() += 1;
     }
 
     /// Counts a failed handshake.
@@ -248,16 +260,10 @@ impl Edge {
         self.h2_goaways[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `(version, resumed, count)` for each kind of completed handshake.
-    pub fn handshakes(&self) -> [(&'static str, bool, u64); 4] {
-        std::array::from_fn(|i| {
-            let version = if i >= 2 { "TLSv1.3" } else { "TLSv1.2" };
-            (
-                version,
-                i % 2 == 1,
-                self.handshakes[i].load(Ordering::Relaxed),
-            )
-        })
+    /// Completed handshakes by what they agreed.
+    pub fn handshakes(&self) -> Vec<(Handshake, u64)> {
+        let counts = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// Failed handshakes by kind.

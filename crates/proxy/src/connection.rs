@@ -241,10 +241,12 @@ async fn handshake(
     match monoio::time::timeout(timeout, acceptor.accept(poll)).await {
         Ok(Ok(tls)) => {
             let conn = tls.get_ref().1;
-            edge.handshake(
-                conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
-                conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-            );
+            let (version, cipher) = crate::tls::describe(conn);
+            edge.handshake(inferlb_core::Handshake {
+                version,
+                cipher,
+                resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            });
             let h2 = conn.alpn_protocol() == Some(b"h2");
             // Boxed: a connection task holds only a pointer to the TLS
             // state.
