@@ -609,7 +609,7 @@ fn pick(
     );
     let tls = match &set.pools()[pool].spec().upstream_tls {
         None => None,
-        Some(settings) => Some(upstream_tls(settings, &replica.address)?),
+        Some(settings) => Some(upstream::tls::target(settings, &replica.address)?),
     };
     Some(Picked {
         uid: replica.uid,
@@ -617,30 +617,6 @@ fn pick(
         stats: Arc::clone(&replica.stats),
         tls,
     })
-}
-
-/// How to reach a replica of a pool with `[pools.upstream_tls]`; `None`
-/// (the request finds no replica) when the pool's CA cannot be read or the
-/// replica has no name to verify, said once per setting in the log.
-fn upstream_tls(
-    settings: &inferlb_core::pool::UpstreamTls,
-    address: &str,
-) -> Option<upstream::TlsTarget> {
-    let config = match upstream::tls::client_config(settings) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::debug!(%error, "no TLS to the replicas");
-            return None;
-        }
-    };
-    let Some(name) = upstream::tls::server_name(settings, address) else {
-        tracing::debug!(
-            address,
-            "no name to verify the replica's certificate for: set upstream_tls.server_name"
-        );
-        return None;
-    };
-    Some(upstream::TlsTarget { config, name })
 }
 
 /// A pooled connection to the replica, or a new one; `None` when the

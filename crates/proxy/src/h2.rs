@@ -104,7 +104,7 @@ where
     let mut shutting = false;
     let mut meter_acted = false;
     let ended = poll_fn(|cx| {
-        shared.conn.set(Some(cx.waker().clone()));
+        crate::handler::register(&shared.conn, cx.waker());
         if let Some(abuse) = shared.abuse.get() {
             edge.goaway(abuse);
             tracing::debug!(reason = abuse.label(), "HTTP/2 connection closed for abuse");
@@ -142,9 +142,7 @@ where
                     monoio::spawn(async move {
                         stream(&worker, &shared, request, respond, peer).await;
                         shared.open.set(shared.open.get() - 1);
-                        if let Some(waker) = shared.conn.take() {
-                            waker.wake();
-                        }
+                        crate::handler::wake(&shared.conn);
                     });
                 }
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(error)),
@@ -633,9 +631,7 @@ impl<T> Meter<T> {
             self.tripped = true;
             if self.shared.abuse.get().is_none() {
                 self.shared.abuse.set(Some(abuse));
-                if let Some(waker) = self.shared.conn.take() {
-                    waker.wake();
-                }
+                crate::handler::wake(&self.shared.conn);
             }
         }
     }

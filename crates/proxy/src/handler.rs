@@ -233,14 +233,14 @@ async fn handle(worker: Rc<Worker>, slot: Rc<Slot>) {
 }
 
 /// Keeps `waker` in `cell`, cloning it only when it changed.
-fn register(cell: &Cell<Option<Waker>>, waker: &Waker) {
+pub(crate) fn register(cell: &Cell<Option<Waker>>, waker: &Waker) {
     let kept = cell.take().filter(|w| w.will_wake(waker));
     cell.set(Some(kept.unwrap_or_else(|| waker.clone())));
 }
 
 /// Wakes the task in `cell`, keeping its waker for the next time (the
 /// same task waits there again, so nothing is cloned per request).
-fn wake(cell: &Cell<Option<Waker>>) {
+pub(crate) fn wake(cell: &Cell<Option<Waker>>) {
     let waker = cell.take();
     if let Some(waker) = &waker {
         waker.wake_by_ref();

@@ -127,6 +127,15 @@ pub mod bench_support {
         .is_ok()
     }
 
+    /// A certificate verifier that accepts any certificate (and still
+    /// checks signatures), as `upstream_tls.verify = false` does: for the
+    /// load generator's TLS client against a self-signed certificate.
+    pub fn accept_any_certificate(
+        provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    ) -> std::sync::Arc<dyn rustls::client::danger::ServerCertVerifier> {
+        std::sync::Arc::new(crate::upstream::tls::AcceptAny(provider))
+    }
+
     /// The request-id buffer the hot path reuses per connection.
     #[derive(Debug)]
     pub struct RequestIdBuf(RequestId);

@@ -28,6 +28,7 @@ both_drivers!(
     sighup_reload_swaps_certificates_and_keeps_them_when_the_new_files_are_bad,
     a_pool_with_upstream_tls_reaches_its_replicas_over_verified_tls,
     a_stop_lets_http2_streams_finish,
+    alpn_without_h2_keeps_a_listener_on_http1,
 );
 
 /// A CA, an ECDSA certificate for `api.test` and an RSA one for
@@ -546,4 +547,39 @@ fn a_stop_lets_http2_streams_finish(driver: IoDriver) {
     let verbose = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{verbose}");
     assert_eq!(tokens, 20, "{verbose}");
+}
+
+/// `alpn = ["http/1.1"]`: no HTTP/2 on that listener. A TLS client offering
+/// both gets HTTP/1.1, one offering only h2 fails the handshake (counted
+/// as no_application_protocol), and the h2c preface on such a plaintext
+/// listener is not taken for HTTP/2.
+fn alpn_without_h2_keeps_a_listener_on_http1(driver: IoDriver) {
+    let pki = pki();
+    let replica = FakeReplica::builder().name("r1").start().unwrap();
+    let proxy = support::start(driver, &[replica.addr()], |c| {
+        c.proxy.listeners = vec![
+            Listener {
+                address: "127.0.0.1:0".parse().unwrap(),
+                tls: Some(tls(&[&pki.api])),
+                alpn: vec![Protocol::Http1],
+            },
+            Listener {
+                address: "127.0.0.1:0".parse().unwrap(),
+                tls: None,
+                alpn: vec![Protocol::Http1],
+            },
+        ];
+    });
+    let (tls_addr, plain) = (proxy.handle.local_addrs()[0], proxy.handle.local_addrs()[1]);
+    let got = curl(&strs(&https_args(&pki, "api.test", tls_addr, "/")));
+    assert_eq!((got.status, got.version.as_str()), (200, "1.1"));
+    let h2_only = s_client(tls_addr, &["-servername", "api.test", "-alpn", "h2"]);
+    assert!(served_subject(&h2_only).is_empty(), "{h2_only}");
+    assert!(eventually(Duration::from_secs(5), || {
+        handshake_errors(&proxy, HandshakeError::NoApplicationProtocol) == 1
+    }));
+    let got = curl(&["--http2-prior-knowledge", &format!("http://{plain}/")]);
+    assert_ne!(got.version, "2");
+    let edge = &proxy.handle.front_end().edge;
+    assert_eq!(edge.h2_connections.load(Ordering::Relaxed), 0);
 }

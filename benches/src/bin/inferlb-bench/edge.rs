@@ -168,25 +168,8 @@ fn measure_part(
         Part::KeepAliveRate => {
             let rate = point.rate.context("the tls scenario needs a rate")?;
             let per_client = (rate / point.connections as f64).ceil().max(1.0);
-            let run = |d: &str| {
-                edge::h2load(&[
-                    "--h1".into(),
-                    "-c".into(),
-                    point.connections.to_string(),
-                    "-t".into(),
-                    threads.clone(),
-                    format!("--rps={per_client}"),
-                    "-D".into(),
-                    d.into(),
-                    tls_url.clone(),
-                ])
-            };
-            run("1s")?;
-            let cpu_before = peer.cpu_seconds();
-            let done = run(&secs)?;
-            let cpu = peer.cpu_seconds() - cpu_before;
-            fill(&mut m, &done);
-            m.cpu_s_per_100k = Some(cpu / done.succeeded.max(1) as f64 * 100_000.0);
+            let args = ["--h1".into(), format!("--rps={per_client}")];
+            h2load_measured(&mut m, peer, point, &threads, &args, &tls_url, &secs)?;
         }
         Part::H2Tls | Part::H2c => {
             let url = if part == Part::H2Tls {
@@ -194,25 +177,8 @@ fn measure_part(
             } else {
                 &h2c_url
             };
-            let run = |d: &str| {
-                edge::h2load(&[
-                    "-c".into(),
-                    point.connections.to_string(),
-                    "-m".into(),
-                    "10".into(),
-                    "-t".into(),
-                    threads.clone(),
-                    "-D".into(),
-                    d.into(),
-                    url.clone(),
-                ])
-            };
-            run("1s")?;
-            let cpu_before = peer.cpu_seconds();
-            let done = run(&secs)?;
-            let cpu = peer.cpu_seconds() - cpu_before;
-            fill(&mut m, &done);
-            m.cpu_s_per_100k = Some(cpu / done.succeeded.max(1) as f64 * 100_000.0);
+            let args = ["-m".into(), "10".into()];
+            h2load_measured(&mut m, peer, point, &threads, &args, url, &secs)?;
         }
         Part::IdleTls | Part::IdleH2 => {
             std::thread::sleep(Duration::from_millis(300));
@@ -237,6 +203,39 @@ fn measure_part(
     }
     m.peak_rss_kib = Some(peer.peak_rss_kib());
     Ok(m)
+}
+
+/// h2load with `args` against `url` from the point's connections: a
+/// second of warm-up, then `secs` measured with the proxy's CPU.
+fn h2load_measured(
+    m: &mut Measurement,
+    peer: &peers::Running,
+    point: &inferlb_benches::scenario::LoadPoint,
+    threads: &str,
+    args: &[String],
+    url: &str,
+    secs: &str,
+) -> Result<()> {
+    let run = |duration: &str| {
+        let mut all: Vec<String> = vec![
+            "-c".into(),
+            point.connections.to_string(),
+            "-t".into(),
+            threads.into(),
+            "-D".into(),
+            duration.into(),
+        ];
+        all.extend_from_slice(args);
+        all.push(url.into());
+        edge::h2load(&all)
+    };
+    run("1s")?;
+    let cpu_before = peer.cpu_seconds();
+    let done = run(secs)?;
+    let cpu = peer.cpu_seconds() - cpu_before;
+    fill(m, &done);
+    m.cpu_s_per_100k = Some(cpu / done.succeeded.max(1) as f64 * 100_000.0);
+    Ok(())
 }
 
 /// An h2load summary as a measurement.

@@ -9,13 +9,15 @@
 //! name the nginx or ALB setting each field corresponds to.
 //!
 //! One module per part of the file: [`file`] (the serde form), `proxy`
-//! (the data plane's sections), `pools` (pools and replicas), `autoscaling`
+//! (the data plane's sections), `listeners` (`[[listeners]]` with TLS, and
+//! `[http2]`), `pools` (pools and replicas), `autoscaling`
 //! (`[pools.autoscaling]`, `[autoscaling.publish]`), `admin` (`[admin]`,
 //! `[health]`, `[dns]`).
 
 mod admin;
 mod autoscaling;
 pub mod file;
+mod listeners;
 mod pools;
 mod proxy;
 
@@ -29,10 +31,11 @@ use crate::routing::Routing;
 pub use admin::{AdminConfig, HealthCheck};
 pub use autoscaling::Publish;
 pub use file::*;
+pub use listeners::{CertificateFiles, Http2, Listener, Protocol, Tls};
 pub use pools::{replica_spec, replica_spec_in};
 pub use proxy::{
-    AccessLog, AccessLogFormat, CertificateFiles, Cors, Http2, IoDriver, Limits, Listener,
-    ModelSelection, Protocol, ProxyConfig, Retries, Timeouts, Tls, Upstream, MAX_HEADERS_CAP,
+    AccessLog, AccessLogFormat, Cors, IoDriver, Limits, ModelSelection, ProxyConfig, Retries,
+    Timeouts, Upstream, MAX_HEADERS_CAP,
 };
 
 /// A configuration that cannot be used.

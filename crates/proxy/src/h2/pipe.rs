@@ -11,6 +11,8 @@ use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use crate::handler::register as park;
+
 /// Request bytes held for the handler before the upload waits.
 pub(crate) const INBOUND_LIMIT: usize = 64 * 1024;
 /// Response bytes held for the client before the handler's write waits.
@@ -43,11 +45,8 @@ struct State {
     reset: bool,
 }
 
-fn park(cell: &Cell<Option<Waker>>, waker: &Waker) {
-    let kept = cell.take().filter(|w| w.will_wake(waker));
-    cell.set(Some(kept.unwrap_or_else(|| waker.clone())));
-}
-
+/// Wakes the task waiting in `cell` and forgets it (it registers again
+/// when it waits again).
 fn wake(cell: &Cell<Option<Waker>>) {
     if let Some(waker) = cell.take() {
         waker.wake();

@@ -22,7 +22,7 @@ thread_local! {
 }
 
 /// The client configuration for `settings`, or why it cannot be built.
-pub(crate) fn client_config(settings: &UpstreamTls) -> Built {
+fn client_config(settings: &UpstreamTls) -> Built {
     if let Some(found) = LOCAL.with(|l| l.borrow().get(settings).cloned()) {
         return found;
     }
@@ -42,9 +42,30 @@ pub(crate) fn client_config(settings: &UpstreamTls) -> Built {
     built
 }
 
+/// How to reach a replica of a pool with `[pools.upstream_tls]`; `None`
+/// (the request finds no replica) when the pool's CA cannot be read or the
+/// replica has no name to verify, said once per setting in the log.
+pub(crate) fn target(settings: &UpstreamTls, address: &str) -> Option<super::TlsTarget> {
+    let config = match client_config(settings) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::debug!(%error, "no TLS to the replicas");
+            return None;
+        }
+    };
+    let Some(name) = server_name(settings, address) else {
+        tracing::debug!(
+            address,
+            "no name to verify the replica's certificate for: set upstream_tls.server_name"
+        );
+        return None;
+    };
+    Some(super::TlsTarget { config, name })
+}
+
 /// The name a replica's certificate is verified for: `server_name`, else
 /// the host of the replica's address as written (a name or an IP).
-pub(crate) fn server_name(settings: &UpstreamTls, address: &str) -> Option<ServerName<'static>> {
+fn server_name(settings: &UpstreamTls, address: &str) -> Option<ServerName<'static>> {
     let host = match &settings.server_name {
         Some(name) => name.as_str(),
         None => address
@@ -107,7 +128,7 @@ pub(crate) fn build(settings: &UpstreamTls) -> Built {
 /// `verify = false`: any certificate is accepted (signatures are still
 /// checked, so the handshake itself is sound).
 #[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AcceptAny(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
