@@ -10,6 +10,7 @@
 //! - [`peers`]: starting inferlb, nginx, HAProxy (or none: direct) pinned.
 //! - [`edge`]: TLS handshakes, h2load runs and idle TLS / h2 connections
 //!   (`tls`, `h2`).
+//! - [`h2codec`]: the `h2` crate answering by itself, the codec's floor in `h2`.
 //! - [`prefix`]: the shared-prefix workload of the `prefix` scenario.
 //! - [`autoscale`]: local autoscaling through a step of load (`autoscale`).
 //! - [`procstat`]: CPU seconds and memory of a process tree, machine facts.
@@ -19,6 +20,7 @@
 
 pub mod autoscale;
 pub mod edge;
+pub mod h2codec;
 pub mod loadgen;
 pub mod peers;
 pub mod prefix;

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::procstat;
+use crate::{h2codec, procstat};
+
+/// The route every peer of the edge scenarios answers itself (inferlb's
+/// `[health] serve_path`): HTTP/2 measured without a replica.
+pub const HEALTH_PATH: &str = "/healthz";
 
 /// A load balancer in the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +29,10 @@ pub enum Peer {
     /// to one replica.
     #[serde(rename = "haproxy-tcp")]
     HaproxyTcp,
+    /// Not a proxy: the `h2` crate answering every stream itself
+    /// ([`crate::h2codec`]), the HTTP/2 codec's floor in the `h2` scenario.
+    #[serde(rename = "h2-crate")]
+    H2Crate,
 }
 
 impl Peer {
@@ -35,13 +43,14 @@ impl Peer {
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
             Self::HaproxyTcp => "haproxy-tcp",
+            Self::H2Crate => "h2-crate",
         }
     }
 
     /// Whether the peer's program is on this machine.
     pub fn installed(self) -> bool {
         match self {
-            Self::Direct | Self::Inferlb => true,
+            Self::Direct | Self::Inferlb | Self::H2Crate => true,
             Self::Nginx => which("nginx").is_some(),
             Self::Haproxy | Self::HaproxyTcp => which("haproxy").is_some(),
         }
@@ -197,6 +206,24 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             admin: None,
             child: None,
         }),
+        Peer::H2Crate => {
+            let addr = free_port()?;
+            let program = std::env::current_exe().context("the bench's own binary")?;
+            let mut child = pinned(&program, &s.proxy_cpus)
+                .arg("--serve-h2-crate")
+                .arg(addr.to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start the h2 crate's server")?;
+            wait_for(addr, &mut child, "the h2 crate's server")?;
+            Ok(Running {
+                peer,
+                addr,
+                h2c: Some(addr),
+                admin: None,
+                child: Some(child),
+            })
+        }
         Peer::Inferlb => {
             let addr = free_port()?;
             let admin = free_port()?;
@@ -206,7 +233,7 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             let mut config = s.inferlb_config.clone().unwrap_or_default();
             match (&s.tls, h2c) {
                 (Some(tls), Some(h2c)) => config.push_str(&format!(
-                    "\n[[listeners]]\naddress = \"{addr}\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\
+                    "\n[health]\nserve_path = \"{HEALTH_PATH}\"\n[[listeners]]\naddress = \"{addr}\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\
                      [[listeners]]\naddress = \"{h2c}\"\n",
                     tls.cert.display(),
                     tls.key.display()
@@ -249,9 +276,11 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                     "listen {addr} ssl http2 reuseport;\n        listen {h2c} http2 reuseport;\n\
                      ssl_certificate {};\n        ssl_certificate_key {};\n\
                      ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;\n\
-                     ssl_session_tickets on;\n        http2_max_concurrent_streams 128;",
+                     ssl_session_tickets on;\n        http2_max_concurrent_streams 128;\n        \
+                     location = {HEALTH_PATH} {{ default_type application/json; return 200 '{body}'; }}",
                     tls.cert.display(),
-                    tls.key.display()
+                    tls.key.display(),
+                    body = h2codec::BODY,
                 ),
                 _ => format!("listen {addr} reuseport;"),
             };
@@ -300,8 +329,11 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             let h2c = s.tls.as_ref().map(|_| free_port()).transpose()?;
             let bind = match (&s.tls, h2c) {
                 (Some(tls), Some(h2c)) => format!(
-                    "bind {addr} ssl crt {} alpn h2,http/1.1\n    bind {h2c} proto h2",
-                    tls.combined.display()
+                    "bind {addr} ssl crt {} alpn h2,http/1.1\n    bind {h2c} proto h2\n    \
+                     http-request return status 200 content-type application/json string '{body}' \
+                     if {{ path {HEALTH_PATH} }}",
+                    tls.combined.display(),
+                    body = h2codec::BODY,
                 ),
                 _ => format!("bind {addr}"),
             };

@@ -18,6 +18,9 @@ enum Part {
     IdleTls,
     H2Tls,
     H2c,
+    /// h2c answered by the proxy itself (no replica): the codec and the
+    /// proxy's own HTTP/2 handling, with the `h2` crate alone beside them.
+    H2cLocal,
     IdleH2,
 }
 
@@ -34,6 +37,7 @@ impl Part {
             Self::IdleTls => "idle TLS keep-alive connections".into(),
             Self::H2Tls => format!("h2 over TLS, c={c} m=10"),
             Self::H2c => format!("h2c, c={c} m=10"),
+            Self::H2cLocal => format!("h2c answered without a replica, c={c} m=10"),
             Self::IdleH2 => "idle h2 connections".into(),
         }
     }
@@ -68,20 +72,24 @@ pub(crate) fn edge(
             Part::KeepAliveRate,
             Part::IdleTls,
         ],
-        "h2" => &[Part::H2Tls, Part::H2c, Part::IdleH2],
+        "h2" => &[Part::H2Tls, Part::H2c, Part::H2cLocal, Part::IdleH2],
         other => bail!("edge scenario {other:?}: expected tls or h2"),
     };
     let replicas = start_replicas(s, load_threads)?;
     let addrs: Vec<SocketAddr> = replicas.iter().map(ReplicaHandle::addr).collect();
     let tls = edge::certificate(&dir.join("tls"))?;
     let duration = Duration::from_secs(args.duration.unwrap_or(s.duration_s));
-    let peers: Vec<Peer> = peer_list(s, args)
+    let proxies: Vec<Peer> = peer_list(s, args)
         .into_iter()
         .filter(|p| !matches!(p, Peer::Direct | Peer::HaproxyTcp))
         .collect();
     let point = s.load.first().context("the scenario has no load point")?;
     let mut rows = Vec::new();
     for &part in parts {
+        let mut peers = proxies.clone();
+        if part == Part::H2cLocal {
+            peers.push(Peer::H2Crate);
+        }
         let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); peers.len()];
         for _round in 0..args.rounds {
             for (i, &peer) in peers.iter().enumerate() {
@@ -171,11 +179,12 @@ fn measure_part(
             let args = ["--h1".into(), format!("--rps={per_client}")];
             h2load_measured(&mut m, peer, point, &threads, &args, &tls_url, &secs)?;
         }
-        Part::H2Tls | Part::H2c => {
-            let url = if part == Part::H2Tls {
-                &tls_url
-            } else {
-                &h2c_url
+        Part::H2Tls | Part::H2c | Part::H2cLocal => {
+            let local_url = format!("http://{h2c}{}", peers::HEALTH_PATH);
+            let url = match part {
+                Part::H2Tls => &tls_url,
+                Part::H2c => &h2c_url,
+                _ => &local_url,
             };
             let args = ["-m".into(), "10".into()];
             h2load_measured(&mut m, peer, point, &threads, &args, url, &secs)?;

@@ -64,6 +64,10 @@ struct Args {
     /// The commit being measured (recorded in the JSON).
     #[arg(long, default_value = "unknown")]
     commit: String,
+    /// Serve h2c on ADDR with the `h2` crate alone (the `h2` scenario's
+    /// codec floor) instead of running scenarios.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    serve_h2_crate: Option<SocketAddr>,
 }
 
 /// Which CPUs the proxy gets and which the load side gets.
@@ -333,6 +337,9 @@ fn compare(
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(addr) = args.serve_h2_crate {
+        return inferlb_benches::h2codec::serve(addr);
+    }
     let layout = layout(args.workers);
     // Pin the load side first: every thread started from here on (load
     // generator, fake replicas) inherits it.
