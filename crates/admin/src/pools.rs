@@ -28,6 +28,9 @@ pub struct PoolInfo {
     /// plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTlsInfo>,
+    /// Session affinity (`affinity` in the config); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityInfo>,
     /// Serves requests that name no model, or a model no pool serves.
     pub default: bool,
     /// Declared (config or `PUT`), rather than existing because a replica
@@ -48,6 +51,17 @@ pub struct UpstreamTlsInfo {
     /// The name verified and sent as SNI; absent: each replica's host.
     pub server_name: Option<String>,
     pub verify: bool,
+}
+
+/// Session affinity: consistent hashing with bounded loads on a key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AffinityInfo {
+    /// Where the key is read: `header:x-session-id`, `cookie:NAME`,
+    /// `json:user`.
+    pub key: String,
+    /// A key moves off a replica whose load would pass (1 + epsilon) × the
+    /// mean.
+    pub epsilon: f64,
 }
 
 fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
@@ -71,6 +85,10 @@ fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
                 server_name: t.server_name.clone(),
                 verify: t.verify,
             }),
+        affinity: pool.spec().affinity.as_ref().map(|a| AffinityInfo {
+            key: a.key.to_string(),
+            epsilon: a.epsilon,
+        }),
         default: set.default_pool() == Some(index),
         declared,
         routable: pool

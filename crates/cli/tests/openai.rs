@@ -258,3 +258,92 @@ fn the_openai_sdk_raises_the_proxy_errors_with_their_code() {
         "{stdout}"
     );
 }
+
+const SDK_SESSIONS: &str = r#"
+import sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=20)
+for user in ["alice", "bob", "carol", "dave", "erin", "frank"]:
+    seen = set()
+    for turn in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model="chat",
+            messages=[{"role": "user", "content": f"turn {turn}"}],
+            max_tokens=1,
+            user=user,
+        )
+        raw.parse()
+        seen.add(raw.headers.get("x-replica"))
+    print(user, ",".join(sorted(seen)))
+"#;
+
+/// The OpenAI SDK's `user` field keys session affinity (`json:user`): each
+/// user's turns land on one replica, users spread over the pool. Both I/O
+/// drivers, the binary and `inferlb fake-replica` processes.
+#[test]
+fn the_openai_sdk_user_field_keeps_a_user_on_one_replica() {
+    let python = python();
+    let replicas: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let _children: Vec<Running> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            Running(
+                inferlb()
+                    .args(["fake-replica", "--listen", &addr.to_string()])
+                    .args(["--model", "chat", "--name", &format!("chat-{i}")])
+                    .args(["--decode-ms-per-token", "1"])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for addr in &replicas {
+        assert!(wait_for_port(*addr, Duration::from_secs(20)));
+    }
+    for driver in ["uring", "legacy"] {
+        let (listen, admin) = (free_addr(), free_addr());
+        let members: Vec<String> = replicas
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect();
+        let config = format!(
+            "listen = \"{listen}\"\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n\
+             [[pools]]\nname = \"chat\"\nrouting = \"least_outstanding\"\n\
+             affinity = {{ key = \"json:user\" }}\nreplicas = [{}]\n",
+            members.join(", ")
+        );
+        let dir = inferlb_testkit::fresh_dir("openai-sessions");
+        let path = dir.join("inferlb.toml");
+        std::fs::write(&path, config).unwrap();
+        let _serve = Running(
+            inferlb()
+                .args(["serve", "--io-driver", driver, "--config"])
+                .arg(&path)
+                .spawn()
+                .unwrap(),
+        );
+        assert!(wait_for_port(listen, Duration::from_secs(20)));
+        let output = Command::new(&python)
+            .args(["-c", SDK_SESSIONS, &format!("http://{listen}/v1")])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{driver}: the SDK failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut used = std::collections::HashSet::new();
+        for line in stdout.lines() {
+            let (user, seen) = line.split_once(' ').unwrap();
+            assert!(
+                !seen.contains(','),
+                "{driver}: {user}'s turns went to {seen}"
+            );
+            used.insert(seen.to_owned());
+        }
+        assert_eq!(stdout.lines().count(), 6, "{stdout}");
+        assert!(used.len() >= 2, "{driver}: users spread: {stdout}");
+    }
+}

@@ -9,6 +9,7 @@
 //! - [`replica_set`]: the immutable snapshot and the arc-swap publisher.
 //! - [`routing`]: the routing rules by name.
 //! - [`balance`]: the balancer trait and each rule's algorithm.
+//! - [`affinity`]: session affinity, consistent hashing with bounded loads.
 //! - [`command`]: `Command`, `State::apply` and `State::diff`.
 //! - [`config`]: the TOML file form and its validated form.
 //! - [`stats`]: lock-free histograms and worker counters.
@@ -24,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod balance;
 pub mod cidr;
 pub mod clients;

@@ -290,6 +290,8 @@ pub struct PoolSpec {
     pub autoscaling: Option<Arc<crate::scaling::PoolAutoscaling>>,
     /// TLS to the replicas (`[pools.upstream_tls]`); `None` is plaintext.
     pub upstream_tls: Option<Arc<UpstreamTls>>,
+    /// Session affinity (`affinity = { key = ... }`); `None` is off.
+    pub affinity: Option<crate::affinity::Affinity>,
 }
 
 /// How the proxy speaks TLS to a pool's replicas.
@@ -311,6 +313,7 @@ impl PoolSpec {
             aliases: Vec::new(),
             served_model_name: None,
             upstream_tls: None,
+            affinity: None,
             routing: None,
             prefix: PrefixSettings::default(),
             load: LoadWeights::default(),

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 
 use std::collections::HashMap;
 
+use crate::affinity::Ring;
 use crate::balance::{Balancer, Cursor, Routing, Tried, View};
 use crate::pool::{PoolName, PoolSpec};
 use crate::prefix::{PrefixTable, Slot};
@@ -41,6 +42,8 @@ pub struct PoolView {
     slots: Vec<(u32, Slot)>,
     /// Held requests, when the pool autoscales.
     queue: Option<Arc<PoolQueue>>,
+    /// Session affinity's ring over the routable members.
+    ring: Option<Ring>,
 }
 
 impl PoolView {
@@ -201,6 +204,11 @@ impl ReplicaSet {
                     .collect(),
                 None => Vec::new(),
             };
+            let ring = entry
+                .spec
+                .affinity
+                .as_ref()
+                .map(|_| Ring::build(&replicas, &routable));
             if entry.spec.name.is_default() {
                 default_pool = Some(index);
             }
@@ -211,6 +219,7 @@ impl ReplicaSet {
                 names.entry(name.to_owned()).or_insert(index);
             }
             pools.push(PoolView {
+                ring,
                 spec: entry.spec,
                 routing: effective,
                 members,
@@ -375,6 +384,32 @@ impl ReplicaSet {
             }
             _ => view.balancer.pick(&v, cursor),
         }
+    }
+
+    /// Picks a replica of pool `pool` for a request whose affinity key
+    /// hashes to `hash` ([`crate::affinity::key_hash`]): the key's replica
+    /// on the pool's ring, within its bounded load. A pool without
+    /// affinity picks by its rule.
+    pub fn pick_affine(
+        &self,
+        pool: usize,
+        cursor: &mut Cursor,
+        tried: &Tried,
+        now_ms: u64,
+        hash: u64,
+    ) -> Option<usize> {
+        let view = &self.pools[pool];
+        let (Some(ring), Some(affinity)) = (&view.ring, &view.spec.affinity) else {
+            return self.pick_in(pool, cursor, tried, now_ms, None);
+        };
+        let v = View {
+            replicas: &self.replicas,
+            tried,
+            now_ms,
+            slow_start_ms: self.safeguards.slow_start_ms,
+            weights: &view.spec.load,
+        };
+        ring.pick(hash, &v, affinity.epsilon)
     }
 }
 

@@ -589,11 +589,18 @@ fn pick(
             return None;
         }
     }
-    let key = (!target.chain.is_empty()).then(|| PrefixKey {
-        chain: &target.chain,
-        len: target.text_len,
-    });
-    let index = set.pick_in(pool, &mut worker.cursor.borrow_mut(), tried, now_ms, key)?;
+    let cursor = &mut worker.cursor.borrow_mut();
+    let index = match target.affinity {
+        // Session affinity first, on top of the pool's rule.
+        Some(hash) => set.pick_affine(pool, cursor, tried, now_ms, hash)?,
+        None => {
+            let key = (!target.chain.is_empty()).then(|| PrefixKey {
+                chain: &target.chain,
+                len: target.text_len,
+            });
+            set.pick_in(pool, cursor, tried, now_ms, key)?
+        }
+    };
     tried.insert(index);
     let replica = &set.replicas()[index];
     // `RUST_LOG=inferlb_proxy=debug`: each routing decision (a level check
@@ -605,6 +612,7 @@ fn pick(
         replica = %replica.id,
         in_flight = replica.stats.in_flight(),
         prefix_bytes = target.text_len,
+        affinity = target.affinity.is_some(),
         "routed"
     );
     let tls = match &set.pools()[pool].spec().upstream_tls {

@@ -23,7 +23,9 @@ mod model;
 mod text;
 
 pub(crate) use form::{model_field, FieldSoFar, FormScan};
-pub(crate) use model::{model_of, model_token, BodyModel, ModelKeys, ModelScan, ModelSoFar};
+pub(crate) use model::{
+    model_of, model_token, string_member, BodyModel, ModelKeys, ModelScan, ModelSoFar,
+};
 pub(crate) use text::{Parsed, TextScan};
 
 /// How much of a chunked body's framing inspection accepts beside `max`
@@ -79,6 +81,9 @@ pub(crate) struct Early {
     /// The first bytes of the text `prefix` routing needs were found (they
     /// are where the caller's check put them).
     pub(crate) text: bool,
+    /// The hash of the pool's JSON affinity key, when the start of the body
+    /// holds it.
+    pub(crate) affinity: Option<u64>,
 }
 
 /// Reads the rest of the request body behind the head in `client.request`

@@ -44,7 +44,7 @@ impl View<'_> {
 
     /// Recently answered 429 or 503 with `Retry-After`.
     #[inline]
-    fn penalized(&self, i: usize) -> bool {
+    pub(crate) fn penalized(&self, i: usize) -> bool {
         self.replicas[i].stats.is_penalized(self.now_ms)
     }
 

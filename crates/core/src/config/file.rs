@@ -288,6 +288,19 @@ pub struct FilePool {
     pub autoscaling: Option<FilePoolAutoscaling>,
     /// TLS to the pool's replicas.
     pub upstream_tls: Option<FileUpstreamTls>,
+    /// Session affinity: requests with the same key go to the same replica.
+    pub affinity: Option<FileAffinity>,
+}
+
+/// `affinity = { key = "header:X-Session-ID", epsilon = 0.25 }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAffinity {
+    /// `header:NAME`, `cookie:NAME` or `json:FIELD` (`json:user`).
+    pub key: String,
+    /// A key moves off a replica whose load would pass `(1 + epsilon)` ×
+    /// the mean. Default 0.25.
+    pub epsilon: Option<f64>,
 }
 
 /// `[pools.upstream_tls]`: the proxy speaks TLS to the pool's replicas.

@@ -250,12 +250,25 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
                 verify: tls.verify.unwrap_or(true),
             })
         });
+        let affinity = pool.affinity.as_ref().and_then(|a| {
+            let key = a
+                .key
+                .parse::<crate::affinity::AffinityKey>()
+                .map_err(|e| p.add(format!("{at}.affinity.key"), e))
+                .ok();
+            let epsilon = a.epsilon.unwrap_or(crate::affinity::DEFAULT_EPSILON);
+            if let Err(e) = crate::affinity::Affinity::check_epsilon(epsilon) {
+                p.add(format!("{at}.affinity.epsilon"), e);
+            }
+            Some(crate::affinity::Affinity { key: key?, epsilon })
+        });
         let Some(name) = name else {
             continue;
         };
         pools.push(PoolSpec {
             autoscaling,
             upstream_tls,
+            affinity,
             name,
             aliases: pool.aliases.clone(),
             served_model_name: pool.served_model_name.clone(),

@@ -256,6 +256,45 @@ fn pools_are_read_with_their_replicas_and_settings() {
 }
 
 #[test]
+fn session_affinity_is_read_per_pool() {
+    let config = Config::from_toml(
+        r#"
+        [[pools]]
+        name = "chat"
+        affinity = { key = "header:X-Session-ID" }
+        [[pools]]
+        name = "assistant"
+        affinity = { key = "json:user", epsilon = 0.5 }
+        [[pools]]
+        name = "plain"
+        "#,
+    )
+    .unwrap();
+    let affinity = |name: &str| {
+        config
+            .pools
+            .iter()
+            .find(|p| p.name.as_str() == name)
+            .unwrap()
+            .affinity
+            .clone()
+    };
+    let chat = affinity("chat").unwrap();
+    assert_eq!(
+        chat.key,
+        crate::affinity::AffinityKey::Header("x-session-id".into())
+    );
+    assert_eq!(chat.epsilon, crate::affinity::DEFAULT_EPSILON);
+    let assistant = affinity("assistant").unwrap();
+    assert_eq!(
+        assistant.key,
+        crate::affinity::AffinityKey::Json("user".into())
+    );
+    assert_eq!(assistant.epsilon, 0.5);
+    assert!(affinity("plain").is_none());
+}
+
+#[test]
 fn bad_pools_name_the_field() {
     let cases = [
         ("[[pools]]\nname = \"a/b\"", "pools[0].name"),
@@ -286,6 +325,14 @@ fn bad_pools_name_the_field() {
         (
             "[routing]\nmodel_header = \"x model\"",
             "routing.model_header",
+        ),
+        (
+            "[[pools]]\nname = \"a\"\naffinity = { key = \"session\" }",
+            "pools[0].affinity.key",
+        ),
+        (
+            "[[pools]]\nname = \"a\"\naffinity = { key = \"header:X-Session-ID\", epsilon = 0 }",
+            "pools[0].affinity.epsilon",
         ),
         ("[least_load]\nqueue = -1.0", "least_load.queue"),
     ];

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::budget::Reserved;
+use inferlb_core::affinity::{self, Affinity, AffinityKey};
 
 /// Where a request goes: its model (the pool is looked up in the snapshot
 /// of each pick) and, for `prefix` routing, its text's block hashes.
@@ -11,6 +12,9 @@ pub(super) struct Target {
     pub(super) model: Option<ModelName>,
     pub(super) chain: Vec<u64>,
     pub(super) text_len: usize,
+    /// The hash of its session affinity key, when its pool has affinity
+    /// and the request carries the key.
+    pub(super) affinity: Option<u64>,
     /// The bytes of its body held to read it, given back when it ends.
     pub(super) reserved: Option<Reserved>,
 }
@@ -71,6 +75,7 @@ pub(super) async fn find_target(
         let mut snapshots = worker.snapshots.borrow_mut();
         let set = snapshots.load();
         if !finder.reads_body(set, target.model.as_ref()) {
+            target.affinity = affinity_in_head(set, &target, &client.request[..*head_end]);
             return Ok(routed(set, target));
         }
     }
@@ -92,6 +97,7 @@ pub(super) async fn find_target(
             if early.text {
                 target.prefix_text(&text);
             }
+            target.affinity = early.affinity;
         }
         inspect::Inspected::TooLarge if no_route => return Ok(Routed::TooLarge),
         // Refused rather than read: nothing else says where it goes.
@@ -101,7 +107,63 @@ pub(super) async fn find_target(
         // The model header or the default pool routes it, unread.
         inspect::Inspected::TooLarge | inspect::Inspected::NoBudget => {}
     }
+    if target.affinity.is_none() {
+        target.affinity = affinity_in_head(&set, &target, &client.request[..*head_end]);
+    }
     Ok(routed(&set, target))
+}
+
+/// The pool's session affinity, when the target's pool has one.
+fn affinity_of<'s>(set: &'s ReplicaSet, model: Option<&ModelName>) -> Option<&'s Affinity> {
+    let pool = set.pool_for(model.map(ModelName::as_str))?;
+    set.pools()[pool].spec().affinity.as_ref()
+}
+
+/// The JSON field the target's pool keys affinity on, if any.
+fn json_affinity<'s>(set: &'s ReplicaSet, pool: Option<usize>) -> Option<&'s str> {
+    match &set.pools()[pool?].spec().affinity.as_ref()?.key {
+        AffinityKey::Json(field) => Some(field),
+        _ => None,
+    }
+}
+
+/// The hash of a header or cookie affinity key in the head the replica
+/// gets (`head`: the proxy's own, one header per line).
+fn affinity_in_head(set: &ReplicaSet, target: &Target, head: &[u8]) -> Option<u64> {
+    let value = match &affinity_of(set, target.model.as_ref())?.key {
+        AffinityKey::Header(name) => header_values(head, name).next()?,
+        AffinityKey::Cookie(name) => {
+            header_values(head, "cookie").find_map(|line| cookie_value(line, name))?
+        }
+        AffinityKey::Json(_) => return None,
+    };
+    (!value.is_empty()).then(|| affinity::key_hash(value))
+}
+
+/// The values of the header `name` (lowercase) in a head, in order.
+fn header_values<'h>(head: &'h [u8], name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+    head.split(|&b| b == b'\n').skip(1).filter_map(move |line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// A cookie's value in a `Cookie` header (`a=1; sid=xyz`).
+fn cookie_value<'h>(header: &'h [u8], name: &str) -> Option<&'h [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name.as_bytes()).then(|| {
+            let value = &pair[eq + 1..];
+            value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value)
+        })
+    })
 }
 
 /// The target's pool, or 404 when no pool serves its model.
@@ -132,10 +194,12 @@ impl Finder<'_> {
     /// (a pool that routes by prefix); a form only for its model.
     fn reads_body(&self, set: &ReplicaSet, model: Option<&ModelName>) -> bool {
         let wants_model = model.is_none() && models::has_named_pools(set);
-        let prefix = || prefix_limit(set, set.pool_for(model.map(ModelName::as_str))).is_some();
+        let pool = || set.pool_for(model.map(ModelName::as_str));
+        let prefix = || prefix_limit(set, pool()).is_some();
+        let affinity = || json_affinity(set, pool()).is_some();
         self.info.body != Framing::None
             && self.worker.config.model.max_inspect_body_bytes > 0
-            && ((self.info.json && (wants_model || prefix()))
+            && ((self.info.json && (wants_model || prefix() || affinity()))
                 || (self.form.is_some() && wants_model))
     }
 
@@ -166,6 +230,7 @@ impl Finder<'_> {
         let mut model_scan = inspect::ModelScan::default();
         let mut text_scan = inspect::TextScan::default();
         let mut form_scan = inspect::FormScan::default();
+        let fits_whole = matches!(self.info.body, Framing::Length(n) if n <= limits.max as u64);
         let early = |payload: &[u8]| {
             let mut snapshots = worker.snapshots.borrow_mut();
             let set = snapshots.load();
@@ -193,8 +258,16 @@ impl Finder<'_> {
                     _ => return None,
                 },
             };
+            // A JSON affinity key: looked for in what was read; a sized
+            // body that fits the limit is read on (whole) until it is found.
+            if let Some(field) = json_affinity(set, pool) {
+                found.affinity = inspect::string_member(payload, field).map(affinity::key_hash);
+                if found.affinity.is_none() && fits_whole {
+                    return None;
+                }
+            }
             match prefix_limit(set, pool) {
-                None => found.model.is_some().then_some(found),
+                None => (found.model.is_some() || found.affinity.is_some()).then_some(found),
                 Some(limit) => {
                     found.text = text_scan.scan(payload, limit, &mut text);
                     found.text.then_some(found)
@@ -256,6 +329,11 @@ impl Finder<'_> {
                     .map(|(served, token)| (token, serde_json::to_vec(served).unwrap_or_default()));
             }
             let pool = set.pool_for(target.model.as_ref().map(ModelName::as_str));
+            if let Some(field) = json_affinity(set, pool) {
+                target.affinity = inspect::string_member(&payload, field)
+                    .filter(|v| !v.is_empty())
+                    .map(affinity::key_hash);
+            }
             if let Some(limit) = prefix_limit(set, pool) {
                 inspect::Parsed::from(&payload).text(&payload, text);
                 text.truncate(limit);

@@ -122,6 +122,41 @@ pub(crate) fn model_token(payload: &[u8]) -> Option<std::ops::Range<usize>> {
     }
 }
 
+/// A top-level string member's value as written (between its quotes,
+/// escapes kept), when `input` (a JSON object, whole or its start) has one
+/// by that name before it ends.
+pub(crate) fn string_member<'a>(input: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let mut i = skip_ws(input, 0);
+    if input.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(input, i);
+        match input.get(i)? {
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = string_end(input, i)?;
+        let wanted = &input[i + 1..key_end - 1] == name.as_bytes();
+        i = skip_ws(input, key_end);
+        if *input.get(i)? != b':' {
+            return None;
+        }
+        i = skip_ws(input, i + 1);
+        if wanted && *input.get(i)? == b'"' {
+            let end = string_end(input, i)?;
+            return Some(&input[i + 1..end - 1]);
+        }
+        input.get(i)?;
+        i = value_end(input, i)?;
+    }
+}
+
 pub(super) fn skip_ws(input: &[u8], mut i: usize) -> usize {
     while input.get(i).is_some_and(|b| b" \t\r\n".contains(b)) {
         i += 1;
@@ -441,6 +476,16 @@ impl ModelKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_top_level_string_member_is_found_past_nested_values() {
+        let body = br#"{"messages": [{"role": "user", "content": "hi", "user": "x"}], "n": 1, "user" : "alice-7"}"#;
+        assert_eq!(string_member(body, "user"), Some(&b"alice-7"[..]));
+        assert_eq!(string_member(body, "model"), None);
+        assert_eq!(string_member(br#"{"user": 7}"#, "user"), None);
+        assert_eq!(string_member(br#"{"messages": [1, 2"#, "user"), None);
+        assert_eq!(string_member(br#"["user", "x"]"#, "user"), None);
+    }
 
     #[test]
     fn the_model_is_found_in_the_start_of_a_body() {
