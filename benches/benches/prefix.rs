@@ -33,7 +33,7 @@ fn snapshot() -> ReplicaSet {
     let mut state = inferlb_benches::state_with(8, Routing::RoundRobin);
     let mut pool = PoolSpec::named(PoolName::new("m").expect("valid"));
     pool.routing = Some(Routing::Prefix);
-    state.apply(Command::SetPool(pool)).expect("pool");
+    state.apply(Command::SetPool(Box::new(pool))).expect("pool");
     for r in state.replicas().to_vec() {
         let mut spec = inferlb_benches::spec_of(&r);
         spec.pool = PoolName::new("m").expect("valid");

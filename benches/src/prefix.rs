@@ -60,6 +60,7 @@ impl PrefixWorkload {
             cache_tokens: self.cache_tokens,
             default_max_tokens: self.output_tokens,
             start_delay: Duration::ZERO,
+            ..EngineConfig::default()
         }
     }
 

@@ -28,6 +28,10 @@ pub struct PoolInfo {
     /// plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTlsInfo>,
+    /// LoRA adapters served under their own names (`adapters` in the
+    /// config).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<String>,
     /// Session affinity (`affinity` in the config); absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<AffinityInfo>,
@@ -85,6 +89,7 @@ fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
                 server_name: t.server_name.clone(),
                 verify: t.verify,
             }),
+        adapters: pool.spec().adapters.clone(),
         affinity: pool.spec().affinity.as_ref().map(|a| AffinityInfo {
             key: a.key.to_string(),
             epsilon: a.epsilon,

@@ -66,6 +66,18 @@ pub struct EngineView {
     /// Recent enough to route on (4 scrape intervals); otherwise routing
     /// uses inferlb's own in-flight count.
     pub fresh: bool,
+    /// LoRA adapters the engine reports (vLLM's `vllm:lora_requests_info`):
+    /// with requests running, waiting, and how many it serves at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapters: Option<AdaptersView>,
+}
+
+/// The LoRA adapters an engine reports.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AdaptersView {
+    pub running: Vec<String>,
+    pub waiting: Vec<String>,
+    pub max_lora: u32,
 }
 
 /// Responses by status class.
@@ -117,6 +129,11 @@ impl From<&Replica> for ReplicaView {
                     kv_usage: load.kv_usage,
                     age_ms: now.saturating_sub(at),
                     fresh: s.engine(now).is_some(),
+                    adapters: s.adapters_last().map(|a| AdaptersView {
+                        running: a.running.clone(),
+                        waiting: a.waiting.clone(),
+                        max_lora: a.max_lora,
+                    }),
                 }
             }),
         }

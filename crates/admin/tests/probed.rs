@@ -43,7 +43,9 @@ fn autoscaling_pool() -> PoolSpec {
 async fn app_with(token: Option<&str>, store: Option<StateFile>) -> App {
     let pool = autoscaling_pool();
     let mut state = State::new(Routing::RoundRobin);
-    state.apply(Command::SetPool(pool.clone())).unwrap();
+    state
+        .apply(Command::SetPool(Box::new(pool.clone())))
+        .unwrap();
     let snapshots = Snapshots::new(state.snapshot());
     let control = Arc::new(Control::new(state, snapshots, store));
     control.set_declared(Declared {

@@ -160,7 +160,7 @@ fn pools(args: &DemoArgs) -> Result<(Config, State, Vec<inferlb_testkit::EngineH
             enabled: true,
             ..EngineMetrics::default()
         };
-        state.apply(Command::SetPool(spec.clone()))?;
+        state.apply(Command::SetPool(Box::new(spec.clone())))?;
         config.pools.push(spec);
         for i in 0..args.replicas.max(1) {
             let id = format!("{name}-{}", i + 1);
@@ -188,7 +188,7 @@ fn pools(args: &DemoArgs) -> Result<(Config, State, Vec<inferlb_testkit::EngineH
     }
     if args.autoscale {
         let spec = autoscaled_pool()?;
-        state.apply(Command::SetPool(spec.clone()))?;
+        state.apply(Command::SetPool(Box::new(spec.clone())))?;
         config.pools.push(spec);
     }
     Ok((config, state, handles))

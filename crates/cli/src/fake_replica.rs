@@ -42,6 +42,18 @@ pub(crate) struct FakeReplicaArgs {
     /// Wait this long before answering (a model loading), e.g. `3s`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     start_delay: Duration,
+    /// A LoRA adapter it serves under its own model name (vLLM's
+    /// `--lora-modules`); repeat for more. `/v1/models` lists it with the
+    /// base model as `parent`.
+    #[arg(long = "adapter")]
+    adapters: Vec<String>,
+    /// Adapters served at once (vLLM's `--max-loras`); a request for
+    /// another waits for a slot whose adapter has nothing running.
+    #[arg(long, default_value_t = 1)]
+    max_loras: usize,
+    /// Time to put an adapter into a slot, ms.
+    #[arg(long, default_value_t = 50.0)]
+    adapter_load_ms: f64,
 }
 
 impl FakeReplicaArgs {
@@ -56,6 +68,9 @@ impl FakeReplicaArgs {
             cache_tokens: self.cache_tokens,
             default_max_tokens: self.max_tokens.max(1),
             start_delay: self.start_delay,
+            adapters: self.adapters.clone(),
+            max_loras: self.max_loras.max(1),
+            adapter_load_ms: self.adapter_load_ms.max(0.0),
         }
     }
 }

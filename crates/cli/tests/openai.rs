@@ -347,3 +347,147 @@ fn the_openai_sdk_user_field_keeps_a_user_on_one_replica() {
         assert!(used.len() >= 2, "{driver}: users spread: {stdout}");
     }
 }
+
+const SDK_ADAPTERS: &str = r#"
+import json, sys, threading, time, urllib.request
+from openai import OpenAI
+base, admin = sys.argv[1], sys.argv[2]
+client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=30)
+for m in sorted(client.models.list(), key=lambda m: m.id):
+    print("model", m.id, getattr(m, "parent", None) or "-")
+
+def replica_of(model, tokens):
+    raw = client.completions.with_raw_response.create(model=model, prompt="SELECT", max_tokens=tokens)
+    reply = raw.parse()
+    return raw.headers.get("x-replica"), reply.model
+
+# A long sql-lora request holds the adapter in one engine's only slot.
+long = {}
+t = threading.Thread(target=lambda: long.update(r=replica_of("sql-lora", 150)))
+t.start()
+holder, deadline = None, time.time() + 10
+while holder is None and time.time() < deadline:
+    replicas = json.load(urllib.request.urlopen(f"http://{admin}/v1/replicas"))
+    for r in replicas:
+        adapters = (r.get("engine") or {}).get("adapters") or {}
+        if (r.get("engine") or {}).get("fresh") and "sql-lora" in adapters.get("running", []):
+            holder = r["address"]
+    time.sleep(0.05)
+print("holder", holder)
+for _ in range(4):
+    replica, model = replica_of("sql-lora", 1)
+    print("sql", replica, model)
+for _ in range(4):
+    replica, model = replica_of("chat-lora", 1)
+    print("chat", replica, model)
+t.join()
+print("long", long["r"][0])
+"#;
+
+/// LoRA adapters: `/v1/models` lists a pool's adapters with the base model
+/// as `parent`; a request naming an adapter reaches the base pool with its
+/// model unchanged, goes where an engine reports the adapter running
+/// (`vllm:lora_requests_info`), and another adapter goes where a slot is
+/// free. The openai SDK against `inferlb fake-replica --adapter`
+/// processes, both I/O drivers.
+#[test]
+fn the_openai_sdk_names_adapters_and_they_go_where_they_are_loaded() {
+    let python = python();
+    let replicas: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let _children: Vec<Running> = replicas
+        .iter()
+        .map(|addr| {
+            Running(
+                inferlb()
+                    .args(["fake-replica", "--listen", &addr.to_string()])
+                    .args([
+                        "--model",
+                        "base",
+                        "--adapter",
+                        "sql-lora",
+                        "--adapter",
+                        "chat-lora",
+                    ])
+                    .args(["--max-loras", "1", "--adapter-load-ms", "20"])
+                    .args(["--decode-ms-per-token", "20"])
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for addr in &replicas {
+        assert!(wait_for_port(*addr, Duration::from_secs(20)));
+    }
+    for driver in ["uring", "legacy"] {
+        let (listen, admin) = (free_addr(), free_addr());
+        let members: Vec<String> = replicas
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect();
+        let config = format!(
+            "listen = \"{listen}\"\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n\
+             [[pools]]\nname = \"base\"\nrouting = \"least_load\"\n\
+             adapters = [\"sql-lora\", \"chat-lora\"]\nreplicas = [{}]\n\
+             [pools.engine_metrics]\nenabled = true\ninterval_ms = 50\n",
+            members.join(", ")
+        );
+        let dir = inferlb_testkit::fresh_dir("openai-adapters");
+        let path = dir.join("inferlb.toml");
+        std::fs::write(&path, config).unwrap();
+        let _serve = Running(
+            inferlb()
+                .args(["serve", "--io-driver", driver, "--config"])
+                .arg(&path)
+                .spawn()
+                .unwrap(),
+        );
+        assert!(wait_for_port(listen, Duration::from_secs(20)));
+        let output = Command::new(&python)
+            .args([
+                "-c",
+                SDK_ADAPTERS,
+                &format!("http://{listen}/v1"),
+                &admin.to_string(),
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{driver}: the SDK failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            &lines[..3],
+            [
+                "model base -",
+                "model chat-lora base",
+                "model sql-lora base"
+            ],
+            "{driver}: {stdout}"
+        );
+        let holder = lines[3].strip_prefix("holder ").unwrap();
+        assert_ne!(
+            holder, "None",
+            "{driver}: no engine reported sql-lora running: {stdout}"
+        );
+        for line in &lines[4..8] {
+            assert_eq!(
+                *line,
+                format!("sql {holder} sql-lora"),
+                "{driver}: {stdout}"
+            );
+        }
+        for line in &lines[8..12] {
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert_eq!(parts[0], "chat");
+            assert_ne!(
+                parts[1], holder,
+                "{driver}: chat-lora went to the busy slot: {stdout}"
+            );
+            assert_eq!(parts[2], "chat-lora", "{driver}: the model is unchanged");
+        }
+        assert_eq!(lines[12], format!("long {holder}"));
+    }
+}

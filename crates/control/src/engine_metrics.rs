@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use inferlb_core::pool::Flavor;
+use inferlb_core::replica::Adapters;
 use inferlb_core::EngineLoad;
 use openmetrics_parser::PrometheusValue;
 
@@ -114,6 +115,82 @@ pub fn parse(page: &str, flavor: Flavor) -> Option<EngineLoad> {
     })
 }
 
+/// vLLM's LoRA gauge: one series per label set ever reported, its value
+/// the time it was last set.
+const LORA_INFO: &str = "vllm:lora_requests_info";
+
+/// The adapters a vLLM page reports in `vllm:lora_requests_info`'s labels
+/// (`running_lora_adapters`, `waiting_lora_adapters`: comma-separated;
+/// `max_lora`), from its newest series (the Python client keeps every label
+/// set it was ever given, each with the time it was last set); `None` when
+/// the page has none.
+pub fn parse_adapters(page: &str) -> Option<Adapters> {
+    let mut newest: Option<(f64, Adapters)> = None;
+    for line in page.lines() {
+        let Some(rest) = line
+            .strip_prefix(LORA_INFO)
+            .and_then(|r| r.strip_prefix('{'))
+        else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let value: f64 = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let mut adapters = Adapters::default();
+        for (key, text) in labels_of(labels) {
+            let names = || {
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            match key.as_str() {
+                "running_lora_adapters" => adapters.running = names(),
+                "waiting_lora_adapters" => adapters.waiting = names(),
+                "max_lora" => adapters.max_lora = text.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        if newest.as_ref().is_none_or(|(at, _)| value >= *at) {
+            newest = Some((value, adapters));
+        }
+    }
+    newest.map(|(_, adapters)| adapters)
+}
+
+/// `key="value",...` of a Prometheus sample, escapes undone.
+fn labels_of(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ',' || c.is_whitespace()).is_some() {}
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=')).collect();
+        if chars.next() != Some('=') || chars.next() != Some('"') {
+            return out;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                None => return out,
+                Some('"') => break,
+                Some('\\') => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(c) => value.push(c),
+                    None => return out,
+                },
+                Some(c) => value.push(c),
+            }
+        }
+        out.push((key.trim().to_owned(), value));
+    }
+}
+
 /// GETs `path` from `addr` and returns the body of a 200.
 pub async fn fetch(
     client: &Client,
@@ -165,11 +242,14 @@ pub async fn run(control: Arc<Control>) {
                     let timeout = interval.max(Duration::from_millis(200));
                     let page = fetch(&client, addr, &path, timeout).await;
                     match page.as_deref().and_then(|p| parse(p, flavor)) {
-                        Some(load) => stats.record_engine(
-                            load,
-                            inferlb_core::clock::now_ms(),
-                            (interval * FRESH_INTERVALS).as_millis() as u64,
-                        ),
+                        Some(load) => {
+                            stats.record_adapters(page.as_deref().and_then(parse_adapters));
+                            stats.record_engine(
+                                load,
+                                inferlb_core::clock::now_ms(),
+                                (interval * FRESH_INTERVALS).as_millis() as u64,
+                            );
+                        }
                         None => {
                             // A failed scrape falls back to inferlb's own
                             // count at once, not after four intervals.
@@ -209,6 +289,21 @@ mod tests {
         assert_eq!(parse("other_metric 1\n", Flavor::Auto), None);
         // A name that only starts like a wanted one is not it.
         assert_eq!(parse("tgi_queue_size_total 4\n", Flavor::Tgi), None);
+    }
+
+    #[test]
+    fn lora_adapters_are_read_from_the_newest_series() {
+        let page = "# HELP vllm:lora_requests_info Running stats on lora requests.\n# TYPE vllm:lora_requests_info gauge\n\
+            vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"old\",waiting_lora_adapters=\"\"} 1.7e+09\n\
+            vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"sql-lora,chat-lora\",waiting_lora_adapters=\"x\"} 1.8e+09\n\
+            vllm:num_requests_waiting 0\n";
+        let adapters = parse_adapters(page).unwrap();
+        assert_eq!(adapters.running, ["sql-lora", "chat-lora"]);
+        assert_eq!(adapters.waiting, ["x"]);
+        assert_eq!(adapters.max_lora, 2);
+        assert!(adapters.has("x") && !adapters.has("old"));
+        assert!(!adapters.has_free_slot());
+        assert_eq!(parse_adapters("vllm:num_requests_waiting 0\n"), None);
     }
 
     #[test]

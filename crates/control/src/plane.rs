@@ -39,7 +39,7 @@ pub fn initial_state(config: &Config) -> Result<State, StartError> {
     state.apply(Command::SetSafeguards(config.safeguards))?;
     for pool in &config.pools {
         state
-            .apply(Command::SetPool(pool.clone()))
+            .apply(Command::SetPool(Box::new(pool.clone())))
             .map_err(|source| StartError::Pool {
                 pool: pool.name.to_string(),
                 source,

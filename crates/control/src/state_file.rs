@@ -395,7 +395,7 @@ impl StateFile {
         for spec in pools {
             let name = spec.name.clone();
             state
-                .apply(Command::SetPool(spec))
+                .apply(Command::SetPool(Box::new(spec)))
                 .map_err(|e| self.corrupt(format!("pool {name}: {e}")))?;
         }
         for (pool, settings) in changes.scaling {

@@ -116,7 +116,7 @@ async fn a_pool_can_turn_its_checks_off_or_check_another_path() {
             enabled,
             path: path.map(str::to_owned),
         };
-        state.apply(Command::SetPool(pool)).unwrap();
+        state.apply(Command::SetPool(Box::new(pool))).unwrap();
     }
     let mut quiet = spec("q1", skipped.addr());
     quiet.pool = inferlb_core::PoolName::new("quiet").unwrap();

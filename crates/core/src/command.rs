@@ -78,7 +78,7 @@ pub enum Command {
     /// Declares a pool or changes its declaration (aliases, routing,
     /// settings). Replicas name their pool; a pool they name that is not
     /// declared exists with default settings.
-    SetPool(PoolSpec),
+    SetPool(Box<PoolSpec>),
     /// Drops a pool's declaration; its replicas (if any) keep it alive with
     /// default settings until they are gone.
     RemovePool { name: PoolName },
@@ -302,7 +302,7 @@ impl State {
             Command::Remove { id } => self.remove(&id)?,
             Command::SetHealth { id, health } => self.set_health(&id, health)?,
             Command::SetAddress { id, addr } => self.set_address(id, addr)?,
-            Command::SetPool(spec) => self.set_pool(spec)?,
+            Command::SetPool(spec) => self.set_pool(*spec)?,
             Command::RemovePool { name } => self.remove_pool(&name)?,
             Command::SetScaling { pool, settings } => self.set_scaling(pool, settings)?,
             Command::SetSafeguards(safeguards) => replace(&mut self.safeguards, safeguards),
@@ -497,7 +497,7 @@ impl State {
             .collect();
         for spec in desired {
             if self.pool(&spec.name) != Some(spec) {
-                commands.push(Command::SetPool(spec.clone()));
+                commands.push(Command::SetPool(Box::new(spec.clone())));
             }
         }
         commands

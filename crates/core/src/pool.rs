@@ -292,6 +292,10 @@ pub struct PoolSpec {
     pub upstream_tls: Option<Arc<UpstreamTls>>,
     /// Session affinity (`affinity = { key = ... }`); `None` is off.
     pub affinity: Option<crate::affinity::Affinity>,
+    /// LoRA adapters its replicas serve under their own model names
+    /// (vLLM's `--lora-modules`): a request naming one goes to this pool,
+    /// unchanged, preferring a replica that has it loaded.
+    pub adapters: Vec<String>,
 }
 
 /// How the proxy speaks TLS to a pool's replicas.
@@ -314,6 +318,7 @@ impl PoolSpec {
             served_model_name: None,
             upstream_tls: None,
             affinity: None,
+            adapters: Vec::new(),
             routing: None,
             prefix: PrefixSettings::default(),
             load: LoadWeights::default(),
@@ -321,6 +326,11 @@ impl PoolSpec {
             health: PoolHealth::default(),
             autoscaling: None,
         }
+    }
+
+    /// Whether `model` is one of its LoRA adapters.
+    pub fn is_adapter(&self, model: &str) -> bool {
+        self.adapters.iter().any(|a| a == model)
     }
 
     /// The model name the pool's replicas serve: `served_model_name`, or

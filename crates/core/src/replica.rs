@@ -249,6 +249,37 @@ pub struct ReplicaStats {
     ejections: AtomicU64,
     /// The engine's own load, from its metrics.
     engine: EngineCells,
+    /// The LoRA adapters the engine is serving, from its metrics (vLLM's
+    /// `vllm:lora_requests_info`), fresh as long as the engine load is.
+    adapters: arc_swap::ArcSwapOption<Adapters>,
+}
+
+/// The LoRA adapters a model server reports: those with requests running
+/// or waiting (so loaded, or about to be), and how many it holds at once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Adapters {
+    /// `running_lora_adapters`.
+    pub running: Vec<String>,
+    /// `waiting_lora_adapters`.
+    pub waiting: Vec<String>,
+    /// `max_lora`: adapters served at once.
+    pub max_lora: u32,
+}
+
+impl Adapters {
+    /// Whether `name` is running or waiting (its weights are on the
+    /// engine, or being put there).
+    pub fn has(&self, name: &str) -> bool {
+        self.running.iter().chain(&self.waiting).any(|a| a == name)
+    }
+
+    /// Whether another adapter fits without evicting one in use.
+    pub fn has_free_slot(&self) -> bool {
+        let mut in_use: Vec<&String> = self.running.iter().chain(&self.waiting).collect();
+        in_use.sort_unstable();
+        in_use.dedup();
+        (in_use.len() as u32) < self.max_lora
+    }
 }
 
 /// The last engine load scraped from a replica's metrics, as f64 bits.
@@ -401,6 +432,23 @@ impl ReplicaStats {
         e.kv_usage.store(load.kv_usage.to_bits(), Ordering::Relaxed);
         e.fresh_ms.store(fresh_ms, Ordering::Relaxed);
         e.at_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Records the adapters the engine reports (`None`: it reports none).
+    pub fn record_adapters(&self, adapters: Option<Adapters>) {
+        self.adapters.store(adapters.map(std::sync::Arc::new));
+    }
+
+    /// The adapters the engine reported, when its metrics are fresh at
+    /// `now_ms`.
+    pub fn adapters(&self, now_ms: u64) -> Option<std::sync::Arc<Adapters>> {
+        self.engine(now_ms)?;
+        self.adapters.load_full()
+    }
+
+    /// The last adapters reported, fresh or not (for the API).
+    pub fn adapters_last(&self) -> Option<std::sync::Arc<Adapters>> {
+        self.adapters.load_full()
     }
 
     /// The last scraped engine load and when it was scraped, fresh or not.

@@ -215,6 +215,7 @@ impl ReplicaSet {
             // The first pool to claim a name keeps it.
             for name in std::iter::once(entry.spec.name.as_str())
                 .chain(entry.spec.aliases.iter().map(String::as_str))
+                .chain(entry.spec.adapters.iter().map(String::as_str))
             {
                 names.entry(name.to_owned()).or_insert(index);
             }
@@ -384,6 +385,52 @@ impl ReplicaSet {
             }
             _ => view.balancer.pick(&v, cursor),
         }
+    }
+
+    /// Picks a replica of pool `pool` for a request naming its LoRA adapter
+    /// `adapter`: the least loaded replica whose engine reports the adapter
+    /// running or waiting, else the least loaded one with a free adapter
+    /// slot, each only within the balance guard (`[prefix]`'s thresholds
+    /// over the pool rule's pick); the pool rule's pick otherwise, and
+    /// whenever no engine reports its adapters.
+    pub fn pick_adapter(
+        &self,
+        pool: usize,
+        cursor: &mut Cursor,
+        tried: &Tried,
+        now_ms: u64,
+        adapter: &str,
+    ) -> Option<usize> {
+        let view = &self.pools[pool];
+        let v = View {
+            replicas: &self.replicas,
+            tried,
+            now_ms,
+            slow_start_ms: self.safeguards.slow_start_ms,
+            weights: &view.spec.load,
+        };
+        let least = view.balancer.pick(&v, cursor)?;
+        let guard = &view.spec.prefix;
+        let limit = guard.balance_abs_threshold + guard.balance_rel_threshold * v.load(least);
+        let best = |wanted: &dyn Fn(&crate::replica::Adapters) -> bool| {
+            view.members
+                .iter()
+                .map(|&i| i as usize)
+                .filter(|&i| v.usable(i) && self.replicas[i].is_routable())
+                .filter(|&i| {
+                    self.replicas[i]
+                        .stats
+                        .adapters(now_ms)
+                        .is_some_and(|a| wanted(&a))
+                })
+                .map(|i| (v.load(i), i))
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .filter(|&(load, _)| load <= limit)
+                .map(|(_, i)| i)
+        };
+        best(&|a| a.has(adapter))
+            .or_else(|| best(&|a| a.has_free_slot()))
+            .or(Some(least))
     }
 
     /// Picks a replica of pool `pool` for a request whose affinity key

@@ -593,6 +593,15 @@ fn pick(
     let index = match target.affinity {
         // Session affinity first, on top of the pool's rule.
         Some(hash) => set.pick_affine(pool, cursor, tried, now_ms, hash)?,
+        // A LoRA adapter: where the engines have it loaded.
+        None if target
+            .model
+            .as_ref()
+            .is_some_and(|m| set.pools()[pool].spec().is_adapter(m.as_str())) =>
+        {
+            let adapter = target.model.as_ref().map_or("", ModelName::as_str);
+            set.pick_adapter(pool, cursor, tried, now_ms, adapter)?
+        }
         None => {
             let key = (!target.chain.is_empty()).then(|| PrefixKey {
                 chain: &target.chain,

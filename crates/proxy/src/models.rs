@@ -30,6 +30,9 @@ struct Model<'a> {
     object: &'static str,
     created: u64,
     owned_by: &'static str,
+    /// A LoRA adapter's base model, as vLLM lists adapters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: Option<&'a str>,
 }
 
 impl<'a> Model<'a> {
@@ -39,7 +42,17 @@ impl<'a> Model<'a> {
             object: "model",
             created: created(),
             owned_by: "inferlb",
+            parent: None,
         }
+    }
+
+    /// A model of `pool` by the name `id`: an adapter carries its parent.
+    fn of(pool: &'a inferlb_core::PoolView, id: &'a str) -> Self {
+        let mut model = Self::new(id);
+        if pool.spec().is_adapter(id) {
+            model.parent = Some(pool.name().as_str());
+        }
+        model
     }
 }
 
@@ -157,6 +170,7 @@ pub(crate) fn answer(
                 if serving(i) {
                     data.push(Model::new(pool.name().as_str()));
                     data.extend(pool.spec().aliases.iter().map(|a| Model::new(a)));
+                    data.extend(pool.spec().adapters.iter().map(|a| Model::of(pool, a)));
                 }
             }
             let list = List {
@@ -167,9 +181,9 @@ pub(crate) fn answer(
         }
         Local::Health => return None,
         Local::GetModel(_) => match set.pool_named(model).filter(|&i| serving(i)) {
-            Some(_) => (
+            Some(i) => (
                 OK,
-                serde_json::to_vec(&Model::new(model)).unwrap_or_default(),
+                serde_json::to_vec(&Model::of(&set.pools()[i], model)).unwrap_or_default(),
             ),
             None => (NOT_FOUND, not_found(Some(model))),
         },

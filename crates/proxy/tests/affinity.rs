@@ -42,7 +42,7 @@ fn pool_with_affinity(key: &str, names: &[&str], latency: Duration) -> (State, V
         key: key.parse::<AffinityKey>().unwrap(),
         epsilon: 0.25,
     });
-    state.apply(Command::SetPool(spec)).unwrap();
+    state.apply(Command::SetPool(Box::new(spec))).unwrap();
     for (name, h) in names.iter().zip(&handles) {
         state
             .apply(Command::Add(pool_spec(name, h.addr(), "m")))

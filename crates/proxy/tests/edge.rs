@@ -484,7 +484,7 @@ fn a_pool_with_upstream_tls_reaches_its_replicas_over_verified_tls(driver: IoDri
             server_name: server_name.map(String::from),
             verify,
         }));
-        state.apply(Command::SetPool(spec)).unwrap();
+        state.apply(Command::SetPool(Box::new(spec))).unwrap();
         state
             .apply(Command::Add(support::pool_spec("a", tls_replica, "m")))
             .unwrap();

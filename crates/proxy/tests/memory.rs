@@ -38,9 +38,9 @@ fn pools(default: bool) -> (State, Vec<ReplicaHandle>) {
         }
         if pool != "default" {
             state
-                .apply(Command::SetPool(PoolSpec::named(
+                .apply(Command::SetPool(Box::new(PoolSpec::named(
                     PoolName::new(pool).unwrap(),
-                )))
+                ))))
                 .unwrap();
         }
         let h = &handles[names.iter().position(|n| *n == name).unwrap()];
@@ -107,7 +107,7 @@ fn a_held_request_keeps_its_share_of_the_budget(driver: IoDriver) {
     scaling.queue_timeout = Duration::from_secs(3);
     spec.autoscaling = Some(std::sync::Arc::new(scaling));
     let mut state = State::new(Routing::RoundRobin);
-    state.apply(Command::SetPool(spec)).unwrap();
+    state.apply(Command::SetPool(Box::new(spec))).unwrap();
     let proxy = start_state(driver, state, |c| {
         c.proxy.limits.inspect_budget_bytes = 1000
     });
@@ -202,7 +202,7 @@ fn prefix_routing_reads_only_the_start_of_the_text(driver: IoDriver) {
     let mut spec = PoolSpec::named(PoolName::new("p").unwrap());
     spec.routing = Some(Routing::Prefix);
     spec.prefix.max_text_bytes = 1024;
-    state.apply(Command::SetPool(spec)).unwrap();
+    state.apply(Command::SetPool(Box::new(spec))).unwrap();
     for (name, h) in ["p1", "p2"].iter().zip(&replicas) {
         state
             .apply(Command::Add(pool_spec(name, h.addr(), "p")))

@@ -47,9 +47,11 @@ fn fleet(default: bool) -> (State, Vec<ReplicaHandle>) {
     let handles = replicas(&["a1", "a2", "b1", "d1"]);
     let mut state = State::new(Routing::RoundRobin);
     state
-        .apply(Command::SetPool(pool("a", &["org/a"], None)))
+        .apply(Command::SetPool(Box::new(pool("a", &["org/a"], None))))
         .unwrap();
-    state.apply(Command::SetPool(pool("b", &[], None))).unwrap();
+    state
+        .apply(Command::SetPool(Box::new(pool("b", &[], None))))
+        .unwrap();
     let pools = ["a", "a", "b", "default"];
     for (i, h) in handles.iter().enumerate() {
         if pools[i] == "default" && !default {
@@ -68,7 +70,7 @@ fn one_pool(routing: Routing, names: &[&str]) -> (State, Vec<ReplicaHandle>) {
     let handles = replicas(names);
     let mut state = State::new(Routing::RoundRobin);
     state
-        .apply(Command::SetPool(pool("m", &[], Some(routing))))
+        .apply(Command::SetPool(Box::new(pool("m", &[], Some(routing)))))
         .unwrap();
     for (name, h) in names.iter().zip(&handles) {
         state
@@ -187,7 +189,7 @@ fn an_alias_in_the_body_is_forwarded_as_the_served_name(driver: IoDriver) {
     // Pool b's replicas serve "org/b-instruct", whatever name clients use.
     let mut b = pool("b", &["b-alias"], None);
     b.served_model_name = Some("org/b-instruct".into());
-    state.apply(Command::SetPool(b)).unwrap();
+    state.apply(Command::SetPool(Box::new(b))).unwrap();
     let proxy = start_state(driver, state, |c| {
         c.proxy.model.max_inspect_body_bytes = 4096
     });
@@ -588,10 +590,10 @@ fn front_end_metrics_count_every_answer_and_time_streams(driver: IoDriver) {
         .unwrap();
     let mut state = State::new(Routing::RoundRobin);
     state
-        .apply(Command::SetPool(pool("s", &["org/s"], None)))
+        .apply(Command::SetPool(Box::new(pool("s", &["org/s"], None))))
         .unwrap();
     state
-        .apply(Command::SetPool(pool("empty", &[], None)))
+        .apply(Command::SetPool(Box::new(pool("empty", &[], None))))
         .unwrap();
     state
         .apply(Command::Add(pool_spec("s1", streaming.addr(), "s")))

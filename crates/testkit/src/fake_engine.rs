@@ -66,6 +66,13 @@ pub struct EngineConfig {
     pub default_max_tokens: usize,
     /// Wait before listening (a model loading), for autoscaling demos.
     pub start_delay: Duration,
+    /// LoRA adapters served under their own model names (vLLM's
+    /// `--lora-modules`), on top of the base model.
+    pub adapters: Vec<String>,
+    /// Adapters served at once (vLLM's `--max-loras`).
+    pub max_loras: usize,
+    /// Time to put an adapter into one of the `max_loras` slots, ms.
+    pub adapter_load_ms: f64,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +87,9 @@ impl Default for EngineConfig {
             cache_tokens: 65_536,
             default_max_tokens: 16,
             start_delay: Duration::ZERO,
+            adapters: Vec::new(),
+            max_loras: 1,
+            adapter_load_ms: 50.0,
         }
     }
 }
@@ -87,7 +97,7 @@ impl Default for EngineConfig {
 impl EngineConfig {
     /// The cost model in one line, for reports.
     pub fn describe(&self) -> String {
-        format!(
+        let mut line = format!(
             "prefill {} µs/uncached token, decode {} ms/token, {} running + {} waiting, prefix cache {} tokens ({}-token blocks), 1 token = {} bytes",
             self.prefill_us_per_token,
             self.decode_ms_per_token,
@@ -96,7 +106,16 @@ impl EngineConfig {
             self.cache_tokens,
             BLOCK_TOKENS,
             BYTES_PER_TOKEN
-        )
+        );
+        if !self.adapters.is_empty() {
+            line.push_str(&format!(
+                ", {} LoRA adapters, {} at once, {} ms to load one",
+                self.adapters.len(),
+                self.max_loras,
+                self.adapter_load_ms
+            ));
+        }
+        line
     }
 }
 
@@ -117,6 +136,8 @@ pub struct EngineStats {
     pub cached_tokens: AtomicU64,
     /// Output tokens produced.
     pub output_tokens: AtomicU64,
+    /// Adapters put into a slot (their load cost paid).
+    pub adapter_loads: AtomicU64,
 }
 
 impl EngineStats {
@@ -138,6 +159,110 @@ struct Engine {
     /// Blocks held by running requests, for `kv_cache_usage_perc`.
     blocks_in_use: AtomicU64,
     next_id: AtomicU64,
+    /// The LoRA adapter slots.
+    loras: Mutex<LoraSlots>,
+    /// Signalled when an adapter's last running request ends.
+    lora_freed: tokio::sync::Notify,
+}
+
+/// Which adapters are in the engine's `max_loras` slots, and which have
+/// requests running or waiting (vLLM's `vllm:lora_requests_info`).
+#[derive(Debug, Default)]
+struct LoraSlots {
+    /// In a slot, least recently used first.
+    loaded: Vec<String>,
+    running: std::collections::BTreeMap<String, usize>,
+    waiting: std::collections::BTreeMap<String, usize>,
+}
+
+impl LoraSlots {
+    fn bump(map: &mut std::collections::BTreeMap<String, usize>, name: &str, up: bool) {
+        if up {
+            *map.entry(name.to_owned()).or_default() += 1;
+        } else if let Some(n) = map.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(name);
+            }
+        }
+    }
+}
+
+/// One request's use of an adapter: waiting for a slot, then running in
+/// it; undone on every path out.
+struct LoraUse<'a> {
+    engine: &'a Engine,
+    name: &'a str,
+    running: bool,
+}
+
+impl<'a> LoraUse<'a> {
+    fn waiting(engine: &'a Engine, name: &'a str) -> Self {
+        let mut slots = engine.loras.lock().unwrap_or_else(|e| e.into_inner());
+        LoraSlots::bump(&mut slots.waiting, name, true);
+        Self {
+            engine,
+            name,
+            running: false,
+        }
+    }
+
+    /// Waits for the adapter to be in a slot: already there, a free slot,
+    /// or the least recently used adapter with nothing running evicted;
+    /// pays the load cost when it was not there.
+    async fn run(&mut self) {
+        let engine = self.engine;
+        let load = loop {
+            let freed = engine.lora_freed.notified();
+            {
+                let mut slots = engine.loras.lock().unwrap_or_else(|e| e.into_inner());
+                let slots = &mut *slots;
+                let load = if let Some(at) = slots.loaded.iter().position(|a| a == self.name) {
+                    let name = slots.loaded.remove(at);
+                    slots.loaded.push(name);
+                    Some(false)
+                } else if slots.loaded.len() < engine.config.max_loras.max(1) {
+                    slots.loaded.push(self.name.to_owned());
+                    Some(true)
+                } else if let Some(at) = slots
+                    .loaded
+                    .iter()
+                    .position(|a| !slots.running.contains_key(a))
+                {
+                    slots.loaded.remove(at);
+                    slots.loaded.push(self.name.to_owned());
+                    Some(true)
+                } else {
+                    None
+                };
+                if let Some(load) = load {
+                    LoraSlots::bump(&mut slots.waiting, self.name, false);
+                    LoraSlots::bump(&mut slots.running, self.name, true);
+                    self.running = true;
+                    break load;
+                }
+            }
+            freed.await;
+        };
+        if load {
+            engine.stats.adapter_loads.fetch_add(1, Ordering::Relaxed);
+            let cost = Duration::from_secs_f64(engine.config.adapter_load_ms / 1e3);
+            tokio::time::sleep(cost).await;
+        }
+    }
+}
+
+impl Drop for LoraUse<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.engine.loras.lock().unwrap_or_else(|e| e.into_inner());
+        if self.running {
+            LoraSlots::bump(&mut slots.running, self.name, false);
+        } else {
+            LoraSlots::bump(&mut slots.waiting, self.name, false);
+        }
+        drop(slots);
+        self.engine.lora_freed.notify_waiters();
+    }
 }
 
 /// A running engine; dropping it stops it.
@@ -193,6 +318,8 @@ pub fn start(config: EngineConfig, bind: SocketAddr) -> io::Result<EngineHandle>
         )),
         blocks_in_use: AtomicU64::new(0),
         next_id: AtomicU64::new(1),
+        loras: Mutex::default(),
+        lora_freed: tokio::sync::Notify::new(),
         stats: Arc::clone(&stats),
         config,
     });
@@ -290,7 +417,24 @@ fn prompt_text(request: &Value) -> String {
 
 impl Engine {
     fn serves(&self, model: Option<&str>) -> bool {
-        model.is_none_or(|m| self.config.models.iter().any(|n| n == m))
+        model.is_none_or(|m| self.config.models.iter().any(|n| n == m) || self.is_adapter(m))
+    }
+
+    fn is_adapter(&self, model: &str) -> bool {
+        self.config.adapters.iter().any(|a| a == model)
+    }
+
+    /// `vllm:lora_requests_info`'s labels: max, running, waiting.
+    fn lora_info(&self) -> (usize, String, String) {
+        let slots = self.loras.lock().unwrap_or_else(|e| e.into_inner());
+        let names = |m: &std::collections::BTreeMap<String, usize>| {
+            m.keys().cloned().collect::<Vec<_>>().join(",")
+        };
+        (
+            self.config.max_loras,
+            names(&slots.running),
+            names(&slots.waiting),
+        )
     }
 
     fn model(&self) -> &str {
@@ -444,7 +588,9 @@ async fn generate(engine: Arc<Engine>, body: axum::body::Bytes, kind: Kind) -> R
     let id = engine.next_id.fetch_add(1, Ordering::Relaxed);
     let model = model.unwrap_or_else(|| engine.model()).to_owned();
     if !stream {
-        let Some((prompt_tokens, output)) = run(&engine, &text, max_tokens, None).await else {
+        let adapter = engine.is_adapter(&model).then_some(model.as_str());
+        let Some((prompt_tokens, output)) = run(&engine, &text, max_tokens, adapter, None).await
+        else {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the engine is stopping",
@@ -499,7 +645,15 @@ async fn generate(engine: Arc<Engine>, body: axum::body::Bytes, kind: Kind) -> R
             };
             format!("data: {event}\n\n")
         };
-        let tokens = run(&task_engine, &text, max_tokens, Some((&tx, &chunk))).await;
+        let adapter = task_engine.is_adapter(&model).then_some(model.as_str());
+        let tokens = run(
+            &task_engine,
+            &text,
+            max_tokens,
+            adapter,
+            Some((&tx, &chunk)),
+        )
+        .await;
         let Some((prompt_tokens, _)) = tokens else {
             return;
         };
@@ -537,11 +691,17 @@ async fn run(
     engine: &Engine,
     text: &str,
     max_tokens: usize,
+    adapter: Option<&str>,
     sink: Option<(&mpsc::Sender<String>, &Chunker<'_>)>,
 ) -> Option<(usize, String)> {
+    let mut lora = adapter.map(|name| LoraUse::waiting(engine, name));
     let permit = {
         let _waiting = Gauge::up(&engine.stats.waiting, 1);
-        engine.slots.acquire().await.ok()?
+        let permit = engine.slots.acquire().await.ok()?;
+        if let Some(lora) = lora.as_mut() {
+            lora.run().await;
+        }
+        permit
     };
     let _running = Gauge::up(&engine.stats.running, 1);
     let (tokens, cached, blocks) = engine.prefill_lookup(text);
@@ -562,6 +722,7 @@ async fn run(
         engine.stats.output_tokens.fetch_add(1, Ordering::Relaxed);
     }
     drop(permit);
+    drop(lora);
     Some((tokens, output))
 }
 
@@ -582,6 +743,8 @@ mod tests {
             cache: Mutex::new(lru::LruCache::new(NonZeroUsize::new(1024).unwrap())),
             blocks_in_use: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            loras: Mutex::default(),
+            lora_freed: tokio::sync::Notify::new(),
         };
         let system = "s".repeat(64 * 10);
         let (tokens, cached, _) = engine.prefill_lookup(&format!("{system}first question"));

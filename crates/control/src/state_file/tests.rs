@@ -218,7 +218,9 @@ fn scaler_replicas_are_never_written_and_scaling_changes_are() {
         pools: vec![auto.clone()],
     };
     let mut state = State::new(Routing::RoundRobin);
-    state.apply(Command::SetPool(auto.clone())).unwrap();
+    state
+        .apply(Command::SetPool(Box::new(auto.clone())))
+        .unwrap();
     state.apply(Command::Add(spec("a", 9001, 1))).unwrap();
     let mut started = spec("auto-0", 20000, 1);
     started.pool = auto.name.clone();

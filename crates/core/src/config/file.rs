@@ -290,6 +290,9 @@ pub struct FilePool {
     pub upstream_tls: Option<FileUpstreamTls>,
     /// Session affinity: requests with the same key go to the same replica.
     pub affinity: Option<FileAffinity>,
+    /// LoRA adapters the replicas serve under their own names.
+    #[serde(default)]
+    pub adapters: Vec<String>,
 }
 
 /// `affinity = { key = "header:X-Session-ID", epsilon = 0.25 }`.

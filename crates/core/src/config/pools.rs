@@ -174,12 +174,24 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
         {
             p.add(format!("{at}.served_model_name"), e.to_string());
         }
-        let fields = std::iter::once((format!("{at}.name"), pool.name.clone())).chain(
-            pool.aliases
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("{at}.aliases[{i}]"), a.clone())),
-        );
+        for (i, adapter) in pool.adapters.iter().enumerate() {
+            if let Err(e) = crate::pool::check_alias(adapter) {
+                p.add(format!("{at}.adapters[{i}]"), e.to_string());
+            }
+        }
+        let fields = std::iter::once((format!("{at}.name"), pool.name.clone()))
+            .chain(
+                pool.aliases
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("{at}.aliases[{i}]"), a.clone())),
+            )
+            .chain(
+                pool.adapters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("{at}.adapters[{i}]"), a.clone())),
+            );
         for (field, model) in fields {
             if let Some((first, _)) = names.iter().find(|(_, m)| *m == model) {
                 p.add(
@@ -269,6 +281,7 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
             autoscaling,
             upstream_tls,
             affinity,
+            adapters: pool.adapters.clone(),
             name,
             aliases: pool.aliases.clone(),
             served_model_name: pool.served_model_name.clone(),

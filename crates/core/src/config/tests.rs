@@ -331,6 +331,14 @@ fn bad_pools_name_the_field() {
             "pools[0].affinity.key",
         ),
         (
+            "[[pools]]\nname = \"a\"\n[[pools]]\nname = \"b\"\nadapters = [\"a\"]",
+            "pools[1].adapters[0]",
+        ),
+        (
+            "[[pools]]\nname = \"a\"\nadapters = [\"x y\"]",
+            "pools[0].adapters[0]",
+        ),
+        (
             "[[pools]]\nname = \"a\"\naffinity = { key = \"header:X-Session-ID\", epsilon = 0 }",
             "pools[0].affinity.epsilon",
         ),

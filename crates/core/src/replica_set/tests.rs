@@ -31,7 +31,11 @@ fn the_default_pool_exists_only_when_something_puts_it_there() {
     // Only named pools: no default; names and aliases resolve.
     let mut state = State::new(Routing::RoundRobin);
     state
-        .apply(Command::SetPool(named("llama", &["meta/llama"], None)))
+        .apply(Command::SetPool(Box::new(named(
+            "llama",
+            &["meta/llama"],
+            None,
+        ))))
         .unwrap();
     state.apply(Command::Add(spec("a", 1, "llama"))).unwrap();
     let set = state.snapshot();
@@ -55,7 +59,11 @@ fn the_default_pool_exists_only_when_something_puts_it_there() {
 fn a_pool_picks_only_its_own_replicas_with_its_own_rule() {
     let mut state = State::new(Routing::RoundRobin);
     state
-        .apply(Command::SetPool(named("m", &[], Some(Routing::LeastLoad))))
+        .apply(Command::SetPool(Box::new(named(
+            "m",
+            &[],
+            Some(Routing::LeastLoad),
+        ))))
         .unwrap();
     for (id, port, pool) in [("a", 1, "m"), ("b", 2, "m"), ("x", 3, "default")] {
         state.apply(Command::Add(spec(id, port, pool))).unwrap();
@@ -99,17 +107,17 @@ fn a_pool_picks_only_its_own_replicas_with_its_own_rule() {
 fn aliases_cannot_be_claimed_twice() {
     let mut state = State::new(Routing::RoundRobin);
     state
-        .apply(Command::SetPool(named("a", &["x"], None)))
+        .apply(Command::SetPool(Box::new(named("a", &["x"], None))))
         .unwrap();
     let err = state
-        .apply(Command::SetPool(named("b", &["x"], None)))
+        .apply(Command::SetPool(Box::new(named("b", &["x"], None))))
         .unwrap_err();
     assert!(
         err.to_string().contains("already served by pool a"),
         "{err}"
     );
     assert!(state
-        .apply(Command::SetPool(named("x", &[], None)))
+        .apply(Command::SetPool(Box::new(named("x", &[], None))))
         .is_err());
 }
 
@@ -117,7 +125,11 @@ fn aliases_cannot_be_claimed_twice() {
 fn prefix_routing_sticks_to_the_owner_until_it_is_overloaded() {
     let mut state = State::new(Routing::RoundRobin);
     state
-        .apply(Command::SetPool(named("m", &[], Some(Routing::Prefix))))
+        .apply(Command::SetPool(Box::new(named(
+            "m",
+            &[],
+            Some(Routing::Prefix),
+        ))))
         .unwrap();
     for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
         state.apply(Command::Add(spec(id, port, "m"))).unwrap();
@@ -166,5 +178,72 @@ fn prefix_routing_sticks_to_the_owner_until_it_is_overloaded() {
     assert!(
         picks.len() >= 2,
         "a short match goes to the least loaded: {picks:?}"
+    );
+}
+
+#[test]
+fn an_adapter_goes_where_it_is_loaded_then_where_a_slot_is_free() {
+    use crate::replica::Adapters;
+    let mut state = State::new(Routing::RoundRobin);
+    let mut pool = named("base", &[], Some(Routing::LeastLoad));
+    pool.adapters = vec!["sql".into(), "chat".into()];
+    state.apply(Command::SetPool(Box::new(pool))).unwrap();
+    for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
+        state.apply(Command::Add(spec(id, port, "base"))).unwrap();
+    }
+    let set = state.snapshot();
+    assert_eq!(
+        set.pool_for(Some("sql")),
+        Some(0),
+        "an adapter names its pool"
+    );
+    let index = |id: &str| {
+        set.replicas()
+            .iter()
+            .position(|r| r.id.as_str() == id)
+            .unwrap()
+    };
+    let report = |id: &str, running: &[&str], max_lora: u32| {
+        let stats = &set.replicas()[index(id)].stats;
+        stats.record_engine(EngineLoad::default(), 1_000, 10_000);
+        stats.record_adapters(Some(Adapters {
+            running: running.iter().map(|s| s.to_string()).collect(),
+            waiting: Vec::new(),
+            max_lora,
+        }));
+    };
+    report("a", &["other"], 1);
+    report("b", &["sql"], 1);
+    report("c", &[], 1);
+    let mut cursor = Cursor::default();
+    let pick = |cursor: &mut Cursor, adapter: &str| {
+        let i = set
+            .pick_adapter(0, cursor, &Tried::default(), 1_000, adapter)
+            .unwrap();
+        set.replicas()[i].id.as_str().to_owned()
+    };
+    for _ in 0..4 {
+        assert_eq!(pick(&mut cursor, "sql"), "b", "where it is loaded");
+        assert_eq!(pick(&mut cursor, "chat"), "c", "where a slot is free");
+    }
+    // The loaded replica is busy past the balance guard (8 + 1.5 × 0; its
+    // engine is idle, so its load is 0.25 × in flight): the free slot
+    // takes it.
+    let _busy: Vec<_> = (0..40)
+        .map(|_| set.replicas()[index("b")].stats.start_request())
+        .collect();
+    assert_eq!(pick(&mut cursor, "sql"), "c");
+    // Stale metrics: the pool's rule alone.
+    let picks: std::collections::HashSet<String> = (0..6)
+        .map(|_| {
+            let i = set
+                .pick_adapter(0, &mut cursor, &Tried::default(), 60_000, "sql")
+                .unwrap();
+            set.replicas()[i].id.as_str().to_owned()
+        })
+        .collect();
+    assert!(
+        !picks.contains("b"),
+        "least_load avoids the busy one: {picks:?}"
     );
 }

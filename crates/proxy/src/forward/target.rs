@@ -120,7 +120,7 @@ fn affinity_of<'s>(set: &'s ReplicaSet, model: Option<&ModelName>) -> Option<&'s
 }
 
 /// The JSON field the target's pool keys affinity on, if any.
-fn json_affinity<'s>(set: &'s ReplicaSet, pool: Option<usize>) -> Option<&'s str> {
+fn json_affinity(set: &ReplicaSet, pool: Option<usize>) -> Option<&str> {
     match &set.pools()[pool?].spec().affinity.as_ref()?.key {
         AffinityKey::Json(field) => Some(field),
         _ => None,
@@ -406,7 +406,8 @@ impl Target {
 fn served_name<'s>(set: &'s ReplicaSet, model: Option<&ModelName>) -> Option<&'s str> {
     let model = model?.as_str();
     let spec = set.pools()[set.pool_named(model)?].spec();
-    if spec.name.is_default() && spec.served_model_name.is_none() {
+    // An adapter is served under its own name.
+    if spec.name.is_default() && spec.served_model_name.is_none() || spec.is_adapter(model) {
         return None;
     }
     let served = spec.served_name();

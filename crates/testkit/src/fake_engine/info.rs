@@ -51,12 +51,16 @@ pub(super) async fn embeddings(
 }
 
 pub(super) async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
-    let data: Vec<Value> = engine
+    let mut data: Vec<Value> = engine
         .config
         .models
         .iter()
-        .map(|m| json!({"id": m, "object": "model", "created": now_s(), "owned_by": "inferlb-fake-replica"}))
+        .map(|m| json!({"id": m, "object": "model", "created": now_s(), "owned_by": "inferlb-fake-replica", "root": m, "parent": null}))
         .collect();
+    // Adapters as vLLM lists them: their base model is the parent.
+    data.extend(engine.config.adapters.iter().map(|a| {
+        json!({"id": a, "object": "model", "created": now_s(), "owned_by": "inferlb-fake-replica", "root": a, "parent": engine.model()})
+    }));
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -108,5 +112,15 @@ pub(super) async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         "counter",
         load(&s.output_tokens),
     );
+    if !engine.config.adapters.is_empty() {
+        let (max, running, waiting) = engine.lora_info();
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        page.push_str(&format!(
+            "# HELP vllm:lora_requests_info Running stats on lora requests.\n# TYPE vllm:lora_requests_info gauge\n\
+             vllm:lora_requests_info{{max_lora=\"{max}\",running_lora_adapters=\"{running}\",waiting_lora_adapters=\"{waiting}\"}} {at}\n"
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
