@@ -33,6 +33,12 @@ pub enum Peer {
     /// ([`crate::h2codec`]), the HTTP/2 codec's floor in the `h2` scenario.
     #[serde(rename = "h2-crate")]
     H2Crate,
+    /// SGLang's model gateway (`smg launch`, PyPI `smg`), with the policy
+    /// in [`PeerSettings::routing`].
+    Smg,
+    /// vLLM's router (`vllm-router`, PyPI `vllm-router`).
+    #[serde(rename = "vllm-router")]
+    VllmRouter,
 }
 
 impl Peer {
@@ -44,6 +50,8 @@ impl Peer {
             Self::Haproxy => "haproxy",
             Self::HaproxyTcp => "haproxy-tcp",
             Self::H2Crate => "h2-crate",
+            Self::Smg => "smg",
+            Self::VllmRouter => "vllm-router",
         }
     }
 
@@ -53,6 +61,8 @@ impl Peer {
             Self::Direct | Self::Inferlb | Self::H2Crate => true,
             Self::Nginx => which("nginx").is_some(),
             Self::Haproxy | Self::HaproxyTcp => which("haproxy").is_some(),
+            // In the venv `cargo xtask bench` installs; checked at start.
+            Self::Smg | Self::VllmRouter => true,
         }
     }
 }
@@ -78,8 +88,10 @@ pub struct PeerSettings {
     pub inferlb: PathBuf,
     /// Scratch directory for configs and logs.
     pub dir: PathBuf,
-    /// Routing rule for inferlb.
+    /// Routing rule for inferlb; the policy of an inference router.
     pub routing: String,
+    /// The venv holding `smg` and `vllm-router` (`target/routers-venv`).
+    pub routers_venv: PathBuf,
     /// Keep-alive connections per upstream (nginx `keepalive`).
     pub upstream_keepalive: usize,
     /// Extra TOML for inferlb's config file (e.g. `[engine_metrics]`).
@@ -195,6 +207,66 @@ fn pinned(program: &Path, cpus: &[usize]) -> Command {
     c
 }
 
+/// The exact command line an inference router is started with (the
+/// report records it): `smg launch` or `vllm-router` on `addr` in front of
+/// `replicas`, with `policy`, its own Prometheus exporter on `metrics`,
+/// warnings only (per-request logging costs both the same CPU they would
+/// spend in production with it on; both log every request at info).
+pub fn router_command(
+    peer: Peer,
+    venv: &Path,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    replicas: &[SocketAddr],
+    policy: &str,
+) -> Vec<String> {
+    let urls = replicas.iter().map(|r| format!("http://{r}"));
+    let (program, mut args): (&str, Vec<String>) = match peer {
+        Peer::Smg => ("smg", vec!["launch".into()]),
+        _ => ("vllm-router", Vec::new()),
+    };
+    let mut command = vec![venv.join("bin").join(program).display().to_string()];
+    command.append(&mut args);
+    command.extend(["--host".into(), addr.ip().to_string()]);
+    command.extend(["--port".into(), addr.port().to_string()]);
+    command.push("--worker-urls".into());
+    command.extend(urls);
+    command.extend(["--policy".into(), policy.into()]);
+    command.extend(["--prometheus-host".into(), metrics.ip().to_string()]);
+    command.extend(["--prometheus-port".into(), metrics.port().to_string()]);
+    let level = if peer == Peer::Smg { "warn" } else { "warning" };
+    command.extend(["--log-level".into(), level.into()]);
+    command
+}
+
+fn start_router(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Running> {
+    let (addr, metrics) = (free_port()?, free_port()?);
+    let command = router_command(peer, &s.routers_venv, addr, metrics, replicas, &s.routing);
+    let program = PathBuf::from(&command[0]);
+    if !program.is_file() {
+        bail!(
+            "{} is not installed: `cargo xtask bench` installs it into {}",
+            peer.name(),
+            s.routers_venv.display()
+        );
+    }
+    let log = std::fs::File::create(s.dir.join(format!("{}.log", peer.name())))?;
+    let mut child = pinned(&program, &s.proxy_cpus)
+        .args(&command[1..])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", peer.name()))?;
+    wait_for(addr, &mut child, peer.name())?;
+    Ok(Running {
+        peer,
+        addr,
+        h2c: None,
+        admin: None,
+        child: Some(child),
+    })
+}
+
 /// Starts a peer in front of `replicas`.
 pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Running> {
     std::fs::create_dir_all(&s.dir)?;
@@ -206,6 +278,7 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             admin: None,
             child: None,
         }),
+        Peer::Smg | Peer::VllmRouter => start_router(peer, replicas, s),
         Peer::H2Crate => {
             let addr = free_port()?;
             let program = std::env::current_exe().context("the bench's own binary")?;

@@ -80,8 +80,8 @@ pub struct Scenario {
     /// Load points.
     #[serde(default)]
     pub load: Vec<LoadPoint>,
-    /// The shared-prefix workload (prefix).
-    pub prefix: Option<crate::prefix::PrefixWorkload>,
+    /// The inference workloads and what they are compared with (prefix).
+    pub prefix: Option<crate::prefix::PrefixScenario>,
     /// The load steps and the autoscaled pool (autoscale).
     pub autoscale: Option<crate::autoscale::AutoscaleWorkload>,
 }

@@ -217,6 +217,8 @@ fn dist(root: &Path) -> Result<()> {
 
 /// The pinned AWS stand-in, installed into a venv under `target/`.
 const MOTO_REQUIREMENTS: &str = "xtask/moto/requirements.txt";
+/// The inference routers `cargo xtask bench prefix` compares with.
+const ROUTERS_REQUIREMENTS: &str = "xtask/routers/requirements.txt";
 /// How long moto_server may take to answer after start.
 const MOTO_START: Duration = Duration::from_secs(60);
 
@@ -291,36 +293,48 @@ fn lint_iam_policy(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A venv under `target/` with `requirements` installed (pinned), made
+/// again when the requirements file changes; returns its python.
+fn venv(root: &Path, what: &str, dir: &str, requirements: &str) -> Result<PathBuf> {
+    let venv = root.join(dir);
+    let python = venv.join("bin/python");
+    let stamp = venv.join(".installed");
+    let wanted = std::fs::read_to_string(root.join(requirements))
+        .with_context(|| format!("cannot read {requirements}"))?;
+    let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if installed != wanted {
+        let venv_text = venv.to_string_lossy().into_owned();
+        step(
+            root,
+            &format!("{what} venv"),
+            "python3",
+            &["-m", "venv", &venv_text],
+        )?;
+        let python_text = python.to_string_lossy().into_owned();
+        step(
+            root,
+            &format!("{what} install"),
+            &python_text,
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                requirements,
+            ],
+        )?;
+        std::fs::write(&stamp, &wanted)
+            .with_context(|| format!("cannot mark the {what} venv as installed"))?;
+    }
+    Ok(python)
+}
+
 impl Moto {
     /// Installs moto (once) and starts it on a free loopback port.
     fn start(root: &Path) -> Result<Self> {
-        let venv = root.join("target/moto-venv");
-        let python = venv.join("bin/python");
-        let stamp = venv.join(".installed");
-        let requirements = std::fs::read_to_string(root.join(MOTO_REQUIREMENTS))
-            .context("cannot read the moto requirements")?;
-        let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
-        if installed != requirements {
-            let venv_text = venv.to_string_lossy().into_owned();
-            step(root, "moto venv", "python3", &["-m", "venv", &venv_text])?;
-            let python_text = python.to_string_lossy().into_owned();
-            step(
-                root,
-                "moto install",
-                &python_text,
-                &[
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "-r",
-                    MOTO_REQUIREMENTS,
-                ],
-            )?;
-            std::fs::write(&stamp, &requirements)
-                .context("cannot mark the moto venv as installed")?;
-        }
+        let python = venv(root, "moto", "target/moto-venv", MOTO_REQUIREMENTS)?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .context("cannot find a free port for moto_server")?
@@ -395,6 +409,22 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
                 "nghttp2-client",
             ],
         )?;
+    }
+    // The prefix scenario's peers: SGLang's and vLLM's routers, from PyPI.
+    let mut scenarios = Vec::new();
+    let mut words = forwarded.iter();
+    while let Some(word) = words.next() {
+        if word.starts_with("--") {
+            // A flag's value is not a scenario.
+            if !word.contains('=') && !matches!(word.as_str(), "--help" | "-h") {
+                words.next();
+            }
+        } else {
+            scenarios.push(word.as_str());
+        }
+    }
+    if scenarios.is_empty() || scenarios.contains(&"prefix") {
+        venv(root, "routers", "target/routers-venv", ROUTERS_REQUIREMENTS)?;
     }
     step(
         root,

@@ -3,8 +3,9 @@
 //!
 //! It serves `POST /v1/chat/completions`, `POST /v1/completions` (JSON, or
 //! SSE with `"stream": true`, ending with `data: [DONE]`), `POST
-//! /v1/embeddings`, `GET /v1/models`, `GET /health` and `GET /metrics`
-//! (vLLM's metric names), so any OpenAI client works against it.
+//! /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /metrics` (vLLM's
+//! metric names) and vLLM's `POST /tokenize`, so any OpenAI client (and a
+//! router that asks the engine for token ids) works against it.
 //!
 //! # Cost model
 //!
@@ -138,6 +139,8 @@ pub struct EngineStats {
     pub output_tokens: AtomicU64,
     /// Adapters put into a slot (their load cost paid).
     pub adapter_loads: AtomicU64,
+    /// `POST /tokenize` calls.
+    pub tokenize_requests: AtomicU64,
 }
 
 impl EngineStats {
@@ -363,6 +366,7 @@ fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(engine)
@@ -728,7 +732,7 @@ async fn run(
 
 mod info;
 
-use info::{embeddings, metrics, models};
+use info::{embeddings, metrics, models, tokenize};
 
 #[cfg(test)]
 mod tests {

@@ -42,7 +42,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Peers besides inferlb and direct: nginx, haproxy, haproxy-tcp (the L4
-    /// relay; also run whenever haproxy is), or none.
+    /// relay; also run whenever haproxy is), or none (which also leaves out
+    /// the `prefix` scenario's inference routers, smg and vllm-router).
     #[arg(long, default_value = "nginx,haproxy")]
     peers: String,
     /// Worker threads (processes for nginx) of every proxy.
@@ -64,6 +65,10 @@ struct Args {
     /// The commit being measured (recorded in the JSON).
     #[arg(long, default_value = "unknown")]
     commit: String,
+    /// The venv with the inference routers `smg` and `vllm-router` (the
+    /// `prefix` scenario's peers; `cargo xtask bench` installs it).
+    #[arg(long, default_value = "target/routers-venv")]
+    routers_venv: PathBuf,
     /// Serve h2c on ADDR with the `h2` crate alone (the `h2` scenario's
     /// codec floor) instead of running scenarios.
     #[arg(long, hide = true, value_name = "ADDR")]
@@ -255,6 +260,7 @@ fn settings(
         inferlb: args.inferlb.clone(),
         dir: dir.to_path_buf(),
         routing: routing.to_owned(),
+        routers_venv: args.routers_venv.clone(),
         upstream_keepalive: connections.max(64) * 2,
         // The same keep-alive pool nginx gets, so no peer closes and reopens
         // upstream connections under load while another keeps them.

@@ -50,6 +50,48 @@ pub(super) async fn embeddings(
     response
 }
 
+/// vLLM's `POST /tokenize`: `{"prompt": ...}` or `{"messages": [...]}`
+/// (and `model`), answered with `count`, `max_model_len` and `tokens`: the
+/// ids of the engine's own tokens (4 bytes of text each, as its cost model
+/// counts them), so equal text gives equal ids.
+pub(super) async fn tokenize(
+    State(engine): State<Arc<Engine>>,
+    body: axum::body::Bytes,
+) -> Response {
+    engine
+        .stats
+        .tokenize_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body is not valid JSON",
+            "invalid_request_error",
+            "invalid_json",
+        );
+    };
+    if !engine.serves(request["model"].as_str()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "The model does not exist.",
+            "invalid_request_error",
+            "model_not_found",
+        );
+    }
+    let text = prompt_text(&request);
+    let tokens: Vec<u32> = text
+        .as_bytes()
+        .chunks(BYTES_PER_TOKEN)
+        .map(|piece| {
+            let mut h = DefaultHasher::new();
+            piece.hash(&mut h);
+            (h.finish() % 128_000) as u32
+        })
+        .collect();
+    Json(json!({"count": tokens.len(), "max_model_len": 131_072, "tokens": tokens, "token_strs": null}))
+        .into_response()
+}
+
 pub(super) async fn models(State(engine): State<Arc<Engine>>) -> Json<Value> {
     let mut data: Vec<Value> = engine
         .config
