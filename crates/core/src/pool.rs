@@ -134,7 +134,9 @@ pub struct PrefixSettings {
     /// See `balance_abs_threshold`. Default 1.5.
     pub balance_rel_threshold: f64,
     /// Memory the pool's prefix table may use; least recently used entries
-    /// are evicted beyond it. Default 16 MiB.
+    /// are evicted beyond it. One 8-byte entry per 64 bytes (16 tokens) of
+    /// prompt per replica holding it: 8 MiB remembers about 16 million
+    /// tokens, the KV caches of 8 to 16 large replicas. Default 8 MiB.
     pub max_tree_bytes: usize,
     /// How much of a request's text (its chat roles and contents, or its
     /// prompt) the prefix is matched on; a body is read only until that much
@@ -149,7 +151,7 @@ impl Default for PrefixSettings {
             min_match_ratio: 0.5,
             balance_abs_threshold: 8.0,
             balance_rel_threshold: 1.5,
-            max_tree_bytes: 16 * 1024 * 1024,
+            max_tree_bytes: 8 * 1024 * 1024,
             max_text_bytes: 32 * 1024,
         }
     }

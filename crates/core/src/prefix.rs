@@ -59,6 +59,8 @@ pub struct PrefixTable {
     mask: usize,
     /// Slot `i + 1` belongs to replica uid `owners[i]` (0: free).
     owners: Mutex<Vec<u64>>,
+    /// New prefixes placed so far: their turn among equally loaded replicas.
+    placements: std::sync::atomic::AtomicUsize,
 }
 
 /// The replicas that served a block: up to one bucket's worth.
@@ -118,6 +120,7 @@ impl PrefixTable {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             mask: buckets - 1,
             owners: Mutex::new(Vec::new()),
+            placements: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -219,6 +222,12 @@ impl PrefixTable {
                 bucket[victim].store(want, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The turn of the next new prefix (rotates over equally loaded
+    /// replicas).
+    pub fn next_placement(&self) -> usize {
+        self.placements.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The slot of replica `uid`, given one if it has none (control plane).

@@ -292,6 +292,9 @@ struct EngineCells {
     at_ms: AtomicU64,
     /// How long it counts as fresh.
     fresh_ms: AtomicU64,
+    /// inferlb's own in flight when it was scraped: what was sent (or
+    /// finished) since then is not in the engine's numbers yet.
+    in_flight_at: AtomicU64,
 }
 
 /// A model server's own view of its load, from its Prometheus metrics.
@@ -431,6 +434,7 @@ impl ReplicaStats {
         e.running.store(load.running.to_bits(), Ordering::Relaxed);
         e.kv_usage.store(load.kv_usage.to_bits(), Ordering::Relaxed);
         e.fresh_ms.store(fresh_ms, Ordering::Relaxed);
+        e.in_flight_at.store(self.in_flight(), Ordering::Relaxed);
         e.at_ms.store(now_ms.max(1), Ordering::Relaxed);
     }
 
@@ -475,6 +479,12 @@ impl ReplicaStats {
             return None;
         }
         self.engine_last().map(|(load, _)| load)
+    }
+
+    /// Requests inferlb started (positive) or finished (negative) on this
+    /// replica since its engine metrics were scraped.
+    pub fn in_flight_since_scrape(&self) -> i64 {
+        self.in_flight() as i64 - self.engine.in_flight_at.load(Ordering::Relaxed) as i64
     }
 
     /// Marks the last engine load stale at once (a scrape failed): routing

@@ -530,7 +530,7 @@ fn pick_by_prefix(
             .filter(|&(load, _)| load <= limit)
             .map(|(_, i)| i)
     };
-    let mut chosen = least;
+    let mut chosen = None;
     if let Some(m) = table.lookup(key.chain) {
         if m.blocks >= needed.min(key.chain.len()) {
             let shorter = || {
@@ -538,9 +538,30 @@ fn pick_by_prefix(
                     .then(|| best(table.owners(key.chain[needed - 1])))
                     .flatten()
             };
-            chosen = best(m.owners).or_else(shorter).unwrap_or(least);
+            chosen = Some(best(m.owners).or_else(shorter).unwrap_or(least));
         }
     }
+    // A text no replica holds: the least loaded replica; among replicas as
+    // loaded as it (an idle fleet), the next in turn for new prefixes, so
+    // that a few prefixes arriving one at a time land on different replicas
+    // rather than wherever the rotation of every pick happens to point.
+    let chosen = chosen.unwrap_or_else(|| {
+        let floor = v.load(least);
+        let tied = |&&(i, _): &&(u32, Slot)| {
+            let i = i as usize;
+            v.usable(i) && !v.penalized(i) && v.load(i) <= floor
+        };
+        let ties = view.slots.iter().filter(tied).count();
+        if ties <= 1 {
+            return least;
+        }
+        let turn = table.next_placement() % ties;
+        view.slots
+            .iter()
+            .filter(tied)
+            .nth(turn)
+            .map_or(least, |&(i, _)| i as usize)
+    });
     if let Some(&(_, slot)) = view.slots.iter().find(|&&(i, _)| i as usize == chosen) {
         table.record(key.chain, slot, PrefixTable::stamp_at(v.now_ms));
     }

@@ -17,7 +17,10 @@ fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
     );
     client.send(request.as_bytes()).unwrap();
     let resp = client.read_response().unwrap();
-    (resp.status, serde_json::from_slice(&resp.body).unwrap_or_default())
+    (
+        resp.status,
+        serde_json::from_slice(&resp.body).unwrap_or_default(),
+    )
 }
 
 fn get(addr: SocketAddr, path: &str) -> String {
@@ -39,7 +42,11 @@ fn config() -> EngineConfig {
 #[test]
 fn tokenize_counts_tokens_like_the_cost_model_and_is_counted() {
     let engine = start(config(), SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    let (status, one) = post(engine.addr(), "/tokenize", r#"{"model": "base", "prompt": "abcdefgh"}"#);
+    let (status, one) = post(
+        engine.addr(),
+        "/tokenize",
+        r#"{"model": "base", "prompt": "abcdefgh"}"#,
+    );
     assert_eq!(status, 200);
     assert_eq!(one["count"], 2);
     assert_eq!(one["tokens"].as_array().unwrap().len(), 2);
@@ -51,7 +58,11 @@ fn tokenize_counts_tokens_like_the_cost_model_and_is_counted() {
         r#"{"model": "base", "messages": [{"role": "user", "content": "hello there"}]}"#,
     );
     assert!(chat["count"].as_u64().unwrap() > 0);
-    let (status, _) = post(engine.addr(), "/tokenize", r#"{"model": "other", "prompt": "x"}"#);
+    let (status, _) = post(
+        engine.addr(),
+        "/tokenize",
+        r#"{"model": "other", "prompt": "x"}"#,
+    );
     assert_eq!(status, 404);
     assert_eq!(engine.stats().tokenize_requests.load(Ordering::Relaxed), 4);
 }

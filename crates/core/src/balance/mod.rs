@@ -58,7 +58,13 @@ impl View<'_> {
         let w = self.weights;
         let raw = match r.stats.engine(self.now_ms) {
             Some(e) => {
-                w.queue * e.waiting
+                // The engine's numbers are up to a scrape interval old:
+                // requests sent since then count as queued (finished ones
+                // come off), so picks between scrapes do not all herd onto
+                // the replica that looked idle at the last one.
+                let since = r.stats.in_flight_since_scrape() as f64;
+                let queued = (e.waiting + since).max(0.0);
+                w.queue * queued
                     + w.running * e.running
                     + w.kv_cache * e.kv_usage
                     + w.in_flight * in_flight

@@ -247,3 +247,104 @@ fn an_adapter_goes_where_it_is_loaded_then_where_a_slot_is_free() {
         "least_load avoids the busy one: {picks:?}"
     );
 }
+
+#[test]
+fn least_load_counts_what_was_sent_since_the_last_scrape() {
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(Box::new(named(
+            "m",
+            &[],
+            Some(Routing::LeastLoad),
+        ))))
+        .unwrap();
+    for (id, port) in [("a", 1), ("b", 2)] {
+        state.apply(Command::Add(spec(id, port, "m"))).unwrap();
+    }
+    let set = state.snapshot();
+    let index = |id: &str| {
+        set.replicas()
+            .iter()
+            .position(|r| r.id.as_str() == id)
+            .unwrap()
+    };
+    let (a, b) = (index("a"), index("b"));
+    let scrape = |i: usize, waiting: f64| {
+        set.replicas()[i].stats.record_engine(
+            EngineLoad {
+                waiting,
+                ..EngineLoad::default()
+            },
+            1_000,
+            10_000,
+        )
+    };
+    // At the scrape a was idle and b had one queued.
+    scrape(a, 0.0);
+    scrape(b, 1.0);
+    let mut cursor = Cursor::default();
+    let pick = |cursor: &mut Cursor| {
+        set.pick_in(0, cursor, &Tried::default(), 1_000, None)
+            .unwrap()
+    };
+    assert_eq!(pick(&mut cursor), a);
+    // Three requests went to a since: they are queued there now, though
+    // the engine's numbers do not show them yet.
+    let _sent: Vec<_> = (0..3)
+        .map(|_| set.replicas()[a].stats.start_request())
+        .collect();
+    assert_eq!(
+        pick(&mut cursor),
+        b,
+        "no herding onto the replica idle at the scrape"
+    );
+    // The next scrape sees them: the correction starts from there.
+    scrape(a, 3.0);
+    assert_eq!(pick(&mut cursor), b);
+}
+
+#[test]
+fn new_prefixes_on_an_idle_fleet_take_turns() {
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(Command::SetPool(Box::new(named(
+            "m",
+            &[],
+            Some(Routing::Prefix),
+        ))))
+        .unwrap();
+    for (id, port) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+        state.apply(Command::Add(spec(id, port, "m"))).unwrap();
+    }
+    let set = state.snapshot();
+    let mut cursor = Cursor::default();
+    let mut chain = Vec::new();
+    let mut owners = Vec::new();
+    // One request at a time (nothing in flight): four prompts, each sent
+    // three times, interleaved with picks that advance the rule's cursor.
+    for round in 0..3 {
+        for p in 0..4 {
+            let text = format!("system prompt {p} ").repeat(100);
+            crate::prefix::chain(text.as_bytes(), &mut chain);
+            let key = PrefixKey {
+                chain: &chain,
+                len: text.len(),
+            };
+            let i = set
+                .pick_in(0, &mut cursor, &Tried::default(), 0, Some(key))
+                .unwrap();
+            if round == 0 {
+                owners.push(i);
+            } else {
+                assert_eq!(i, owners[p], "prompt {p} keeps its replica");
+            }
+            let _ = set.pick_in(0, &mut cursor, &Tried::default(), 0, None);
+        }
+    }
+    let distinct: std::collections::HashSet<usize> = owners.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        4,
+        "four new prompts on four idle replicas: {owners:?}"
+    );
+}
