@@ -582,7 +582,8 @@ pub(crate) async fn replace_replicas(
             | Command::SetSafeguards(_)
             | Command::SetPool(_)
             | Command::RemovePool { .. }
-            | Command::SetScaling { .. } => {}
+            | Command::SetScaling { .. }
+            | Command::LearnAdapters { .. } => {}
         }
     }
     let replicas = app

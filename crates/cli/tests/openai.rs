@@ -491,3 +491,58 @@ fn the_openai_sdk_names_adapters_and_they_go_where_they_are_loaded() {
         assert_eq!(lines[12], format!("long {holder}"));
     }
 }
+
+/// A pool that declares no adapters learns them from its replicas'
+/// `/v1/models` (entries with a `parent`): they are listed with the pool as
+/// parent and routed to it, unchanged.
+#[test]
+fn adapters_are_learned_from_the_replicas_model_lists() {
+    let replica = free_addr();
+    let _child = Running(
+        inferlb()
+            .args(["fake-replica", "--listen", &replica.to_string()])
+            .args(["--model", "base", "--adapter", "sql-lora"])
+            .args(["--decode-ms-per-token", "1"])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for_port(replica, Duration::from_secs(20)));
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = format!(
+        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
+         [[pools]]\nname = \"base\"\nreplicas = [{{ address = \"{replica}\" }}]\n\
+         [pools.engine_metrics]\nenabled = true\ninterval_ms = 100\n"
+    );
+    let dir = inferlb_testkit::fresh_dir("learned-adapters");
+    let path = dir.join("inferlb.toml");
+    std::fs::write(&path, config).unwrap();
+    let _serve = Running(
+        inferlb()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for_port(listen, Duration::from_secs(20)));
+    let listed = inferlb_testkit::eventually(Duration::from_secs(15), || {
+        let Ok(mut client) = RawClient::connect(listen) else {
+            return false;
+        };
+        client.get("/v1/models").is_ok_and(|r| {
+            r.text().contains(r#""id":"sql-lora","object":"model""#)
+                && r.text().contains(r#""parent":"base""#)
+        })
+    });
+    assert!(listed, "sql-lora was never learned");
+    let mut client = RawClient::connect(listen).unwrap();
+    let body = r#"{"model":"sql-lora","prompt":"SELECT","max_tokens":1}"#;
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(request.as_bytes()).unwrap();
+    let resp = client.read_response().unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let reply: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(reply["model"], "sql-lora");
+}

@@ -191,6 +191,80 @@ fn labels_of(text: &str) -> Vec<(String, String)> {
     }
 }
 
+/// How often the replicas' model lists are read for LoRA adapters.
+pub const ADAPTERS_EVERY: Duration = Duration::from_secs(5);
+
+/// The LoRA adapters in an OpenAI model list, as vLLM lists them: the
+/// entries with a `parent` (their base model).
+pub fn adapters_in_models(page: &str) -> Vec<String> {
+    let Ok(list) = serde_json::from_str::<serde_json::Value>(page) else {
+        return Vec::new();
+    };
+    list["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["parent"].as_str().is_some_and(|p| !p.is_empty()))
+        .filter_map(|m| m["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Learns each engine-metrics pool's LoRA adapters from its replicas'
+/// `GET /v1/models` every [`ADAPTERS_EVERY`], and tells the writer when
+/// the set changes (a request naming one is then routed to the pool).
+pub async fn learn_adapters(control: Arc<Control>) {
+    let client = Client::new("inferlb-engine-metrics");
+    let mut known: HashMap<inferlb_core::PoolName, Vec<String>> = HashMap::new();
+    let mut ticker = tokio::time::interval(ADAPTERS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let snapshot = control.snapshot();
+        for pool in snapshot.pools() {
+            if !pool.spec().engine_metrics.enabled {
+                continue;
+            }
+            let mut adapters = Vec::new();
+            let mut answered = false;
+            for &i in pool.members() {
+                let r = &snapshot.replicas()[i as usize];
+                if !r.resolved || !r.is_routable() {
+                    continue;
+                }
+                let timeout = Duration::from_secs(2);
+                if let Some(page) = fetch(&client, r.addr, "/v1/models", timeout).await {
+                    answered = true;
+                    adapters.extend(adapters_in_models(&page));
+                }
+            }
+            if !answered {
+                continue;
+            }
+            adapters.sort();
+            adapters.dedup();
+            let name = pool.name().clone();
+            if known.get(&name) == Some(&adapters) {
+                continue;
+            }
+            let command = inferlb_core::Command::LearnAdapters {
+                pool: name.clone(),
+                adapters: adapters.clone(),
+            };
+            match control.apply_one(command).await {
+                Ok(_) => {
+                    if !adapters.is_empty() {
+                        tracing::info!(pool = %name, ?adapters, "LoRA adapters learned from the replicas' model lists");
+                    }
+                    known.insert(name, adapters);
+                }
+                Err(error) => {
+                    tracing::warn!(pool = %name, %error, "cannot record learned adapters")
+                }
+            }
+        }
+    }
+}
+
 /// GETs `path` from `addr` and returns the body of a 200.
 pub async fn fetch(
     client: &Client,
@@ -304,6 +378,16 @@ mod tests {
         assert!(adapters.has("x") && !adapters.has("old"));
         assert!(!adapters.has_free_slot());
         assert_eq!(parse_adapters("vllm:num_requests_waiting 0\n"), None);
+    }
+
+    #[test]
+    fn adapters_are_the_models_with_a_parent() {
+        let page = r#"{"object":"list","data":[
+            {"id":"meta-llama/Llama-2-7b-hf","object":"model","parent":null},
+            {"id":"sql-lora","object":"model","root":"/adapters/sql","parent":"meta-llama/Llama-2-7b-hf"},
+            {"id":"alias","object":"model"}]}"#;
+        assert_eq!(adapters_in_models(page), ["sql-lora"]);
+        assert!(adapters_in_models("not json").is_empty());
     }
 
     #[test]

@@ -122,6 +122,9 @@ impl Tasks {
         others.push(tokio::spawn(crate::engine_metrics::run(Arc::clone(
             control,
         ))));
+        others.push(tokio::spawn(crate::engine_metrics::learn_adapters(
+            Arc::clone(control),
+        )));
         let (stop_scalers, scalers_stop) = tokio::sync::watch::channel(false);
         let scalers = crate::scaler::spawn_all(control, &scalers_stop).await;
         if let Some(publish) = settings.publish {

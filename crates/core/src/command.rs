@@ -88,6 +88,13 @@ pub enum Command {
         pool: PoolName,
         settings: ScalingSettings,
     },
+    /// The LoRA adapters a pool's replicas list in `/v1/models` (entries
+    /// with a `parent`), learned by the control plane: routed to the pool
+    /// like its declared `adapters`. Measurements, never written.
+    LearnAdapters {
+        pool: PoolName,
+        adapters: Vec<String>,
+    },
 }
 
 impl Command {
@@ -99,7 +106,10 @@ impl Command {
         let scaler_replica =
             |id: &ReplicaId| state.get(id).is_some_and(|r| r.origin == Origin::Scaler);
         match self {
-            Command::SetHealth { .. } | Command::SetAddress { .. } | Command::Admit(_) => false,
+            Command::SetHealth { .. }
+            | Command::SetAddress { .. }
+            | Command::Admit(_)
+            | Command::LearnAdapters { .. } => false,
             Command::SetWeight { id, .. }
             | Command::SetState { id, .. }
             | Command::Drain { id, .. }
@@ -162,6 +172,8 @@ pub struct State {
     tables: Arc<Mutex<HashMap<PoolName, Arc<PrefixTable>>>>,
     /// Autoscaling pools' queues of held requests, kept the same way.
     queues: Arc<Mutex<HashMap<PoolName, Arc<PoolQueue>>>>,
+    /// LoRA adapters learned from the replicas' model lists, by pool.
+    learned_adapters: BTreeMap<PoolName, Vec<String>>,
 }
 
 /// Sets `slot` to `value`: `Changed` when it was something else.
@@ -186,6 +198,7 @@ impl State {
             scaling: BTreeMap::new(),
             tables: Arc::default(),
             queues: Arc::default(),
+            learned_adapters: BTreeMap::new(),
         }
     }
 
@@ -200,6 +213,7 @@ impl State {
             scaling: BTreeMap::new(),
             tables: Arc::default(),
             queues: Arc::default(),
+            learned_adapters: BTreeMap::new(),
         }
     }
 
@@ -307,6 +321,19 @@ impl State {
             Command::SetScaling { pool, settings } => self.set_scaling(pool, settings)?,
             Command::SetSafeguards(safeguards) => replace(&mut self.safeguards, safeguards),
             Command::SetRouting(routing) => replace(&mut self.routing, routing),
+            Command::LearnAdapters { pool, mut adapters } => {
+                adapters.retain(|a| crate::pool::check_alias(a).is_ok());
+                adapters.sort();
+                adapters.dedup();
+                if adapters.is_empty() {
+                    match self.learned_adapters.remove(&pool) {
+                        Some(_) => Outcome::Changed,
+                        None => Outcome::NoChange,
+                    }
+                } else {
+                    replace(self.learned_adapters.entry(pool).or_default(), adapters)
+                }
+            }
         };
         if outcome == Outcome::Changed {
             self.generation += 1;
@@ -453,10 +480,15 @@ impl State {
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         let mut entries = Vec::new();
         for name in self.pool_names() {
-            let spec = self
+            let mut spec = self
                 .pool(&name)
                 .cloned()
                 .unwrap_or_else(|| PoolSpec::named(name.clone()));
+            for adapter in self.learned_adapters.get(&name).into_iter().flatten() {
+                if !spec.is_adapter(adapter) {
+                    spec.adapters.push(adapter.clone());
+                }
+            }
             let table = (spec.routing.unwrap_or(self.routing) == Routing::Prefix).then(|| {
                 let table = tables
                     .entry(name.clone())

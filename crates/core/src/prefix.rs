@@ -59,8 +59,10 @@ pub struct PrefixTable {
     mask: usize,
     /// Slot `i + 1` belongs to replica uid `owners[i]` (0: free).
     owners: Mutex<Vec<u64>>,
-    /// New prefixes placed so far: their turn among equally loaded replicas.
-    placements: std::sync::atomic::AtomicUsize,
+    /// New prefixes placed on each slot (index `slot - 1`): among replicas
+    /// about as loaded as the least, the next new prefix goes to the one
+    /// that got the fewest.
+    placements: Mutex<Vec<u64>>,
 }
 
 /// The replicas that served a block: up to one bucket's worth.
@@ -120,7 +122,7 @@ impl PrefixTable {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             mask: buckets - 1,
             owners: Mutex::new(Vec::new()),
-            placements: std::sync::atomic::AtomicUsize::new(0),
+            placements: Mutex::new(Vec::new()),
         }
     }
 
@@ -224,10 +226,19 @@ impl PrefixTable {
         }
     }
 
-    /// The turn of the next new prefix (rotates over equally loaded
-    /// replicas).
-    pub fn next_placement(&self) -> usize {
-        self.placements.fetch_add(1, Ordering::Relaxed)
+    /// Of `candidates` (slots), the one that got the fewest new prefixes
+    /// (the first such), counted as placed there.
+    pub fn place_new(&self, candidates: impl Iterator<Item = Slot>) -> Option<Slot> {
+        let mut placed = self.placements.lock().unwrap_or_else(|e| e.into_inner());
+        let count =
+            |placed: &Vec<u64>, slot: Slot| placed.get(usize::from(slot) - 1).copied().unwrap_or(0);
+        let slot = candidates.min_by_key(|&slot| count(&placed, slot))?;
+        let at = usize::from(slot) - 1;
+        if placed.len() <= at {
+            placed.resize(at + 1, 0);
+        }
+        placed[at] += 1;
+        Some(slot)
     }
 
     /// The slot of replica `uid`, given one if it has none (control plane).
@@ -265,6 +276,10 @@ impl PrefixTable {
             }
         }
         owners[i] = 0;
+        let mut placed = self.placements.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = placed.get_mut(i) {
+            *count = 0;
+        }
     }
 
     /// Entries in use, per owner slot (a sweep; for tests and the API).

@@ -503,6 +503,10 @@ fn build_balancer(
 /// the least loaded replica. The chosen replica is recorded as an owner of
 /// the text's blocks, so a hot prefix spreads over more replicas when its
 /// first owner is busy instead of moving back and forth.
+/// How much more loaded than the least loaded replica (one queued
+/// request) a replica may be and still take a new prefix for balance.
+const NEW_PREFIX_SLACK: f64 = 1.0;
+
 fn pick_by_prefix(
     view: &PoolView,
     table: &PrefixTable,
@@ -541,25 +545,20 @@ fn pick_by_prefix(
             chosen = Some(best(m.owners).or_else(shorter).unwrap_or(least));
         }
     }
-    // A text no replica holds: the least loaded replica; among replicas as
-    // loaded as it (an idle fleet), the next in turn for new prefixes, so
-    // that a few prefixes arriving one at a time land on different replicas
-    // rather than wherever the rotation of every pick happens to point.
+    // A text no replica holds: among the replicas about as loaded as the
+    // least loaded one (within one queued request), the one that got the
+    // fewest new prefixes so far (SGLang's "smallest tree"), so that a few
+    // prefixes sent one at a time spread over the replicas rather than
+    // doubling up wherever the rule's rotation happens to point.
     let chosen = chosen.unwrap_or_else(|| {
-        let floor = v.load(least);
-        let tied = |&&(i, _): &&(u32, Slot)| {
+        let near = v.load(least) + NEW_PREFIX_SLACK;
+        let candidates = view.slots.iter().filter(|&&(i, _)| {
             let i = i as usize;
-            v.usable(i) && !v.penalized(i) && v.load(i) <= floor
-        };
-        let ties = view.slots.iter().filter(tied).count();
-        if ties <= 1 {
-            return least;
-        }
-        let turn = table.next_placement() % ties;
-        view.slots
-            .iter()
-            .filter(tied)
-            .nth(turn)
+            v.usable(i) && !v.penalized(i) && v.load(i) <= near
+        });
+        table
+            .place_new(candidates.map(|&(_, slot)| slot))
+            .and_then(|slot| view.slots.iter().find(|&&(_, s)| s == slot))
             .map_or(least, |&(i, _)| i as usize)
     });
     if let Some(&(_, slot)) = view.slots.iter().find(|&&(i, _)| i as usize == chosen) {
