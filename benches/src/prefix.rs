@@ -307,6 +307,17 @@ pub struct Offer<'a> {
     pub duration: Duration,
 }
 
+/// What a run's requests share: their bodies, a pool of connections, and
+/// what they measured.
+struct Tally {
+    ttft: Mutex<Histogram<u64>>,
+    e2e: Mutex<Histogram<u64>>,
+    completed: AtomicU64,
+    errors: AtomicU64,
+    pool: Mutex<Vec<TcpStream>>,
+    requests: Vec<Vec<u8>>,
+}
+
 /// Offers the workload to `target` and measures; the engines' counters
 /// give the cache hit ratio and the busiest share.
 pub fn run(
@@ -321,17 +332,15 @@ pub fn run(
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let histogram = || {
-        Arc::new(Mutex::new(
-            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-        ))
-    };
-    let (ttft, e2e) = (histogram(), histogram());
-    let completed = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let pool: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
-        offer
+    let histogram =
+        || Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"));
+    let tally = Arc::new(Tally {
+        ttft: histogram(),
+        e2e: histogram(),
+        completed: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        pool: Mutex::default(),
+        requests: offer
             .bodies
             .iter()
             .map(|b| {
@@ -342,41 +351,29 @@ pub fn run(
                 .into_bytes()
             })
             .collect(),
-    );
+    });
     let start = Instant::now();
     let deadline = start + offer.duration;
     // One request: sent when due, its times recorded.
     let one = {
-        let (ttft, e2e, completed, errors) = (
-            Arc::clone(&ttft),
-            Arc::clone(&e2e),
-            Arc::clone(&completed),
-            Arc::clone(&errors),
-        );
-        let (pool, requests) = (Arc::clone(&pool), Arc::clone(&requests));
+        let tally = Arc::clone(&tally);
         move |i: usize, due: Instant| {
-            let (ttft, e2e, completed, errors) = (
-                Arc::clone(&ttft),
-                Arc::clone(&e2e),
-                Arc::clone(&completed),
-                Arc::clone(&errors),
-            );
-            let (pool, requests) = (Arc::clone(&pool), Arc::clone(&requests));
+            let tally = Arc::clone(&tally);
             async move {
-                let request = &requests[i % requests.len()];
+                let request = &tally.requests[i % tally.requests.len()];
                 let left =
                     deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
-                match tokio::time::timeout(left, stream(target, request, &pool, due)).await {
+                match tokio::time::timeout(left, stream(target, request, &tally.pool, due)).await {
                     Ok(Some(first)) => {
                         if Instant::now() <= deadline {
-                            completed.fetch_add(1, Ordering::Relaxed);
+                            tally.completed.fetch_add(1, Ordering::Relaxed);
                         }
                         let us = |d: Duration| d.as_micros().max(1) as u64;
-                        let _ = ttft.lock().map(|mut h| h.record(us(first)));
-                        let _ = e2e.lock().map(|mut h| h.record(us(due.elapsed())));
+                        let _ = tally.ttft.lock().map(|mut h| h.record(us(first)));
+                        let _ = tally.e2e.lock().map(|mut h| h.record(us(due.elapsed())));
                     }
                     _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -433,11 +430,12 @@ pub fn run(
         workload: offer.workload.name.clone(),
         rule: rule.into(),
         peer: peer.into(),
-        throughput_rps: completed.load(Ordering::Relaxed) as f64 / offer.duration.as_secs_f64(),
-        ttft: quantiles(&ttft),
-        e2e: quantiles(&e2e),
-        completed: completed.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
+        throughput_rps: tally.completed.load(Ordering::Relaxed) as f64
+            / offer.duration.as_secs_f64(),
+        ttft: quantiles(&tally.ttft),
+        e2e: quantiles(&tally.e2e),
+        completed: tally.completed.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
         cache_hit_ratio: cached as f64 / prompt.max(1) as f64,
         busiest_share: served.iter().copied().max().unwrap_or(0) as f64 / mean.max(1e-9),
         cpu_s_per_1k: None,

@@ -511,8 +511,8 @@ pub(crate) async fn replace_replicas(
                 "pools[{p}]: pool {name} is listed twice"
             )));
         }
-        // Settings the API does not carry (prefix, weights, engine metrics)
-        // are kept from the current declaration.
+        // Settings the API does not carry (prefix, weights, engine metrics,
+        // affinity, adapters) are kept from the current declaration.
         let mut spec = app
             .control
             .state()

@@ -36,6 +36,76 @@ fn python() -> String {
     })
 }
 
+/// `inferlb fake-replica` processes serving `args(i)`, once they listen.
+fn fake_replicas(
+    count: usize,
+    args: impl Fn(usize) -> Vec<String>,
+) -> (Vec<SocketAddr>, Vec<Running>) {
+    let addrs: Vec<SocketAddr> = (0..count).map(|_| free_addr()).collect();
+    let children = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            Running(
+                inferlb()
+                    .args(["fake-replica", "--listen", &addr.to_string()])
+                    .args(args(i))
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    for addr in &addrs {
+        assert!(wait_for_port(*addr, Duration::from_secs(20)));
+    }
+    (addrs, children)
+}
+
+/// `inferlb serve` with `config` (its `listen` is `listen`) and `flags`,
+/// once it listens.
+fn serve(name: &str, config: &str, listen: SocketAddr, flags: &[&str]) -> Running {
+    let dir = inferlb_testkit::fresh_dir(name);
+    let path = dir.join("inferlb.toml");
+    std::fs::write(&path, config).unwrap();
+    let running = Running(
+        inferlb()
+            .arg("serve")
+            .args(flags)
+            .arg("--config")
+            .arg(&path)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for_port(listen, Duration::from_secs(20)));
+    running
+}
+
+/// Runs a Python script with the SDK; its output, or a failure with both
+/// of its streams.
+fn sdk(script: &str, args: &[&str], what: &str) -> String {
+    let output = Command::new(python())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what}: the SDK failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// `{ address = "..." }, ...` for a config's `replicas`.
+fn members(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const SDK_SCRIPT: &str = r#"
 import sys
 from openai import OpenAI
@@ -216,7 +286,6 @@ for model, prompt in [("dead", "x"), ("empty", "x"), ("dead", "y" * 5000)]:
 /// a body over the limit (413 `request_too_large`).
 #[test]
 fn the_openai_sdk_raises_the_proxy_errors_with_their_code() {
-    let python = python();
     let (listen, admin, dead) = (free_addr(), free_addr(), free_addr());
     let config = format!(
         "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
@@ -225,28 +294,8 @@ fn the_openai_sdk_raises_the_proxy_errors_with_their_code() {
          [[pools]]\nname = \"dead\"\nreplicas = [{{ address = \"{dead}\" }}]\n\
          [[pools]]\nname = \"empty\"\n"
     );
-    let dir = inferlb_testkit::fresh_dir("openai-errors");
-    let path = dir.join("inferlb.toml");
-    std::fs::write(&path, config).unwrap();
-    let _serve = Running(
-        inferlb()
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for_port(listen, Duration::from_secs(20)));
-    let output = Command::new(python)
-        .args(["-c", SDK_ERRORS, &format!("http://{listen}/v1")])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let _serve = serve("openai-errors", &config, listen, &[]);
+    let stdout = sdk(SDK_ERRORS, &[&format!("http://{listen}/v1")], "errors");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines,
@@ -282,58 +331,28 @@ for user in ["alice", "bob", "carol", "dave", "erin", "frank"]:
 /// drivers, the binary and `inferlb fake-replica` processes.
 #[test]
 fn the_openai_sdk_user_field_keeps_a_user_on_one_replica() {
-    let python = python();
-    let replicas: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let _children: Vec<Running> = replicas
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            Running(
-                inferlb()
-                    .args(["fake-replica", "--listen", &addr.to_string()])
-                    .args(["--model", "chat", "--name", &format!("chat-{i}")])
-                    .args(["--decode-ms-per-token", "1"])
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    for addr in &replicas {
-        assert!(wait_for_port(*addr, Duration::from_secs(20)));
-    }
+    let (replicas, _children) = fake_replicas(3, |i| {
+        [
+            "--model",
+            "chat",
+            "--name",
+            &format!("chat-{i}"),
+            "--decode-ms-per-token",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
     for driver in ["uring", "legacy"] {
         let (listen, admin) = (free_addr(), free_addr());
-        let members: Vec<String> = replicas
-            .iter()
-            .map(|a| format!("{{ address = \"{a}\" }}"))
-            .collect();
         let config = format!(
             "listen = \"{listen}\"\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n\
              [[pools]]\nname = \"chat\"\nrouting = \"least_outstanding\"\n\
              affinity = {{ key = \"json:user\" }}\nreplicas = [{}]\n",
-            members.join(", ")
+            members(&replicas)
         );
-        let dir = inferlb_testkit::fresh_dir("openai-sessions");
-        let path = dir.join("inferlb.toml");
-        std::fs::write(&path, config).unwrap();
-        let _serve = Running(
-            inferlb()
-                .args(["serve", "--io-driver", driver, "--config"])
-                .arg(&path)
-                .spawn()
-                .unwrap(),
-        );
-        assert!(wait_for_port(listen, Duration::from_secs(20)));
-        let output = Command::new(&python)
-            .args(["-c", SDK_SESSIONS, &format!("http://{listen}/v1")])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{driver}: the SDK failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let _serve = serve("openai-sessions", &config, listen, &["--io-driver", driver]);
+        let stdout = sdk(SDK_SESSIONS, &[&format!("http://{listen}/v1")], driver);
         let mut used = std::collections::HashSet::new();
         for line in stdout.lines() {
             let (user, seen) = line.split_once(' ').unwrap();
@@ -392,71 +411,36 @@ print("long", long["r"][0])
 /// processes, both I/O drivers.
 #[test]
 fn the_openai_sdk_names_adapters_and_they_go_where_they_are_loaded() {
-    let python = python();
-    let replicas: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let _children: Vec<Running> = replicas
-        .iter()
-        .map(|addr| {
-            Running(
-                inferlb()
-                    .args(["fake-replica", "--listen", &addr.to_string()])
-                    .args([
-                        "--model",
-                        "base",
-                        "--adapter",
-                        "sql-lora",
-                        "--adapter",
-                        "chat-lora",
-                    ])
-                    .args(["--max-loras", "1", "--adapter-load-ms", "20"])
-                    .args(["--decode-ms-per-token", "20"])
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
-    for addr in &replicas {
-        assert!(wait_for_port(*addr, Duration::from_secs(20)));
-    }
+    let (replicas, _children) = fake_replicas(3, |_| {
+        [
+            "--model",
+            "base",
+            "--adapter",
+            "sql-lora",
+            "--adapter",
+            "chat-lora",
+            "--max-loras",
+            "1",
+            "--adapter-load-ms",
+            "20",
+            "--decode-ms-per-token",
+            "20",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
     for driver in ["uring", "legacy"] {
         let (listen, admin) = (free_addr(), free_addr());
-        let members: Vec<String> = replicas
-            .iter()
-            .map(|a| format!("{{ address = \"{a}\" }}"))
-            .collect();
         let config = format!(
             "listen = \"{listen}\"\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n\
              [[pools]]\nname = \"base\"\nrouting = \"least_load\"\n\
              adapters = [\"sql-lora\", \"chat-lora\"]\nreplicas = [{}]\n\
              [pools.engine_metrics]\nenabled = true\ninterval_ms = 50\n",
-            members.join(", ")
+            members(&replicas)
         );
-        let dir = inferlb_testkit::fresh_dir("openai-adapters");
-        let path = dir.join("inferlb.toml");
-        std::fs::write(&path, config).unwrap();
-        let _serve = Running(
-            inferlb()
-                .args(["serve", "--io-driver", driver, "--config"])
-                .arg(&path)
-                .spawn()
-                .unwrap(),
-        );
-        assert!(wait_for_port(listen, Duration::from_secs(20)));
-        let output = Command::new(&python)
-            .args([
-                "-c",
-                SDK_ADAPTERS,
-                &format!("http://{listen}/v1"),
-                &admin.to_string(),
-            ])
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{driver}: the SDK failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let _serve = serve("openai-adapters", &config, listen, &["--io-driver", driver]);
+        let url = format!("http://{listen}/v1");
+        let stdout = sdk(SDK_ADAPTERS, &[&url, &admin.to_string()], driver);
         let lines: Vec<&str> = stdout.lines().collect();
         assert_eq!(
             &lines[..3],
@@ -497,33 +481,26 @@ fn the_openai_sdk_names_adapters_and_they_go_where_they_are_loaded() {
 /// parent and routed to it, unchanged.
 #[test]
 fn adapters_are_learned_from_the_replicas_model_lists() {
-    let replica = free_addr();
-    let _child = Running(
-        inferlb()
-            .args(["fake-replica", "--listen", &replica.to_string()])
-            .args(["--model", "base", "--adapter", "sql-lora"])
-            .args(["--decode-ms-per-token", "1"])
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for_port(replica, Duration::from_secs(20)));
+    let (replicas, _children) = fake_replicas(1, |_| {
+        [
+            "--model",
+            "base",
+            "--adapter",
+            "sql-lora",
+            "--decode-ms-per-token",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
     let (listen, admin) = (free_addr(), free_addr());
     let config = format!(
         "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
-         [[pools]]\nname = \"base\"\nreplicas = [{{ address = \"{replica}\" }}]\n\
-         [pools.engine_metrics]\nenabled = true\ninterval_ms = 100\n"
+         [[pools]]\nname = \"base\"\nreplicas = [{}]\n\
+         [pools.engine_metrics]\nenabled = true\ninterval_ms = 100\n",
+        members(&replicas)
     );
-    let dir = inferlb_testkit::fresh_dir("learned-adapters");
-    let path = dir.join("inferlb.toml");
-    std::fs::write(&path, config).unwrap();
-    let _serve = Running(
-        inferlb()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for_port(listen, Duration::from_secs(20)));
+    let _serve = serve("learned-adapters", &config, listen, &[]);
     let listed = inferlb_testkit::eventually(Duration::from_secs(15), || {
         let Ok(mut client) = RawClient::connect(listen) else {
             return false;

@@ -359,6 +359,18 @@ impl ReplicaSet {
         self.pick_in(pool, cursor, tried, now_ms, None)
     }
 
+    /// What a pick in `pool` sees.
+    #[inline]
+    fn view<'a>(&'a self, pool: &'a PoolView, tried: &'a Tried, now_ms: u64) -> View<'a> {
+        View {
+            replicas: &self.replicas,
+            tried,
+            now_ms,
+            slow_start_ms: self.safeguards.slow_start_ms,
+            weights: &pool.spec.load,
+        }
+    }
+
     /// Picks a replica of pool `pool` (an index from [`pool_for`](Self::pool_for))
     /// as of `now_ms`. `key` is the request's text for `prefix` routing;
     /// without one, `prefix` picks the least loaded replica.
@@ -372,13 +384,7 @@ impl ReplicaSet {
         key: Option<PrefixKey<'_>>,
     ) -> Option<usize> {
         let view = &self.pools[pool];
-        let v = View {
-            replicas: &self.replicas,
-            tried,
-            now_ms,
-            slow_start_ms: self.safeguards.slow_start_ms,
-            weights: &view.spec.load,
-        };
+        let v = self.view(view, tried, now_ms);
         match (&view.table, key) {
             (Some(table), Some(key)) if !key.chain.is_empty() => {
                 pick_by_prefix(view, table, &v, cursor, key)
@@ -402,13 +408,7 @@ impl ReplicaSet {
         adapter: &str,
     ) -> Option<usize> {
         let view = &self.pools[pool];
-        let v = View {
-            replicas: &self.replicas,
-            tried,
-            now_ms,
-            slow_start_ms: self.safeguards.slow_start_ms,
-            weights: &view.spec.load,
-        };
+        let v = self.view(view, tried, now_ms);
         let least = view.balancer.pick(&v, cursor)?;
         let guard = &view.spec.prefix;
         let limit = guard.balance_abs_threshold + guard.balance_rel_threshold * v.load(least);
@@ -449,13 +449,7 @@ impl ReplicaSet {
         let (Some(ring), Some(affinity)) = (&view.ring, &view.spec.affinity) else {
             return self.pick_in(pool, cursor, tried, now_ms, None);
         };
-        let v = View {
-            replicas: &self.replicas,
-            tried,
-            now_ms,
-            slow_start_ms: self.safeguards.slow_start_ms,
-            weights: &view.spec.load,
-        };
+        let v = self.view(view, tried, now_ms);
         ring.pick(hash, &v, affinity.epsilon)
     }
 }

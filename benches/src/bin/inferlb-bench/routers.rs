@@ -210,9 +210,8 @@ fn prefix_round(
     let addrs: Vec<SocketAddr> = engines.iter().map(|e| e.addr()).collect();
     let mut settings = settings(args, layout, &run.rule, dir, 256);
     let base = settings.inferlb_config.take().unwrap_or_default();
-    settings.inferlb_config = Some(format!(
-        "{base}[engine_metrics]\nenabled = true\ninterval_ms = 100\n"
-    ));
+    // Engine metrics at their default interval (250 ms), as a user runs them.
+    settings.inferlb_config = Some(format!("{base}[engine_metrics]\nenabled = true\n"));
     let running = peers::start(run.peer, &addrs, &settings)?;
     ready(running.addr)?;
     let spinner = ProgressBar::new_spinner();
