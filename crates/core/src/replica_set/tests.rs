@@ -23,6 +23,19 @@ fn named(name: &str, aliases: &[&str], routing: Option<Routing>) -> PoolSpec {
     spec
 }
 
+/// A snapshot of pool `spec` (declared) with replicas `ids` (ports 1, 2, ...).
+fn pool_of(pool: PoolSpec, ids: &[&str]) -> ReplicaSet {
+    let mut state = State::new(Routing::RoundRobin);
+    let name = pool.name.to_string();
+    state.apply(Command::SetPool(Box::new(pool))).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        state
+            .apply(Command::Add(spec(id, i as u16 + 1, &name)))
+            .unwrap();
+    }
+    state.snapshot()
+}
+
 #[test]
 fn the_default_pool_exists_only_when_something_puts_it_there() {
     // Nothing at all: an empty default pool (503, not 404).
@@ -184,14 +197,9 @@ fn prefix_routing_sticks_to_the_owner_until_it_is_overloaded() {
 #[test]
 fn an_adapter_goes_where_it_is_loaded_then_where_a_slot_is_free() {
     use crate::replica::Adapters;
-    let mut state = State::new(Routing::RoundRobin);
     let mut pool = named("base", &[], Some(Routing::LeastLoad));
     pool.adapters = vec!["sql".into(), "chat".into()];
-    state.apply(Command::SetPool(Box::new(pool))).unwrap();
-    for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
-        state.apply(Command::Add(spec(id, port, "base"))).unwrap();
-    }
-    let set = state.snapshot();
+    let set = pool_of(pool, &["a", "b", "c"]);
     assert_eq!(
         set.pool_for(Some("sql")),
         Some(0),
@@ -250,18 +258,7 @@ fn an_adapter_goes_where_it_is_loaded_then_where_a_slot_is_free() {
 
 #[test]
 fn least_load_counts_what_was_sent_since_the_last_scrape() {
-    let mut state = State::new(Routing::RoundRobin);
-    state
-        .apply(Command::SetPool(Box::new(named(
-            "m",
-            &[],
-            Some(Routing::LeastLoad),
-        ))))
-        .unwrap();
-    for (id, port) in [("a", 1), ("b", 2)] {
-        state.apply(Command::Add(spec(id, port, "m"))).unwrap();
-    }
-    let set = state.snapshot();
+    let set = pool_of(named("m", &[], Some(Routing::LeastLoad)), &["a", "b"]);
     let index = |id: &str| {
         set.replicas()
             .iter()
@@ -305,18 +302,10 @@ fn least_load_counts_what_was_sent_since_the_last_scrape() {
 
 #[test]
 fn new_prefixes_on_an_idle_fleet_take_turns() {
-    let mut state = State::new(Routing::RoundRobin);
-    state
-        .apply(Command::SetPool(Box::new(named(
-            "m",
-            &[],
-            Some(Routing::Prefix),
-        ))))
-        .unwrap();
-    for (id, port) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
-        state.apply(Command::Add(spec(id, port, "m"))).unwrap();
-    }
-    let set = state.snapshot();
+    let set = pool_of(
+        named("m", &[], Some(Routing::Prefix)),
+        &["a", "b", "c", "d"],
+    );
     let mut cursor = Cursor::default();
     let mut chain = Vec::new();
     let mut owners = Vec::new();
