@@ -86,6 +86,9 @@ fn autoscaled_pool() -> Result<PoolSpec> {
     Ok(spec)
 }
 
+/// The LoRA adapter the demo's first pool serves.
+const DEMO_ADAPTER: &str = "sql-lora";
+
 /// The demo's pools: (name, alias, routing).
 const POOLS: [(&str, &str, Routing); 2] = [
     (
@@ -160,12 +163,25 @@ fn pools(args: &DemoArgs) -> Result<(Config, State, Vec<inferlb_testkit::EngineH
             enabled: true,
             ..EngineMetrics::default()
         };
+        // The first pool serves a LoRA adapter; the second keeps sessions
+        // on one replica.
+        let adapters: Vec<String> = if routing == Routing::Prefix {
+            vec![DEMO_ADAPTER.to_owned()]
+        } else {
+            spec.affinity = Some(inferlb_core::affinity::Affinity {
+                key: inferlb_core::affinity::AffinityKey::Header("x-session-id".into()),
+                epsilon: inferlb_core::affinity::DEFAULT_EPSILON,
+            });
+            Vec::new()
+        };
+        spec.adapters = adapters.clone();
         state.apply(Command::SetPool(Box::new(spec.clone())))?;
         config.pools.push(spec);
         for i in 0..args.replicas.max(1) {
             let id = format!("{name}-{}", i + 1);
             let engine = EngineConfig {
                 models: vec![name.to_owned(), alias.to_owned()],
+                adapters: adapters.clone(),
                 name: id.clone(),
                 decode_ms_per_token: 20.0,
                 ..EngineConfig::default()
@@ -263,6 +279,12 @@ fn print_instructions(args: &DemoArgs, at: SocketAddr, admin: SocketAddr) {
     println!("  python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{at}/v1\", api_key=\"none\")");
     println!("  for e in c.chat.completions.create(model=\"{a}\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}], stream=True):");
     println!("      print(e.choices[0].delta.content or \"\", end=\"\", flush=True)'");
+    println!();
+    println!("  # a LoRA adapter of {a} (listed with its parent), sent where it is loaded:");
+    println!("  curl -s http://{at}/v1/completions -H 'content-type: application/json' -d '{{\"model\": \"{DEMO_ADAPTER}\", \"prompt\": \"SELECT\"}}'");
+    println!();
+    println!("  # session affinity on {b}: the same X-Session-ID, the same replica:");
+    println!("  for i in 1 2 3; do curl -si http://{at}/v1/completions -H 'X-Model: {b}' -H 'X-Session-ID: alice' -H 'content-type: application/json' -d '{{\"prompt\": \"hi\"}}' | grep -i x-replica; done");
     println!();
     println!("  # which replica answered, and the pools with their engines' load:");
     println!("  curl -si http://{at}/v1/completions -H 'X-Model: {a}' -H 'content-type: application/json' -d '{{\"prompt\": \"hi\"}}' | grep -i x-replica");

@@ -167,7 +167,7 @@ fn the_openai_sdk_streams_a_chat_completion_through_the_demo() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "models Qwen/Qwen2-7B-Instruct,llama-3-8b,meta-llama/Meta-Llama-3-8B-Instruct,qwen2-7b"
+        "models Qwen/Qwen2-7B-Instruct,llama-3-8b,meta-llama/Meta-Llama-3-8B-Instruct,qwen2-7b,sql-lora"
     );
     assert!(lines[1].starts_with("stream 5 "), "{stdout}");
     assert_eq!(lines[2], "usage 5");

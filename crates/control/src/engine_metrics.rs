@@ -246,15 +246,20 @@ pub async fn learn_adapters(control: Arc<Control>) {
             if known.get(&name) == Some(&adapters) {
                 continue;
             }
+            // Names the pool did not route yet (declared ones aside).
+            let new: Vec<&String> = adapters
+                .iter()
+                .filter(|a| !pool.spec().is_adapter(a))
+                .collect();
+            if !new.is_empty() {
+                tracing::info!(pool = %name, adapters = ?new, "LoRA adapters learned from the replicas' model lists");
+            }
             let command = inferlb_core::Command::LearnAdapters {
                 pool: name.clone(),
                 adapters: adapters.clone(),
             };
             match control.apply_one(command).await {
                 Ok(_) => {
-                    if !adapters.is_empty() {
-                        tracing::info!(pool = %name, ?adapters, "LoRA adapters learned from the replicas' model lists");
-                    }
                     known.insert(name, adapters);
                 }
                 Err(error) => {
