@@ -27,6 +27,9 @@ pub struct ReplicaSet {
     names: HashMap<String, u32>,
     /// The pool for requests that name no model, or one no pool serves.
     default_pool: Option<u32>,
+    /// Some pool has session affinity (the request path looks for keys
+    /// only then).
+    any_affinity: bool,
 }
 
 /// One pool of a snapshot: its replicas (indices into the snapshot's list)
@@ -231,6 +234,7 @@ impl ReplicaSet {
                 queue: entry.queue,
             });
         }
+        let any_affinity = pools.iter().any(|p| p.spec.affinity.is_some());
         Self {
             generation,
             routing,
@@ -239,7 +243,13 @@ impl ReplicaSet {
             pools,
             names,
             default_pool,
+            any_affinity,
         }
+    }
+
+    /// Whether any pool has session affinity.
+    pub fn any_affinity(&self) -> bool {
+        self.any_affinity
     }
 
     /// Whether every active replica of the default pool is unhealthy and

@@ -21,6 +21,7 @@ both_drivers!(
     a_cookie_or_the_json_user_field_keys_a_session,
     a_hot_session_spills_and_comes_back,
     a_drained_replica_moves_only_its_sessions,
+    a_session_keeps_its_replica_over_h2c,
 );
 
 /// Pool `m` routing round robin over replicas named `names`, with
@@ -189,5 +190,41 @@ fn a_drained_replica_moves_only_its_sessions(driver: IoDriver) {
         } else {
             assert_eq!(&now, was, "session s{s} moved though its replica stayed");
         }
+    }
+}
+
+/// Over HTTP/2 (h2c with prior knowledge, curl): each stream is a request
+/// on the same path, so a session keeps its replica however it comes.
+fn a_session_keeps_its_replica_over_h2c(driver: IoDriver) {
+    let (state, _h) = pool_with_affinity("header:X-Session-ID", &["a", "b", "c"], Duration::ZERO);
+    let proxy = start_state(driver, state, |_| {});
+    let url = format!("http://{}/v1/chat/completions", proxy.addr());
+    for session in ["s1", "s2", "s3"] {
+        let seen: HashSet<String> = (0..3)
+            .map(|_| {
+                let out = std::process::Command::new("curl")
+                    .args([
+                        "-s",
+                        "-D",
+                        "-",
+                        "-o",
+                        "/dev/null",
+                        "--http2-prior-knowledge",
+                    ])
+                    .args(["-H", "X-Model: m", "-H", "Content-Type: application/json"])
+                    .args(["-H", &format!("X-Session-ID: {session}")])
+                    .args(["--data", BODY, &url])
+                    .output()
+                    .expect("curl is needed for the HTTP/2 tests");
+                let head = String::from_utf8_lossy(&out.stdout).into_owned();
+                assert!(head.starts_with("HTTP/2 200"), "{head}");
+                head.lines()
+                    .find_map(|l| l.strip_prefix("x-replica: "))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(seen.len(), 1, "{session} over h2: {seen:?}");
     }
 }

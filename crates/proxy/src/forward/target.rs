@@ -115,12 +115,18 @@ pub(super) async fn find_target(
 
 /// The pool's session affinity, when the target's pool has one.
 fn affinity_of<'s>(set: &'s ReplicaSet, model: Option<&ModelName>) -> Option<&'s Affinity> {
+    if !set.any_affinity() {
+        return None;
+    }
     let pool = set.pool_for(model.map(ModelName::as_str))?;
     set.pools()[pool].spec().affinity.as_ref()
 }
 
 /// The JSON field the target's pool keys affinity on, if any.
 fn json_affinity(set: &ReplicaSet, pool: Option<usize>) -> Option<&str> {
+    if !set.any_affinity() {
+        return None;
+    }
     match &set.pools()[pool?].spec().affinity.as_ref()?.key {
         AffinityKey::Json(field) => Some(field),
         _ => None,
