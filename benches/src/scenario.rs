@@ -77,6 +77,9 @@ pub struct Scenario {
     /// Default seconds per measurement.
     #[serde(default = "default_duration")]
     pub duration_s: u64,
+    /// Rounds when `--rounds` is not given (3 when neither says).
+    #[serde(default)]
+    pub rounds: Option<usize>,
     /// Load points.
     #[serde(default)]
     pub load: Vec<LoadPoint>,

@@ -91,7 +91,7 @@ pub(crate) fn edge(
             peers.push(Peer::H2Crate);
         }
         let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); peers.len()];
-        for _round in 0..args.rounds {
+        for _round in 0..args.rounds(s) {
             for (i, &peer) in peers.iter().enumerate() {
                 // h2load keeps 10 requests in flight per connection: every
                 // peer's upstream keep-alive pool holds that many.

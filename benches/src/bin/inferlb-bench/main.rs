@@ -38,9 +38,10 @@ struct Args {
     /// Seconds per measurement [default: the scenario's].
     #[arg(long)]
     duration: Option<u64>,
-    /// Rounds, interleaved A B C A B C; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    /// Rounds, interleaved A B C A B C; medians are reported [default: the
+    /// scenario's `rounds`, else 3].
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Peers besides inferlb and direct: nginx, haproxy, haproxy-tcp (the L4
     /// relay; also run whenever haproxy is), or none (which also leaves out
     /// the `prefix` scenario's inference routers, smg and vllm-router).
@@ -73,6 +74,13 @@ struct Args {
     /// codec floor) instead of running scenarios.
     #[arg(long, hide = true, value_name = "ADDR")]
     serve_h2_crate: Option<SocketAddr>,
+}
+
+impl Args {
+    /// Rounds for scenario `s`: `--rounds`, else the scenario's, else 3.
+    fn rounds(&self, s: &Scenario) -> usize {
+        self.rounds.or(s.rounds).unwrap_or(3).max(1)
+    }
 }
 
 /// Which CPUs the proxy gets and which the load side gets.
@@ -291,7 +299,7 @@ fn compare(
     let mut rows = Vec::new();
     for point in &s.load {
         let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); peers.len()];
-        for _round in 0..args.rounds {
+        for _round in 0..args.rounds(s) {
             for (i, &peer) in peers.iter().enumerate() {
                 let running = peers::start(
                     peer,
@@ -408,7 +416,7 @@ fn main() -> Result<()> {
             "commit": args.commit,
             "command": report::command_line(),
             "settings": {
-                "rounds": args.rounds,
+                "rounds": args.rounds(&scenario),
                 "duration_s": args.duration.unwrap_or(scenario.duration_s),
                 "workers": args.workers,
                 "layout": layout,

@@ -102,7 +102,7 @@ pub(crate) fn prefix(
         let mut rows = Vec::new();
         for run in &these {
             let mut rounds = Vec::new();
-            for _ in 0..args.rounds.max(1) {
+            for _ in 0..args.rounds(s) {
                 rounds.push(prefix_round(
                     s, p, workload, &bodies, run, args, layout, dir, duration,
                 )?);
@@ -145,7 +145,7 @@ pub(crate) fn prefix(
         "cost_model": p.engine("e").describe(),
         "router_commands": commands,
         "workloads": p.workloads.iter().map(|w| json!({"name": w.name, "description": w.describe(), "parameters": w})).collect::<Vec<_>>(),
-        "settings": {"rounds": args.rounds, "duration_s": duration.as_secs(), "workers": args.workers, "layout": layout, "scenario": s},
+        "settings": {"rounds": args.rounds(s), "duration_s": duration.as_secs(), "workers": args.workers, "layout": layout, "scenario": s},
         "results": results,
     });
     report::write_json(&args.out, &s.name, &record)?;

@@ -89,7 +89,7 @@ pub(crate) fn churn(
     let duration = Duration::from_secs(args.duration.unwrap_or(s.duration_s));
     let point = &s.load[0];
     let mut rounds = Vec::new();
-    for _ in 0..args.rounds {
+    for _ in 0..args.rounds(s) {
         let running = peers::start(
             Peer::Inferlb,
             stable,
@@ -173,7 +173,7 @@ pub(crate) fn skew(
     for routing in &s.routings {
         let mut rounds = Vec::new();
         let mut available = true;
-        for _ in 0..args.rounds {
+        for _ in 0..args.rounds(s) {
             let replicas = start_replicas(s, load_threads)?;
             let addrs: Vec<SocketAddr> = replicas.iter().map(ReplicaHandle::addr).collect();
             let running = match peers::start(
