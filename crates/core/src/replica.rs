@@ -275,10 +275,12 @@ impl Adapters {
 
     /// Whether another adapter fits without evicting one in use.
     pub fn has_free_slot(&self) -> bool {
-        let mut in_use: Vec<&String> = self.running.iter().chain(&self.waiting).collect();
-        in_use.sort_unstable();
-        in_use.dedup();
-        (in_use.len() as u32) < self.max_lora
+        let waiting_only = self
+            .waiting
+            .iter()
+            .filter(|w| !self.running.contains(w))
+            .count();
+        ((self.running.len() + waiting_only) as u32) < self.max_lora
     }
 }
 
@@ -443,11 +445,11 @@ impl ReplicaStats {
         self.adapters.store(adapters.map(std::sync::Arc::new));
     }
 
-    /// The adapters the engine reported, when its metrics are fresh at
-    /// `now_ms`.
-    pub fn adapters(&self, now_ms: u64) -> Option<std::sync::Arc<Adapters>> {
+    /// What `f` says of the adapters the engine reported, when its metrics
+    /// are fresh at `now_ms` (read in place: no reference count touched).
+    pub fn with_adapters<R>(&self, now_ms: u64, f: impl FnOnce(&Adapters) -> R) -> Option<R> {
         self.engine(now_ms)?;
-        self.adapters.load_full()
+        self.adapters.load().as_deref().map(f)
     }
 
     /// The last adapters reported, fresh or not (for the API).

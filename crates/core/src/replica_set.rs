@@ -430,8 +430,8 @@ impl ReplicaSet {
                 .filter(|&i| {
                     self.replicas[i]
                         .stats
-                        .adapters(now_ms)
-                        .is_some_and(|a| wanted(&a))
+                        .with_adapters(now_ms, wanted)
+                        .unwrap_or(false)
                 })
                 .map(|i| (v.load(i), i))
                 .min_by(|a, b| a.0.total_cmp(&b.0))

@@ -162,45 +162,7 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
         let name = PoolName::new(&pool.name)
             .map_err(|e| p.add(format!("{at}.name"), e.to_string()))
             .ok();
-        for (i, alias) in pool.aliases.iter().enumerate() {
-            if let Err(e) = crate::pool::check_alias(alias) {
-                p.add(format!("{at}.aliases[{i}]"), e.to_string());
-            }
-        }
-        if let Some(Err(e)) = pool
-            .served_model_name
-            .as_deref()
-            .map(crate::pool::check_alias)
-        {
-            p.add(format!("{at}.served_model_name"), e.to_string());
-        }
-        for (i, adapter) in pool.adapters.iter().enumerate() {
-            if let Err(e) = crate::pool::check_alias(adapter) {
-                p.add(format!("{at}.adapters[{i}]"), e.to_string());
-            }
-        }
-        let fields = std::iter::once((format!("{at}.name"), pool.name.clone()))
-            .chain(
-                pool.aliases
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| (format!("{at}.aliases[{i}]"), a.clone())),
-            )
-            .chain(
-                pool.adapters
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| (format!("{at}.adapters[{i}]"), a.clone())),
-            );
-        for (field, model) in fields {
-            if let Some((first, _)) = names.iter().find(|(_, m)| *m == model) {
-                p.add(
-                    field.clone(),
-                    format!("model name {model:?} is already used by {first}"),
-                );
-            }
-            names.push((field, model));
-        }
+        claim_names(p, &at, pool, &mut names);
         let mut prefix = pool.prefix.over(base_prefix);
         if let Err((field, reason)) = prefix.check(&format!("{at}.prefix")) {
             p.add(field, reason);
@@ -233,47 +195,11 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
             )
             .map(std::sync::Arc::new)
         });
-        let upstream_tls = pool.upstream_tls.as_ref().map(|tls| {
-            if tls.ca.as_deref().is_some_and(|c| c.trim().is_empty()) {
-                p.add(
-                    format!("{at}.upstream_tls.ca"),
-                    "is empty: give a PEM file's path",
-                );
-            }
-            if let Some(name) = &tls.server_name {
-                if name.is_empty()
-                    || name.contains(['/', ' ', ':']) && name.parse::<std::net::IpAddr>().is_err()
-                {
-                    p.add(
-                        format!("{at}.upstream_tls.server_name"),
-                        format!("{name:?} is not a DNS name or an IP address"),
-                    );
-                }
-            }
-            if tls.verify == Some(false) && tls.ca.is_some() {
-                p.add(
-                    format!("{at}.upstream_tls.verify"),
-                    "a CA is given but verify = false ignores it: remove one",
-                );
-            }
-            std::sync::Arc::new(crate::pool::UpstreamTls {
-                ca: tls.ca.as_ref().map(std::path::PathBuf::from),
-                server_name: tls.server_name.clone(),
-                verify: tls.verify.unwrap_or(true),
-            })
-        });
-        let affinity = pool.affinity.as_ref().and_then(|a| {
-            let key = a
-                .key
-                .parse::<crate::affinity::AffinityKey>()
-                .map_err(|e| p.add(format!("{at}.affinity.key"), e))
-                .ok();
-            let epsilon = a.epsilon.unwrap_or(crate::affinity::DEFAULT_EPSILON);
-            if let Err(e) = crate::affinity::Affinity::check_epsilon(epsilon) {
-                p.add(format!("{at}.affinity.epsilon"), e);
-            }
-            Some(crate::affinity::Affinity { key: key?, epsilon })
-        });
+        let upstream_tls = pool
+            .upstream_tls
+            .as_ref()
+            .map(|tls| upstream_tls(p, &at, tls));
+        let affinity = pool.affinity.as_ref().and_then(|a| affinity(p, &at, a));
         let Some(name) = name else {
             continue;
         };
@@ -309,6 +235,107 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
         }
     }
     pools
+}
+
+/// A pool's model names (its name, aliases and adapters): each valid, and
+/// none claimed by an earlier field of `names`.
+fn claim_names(
+    p: &mut Problems,
+    at: &str,
+    pool: &super::file::FilePool,
+    names: &mut Vec<(String, String)>,
+) {
+    if let Some(Err(e)) = pool
+        .served_model_name
+        .as_deref()
+        .map(crate::pool::check_alias)
+    {
+        p.add(format!("{at}.served_model_name"), e.to_string());
+    }
+    fn listed<'a>(
+        at: &'a str,
+        list: &'static str,
+        models: &'a [String],
+    ) -> impl Iterator<Item = (String, String)> + 'a {
+        models
+            .iter()
+            .enumerate()
+            .map(move |(i, m)| (format!("{at}.{list}[{i}]"), m.clone()))
+    }
+    // The name itself is checked by `PoolName::new`.
+    for (field, model) in
+        listed(at, "aliases", &pool.aliases).chain(listed(at, "adapters", &pool.adapters))
+    {
+        if let Err(e) = crate::pool::check_alias(&model) {
+            p.add(field, e.to_string());
+        }
+    }
+    let fields = std::iter::once((format!("{at}.name"), pool.name.clone()))
+        .chain(listed(at, "aliases", &pool.aliases))
+        .chain(listed(at, "adapters", &pool.adapters));
+    for (field, model) in fields {
+        if let Some((first, _)) = names.iter().find(|(_, m)| *m == model) {
+            p.add(
+                field.clone(),
+                format!("model name {model:?} is already used by {first}"),
+            );
+        }
+        names.push((field, model));
+    }
+}
+
+/// `[pools.upstream_tls]`, checked under `at`.
+fn upstream_tls(
+    p: &mut Problems,
+    at: &str,
+    tls: &super::file::FileUpstreamTls,
+) -> std::sync::Arc<crate::pool::UpstreamTls> {
+    if tls.ca.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        p.add(
+            format!("{at}.upstream_tls.ca"),
+            "is empty: give a PEM file's path",
+        );
+    }
+    if let Some(name) = &tls.server_name {
+        if name.is_empty()
+            || name.contains(['/', ' ', ':']) && name.parse::<std::net::IpAddr>().is_err()
+        {
+            p.add(
+                format!("{at}.upstream_tls.server_name"),
+                format!("{name:?} is not a DNS name or an IP address"),
+            );
+        }
+    }
+    if tls.verify == Some(false) && tls.ca.is_some() {
+        p.add(
+            format!("{at}.upstream_tls.verify"),
+            "a CA is given but verify = false ignores it: remove one",
+        );
+    }
+    std::sync::Arc::new(crate::pool::UpstreamTls {
+        ca: tls.ca.as_ref().map(std::path::PathBuf::from),
+        server_name: tls.server_name.clone(),
+        verify: tls.verify.unwrap_or(true),
+    })
+}
+
+/// A pool's `affinity`, checked under `at`; `None` when its key is bad
+/// (recorded).
+fn affinity(
+    p: &mut Problems,
+    at: &str,
+    a: &super::file::FileAffinity,
+) -> Option<crate::affinity::Affinity> {
+    let key = a
+        .key
+        .parse::<crate::affinity::AffinityKey>()
+        .map_err(|e| p.add(format!("{at}.affinity.key"), e))
+        .ok();
+    let epsilon = a.epsilon.unwrap_or(crate::affinity::DEFAULT_EPSILON);
+    if let Err(e) = crate::affinity::Affinity::check_epsilon(epsilon) {
+        p.add(format!("{at}.affinity.epsilon"), e);
+    }
+    Some(crate::affinity::Affinity { key: key?, epsilon })
 }
 
 /// `[engine_metrics]` fields over `base`, checked under `at`.
