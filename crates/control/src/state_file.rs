@@ -56,10 +56,11 @@ struct Version {
     version: u32,
 }
 
-/// Version 2: runtime changes on top of the declared list.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Version 2: runtime changes on top of the declared list. The fleet's
+/// record in etcd holds the same (`crate::cluster`).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileChanges {
+pub(crate) struct FileChanges {
     version: u32,
     /// Replicas added at runtime (not declared).
     #[serde(default)]
@@ -120,9 +121,9 @@ struct FileStateV1 {
     replicas: Vec<FileReplica>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileReplica {
+pub(crate) struct FileReplica {
     id: ReplicaId,
     address: String,
     weight: u64,
@@ -134,7 +135,7 @@ struct FileReplica {
     pool: PoolName,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileChange {
     id: ReplicaId,
@@ -143,7 +144,7 @@ struct FileChange {
     drain_deadline_unix_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRemoval {
     id: ReplicaId,
@@ -163,6 +164,14 @@ fn from_unix_ms(ms: u64) -> SystemTime {
 #[derive(Debug, Clone)]
 pub struct StateFile {
     path: PathBuf,
+    overlay: Overlay,
+}
+
+/// Runtime changes against a declared list, both ways: the changes a state
+/// makes ([`Overlay::changes`]) and the state they make
+/// ([`Overlay::apply`]). Shared by the state file and the fleet's record.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overlay {
     /// When each declared replica was removed at runtime, so a save keeps
     /// the date an earlier save recorded.
     removed_at: Arc<Mutex<HashMap<ReplicaId, u64>>>,
@@ -173,7 +182,7 @@ impl StateFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            removed_at: Arc::default(),
+            overlay: Overlay::default(),
         }
     }
 
@@ -279,14 +288,41 @@ impl StateFile {
                 return Err(self.corrupt(format!("format version {other} is not {FORMAT_VERSION}")))
             }
         };
-        self.apply_changes(routing, declared, changes).map(Some)
+        let source = self.path.display().to_string();
+        self.overlay
+            .apply(routing, declared, changes, &source)
+            .map(Some)
+            .map_err(|reason| self.corrupt(reason))
     }
 
+    /// Writes the runtime changes — `state` against `declared` — atomically
+    /// and durably.
+    pub fn save(&self, state: &State, all_declared: &Declared) -> Result<(), PersistError> {
+        let file = self.overlay.changes(state, all_declared);
+        let mut json =
+            serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
+        json.push(b'\n');
+        let (dir, name) = self.dir_and_name();
+        let (temp, mut f) = create_temp(&dir, &name).map_err(|e| self.io(e))?;
+        let mut write = || -> io::Result<()> {
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&temp, &self.path)?;
+            File::open(&dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            self.io(e)
+        })
+    }
+}
+
+impl Overlay {
     /// The pool declarations a `PUT` left, on top of the declared ones, each
     /// declared pool they override logged. A pool declared with
     /// `[pools.autoscaling]` is never dropped: its replicas are inferlb's
     /// own processes, which only the config may take away.
-    fn stored_pools(&self, stored: Vec<FilePool>, declared: &[PoolSpec]) -> Vec<PoolSpec> {
+    fn stored_pools(source: &str, stored: Vec<FilePool>, declared: &[PoolSpec]) -> Vec<PoolSpec> {
         let mut pools: Vec<PoolSpec> = stored
             .into_iter()
             .map(|p| {
@@ -299,7 +335,7 @@ impl StateFile {
                         || b.routing != p.routing
                         || b.served_model_name != p.served_model_name
                 }) {
-                    tracing::warn!(path = %self.path.display(), pool = %p.name, "declared pool changed at runtime (aliases, served model name or routing): the state file's version is used");
+                    tracing::warn!(source, pool = %p.name, "declared pool changed at runtime (aliases, served model name or routing): the state file's version is used");
                 }
                 spec.aliases = p.aliases;
                 spec.served_model_name = p.served_model_name;
@@ -312,21 +348,24 @@ impl StateFile {
                 continue;
             }
             if spec.autoscaling.is_some() {
-                tracing::warn!(path = %self.path.display(), pool = %spec.name, "the state file drops a declared autoscaling pool; it is kept (only the config removes it)");
+                tracing::warn!(source, pool = %spec.name, "the state file drops a declared autoscaling pool; it is kept (only the config removes it)");
                 pools.push(spec.clone());
             } else {
-                tracing::warn!(path = %self.path.display(), pool = %spec.name, "declared pool removed at runtime: the state file overrides the config; `PUT /v1/replicas` with it in `pools`, or delete the state file, to bring it back");
+                tracing::warn!(source, pool = %spec.name, "declared pool removed at runtime: the state file overrides the config; `PUT /v1/replicas` with it in `pools`, or delete the state file, to bring it back");
             }
         }
         pools
     }
 
-    fn apply_changes(
+    /// The declared list with `changes` applied; `Err` says why they
+    /// cannot be (`source` names where they came from, in logs).
+    pub(crate) fn apply(
         &self,
         routing: Routing,
         all_declared: &Declared,
         changes: FileChanges,
-    ) -> Result<State, PersistError> {
+        source: &str,
+    ) -> Result<State, String> {
         let declared = &all_declared.replicas;
         let removed: HashMap<ReplicaId, u64> = changes
             .removed
@@ -339,7 +378,8 @@ impl StateFile {
                 tracing::warn!(
                     id = %spec.id,
                     address = %spec.address,
-                    "declared replica removed at runtime on {}; `inferlb replicas add` or delete the state file to bring it back",
+                    source,
+                    "declared replica removed at runtime on {}; `inferlb replicas add` (or deleting the state file) brings it back",
                     humantime::format_rfc3339_seconds(from_unix_ms(at.min(253_402_300_799_000)))
                 );
                 continue;
@@ -353,7 +393,7 @@ impl StateFile {
             .in_pool(spec.pool.clone());
             if let Some(change) = changes.changed.iter().find(|c| c.id == spec.id) {
                 replica.weight = check_weight(change.weight)
-                    .map_err(|e| self.corrupt(format!("replica {}: {e}", change.id)))?;
+                    .map_err(|e| format!("replica {}: {e}", change.id))?;
                 replica.state = change.state;
                 replica.drain_deadline = change.drain_deadline_unix_ms.map(from_unix_ms);
             }
@@ -364,8 +404,8 @@ impl StateFile {
                 // Declared since it was added at runtime: the declaration wins.
                 continue;
             }
-            let weight = check_weight(entry.weight)
-                .map_err(|e| self.corrupt(format!("replica {}: {e}", entry.id)))?;
+            let weight =
+                check_weight(entry.weight).map_err(|e| format!("replica {}: {e}", entry.id))?;
             let mut replica = match resolve_address(&entry.address) {
                 Ok(addr) => {
                     if replicas.iter().any(|r| r.resolved && r.addr == addr) {
@@ -390,13 +430,13 @@ impl StateFile {
         let mut state = State::restore(routing, replicas);
         let pools: Vec<PoolSpec> = match changes.pools {
             None => all_declared.pools.clone(),
-            Some(stored) => self.stored_pools(stored, &all_declared.pools),
+            Some(stored) => Self::stored_pools(source, stored, &all_declared.pools),
         };
         for spec in pools {
             let name = spec.name.clone();
             state
                 .apply(Command::SetPool(Box::new(spec)))
-                .map_err(|e| self.corrupt(format!("pool {name}: {e}")))?;
+                .map_err(|e| format!("pool {name}: {e}"))?;
         }
         for (pool, settings) in changes.scaling {
             let checked = match state.pool(&pool).and_then(|p| p.autoscaling.as_deref()) {
@@ -416,7 +456,7 @@ impl StateFile {
                             pool: pool.clone(),
                             settings,
                         })
-                        .map_err(|e| self.corrupt(format!("pool {pool}: {e}")))?;
+                        .map_err(|e| format!("pool {pool}: {e}"))?;
                     tracing::info!(%pool, min = settings.min, max = settings.max, target_in_flight = settings.target_in_flight, suspended = settings.suspended, "autoscaling settings changed at runtime, from the state file");
                 }
                 Err(reason) => {
@@ -427,9 +467,8 @@ impl StateFile {
         Ok(state)
     }
 
-    /// Writes the runtime changes — `state` against `declared` — atomically
-    /// and durably.
-    pub fn save(&self, state: &State, all_declared: &Declared) -> Result<(), PersistError> {
+    /// The runtime changes `state` makes to `all_declared`.
+    pub(crate) fn changes(&self, state: &State, all_declared: &Declared) -> FileChanges {
         let declared = &all_declared.replicas;
         let now = unix_ms(SystemTime::now());
         let mut removed_at = self.removed_at.lock().unwrap_or_else(|e| e.into_inner());
@@ -494,21 +533,7 @@ impl StateFile {
             })
             .map(|(pool, settings)| (pool.clone(), *settings))
             .collect();
-        let mut json =
-            serde_json::to_vec_pretty(&file).map_err(|e| self.io(io::Error::other(e)))?;
-        json.push(b'\n');
-        let (dir, name) = self.dir_and_name();
-        let (temp, mut f) = create_temp(&dir, &name).map_err(|e| self.io(e))?;
-        let mut write = || -> io::Result<()> {
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&temp, &self.path)?;
-            File::open(&dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&temp);
-            self.io(e)
-        })
+        file
     }
 }
 

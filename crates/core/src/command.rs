@@ -587,6 +587,90 @@ impl State {
         }
         commands
     }
+
+    /// The commands that make this state's operator replicas, pools and
+    /// runtime autoscaling settings those of `target`: what an instance of
+    /// a fleet applies when another instance changed the shared state.
+    /// Unlike [`State::diff`] it is exact: a replica `target` no longer has
+    /// is removed at once (the fleet removes a replica only once it is
+    /// drained everywhere, or past its deadline), and drains keep
+    /// `target`'s deadline. A replica is the same one while its address as
+    /// written and its pool are: each instance resolves names itself. The
+    /// local scaler's replicas and health verdicts are this instance's own
+    /// and are kept.
+    pub fn converge_to(&self, target: &State) -> Vec<Command> {
+        let mut commands = Vec::new();
+        let operators = |s: &State| -> Vec<Replica> {
+            s.replicas
+                .iter()
+                .filter(|r| r.origin == Origin::Operator)
+                .cloned()
+                .collect()
+        };
+        let wanted = operators(target);
+        for current in operators(self) {
+            let kept = wanted.iter().any(|w| {
+                w.id == current.id && w.address == current.address && w.pool == current.pool
+            });
+            if !kept {
+                commands.push(Command::Remove {
+                    id: current.id.clone(),
+                });
+            }
+        }
+        for want in &wanted {
+            let current = self
+                .get(&want.id)
+                .filter(|c| c.address == want.address && c.pool == want.pool);
+            let Some(current) = current else {
+                commands.push(Command::Add(ReplicaSpec::of(want)));
+                if want.state == ReplicaState::Draining {
+                    commands.push(drain_as(want));
+                }
+                continue;
+            };
+            if current.weight != want.weight {
+                commands.push(Command::SetWeight {
+                    id: want.id.clone(),
+                    weight: want.weight,
+                });
+            }
+            if current.state != want.state || current.drain_deadline != want.drain_deadline {
+                commands.push(match want.state {
+                    ReplicaState::Draining => drain_as(want),
+                    ReplicaState::Active => Command::SetState {
+                        id: want.id.clone(),
+                        state: ReplicaState::Active,
+                    },
+                });
+            }
+        }
+        commands.extend(self.diff_pools(target.pools()));
+        for (pool, settings) in target.scaling_changes() {
+            if self.scaling_changes().get(pool) != Some(settings) {
+                commands.push(Command::SetScaling {
+                    pool: pool.clone(),
+                    settings: *settings,
+                });
+            }
+        }
+        commands
+    }
+}
+
+/// The command that drains a replica as `want` is drained: until its
+/// deadline, or without one.
+fn drain_as(want: &Replica) -> Command {
+    match want.drain_deadline {
+        Some(deadline) => Command::Drain {
+            id: want.id.clone(),
+            deadline,
+        },
+        None => Command::SetState {
+            id: want.id.clone(),
+            state: ReplicaState::Draining,
+        },
+    }
 }
 
 #[cfg(test)]

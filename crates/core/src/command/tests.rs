@@ -191,3 +191,42 @@ fn diff_adds_reweights_and_drains() {
         .diff(&[spec("a", 1, 5), spec("c", 3, 1)], deadline)
         .is_empty());
 }
+
+#[test]
+fn converge_to_makes_another_instances_state_exactly() {
+    let deadline = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000_000);
+    let mut here = State::new(Routing::RoundRobin);
+    here.apply(Command::Add(spec("a", 9001, 1))).unwrap();
+    here.apply(Command::Add(spec("b", 9002, 1))).unwrap();
+    here.apply(Command::Add(spec("gone", 9003, 1))).unwrap();
+    let stats = Arc::clone(&here.get(&ReplicaId::new("a").unwrap()).unwrap().stats);
+    let mut there = State::new(Routing::RoundRobin);
+    there.apply(Command::Add(spec("a", 9001, 5))).unwrap();
+    there.apply(Command::Add(spec("b", 9002, 1))).unwrap();
+    there
+        .apply(Command::Drain {
+            id: ReplicaId::new("b").unwrap(),
+            deadline,
+        })
+        .unwrap();
+    there.apply(Command::Add(spec("new", 9004, 2))).unwrap();
+    for command in here.converge_to(&there) {
+        here.apply(command).unwrap();
+    }
+    let view = |s: &State| {
+        let mut v: Vec<_> = s
+            .replicas()
+            .iter()
+            .map(|r| (r.id.to_string(), r.weight, r.state, r.drain_deadline))
+            .collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    assert_eq!(view(&here), view(&there));
+    // The replica that stayed keeps its counters.
+    assert!(Arc::ptr_eq(
+        &stats,
+        &here.get(&ReplicaId::new("a").unwrap()).unwrap().stats
+    ));
+    assert!(here.converge_to(&there).is_empty());
+}

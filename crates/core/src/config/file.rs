@@ -99,6 +99,39 @@ pub struct FileConfig {
     /// Autoscaling signals the proxy publishes.
     #[serde(default)]
     pub autoscaling: FileAutoscaling,
+    /// `[cluster]`: share the replicas and runtime changes with other
+    /// instances through etcd.
+    pub cluster: Option<FileCluster>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    /// etcd's client URLs, e.g. `["http://10.0.0.1:2379", ...]`.
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// The fleet's name; its keys live under `/inferlb/<name>/`. Default
+    /// `default`.
+    pub name: Option<String>,
+    /// This instance's name in the fleet. Default: the host name.
+    pub instance: Option<String>,
+    /// The lease TTL in seconds (presence, leadership). Default 10.
+    pub lease_ttl_s: Option<u64>,
+    /// TLS to etcd.
+    pub tls: Option<FileClusterTls>,
+}
+
+/// `[cluster.tls]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClusterTls {
+    /// PEM CA bundle that signs etcd's certificates.
+    pub ca: String,
+    /// PEM client certificate (etcd `--client-cert-auth`).
+    pub cert: Option<String>,
+    /// Its PEM key.
+    pub key: Option<String>,
 }
 
 /// `[autoscaling]`.

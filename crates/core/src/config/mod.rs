@@ -12,10 +12,11 @@
 //! (the data plane's sections), `listeners` (`[[listeners]]` with TLS, and
 //! `[http2]`), `pools` (pools and replicas), `autoscaling`
 //! (`[pools.autoscaling]`, `[autoscaling.publish]`), `admin` (`[admin]`,
-//! `[health]`, `[dns]`).
+//! `[health]`, `[dns]`), `cluster` (`[cluster]`).
 
 mod admin;
 mod autoscaling;
+mod cluster;
 pub mod file;
 mod listeners;
 mod pools;
@@ -30,6 +31,7 @@ use crate::routing::Routing;
 
 pub use admin::{AdminConfig, HealthCheck};
 pub use autoscaling::Publish;
+pub use cluster::{host_name, valid_key_segment, Cluster, ClusterTls, DEFAULT_LEASE_TTL};
 pub use file::*;
 pub use listeners::{CertificateFiles, Http2, Listener, Protocol, Tls};
 pub use pools::{replica_spec, replica_spec_in};
@@ -138,6 +140,8 @@ pub struct Config {
     pub safeguards: crate::replica_set::Safeguards,
     /// Publishing the proxy's concurrency to CloudWatch; `None` is off.
     pub publish: Option<Publish>,
+    /// `[cluster]`: the state lives in etcd, shared with other instances.
+    pub cluster: Option<Cluster>,
     /// Each replica's field in the file, for [`Config::resolve`]'s errors.
     replica_fields: Vec<String>,
 }
@@ -249,6 +253,13 @@ impl TryFrom<FileConfig> for Config {
         let replicas = pools::replicas(&mut p, &file);
         let pools = pools::pools(&mut p, &file);
         let publish = autoscaling::publish(&mut p, &file.autoscaling);
+        let cluster = cluster::cluster(&mut p, file.cluster.as_ref());
+        if cluster.is_some() && admin.state_file.is_some() {
+            p.add(
+                "admin.state_file",
+                "not with [cluster]: the fleet's runtime changes live in etcd",
+            );
+        }
         p.into_result()?;
         let (replica_fields, replicas) = replicas.into_iter().unzip();
         Ok(Self {
@@ -265,6 +276,7 @@ impl TryFrom<FileConfig> for Config {
             dns_refresh: admin::dns_refresh(&file.dns),
             safeguards,
             publish,
+            cluster,
             replica_fields,
         })
     }
