@@ -90,8 +90,43 @@ fn step_with_env(
     Ok(())
 }
 
+/// Debian packages the build and the tests need: `protoc` (etcd-client's
+/// build compiles etcd's protocol) and etcd (the fleet's tests run a real
+/// three-member cluster), installed with apt-get when missing.
+fn ensure_debian_tools(root: &Path) -> Result<()> {
+    let wanted = [("protoc", "protobuf-compiler"), ("etcd", "etcd-server")];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(binary, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {binary} >/dev/null")])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    if step_with_env(root, "install build and test tools", "apt-get", &args, &env).is_err() {
+        // A fresh machine's package lists may be empty or old.
+        step(root, "apt-get update", "apt-get", &["update", "-q"])?;
+        step_with_env(root, "install build and test tools", "apt-get", &args, &env)?;
+    }
+    // Debian's etcd-server starts a system etcd on :2379; the tests start
+    // their own and need nothing of it.
+    let _ = Command::new("sh")
+        .args(["-c", "systemctl disable --now etcd >/dev/null 2>&1 || true"])
+        .status();
+    Ok(())
+}
+
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    ensure_debian_tools(root)?;
     step(root, "format", &cargo, &["fmt", "--all", "--check"])?;
     step(
         root,
@@ -148,6 +183,7 @@ fn version(root: &Path) -> Result<String> {
 }
 
 fn dist(root: &Path) -> Result<()> {
+    ensure_debian_tools(root)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     step(
         root,
@@ -385,6 +421,7 @@ impl Drop for Moto {
 
 fn bench(root: &Path, args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    ensure_debian_tools(root)?;
     let mut forwarded: Vec<String> = Vec::new();
     let mut install = false;
     for arg in args {

@@ -140,6 +140,7 @@ fn routers(app: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::opena
         .routes(routes!(list_replicas, add_replica, replace_replicas))
         .routes(routes!(get_replica, delete_replica, patch_replica))
         .routes(routes!(status))
+        .routes(routes!(crate::cluster::get_cluster))
         .routes(routes!(crate::pools::list_pools))
         .routes(routes!(crate::pools::get_pool))
         .routes(routes!(crate::pools::add_pool_replica))
@@ -154,7 +155,12 @@ fn routers(app: &AppState) -> (Router<AppState>, Router<AppState>, utoipa::opena
         .routes(routes!(metrics))
         .split_for_parts();
     doc.merge(probes_doc);
-    let v1 = v1.layer(middleware::from_fn_with_state(app.clone(), require_token));
+    let v1 = v1
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::cluster::mark_stale,
+        ))
+        .layer(middleware::from_fn_with_state(app.clone(), require_token));
     let probes = if app.protect_probes {
         probes.layer(middleware::from_fn_with_state(app.clone(), require_token))
     } else {

@@ -41,6 +41,8 @@ pub enum ApiError {
     Persist(String),
     /// 500: something else failed on the server (e.g. encoding metrics).
     Internal(String),
+    /// 503: in a fleet, etcd cannot be reached; nothing was changed.
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -72,6 +74,7 @@ impl ApiError {
                 "internal",
                 "the change could not be saved to the state file; nothing was changed (see the server log)".into(),
             ),
+            Self::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -116,6 +119,8 @@ impl From<ControlError> for ApiError {
                 | StateError::AliasTaken { .. }),
             ) => Self::Conflict(e.to_string()),
             ControlError::Persist(e) => Self::Persist(e.to_string()),
+            e @ ControlError::Unavailable(_) => Self::Unavailable(e.to_string()),
+            e @ ControlError::Contended(_) => Self::Conflict(e.to_string()),
         }
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod error;
 pub mod metrics;
 pub mod pools;

@@ -562,7 +562,7 @@ pub(crate) async fn replace_replicas(
             } else {
                 Vec::new()
             };
-            (desired, extra)
+            (desired.clone(), extra)
         })
         .await?;
     let (mut added, mut drained, mut updated) = (Vec::new(), Vec::new(), Vec::new());

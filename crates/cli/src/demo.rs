@@ -139,6 +139,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
             health: config.health.clone(),
             publish: None,
         },
+        fleet: None,
     };
     let workers = config.proxy.worker_count();
     crate::serve::run_control_plane(handle, snapshots, state, workers, plane)?;

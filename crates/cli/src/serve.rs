@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use inferlb_admin::{AppState, DataPlane};
+use inferlb_control::cluster::Fleet;
 use inferlb_control::{
     declared, starting_state, Control, Declared, StateFile, TaskSettings, Tasks,
 };
@@ -227,6 +228,9 @@ pub(crate) struct ControlPlane {
     pub(crate) config_path: Option<PathBuf>,
     /// The control plane's background tasks.
     pub(crate) tasks: TaskSettings,
+    /// In a fleet: the shared record in etcd, and the runtime its client
+    /// was made on (the control plane runs on it).
+    pub(crate) fleet: Option<(Arc<Fleet>, tokio::runtime::Runtime)>,
 }
 
 /// Runs the control plane on this thread (tokio, current-thread): the admin
@@ -239,10 +243,10 @@ pub(crate) fn run_control_plane(
     workers: usize,
     plane: ControlPlane,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the control thread")?;
+    let (fleet, runtime) = match plane.fleet {
+        Some((fleet, runtime)) => (Some(fleet), runtime),
+        None => (None, control_runtime()?),
+    };
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -265,7 +269,11 @@ pub(crate) fn run_control_plane(
                     .context(format!("cannot listen on {} for the admin API", plane.admin_listen)))
             }
         };
-        let control = Arc::new(Control::new(state, snapshots, plane.store.clone()));
+        let mut control = Control::new(state, snapshots, plane.store.clone());
+        if let Some(fleet) = &fleet {
+            control = control.in_fleet(Arc::clone(fleet));
+        }
+        let control = Arc::new(control);
         control.set_declared(plane.declared.clone());
         let data_plane = DataPlane {
             workers,
@@ -285,7 +293,14 @@ pub(crate) fn run_control_plane(
                 let _ = admin_stopped.await;
             }, limits))
         });
+        if let Some(fleet) = &fleet {
+            let config = fleet.config();
+            tracing::info!(cluster = %config.name, instance = %config.instance, etcd = %config.etcd.join(","), "fleet member: the state lives in etcd");
+            tokio::spawn(Arc::clone(fleet).run_watch(Arc::clone(&control)));
+            tokio::spawn(Arc::clone(fleet).run_presence(Arc::clone(&control)));
+        }
         match &plane.store {
+            _ if fleet.is_some() => {}
             Some(store) => tracing::info!(path = %store.path().display(), "state file: runtime changes persist on top of the declared replicas"),
             None => tracing::info!("runtime changes are kept in memory only: pass --state-file (or run under systemd, which sets $STATE_DIRECTORY) to keep them across restarts"),
         }
@@ -345,14 +360,33 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         );
     }
     // Persistence is asked for (a flag or the config), or given by systemd;
-    // nothing an earlier run left in the working directory is read.
+    // nothing an earlier run left in the working directory is read. A
+    // fleet's state lives in etcd instead.
     let store = config
         .admin
         .state_file
         .clone()
         .or_else(StateFile::systemd_path)
+        .filter(|_| config.cluster.is_none())
         .map(StateFile::new);
-    let state = starting_state(&config, store.as_ref())?;
+    let (state, declared, fleet) = match &config.cluster {
+        None => (
+            starting_state(&config, store.as_ref())?,
+            declared(&config),
+            None,
+        ),
+        Some(cluster) => {
+            let runtime = control_runtime()?;
+            let admin = Some(config.admin.listen.to_string());
+            let (fleet, state, declared) = runtime.block_on(async {
+                let fleet = Fleet::new(cluster.clone(), config.replicas.clone(), admin).await?;
+                let (state, declared) =
+                    inferlb_control::cluster::starting_state(&fleet, &config).await?;
+                Ok::<_, inferlb_control::cluster::FleetError>((fleet, state, declared))
+            })?;
+            (state, declared, Some((fleet, runtime)))
+        }
+    };
     let (handle, snapshots) = start_proxy(&config, &state)?;
     let plane = ControlPlane {
         admin_listen: config.admin.listen,
@@ -360,9 +394,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         token,
         protect_probes: config.admin.protect_probes,
         store,
-        declared: declared(&config),
+        declared,
         config_path: args.config.clone(),
         tasks: TaskSettings::of(&config),
+        fleet,
     };
     run_control_plane(handle, snapshots, state, config.proxy.worker_count(), plane)
+}
+
+/// The control plane's runtime: one thread (tokio, current-thread).
+fn control_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control thread")
 }

@@ -10,6 +10,8 @@
 //!   reap drained replicas.
 //! - [`state_file`]: the state file (runtime changes on top of the declared
 //!   list), written atomically and durably.
+//! - [`cluster`]: a fleet of instances sharing the state in etcd: the
+//!   record, the watch, presence reports, fail static.
 //! - [`plane`]: starting the control plane's tasks, and a config reload.
 //! - [`http`]: the one HTTP client of the control plane's GETs.
 //! - [`health`]: active health checks, turned into `SetHealth` commands.
@@ -28,6 +30,7 @@
 
 pub mod autoscaling;
 pub mod cloudwatch;
+pub mod cluster;
 pub mod dns;
 pub mod engine_metrics;
 pub mod health;

@@ -177,7 +177,7 @@ pub async fn reload(control: &Control, path: Option<&Path>) {
     // Loading resolves host names: on the blocking pool, not the control thread.
     let file = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || Config::load(&file)).await;
-    let config = match loaded {
+    let mut config = match loaded {
         Ok(Ok(config)) => config,
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "config reload failed; keeping the running configuration");
@@ -188,6 +188,17 @@ pub async fn reload(control: &Control, path: Option<&Path>) {
             return;
         }
     };
+    // In a fleet, the declared list is the fleet's: this file publishes its
+    // replicas only when it changed them since this instance last read it,
+    // so an instance with an old file cannot undo the fleet's list.
+    if let Some(fleet) = control.fleet() {
+        let before = fleet.swap_file_replicas(config.replicas.clone());
+        if before == config.replicas {
+            config.replicas = control.declared().replicas;
+        } else {
+            tracing::info!(path = %path.display(), replicas = config.replicas.len(), "this file changed the declared replicas: publishing them to the fleet");
+        }
+    }
     // The new declared list, with the runtime changes made so far on top,
     // diffed and applied under the control lock in one step.
     let old_declared = control.declared();

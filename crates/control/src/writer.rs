@@ -31,6 +31,27 @@ pub enum ControlError {
     /// The change could not be made durable, so it was not made.
     #[error(transparent)]
     Persist(#[from] PersistError),
+    /// In a fleet, etcd cannot be reached: nothing was changed.
+    #[error(
+        "the change was not made: {0}; this instance serves its last state until etcd is back"
+    )]
+    Unavailable(crate::cluster::FleetError),
+    /// In a fleet, other instances kept changing the state while this one
+    /// tried to commit: nothing was changed.
+    #[error("the fleet's state kept changing under this change ({0} attempts); try again")]
+    Contended(usize),
+}
+
+/// How many times a change is tried on a newer fleet record before giving
+/// up (each after a short random pause, so that an instance with a queue of
+/// changes does not win every race against another's).
+const FLEET_ATTEMPTS: usize = 50;
+
+/// What a commit met.
+enum Commit {
+    Done,
+    /// The fleet's record moved on: apply it and try again.
+    Behind(Box<crate::cluster::Record>, i64),
 }
 
 /// Default drain timeout of a removed replica (ALB's deregistration delay).
@@ -56,6 +77,9 @@ pub struct Control {
     /// The drain reaper's last error, so a stuck disk is logged once in a
     /// while rather than ten times a second.
     reap_errors: crate::repeats::Repeats,
+    /// In a fleet (`[cluster]`), the shared record in etcd, in place of a
+    /// state file.
+    fleet: Option<Arc<crate::cluster::Fleet>>,
 }
 
 impl Control {
@@ -69,7 +93,19 @@ impl Control {
             declared: std::sync::Mutex::default(),
             scalers: crate::autoscaling::Registry::default(),
             reap_errors: crate::repeats::Repeats::default(),
+            fleet: None,
         }
+    }
+
+    /// Commits to the fleet's record in etcd: a member of a fleet.
+    pub fn in_fleet(mut self, fleet: Arc<crate::cluster::Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// The fleet this instance is a member of, if any.
+    pub fn fleet(&self) -> Option<&Arc<crate::cluster::Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// The autoscaling pools.
@@ -122,13 +158,23 @@ impl Control {
     /// refuses changes nothing and its error is returned inside.
     pub async fn apply_planned<E>(
         &self,
-        plan: impl FnOnce(&State) -> Result<Vec<Command>, E>,
+        plan: impl Fn(&State) -> Result<Vec<Command>, E>,
     ) -> Result<Result<Vec<Outcome>, E>, ControlError> {
         let mut state = self.state.lock().await;
-        match plan(&state) {
-            Ok(commands) => self.apply_locked(&mut state, commands).await.map(Ok),
-            Err(e) => Ok(Err(e)),
+        for _ in 0..FLEET_ATTEMPTS {
+            let commands = match plan(&state) {
+                Ok(commands) => commands,
+                Err(e) => return Ok(Err(e)),
+            };
+            match self.try_apply(&mut state, commands).await? {
+                (Commit::Done, outcomes) => return Ok(Ok(outcomes)),
+                (Commit::Behind(record, revision), _) => {
+                    self.adopt_locked(&mut state, *record, revision);
+                    lost_race().await;
+                }
+            }
         }
+        Err(ControlError::Contended(FLEET_ATTEMPTS))
     }
 
     async fn apply_locked(
@@ -136,6 +182,25 @@ impl Control {
         state: &mut State,
         commands: Vec<Command>,
     ) -> Result<Vec<Outcome>, ControlError> {
+        for _ in 0..FLEET_ATTEMPTS {
+            match self.try_apply(state, commands.clone()).await? {
+                (Commit::Done, outcomes) => return Ok(outcomes),
+                // Another instance changed the fleet's state first: the
+                // commands are checked and applied again on the newer one.
+                (Commit::Behind(record, revision), _) => {
+                    self.adopt_locked(state, *record, revision);
+                    lost_race().await;
+                }
+            }
+        }
+        Err(ControlError::Contended(FLEET_ATTEMPTS))
+    }
+
+    async fn try_apply(
+        &self,
+        state: &mut State,
+        commands: Vec<Command>,
+    ) -> Result<(Commit, Vec<Outcome>), ControlError> {
         let mut next = state.clone();
         let mut outcomes = Vec::with_capacity(commands.len());
         let mut durable = false;
@@ -143,13 +208,61 @@ impl Control {
             durable |= command.is_durable(&next);
             outcomes.push(next.apply(command)?);
         }
-        let reaped = reap_into(&mut next)?;
+        let reaped = self.reap_into(&mut next)?;
         durable |= reaped.durable;
         if outcomes.contains(&Outcome::Changed) || !reaped.removed.is_empty() {
-            self.commit(state, next, durable).await?;
+            if let behind @ Commit::Behind(..) = self.commit(state, next, durable).await? {
+                return Ok((behind, outcomes));
+            }
             reaped.log();
         }
-        Ok(outcomes)
+        Ok((Commit::Done, outcomes))
+    }
+
+    /// Applies the fleet's record at `revision` (another instance's change),
+    /// unless this instance has applied it already.
+    pub async fn adopt(&self, record: crate::cluster::Record, revision: i64) {
+        let mut state = self.state.lock().await;
+        self.adopt_locked(&mut state, record, revision);
+    }
+
+    fn adopt_locked(&self, state: &mut State, record: crate::cluster::Record, revision: i64) {
+        let Some(fleet) = &self.fleet else { return };
+        if revision <= fleet.revision() {
+            return;
+        }
+        let pools = self.declared().pools;
+        let target = fleet.state_of(&record, state.routing(), state.safeguards(), &pools);
+        let (target, declared) = match target {
+            Ok(found) => found,
+            Err(reason) => {
+                tracing::error!(revision, %reason, "the fleet's record cannot be applied; keeping the last state");
+                return;
+            }
+        };
+        let mut next = state.clone();
+        let mut changes = 0;
+        for command in state.converge_to(&target) {
+            match next.apply(command.clone()) {
+                Ok(Outcome::Changed) => changes += 1,
+                Ok(Outcome::NoChange) => {}
+                Err(error) => {
+                    tracing::error!(revision, ?command, %error, "a change from the fleet cannot be applied here; skipped")
+                }
+            }
+        }
+        self.set_declared(declared);
+        fleet.set_revision(revision);
+        fleet.note_drains(&next, revision);
+        if changes > 0 {
+            tracing::info!(
+                revision,
+                changes,
+                by = record_by(&record),
+                "the fleet's state changed"
+            );
+            self.publish(state, next);
+        }
     }
 
     /// Makes the replica list match what `plan` asks of the current state:
@@ -161,24 +274,33 @@ impl Control {
     pub async fn converge(
         &self,
         drain_deadline: SystemTime,
-        plan: impl FnOnce(&State) -> (Vec<ReplicaSpec>, Vec<Command>),
+        plan: impl Fn(&State) -> (Vec<ReplicaSpec>, Vec<Command>),
     ) -> Result<Vec<Command>, ControlError> {
         let mut state = self.state.lock().await;
-        let (desired, extra) = plan(&state);
-        // `diff` keeps the local scaler's replicas: they are its own.
-        let mut commands = state.diff(&desired, drain_deadline);
-        commands.extend(extra);
-        let mut next = state.clone();
-        let mut changed = false;
-        for command in commands.iter().cloned() {
-            changed |= next.apply(command)? == Outcome::Changed;
+        for _ in 0..FLEET_ATTEMPTS {
+            let (desired, extra) = plan(&state);
+            // `diff` keeps the local scaler's replicas: they are its own.
+            let mut commands = state.diff(&desired, drain_deadline);
+            commands.extend(extra);
+            let mut next = state.clone();
+            let mut changed = false;
+            for command in commands.iter().cloned() {
+                changed |= next.apply(command)? == Outcome::Changed;
+            }
+            let reaped = self.reap_into(&mut next)?;
+            if changed || !reaped.removed.is_empty() {
+                if let Commit::Behind(record, revision) =
+                    self.commit(&mut state, next, true).await?
+                {
+                    self.adopt_locked(&mut state, *record, revision);
+                    lost_race().await;
+                    continue;
+                }
+                reaped.log();
+            }
+            return Ok(commands);
         }
-        let reaped = reap_into(&mut next)?;
-        if changed || !reaped.removed.is_empty() {
-            self.commit(&mut state, next, true).await?;
-            reaped.log();
-        }
-        Ok(commands)
+        Err(ControlError::Contended(FLEET_ATTEMPTS))
     }
 
     /// Applies one command.
@@ -202,7 +324,19 @@ impl Control {
         state: &mut State,
         next: State,
         durable: bool,
-    ) -> Result<(), ControlError> {
+    ) -> Result<Commit, ControlError> {
+        if let Some(fleet) = self.fleet.as_ref().filter(|_| durable) {
+            match fleet.commit(&next, &self.declared()).await {
+                Ok(Ok(revision)) => {
+                    fleet.set_revision(revision);
+                    fleet.note_drains(&next, revision);
+                }
+                Ok(Err((record, revision))) => {
+                    return Ok(Commit::Behind(Box::new(record), revision))
+                }
+                Err(error) => return Err(ControlError::Unavailable(error)),
+            }
+        }
         if let Some(store) = self.store.as_ref().filter(|_| durable) {
             let store = store.clone();
             let copy = next.clone();
@@ -228,6 +362,12 @@ impl Control {
                 source: std::io::Error::other(e),
             })??;
         }
+        self.publish(state, next);
+        Ok(Commit::Done)
+    }
+
+    /// Makes `next` current and publishes it.
+    fn publish(&self, state: &mut State, next: State) {
         *state = next;
         self.snapshots.publish(state.snapshot());
         for (pool, shared) in self.scalers.all() {
@@ -235,7 +375,6 @@ impl Control {
                 shared.publish_settings(settings);
             }
         }
-        Ok(())
     }
 
     /// Removes draining replicas whose in-flight requests have finished, and
@@ -244,12 +383,30 @@ impl Control {
     pub async fn reap_drained(&self) -> Result<usize, ControlError> {
         let mut state = self.state.lock().await;
         let mut next = state.clone();
-        let reaped = reap_into(&mut next)?;
+        let reaped = self.reap_into(&mut next)?;
         if !reaped.removed.is_empty() {
-            self.commit(&mut state, next, reaped.durable).await?;
-            reaped.log();
+            match self.commit(&mut state, next, reaped.durable).await? {
+                Commit::Done => reaped.log(),
+                // Another instance changed the state: the next round sees it.
+                Commit::Behind(record, revision) => {
+                    self.adopt_locked(&mut state, *record, revision);
+                    return Ok(0);
+                }
+            }
         }
         Ok(reaped.removed.len())
+    }
+
+    /// [`reap_into`], where a fleet's replica counts as idle only when no
+    /// other instance has requests in flight to it either.
+    fn reap_into(&self, state: &mut State) -> Result<Reaped, StateError> {
+        reap_into(state, &|replica: &inferlb_core::Replica| {
+            replica.origin != Origin::Operator
+                || self
+                    .fleet
+                    .as_ref()
+                    .is_none_or(|fleet| fleet.idle_elsewhere(&replica.id))
+        })
     }
 
     /// Reaps drained replicas every [`REAP_INTERVAL`] until the process ends.
@@ -290,7 +447,10 @@ impl Reaped {
 
 /// Removes from `state` the draining replicas that are idle or past their
 /// deadline; those past it have their remaining exchanges cut.
-fn reap_into(state: &mut State) -> Result<Reaped, StateError> {
+fn reap_into(
+    state: &mut State,
+    idle_elsewhere: &dyn Fn(&inferlb_core::Replica) -> bool,
+) -> Result<Reaped, StateError> {
     let now = SystemTime::now();
     let mut reaped = Reaped::default();
     let done: Vec<(ReplicaId, bool, bool)> = state
@@ -298,7 +458,7 @@ fn reap_into(state: &mut State) -> Result<Reaped, StateError> {
         .iter()
         .filter(|r| r.state == ReplicaState::Draining)
         .filter_map(|replica| {
-            let idle = replica.stats.in_flight() == 0;
+            let idle = replica.stats.in_flight() == 0 && idle_elsewhere(replica);
             let expired = replica.drain_deadline.is_some_and(|d| d <= now);
             if !idle && !expired {
                 return None;
@@ -316,4 +476,13 @@ fn reap_into(state: &mut State) -> Result<Reaped, StateError> {
         reaped.durable |= operator;
     }
     Ok(reaped)
+}
+
+/// A pause of 1–10 ms after losing a commit race to another instance.
+async fn lost_race() {
+    tokio::time::sleep(Duration::from_micros(fastrand::u64(1_000..10_000))).await;
+}
+
+fn record_by(record: &crate::cluster::Record) -> String {
+    record.by().to_owned()
 }

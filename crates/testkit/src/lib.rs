@@ -8,12 +8,15 @@
 //!   token streams, framing, failure modes, and counters.
 //! - [`client`]: `RawClient`, `send_raw`, `eventually`, `wait_for_port`,
 //!   `free_addr`, `fresh_dir` (a [`Scratch`] directory).
+//! - [`etcd`]: `EtcdCluster`, a real three-member etcd on loopback whose
+//!   members a test can kill and start again.
 //! - [`fake_engine`]: a simulated inference engine speaking the OpenAI API, with
 //!   a prefix cache, decode slots and vLLM's metrics (`inferlb fake-replica`).
 
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod etcd;
 pub mod fake_engine;
 pub mod replica;
 
@@ -21,6 +24,7 @@ pub use client::{
     eventually, free_addr, fresh_dir, send_raw, send_raw_until_close, wait_for_port, RawClient,
     RawResponse, Scratch,
 };
+pub use etcd::EtcdCluster;
 pub use fake_engine::{EngineConfig, EngineHandle, EngineStats};
 pub use replica::{
     Counters, Failure, FakeReplica, Framing, Latency, RecordedRequest, ReplicaBuilder,

@@ -1,0 +1,398 @@
+//! A fleet of inferlb instances on a real three-member etcd cluster on
+//! loopback: changes made through any instance routed by all, concurrent
+//! writes, drains across instances, etcd members lost, and etcd gone
+//! altogether under load (fail static).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use inferlb_testkit::{
+    eventually, free_addr, fresh_dir, wait_for_port, EtcdCluster, FakeReplica, RawClient, Scratch,
+};
+use serde_json::Value;
+
+/// One `inferlb serve` of the fleet.
+struct Instance {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts instance `name` of fleet `fleet` with `replicas` declared.
+fn instance(
+    dir: &Path,
+    etcd: &EtcdCluster,
+    fleet: &str,
+    name: &str,
+    replicas: &[SocketAddr],
+) -> Instance {
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = dir.join(format!("{name}.toml"));
+    let mut text = format!(
+        "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n[health]\nenabled = false\n\
+         [cluster]\netcd = {}\nname = \"{fleet}\"\ninstance = \"{name}\"\nlease_ttl_s = 3\n",
+        etcd.toml_endpoints()
+    );
+    for (i, r) in replicas.iter().enumerate() {
+        text.push_str(&format!(
+            "[[replicas]]\naddress = \"{r}\"\nid = \"declared-{i}\"\n"
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .env_remove("INFERLB_CONFIG")
+        .env_remove("INFERLB_ADMIN_TOKEN")
+        .env_remove("STATE_DIRECTORY")
+        .env("RUST_LOG", "info")
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let instance = Instance {
+        child,
+        listen,
+        admin,
+    };
+    assert!(
+        wait_for_port(admin, Duration::from_secs(20)),
+        "instance {name} did not start; see {}",
+        dir.join(format!("{name}.log")).display()
+    );
+    assert!(wait_for_port(listen, Duration::from_secs(10)));
+    instance
+}
+
+/// One admin call: the status, the JSON body and the raw headers.
+fn call(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value, String) {
+    let mut client = RawClient::connect(admin).unwrap();
+    client.set_read_timeout(Duration::from_secs(30)).unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(request.as_bytes()).unwrap();
+    let resp = client.read_response().unwrap();
+    let headers = resp
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    (resp.status, value, headers)
+}
+
+fn ids(admin: SocketAddr) -> Vec<String> {
+    let (status, list, _) = call(admin, "GET", "/v1/replicas", None);
+    assert_eq!(status, 200);
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn add(admin: SocketAddr, id: &str, addr: SocketAddr) -> u16 {
+    add_answer(admin, id, addr).0
+}
+
+fn add_answer(admin: SocketAddr, id: &str, addr: SocketAddr) -> (u16, Value) {
+    let body = format!(r#"{{"address": "{addr}", "id": "{id}"}}"#);
+    let (status, body, _) = call(admin, "POST", "/v1/replicas", Some(&body));
+    (status, body)
+}
+
+/// Which replica answers a GET through an instance's proxy.
+fn answered_by(listen: SocketAddr) -> Option<String> {
+    let mut client = RawClient::connect(listen).ok()?;
+    let resp = client.get("/").ok()?;
+    (resp.status == 200).then(|| resp.header("x-replica").unwrap_or("?").to_owned())
+}
+
+struct Fixture {
+    dir: Scratch,
+    etcd: EtcdCluster,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = fresh_dir(&format!("cluster-{name}"));
+    let etcd = EtcdCluster::start(&dir, 3);
+    Fixture { dir, etcd }
+}
+
+#[test]
+fn an_admin_change_on_one_instance_is_routed_by_all() {
+    let f = fixture("routed");
+    let a = FakeReplica::builder().name("a").start().unwrap();
+    let b = FakeReplica::builder().name("b").start().unwrap();
+    let lbs: Vec<Instance> = ["lb-1", "lb-2", "lb-3"]
+        .iter()
+        .map(|n| instance(&f.dir, &f.etcd, "routed", n, &[a.addr()]))
+        .collect();
+    // The first instance created the fleet's record from its config; all
+    // serve the declared replica.
+    for lb in &lbs {
+        assert_eq!(ids(lb.admin), ["declared-0"]);
+        assert_eq!(answered_by(lb.listen).as_deref(), Some("a"));
+    }
+    // A replica added through lb-2, drained through lb-3: every instance
+    // routes by it within a second or so.
+    assert_eq!(add(lbs[1].admin, "b", b.addr()), 201);
+    let (status, _, _) = call(lbs[2].admin, "DELETE", "/v1/replicas/declared-0", None);
+    assert_eq!(status, 202);
+    for lb in &lbs {
+        assert!(
+            eventually(Duration::from_secs(3), || ids(lb.admin) == ["b"]),
+            "{:?}",
+            ids(lb.admin)
+        );
+        for _ in 0..5 {
+            assert_eq!(answered_by(lb.listen).as_deref(), Some("b"));
+        }
+    }
+    // Every instance reports; each lists the three.
+    assert!(eventually(Duration::from_secs(5), || {
+        let (status, view, _) = call(lbs[0].admin, "GET", "/v1/cluster", None);
+        status == 200
+            && view["stale"] == false
+            && view["instances"].as_array().is_some_and(|i| i.len() == 3)
+    }));
+    let (_, view, _) = call(lbs[0].admin, "GET", "/v1/cluster", None);
+    assert_eq!(view["name"], "routed");
+    assert_eq!(view["instance"], "lb-1");
+    let names: Vec<&str> = view["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["lb-1", "lb-2", "lb-3"]);
+    // A restarted instance serves the fleet's state, not its file's list.
+    drop(lbs);
+    let again = instance(&f.dir, &f.etcd, "routed", "lb-4", &[a.addr()]);
+    assert_eq!(ids(again.admin), ["b"]);
+}
+
+#[test]
+fn concurrent_writes_on_two_instances_lose_nothing() {
+    let f = fixture("writes");
+    let one = instance(&f.dir, &f.etcd, "writes", "lb-1", &[]);
+    let two = instance(&f.dir, &f.etcd, "writes", "lb-2", &[]);
+    let admins = [one.admin, two.admin];
+    // Forty different replicas added at once, half through each instance.
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let admin = admins[i % 2];
+            std::thread::spawn(move || {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16));
+                add_answer(admin, &format!("r{i:02}"), addr)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (status, body) = t.join().unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut expected: Vec<String> = (0..40).map(|i| format!("r{i:02}")).collect();
+    expected.sort();
+    for admin in admins {
+        assert!(
+            eventually(Duration::from_secs(3), || ids(admin) == expected),
+            "{:?}",
+            ids(admin)
+        );
+    }
+    // The same id through both at once: one wins, the other gets 409.
+    let racers: Vec<_> = admins
+        .iter()
+        .enumerate()
+        .map(|(i, &admin)| {
+            std::thread::spawn(move || {
+                add(
+                    admin,
+                    "same",
+                    SocketAddr::from(([127, 0, 0, 1], 21_000 + i as u16)),
+                )
+            })
+        })
+        .collect();
+    let mut statuses: Vec<u16> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
+}
+
+/// Opens a token stream through `listen` and reads its first token.
+fn open_stream(listen: SocketAddr) -> RawClient {
+    let mut client = RawClient::connect(listen).unwrap();
+    client.set_read_timeout(Duration::from_secs(20)).unwrap();
+    client
+        .send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    client.read_until(b"tok0").unwrap();
+    client
+}
+
+#[test]
+fn a_drain_waits_for_streams_on_every_instance() {
+    let f = fixture("drain");
+    let slow = FakeReplica::builder()
+        .name("slow")
+        .tokens(30, Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let one = instance(&f.dir, &f.etcd, "drain", "lb-1", &[slow.addr()]);
+    let two = instance(&f.dir, &f.etcd, "drain", "lb-2", &[slow.addr()]);
+    // The first stream half done when the second starts: the second ends
+    // some 1.5 s after the first.
+    let mut first = open_stream(one.listen);
+    first.read_until(b"tok15").unwrap();
+    let mut second = open_stream(two.listen);
+    let (status, view, _) = call(one.admin, "DELETE", "/v1/replicas/declared-0", None);
+    assert_eq!(status, 202);
+    assert_eq!(view["state"], "draining");
+    // Both instances stop sending it new requests...
+    assert!(eventually(Duration::from_secs(3), || {
+        call(two.admin, "GET", "/v1/replicas/declared-0", None).1["state"] == "draining"
+    }));
+    let refused = RawClient::connect(two.listen).and_then(|mut c| c.get("/"));
+    assert!(
+        refused.as_ref().is_ok_and(|r| r.status == 503),
+        "{refused:?}"
+    );
+    // ...and keep it while either has a stream in flight to it.
+    first.read_until(b"[DONE]").unwrap();
+    assert!(!eventually(Duration::from_millis(800), || ids(one.admin).is_empty()));
+    assert_eq!(ids(two.admin), ["declared-0"]);
+    second.read_until(b"[DONE]").unwrap();
+    for admin in [one.admin, two.admin] {
+        assert!(
+            eventually(Duration::from_secs(6), || ids(admin).is_empty()),
+            "{:?}",
+            ids(admin)
+        );
+    }
+}
+
+/// Requests through every instance until stopped: (sent, failed).
+fn load(listens: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (sent, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut clients: Vec<RawClient> = listens
+            .iter()
+            .map(|&l| RawClient::connect(l).unwrap())
+            .collect();
+        // Bounded: at most 200 000 requests.
+        for n in 0..200_000u64 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let i = (n as usize) % clients.len();
+            sent.fetch_add(1, Ordering::Relaxed);
+            let ok = clients[i].get("/").is_ok_and(|r| r.status == 200);
+            if !ok {
+                failed.fetch_add(1, Ordering::Relaxed);
+                clients[i] = RawClient::connect(listens[i]).unwrap();
+            }
+        }
+        (sent.into_inner(), failed.into_inner())
+    })
+}
+
+#[test]
+fn etcd_lost_fails_no_request_and_writes_answer_503() {
+    let mut f = fixture("static");
+    let a = FakeReplica::builder().name("a").start().unwrap();
+    let b = FakeReplica::builder().name("b").start().unwrap();
+    let c = FakeReplica::builder().name("c").start().unwrap();
+    let one = instance(&f.dir, &f.etcd, "static", "lb-1", &[a.addr()]);
+    let two = instance(&f.dir, &f.etcd, "static", "lb-2", &[a.addr()]);
+    assert_eq!(add(one.admin, "b", b.addr()), 201);
+    assert!(eventually(Duration::from_secs(3), || ids(two.admin).len() == 2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = load(vec![one.listen, two.listen], Arc::clone(&stop));
+
+    // One member killed: nothing is noticed; writes still work.
+    f.etcd.kill(0);
+    assert_eq!(add(two.admin, "c", c.addr()), 201);
+    assert!(eventually(Duration::from_secs(3), || ids(one.admin).len() == 3));
+    let (_, view, _) = call(one.admin, "GET", "/v1/cluster", None);
+    assert_eq!(view["stale"], false, "{view}");
+
+    // The whole cluster stopped: both instances serve their last state.
+    f.etcd.stop_all();
+    for admin in [one.admin, two.admin] {
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                call(admin, "GET", "/v1/cluster", None).1["stale"] == true
+            }),
+            "never marked stale"
+        );
+        let (status, body, _) = call(admin, "DELETE", "/v1/replicas/c", None);
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "unavailable");
+        assert!(body["message"].as_str().unwrap().contains("etcd"), "{body}");
+        let (status, list, headers) = call(admin, "GET", "/v1/replicas", None);
+        assert_eq!(status, 200);
+        assert_eq!(list.as_array().unwrap().len(), 3);
+        assert!(
+            headers.to_ascii_lowercase().contains("warning: 110"),
+            "{headers}"
+        );
+        assert!(
+            headers
+                .to_ascii_lowercase()
+                .contains("x-inferlb-stale: true"),
+            "{headers}"
+        );
+    }
+    // Traffic goes on through etcd's absence (the load runs meanwhile).
+    let before = a.counters().requests() + b.counters().requests() + c.counters().requests();
+    assert!(eventually(Duration::from_secs(5), || {
+        a.counters().requests() + b.counters().requests() + c.counters().requests() > before + 100
+    }));
+
+    // Back: writes work again, and each instance resyncs.
+    f.etcd.restart_stopped();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            call(one.admin, "GET", "/v1/cluster", None).1["stale"] == false
+        }),
+        "never reconnected"
+    );
+    assert!(eventually(Duration::from_secs(10), || {
+        call(
+            one.admin,
+            "DELETE",
+            "/v1/replicas/c?drain_timeout_s=0",
+            None,
+        )
+        .0 == 202
+    }));
+    assert!(
+        eventually(Duration::from_secs(10), || ids(two.admin).len() == 2),
+        "{:?}",
+        ids(two.admin)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed) = traffic.join().unwrap();
+    assert!(sent > 500, "{sent}");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+}
