@@ -161,7 +161,111 @@ enum AutoscaleCommand {
         /// Time between reconciliations, e.g. 60s or 5m.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// Run on one host of several at a time: an inferlb config file
+        /// whose `[cluster]` names the etcd cluster, or etcd's client URLs
+        /// (comma-separated). Every host runs the same command; one leads
+        /// (etcd's election on a lease), the others stand by and take over
+        /// within the lease TTL when it is lost.
+        #[arg(long, value_name = "CONFIG|URLS")]
+        cluster: Option<String>,
+        /// With URLs in --cluster: the fleet's name [default: default].
+        #[arg(long, requires = "cluster")]
+        cluster_name: Option<String>,
+        /// With --cluster: this host's name in the election [default: the
+        /// host name, or the config's `[cluster] instance`].
+        #[arg(long, requires = "cluster")]
+        instance: Option<String>,
+        /// With URLs in --cluster: the lease TTL, e.g. 10s [default: 10s].
+        #[arg(long, requires = "cluster", value_parser = humantime::parse_duration)]
+        lease_ttl: Option<Duration>,
     },
+}
+
+/// `--cluster`: an inferlb config's `[cluster]`, or etcd URLs with the
+/// other flags.
+fn fleet_of(
+    cluster: &str,
+    name: Option<String>,
+    instance: Option<String>,
+    lease_ttl: Option<Duration>,
+) -> Result<inferlb_core::config::Cluster> {
+    use inferlb_core::config::{host_name, valid_key_segment, Cluster, DEFAULT_LEASE_TTL};
+    let urls = cluster.starts_with("http://") || cluster.starts_with("https://");
+    let mut fleet = if urls {
+        anyhow::ensure!(
+            name.as_deref().is_none_or(valid_key_segment),
+            "--cluster-name: use letters, digits, '.', '_' or '-'"
+        );
+        let ttl = lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
+        anyhow::ensure!(
+            (2..=600).contains(&ttl.as_secs()),
+            "--lease-ttl must be between 2s and 10m"
+        );
+        Cluster {
+            etcd: cluster.split(',').map(str::to_owned).collect(),
+            name: name.unwrap_or_else(|| "default".to_owned()),
+            instance: host_name(),
+            lease_ttl: ttl,
+            tls: None,
+        }
+    } else {
+        anyhow::ensure!(
+            name.is_none() && lease_ttl.is_none(),
+            "--cluster-name and --lease-ttl go with etcd URLs; the config file's [cluster] sets them"
+        );
+        let config = inferlb_core::Config::check(std::path::Path::new(cluster))
+            .with_context(|| format!("invalid config file {cluster}"))?;
+        config
+            .cluster
+            .with_context(|| format!("{cluster} has no [cluster] section"))?
+    };
+    if let Some(instance) = instance {
+        anyhow::ensure!(
+            valid_key_segment(&instance),
+            "--instance: use letters, digits, '.', '_' or '-'"
+        );
+        fleet.instance = instance;
+    }
+    Ok(fleet)
+}
+
+/// `run --cluster`: reconciles only while this host leads; campaigns again
+/// when leadership is lost, until `stop`.
+async fn run_leading(
+    agent: &Agent,
+    fleet: &inferlb_core::config::Cluster,
+    interval: Duration,
+    hold: Option<PathBuf>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let leadership = tokio::select! {
+            _ = &mut stop => return,
+            led = inferlb_control::cluster::lead(fleet, "autoscale-agent") => led,
+        };
+        let leadership = match leadership {
+            Ok(leadership) => leadership,
+            Err(error) => {
+                tracing::warn!(%error, "cannot campaign for the autoscaling agent; trying again");
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut lost = leadership.lost.clone();
+        tokio::select! {
+            _ = &mut stop => {
+                leadership.resign().await;
+                return;
+            }
+            _ = lost.changed() => {
+                tracing::warn!("leadership lost: this host stops reconciling and campaigns again");
+            }
+            _ = agent.run(interval, hold.clone(), std::future::pending::<()>()) => {}
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)]
@@ -263,8 +367,17 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                 print_status(&status);
                 Ok(ExitCode::SUCCESS)
             }
-            AutoscaleCommand::Run { interval } => {
+            AutoscaleCommand::Run {
+                interval,
+                cluster,
+                cluster_name,
+                instance,
+                lease_ttl,
+            } => {
                 tracing::info!(?interval, "reconciling on an interval");
+                let fleet = cluster
+                    .map(|c| fleet_of(&c, cluster_name, instance, lease_ttl))
+                    .transpose()?;
                 let stop = async {
                     use tokio::signal::unix::{signal, SignalKind};
                     let (Ok(mut term), Ok(mut int)) = (
@@ -281,7 +394,11 @@ pub(crate) fn run(args: AutoscaleArgs) -> Result<ExitCode> {
                 if let Some(until) = inferlb_autoscaler::read_hold(&hold_path(&args.file)) {
                     tracing::warn!(until = %humantime::format_rfc3339_seconds(until), "a hold is in force; nothing is applied until it ends");
                 }
-                agent.run(interval, Some(hold_path(&args.file)), stop).await;
+                let hold = Some(hold_path(&args.file));
+                match fleet {
+                    None => agent.run(interval, hold, stop).await,
+                    Some(fleet) => run_leading(&agent, &fleet, interval, hold, stop).await,
+                }
                 Ok(ExitCode::SUCCESS)
             }
         }

@@ -37,6 +37,19 @@ fn instance(
     name: &str,
     replicas: &[SocketAddr],
 ) -> Instance {
+    instance_with(dir, etcd, fleet, name, replicas, "", &[])
+}
+
+/// Like [`instance`], with more config and environment.
+fn instance_with(
+    dir: &Path,
+    etcd: &EtcdCluster,
+    fleet: &str,
+    name: &str,
+    replicas: &[SocketAddr],
+    more: &str,
+    env: &[(&str, &str)],
+) -> Instance {
     let (listen, admin) = (free_addr(), free_addr());
     let config = dir.join(format!("{name}.toml"));
     let mut text = format!(
@@ -49,12 +62,14 @@ fn instance(
             "[[replicas]]\naddress = \"{r}\"\nid = \"declared-{i}\"\n"
         ));
     }
+    text.push_str(more);
     std::fs::write(&config, text).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_inferlb"))
         .env_remove("INFERLB_CONFIG")
         .env_remove("INFERLB_ADMIN_TOKEN")
         .env_remove("STATE_DIRECTORY")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .arg("serve")
         .arg("--config")
         .arg(&config)
@@ -395,4 +410,195 @@ fn etcd_lost_fails_no_request_and_writes_answer_503() {
     let (sent, failed) = traffic.join().unwrap();
     assert!(sent > 500, "{sent}");
     assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+}
+
+/// moto is shared: the agent's test resets it, which must not wipe what the
+/// publisher's test reads. They take turns.
+static MOTO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn moto_url() -> String {
+    std::env::var("INFERLB_MOTO_URL").unwrap_or_else(|_| {
+        panic!("INFERLB_MOTO_URL is not set: run these tests with `cargo xtask test`, which starts moto_server")
+    })
+}
+
+/// `autoscale run --cluster` on host `name`, its log in `dir/name.log`.
+fn agent(dir: &Path, etcd: &EtcdCluster, name: &str) -> Instance {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/autoscaling.example.toml"
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_inferlb"))
+        .args(["autoscale", "run", "--interval", "1s", "--file", example])
+        .args(["--endpoint-url", &moto_url(), "--region", "us-east-1"])
+        .args(["--cluster", &etcd.endpoints().join(",")])
+        .args([
+            "--cluster-name",
+            "agents",
+            "--instance",
+            name,
+            "--lease-ttl",
+            "3s",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env("RUST_LOG", "info,inferlb_autoscaler=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    Instance {
+        child,
+        listen: free_addr(),
+        admin: free_addr(),
+    }
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn one_autoscaling_agent_leads_and_a_standby_takes_over_after_kill_9() {
+    let _turn = MOTO.lock().unwrap_or_else(|e| e.into_inner());
+    let url = moto_url();
+    let addr = url.trim_start_matches("http://");
+    let reset = RawClient::connect(addr.parse().unwrap())
+        .and_then(|mut c| {
+            c.send(format!("POST /moto-api/reset HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())?;
+            c.read_response()
+        })
+        .unwrap();
+    assert_eq!(reset.status, 200);
+    let f = fixture("agents");
+    let mut agents = vec![
+        agent(&f.dir, &f.etcd, "host-a"),
+        agent(&f.dir, &f.etcd, "host-b"),
+    ];
+    let names = ["host-a", "host-b"];
+    let leads = |name: &str| log(&f.dir, name).contains("this instance leads");
+    assert!(
+        eventually(Duration::from_secs(20), || names.iter().any(|n| leads(n))),
+        "nobody leads:\n{}\n{}",
+        log(&f.dir, "host-a"),
+        log(&f.dir, "host-b")
+    );
+    let leader = if leads("host-a") { 0 } else { 1 };
+    let standby = 1 - leader;
+    // The leader applies the file once; the standby makes no call.
+    assert!(
+        eventually(Duration::from_secs(20), || log(&f.dir, names[leader])
+            .contains("AWS matches the file")),
+        "{}",
+        log(&f.dir, names[leader])
+    );
+    assert!(log(&f.dir, names[leader]).contains("drift corrected"));
+    let waiting = log(&f.dir, names[standby]);
+    assert!(!waiting.contains("this instance leads"), "{waiting}");
+    assert!(!waiting.contains("drift corrected"), "{waiting}");
+    assert!(!waiting.contains("AWS matches the file"), "{waiting}");
+
+    // kill -9 of the leader: the standby leads within the lease TTL (3 s)
+    // and finds nothing left to apply.
+    let _ = agents[leader].child.kill();
+    let _ = agents[leader].child.wait();
+    let killed = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || leads(names[standby])),
+        "{}",
+        log(&f.dir, names[standby])
+    );
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(eventually(Duration::from_secs(10), || log(
+        &f.dir,
+        names[standby]
+    )
+    .contains("AWS matches the file")));
+    let after = log(&f.dir, names[standby]);
+    assert!(!after.contains("drift corrected"), "{after}");
+    drop(agents);
+}
+
+/// GetMetricStatistics through moto's query API: the largest `Maximum` of
+/// `metric` for pool `pool` in `namespace` over the last ten minutes.
+fn metric_maximum(url: &str, namespace: &str, metric: &str, pool: &str) -> Option<f64> {
+    let now = std::time::SystemTime::now();
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let body = format!(
+        "Action=GetMetricStatistics&Version=2010-08-01&Namespace={namespace}&MetricName={metric}\
+         &StartTime={}&EndTime={}&Period=60&Statistics.member.1=Maximum\
+         &Dimensions.member.1.Name=Pool&Dimensions.member.1.Value={pool}",
+        at(now - Duration::from_secs(600)),
+        at(now + Duration::from_secs(600)),
+    );
+    let addr = url.trim_start_matches("http://");
+    let mut client = RawClient::connect(addr.parse().ok()?).ok()?;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/monitoring/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(request.as_bytes()).ok()?;
+    let text = String::from_utf8(client.read_response().ok()?.body).ok()?;
+    text.split("<Maximum>")
+        .skip(1)
+        .filter_map(|rest| rest.split('<').next()?.parse::<f64>().ok())
+        .reduce(f64::max)
+}
+
+#[test]
+fn one_instance_publishes_the_fleets_concurrency_to_cloudwatch() {
+    let _turn = MOTO.lock().unwrap_or_else(|e| e.into_inner());
+    let url = moto_url();
+    let f = fixture("publish");
+    let namespace = format!("inferlb-fleet-{}", std::process::id());
+    let slow = FakeReplica::builder()
+        .name("slow")
+        .tokens(200, Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let more = format!("[autoscaling.publish]\nnamespace = \"{namespace}\"\ninterval_s = 10\n");
+    let env = [
+        ("AWS_ENDPOINT_URL", url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let one = instance_with(
+        &f.dir,
+        &f.etcd,
+        "publish",
+        "lb-1",
+        &[slow.addr()],
+        &more,
+        &env,
+    );
+    let two = instance_with(
+        &f.dir,
+        &f.etcd,
+        "publish",
+        "lb-2",
+        &[slow.addr()],
+        &more,
+        &env,
+    );
+    // One stream through each instance, to the same replica: each instance
+    // sees one in flight, the fleet two.
+    let _first = open_stream(one.listen);
+    let _second = open_stream(two.listen);
+    let publishes = |name: &str| log(&f.dir, name).contains("publishes the fleet's figures");
+    assert!(eventually(Duration::from_secs(10), || publishes("lb-1")
+        || publishes("lb-2")));
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            metric_maximum(&url, &namespace, "MaxInFlightPerReplica", "default") == Some(2.0)
+        }),
+        "{:?}",
+        metric_maximum(&url, &namespace, "MaxInFlightPerReplica", "default")
+    );
+    assert!(publishes("lb-1") != publishes("lb-2"), "both publish");
 }
