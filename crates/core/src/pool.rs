@@ -143,6 +143,23 @@ pub struct PrefixSettings {
     /// of its text is in (and its model, when no header names it), and the
     /// rest streams unread. Default 32 KiB (about 8 000 tokens).
     pub max_text_bytes: usize,
+    /// Where a prefix no replica holds yet goes, among the replicas about
+    /// as loaded as the least loaded one.
+    pub new_prefix: NewPrefix,
+}
+
+/// Where `prefix` routing sends a text no replica holds yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NewPrefix {
+    /// The replica that got the fewest new prefixes from this instance:
+    /// the best spread for one balancer (default without `[cluster]`).
+    #[default]
+    Fewest,
+    /// Rendezvous hashing of the text's first block over the replicas'
+    /// ids: every instance of a fleet places the same prefix on the same
+    /// replica without talking (default with `[cluster]`).
+    Hash,
 }
 
 impl Default for PrefixSettings {
@@ -153,6 +170,7 @@ impl Default for PrefixSettings {
             balance_rel_threshold: 1.5,
             max_tree_bytes: 8 * 1024 * 1024,
             max_text_bytes: 32 * 1024,
+            new_prefix: NewPrefix::Fewest,
         }
     }
 }

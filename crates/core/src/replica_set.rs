@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::affinity::Ring;
 use crate::balance::{Balancer, Cursor, Routing, Tried, View};
-use crate::pool::{PoolName, PoolSpec};
+use crate::pool::{NewPrefix, PoolName, PoolSpec};
 use crate::prefix::{PrefixTable, Slot};
 use crate::replica::Replica;
 use crate::replica::{Health, ReplicaState};
@@ -560,15 +560,37 @@ fn pick_by_prefix(
             let i = i as usize;
             v.usable(i) && !v.penalized(i) && v.load(i) <= near
         });
-        table
-            .place_new(candidates.map(|&(_, slot)| slot))
-            .and_then(|slot| view.slots.iter().find(|&&(_, s)| s == slot))
-            .map_or(least, |&(i, _)| i as usize)
+        match (settings.new_prefix, key.chain.first()) {
+            // Highest random weight of (first block, replica id): the same
+            // on every instance, and a replica that leaves moves only its
+            // own prefixes.
+            (NewPrefix::Hash, Some(&head)) => candidates
+                .map(|&(i, _)| i as usize)
+                .max_by_key(|&i| rendezvous(head, v.replicas[i].id.as_str()))
+                .unwrap_or(least),
+            _ => table
+                .place_new(candidates.map(|&(_, slot)| slot))
+                .and_then(|slot| view.slots.iter().find(|&&(_, s)| s == slot))
+                .map_or(least, |&(i, _)| i as usize),
+        }
     });
     if let Some(&(_, slot)) = view.slots.iter().find(|&&(i, _)| i as usize == chosen) {
         table.record(key.chain, slot, PrefixTable::stamp_at(v.now_ms));
     }
     Some(chosen)
+}
+
+/// The rendezvous weight of a text's first block on a replica: FNV-1a of
+/// the id, mixed with the block hash (splitmix64's finalizer).
+fn rendezvous(head: u64, id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut z = h ^ head;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl fmt::Debug for ReplicaSet {

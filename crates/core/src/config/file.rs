@@ -231,6 +231,9 @@ pub struct FilePrefix {
     pub balance_rel_threshold: Option<f64>,
     pub max_tree_bytes: Option<usize>,
     pub max_text_bytes: Option<usize>,
+    /// `fewest` or `hash`: see [`crate::pool::NewPrefix`]. Default `fewest`,
+    /// `hash` with `[cluster]`.
+    pub new_prefix: Option<crate::pool::NewPrefix>,
 }
 
 impl FilePrefix {
@@ -246,6 +249,7 @@ impl FilePrefix {
                 .unwrap_or(base.balance_rel_threshold),
             max_tree_bytes: self.max_tree_bytes.unwrap_or(base.max_tree_bytes),
             max_text_bytes: self.max_text_bytes.unwrap_or(base.max_text_bytes),
+            new_prefix: self.new_prefix.unwrap_or(base.new_prefix),
         }
     }
 }

@@ -139,10 +139,19 @@ pub(super) fn resolve(replicas: &mut [(String, ReplicaSpec)]) -> Result<(), Conf
 
 /// The declared pools, each problem recorded under its field.
 pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
-    let mut base_prefix = file.prefix.over(PrefixSettings::default());
+    // A fleet's instances place new prefixes alike without talking.
+    let defaults = PrefixSettings {
+        new_prefix: if file.cluster.is_some() {
+            crate::pool::NewPrefix::Hash
+        } else {
+            crate::pool::NewPrefix::Fewest
+        },
+        ..PrefixSettings::default()
+    };
+    let mut base_prefix = file.prefix.over(defaults);
     if let Err((field, reason)) = base_prefix.check("prefix") {
         p.add(field, reason);
-        base_prefix = PrefixSettings::default();
+        base_prefix = defaults;
     }
     let mut base_load = file.least_load.over(LoadWeights::default());
     if let Err((field, reason)) = check_weights("least_load", &base_load) {

@@ -648,3 +648,42 @@ stream_window_bytes = 100
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+#[test]
+fn cluster_is_read_with_defaults_and_every_problem_named() {
+    let config = Config::from_toml(
+        "[cluster]\netcd = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\nname = \"prod\"\ninstance = \"lb-1\"\n",
+    )
+    .unwrap();
+    let cluster = config.cluster.unwrap();
+    assert_eq!(cluster.prefix(), "/inferlb/prod/");
+    assert_eq!(cluster.instance, "lb-1");
+    assert_eq!(cluster.lease_ttl, DEFAULT_LEASE_TTL);
+    assert!(cluster.tls.is_none());
+    // The instance defaults to the host name.
+    let config = Config::from_toml("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n").unwrap();
+    assert_eq!(config.cluster.unwrap().instance, host_name());
+
+    let err = Config::from_toml(
+        "[admin]\nstate_file = \"/var/lib/inferlb/state.json\"\n\
+         [cluster]\netcd = [\"10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\nname = \"a/b\"\n\
+         instance = \"\"\nlease_ttl_s = 1\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        fields(&err),
+        [
+            "cluster.etcd[0]",
+            "cluster.etcd[1]",
+            "cluster.name",
+            "cluster.instance",
+            "cluster.lease_ttl_s",
+            "admin.state_file"
+        ],
+        "{err}"
+    );
+    let err =
+        Config::from_toml("[cluster]\netcd = []\ntls = { ca = \"/ca.pem\", cert = \"/c.pem\" }\n")
+            .unwrap_err();
+    assert_eq!(fields(&err), ["cluster.etcd", "cluster.tls"], "{err}");
+}

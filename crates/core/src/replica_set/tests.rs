@@ -337,3 +337,36 @@ fn new_prefixes_on_an_idle_fleet_take_turns() {
         "four new prompts on four idle replicas: {owners:?}"
     );
 }
+
+#[test]
+fn hashed_new_prefixes_land_alike_on_two_instances() {
+    let mut spec = named("m", &[], Some(Routing::Prefix));
+    spec.prefix.new_prefix = NewPrefix::Hash;
+    // Two instances: separate tables and cursors, replicas listed in
+    // different orders.
+    let one = pool_of(spec.clone(), &["a", "b", "c", "d"]);
+    let two = pool_of(spec, &["d", "c", "b", "a"]);
+    let (mut c1, mut c2) = (Cursor::default(), Cursor::default());
+    let mut chain = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    for p in 0..40 {
+        // The second instance's cursor is elsewhere in its rotation.
+        let _ = two.pick_in(0, &mut c2, &Tried::default(), 0, None);
+        let text = format!("conversation {p}: ").repeat(50);
+        crate::prefix::chain(text.as_bytes(), &mut chain);
+        let key = PrefixKey {
+            chain: &chain,
+            len: text.len(),
+        };
+        let i = one
+            .pick_in(0, &mut c1, &Tried::default(), 0, Some(key))
+            .unwrap();
+        let j = two
+            .pick_in(0, &mut c2, &Tried::default(), 0, Some(key))
+            .unwrap();
+        assert_eq!(one.replicas()[i].id, two.replicas()[j].id, "prompt {p}");
+        used.insert(one.replicas()[i].id.to_string());
+    }
+    // And the prefixes spread over the replicas.
+    assert_eq!(used.len(), 4, "{used:?}");
+}
