@@ -568,7 +568,9 @@ pub(crate) async fn replace_replicas(
     let (mut added, mut drained, mut updated) = (Vec::new(), Vec::new(), Vec::new());
     for command in &commands {
         match command {
-            Command::Add(spec) | Command::Admit(spec) => added.push(spec.id.to_string()),
+            Command::Add(spec) | Command::Admit(spec) | Command::AdmitPeer(spec) => {
+                added.push(spec.id.to_string())
+            }
             Command::Drain { id, .. } => drained.push(id.to_string()),
             Command::SetWeight { id, .. } | Command::SetState { id, .. } => {
                 if !updated.contains(&id.to_string()) {

@@ -602,3 +602,92 @@ fn one_instance_publishes_the_fleets_concurrency_to_cloudwatch() {
     );
     assert!(publishes("lb-1") != publishes("lb-2"), "both publish");
 }
+
+/// `[pools.autoscaling]` for pool `llama`: one local replica (a
+/// fake-replica child process) on a port of `lo..=hi`.
+fn local_pool(name: &str, lo: u16, hi: u16) -> String {
+    format!(
+        "[[pools]]\nname = \"llama\"\n[pools.autoscaling]\nmin = 1\nmax = 1\nprovider = \"exec\"\n\
+         command = [\"{}\", \"fake-replica\", \"--listen\", \"{{host}}:{{port}}\", \"--model\", \"llama\", \"--name\", \"{name}-{{index}}\"]\n\
+         ports = \"{lo}-{hi}\"\nstart_timeout_s = 30\n",
+        env!("CARGO_BIN_EXE_inferlb")
+    )
+}
+
+fn pool_ids(admin: SocketAddr) -> Vec<String> {
+    let (_, list, _) = call(admin, "GET", "/v1/replicas", None);
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["pool"] == "llama")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn local_replicas_are_routed_by_every_instance_and_leave_with_theirs() {
+    let f = fixture("local");
+    let base = 31_000 + (std::process::id() % 1000) as u16 * 20;
+    let one = instance_with(
+        &f.dir,
+        &f.etcd,
+        "local",
+        "lb-1",
+        &[],
+        &local_pool("lb-1", base, base + 4),
+        &[],
+    );
+    let mut two = instance_with(
+        &f.dir,
+        &f.etcd,
+        "local",
+        "lb-2",
+        &[],
+        &local_pool("lb-2", base + 10, base + 14),
+        &[],
+    );
+    // Each instance routes to its own replica and to the other's.
+    for (admin, own, peer) in [(one.admin, "lb-1", "lb-2"), (two.admin, "lb-2", "lb-1")] {
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                let ids = pool_ids(admin);
+                ids.len() == 2
+                    && ids
+                        .iter()
+                        .any(|i| !i.contains('.') || i.starts_with(&format!("{own}-")))
+                    && ids.iter().any(|i| i.starts_with(&format!("{peer}.")))
+            }),
+            "{own}: {:?}",
+            pool_ids(admin)
+        );
+    }
+    // Requests through one instance reach both hosts' replicas.
+    let mut names = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let mut client = RawClient::connect(one.listen).unwrap();
+        let body = r#"{"model": "llama", "prompt": "hi", "max_tokens": 2}"#;
+        let request = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        client.send(request.as_bytes()).unwrap();
+        let resp = client.read_response().unwrap();
+        assert_eq!(resp.status, 200);
+        if let Some(name) = resp.header("x-replica") {
+            names.insert(name.to_owned());
+        }
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    // kill -9 of lb-2: its replica stops with it, and leaves lb-1's list
+    // with lb-2's lease.
+    let _ = two.child.kill();
+    let _ = two.child.wait();
+    assert!(
+        eventually(Duration::from_secs(10), || pool_ids(one.admin).len() == 1),
+        "{:?}",
+        pool_ids(one.admin)
+    );
+}

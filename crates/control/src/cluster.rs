@@ -116,6 +116,20 @@ pub struct Report {
     pub pools: BTreeMap<PoolName, PoolReport>,
     /// Its health verdict per replica, where it checks health.
     pub health: BTreeMap<ReplicaId, String>,
+    /// The replicas its local scalers run (`[pools.autoscaling]`), for
+    /// every instance to route to.
+    #[serde(default)]
+    pub local: Vec<LocalReplica>,
+}
+
+/// A replica an instance's local scaler runs, as it reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalReplica {
+    pub id: ReplicaId,
+    pub address: String,
+    pub pool: PoolName,
+    pub weight: u32,
+    pub draining: bool,
 }
 
 /// One pool's figures in a report.
@@ -563,6 +577,18 @@ impl Fleet {
             }
             pools.insert(pool.name().clone(), p);
         }
+        let local = snapshot
+            .replicas()
+            .iter()
+            .filter(|r| r.origin == Origin::Scaler)
+            .map(|r| LocalReplica {
+                id: r.id.clone(),
+                address: r.address.clone(),
+                pool: r.pool.clone(),
+                weight: r.weight,
+                draining: r.state == ReplicaState::Draining,
+            })
+            .collect();
         Report {
             instance: self.config.instance.clone(),
             admin: self.admin.clone(),
@@ -571,6 +597,7 @@ impl Fleet {
             in_flight,
             pools,
             health,
+            local,
         }
     }
 
@@ -589,7 +616,9 @@ impl Fleet {
             let report = self.report(&control.snapshot());
             match self.present(&key, ttl, &mut lease, &report).await {
                 Ok(reports) => {
+                    let peers = self.peers(&reports);
                     *lock(&self.reports) = reports;
+                    control.sync_peers(peers).await;
                 }
                 Err(error) => self.trouble(&error),
             }
@@ -645,6 +674,34 @@ impl Fleet {
             .collect();
         reports.sort_by(|a, b| a.instance.cmp(&b.instance));
         Ok(reports)
+    }
+
+    /// The other instances' local replicas, as this instance routes to
+    /// them: id `<instance>.<id>` (each host numbers its own), and whether
+    /// their instance drains them.
+    fn peers(&self, reports: &[Report]) -> Vec<(ReplicaSpec, bool)> {
+        let mut peers = Vec::new();
+        for report in reports
+            .iter()
+            .filter(|r| r.instance != self.config.instance)
+        {
+            for local in &report.local {
+                let id = ReplicaId::new(&format!("{}.{}", report.instance, local.id));
+                let Ok(id) = id else { continue };
+                let Ok(addr) = resolve_address(&local.address) else {
+                    continue;
+                };
+                let spec = ReplicaSpec {
+                    id,
+                    address: local.address.clone(),
+                    addr,
+                    weight: local.weight,
+                    pool: local.pool.clone(),
+                };
+                peers.push((spec, local.draining));
+            }
+        }
+        peers
     }
 
     /// Watches the record and applies every change another instance makes,

@@ -219,6 +219,60 @@ impl Control {
         Ok((Commit::Done, outcomes))
     }
 
+    /// Makes the other instances' local replicas (`Origin::Peer`) those
+    /// given, with whether each drains: new ones join, drained ones stop
+    /// taking requests, those no longer reported (their instance scaled
+    /// them in, or is gone with its lease) leave. Never written.
+    pub async fn sync_peers(&self, peers: Vec<(ReplicaSpec, bool)>) {
+        let current: Vec<(ReplicaId, String, ReplicaState)> = self
+            .state
+            .lock()
+            .await
+            .replicas()
+            .iter()
+            .filter(|r| r.origin == Origin::Peer)
+            .map(|r| (r.id.clone(), r.address.clone(), r.state))
+            .collect();
+        let mut commands = Vec::new();
+        for (id, address, _) in &current {
+            if !peers
+                .iter()
+                .any(|(p, _)| &p.id == id && &p.address == address)
+            {
+                commands.push(Command::Remove { id: id.clone() });
+            }
+        }
+        for (spec, draining) in peers {
+            let wanted = if draining {
+                ReplicaState::Draining
+            } else {
+                ReplicaState::Active
+            };
+            match current
+                .iter()
+                .find(|(id, address, _)| id == &spec.id && address == &spec.address)
+            {
+                None => {
+                    let id = spec.id.clone();
+                    commands.push(Command::AdmitPeer(spec));
+                    if draining {
+                        commands.push(Command::SetState { id, state: wanted });
+                    }
+                }
+                Some((id, _, state)) if *state != wanted => commands.push(Command::SetState {
+                    id: id.clone(),
+                    state: wanted,
+                }),
+                Some(_) => {}
+            }
+        }
+        for command in commands {
+            if let Err(error) = self.apply_one(command.clone()).await {
+                tracing::warn!(?command, %error, "another instance's local replica cannot be routed here");
+            }
+        }
+    }
+
     /// Applies the fleet's record at `revision` (another instance's change),
     /// unless this instance has applied it already.
     pub async fn adopt(&self, record: crate::cluster::Record, revision: i64) {
@@ -456,7 +510,8 @@ fn reap_into(
     let done: Vec<(ReplicaId, bool, bool)> = state
         .replicas()
         .iter()
-        .filter(|r| r.state == ReplicaState::Draining)
+        // Another instance's replica drains and leaves as it reports.
+        .filter(|r| r.state == ReplicaState::Draining && r.origin != Origin::Peer)
         .filter_map(|replica| {
             let idle = replica.stats.in_flight() == 0 && idle_elsewhere(replica);
             let expired = replica.drain_deadline.is_some_and(|d| d <= now);

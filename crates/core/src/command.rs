@@ -53,6 +53,9 @@ pub enum Command {
     /// joins the pool. Like `Add`, but the replica is the scaler's: never
     /// persisted, and kept by `diff` (a `PUT` or a reload leaves it alone).
     Admit(ReplicaSpec),
+    /// Another instance's local replica (`Origin::Peer`): like `Admit`,
+    /// never persisted, kept by `diff`.
+    AdmitPeer(ReplicaSpec),
     /// Changes a replica's weight.
     SetWeight { id: ReplicaId, weight: u32 },
     /// Drains a replica (no new requests) or takes a draining one back.
@@ -104,11 +107,12 @@ impl Command {
     /// published, never written, so a full disk cannot stop them.
     pub fn is_durable(&self, state: &State) -> bool {
         let scaler_replica =
-            |id: &ReplicaId| state.get(id).is_some_and(|r| r.origin == Origin::Scaler);
+            |id: &ReplicaId| state.get(id).is_some_and(|r| r.origin != Origin::Operator);
         match self {
             Command::SetHealth { .. }
             | Command::SetAddress { .. }
             | Command::Admit(_)
+            | Command::AdmitPeer(_)
             | Command::LearnAdapters { .. } => false,
             Command::SetWeight { id, .. }
             | Command::SetState { id, .. }
@@ -308,6 +312,7 @@ impl State {
         let outcome = match command {
             Command::Add(spec) => self.add(spec, Origin::Operator)?,
             Command::Admit(spec) => self.add(spec, Origin::Scaler)?,
+            Command::AdmitPeer(spec) => self.add(spec, Origin::Peer)?,
             Command::SetWeight { id, weight } => {
                 replace(&mut self.replica_mut(&id)?.weight, weight)
             }

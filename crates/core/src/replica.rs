@@ -590,6 +590,10 @@ pub enum Origin {
     Operator,
     /// Started and admitted by the pool's local scaler.
     Scaler,
+    /// Another instance of the fleet's local scaler's replica, which that
+    /// instance registers in etcd: routed here too, never written, and
+    /// gone with that instance's lease.
+    Peer,
 }
 
 /// Active health-check verdict.
