@@ -316,11 +316,16 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                 }
             }
             cmd.args(["--workers", &s.workers.to_string(), "--routing", &s.routing])
-                .arg("--state-file")
-                .arg(s.dir.join(format!("state-{}.json", addr.port())))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(s.dir.join("inferlb.log"))?);
+                .stderr(std::fs::File::create(
+                    s.dir.join(format!("inferlb-{}.log", addr.port())),
+                )?);
+            // A fleet member's state lives in etcd, not in a state file.
+            if !config.contains("[cluster]") {
+                cmd.arg("--state-file")
+                    .arg(s.dir.join(format!("state-{}.json", addr.port())));
+            }
             for r in replicas {
                 cmd.args(["--replica", &r.to_string()]);
             }

@@ -314,19 +314,21 @@ struct Tally {
     e2e: Mutex<Histogram<u64>>,
     completed: AtomicU64,
     errors: AtomicU64,
-    pool: Mutex<Vec<TcpStream>>,
+    /// Idle connections, one pool per target.
+    pools: Vec<Mutex<Vec<TcpStream>>>,
     requests: Vec<Vec<u8>>,
 }
 
-/// Offers the workload to `target` and measures; the engines' counters
+/// Offers the workload to `targets` (every n-th request to each) and measures; the engines' counters
 /// give the cache hit ratio and the busiest share.
 pub fn run(
     rule: &str,
     peer: &str,
-    target: SocketAddr,
+    targets: &[SocketAddr],
     offer: &Offer<'_>,
     engines: &[EngineHandle],
 ) -> PrefixResult {
+    let targets: Arc<[SocketAddr]> = targets.into();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -339,7 +341,7 @@ pub fn run(
         e2e: histogram(),
         completed: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-        pool: Mutex::default(),
+        pools: targets.iter().map(|_| Mutex::default()).collect(),
         requests: offer
             .bodies
             .iter()
@@ -357,13 +359,19 @@ pub fn run(
     // One request: sent when due, its times recorded.
     let one = {
         let tally = Arc::clone(&tally);
+        let targets = Arc::clone(&targets);
         move |i: usize, due: Instant| {
             let tally = Arc::clone(&tally);
+            let targets = Arc::clone(&targets);
             async move {
                 let request = &tally.requests[i % tally.requests.len()];
                 let left =
                     deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
-                match tokio::time::timeout(left, stream(target, request, &tally.pool, due)).await {
+                // Several targets (a fleet behind DNS): each gets every
+                // n-th request.
+                let t = i % targets.len();
+                let sent = stream(targets[t], request, &tally.pools[t], due);
+                match tokio::time::timeout(left, sent).await {
                     Ok(Some(first)) => {
                         if Instant::now() <= deadline {
                             tally.completed.fetch_add(1, Ordering::Relaxed);

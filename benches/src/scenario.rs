@@ -25,6 +25,19 @@ pub enum Kind {
     Autoscale,
     /// TLS and HTTP/2 from clients (`tls`, `h2`): handshakes, h2load.
     Edge,
+    /// A fleet on etcd: how fast an admin change reaches every instance,
+    /// and prefix routing's cache hits with two instances against one.
+    Cluster,
+}
+
+/// The fleet measurements (cluster).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterScenario {
+    /// Instances in the fleet the convergence is timed on.
+    pub instances: usize,
+    /// Admin changes timed (each is seen by every other instance).
+    pub changes: usize,
 }
 
 /// One load point.
@@ -87,6 +100,8 @@ pub struct Scenario {
     pub prefix: Option<crate::prefix::PrefixScenario>,
     /// The load steps and the autoscaled pool (autoscale).
     pub autoscale: Option<crate::autoscale::AutoscaleWorkload>,
+    /// The fleet (cluster); its prefix workloads are `prefix`'s.
+    pub cluster: Option<ClusterScenario>,
 }
 
 fn default_peers() -> Vec<String> {
@@ -139,6 +154,7 @@ mod tests {
             [
                 "autoscale",
                 "churn",
+                "cluster",
                 "connections",
                 "h2",
                 "prefix",

@@ -95,6 +95,10 @@ pub(crate) fn load_config(args: &ServeArgs) -> Result<Config> {
         config.admin.token_file = Some(file.clone());
     }
     if let Some(file) = &args.state_file {
+        anyhow::ensure!(
+            config.cluster.is_none(),
+            "--state-file cannot be used with [cluster]: the fleet's runtime changes live in etcd"
+        );
         config.admin.state_file = Some(file.clone());
     }
     if let Some(path) = &args.access_log {

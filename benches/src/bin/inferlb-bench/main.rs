@@ -21,6 +21,7 @@ use inferlb_benches::scenario::{Kind, Scenario};
 use inferlb_testkit::{FakeReplica, Latency, ReplicaHandle};
 use serde_json::json;
 
+mod cluster;
 mod edge;
 mod routers;
 mod rows;
@@ -398,6 +399,10 @@ fn main() -> Result<()> {
         }
         if scenario.kind == Kind::Autoscale {
             autoscale(&scenario, &args, &layout, &dir)?;
+            continue;
+        }
+        if scenario.kind == Kind::Cluster {
+            cluster::cluster(&scenario, &args, &layout, &dir)?;
             continue;
         }
         let started = Instant::now();

@@ -228,8 +228,13 @@ fn prefix_round(
         bodies,
         duration,
     };
-    let mut result =
-        inferlb_benches::prefix::run(&run.rule, run.peer.name(), running.addr, &offer, &engines);
+    let mut result = inferlb_benches::prefix::run(
+        &run.rule,
+        run.peer.name(),
+        &[running.addr],
+        &offer,
+        &engines,
+    );
     let cpu = running.cpu_seconds() - cpu_before;
     spinner.finish_and_clear();
     if result.completed > 0 {
@@ -243,7 +248,7 @@ fn prefix_round(
 
 /// Waits until the router lists the engines' models (an inference router
 /// listens before its workers are registered).
-fn ready(addr: SocketAddr) -> Result<()> {
+pub(crate) fn ready(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = std::net::TcpStream::connect(addr).ok().and_then(|mut c| {
@@ -265,7 +270,7 @@ fn ready(addr: SocketAddr) -> Result<()> {
     }
 }
 
-fn prefix_table(rows: &[inferlb_benches::prefix::PrefixResult]) -> String {
+pub(crate) fn prefix_table(rows: &[inferlb_benches::prefix::PrefixResult]) -> String {
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {

@@ -91,7 +91,7 @@ pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) -> String {
                 }
                 notes.join("; ")
             }
-            Kind::Requests | Kind::Prefix | Kind::Autoscale => String::new(),
+            Kind::Requests | Kind::Prefix | Kind::Autoscale | Kind::Cluster => String::new(),
         };
         row.push(extra);
         table.push(row);
