@@ -166,6 +166,16 @@ fn check_reports_every_problem_and_exits_non_zero() {
     ));
     let output = run_to_end(command);
     assert!(output.status.success(), "{}", stderr_of(&output));
+    // So are the three-instance fleet's.
+    for i in 1..=3 {
+        let mut command = inferlb();
+        command.args(["check", "--config"]).arg(format!(
+            "{}/../../deploy/cluster/lb-{i}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ));
+        let output = run_to_end(command);
+        assert!(output.status.success(), "lb-{i}: {}", stderr_of(&output));
+    }
 }
 
 #[test]

@@ -724,8 +724,15 @@ impl Fleet {
     /// One watch: a read of the record first (catching up on what happened
     /// while not watching), then its events until the stream ends.
     async fn watch_once(&self, control: &crate::Control) -> Result<(), FleetError> {
-        if let Some((record, revision)) = self.load().await? {
-            control.adopt(record, revision).await;
+        match self.load().await? {
+            Some((record, revision)) => control.adopt(record, revision).await,
+            // etcd lost its data (a new cluster, a restore): this
+            // instance's state becomes the fleet's record again.
+            None => {
+                tracing::warn!(key = %self.state_key, "the fleet's record is gone from etcd; writing this instance's state back");
+                self.set_revision(0);
+                control.rewrite_fleet_record().await;
+            }
         }
         let start = self.revision() + 1;
         let mut client = self.client.clone();

@@ -273,6 +273,18 @@ impl Control {
         }
     }
 
+    /// Writes the current state as the fleet's record (when etcd lost it);
+    /// a record another instance wrote meanwhile is applied instead.
+    pub async fn rewrite_fleet_record(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        let mut state = self.state.lock().await;
+        match fleet.commit(&state, &self.declared()).await {
+            Ok(Ok(revision)) => fleet.set_revision(revision),
+            Ok(Err((record, revision))) => self.adopt_locked(&mut state, record, revision),
+            Err(error) => tracing::warn!(%error, "cannot write the fleet's record back"),
+        }
+    }
+
     /// Applies the fleet's record at `revision` (another instance's change),
     /// unless this instance has applied it already.
     pub async fn adopt(&self, record: crate::cluster::Record, revision: i64) {

@@ -170,8 +170,15 @@ fn converge(
                 bail!("{id} never reached {waiting:?}");
             }
             waiting.retain(|&admin| {
+                // The admin API serves a loopback Host only (no token).
                 let seen = RawClient::connect(admin)
-                    .and_then(|mut c| c.get(&format!("/v1/replicas/{id}")))
+                    .and_then(|mut c| {
+                        c.send(
+                            format!("GET /v1/replicas/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                                .as_bytes(),
+                        )?;
+                        c.read_response()
+                    })
                     .is_ok_and(|r| r.status == 200);
                 if seen {
                     let _ = histogram.record(committed.elapsed().as_micros().max(1) as u64);
