@@ -526,20 +526,43 @@ fn pick_by_prefix(
         .ceil()
         .max(1.0) as usize;
     // The least loaded usable owner among `owners`, if within the guard.
+    let hashed = settings.new_prefix == NewPrefix::Hash;
+    // The first block past what this instance knows of the text: in a
+    // fleet, what tells one conversation or question from another under a
+    // shared system prompt, and the same block on every instance whatever
+    // each has seen of the text since.
+    let found = table.lookup(key.chain);
+    let known = found.as_ref().map_or(0, |m| m.blocks);
+    let head = key
+        .chain
+        .get(known.min(key.chain.len().saturating_sub(1)))
+        .copied();
+    // The usable owner among `owners` within the guard: the least loaded,
+    // or, hashed, the one rendezvous hashing of `head` ranks first (so
+    // every instance picks the same one of a shared prefix's owners).
     let best = |owners: crate::prefix::Owners| {
-        owners
-            .as_slice()
-            .iter()
-            .filter_map(|&slot| view.slots.iter().find(|&&(_, s)| s == slot))
-            .map(|&(i, _)| i as usize)
-            .filter(|&i| v.usable(i))
-            .map(|i| (v.load(i), i))
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .filter(|&(load, _)| load <= limit)
-            .map(|(_, i)| i)
+        let within = || {
+            owners
+                .as_slice()
+                .iter()
+                .filter_map(|&slot| view.slots.iter().find(|&&(_, s)| s == slot))
+                .map(|&(i, _)| i as usize)
+                .filter(|&i| v.usable(i))
+                .map(|i| (v.load(i), i))
+                .filter(|&(load, _)| load <= limit)
+        };
+        let lightest = within().min_by(|a, b| a.0.total_cmp(&b.0));
+        match (head.filter(|_| hashed), lightest) {
+            // Among the owners within one queued request of the lightest.
+            (Some(head), Some((light, _))) => within()
+                .filter(|&(load, _)| load <= light + NEW_PREFIX_SLACK)
+                .max_by_key(|&(_, i)| rendezvous(head, v.replicas[i].id.as_str()))
+                .map(|(_, i)| i),
+            (_, lightest) => lightest.map(|(_, i)| i),
+        }
     };
     let mut chosen = None;
-    if let Some(m) = table.lookup(key.chain) {
+    if let Some(m) = found {
         if m.blocks >= needed.min(key.chain.len()) {
             let shorter = || {
                 (needed < m.blocks)
@@ -555,16 +578,22 @@ fn pick_by_prefix(
     // prefixes sent one at a time spread over the replicas rather than
     // doubling up wherever the rule's rotation happens to point.
     let chosen = chosen.unwrap_or_else(|| {
-        let near = v.load(least) + NEW_PREFIX_SLACK;
+        // Hashed, a prefix's replica is its home on every instance, kept
+        // like an owner's within the balance guard; otherwise among the
+        // replicas within one queued request of the least loaded.
+        let near = match settings.new_prefix {
+            NewPrefix::Hash => limit,
+            NewPrefix::Fewest => v.load(least) + NEW_PREFIX_SLACK,
+        };
         let candidates = view.slots.iter().filter(|&&(i, _)| {
             let i = i as usize;
             v.usable(i) && !v.penalized(i) && v.load(i) <= near
         });
-        match (settings.new_prefix, key.chain.first()) {
-            // Highest random weight of (first block, replica id): the same
-            // on every instance, and a replica that leaves moves only its
-            // own prefixes.
-            (NewPrefix::Hash, Some(&head)) => candidates
+        match (settings.new_prefix, head) {
+            // Highest random weight of (the first unknown block, replica
+            // id): the same on every instance, and a replica that leaves
+            // moves only its own prefixes.
+            (NewPrefix::Hash, Some(head)) => candidates
                 .map(|&(i, _)| i as usize)
                 .max_by_key(|&i| rendezvous(head, v.replicas[i].id.as_str()))
                 .unwrap_or(least),
