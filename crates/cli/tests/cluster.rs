@@ -691,3 +691,48 @@ fn local_replicas_are_routed_by_every_instance_and_leave_with_theirs() {
         pool_ids(one.admin)
     );
 }
+
+fn sighup(instance: &Instance) {
+    let status = Command::new("kill")
+        .args(["-HUP", &instance.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Which replica answers through `listen`, once it is `want`.
+fn answers(listen: SocketAddr, want: &str) -> bool {
+    answered_by(listen).as_deref() == Some(want)
+}
+
+#[test]
+fn sighup_publishes_the_declared_list_only_when_this_file_changed_it() {
+    let f = fixture("reload");
+    let a = FakeReplica::builder().name("a").start().unwrap();
+    let b = FakeReplica::builder().name("b").start().unwrap();
+    let one = instance(&f.dir, &f.etcd, "reload", "lb-1", &[a.addr()]);
+    let two = instance(&f.dir, &f.etcd, "reload", "lb-2", &[a.addr()]);
+    // lb-1's file now declares b instead of a: SIGHUP publishes it.
+    let path = f.dir.join("lb-1.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(&a.addr().to_string(), &b.addr().to_string()),
+    )
+    .unwrap();
+    sighup(&one);
+    for lb in [&one, &two] {
+        assert!(
+            eventually(Duration::from_secs(5), || answers(lb.listen, "b")),
+            "{:?}",
+            answered_by(lb.listen)
+        );
+    }
+    // lb-2's file did not change since it read it: its SIGHUP leaves the
+    // fleet's list alone (its old file cannot undo lb-1's change).
+    sighup(&two);
+    assert!(!eventually(Duration::from_secs(2), || answers(
+        one.listen, "a"
+    )));
+    assert!(answers(two.listen, "b"));
+}
