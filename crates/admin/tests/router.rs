@@ -654,6 +654,7 @@ async fn openapi_describes_exactly_the_routes() {
         "GET /healthz",
         "GET /metrics",
         "GET /readyz",
+        "GET /v1/cluster",
         "GET /v1/pools",
         "GET /v1/pools/{name}",
         "GET /v1/pools/{name}/autoscaling",

@@ -297,11 +297,12 @@ pub(crate) fn run_control_plane(
                 let _ = admin_stopped.await;
             }, limits))
         });
+        let mut fleet_tasks = Vec::new();
         if let Some(fleet) = &fleet {
             let config = fleet.config();
             tracing::info!(cluster = %config.name, instance = %config.instance, etcd = %config.etcd.join(","), "fleet member: the state lives in etcd");
-            tokio::spawn(Arc::clone(fleet).run_watch(Arc::clone(&control)));
-            tokio::spawn(Arc::clone(fleet).run_presence(Arc::clone(&control)));
+            fleet_tasks.push(tokio::spawn(Arc::clone(fleet).run_watch(Arc::clone(&control))));
+            fleet_tasks.push(tokio::spawn(Arc::clone(fleet).run_presence(Arc::clone(&control))));
         }
         match &plane.store {
             _ if fleet.is_some() => {}
@@ -336,6 +337,12 @@ pub(crate) fn run_control_plane(
         }
         // The autoscaled replicas stop once nothing is sent to them.
         tasks.stop().await;
+        if let Some(fleet) = &fleet {
+            for task in fleet_tasks {
+                task.abort();
+            }
+            fleet.leave().await;
+        }
         let _ = stop_admin.send(());
         if let Some(admin) = admin {
             let _ = admin.await;

@@ -200,6 +200,25 @@ fn an_admin_change_on_one_instance_is_routed_by_all() {
         .map(|i| i["instance"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["lb-1", "lb-2", "lb-3"]);
+    // A graceful stop leaves the fleet at once (its lease revoked), not
+    // when its 3 s lease would expire.
+    let mut lbs = lbs;
+    let status = Command::new("kill")
+        .args(["-TERM", &lbs[2].child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(lbs[2].child.wait().unwrap().success());
+    let listed = |admin| {
+        call(admin, "GET", "/v1/cluster", None).1["instances"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(
+        eventually(Duration::from_millis(1500), || listed(lbs[0].admin) == 2),
+        "{}",
+        listed(lbs[0].admin)
+    );
     // A restarted instance serves the fleet's state, not its file's list.
     drop(lbs);
     let again = instance(&f.dir, &f.etcd, "routed", "lb-4", &[a.addr()]);

@@ -178,6 +178,8 @@ pub struct Fleet {
     file_replicas: Mutex<Vec<ReplicaSpec>>,
     /// The admin address to report.
     admin: Option<String>,
+    /// The lease this instance's report lives under, once granted.
+    lease: Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -255,6 +257,7 @@ impl Fleet {
             drained_at: Mutex::default(),
             file_replicas: Mutex::new(file_replicas),
             admin,
+            lease: Mutex::new(None),
         }))
     }
 
@@ -652,6 +655,7 @@ impl Fleet {
             None => client.lease_grant(ttl, None).await?.id(),
         };
         *lease = Some(id);
+        *lock(&self.lease) = Some(id);
         let text = serde_json::to_vec(report).unwrap_or_default();
         client
             .put(
@@ -702,6 +706,22 @@ impl Fleet {
             }
         }
         peers
+    }
+
+    /// Leaves the fleet at a graceful stop: the lease is revoked, so this
+    /// instance's report (and its local replicas) go at once rather than
+    /// when the lease expires, and no drain waits for it.
+    pub async fn leave(&self) {
+        let lease = *lock(&self.lease);
+        if let Some(id) = lease {
+            let mut client = self.client.clone();
+            match tokio::time::timeout(CALL_TIMEOUT, client.lease_revoke(id)).await {
+                Ok(Ok(_)) => tracing::info!(instance = %self.config.instance, "left the fleet"),
+                _ => tracing::warn!(
+                    "could not leave the fleet; this instance's report expires with its lease"
+                ),
+            }
+        }
     }
 
     /// Watches the record and applies every change another instance makes,
