@@ -755,3 +755,112 @@ fn sighup_publishes_the_declared_list_only_when_this_file_changed_it() {
     )));
     assert!(answers(two.listen, "b"));
 }
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("this test needs the openssl command");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A CA, etcd's certificate for 127.0.0.1 and a client certificate, all
+/// ECDSA P-256, in `dir`.
+fn certificates(dir: &Path) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=test-ca"];
+    ca.extend(key);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let subject = format!("/CN={name}");
+        let (keyfile, csr, pem, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&extfile), ext).unwrap();
+        let mut req = vec!["req", "-subj", &subject];
+        req.extend(key);
+        req.extend(["-keyout", &keyfile, "-out", &csr]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+#[test]
+fn tls_to_etcd_with_a_client_certificate() {
+    let dir = fresh_dir("cluster-tls");
+    certificates(&dir);
+    let etcd = EtcdCluster::start_tls(
+        &dir,
+        3,
+        inferlb_testkit::EtcdTls {
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            client_ca: dir.join("ca.pem"),
+        },
+    );
+    assert!(etcd.endpoints()[0].starts_with("https://"));
+    let a = FakeReplica::builder().name("a").start().unwrap();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let with_cert = format!(
+        "[cluster.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key")
+    );
+    let one = instance_with(&dir, &etcd, "tls", "lb-1", &[a.addr()], &with_cert, &[]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            call(one.admin, "GET", "/v1/cluster", None).1["stale"] == false
+        }),
+        "{}",
+        call(one.admin, "GET", "/v1/cluster", None).1
+    );
+    assert_eq!(add(one.admin, "b", free_addr()), 201);
+    // Without a client certificate etcd refuses the instance: it serves
+    // its config's replicas, marked stale, and writes answer 503.
+    let ca_only = format!("[cluster.tls]\nca = \"{}\"\n", path("ca.pem"));
+    let two = instance_with(&dir, &etcd, "tls", "lb-2", &[a.addr()], &ca_only, &[]);
+    assert_eq!(ids(two.admin), ["declared-0"]);
+    let (_, view, _) = call(two.admin, "GET", "/v1/cluster", None);
+    assert_eq!(view["stale"], true, "{view}");
+    assert_eq!(add(two.admin, "c", free_addr()), 503);
+}

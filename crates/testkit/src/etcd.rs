@@ -15,7 +15,19 @@ struct Member {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// Plain HTTP `/health` (and metrics), whether clients use TLS or not.
+    metrics: SocketAddr,
     child: Option<Child>,
+}
+
+/// TLS on etcd's client URLs: its certificate (with an IP SAN for
+/// 127.0.0.1), key, and the CA its clients' certificates must chain to
+/// (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 /// A running etcd cluster; its members are killed when dropped.
@@ -24,6 +36,7 @@ pub struct EtcdCluster {
     dir: PathBuf,
     token: String,
     members: Vec<Member>,
+    tls: Option<EtcdTls>,
 }
 
 /// The etcd binary: `$INFERLB_ETCD`, else `etcd` on the PATH.
@@ -36,11 +49,22 @@ impl EtcdCluster {
     /// every one answers `/health`. Panics, naming what to install, when
     /// etcd is missing.
     pub fn start(dir: &Path, size: usize) -> Self {
+        Self::start_with(dir, size, None)
+    }
+
+    /// Like [`EtcdCluster::start`], its client URLs `https://` with `tls`
+    /// and client certificates required.
+    pub fn start_tls(dir: &Path, size: usize, tls: EtcdTls) -> Self {
+        Self::start_with(dir, size, Some(tls))
+    }
+
+    fn start_with(dir: &Path, size: usize, tls: Option<EtcdTls>) -> Self {
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client: free_addr(),
                 peer: free_addr(),
+                metrics: free_addr(),
                 child: None,
             })
             .collect();
@@ -48,6 +72,7 @@ impl EtcdCluster {
             dir: dir.to_path_buf(),
             token: format!("inferlb-test-{}-{}", std::process::id(), fastrand::u32(..)),
             members,
+            tls,
         };
         for i in 0..size {
             cluster.start_member(i);
@@ -58,9 +83,10 @@ impl EtcdCluster {
 
     /// The client URLs, for `[cluster] etcd`.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://{}", m.client))
+            .map(|m| format!("{scheme}://{}", m.client))
             .collect()
     }
 
@@ -81,18 +107,32 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://{}", m.name, m.peer))
             .collect();
         let m = &self.members[i];
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let data = self.dir.join(format!("etcd-{}", m.name));
         let log = std::fs::File::create(self.dir.join(format!("etcd-{}.log", m.name)))
             .expect("an etcd log file");
-        let child = Command::new(etcd_binary())
+        let mut command = Command::new(etcd_binary());
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&data)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(format!("{scheme}://{}", m.client))
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", m.metrics))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", m.peer))
             .arg("--initial-advertise-peer-urls")
@@ -121,7 +161,7 @@ impl EtcdCluster {
 
     /// Whether member `i` answers `/health` with a healthy cluster.
     fn healthy(&self, i: usize) -> bool {
-        let Ok(mut client) = RawClient::connect(self.members[i].client) else {
+        let Ok(mut client) = RawClient::connect(self.members[i].metrics) else {
             return false;
         };
         client

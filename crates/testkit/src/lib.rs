@@ -24,7 +24,7 @@ pub use client::{
     eventually, free_addr, fresh_dir, send_raw, send_raw_until_close, wait_for_port, RawClient,
     RawResponse, Scratch,
 };
-pub use etcd::EtcdCluster;
+pub use etcd::{EtcdCluster, EtcdTls};
 pub use fake_engine::{EngineConfig, EngineHandle, EngineStats};
 pub use replica::{
     Counters, Failure, FakeReplica, Framing, Latency, RecordedRequest, ReplicaBuilder,
