@@ -66,6 +66,7 @@ pub(crate) async fn read_body_within(
                         "the request body did not arrive within {} s",
                         timeout.as_secs_f64()
                     ),
+                    current: None,
                 }),
             )
                 .into_response();

@@ -18,6 +18,11 @@ pub struct ErrorBody {
     pub error: &'static str,
     /// What went wrong, for a person.
     pub message: String,
+    /// On a 409 for a taken id or address: the replica that holds it now
+    /// (in a fleet, perhaps added through another instance meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub current: Option<serde_json::Value>,
 }
 
 /// A failed admin call.
@@ -31,6 +36,8 @@ pub enum ApiError {
     NotFound(String),
     /// 409: the id or address is taken.
     Conflict(String),
+    /// 409, with the state met: the replica that holds the id or address.
+    ConflictWith(String, serde_json::Value),
     /// 421: without a token, only a loopback `Host` is served.
     MisdirectedHost,
     /// 413: the body is over 64 KiB.
@@ -55,7 +62,9 @@ impl ApiError {
                 "a valid bearer token is required (Authorization: Bearer <token>)".into(),
             ),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
-            Self::Conflict(m) => (StatusCode::CONFLICT, "conflict", m.clone()),
+            Self::Conflict(m) | Self::ConflictWith(m, _) => {
+                (StatusCode::CONFLICT, "conflict", m.clone())
+            }
             Self::MisdirectedHost => (
                 StatusCode::MISDIRECTED_REQUEST,
                 "misdirected_request",
@@ -90,7 +99,19 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %detail, "admin call failed");
         }
         let (status, error, message) = self.parts();
-        let mut response = (status, Json(ErrorBody { error, message })).into_response();
+        let current = match self {
+            Self::ConflictWith(_, current) => Some(current),
+            _ => None,
+        };
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error,
+                message,
+                current,
+            }),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

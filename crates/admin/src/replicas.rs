@@ -8,10 +8,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use inferlb_control::writer::DEFAULT_DRAIN;
+use inferlb_control::writer::{ControlError, DEFAULT_DRAIN};
 use inferlb_core::config::{replica_spec_in, FileReplica};
 use inferlb_core::replica::check_weight;
-use inferlb_core::{Command, PoolName, PoolSpec, Replica, ReplicaState, Routing, StatusClass};
+use inferlb_core::{
+    Command, PoolName, PoolSpec, Replica, ReplicaState, Routing, StateError, StatusClass,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -342,7 +344,31 @@ pub(crate) async fn add_replica(
 pub(crate) async fn add(app: &AppState, new: &NewReplica) -> Result<Response, ApiError> {
     let spec = spec_of("replica", new).await?;
     let id = spec.id.clone();
-    app.control.apply_one(Command::Add(spec)).await?;
+    match app.control.apply_one(Command::Add(spec)).await {
+        Ok(_) => {}
+        // The replica that holds the id or address: what the caller met.
+        Err(ControlError::State(
+            e @ (StateError::IdExists { .. } | StateError::AddressExists { .. }),
+        )) => {
+            let holder = match &e {
+                StateError::IdExists { id } | StateError::AddressExists { id, .. } => id.clone(),
+                _ => id.clone(),
+            };
+            let holder = &holder;
+            let snapshot = app.control.snapshot();
+            let current = snapshot
+                .replicas()
+                .iter()
+                .find(|r| &r.id == holder)
+                .map(ReplicaView::from)
+                .and_then(|v| serde_json::to_value(v).ok());
+            return Err(match current {
+                Some(current) => ApiError::ConflictWith(e.to_string(), current),
+                None => ApiError::Conflict(e.to_string()),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
     let snapshot = app.control.snapshot();
     let replica = snapshot
         .replicas()

@@ -260,7 +260,7 @@ fn concurrent_writes_on_two_instances_lose_nothing() {
         .enumerate()
         .map(|(i, &admin)| {
             std::thread::spawn(move || {
-                add(
+                add_answer(
                     admin,
                     "same",
                     SocketAddr::from(([127, 0, 0, 1], 21_000 + i as u16)),
@@ -268,9 +268,17 @@ fn concurrent_writes_on_two_instances_lose_nothing() {
             })
         })
         .collect();
-    let mut statuses: Vec<u16> = racers.into_iter().map(|t| t.join().unwrap()).collect();
-    statuses.sort();
-    assert_eq!(statuses, [201, 409]);
+    let mut answers: Vec<(u16, Value)> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+    answers.sort_by_key(|(status, _)| *status);
+    assert_eq!(answers[0].0, 201);
+    assert_eq!(answers[1].0, 409);
+    // The loser is told the state it met: the winner's replica.
+    assert_eq!(answers[1].1["current"]["id"], "same", "{}", answers[1].1);
+    assert_eq!(
+        answers[1].1["current"]["address"], answers[0].1["address"],
+        "{}",
+        answers[1].1
+    );
 }
 
 /// Opens a token stream through `listen` and reads its first token.
