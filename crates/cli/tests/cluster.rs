@@ -29,10 +29,27 @@ impl Drop for Instance {
     }
 }
 
+/// The etcd endpoints an instance is given, as a TOML array.
+trait Endpoints {
+    fn toml(&self) -> String;
+}
+
+impl Endpoints for EtcdCluster {
+    fn toml(&self) -> String {
+        self.toml_endpoints()
+    }
+}
+
+impl Endpoints for str {
+    fn toml(&self) -> String {
+        self.to_owned()
+    }
+}
+
 /// Starts instance `name` of fleet `fleet` with `replicas` declared.
 fn instance(
     dir: &Path,
-    etcd: &EtcdCluster,
+    etcd: &(impl Endpoints + ?Sized),
     fleet: &str,
     name: &str,
     replicas: &[SocketAddr],
@@ -43,7 +60,7 @@ fn instance(
 /// Like [`instance`], with more config and environment.
 fn instance_with(
     dir: &Path,
-    etcd: &EtcdCluster,
+    etcd: &(impl Endpoints + ?Sized),
     fleet: &str,
     name: &str,
     replicas: &[SocketAddr],
@@ -55,7 +72,7 @@ fn instance_with(
     let mut text = format!(
         "listen = \"{listen}\"\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n[health]\nenabled = false\n\
          [cluster]\netcd = {}\nname = \"{fleet}\"\ninstance = \"{name}\"\nlease_ttl_s = 3\n",
-        etcd.toml_endpoints()
+        etcd.toml()
     );
     for (i, r) in replicas.iter().enumerate() {
         text.push_str(&format!(
@@ -871,4 +888,85 @@ fn tls_to_etcd_with_a_client_certificate() {
     let (_, view, _) = call(two.admin, "GET", "/v1/cluster", None);
     assert_eq!(view["stale"], true, "{view}");
     assert_eq!(add(two.admin, "c", free_addr()), 503);
+}
+
+/// A call to etcd's JSON gateway (`/v3/...`) on `endpoint`.
+fn etcd_gateway(endpoint: &str, path: &str, body: &str) -> Value {
+    let addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let mut client = RawClient::connect(addr).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client.send(request.as_bytes()).unwrap();
+    let resp = client.read_response().unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    serde_json::from_slice(&resp.body).unwrap()
+}
+
+#[test]
+fn an_instance_behind_a_compacted_history_reads_the_record_again() {
+    let mut f = fixture("compact");
+    let replicas: Vec<_> = (0..3)
+        .map(|i| {
+            FakeReplica::builder()
+                .name(&format!("r{i}"))
+                .start()
+                .unwrap()
+        })
+        .collect();
+    let endpoints = f.etcd.endpoints();
+    // lb-1 reaches etcd only through member 0; lb-2 through the others.
+    let only_first = format!("[\"{}\"]", endpoints[0]);
+    let others = format!("[\"{}\", \"{}\"]", endpoints[1], endpoints[2]);
+    let one = instance(&f.dir, only_first.as_str(), "compact", "lb-1", &[]);
+    let two = instance(&f.dir, others.as_str(), "compact", "lb-2", &[]);
+    assert_eq!(add(two.admin, "r0", replicas[0].addr()), 201);
+    assert!(eventually(Duration::from_secs(3), || ids(one.admin) == ["r0"]));
+    // Member 0 goes: lb-1 loses etcd; the fleet (a quorum of two) goes on
+    // through lb-2, and etcd compacts its history past lb-1's revision.
+    f.etcd.kill(0);
+    assert!(
+        eventually(Duration::from_secs(15), || add(
+            two.admin,
+            "r1",
+            replicas[1].addr()
+        ) == 201),
+        "lb-2 could not write with two members of three"
+    );
+    assert_eq!(add(two.admin, "r2", replicas[2].addr()), 201);
+    // Another key moves the store past the record's revision, and the
+    // history is compacted to there.
+    etcd_gateway(
+        &endpoints[1],
+        "/v3/kv/put",
+        r#"{"key": "L3VucmVsYXRlZA==", "value": "eA=="}"#,
+    );
+    let now = etcd_gateway(&endpoints[1], "/v3/kv/range", r#"{"key": "AA=="}"#);
+    let revision = now["header"]["revision"].as_str().unwrap().to_owned();
+    etcd_gateway(
+        &endpoints[1],
+        "/v3/kv/compaction",
+        &format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+    );
+    assert_eq!(
+        ids(one.admin),
+        ["r0"],
+        "lb-1 serves its last state meanwhile"
+    );
+    // Member 0 back: lb-1's watch cannot resume from its revision; it
+    // reads the record again and serves the fleet's state.
+    f.etcd.restart_stopped();
+    assert!(
+        eventually(Duration::from_secs(20), || ids(one.admin)
+            == ["r0", "r1", "r2"]),
+        "{:?}",
+        ids(one.admin)
+    );
+    // And it follows the fleet again.
+    let extra = FakeReplica::builder().name("r3").start().unwrap();
+    assert_eq!(add(two.admin, "r3", extra.addr()), 201);
+    assert!(eventually(Duration::from_secs(5), || ids(one.admin).len() == 4));
+    let (_, view, _) = call(one.admin, "GET", "/v1/cluster", None);
+    assert_eq!(view["stale"], false, "{view}");
 }

@@ -336,6 +336,12 @@ impl Fleet {
 
     /// Reads the record: `None` when the fleet has none yet.
     pub async fn load(&self) -> Result<Option<(Record, i64)>, FleetError> {
+        Ok(self.read().await?.0)
+    }
+
+    /// Reads the record, and the store's revision at that read (every
+    /// change up to it is in what was read).
+    async fn read(&self) -> Result<(Option<(Record, i64)>, i64), FleetError> {
         let mut kv = self.client.kv_client();
         let response = kv.get(self.state_key.as_str(), None).await;
         let response = response.map_err(|e| {
@@ -343,8 +349,9 @@ impl Fleet {
             self.trouble(&e);
             e
         })?;
+        let read_at = response.header().map_or(0, |h| h.revision());
         let Some(kv) = response.kvs().first() else {
-            return Ok(None);
+            return Ok((None, read_at));
         };
         let record: Record =
             serde_json::from_slice(kv.value()).map_err(|e| FleetError::Corrupt {
@@ -357,7 +364,7 @@ impl Fleet {
                 reason: format!("format version {} is not {RECORD_VERSION}", record.version),
             });
         }
-        Ok(Some((record, kv.mod_revision())))
+        Ok((Some((record, kv.mod_revision())), read_at))
     }
 
     /// The fleet's record, created from `declared` when there is none yet
@@ -744,7 +751,8 @@ impl Fleet {
     /// One watch: a read of the record first (catching up on what happened
     /// while not watching), then its events until the stream ends.
     async fn watch_once(&self, control: &crate::Control) -> Result<(), FleetError> {
-        match self.load().await? {
+        let (found, read_at) = self.read().await?;
+        match found {
             Some((record, revision)) => control.adopt(record, revision).await,
             // etcd lost its data (a new cluster, a restore): this
             // instance's state becomes the fleet's record again.
@@ -754,7 +762,10 @@ impl Fleet {
                 control.rewrite_fleet_record().await;
             }
         }
-        let start = self.revision() + 1;
+        // From just after the read: the record's own revision may be older
+        // than what etcd has compacted since (other keys move the store's
+        // revision), and a watch from there would be refused again and again.
+        let start = read_at.max(self.revision()) + 1;
         let mut client = self.client.clone();
         let mut stream = client
             .watch(
