@@ -169,7 +169,7 @@ impl Control {
             match self.try_apply(&mut state, commands).await? {
                 (Commit::Done, outcomes) => return Ok(Ok(outcomes)),
                 (Commit::Behind(record, revision), _) => {
-                    self.adopt_locked(&mut state, *record, revision);
+                    self.adopt_locked(&mut state, *record, revision).await;
                     lost_race().await;
                 }
             }
@@ -188,7 +188,7 @@ impl Control {
                 // Another instance changed the fleet's state first: the
                 // commands are checked and applied again on the newer one.
                 (Commit::Behind(record, revision), _) => {
-                    self.adopt_locked(state, *record, revision);
+                    self.adopt_locked(state, *record, revision).await;
                     lost_race().await;
                 }
             }
@@ -280,7 +280,7 @@ impl Control {
         let mut state = self.state.lock().await;
         match fleet.commit(&state, &self.declared()).await {
             Ok(Ok(revision)) => fleet.set_revision(revision),
-            Ok(Err((record, revision))) => self.adopt_locked(&mut state, record, revision),
+            Ok(Err((record, revision))) => self.adopt_locked(&mut state, record, revision).await,
             Err(error) => tracing::warn!(%error, "cannot write the fleet's record back"),
         }
     }
@@ -289,16 +289,24 @@ impl Control {
     /// unless this instance has applied it already.
     pub async fn adopt(&self, record: crate::cluster::Record, revision: i64) {
         let mut state = self.state.lock().await;
-        self.adopt_locked(&mut state, record, revision);
+        self.adopt_locked(&mut state, record, revision).await;
     }
 
-    fn adopt_locked(&self, state: &mut State, record: crate::cluster::Record, revision: i64) {
+    async fn adopt_locked(&self, state: &mut State, record: crate::cluster::Record, revision: i64) {
         let Some(fleet) = &self.fleet else { return };
         if revision <= fleet.revision() {
             return;
         }
         let pools = self.declared().pools;
-        let target = fleet.state_of(&record, state.routing(), state.safeguards(), &pools);
+        // Host names in the record are resolved off the control thread.
+        let (routing, safeguards) = (state.routing(), state.safeguards());
+        let by = record_by(&record);
+        let reader = Arc::clone(fleet);
+        let target = tokio::task::spawn_blocking(move || {
+            reader.state_of(&record, routing, safeguards, &pools)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         let (target, declared) = match target {
             Ok(found) => found,
             Err(reason) => {
@@ -321,12 +329,7 @@ impl Control {
         fleet.set_revision(revision);
         fleet.note_drains(&next, revision);
         if changes > 0 {
-            tracing::info!(
-                revision,
-                changes,
-                by = record_by(&record),
-                "the fleet's state changed"
-            );
+            tracing::info!(revision, changes, by, "the fleet's state changed");
             self.publish(state, next);
         }
     }
@@ -358,7 +361,7 @@ impl Control {
                 if let Commit::Behind(record, revision) =
                     self.commit(&mut state, next, true).await?
                 {
-                    self.adopt_locked(&mut state, *record, revision);
+                    self.adopt_locked(&mut state, *record, revision).await;
                     lost_race().await;
                     continue;
                 }
@@ -455,7 +458,7 @@ impl Control {
                 Commit::Done => reaped.log(),
                 // Another instance changed the state: the next round sees it.
                 Commit::Behind(record, revision) => {
-                    self.adopt_locked(&mut state, *record, revision);
+                    self.adopt_locked(&mut state, *record, revision).await;
                     return Ok(0);
                 }
             }
