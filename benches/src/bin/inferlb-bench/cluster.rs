@@ -100,6 +100,29 @@ pub(crate) fn cluster(
         "results": results,
     });
     report::write_json(&args.out, &s.name, &record)?;
+    // Per workload: cache hits and TTFT, one instance against two.
+    let mut panels = Vec::new();
+    for workload in &p.workloads {
+        let name = &workload.name;
+        let mut hits = report::Panel::new(
+            &format!("{name}: prefix cache hit ratio"),
+            "share of prompt tokens",
+            true,
+        );
+        let mut ttft99 =
+            report::Panel::new(&format!("{name}: time to first token p99"), "ms", false);
+        for r in results.iter().filter(|r| &r.workload == name) {
+            hits.bar(&r.rule, &r.peer, Some(r.cache_hit_ratio));
+            ttft99.bar(&r.rule, &r.peer, Some(r.ttft.p99_ms));
+        }
+        panels.extend([hits, ttft99]);
+    }
+    report::write_figure(
+        &args.out,
+        &s.name,
+        &format!("{}: {}", s.name, s.description),
+        &panels,
+    )?;
     report::write_index(&args.out)?;
     report::announce(&args.out, &s.name);
     Ok(())
