@@ -421,6 +421,7 @@ mod tests {
                     keep_claims: false,
                     model_header: b"x-model",
                     health_path: None,
+                    upgrades: &[],
                 },
                 &mut request_id,
                 &mut client.request,

@@ -221,9 +221,15 @@ async fn route(
     let in_head = |span: request::Span| {
         String::from_utf8_lossy(span.in_head(&client.buf[head.clone()])).into_owned()
     };
-    let header_model = info
-        .model
-        .map(|span| ModelName::new(span.in_head(&client.buf[head.clone()])));
+    let header_model = info.model.map(|span| {
+        let value = span.in_head(&client.buf[head.clone()]);
+        if info.model_in_query {
+            // `?model=` of an upgrade: percent-encoded (a Hugging Face id's `/`).
+            ModelName::new(models::percent_decoded(&String::from_utf8_lossy(value)).as_bytes())
+        } else {
+            ModelName::new(value)
+        }
+    });
     // A form's boundary, for its `model` field (copied: rare, and the
     // buffer moves as the body is read).
     let form = info
@@ -472,6 +478,11 @@ async fn attempt(
             if let Some(log) = client.log.as_deref_mut() {
                 log.status = resp.status;
             }
+            if resp.upgraded {
+                let ended = crate::tunnel::relay(worker, client, conn, &resp, &picked.stats).await;
+                picked.stats.duration().record(started.elapsed());
+                return Attempted::Done(Err(ended));
+            }
             let streamed = stream(worker, client, &mut conn, info, &resp, &picked.stats).await;
             picked.stats.duration().record(started.elapsed());
             return Attempted::Done(finish(
@@ -541,6 +552,7 @@ fn classify(
         keep_claims: config.keep_untrusted_forwarded_headers,
         model_header: config.model.header.as_bytes(),
         health_path: config.health_path.as_deref(),
+        upgrades: &config.upgrades,
     };
     let parsed = request::parse_and_rewrite(
         head,

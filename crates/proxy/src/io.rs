@@ -32,6 +32,9 @@ pub(crate) enum ClientIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStreamPoll>>),
     H2(crate::h2::StreamIo),
+    /// Handed to a tunnel (see [`crate::tunnel`]), which closes it when
+    /// done: reads see the end, writes fail.
+    Detached,
 }
 
 impl ClientIo {
@@ -47,7 +50,7 @@ impl ClientIo {
     /// stream of a TLS connection).
     pub(crate) fn is_https(&self) -> bool {
         match self {
-            Self::Plain(_) => false,
+            Self::Plain(_) | Self::Detached => false,
             Self::Tls(_) => true,
             Self::H2(stream) => stream.https(),
         }
@@ -59,6 +62,7 @@ impl ClientIo {
             Self::Plain(stream) => crate::io::read_plain(stream, buf).await,
             Self::Tls(tls) => read_tls(&mut **tls, buf).await,
             Self::H2(stream) => stream.read_into(buf).await,
+            Self::Detached => (Ok(0), buf),
         }
     }
 
@@ -71,6 +75,7 @@ impl ClientIo {
                 let result = stream.write_all(buf.bytes()).await;
                 (result, buf)
             }
+            Self::Detached => (Err(io::ErrorKind::NotConnected.into()), buf),
         }
     }
 
@@ -89,7 +94,7 @@ impl ClientIo {
                 }
                 Ok(())
             }
-            Self::H2(_) => Ok(()),
+            Self::H2(_) | Self::Detached => Ok(()),
         }
     }
 
@@ -123,6 +128,7 @@ impl ClientIo {
                 }
             }
             Self::H2(stream) => stream.reset().await,
+            Self::Detached => {}
         }
     }
 
@@ -134,7 +140,7 @@ impl ClientIo {
             Self::Tls(tls) => {
                 let _ = monoio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
             }
-            Self::H2(_) => {}
+            Self::H2(_) | Self::Detached => {}
         }
     }
 
@@ -147,6 +153,7 @@ impl ClientIo {
             }
             Self::Tls(tls) => peer_left(&tls.get_ref().0.as_raw_fd(), false),
             Self::H2(stream) => stream.is_reset(),
+            Self::Detached => true,
         }
     }
 }

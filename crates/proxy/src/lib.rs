@@ -55,6 +55,7 @@ mod retry_budget;
 pub mod server;
 mod sock;
 mod tls;
+mod tunnel;
 mod upstream;
 mod watch;
 mod worker;
@@ -120,6 +121,7 @@ pub mod bench_support {
                 keep_claims: false,
                 model_header: b"x-model",
                 health_path: None,
+                upgrades: &[],
             },
             &mut request_id.0,
             out,

@@ -4,8 +4,9 @@
 //! It serves `POST /v1/chat/completions`, `POST /v1/completions` (JSON, or
 //! SSE with `"stream": true`, ending with `data: [DONE]`), `POST
 //! /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /metrics` (vLLM's
-//! metric names) and vLLM's `POST /tokenize`, so any OpenAI client (and a
-//! router that asks the engine for token ids) works against it.
+//! metric names), vLLM's `POST /tokenize` and a Realtime-API-shaped
+//! WebSocket at `GET /v1/realtime` (see `realtime`), so any OpenAI client
+//! (and a router that asks the engine for token ids) works against it.
 //!
 //! # Cost model
 //!
@@ -369,6 +370,7 @@ fn router(engine: Arc<Engine>) -> Router {
         .route("/tokenize", post(tokenize))
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/v1/realtime", get(realtime::realtime))
         .with_state(engine)
 }
 
@@ -731,6 +733,7 @@ async fn run(
 }
 
 mod info;
+mod realtime;
 
 use info::{embeddings, metrics, models, tokenize};
 

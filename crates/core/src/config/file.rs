@@ -60,6 +60,13 @@ pub struct FileConfig {
     /// redirects from them would believe any client (Traefik's
     /// `forwardedHeaders.insecure`).
     pub keep_untrusted_forwarded_headers: Option<bool>,
+    /// Protocols a client may switch to with `Upgrade` on HTTP/1.1 (and
+    /// with HTTP/2's extended CONNECT, RFC 8441): the request goes to the
+    /// replica with its `Upgrade`, and a replica's `101 Switching Protocols`
+    /// turns the connection into a tunnel. Default `["websocket"]`; `[]`
+    /// strips `Upgrade` as a hop-by-hop header (nginx needs
+    /// `proxy_set_header Upgrade` for the same).
+    pub upgrades: Option<Vec<String>>,
     /// Timeouts, in milliseconds.
     #[serde(default)]
     pub timeouts: FileTimeouts,
@@ -463,6 +470,11 @@ pub struct FileTimeouts {
     /// closes (counted as `timeout`). Default 10 000 (HAProxy
     /// `timeout client` covers it; nginx `ssl_handshake_timeout` 60 s).
     pub tls_handshake_timeout_ms: Option<u64>,
+    /// Longest an upgraded connection (a WebSocket) may carry no byte in
+    /// either direction; then both sides are closed. Default 3 600 000
+    /// (nginx `proxy_read_timeout` applies to tunnels too; ALB's idle
+    /// timeout, 60 s, would end quiet realtime sessions).
+    pub tunnel_idle_timeout_ms: Option<u64>,
 }
 
 /// `[limits]`.

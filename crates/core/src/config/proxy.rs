@@ -85,6 +85,8 @@ pub struct ProxyConfig {
     pub underscores_in_headers: bool,
     /// See [`FileConfig::keep_untrusted_forwarded_headers`].
     pub keep_untrusted_forwarded_headers: bool,
+    /// See [`FileConfig::upgrades`]: lowercase protocol names.
+    pub upgrades: Vec<String>,
     /// How a request's model is found.
     pub model: ModelSelection,
     /// `[health] serve_path`: answered by the proxy itself.
@@ -181,6 +183,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             underscores_in_headers: false,
             keep_untrusted_forwarded_headers: false,
+            upgrades: vec!["websocket".to_owned()],
             model: ModelSelection::default(),
             health_path: None,
             access_log: None,
@@ -231,6 +234,8 @@ pub struct Timeouts {
     pub shutdown_drain: Duration,
     /// See [`FileTimeouts::tls_handshake_timeout_ms`].
     pub tls_handshake: Duration,
+    /// See [`FileTimeouts::tunnel_idle_timeout_ms`].
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -245,6 +250,7 @@ impl Default for Timeouts {
             upstream_write: Duration::from_secs(300),
             shutdown_drain: Duration::from_secs(30),
             tls_handshake: Duration::from_secs(10),
+            tunnel_idle: Duration::from_secs(3600),
         }
     }
 }
@@ -409,6 +415,7 @@ pub(super) fn proxy(p: &mut Problems, file: &FileConfig) -> ProxyConfig {
         trusted_proxies: trusted_proxies(p, &file.trusted_proxies),
         underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
         keep_untrusted_forwarded_headers: file.keep_untrusted_forwarded_headers.unwrap_or(false),
+        upgrades: upgrades(p, file.upgrades.as_deref()),
         model: model_selection(p, file.routing.as_ref()),
         health_path: health_path(p, file.health.serve_path.as_deref()),
         access_log: access_log(p, &file.access_log),
@@ -544,6 +551,32 @@ fn health_path(p: &mut Problems, path: Option<&str>) -> Option<String> {
     Some(path.to_owned())
 }
 
+/// `upgrades`: protocol names as `Upgrade` carries them (RFC 9110 tokens,
+/// without a version), compared without case.
+fn upgrades(p: &mut Problems, list: Option<&[String]>) -> Vec<String> {
+    let Some(list) = list else {
+        return ProxyConfig::default().upgrades;
+    };
+    let mut names = Vec::new();
+    for (i, name) in list.iter().enumerate() {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token) {
+            p.add(
+                format!("upgrades[{i}]"),
+                format!("{name:?} is not a protocol name such as \"websocket\""),
+            );
+        } else if name.eq_ignore_ascii_case("h2c") {
+            p.add(
+                format!("upgrades[{i}]"),
+                "h2c is not relayed as a tunnel: clients use HTTP/2 with prior knowledge (or TLS with ALPN)",
+            );
+        } else {
+            names.push(name.to_ascii_lowercase());
+        }
+    }
+    names
+}
+
 fn timeouts(p: &mut Problems, t: &FileTimeouts) -> Timeouts {
     let td = Timeouts::default();
     Timeouts {
@@ -602,6 +635,12 @@ fn timeouts(p: &mut Problems, t: &FileTimeouts) -> Timeouts {
             "timeouts.tls_handshake_timeout_ms",
             t.tls_handshake_timeout_ms,
             td.tls_handshake,
+        ),
+        tunnel_idle: millis(
+            p,
+            "timeouts.tunnel_idle_timeout_ms",
+            t.tunnel_idle_timeout_ms,
+            td.tunnel_idle,
         ),
     }
 }

@@ -40,6 +40,8 @@ pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 pub(crate) struct ConnectionTokens {
     pub(crate) close: bool,
     pub(crate) keep_alive: bool,
+    /// `upgrade`: the sender asks to switch protocols (with `Upgrade`).
+    pub(crate) upgrade: bool,
     names: bool,
 }
 
@@ -57,6 +59,9 @@ impl ConnectionTokens {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+                self.names = true;
             } else {
                 self.names = true;
             }
@@ -95,6 +100,27 @@ pub(crate) fn content_length(current: Option<u64>, value: &[u8]) -> Option<u64> 
         }
     }
     result
+}
+
+/// Whether every protocol an `Upgrade` value lists (`websocket`,
+/// `websocket/13`) is among `allowed` (lowercase names): the replica may
+/// pick any of them, so one it may not is enough to refuse the switch.
+pub(crate) fn upgrade_allowed(allowed: &[String], value: &[u8]) -> bool {
+    let mut any = false;
+    for protocol in value.split(|&b| b == b',').map(trim) {
+        if protocol.is_empty() {
+            continue;
+        }
+        let name = protocol.split(|&b| b == b'/').next().unwrap_or(protocol);
+        if !allowed
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(name))
+        {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 pub(crate) fn trim(v: &[u8]) -> &[u8] {

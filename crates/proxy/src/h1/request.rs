@@ -5,7 +5,9 @@ use std::mem::MaybeUninit;
 
 use crate::error::ErrorKind;
 use crate::h1::body::Framing;
-use crate::h1::{content_length, is_hop_by_hop, push_header, trim, ConnectionTokens, RequestId};
+use crate::h1::{
+    content_length, is_hop_by_hop, push_header, trim, upgrade_allowed, ConnectionTokens, RequestId,
+};
 
 /// Finds where a request head ends while bytes arrive, refusing bytes that
 /// other parsers would read differently: NUL, a CR not followed by LF, and an
@@ -106,6 +108,13 @@ pub(crate) struct RequestInfo {
     pub(crate) refused: Option<ErrorKind>,
     /// Where the model header's value is in the head (offset, length).
     pub(crate) model: Option<Span>,
+    /// `model` is the target's `model` query parameter, percent-encoded (an
+    /// upgrade without the model header: the Realtime API's `?model=`).
+    pub(crate) model_in_query: bool,
+    /// A protocol switch `upgrades` allows (a WebSocket handshake): the
+    /// replica got `Connection: upgrade` and the client's `Upgrade`, and its
+    /// 101 turns the connection into a tunnel.
+    pub(crate) upgrade: bool,
     /// The body is JSON (`Content-Type: application/json`).
     pub(crate) json: bool,
     /// The body is `multipart/form-data`: its boundary, in the head.
@@ -299,6 +308,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) model_header: &'a [u8],
     /// `[health] serve_path`, answered by the proxy.
     pub(crate) health_path: Option<&'a str>,
+    /// Protocols a client may switch to (`upgrades`), lowercase.
+    pub(crate) upgrades: &'a [String],
 }
 
 /// Forwarding headers that only a proxy in front can vouch for and that
@@ -400,6 +411,8 @@ pub(crate) fn parse_and_rewrite(
                 needs_host: false,
                 refused: Some(kind),
                 model: None,
+                model_in_query: false,
+                upgrade: false,
                 json: false,
                 form: None,
                 local: None,
@@ -421,6 +434,21 @@ pub(crate) fn parse_and_rewrite(
     if request_id.is_empty() {
         request_id.generate();
     }
+    // A protocol switch: a bodiless HTTP/1.1 GET asking for one with both
+    // `Connection: upgrade` and an allowed `Upgrade` (RFC 9110 §7.8).
+    // Anything else has its `Upgrade` dropped as hop-by-hop.
+    let upgrade = seen.upgrade.filter(|value| {
+        method == Method::Get
+            && minor == 1
+            && body == Framing::None
+            && seen.connection.upgrade
+            && upgrade_allowed(forwarding.upgrades, value)
+    });
+    let (mut model, mut model_in_query) = (seen.model, false);
+    if upgrade.is_some() && model.is_none() {
+        model = query_param(path, "model").map(|value| Span::of(head, value.as_bytes()));
+        model_in_query = model.is_some();
+    }
     let replica = ReplicaHead {
         method: method_name,
         path,
@@ -429,6 +457,7 @@ pub(crate) fn parse_and_rewrite(
         connection: &seen.connection,
         forwarding,
         body,
+        upgrade,
     };
     replica.write(request_id, out);
 
@@ -440,7 +469,9 @@ pub(crate) fn parse_and_rewrite(
         expect_continue: seen.expect_continue,
         needs_host: seen.hosts == 0 && authority.is_none(),
         refused: None,
-        model: seen.model,
+        model,
+        model_in_query,
+        upgrade: upgrade.is_some(),
         json: seen.json,
         form: seen.form,
         cors: seen.cors,
@@ -449,6 +480,16 @@ pub(crate) fn parse_and_rewrite(
         } else {
             None
         },
+    })
+}
+
+/// The first non-empty value of the query parameter `name` in `path`, as
+/// sent (percent-encoded).
+fn query_param<'p>(path: &'p str, name: &str) -> Option<&'p str> {
+    let (_, query) = path.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name && !value.is_empty()).then_some(value)
     })
 }
 
@@ -489,6 +530,8 @@ struct Seen<'h> {
     typed: bool,
     form: Option<Span>,
     cors: CorsAsk,
+    /// `Upgrade`'s value (the first such line).
+    upgrade: Option<&'h [u8]>,
 }
 
 impl<'h> Seen<'h> {
@@ -526,6 +569,8 @@ impl<'h> Seen<'h> {
                 seen.hosts += 1;
             } else if name.eq_ignore_ascii_case(b"connection") {
                 seen.connection.add(h.value);
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                seen.upgrade.get_or_insert(trim(h.value));
             } else if name.eq_ignore_ascii_case(b"expect") {
                 if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
                     seen.expect_continue = true;
@@ -573,6 +618,8 @@ struct ReplicaHead<'a, 'h> {
     connection: &'a ConnectionTokens,
     forwarding: &'a Forwarding<'a>,
     body: Framing,
+    /// The `Upgrade` value to pass on, for an allowed protocol switch.
+    upgrade: Option<&'a [u8]>,
 }
 
 impl ReplicaHead<'_, '_> {
@@ -615,6 +662,10 @@ impl ReplicaHead<'_, '_> {
             }
             Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
             Framing::None | Framing::UntilClose => {}
+        }
+        if let Some(protocols) = self.upgrade {
+            out.extend_from_slice(b"Connection: upgrade\r\n");
+            push_header(out, b"Upgrade", protocols);
         }
         write_forwarding(out, self.headers, self.forwarding);
         out.extend_from_slice(b"X-Request-Id: ");

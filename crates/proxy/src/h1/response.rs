@@ -19,6 +19,8 @@ pub(crate) struct ResponseInfo {
     pub(crate) body: Framing,
     /// 1xx other than 101: forwarded, then another head follows.
     pub(crate) informational: bool,
+    /// A 101 to an allowed upgrade: both connections become a tunnel.
+    pub(crate) upgraded: bool,
     /// The replica allows another request on this connection.
     pub(crate) upstream_keep_alive: bool,
     /// The client connection must close after this response.
@@ -59,13 +61,17 @@ pub(crate) fn parse_and_rewrite(
     let (Some(status), Some(minor)) = (resp.code, resp.version) else {
         return Err(ErrorKind::UpstreamFailed);
     };
-    // Upgrades are not proxied: the request's Upgrade header was dropped, so
-    // a 101 is a replica error.
-    if status == 101 || !(100..=599).contains(&status) {
+    // A 101 answers only the protocol switch the request asked for (its
+    // `Upgrade` was passed on); to any other request it is a replica error.
+    let upgraded = status == 101;
+    if upgraded && !request.upgrade || !(100..=599).contains(&status) {
         return Err(ErrorKind::UpstreamFailed);
     }
-    let informational = status < 200;
+    let informational = status < 200 && !upgraded;
     let seen = Seen::scan(resp.headers)?;
+    if upgraded {
+        return switched(&resp, head_len, &seen, request_id, out).map(Some);
+    }
     let bodiless =
         request.method == Method::Head || informational || status == 204 || status == 304;
     let body = seen.framing(bodiless)?;
@@ -88,11 +94,61 @@ pub(crate) fn parse_and_rewrite(
         status,
         body,
         informational,
+        upgraded: false,
         upstream_keep_alive,
         client_close,
         head_len,
         retry_after_s: seen.retry_after_s,
     }))
+}
+
+/// A replica's `101 Switching Protocols`: the client gets its end-to-end
+/// fields and the switch (`Connection: upgrade` and the replica's
+/// `Upgrade`); nothing follows but the tunnel's bytes.
+fn switched(
+    resp: &httparse::Response<'_, '_>,
+    head_len: usize,
+    seen: &Seen,
+    request_id: &RequestId,
+    out: &mut Vec<u8>,
+) -> Result<ResponseInfo, ErrorKind> {
+    let headers = &*resp.headers;
+    let upgrade = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| trim(h.value))
+        .filter(|v| !v.is_empty())
+        .ok_or(ErrorKind::UpstreamFailed)?;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason.unwrap_or("Switching Protocols").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name)
+            || seen.connection.drops(headers, name)
+            || name.eq_ignore_ascii_case(b"content-length")
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    out.extend_from_slice(b"Connection: upgrade\r\n");
+    push_header(out, b"Upgrade", upgrade);
+    if !seen.has_request_id {
+        push_header(out, b"X-Request-Id", request_id.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ResponseInfo {
+        status: 101,
+        body: Framing::None,
+        informational: false,
+        upgraded: true,
+        upstream_keep_alive: false,
+        client_close: true,
+        head_len,
+        retry_after_s: None,
+    })
 }
 
 /// What one pass over a response's header fields found.
@@ -226,5 +282,72 @@ impl ClientHead<'_> {
             }
         }
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h1::request::{self, Forwarding};
+
+    /// A replica's `head` answering `request`: the client's head, or the error.
+    fn answer(ask: &[u8], head: &[u8]) -> Result<(ResponseInfo, String), ErrorKind> {
+        let mut id = RequestId::new();
+        let mut replica_head = Vec::new();
+        let info = request::parse_and_rewrite(
+            ask,
+            100,
+            &Forwarding {
+                client_ip: b"192.0.2.7",
+                https: false,
+                trusted: false,
+                underscores: false,
+                keep_claims: false,
+                model_header: b"x-model",
+                health_path: None,
+                upgrades: &["websocket".to_owned()],
+            },
+            &mut id,
+            &mut replica_head,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let resp = super::parse_and_rewrite(head, &info, true, &id, None, &mut out)?.unwrap();
+        Ok((resp, String::from_utf8(out).unwrap()))
+    }
+
+    const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: a\r\n\r\n";
+
+    #[test]
+    fn a_101_to_an_upgrade_switches_the_client_too() {
+        let request =
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let (resp, head) = answer(request, SWITCH).unwrap();
+        assert!(resp.upgraded && !resp.informational && !resp.upstream_keep_alive);
+        assert_eq!(resp.head_len, SWITCH.len());
+        assert!(
+            head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("Sec-WebSocket-Accept: a\r\n"), "{head}");
+        assert!(
+            head.contains("Connection: upgrade\r\nUpgrade: websocket\r\n"),
+            "{head}"
+        );
+        // A 101 without `Upgrade` switches to nothing: the replica failed.
+        let bare = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        assert_eq!(
+            answer(request, bare).unwrap_err(),
+            ErrorKind::UpstreamFailed
+        );
+    }
+
+    #[test]
+    fn a_101_to_anything_else_is_the_replicas_failure() {
+        let request = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(
+            answer(request, SWITCH).unwrap_err(),
+            ErrorKind::UpstreamFailed
+        );
     }
 }

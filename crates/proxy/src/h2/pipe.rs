@@ -156,6 +156,29 @@ impl Pipe {
         Poll::Pending
     }
 
+    /// Reads request bytes into `out`, for a tunnel.
+    fn poll_read_slice(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut state = self.state.borrow_mut();
+        if state.reset {
+            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+        }
+        let available = state.inbound.len() - state.in_pos;
+        if available > 0 {
+            let n = available.min(out.len());
+            let start = state.in_pos;
+            out[..n].copy_from_slice(&state.inbound[start..start + n]);
+            state.in_pos += n;
+            drop(state);
+            wake(&self.upload);
+            return Poll::Ready(Ok(n));
+        }
+        if state.in_end {
+            return Poll::Ready(Ok(0));
+        }
+        park(&self.reader, cx.waker());
+        Poll::Pending
+    }
+
     fn poll_write(&self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
         let mut state = self.state.borrow_mut();
         if state.reset {
@@ -220,6 +243,40 @@ impl StreamIo {
             Poll::Pending
         })
         .await;
+    }
+}
+
+/// A tunnel's view of the stream (an RFC 8441 WebSocket): request DATA in,
+/// response DATA out; shutting down ends the response.
+impl tokio::io::AsyncRead for StreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let out = buf.initialize_unfilled();
+        let n = std::task::ready!(self.pipe.poll_read_slice(cx, out))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for StreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.pipe.poll_write(cx, bytes)
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.pipe.handler_done();
+        Poll::Ready(Ok(()))
     }
 }
 

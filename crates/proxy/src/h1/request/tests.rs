@@ -3,6 +3,10 @@
 use super::*;
 
 fn rewrite(head: &[u8]) -> Result<(RequestInfo, String), ErrorKind> {
+    rewrite_allowing(head, &[])
+}
+
+fn rewrite_allowing(head: &[u8], upgrades: &[String]) -> Result<(RequestInfo, String), ErrorKind> {
     let mut id = RequestId::new();
     let mut out = Vec::new();
     let info = parse_and_rewrite(
@@ -16,6 +20,7 @@ fn rewrite(head: &[u8]) -> Result<(RequestInfo, String), ErrorKind> {
             keep_claims: false,
             model_header: b"x-model",
             health_path: None,
+            upgrades,
         },
         &mut id,
         &mut out,
@@ -146,4 +151,49 @@ fn request_ids_are_kept_when_sane() {
         .next()
         .unwrap();
     assert_eq!(id.len(), 32);
+}
+
+#[test]
+fn an_allowed_upgrade_goes_to_the_replica_with_its_switch() {
+    let allowed = ["websocket".to_owned()];
+    let head = b"GET /v1/realtime?model=org%2Fm HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+    let (info, out) = rewrite_allowing(head, &allowed).unwrap();
+    assert!(info.upgrade);
+    assert!(info.model_in_query);
+    assert_eq!(info.model.unwrap().in_head(head), b"org%2Fm");
+    assert!(
+        out.contains("Connection: upgrade\r\nUpgrade: WebSocket\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("Sec-WebSocket-Key: k\r\n"), "{out}");
+    assert_eq!(out.matches("pgrade").count(), 2, "{out}");
+    // The model header wins over the query.
+    let head = b"GET /v1/realtime?model=a HTTP/1.1\r\nHost: h\r\nX-Model: b\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let (info, _) = rewrite_allowing(head, &allowed).unwrap();
+    assert!(!info.model_in_query);
+    assert_eq!(info.model.unwrap().in_head(head), b"b");
+}
+
+#[test]
+fn other_upgrades_are_dropped_as_hop_by_hop() {
+    let allowed = ["websocket".to_owned()];
+    for head in [
+        // Not allowed, or one protocol of the list not allowed.
+        &b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c, websocket\r\n\r\n",
+        // No `Connection: upgrade`, a body, HTTP/1.0, not a GET.
+        b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let (info, out) = rewrite_allowing(head, &allowed).unwrap();
+        assert!(!info.upgrade, "{}", String::from_utf8_lossy(head));
+        assert!(!out.to_ascii_lowercase().contains("upgrade"), "{out}");
+    }
+    // Nothing allowed: not even a WebSocket.
+    let (info, _) =
+        rewrite(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap();
+    assert!(!info.upgrade);
 }
