@@ -77,6 +77,11 @@ where
         // Above the meter's limit, so that rapid reset is the meter's call
         // (and counted as such); the codec's limit is the backstop.
         .max_pending_accept_reset_streams(settings.max_resets_per_s.saturating_mul(4) as usize);
+    if !worker.config.upgrades.is_empty() {
+        // RFC 8441: WebSockets (and the other allowed protocols) over
+        // HTTP/2 with the extended CONNECT method.
+        builder.enable_connect_protocol();
+    }
     let handshake = builder.handshake::<_, Bytes>(metered);
     let timeout = worker.config.timeouts.client_header;
     let mut conn = match monoio::time::timeout(timeout, handshake).await {
@@ -197,7 +202,8 @@ async fn stream(
 ) {
     let (parts, body) = request.into_parts();
     let mut head = Vec::with_capacity(512);
-    let chunked = write_head(&parts, body.is_end_stream(), &mut head);
+    let tunnel = tunnel_protocol(worker, &parts);
+    let chunked = write_head(&parts, body.is_end_stream(), tunnel, &mut head);
     let pipe = Pipe::with_inbound(head);
     let is_head = parts.method == http::Method::HEAD;
     let mut client = Client::new(
@@ -238,14 +244,37 @@ async fn stream(
     monoio::join!(
         upload(body, &pipe, chunked),
         handler,
-        response(&pipe, &mut respond, is_head)
+        response(&pipe, &mut respond, is_head, tunnel.is_some())
     );
+}
+
+/// The protocol of an extended CONNECT (RFC 8441) that `upgrades` allows:
+/// the stream becomes an HTTP/1.1 upgrade toward the replica, and a tunnel
+/// once the replica switches.
+fn tunnel_protocol<'p>(worker: &Worker, parts: &'p http::request::Parts) -> Option<&'p str> {
+    if parts.method != http::Method::CONNECT {
+        return None;
+    }
+    let protocol = parts.extensions.get::<h2::ext::Protocol>()?.as_str();
+    crate::h1::upgrade_allowed(&worker.config.upgrades, protocol.as_bytes()).then_some(protocol)
 }
 
 /// Writes the HTTP/1.1 head of an HTTP/2 request; returns whether its body
 /// is sent chunked (an HTTP/2 body without `content-length`).
-fn write_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) -> bool {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn write_head(
+    parts: &http::request::Parts,
+    end_stream: bool,
+    tunnel: Option<&str>,
+    out: &mut Vec<u8>,
+) -> bool {
+    // An extended CONNECT is the HTTP/1.1 handshake's GET with its switch
+    // (RFC 8441 §5); its DATA is the tunnel's bytes, never a body.
+    let method = if tunnel.is_some() {
+        "GET"
+    } else {
+        parts.method.as_str()
+    };
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
@@ -275,6 +304,18 @@ fn write_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>)
         out.extend_from_slice(&cookies.join(&b"; "[..]));
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(protocol) = tunnel {
+        push(out, b"connection", b"upgrade");
+        push(out, b"upgrade", protocol.as_bytes());
+        if protocol.eq_ignore_ascii_case("websocket")
+            && !parts.headers.contains_key("sec-websocket-key")
+        {
+            // HTTP/2 has no key (RFC 8441 §5); an HTTP/1.1 server wants one.
+            push(out, b"sec-websocket-key", &websocket_key());
+        }
+        out.extend_from_slice(b"\r\n");
+        return false;
+    }
     let chunked = !length && !end_stream;
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -283,6 +324,23 @@ fn write_head(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>)
     }
     out.extend_from_slice(b"\r\n");
     chunked
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn websocket_key() -> [u8; 24] {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let nonce = fastrand::u128(..).to_be_bytes();
+    let mut key = [b'='; 24];
+    for (i, group) in nonce.chunks(3).enumerate() {
+        let bits = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (j, &b)| n | u32::from(b) << (16 - 8 * j));
+        for k in 0..=group.len() {
+            key[i * 4 + k] = ALPHABET[(bits >> (18 - 6 * k) & 63) as usize];
+        }
+    }
+    key
 }
 
 /// Methods whose requests usually carry a body, which HTTP/1.1 frames
@@ -350,7 +408,10 @@ fn hex(len: usize, out: &mut [u8; 18]) -> usize {
 
 /// Sends the handler's HTTP/1.1 response as HTTP/2: the head as HEADERS,
 /// the body (de-chunked) as DATA frames within the client's window.
-async fn response(pipe: &Pipe, respond: &mut SendResponse<Bytes>, is_head: bool) {
+///
+/// For a `tunnel` (an extended CONNECT), the replica's 101 is the client's
+/// 200 and what follows it goes out as DATA until either side ends.
+async fn response(pipe: &Pipe, respond: &mut SendResponse<Bytes>, is_head: bool, tunnel: bool) {
     let mut buf = Vec::with_capacity(4096);
     // The head, past any 1xx the handler relayed.
     let (head, framing) = loop {
@@ -374,6 +435,12 @@ async fn response(pipe: &Pipe, respond: &mut SendResponse<Bytes>, is_head: bool)
         }
         match parse_head(&buf, is_head) {
             Ok(None) => {}
+            Ok(Some((len, mut head, _))) if tunnel && head.status() == 101 => {
+                buf.drain(..len);
+                *head.status_mut() = http::StatusCode::OK;
+                head.headers_mut().remove("sec-websocket-accept");
+                break (head, Framing::UntilClose);
+            }
             Ok(Some((len, _, _))) if is_informational(&buf) => {
                 buf.drain(..len);
             }
@@ -688,5 +755,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Meter<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_websocket_key_is_16_bytes_in_base64() {
+        let key = super::websocket_key();
+        assert!(key.ends_with(b"=="));
+        assert!(key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/'));
+        // The last character holds 2 bits of the 16th byte, 4 zero bits.
+        let last = b"AQgw";
+        assert!(last.contains(&key[21]), "{}", String::from_utf8_lossy(&key));
+        assert_ne!(super::websocket_key(), key);
     }
 }

@@ -4,8 +4,12 @@
 //! ways (text, binary, 1 MiB, a streamed response), the model from
 //! `?model=` or `X-Model`, the tunnel counted in flight while it lasts, the
 //! idle timeout, a drained replica's tunnels closed at its deadline, and
-//! `upgrades = []` refusing the switch. Both drivers.
+//! `upgrades = []` refusing the switch; and RFC 8441's extended CONNECT
+//! from an HTTP/2 client relayed to the replica's HTTP/1.1 upgrade. Both
+//! drivers.
 
+#[path = "support/certs.rs"]
+mod certs;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -14,8 +18,9 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use inferlb_core::config::{CertificateFiles, Listener, Protocol, Tls};
 use inferlb_core::{IoDriver, PoolName, PoolSpec, ReplicaStats, Routing, State};
-use inferlb_testkit::{eventually, fake_engine, EngineConfig, EngineHandle};
+use inferlb_testkit::{eventually, fake_engine, fresh_dir, EngineConfig, EngineHandle};
 
 both_drivers!(
     messages_flow_both_ways_through_a_websocket,
@@ -24,7 +29,75 @@ both_drivers!(
     an_idle_tunnel_is_closed,
     a_drained_replicas_tunnels_close_at_its_deadline,
     upgrades_can_be_turned_off,
+    a_websocket_over_http2_is_relayed_to_an_http1_upgrade,
+    a_websocket_over_tls_is_relayed,
 );
+
+/// RFC 8441 by hand with the `h2` library (no Python WebSocket client
+/// speaks HTTP/2): the server must offer SETTINGS_ENABLE_CONNECT_PROTOCOL,
+/// an extended CONNECT gets 200, and WebSocket frames (masked from the
+/// client) travel as DATA both ways; then the client ends its stream.
+const H2_CLIENT: &str = r#"
+import json, os, socket, struct, sys
+import h2.connection, h2.config, h2.events, h2.settings
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=10)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+c.initiate_connection()
+s.sendall(c.data_to_send())
+received = b""
+events = []
+def pump():
+    global received
+    data = s.recv(65536)
+    if not data:
+        raise SystemExit("closed")
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.DataReceived):
+            received += e.data
+            c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        events.append(e)
+    s.sendall(c.data_to_send())
+while c.remote_settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL) != 1:
+    pump()
+print("connect protocol offered")
+sid = c.get_next_available_stream_id()
+c.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                     (":path", path), (":authority", "localhost"), ("sec-websocket-version", "13")])
+s.sendall(c.data_to_send())
+while not any(isinstance(e, h2.events.ResponseReceived) for e in events):
+    pump()
+status = dict(next(e for e in events if isinstance(e, h2.events.ResponseReceived)).headers)[":status"]
+print("status", status)
+def frame(opcode, payload):
+    mask = os.urandom(4)
+    head = bytes([0x80 | opcode])
+    head += bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+def message():
+    global received
+    while True:
+        if len(received) >= 2:
+            n, at = received[1] & 0x7F, 2
+            if n == 126:
+                n, at = struct.unpack(">H", received[2:4])[0], 4
+            if len(received) >= at + n:
+                opcode, payload, received = received[0] & 0x0F, received[at:at + n], received[at + n:]
+                return opcode, payload
+        pump()
+opcode, payload = message()
+print(json.loads(payload)["type"], json.loads(payload)["session"]["model"])
+c.send_data(sid, frame(1, b"hello over h2"))
+s.sendall(c.data_to_send())
+print(message()[1].decode())
+c.send_data(sid, frame(8, struct.pack(">H", 1000)), end_stream=True)
+s.sendall(c.data_to_send())
+opcode, payload = message()
+print("close", opcode, struct.unpack(">H", payload[:2])[0])
+while not any(isinstance(e, h2.events.StreamEnded) for e in events):
+    pump()
+print("stream ended")
+"#;
 
 /// One client per mode:
 /// - `session`: the session's model and replica, an echoed text, an echoed
@@ -33,11 +106,13 @@ both_drivers!(
 ///   line on stdin: then it closes itself);
 /// - `refused`: the handshake's refusal status.
 const CLIENT: &str = r#"
-import json, sys, threading
+import functools, json, os, ssl, sys, threading
 from websockets.sync.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 mode, url = sys.argv[1], sys.argv[2]
 headers = [tuple(a.split("=", 1)) for a in sys.argv[3:]]
+if url.startswith("wss:"):
+    connect = functools.partial(connect, ssl=ssl.create_default_context(cafile=os.environ["WS_CA"]))
 if mode == "refused":
     try:
         connect(url, additional_headers=headers, open_timeout=10)
@@ -228,6 +303,67 @@ fn a_drained_replicas_tunnels_close_at_its_deadline(driver: IoDriver) {
     stats.evict();
     closed(child, out);
     assert!(eventually(Duration::from_secs(5), || stats.in_flight() == 0));
+}
+
+fn a_websocket_over_http2_is_relayed_to_an_http1_upgrade(driver: IoDriver) {
+    let engine = engine("e1", "m1");
+    let proxy = support::start(driver, &[engine.addr()], |_| {});
+    let stats = stats(&proxy);
+    let output = Command::new(python())
+        .args(["-c", H2_CLIENT, "127.0.0.1"])
+        .arg(proxy.addr().port().to_string())
+        .arg("/v1/realtime?model=m1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "connect protocol offered\nstatus 200\nsession.created m1\nhello over h2\n\
+         close 8 1000\nstream ended\n"
+    );
+    assert!(eventually(Duration::from_secs(5), || stats.in_flight() == 0));
+}
+
+fn a_websocket_over_tls_is_relayed(driver: IoDriver) {
+    let dir = fresh_dir(&format!("ws-tls-{driver:?}"));
+    let ca = certs::Ca::new(&dir, "ws");
+    let leaf = ca.leaf(&dir, "api", &["localhost"]);
+    let engine = engine("e1", "m1");
+    let proxy = support::start(driver, &[engine.addr()], |c| {
+        c.proxy.listeners = vec![Listener {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(Tls {
+                certificates: vec![CertificateFiles {
+                    cert: leaf.cert.clone(),
+                    key: leaf.key.clone(),
+                }],
+                client_ca: None,
+                refuse_unknown_server_name: false,
+            }),
+            alpn: vec![Protocol::H2, Protocol::Http1],
+        }];
+    });
+    let url = format!(
+        "wss://localhost:{}/v1/realtime?model=m1",
+        proxy.addr().port()
+    );
+    let output = client(&["session", &url])
+        .env("WS_CA", &ca.pem)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.starts_with("m1 e1\nhello\n0001feff\n"), "{stdout}");
+    assert!(stdout.ends_with("True\nclosed 1000\n"), "{stdout}");
 }
 
 fn upgrades_can_be_turned_off(driver: IoDriver) {

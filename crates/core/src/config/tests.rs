@@ -687,3 +687,23 @@ fn cluster_is_read_with_defaults_and_every_problem_named() {
             .unwrap_err();
     assert_eq!(fields(&err), ["cluster.etcd", "cluster.tls"], "{err}");
 }
+
+#[test]
+fn upgrades_default_to_websocket_and_name_their_bad_entries() {
+    let config = Config::from_toml("").unwrap();
+    assert_eq!(config.proxy.upgrades, ["websocket"]);
+    assert_eq!(config.proxy.timeouts.tunnel_idle, Duration::from_secs(3600));
+    let config =
+        Config::from_toml("upgrades = []\n[timeouts]\ntunnel_idle_timeout_ms = 5000").unwrap();
+    assert!(config.proxy.upgrades.is_empty());
+    assert_eq!(config.proxy.timeouts.tunnel_idle, Duration::from_secs(5));
+    let err = Config::from_toml("upgrades = [\"WebSocket\", \"web socket\", \"h2c\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("upgrades[1]"), "{err}");
+    assert!(
+        err.contains("upgrades[2]") && err.contains("prior knowledge"),
+        "{err}"
+    );
+    assert!(!err.contains("upgrades[0]"), "{err}");
+}
