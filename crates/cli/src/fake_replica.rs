@@ -1,6 +1,8 @@
 //! `inferlb fake-replica`: a simulated model server speaking the OpenAI API
-//! (see `inferlb_testkit::fake_engine` for its cost model), run as its own
-//! process so it can be started like a real one.
+//! (see `inferlb_testkit::fake_engine` for its cost model), or with
+//! `--protocol grpc` KServe v2's gRPC service and gRPC health checking (see
+//! `inferlb_testkit::grpc_replica`), run as its own process so it can be
+//! started like a real one.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +17,12 @@ pub(crate) struct FakeReplicaArgs {
     /// Where it listens.
     #[arg(long)]
     listen: SocketAddr,
+    /// What it speaks: `http1` (the OpenAI API, and a Realtime-shaped
+    /// WebSocket at /v1/realtime) or `grpc` (KServe v2's
+    /// inference.GRPCInferenceService and grpc.health.v1; the cost flags
+    /// do not apply).
+    #[arg(long, value_enum, default_value_t = Protocol::Http1)]
+    protocol: Protocol,
     /// A model name it serves; repeat for aliases (the first is reported).
     #[arg(long = "model", required = true)]
     models: Vec<String>,
@@ -75,7 +83,25 @@ impl FakeReplicaArgs {
     }
 }
 
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Http1,
+    Grpc,
+}
+
 pub(crate) fn run(args: FakeReplicaArgs) -> Result<()> {
+    if args.protocol == Protocol::Grpc {
+        let config = inferlb_testkit::GrpcReplicaConfig {
+            models: args.models.clone(),
+            name: args.name.clone().unwrap_or_else(|| args.listen.to_string()),
+        };
+        tracing::info!(listen = %args.listen, models = ?config.models, "fake gRPC replica");
+        let replica = inferlb_testkit::grpc_replica::start(config, args.listen)
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        replica.join();
+        return Ok(());
+    }
     let config = args.config();
     tracing::info!(listen = %args.listen, models = ?config.models, cost = %config.describe(), "fake replica");
     let engine = inferlb_testkit::fake_engine::start(config, args.listen)

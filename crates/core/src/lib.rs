@@ -51,7 +51,7 @@ pub use config::{
     AdminConfig, Config, ConfigError, IoDriver, Limits, ProxyConfig, Timeouts, Upstream,
 };
 pub use health::{Routability, Thresholds, Tracker};
-pub use pool::{NewPrefix, PoolName, PoolSpec, DEFAULT_POOL};
+pub use pool::{GrpcSettings, NewPrefix, PoolName, PoolProtocol, PoolSpec, DEFAULT_POOL};
 pub use replica::{
     EngineLoad, Health, Origin, Replica, ReplicaError, ReplicaId, ReplicaState, ReplicaStats,
     StatusClass,

@@ -316,6 +316,62 @@ pub struct PoolSpec {
     /// (vLLM's `--lora-modules`): a request naming one goes to this pool,
     /// unchanged, preferring a replica that has it loaded.
     pub adapters: Vec<String>,
+    /// What the replicas speak: HTTP/1.1, or gRPC over HTTP/2.
+    pub protocol: PoolProtocol,
+    /// A gRPC pool's services and retry rules.
+    pub grpc: GrpcSettings,
+}
+
+/// The protocol a pool's replicas speak (`protocol` in the file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolProtocol {
+    /// HTTP/1.1 with keep-alive (the default; clients may still come over
+    /// HTTP/2).
+    #[default]
+    Http1,
+    /// gRPC: HTTP/2 (h2c, or h2 over `upstream_tls`) to the replicas, and
+    /// only gRPC calls are routed to the pool.
+    Grpc,
+}
+
+impl PoolProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// `grpc = { services = [...], idempotent_methods = [...] }` of a gRPC pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpcSettings {
+    /// Fully qualified services (`inference.GRPCInferenceService`): a call
+    /// to one of them without the model key comes to this pool.
+    pub services: Vec<String>,
+    /// Methods (`/package.Service/Method`, or `/package.Service/*`) safe to
+    /// send again when a replica failed before any response frame.
+    pub idempotent_methods: Vec<String>,
+}
+
+impl GrpcSettings {
+    /// Whether `path` (`/package.Service/Method`) is one of
+    /// `idempotent_methods`.
+    pub fn is_idempotent(&self, path: &str) -> bool {
+        self.idempotent_methods
+            .iter()
+            .any(|m| match m.strip_suffix('*') {
+                Some(service) => path.starts_with(service),
+                None => m == path,
+            })
+    }
+
+    /// Whether `path`'s service is one of `services`.
+    pub fn serves(&self, path: &str) -> bool {
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        self.services.iter().any(|s| s == service)
+    }
 }
 
 /// How the proxy speaks TLS to a pool's replicas.
@@ -339,6 +395,8 @@ impl PoolSpec {
             upstream_tls: None,
             affinity: None,
             adapters: Vec::new(),
+            protocol: PoolProtocol::Http1,
+            grpc: GrpcSettings::default(),
             routing: None,
             prefix: PrefixSettings::default(),
             load: LoadWeights::default(),

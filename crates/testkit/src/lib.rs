@@ -12,12 +12,15 @@
 //!   members a test can kill and start again.
 //! - [`fake_engine`]: a simulated inference engine speaking the OpenAI API, with
 //!   a prefix cache, decode slots and vLLM's metrics (`inferlb fake-replica`).
+//! - [`grpc_replica`]: a KServe v2 gRPC model server with gRPC health
+//!   checking (`inferlb fake-replica --protocol grpc`).
 
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod etcd;
 pub mod fake_engine;
+pub mod grpc_replica;
 pub mod replica;
 
 pub use client::{
@@ -26,6 +29,7 @@ pub use client::{
 };
 pub use etcd::{EtcdCluster, EtcdTls};
 pub use fake_engine::{EngineConfig, EngineHandle, EngineStats};
+pub use grpc_replica::{GrpcReplicaConfig, GrpcReplicaHandle, GrpcStats};
 pub use replica::{
     Counters, Failure, FakeReplica, Framing, Latency, RecordedRequest, ReplicaBuilder,
     ReplicaHandle,

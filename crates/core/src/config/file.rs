@@ -337,6 +337,25 @@ pub struct FilePool {
     /// LoRA adapters the replicas serve under their own names.
     #[serde(default)]
     pub adapters: Vec<String>,
+    /// What the replicas speak: `"http1"` (default) or `"grpc"` (HTTP/2 to
+    /// the replicas; gRPC calls only).
+    pub protocol: Option<crate::pool::PoolProtocol>,
+    /// A gRPC pool's services and idempotent methods.
+    pub grpc: Option<FileGrpc>,
+}
+
+/// `grpc = { services = ["inference.GRPCInferenceService"],
+/// idempotent_methods = ["/inference.GRPCInferenceService/ModelMetadata"] }`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGrpc {
+    /// Services whose calls come to this pool when they name no model.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Methods sent again on another replica when one failed before any
+    /// response frame (`/package.Service/Method`, or `/package.Service/*`).
+    #[serde(default)]
+    pub idempotent_methods: Vec<String>,
 }
 
 /// `affinity = { key = "header:X-Session-ID", epsilon = 0.25 }`.

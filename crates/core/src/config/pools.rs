@@ -209,6 +209,8 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
             .as_ref()
             .map(|tls| upstream_tls(p, &at, tls));
         let affinity = pool.affinity.as_ref().and_then(|a| affinity(p, &at, a));
+        let protocol = pool.protocol.unwrap_or_default();
+        let grpc = grpc_settings(p, &at, protocol, pool.grpc.as_ref());
         let Some(name) = name else {
             continue;
         };
@@ -217,6 +219,8 @@ pub(super) fn pools(p: &mut Problems, file: &FileConfig) -> Vec<PoolSpec> {
             upstream_tls,
             affinity,
             adapters: pool.adapters.clone(),
+            protocol,
+            grpc,
             name,
             aliases: pool.aliases.clone(),
             served_model_name: pool.served_model_name.clone(),
@@ -290,6 +294,54 @@ fn claim_names(
             );
         }
         names.push((field, model));
+    }
+}
+
+/// A pool's `grpc` table: only on a gRPC pool; services as
+/// `package.Service`, methods as `/package.Service/Method` (or `/*`).
+fn grpc_settings(
+    p: &mut Problems,
+    at: &str,
+    protocol: crate::pool::PoolProtocol,
+    file: Option<&super::file::FileGrpc>,
+) -> crate::pool::GrpcSettings {
+    let Some(file) = file else {
+        return crate::pool::GrpcSettings::default();
+    };
+    if protocol != crate::pool::PoolProtocol::Grpc {
+        p.add(
+            format!("{at}.grpc"),
+            "only a pool with protocol = \"grpc\" takes gRPC settings",
+        );
+    }
+    let name = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    };
+    for (i, service) in file.services.iter().enumerate() {
+        if !name(service) {
+            p.add(
+                format!("{at}.grpc.services[{i}]"),
+                format!(
+                    "{service:?} is not a service name such as \"inference.GRPCInferenceService\""
+                ),
+            );
+        }
+    }
+    for (i, method) in file.idempotent_methods.iter().enumerate() {
+        let parts: Vec<&str> = method.strip_prefix('/').unwrap_or("").split('/').collect();
+        let ok = parts.len() == 2 && name(parts[0]) && (parts[1] == "*" || name(parts[1]));
+        if !ok {
+            p.add(
+                format!("{at}.grpc.idempotent_methods[{i}]"),
+                format!("{method:?} is not a method such as \"/inference.GRPCInferenceService/ModelMetadata\" (or \"/inference.GRPCInferenceService/*\")"),
+            );
+        }
+    }
+    crate::pool::GrpcSettings {
+        services: file.services.clone(),
+        idempotent_methods: file.idempotent_methods.clone(),
     }
 }
 
