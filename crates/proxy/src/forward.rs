@@ -42,6 +42,12 @@ use replica::{account, connect, pick, record_failure, Picked};
 use stream::{finish, stream};
 use target::{find_target, Routed, Target};
 
+/// Counts a connect failure or a failed exchange against a replica (for
+/// outlier ejection), for the other protocols' paths.
+pub(crate) fn record_upstream_failure(worker: &Worker, uid: u64) {
+    record_failure(worker, uid);
+}
+
 /// What happens to the client connection after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -372,9 +378,10 @@ async fn send(
             let mut kind = attempts.give_up();
             if std::mem::take(&mut may_hold) {
                 let held_at = Instant::now();
+                let gone = || client.stream.has_left();
                 let held = hold::wait(
                     worker,
-                    client,
+                    &gone,
                     request.target.model.as_ref().map(ModelName::as_str),
                 )
                 .await;

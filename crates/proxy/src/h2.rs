@@ -200,6 +200,9 @@ async fn stream(
     mut respond: SendResponse<Bytes>,
     peer: Peer,
 ) {
+    if crate::grpc::is_grpc(request.method(), request.headers()) {
+        return crate::grpc::serve(worker, request, respond, peer).await;
+    }
     let (parts, body) = request.into_parts();
     let mut head = Vec::with_capacity(512);
     let tunnel = tunnel_protocol(worker, &parts);

@@ -14,7 +14,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
 use crate::error::ErrorKind;
 use crate::worker::Worker;
 
@@ -35,8 +34,9 @@ pub(crate) enum Hold {
 }
 
 /// Holds the request while `model`'s pool autoscales and has no routable
-/// replica (or none with room under its per-replica limit).
-pub(crate) async fn wait(worker: &Worker, client: &Client, model: Option<&str>) -> Hold {
+/// replica (or none with room under its per-replica limit); `gone` says
+/// whether the client has left.
+pub(crate) async fn wait(worker: &Worker, gone: &dyn Fn() -> bool, model: Option<&str>) -> Hold {
     // A replica takes requests, and (with a per-replica limit) has room.
     let ready = |worker: &Worker| {
         let mut snapshots = worker.snapshots.borrow_mut();
@@ -75,7 +75,7 @@ pub(crate) async fn wait(worker: &Worker, client: &Client, model: Option<&str>) 
             held.served();
             return Hold::Ready;
         }
-        if client.stream.has_left() {
+        if gone() {
             return Hold::ClientGone;
         }
         if Instant::now() >= deadline {

@@ -43,6 +43,7 @@ mod error;
 mod exchange;
 mod forward;
 mod front;
+mod grpc;
 mod h1;
 mod h2;
 mod handler;

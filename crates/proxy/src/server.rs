@@ -356,6 +356,8 @@ async fn serve_on(
     drop(ready);
     let worker = Rc::new(worker);
     crate::connection::accept(Rc::clone(&worker), listeners).await;
+    let closer = worker.h2_pool.borrow().closer();
+    closer.close_all().await;
     if let Some(access) = &worker.access {
         access.flush();
     }

@@ -42,7 +42,7 @@ const BUFFER: usize = 16 * 1024;
 const CHECK: Duration = Duration::from_secs(1);
 
 /// Either end of a tunnel.
-trait End: AsyncRead + AsyncWrite + Unpin {}
+pub(crate) trait End: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> End for T {}
 
 /// Relays an upgraded connection after the replica's 101, whose client head

@@ -39,6 +39,8 @@ pub(crate) struct Worker {
     pub(crate) snapshots: RefCell<SnapshotCache>,
     pub(crate) cursor: RefCell<Cursor>,
     pub(crate) pool: RefCell<Pool>,
+    /// HTTP/2 connections to gRPC pools' replicas.
+    pub(crate) h2_pool: RefCell<crate::upstream::h2::H2Pool>,
     pub(crate) phase: watch::Receiver<Phase>,
     pub(crate) stats: Arc<WorkerStats>,
     pub(crate) retry_budget: RefCell<RetryBudget>,
@@ -125,6 +127,7 @@ impl Worker {
             snapshots: RefCell::new(Cache::new(cell)),
             cursor: RefCell::new(Cursor::starting_at(index as u64)),
             pool: RefCell::new(pool),
+            h2_pool: RefCell::default(),
             phase,
             stats,
             retry_budget: RefCell::new(retry_budget),
@@ -206,6 +209,10 @@ pub(crate) async fn sweep(worker: Rc<Worker>) {
                 .pool
                 .borrow_mut()
                 .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
+            worker
+                .h2_pool
+                .borrow_mut()
+                .retain(|uid| set.replicas().iter().any(|r| r.uid == uid));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Upstream connections: establishing them (over TLS for a pool with
 //! `[pools.upstream_tls]`) and keeping them alive per worker.
 
+pub(crate) mod h2;
 pub(crate) mod pool;
 pub(crate) mod tls;
 
