@@ -24,6 +24,12 @@ pub struct PoolInfo {
     pub served_model_name: String,
     /// The routing rule in force.
     pub routing: String,
+    /// What the replicas speak: `http1`, or `grpc` (HTTP/2 to the
+    /// replicas; gRPC calls only).
+    pub protocol: String,
+    /// A gRPC pool's services (calls to them without a model key come here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_services: Vec<String>,
     /// TLS to the replicas (`[pools.upstream_tls]` in the config); absent:
     /// plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +86,8 @@ fn info(set: &ReplicaSet, index: usize, declared: bool) -> PoolInfo {
         aliases: pool.spec().aliases.clone(),
         served_model_name: pool.spec().served_name().to_owned(),
         routing: pool.routing().to_string(),
+        protocol: pool.spec().protocol.as_str().to_owned(),
+        grpc_services: pool.spec().grpc.services.clone(),
         upstream_tls: pool
             .spec()
             .upstream_tls

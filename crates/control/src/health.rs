@@ -1,6 +1,7 @@
 //! Active health checks from the control plane: an HTTP GET per replica on
-//! an interval; each replica's results go through a core `Tracker`, and a
-//! verdict it flips becomes a `SetHealth` command.
+//! an interval (for a gRPC pool, `grpc.health.v1.Health/Check`, see
+//! [`crate::grpc_health`]); each replica's results go through a core
+//! `Tracker`, and a verdict it flips becomes a `SetHealth` command.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub async fn run(control: Arc<Control>, config: HealthCheck) {
         unhealthy: config.unhealthy_threshold,
     };
     let client = Client::new("inferlb-health-check");
+    let mut grpc = crate::grpc_health::Checker::default();
     let mut trackers: HashMap<u64, Tracker> = HashMap::new();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -51,13 +53,25 @@ pub async fn run(control: Arc<Control>, config: HealthCheck) {
                 .path
                 .clone()
                 .unwrap_or_else(|| config.path.clone());
+            let is_grpc = pool.spec().protocol == inferlb_core::PoolProtocol::Grpc;
             for &i in pool.members() {
                 let r = &snapshot.replicas()[i as usize];
                 let (uid, addr, path, timeout) = (r.uid, r.addr, path.clone(), config.timeout);
+                if is_grpc {
+                    // gRPC replicas answer gRPC's health checking protocol.
+                    let Some(channel) = grpc.channel(addr, timeout) else {
+                        continue;
+                    };
+                    checks.spawn(async move {
+                        (uid, crate::grpc_health::check(channel, timeout).await)
+                    });
+                    continue;
+                }
                 let client = client.clone();
                 checks.spawn(async move { (uid, check(&client, addr, &path, timeout).await) });
             }
         }
+        grpc.retain(|addr| snapshot.replicas().iter().any(|r| r.addr == addr));
         let mut verdicts = HashMap::new();
         while let Some(Ok((uid, passed))) = checks.join_next().await {
             verdicts.insert(uid, passed);

@@ -33,6 +33,7 @@ pub mod cloudwatch;
 pub mod cluster;
 pub mod dns;
 pub mod engine_metrics;
+pub mod grpc_health;
 pub mod health;
 pub mod http;
 pub mod plane;

@@ -28,6 +28,7 @@ both_drivers!(
     the_proxy_answers_in_grpc_errors,
     grpc_timeout_is_the_calls_deadline,
     a_cancelled_call_cancels_the_replicas_stream,
+    a_replica_that_refuses_connections_is_passed_over,
 );
 
 /// The client, by mode (argv[1]); the proxy's address is argv[2].
@@ -345,4 +346,21 @@ fn a_cancelled_call_cancels_the_replicas_stream(driver: IoDriver) {
         "the replica's call was not cancelled"
     );
     assert!(eventually(Duration::from_secs(5), || stats.in_flight() == 0));
+}
+
+fn a_replica_that_refuses_connections_is_passed_over(driver: IoDriver) {
+    let g1 = replica("g1", &["m1"]);
+    let dead = replica("dead", &["m1"]);
+    let proxy = proxy(driver, &[("m1", &[INFERENCE_SERVICE], &[&g1, &dead])]);
+    let dead_stats = Arc::clone(&proxy.snapshots.load().replicas()[1].stats);
+    drop(dead);
+    // Every call is answered, by the replica that is up: a refused connect
+    // sent nothing, so the call moves on.
+    let out = client(
+        "metadata",
+        proxy.addr(),
+        &["x-model", "m1", "m1", "m1", "m1"],
+    );
+    assert_eq!(out, "m1 g1\nm1 g1\nm1 g1\nm1 g1\n");
+    assert!(dead_stats.in_flight() == 0);
 }

@@ -147,6 +147,7 @@ pub fn start(config: GrpcReplicaConfig, bind: SocketAddr) -> io::Result<GrpcRepl
         stats: Arc::clone(&stats),
     };
     let (stop, mut stopped) = watch::channel(false);
+    let mut stopping = stop.subscribe();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("fake-grpc")
@@ -160,13 +161,22 @@ pub fn start(config: GrpcReplicaConfig, bind: SocketAddr) -> io::Result<GrpcRepl
                     return;
                 };
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let _ = tonic::transport::Server::builder()
+                let serve = tonic::transport::Server::builder()
                     .add_service(GrpcInferenceServiceServer::new(service.clone()))
                     .add_service(HealthServer::new(service))
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await;
+                    });
+                // A graceful stop waits for clients to close their
+                // connections; a client that keeps one open (a balancer's
+                // pool) gets half a second.
+                tokio::select! {
+                    _ = serve => {}
+                    _ = async {
+                        let _ = stopping.wait_for(|s| *s).await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    } => {}
+                }
             });
             runtime.shutdown_timeout(Duration::from_millis(100));
         })?;
