@@ -168,6 +168,28 @@ pub struct H2load {
     pub max_ms: f64,
 }
 
+/// Percentiles of the per-request times h2load wrote with `--log-file`
+/// (tab-separated: start µs since the epoch, status, µs to the response's
+/// end), in ms: p50, p99.
+pub fn h2load_log_percentiles(path: &std::path::Path) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).ok()?;
+    for line in text.lines() {
+        let micros = line
+            .split('\t')
+            .nth(2)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(micros) = micros {
+            let _ = histogram.record(micros.max(1));
+        }
+    }
+    if histogram.is_empty() {
+        return None;
+    }
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Some((ms(0.5), ms(0.99)))
+}
+
 /// Runs h2load with `args` and reads its summary.
 pub fn h2load(args: &[String]) -> Result<H2load> {
     let out = Command::new("h2load").args(args).output().context(

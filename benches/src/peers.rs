@@ -100,6 +100,9 @@ pub struct PeerSettings {
     /// `addr`, and h2c with prior knowledge on a second address, instead
     /// of plaintext HTTP/1.1 (the `tls` and `h2` scenarios).
     pub tls: Option<TlsFiles>,
+    /// The replicas speak gRPC: h2c from clients, HTTP/2 to the replicas
+    /// (inferlb's `protocol = "grpc"` pool, HAProxy's `proto h2`).
+    pub grpc: bool,
 }
 
 /// One certificate for every peer: the chain, its key, and both in one
@@ -304,6 +307,17 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
             let mut cmd = pinned(&s.inferlb, &s.proxy_cpus);
             cmd.args(["serve", "--admin-listen", &admin.to_string()]);
             let mut config = s.inferlb_config.clone().unwrap_or_default();
+            if s.grpc {
+                let list: Vec<String> = replicas
+                    .iter()
+                    .map(|r| format!("{{ address = \"{r}\" }}"))
+                    .collect();
+                config.push_str(&format!(
+                    "\n[[pools]]\nname = \"m1\"\nprotocol = \"grpc\"\n\
+                     grpc = {{ services = [\"inference.GRPCInferenceService\"] }}\nreplicas = [{}]\n",
+                    list.join(", ")
+                ));
+            }
             match (&s.tls, h2c) {
                 (Some(tls), Some(h2c)) => config.push_str(&format!(
                     "\n[health]\nserve_path = \"{HEALTH_PATH}\"\n[[listeners]]\naddress = \"{addr}\"\ntls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\
@@ -326,7 +340,8 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                 cmd.arg("--state-file")
                     .arg(s.dir.join(format!("state-{}.json", addr.port())));
             }
-            for r in replicas {
+            // A gRPC pool's replicas are declared in its config above.
+            for r in replicas.iter().filter(|_| !s.grpc) {
                 cmd.args(["--replica", &r.to_string()]);
             }
             if !config.is_empty() {
@@ -413,12 +428,15 @@ pub fn start(peer: Peer, replicas: &[SocketAddr], s: &PeerSettings) -> Result<Ru
                     tls.combined.display(),
                     body = h2codec::BODY,
                 ),
+                // gRPC: h2c from clients (prior knowledge).
+                _ if s.grpc => format!("bind {addr} proto h2"),
                 _ => format!("bind {addr}"),
             };
+            let proto = if s.grpc { " proto h2" } else { "" };
             let servers: String = replicas
                 .iter()
                 .enumerate()
-                .map(|(i, r)| format!("    server r{i} {r}\n"))
+                .map(|(i, r)| format!("    server r{i} {r}{proto}\n"))
                 .collect();
             // HAProxy needs two descriptors per connection plus a margin.
             let maxconn = (nofile_limit().saturating_sub(200) / 2).max(1024);

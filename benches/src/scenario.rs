@@ -28,6 +28,9 @@ pub enum Kind {
     /// A fleet on etcd: how fast an admin change reaches every instance,
     /// and prefix routing's cache hits with two instances against one.
     Cluster,
+    /// gRPC calls through a gRPC pool (h2load, unary and server-streaming)
+    /// against direct and HAProxy proxying gRPC over h2.
+    Grpc,
 }
 
 /// The fleet measurements (cluster).

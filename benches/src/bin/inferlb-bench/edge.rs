@@ -117,7 +117,7 @@ pub(crate) fn edge(
     Ok(rows)
 }
 
-fn empty() -> Measurement {
+pub(crate) fn empty() -> Measurement {
     Measurement {
         throughput_rps: 0.0,
         completed: 0,
@@ -216,7 +216,7 @@ fn measure_part(
 
 /// h2load with `args` against `url` from the point's connections: a
 /// second of warm-up, then `secs` measured with the proxy's CPU.
-fn h2load_measured(
+pub(crate) fn h2load_measured(
     m: &mut Measurement,
     peer: &peers::Running,
     point: &inferlb_benches::scenario::LoadPoint,

@@ -23,6 +23,7 @@ use serde_json::json;
 
 mod cluster;
 mod edge;
+mod grpc;
 mod routers;
 mod rows;
 mod scenarios;
@@ -282,6 +283,7 @@ fn settings(
                 .unwrap_or_default()
         )),
         tls: None,
+        grpc: false,
     }
 }
 
@@ -410,6 +412,7 @@ fn main() -> Result<()> {
             Kind::Churn => churn(&scenario, &args, &layout, &dir, load_threads)?,
             Kind::Skew => skew(&scenario, &args, &layout, &dir, load_threads)?,
             Kind::Edge => edge::edge(&scenario, &args, &layout, &dir, load_threads)?,
+            Kind::Grpc => grpc::grpc(&scenario, &args, &layout, &dir, load_threads)?,
             _ => compare(&scenario, &args, &layout, &dir, load_threads)?,
         };
         let table = print_rows(&scenario, &rows);

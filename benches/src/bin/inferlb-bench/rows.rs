@@ -91,6 +91,19 @@ pub(crate) fn print_rows(s: &Scenario, rows: &[Row]) -> String {
                 }
                 notes.join("; ")
             }
+            Kind::Grpc => {
+                // The latency this proxy adds to a call, at the p99.
+                let direct = rows
+                    .iter()
+                    .find(|d| d.point == r.point && d.peer == "direct")
+                    .map(|d| d.median.latency.p99_ms);
+                match direct {
+                    Some(d) if r.peer != "direct" => {
+                        format!("p99 +{:.2} ms over direct", m.latency.p99_ms - d)
+                    }
+                    _ => String::new(),
+                }
+            }
             Kind::Requests | Kind::Prefix | Kind::Autoscale | Kind::Cluster => String::new(),
         };
         row.push(extra);
