@@ -108,6 +108,15 @@ impl Record {
         self.request.extend_from_slice(&line[..end.min(4096)]);
     }
 
+    /// Keeps a method and target given apart (an HTTP/2 request's).
+    pub(crate) fn request_target(&mut self, method: &[u8], target: &[u8]) {
+        self.request.clear();
+        self.request.extend_from_slice(method);
+        self.request.push(b' ');
+        self.request
+            .extend_from_slice(&target[..target.len().min(4096 - method.len() - 1)]);
+    }
+
     /// The model the request was routed by.
     pub(crate) fn model(&mut self, model: &str) {
         self.model.clear();

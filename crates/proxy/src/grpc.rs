@@ -32,6 +32,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue};
 use inferlb_core::{clock, PoolProtocol, ReplicaStats, Tried};
 
+use crate::h1::RequestId;
 use crate::h2::Peer;
 use crate::hold::{self, Hold};
 use crate::upstream::h2::{self as upstream_h2, StreamSlot};
@@ -59,19 +60,23 @@ pub(crate) fn is_grpc(method: &http::Method, headers: &HeaderMap) -> bool {
 }
 
 /// Serves one gRPC call.
+/// Serves one gRPC call; the request id and access log record (lent by the
+/// connection, for its next streams) come back.
 pub(crate) async fn serve(
     worker: &Rc<Worker>,
     request: http::Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: Peer,
-) {
+    request_id: RequestId,
+    record: Box<crate::access::Record>,
+) -> (RequestId, Box<crate::access::Record>) {
     let (parts, mut body) = request.into_parts();
     let deadline = parts
         .headers
         .get("grpc-timeout")
         .and_then(|v| timeout(v.as_bytes()))
         .map(|d| Instant::now() + d);
-    let mut log = Log::begin(&parts, peer);
+    let mut log = Log::begin(&parts, peer, request_id, record);
     let mut call = Call {
         worker,
         parts,
@@ -103,7 +108,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    log.finish(worker);
+    log.finish(worker)
 }
 
 impl Code {
@@ -660,6 +665,7 @@ fn timeout(value: &[u8]) -> Option<Duration> {
 /// A call's access log record and front-end counts.
 struct Log {
     record: Box<crate::access::Record>,
+    request_id: RequestId,
     client_ip: std::net::IpAddr,
     pool: String,
     reason: Option<&'static str>,
@@ -667,18 +673,19 @@ struct Log {
 }
 
 impl Log {
-    fn begin(parts: &http::request::Parts, peer: Peer) -> Self {
-        let mut record = Box::<crate::access::Record>::default();
+    fn begin(
+        parts: &http::request::Parts,
+        peer: Peer,
+        request_id: RequestId,
+        mut record: Box<crate::access::Record>,
+    ) -> Self {
         record.begin();
         record.h2 = true;
         record.tls = peer.tls;
-        let mut line = Vec::with_capacity(64);
-        line.extend_from_slice(b"POST ");
-        line.extend_from_slice(parts.uri.path().as_bytes());
-        line.extend_from_slice(b" HTTP/2.0");
-        record.request_line(&line);
+        record.request_target(b"POST", parts.uri.path().as_bytes());
         Self {
             record,
+            request_id,
             client_ip: peer.ip,
             pool: String::new(),
             reason: None,
@@ -691,18 +698,23 @@ impl Log {
         self.record.model(pool);
     }
 
-    fn finish(mut self, worker: &Worker) {
+    fn finish(mut self, worker: &Worker) -> (RequestId, Box<crate::access::Record>) {
         if self.record.status == 0 {
             self.record.status = if self.status == 0 { 499 } else { self.status };
         }
         self.record.reason = self.reason;
         worker.front.record(&self.pool, &self.pool, &self.record);
         if let Some(access) = &worker.access {
-            let mut id = crate::h1::RequestId::new();
-            id.generate();
+            self.request_id.generate();
             let ip = self.client_ip.to_string();
-            access.write(&self.record, ip.as_bytes(), id.as_bytes(), &self.pool);
+            access.write(
+                &self.record,
+                ip.as_bytes(),
+                self.request_id.as_bytes(),
+                &self.pool,
+            );
         }
+        (self.request_id, self.record)
     }
 }
 

@@ -201,7 +201,17 @@ async fn stream(
     peer: Peer,
 ) {
     if crate::grpc::is_grpc(request.method(), request.headers()) {
-        return crate::grpc::serve(worker, request, respond, peer).await;
+        // Boxed: a call's state stays in one place while the stream's task
+        // (sized for the bridge below) is moved.
+        let spare = shared.spare.borrow_mut().pop();
+        let (request_id, record) =
+            spare.unwrap_or_else(|| (crate::h1::RequestId::new(), Box::default()));
+        let (request_id, record) = Box::pin(crate::grpc::serve(
+            worker, request, respond, peer, request_id, record,
+        ))
+        .await;
+        shared.spare.borrow_mut().push((request_id, record));
+        return;
     }
     let (parts, body) = request.into_parts();
     let mut head = Vec::with_capacity(512);
