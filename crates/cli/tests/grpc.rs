@@ -1,9 +1,10 @@
 //! A gRPC pool through the real binary: `inferlb fake-replica --protocol
 //! grpc` as a replica process, `protocol = "grpc"` in the config, the pool
 //! in `GET /v1/pools`, and health checks over `grpc.health.v1` taking a
-//! replica that says NOT_SERVING out of rotation and back. The calls are
-//! made with `grpcio` (installed by `cargo xtask test`, which sets
-//! `INFERLB_PYTHON`).
+//! replica that says NOT_SERVING out of rotation and back; and a gRPC pool
+//! scaling from zero, its first call held until the started replica's
+//! gRPC health check passes. The calls are made with `grpcio` (installed by
+//! `cargo xtask test`, which sets `INFERLB_PYTHON`).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -161,4 +162,89 @@ replicas = [{{ id = "g1", address = "{g1_addr}" }}, {{ id = "g2", address = "{}"
     assert!(eventually(Duration::from_secs(10), || state_of(
         admin, "g2"
     ) == "active"));
+}
+
+/// Pids of live processes whose command line holds `mark`.
+fn processes_with(mark: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(mark) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills the replica processes a test's pool started.
+struct Marked(String);
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        for pid in processes_with(&self.0) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[test]
+fn a_grpc_pool_scales_from_zero_without_failing_a_call() {
+    let dir = fresh_dir("cli-grpc-zero");
+    let mark = format!("gzero{}r", std::process::id());
+    let base = 21_000 + (std::process::id() % 300) as u16 * 10;
+    let (listen, admin) = (free_addr(), free_addr());
+    let command = format!(
+        r#"["{}", "fake-replica", "--protocol", "grpc", "--listen", "{{host}}:{{port}}", "--model", "{{pool}}", "--name", "{mark}-{{index}}"]"#,
+        env!("CARGO_BIN_EXE_inferlb")
+    );
+    let config = dir.join("inferlb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "{listen}"
+workers = 1
+[admin]
+listen = "{admin}"
+[[pools]]
+name = "m1"
+protocol = "grpc"
+grpc = {{ services = ["inference.GRPCInferenceService"] }}
+[pools.autoscaling]
+min = 0
+max = 1
+provider = "exec"
+command = {command}
+ports = "{base}-{}"
+start_timeout_s = 30
+queue_timeout_ms = 30000
+"#,
+            base + 4
+        ),
+    )
+    .unwrap();
+    let _replicas = Marked(mark.clone());
+    let _server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_inferlb"))
+            .env_remove("INFERLB_CONFIG")
+            .env_remove("INFERLB_ADMIN_TOKEN")
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    assert!(wait_for_port(listen, Duration::from_secs(10)));
+    assert!(
+        processes_with(&format!("{mark}-")).is_empty(),
+        "a replica ran before any call"
+    );
+    // The first call finds no replica: it is held while one starts, and
+    // answered by it.
+    assert_eq!(calls(listen, 2), [format!("{mark}-0"), format!("{mark}-0")]);
 }

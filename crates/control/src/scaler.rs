@@ -69,6 +69,7 @@ pub async fn spawn_all(
             .engine_metrics
             .enabled
             .then(|| spec.engine_metrics.path.clone());
+        scaler.grpc = spec.protocol == inferlb_core::PoolProtocol::Grpc;
         handles.push(tokio::spawn(scaler.run(stop.clone())));
     }
     handles

@@ -48,6 +48,9 @@ pub(super) struct Scaler {
     /// The engine-metrics path a starting replica must also answer on,
     /// when the pool scrapes them.
     pub(super) metrics_path: Option<String>,
+    /// The pool speaks gRPC: a starting replica is ready when
+    /// `grpc.health.v1.Health/Check` says SERVING.
+    pub(super) grpc: bool,
     /// Health checks of starting replicas.
     http: crate::http::Client,
 }
@@ -121,6 +124,7 @@ impl Scaler {
             last_unit_check: now,
             activities: VecDeque::new(),
             metrics_path: None,
+            grpc: false,
             http: crate::http::Client::new("inferlb-health-check"),
         }
     }
@@ -262,7 +266,17 @@ impl Scaler {
             let path = self.config.health_path.clone();
             let metrics_path = self.metrics_path.clone();
             let client = self.http.clone();
+            let grpc = self.grpc;
             checks.spawn(async move {
+                if grpc {
+                    let channel =
+                        crate::grpc_health::Checker::default().channel(addr, HEALTH_TIMEOUT);
+                    let ready = match channel {
+                        Some(channel) => crate::grpc_health::check(channel, HEALTH_TIMEOUT).await,
+                        None => false,
+                    };
+                    return (index, ready);
+                }
                 let mut ready = crate::health::check(&client, addr, &path, HEALTH_TIMEOUT).await;
                 if let (true, Some(metrics)) = (ready, metrics_path) {
                     ready = crate::health::check(&client, addr, &metrics, HEALTH_TIMEOUT).await;
