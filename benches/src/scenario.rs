@@ -159,6 +159,7 @@ mod tests {
                 "churn",
                 "cluster",
                 "connections",
+                "grpc",
                 "h2",
                 "prefix",
                 "rate",

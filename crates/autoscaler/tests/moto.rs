@@ -176,8 +176,22 @@ async fn plan_apply_plan_is_idempotent() {
     let applied = agent.apply(false).await.unwrap();
     assert_eq!(applied.calls.len(), 12, "{:?}", applied.calls);
     let targets = moto.target_ids().await;
+    // A target created while its business-hours schedule is in force
+    // (weekdays 08:00-20:00 Berlin) gets the schedule's 2..=8, otherwise
+    // the file's 1..=8: the window's bounds, whenever this test runs.
+    let chat = file
+        .targets
+        .iter()
+        .find(|t| t.resource_id == "endpoint/chat-llm/variant/AllTraffic")
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (min, max) = inferlb_autoscaler::aas::bounds_at(chat, now, 400 * 86_400);
+    assert!(matches!((min, max), (1, 8) | (2, 8)), "{min}..={max}");
     assert!(
-        targets.contains(&("endpoint/chat-llm/variant/AllTraffic".into(), 1, 8)),
+        targets.contains(&("endpoint/chat-llm/variant/AllTraffic".into(), min, max)),
         "{targets:?}"
     );
     assert!(
