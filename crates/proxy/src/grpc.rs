@@ -33,7 +33,7 @@ use http::{HeaderMap, HeaderValue};
 use inferlb_core::{clock, PoolProtocol, ReplicaStats, Tried};
 
 use crate::h1::RequestId;
-use crate::h2::Peer;
+use crate::h2::{send_data, Peer};
 use crate::hold::{self, Hold};
 use crate::upstream::h2::{self as upstream_h2, StreamSlot};
 use crate::worker::Worker;
@@ -510,24 +510,6 @@ async fn download(
     }
     *sent = None;
     Attempt::Done
-}
-
-/// Sends `data` as the peer's window allows.
-async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(e),
-            None => return Err(h2::Error::from(Reason::CANCEL)),
-        };
-        if granted == 0 {
-            continue;
-        }
-        let piece = data.split_to(granted.min(data.len()));
-        send.send_data(piece, false)?;
-    }
-    Ok(())
 }
 
 /// The replica's request: the client's, with `x-forwarded-for` for this

@@ -521,8 +521,12 @@ async fn response(pipe: &Pipe, respond: &mut SendResponse<Bytes>, is_head: bool,
     }
 }
 
-/// Sends `data` as the client's window allows.
-async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+/// Sends `data` as the peer's window allows (the client's, or a gRPC
+/// replica's).
+pub(crate) async fn send_data(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+) -> Result<(), h2::Error> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {

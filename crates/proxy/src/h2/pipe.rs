@@ -135,38 +135,32 @@ impl Pipe {
     // The handler's side.
 
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut Vec<u8>) -> Poll<io::Result<usize>> {
-        let mut state = self.state.borrow_mut();
-        if state.reset {
-            return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
-        }
-        let available = state.inbound.len() - state.in_pos;
-        if available > 0 {
-            let n = available.min(buf.capacity() - buf.len());
-            let start = state.in_pos;
-            buf.extend_from_slice(&state.inbound[start..start + n]);
-            state.in_pos += n;
-            drop(state);
-            wake(&self.upload);
-            return Poll::Ready(Ok(n));
-        }
-        if state.in_end {
-            return Poll::Ready(Ok(0));
-        }
-        park(&self.reader, cx.waker());
-        Poll::Pending
+        let room = buf.capacity() - buf.len();
+        self.poll_take(cx, room, |bytes| buf.extend_from_slice(bytes))
     }
 
     /// Reads request bytes into `out`, for a tunnel.
     fn poll_read_slice(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        let room = out.len();
+        self.poll_take(cx, room, |bytes| out[..bytes.len()].copy_from_slice(bytes))
+    }
+
+    /// Hands up to `room` request bytes to `take`; `Ok(0)` at the end.
+    fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        room: usize,
+        take: impl FnOnce(&[u8]),
+    ) -> Poll<io::Result<usize>> {
         let mut state = self.state.borrow_mut();
         if state.reset {
             return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
         }
         let available = state.inbound.len() - state.in_pos;
         if available > 0 {
-            let n = available.min(out.len());
+            let n = available.min(room);
             let start = state.in_pos;
-            out[..n].copy_from_slice(&state.inbound[start..start + n]);
+            take(&state.inbound[start..start + n]);
             state.in_pos += n;
             drop(state);
             wake(&self.upload);
