@@ -5,6 +5,8 @@
 //! key, deadlines, cancellation and the proxy's own gRPC errors. Both
 //! drivers.
 
+#[path = "support/certs.rs"]
+mod certs;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -29,6 +31,7 @@ both_drivers!(
     grpc_timeout_is_the_calls_deadline,
     a_cancelled_call_cancels_the_replicas_stream,
     a_replica_that_refuses_connections_is_passed_over,
+    a_grpc_pool_reaches_its_replicas_over_tls,
 );
 
 /// The client, by mode (argv[1]); the proxy's address is argv[2].
@@ -363,4 +366,59 @@ fn a_replica_that_refuses_connections_is_passed_over(driver: IoDriver) {
     );
     assert_eq!(out, "m1 g1\nm1 g1\nm1 g1\nm1 g1\n");
     assert!(dead_stats.in_flight() == 0);
+}
+
+/// `[pools.upstream_tls]` on a gRPC pool: h2 over TLS (ALPN h2, verified),
+/// here to a second inferlb whose TLS listener fronts the replica.
+fn a_grpc_pool_reaches_its_replicas_over_tls(driver: IoDriver) {
+    use inferlb_core::config::{CertificateFiles, Listener, Protocol, Tls};
+    use inferlb_core::pool::UpstreamTls;
+    let dir = inferlb_testkit::fresh_dir(&format!("grpc-tls-{driver:?}"));
+    let ca = certs::Ca::new(&dir, "grpc");
+    let leaf = ca.leaf(&dir, "replica", &["replica.test"]);
+    let g1 = replica("g1", &["m1"]);
+    let mut back_state = State::new(Routing::RoundRobin);
+    back_state
+        .apply(StateCommand::SetPool(Box::new(grpc_pool(
+            "m1",
+            &[INFERENCE_SERVICE],
+        ))))
+        .unwrap();
+    back_state
+        .apply(StateCommand::Add(support::pool_spec("g1", g1.addr(), "m1")))
+        .unwrap();
+    let back = support::start_state(driver, back_state, |c| {
+        c.proxy.listeners = vec![Listener {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(Tls {
+                certificates: vec![CertificateFiles {
+                    cert: leaf.cert.clone(),
+                    key: leaf.key.clone(),
+                }],
+                client_ca: None,
+                refuse_unknown_server_name: false,
+            }),
+            alpn: vec![Protocol::H2, Protocol::Http1],
+        }];
+    });
+    let mut front_state = State::new(Routing::RoundRobin);
+    let mut pool = grpc_pool("m1", &[INFERENCE_SERVICE]);
+    pool.upstream_tls = Some(Arc::new(UpstreamTls {
+        ca: Some(ca.pem.clone()),
+        server_name: Some("replica.test".into()),
+        verify: true,
+    }));
+    front_state
+        .apply(StateCommand::SetPool(Box::new(pool)))
+        .unwrap();
+    front_state
+        .apply(StateCommand::Add(support::pool_spec(
+            "tls",
+            back.addr(),
+            "m1",
+        )))
+        .unwrap();
+    let front = support::start_state(driver, front_state, |_| {});
+    let out = client("metadata", front.addr(), &["x-model", "m1", "m1"]);
+    assert_eq!(out, "m1 g1\nm1 g1\n");
 }
