@@ -222,54 +222,11 @@ async fn route(
     if let Some(kind) = info.refused {
         return answered(respond_keeping(worker, client, id, kind, true, info.keep_alive).await);
     }
-    // The model header, copied out of the head before the buffer moves.
     let head = client.pos - head_len..client.pos;
-    let in_head = |span: request::Span| {
-        String::from_utf8_lossy(span.in_head(&client.buf[head.clone()])).into_owned()
-    };
-    let header_model = info.model.map(|span| {
-        let value = span.in_head(&client.buf[head.clone()]);
-        if info.model_in_query {
-            // `?model=` of an upgrade: percent-encoded (a Hugging Face id's `/`).
-            ModelName::new(models::percent_decoded(&String::from_utf8_lossy(value)).as_bytes())
-        } else {
-            ModelName::new(value)
-        }
-    });
-    // A form's boundary, for its `model` field (copied: rare, and the
-    // buffer moves as the body is read).
-    let form = info
-        .form
-        .map(|span| span.in_head(&client.buf[head.clone()]).to_vec());
-    if info.local == Some(Local::Health) {
-        // 200 while a replica of any pool is healthy and routable; a pool
-        // failing open (sent to replicas that fail their checks) is 503.
-        let healthy = worker.snapshots.borrow_mut().load().has_healthy();
-        let (status, body): (&[u8], &[u8]) = if healthy {
-            (b"HTTP/1.1 200 OK\r\n", br#"{"status":"ok"}"#)
-        } else {
-            (
-                b"HTTP/1.1 503 Service Unavailable\r\n",
-                br#"{"status":"unavailable","message":"no replica is healthy and routable"}"#,
-            )
-        };
-        let keep = info.keep_alive && !worker.stopping.get();
-        let response = models::generated(status, body);
-        return answered(respond_with(worker, client, id, response, true, keep).await);
+    if let Some(next) = answer_locally(worker, client, id, &info, head.clone()).await {
+        return answered(next);
     }
-    if let Some(local) = info.local {
-        let name = match local {
-            // A model id with a `/` (a Hugging Face id) comes as `%2F`.
-            Local::GetModel(span) => models::percent_decoded(&in_head(span)),
-            Local::ListModels | Local::Health => String::new(),
-        };
-        let set = Arc::clone(worker.snapshots.borrow_mut().load());
-        if let Some((status, body)) = models::answer(&set, local, &name) {
-            let keep = info.keep_alive && !worker.stopping.get();
-            let response = models::generated(status, &body);
-            return answered(respond_with(worker, client, id, response, true, keep).await);
-        }
-    }
+    let from_head = from_head(&client.buf[head], &info);
     let limit = config.limits.max_request_body_bytes;
     if matches!(info.body, Framing::Length(n) if limit.is_some_and(|l| n > l)) {
         return Err(Abort::Respond(ErrorKind::BodyTooLarge));
@@ -287,10 +244,7 @@ async fn route(
         &info,
         &mut body,
         &mut head_end,
-        target::FromHead {
-            model: header_model,
-            form,
-        },
+        from_head,
         &mut progress,
     )
     .await?;
@@ -332,6 +286,62 @@ async fn route(
         progress,
         keep_client,
     }))
+}
+
+/// What the head says of where the request goes, copied out of it before
+/// the buffer moves: the model header (or an upgrade's `?model=`,
+/// percent-decoded: a Hugging Face id's `/`), and a form's boundary for its
+/// `model` field (rare).
+fn from_head(head: &[u8], info: &RequestInfo) -> target::FromHead {
+    let model = info.model.map(|span| {
+        let value = span.in_head(head);
+        if info.model_in_query {
+            ModelName::new(models::percent_decoded(&String::from_utf8_lossy(value)).as_bytes())
+        } else {
+            ModelName::new(value)
+        }
+    });
+    let form = info.form.map(|span| span.in_head(head).to_vec());
+    target::FromHead { model, form }
+}
+
+/// Answers what the proxy answers itself: its health path, and OpenAI's
+/// model listing from its pools. `None`: the request goes on to a pool.
+async fn answer_locally(
+    worker: &Worker,
+    client: &mut Client,
+    id: &mut RequestId,
+    info: &RequestInfo,
+    head: std::ops::Range<usize>,
+) -> Option<Result<Next, Abort>> {
+    let local = info.local?;
+    let keep = info.keep_alive && !worker.stopping.get();
+    if local == Local::Health {
+        // 200 while a replica of any pool is healthy and routable; a pool
+        // failing open (sent to replicas that fail their checks) is 503.
+        let healthy = worker.snapshots.borrow_mut().load().has_healthy();
+        let (status, body): (&[u8], &[u8]) = if healthy {
+            (b"HTTP/1.1 200 OK\r\n", br#"{"status":"ok"}"#)
+        } else {
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\n",
+                br#"{"status":"unavailable","message":"no replica is healthy and routable"}"#,
+            )
+        };
+        let response = models::generated(status, body);
+        return Some(respond_with(worker, client, id, response, true, keep).await);
+    }
+    let name = match local {
+        // A model id with a `/` (a Hugging Face id) comes as `%2F`.
+        Local::GetModel(span) => {
+            models::percent_decoded(&String::from_utf8_lossy(span.in_head(&client.buf[head])))
+        }
+        Local::ListModels | Local::Health => String::new(),
+    };
+    let set = Arc::clone(worker.snapshots.borrow_mut().load());
+    let (status, body) = models::answer(&set, local, &name)?;
+    let response = models::generated(status, &body);
+    Some(respond_with(worker, client, id, response, true, keep).await)
 }
 
 /// What one attempt on one replica came to.

@@ -17,6 +17,7 @@
 mod admin;
 mod autoscaling;
 mod cluster;
+mod cors;
 pub mod file;
 mod listeners;
 mod pools;
@@ -32,12 +33,13 @@ use crate::routing::Routing;
 pub use admin::{AdminConfig, HealthCheck};
 pub use autoscaling::Publish;
 pub use cluster::{host_name, valid_key_segment, Cluster, ClusterTls, DEFAULT_LEASE_TTL};
+pub use cors::Cors;
 pub use file::*;
 pub use listeners::{CertificateFiles, Http2, Listener, Protocol, Tls};
 pub use pools::{replica_spec, replica_spec_in};
 pub use proxy::{
-    AccessLog, AccessLogFormat, Cors, IoDriver, Limits, ModelSelection, ProxyConfig, Retries,
-    Timeouts, Upstream, MAX_HEADERS_CAP,
+    AccessLog, AccessLogFormat, IoDriver, Limits, ModelSelection, ProxyConfig, Retries, Timeouts,
+    Upstream, MAX_HEADERS_CAP,
 };
 
 /// A configuration that cannot be used.
@@ -280,6 +282,13 @@ impl TryFrom<FileConfig> for Config {
             replica_fields,
         })
     }
+}
+
+/// An RFC 9110 token (§5.6.2): a method, a header name, a protocol name.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
