@@ -58,7 +58,38 @@ impl EtcdCluster {
         Self::start_with(dir, size, Some(tls))
     }
 
+    /// Starts the members; a port taken between picking it and etcd's
+    /// bind (tests run in parallel) starts the cluster again on new ports,
+    /// up to three times.
     fn start_with(dir: &Path, size: usize, tls: Option<EtcdTls>) -> Self {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let cluster = Self::launch(dir, size, tls.clone());
+            let healthy = eventually(Duration::from_secs(30), || {
+                (0..size).all(|i| cluster.healthy(i))
+            });
+            if !healthy && attempt < 3 && cluster.lost_a_port() {
+                drop(cluster);
+                for i in 0..size {
+                    let _ = std::fs::remove_dir_all(dir.join(format!("etcd-m{i}")));
+                }
+                continue;
+            }
+            cluster.wait_healthy();
+            return cluster;
+        }
+    }
+
+    /// Whether a member's log says its port was taken.
+    fn lost_a_port(&self) -> bool {
+        self.members.iter().any(|m| {
+            std::fs::read_to_string(self.dir.join(format!("etcd-{}.log", m.name)))
+                .is_ok_and(|log| log.contains("address already in use"))
+        })
+    }
+
+    fn launch(dir: &Path, size: usize, tls: Option<EtcdTls>) -> Self {
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -77,7 +108,6 @@ impl EtcdCluster {
         for i in 0..size {
             cluster.start_member(i);
         }
-        cluster.wait_healthy();
         cluster
     }
 
