@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use inferlb_core::{
     Command, Origin, Outcome, PoolName, ReplicaId, ReplicaSet, ReplicaSpec, ReplicaState,
-    ScalingSettings, Snapshots, State, StateError,
+    ReplicaStats, ScalingSettings, Snapshots, State, StateError,
 };
 use tokio::sync::Mutex;
 
@@ -214,7 +214,7 @@ impl Control {
             if let behind @ Commit::Behind(..) = self.commit(state, next, durable).await? {
                 return Ok((behind, outcomes));
             }
-            reaped.log();
+            reaped.committed();
         }
         Ok((Commit::Done, outcomes))
     }
@@ -365,7 +365,7 @@ impl Control {
                     lost_race().await;
                     continue;
                 }
-                reaped.log();
+                reaped.committed();
             }
             return Ok(commands);
         }
@@ -455,7 +455,7 @@ impl Control {
         let reaped = self.reap_into(&mut next)?;
         if !reaped.removed.is_empty() {
             match self.commit(&mut state, next, reaped.durable).await? {
-                Commit::Done => reaped.log(),
+                Commit::Done => reaped.committed(),
                 // Another instance changed the state: the next round sees it.
                 Commit::Behind(record, revision) => {
                     self.adopt_locked(&mut state, *record, revision).await;
@@ -493,36 +493,43 @@ impl Control {
 /// What reaping removed.
 #[derive(Debug, Default)]
 struct Reaped {
-    /// Each removed replica, and whether it had finished (rather than run
-    /// out of time).
-    removed: Vec<(ReplicaId, bool)>,
+    /// Each removed replica, with its counters when it ran out of time (its
+    /// remaining exchanges are cut once the removal is committed).
+    removed: Vec<(ReplicaId, Option<Arc<ReplicaStats>>)>,
     /// An operator's replica was among them: the removal is a runtime
     /// change to write.
     durable: bool,
 }
 
 impl Reaped {
-    /// Says what was removed, once it is committed.
-    fn log(&self) {
-        for (id, idle) in &self.removed {
-            if *idle {
-                tracing::info!(%id, "drained replica removed");
-            } else {
-                tracing::warn!(%id, "drain timeout passed; the replica's remaining connections were closed");
+    /// Once the removal is committed and published: cuts what still flows
+    /// to the replicas out of time, and says what was removed. Never
+    /// earlier: a removal that is not committed (etcd unreachable, another
+    /// instance first) leaves the replica routed, and cutting it then
+    /// would fail requests it still takes.
+    fn committed(&self) {
+        for (id, cut) in &self.removed {
+            match cut {
+                None => tracing::info!(%id, "drained replica removed"),
+                Some(stats) => {
+                    stats.evict();
+                    tracing::warn!(%id, "drain timeout passed; the replica's remaining connections were closed");
+                }
             }
         }
     }
 }
 
 /// Removes from `state` the draining replicas that are idle or past their
-/// deadline; those past it have their remaining exchanges cut.
+/// deadline; those past it are to have their remaining exchanges cut
+/// ([`Reaped::committed`]).
 fn reap_into(
     state: &mut State,
     idle_elsewhere: &dyn Fn(&inferlb_core::Replica) -> bool,
 ) -> Result<Reaped, StateError> {
     let now = SystemTime::now();
     let mut reaped = Reaped::default();
-    let done: Vec<(ReplicaId, bool, bool)> = state
+    let done: Vec<(ReplicaId, Option<Arc<ReplicaStats>>, bool)> = state
         .replicas()
         .iter()
         // Another instance's replica drains and leaves as it reports.
@@ -533,16 +540,14 @@ fn reap_into(
             if !idle && !expired {
                 return None;
             }
-            if !idle {
-                replica.stats.evict();
-            }
+            let cut = (!idle).then(|| Arc::clone(&replica.stats));
             let operator = replica.origin == Origin::Operator;
-            Some((replica.id.clone(), idle, operator))
+            Some((replica.id.clone(), cut, operator))
         })
         .collect();
-    for (id, idle, operator) in done {
+    for (id, cut, operator) in done {
         state.apply(Command::Remove { id: id.clone() })?;
-        reaped.removed.push((id, idle));
+        reaped.removed.push((id, cut));
         reaped.durable |= operator;
     }
     Ok(reaped)
