@@ -41,7 +41,10 @@ async fn an_uncommitted_removal_cuts_nothing() {
         deadline: SystemTime::now(),
     };
     let refused = control.apply_one(drain.clone()).await;
-    assert!(matches!(refused, Err(ControlError::Persist(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ControlError::Persist(_))),
+        "{refused:?}"
+    );
     let snapshot = control.snapshot();
     assert_eq!(snapshot.replicas().len(), 1, "the replica is still routed");
     assert!(!stats.is_evicted(), "its request was cut all the same");
