@@ -154,9 +154,16 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
     // A plain bind first: SO_REUSEPORT would let a second process share the
     // port silently, and this also resolves port 0 for every worker.
     let mut local_addrs = Vec::with_capacity(config.listeners.len());
+    // Each port is then held (bound with SO_REUSEPORT, not listening) until
+    // every worker has bound it: a port 0 resolved here is otherwise free
+    // for anyone (an outgoing connection's ephemeral port) until then.
+    let mut holders = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let probe = bind_retrying(listener.address)?;
-        local_addrs.push(probe.local_addr()?);
+        let addr = probe.local_addr()?;
+        drop(probe);
+        holders.push(hold_port(addr)?);
+        local_addrs.push(addr);
     }
     // Certificates are read once, here, and shared: a bad file stops the
     // start, naming it.
@@ -240,10 +247,28 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
             Err(_) => return Err(io::Error::other("a worker exited during start-up")),
         }
     }
+    drop(holders);
     if drivers.contains(&ActiveDriver::Legacy) {
         handle.driver = ActiveDriver::Legacy;
     }
     Ok(handle)
+}
+
+/// Binds `addr` with `SO_REUSEPORT` and does not listen: the port stays
+/// this process's while its workers bind it, and no connection reaches
+/// this socket.
+fn hold_port(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    Ok(socket)
 }
 
 /// How long start-up waits for a listen address still in use, and how
