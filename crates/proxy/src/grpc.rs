@@ -19,11 +19,12 @@
 //! (`least_outstanding` counts streams), held while an autoscaling pool
 //! starts a replica like any request.
 
+use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -169,14 +170,19 @@ impl Call<'_> {
         loop {
             let Some(picked) = pick(worker, &pool, &mut tried, &mut generation) else {
                 if std::mem::take(&mut may_hold) {
-                    let gone = || false;
                     let held_at = Instant::now();
-                    let held = hold::wait(worker, &gone, Some(&pool)).await;
+                    let held = {
+                        let client = RefCell::new(&mut *respond);
+                        let gone = || client_reset(&mut client.borrow_mut());
+                        hold::wait(worker, &gone, Some(&pool)).await
+                    };
                     self.log.record.hold += held_at.elapsed();
                     match held {
                         Hold::Ready => continue,
                         Hold::NotHeld => {}
-                        Hold::ClientGone | Hold::Refused(_) => {
+                        // Cancelled while held: nothing to answer (499).
+                        Hold::ClientGone => return Ok(()),
+                        Hold::Refused(_) => {
                             return Err(unavailable("no replica became ready in time"))
                         }
                     }
@@ -598,6 +604,14 @@ fn status_trailers(code: Code, message: &str) -> HeaderMap {
         fields.insert("grpc-message", value);
     }
     fields
+}
+
+/// Whether the client reset its stream (a cancelled call) or its
+/// connection ended; never waits.
+fn client_reset(respond: &mut SendResponse<Bytes>) -> bool {
+    respond
+        .poll_reset(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
 }
 
 /// A trailers-only response: one HEADERS frame, ending the stream.

@@ -209,10 +209,10 @@ pub(crate) async fn sweep(worker: Rc<Worker>) {
                 .pool
                 .borrow_mut()
                 .reap(|uid| set.replicas().iter().any(|r| r.uid == uid));
-            worker
-                .h2_pool
-                .borrow_mut()
-                .retain(|uid| set.replicas().iter().any(|r| r.uid == uid));
+            worker.h2_pool.borrow_mut().reap(
+                |uid| set.replicas().iter().any(|r| r.uid == uid),
+                worker.config.upstream.idle_timeout,
+            );
         }
     }
 }

@@ -17,17 +17,20 @@
 //! - `Health/Check` says `SERVING` for `""` and the inference service
 //!   while [`GrpcStats::set_serving`] says so (`NOT_SERVING` otherwise),
 //!   and `NOT_FOUND` for any other service.
+//! - Open client connections are counted in [`GrpcStats::connections`].
 
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The generated messages and services.
@@ -79,6 +82,8 @@ pub struct GrpcStats {
     pub calls: AtomicU64,
     /// Calls whose client cancelled before the answer was sent.
     pub cancelled: AtomicU64,
+    /// Client connections open now.
+    pub connections: AtomicU64,
     serving: AtomicBool,
 }
 
@@ -87,6 +92,7 @@ impl Default for GrpcStats {
         Self {
             calls: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             serving: AtomicBool::new(true),
         }
     }
@@ -146,6 +152,7 @@ pub fn start(config: GrpcReplicaConfig, bind: SocketAddr) -> io::Result<GrpcRepl
         config: Arc::new(config),
         stats: Arc::clone(&stats),
     };
+    let counted = Arc::clone(&stats);
     let (stop, mut stopped) = watch::channel(false);
     let mut stopping = stop.subscribe();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -160,7 +167,10 @@ pub fn start(config: GrpcReplicaConfig, bind: SocketAddr) -> io::Result<GrpcRepl
                 let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                     return;
                 };
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let incoming =
+                    tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+                        accepted.map(|stream| Counted::new(stream, Arc::clone(&counted)))
+                    });
                 let serve = tonic::transport::Server::builder()
                     .add_service(GrpcInferenceServiceServer::new(service.clone()))
                     .add_service(HealthServer::new(service))
@@ -186,6 +196,61 @@ pub fn start(config: GrpcReplicaConfig, bind: SocketAddr) -> io::Result<GrpcRepl
         stop,
         thread: Some(thread),
     })
+}
+
+/// A client connection, counted in [`GrpcStats::connections`] while open.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    stats: Arc<GrpcStats>,
+}
+
+impl Counted {
+    fn new(stream: tokio::net::TcpStream, stats: Arc<GrpcStats>) -> Self {
+        stats.connections.fetch_add(1, Ordering::SeqCst);
+        Self { stream, stats }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.stats.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
 }
 
 #[derive(Clone)]

@@ -5,7 +5,9 @@
 //!
 //! A connection's frames are driven by a task of its own; when it ends (the
 //! replica closed, GOAWAY, an error) the connection leaves the pool, and
-//! streams still on it fail through the codec.
+//! streams still on it fail through the codec. A connection without a
+//! stream for `upstream.idle_timeout` is let go (GOAWAY, then closed), as
+//! an idle HTTP/1.1 one is.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -13,7 +15,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -25,6 +27,8 @@ pub(crate) struct H2Conn {
     send: SendRequest<Bytes>,
     /// Streams open on it now.
     active: Cell<usize>,
+    /// Since when it has had no stream.
+    idle_since: Cell<Instant>,
     /// Its task ended: it takes no new stream.
     closed: Rc<Cell<bool>>,
 }
@@ -49,7 +53,11 @@ impl StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.conn.active.set(self.conn.active.get() - 1);
+        let active = self.conn.active.get() - 1;
+        self.conn.active.set(active);
+        if active == 0 {
+            self.conn.idle_since.set(Instant::now());
+        }
     }
 }
 
@@ -128,10 +136,18 @@ impl H2Pool {
         Rc::clone(&self.closer)
     }
 
-    /// Forgets replicas no longer in the snapshot (their connections close
-    /// when their last stream ends).
-    pub(crate) fn retain(&mut self, live: impl Fn(u64) -> bool) {
-        self.conns.retain(|&uid, _| live(uid));
+    /// Forgets replicas no longer in the snapshot, and connections without
+    /// a stream for `idle_timeout`: each closes (GOAWAY) once its last
+    /// stream ends and nothing here holds it.
+    pub(crate) fn reap(&mut self, live: impl Fn(u64) -> bool, idle_timeout: Duration) {
+        let now = Instant::now();
+        self.conns.retain(|&uid, conns| {
+            conns.retain(|c| {
+                !c.closed.get()
+                    && (c.active.get() > 0 || now.duration_since(c.idle_since.get()) < idle_timeout)
+            });
+            live(uid) && !conns.is_empty()
+        });
     }
 }
 
@@ -189,6 +205,7 @@ pub(crate) async fn connect(
     Ok(H2Conn {
         send,
         active: Cell::new(0),
+        idle_since: Cell::new(Instant::now()),
         closed,
     })
 }
