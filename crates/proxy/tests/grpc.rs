@@ -30,6 +30,8 @@ both_drivers!(
     the_proxy_answers_in_grpc_errors,
     grpc_timeout_is_the_calls_deadline,
     a_cancelled_call_cancels_the_replicas_stream,
+    a_held_call_cancelled_by_its_client_leaves_the_queue,
+    an_idle_replica_connection_is_closed,
     a_replica_that_refuses_connections_is_passed_over,
     a_grpc_pool_reaches_its_replicas_over_tls,
 );
@@ -125,9 +127,37 @@ elif mode == "cancel":
     print("cancelled", future.cancelled(), flush=True)
 "#;
 
+/// A gRPC replica by hand with the `h2` library that answers no call and
+/// ignores deadlines: prints its port, then `request grpc-timeout=…` for
+/// each call and `reset` for each stream reset.
+const SILENT_REPLICA: &str = r#"
+import socket
+import h2.connection, h2.config, h2.events
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+listener.settimeout(30)
+s, _ = listener.accept()
+s.settimeout(30)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+c.initiate_connection()
+s.sendall(c.data_to_send())
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.RequestReceived):
+            print("request grpc-timeout=" + dict(e.headers).get("grpc-timeout", "none"), flush=True)
+        elif isinstance(e, h2.events.DataReceived):
+            c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        elif isinstance(e, h2.events.StreamReset):
+            print("reset", flush=True)
+    s.sendall(c.data_to_send())
+"#;
+
 /// By hand with the `h2` library, so that only the proxy can end the call:
-/// a ModelInfer with `grpc-timeout: 300m` that the replica holds for 30 s;
-/// prints the status and trailers it gets.
+/// a ModelInfer with `grpc-timeout: 300m` (and a `delay_ms` of 30 s for a
+/// replica that would answer); prints the status and trailers it gets.
 const DEADLINE: &str = r#"
 import socket, struct, sys
 import h2.connection, h2.config, h2.events
@@ -305,18 +335,49 @@ fn the_proxy_answers_in_grpc_errors(driver: IoDriver) {
 }
 
 fn grpc_timeout_is_the_calls_deadline(driver: IoDriver) {
-    let g1 = replica("g1", &["m1"]);
-    let proxy = proxy(driver, &[("m1", &[INFERENCE_SERVICE], &[&g1])]);
+    // A replica that ignores deadlines (tonic's would end the call itself
+    // at the same moment, and win the race now and then).
+    let mut replica = Command::new(python())
+        .args(["-c", SILENT_REPLICA])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(replica.stdout.take().unwrap());
+    let _stop = Killed(&mut replica);
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().unwrap();
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(StateCommand::SetPool(Box::new(grpc_pool(
+            "m1",
+            &[INFERENCE_SERVICE],
+        ))))
+        .unwrap();
+    state
+        .apply(StateCommand::Add(support::pool_spec("m1-0", addr, "m1")))
+        .unwrap();
+    let proxy = support::start_state(driver, state, |_| {});
     let out = run(DEADLINE, &[proxy.addr().port().to_string()]);
     assert_eq!(out, "200 4 deadline exceeded\n");
-    // The replica's stream was cancelled, and nothing is left in flight.
-    let replica_stats = Arc::clone(g1.stats());
-    assert!(eventually(Duration::from_secs(5), || replica_stats
-        .cancelled
-        .load(Ordering::SeqCst)
-        == 1));
+    // The replica got the deadline, and its stream was cancelled at it.
+    for expected in ["request grpc-timeout=300m\n", "reset\n"] {
+        line.clear();
+        said.read_line(&mut line).unwrap();
+        assert_eq!(line, expected);
+    }
     let stats = stats(&proxy);
     assert!(eventually(Duration::from_secs(5), || stats.in_flight() == 0));
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Killed<'a>(&'a mut std::process::Child);
+
+impl Drop for Killed<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn a_cancelled_call_cancels_the_replicas_stream(driver: IoDriver) {
@@ -349,6 +410,85 @@ fn a_cancelled_call_cancels_the_replicas_stream(driver: IoDriver) {
         "the replica's call was not cancelled"
     );
     assert!(eventually(Duration::from_secs(5), || stats.in_flight() == 0));
+}
+
+fn a_held_call_cancelled_by_its_client_leaves_the_queue(driver: IoDriver) {
+    // A pool that scales from zero and has no replica yet: its calls are
+    // held (here, for up to 30 s; no scaler runs in this test).
+    let mut pool = grpc_pool("m1", &[INFERENCE_SERVICE]);
+    let mut scaling = inferlb_core::PoolAutoscaling::new(inferlb_core::Provider::Exec {
+        command: vec!["unused".into()],
+        env: Vec::new(),
+    });
+    scaling.queue_timeout = Duration::from_secs(30);
+    pool.autoscaling = Some(Arc::new(scaling));
+    let mut state = State::new(Routing::RoundRobin);
+    state.apply(StateCommand::SetPool(Box::new(pool))).unwrap();
+    let proxy = support::start_state(driver, state, |_| {});
+    let snapshot = proxy.snapshots.load();
+    let queue = Arc::clone(
+        snapshot.pools()[snapshot.pool_named("m1").unwrap()]
+            .queue()
+            .unwrap(),
+    );
+    let mut child = Command::new(python())
+        .args(["-c", CLIENT, "cancel", &proxy.addr().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    assert!(
+        eventually(Duration::from_secs(10), || queue.held() == 1),
+        "never held"
+    );
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "cancelled True\n");
+    assert!(child.wait().unwrap().success());
+    // The client's RST_STREAM ends the hold: its place is free long
+    // before the queue timeout.
+    assert!(
+        eventually(Duration::from_secs(5), || queue.held() == 0),
+        "the cancelled call is still held"
+    );
+}
+
+fn an_idle_replica_connection_is_closed(driver: IoDriver) {
+    let g1 = replica("g1", &["m1"]);
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(StateCommand::SetPool(Box::new(grpc_pool(
+            "m1",
+            &[INFERENCE_SERVICE],
+        ))))
+        .unwrap();
+    state
+        .apply(StateCommand::Add(support::pool_spec(
+            "m1-0",
+            g1.addr(),
+            "m1",
+        )))
+        .unwrap();
+    let proxy = support::start_state(driver, state, |c| {
+        c.proxy.upstream.idle_timeout = Duration::from_millis(300);
+    });
+    let connections = || g1.stats().connections.load(Ordering::SeqCst);
+    assert_eq!(client("status", proxy.addr(), &["m1"]), "OK\n");
+    // The call's connection (kept for the next calls) goes once it has
+    // carried no stream for the upstream idle timeout.
+    assert_eq!(g1.stats().calls.load(Ordering::SeqCst), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || connections() == 0),
+        "the idle connection to the replica stayed open"
+    );
+    // The next call opens another.
+    assert_eq!(client("status", proxy.addr(), &["m1"]), "OK\n");
 }
 
 fn a_replica_that_refuses_connections_is_passed_over(driver: IoDriver) {
