@@ -32,6 +32,7 @@ both_drivers!(
     a_cancelled_call_cancels_the_replicas_stream,
     a_held_call_cancelled_by_its_client_leaves_the_queue,
     an_idle_replica_connection_is_closed,
+    a_stream_the_replica_refused_is_sent_to_another,
     a_replica_that_refuses_connections_is_passed_over,
     a_grpc_pool_reaches_its_replicas_over_tls,
 );
@@ -127,12 +128,13 @@ elif mode == "cancel":
     print("cancelled", future.cancelled(), flush=True)
 "#;
 
-/// A gRPC replica by hand with the `h2` library that answers no call and
-/// ignores deadlines: prints its port, then `request grpc-timeout=…` for
-/// each call and `reset` for each stream reset.
-const SILENT_REPLICA: &str = r#"
-import socket
-import h2.connection, h2.config, h2.events
+/// A gRPC replica by hand with the `h2` library that answers no call
+/// (argv[1] `silent`: ignoring deadlines; `refuse`: resetting each stream
+/// with REFUSED_STREAM): prints its port, then `request grpc-timeout=…` for
+/// each call and `reset` for each stream the proxy resets.
+const HAND_REPLICA: &str = r#"
+import socket, sys
+import h2.connection, h2.config, h2.events, h2.errors
 listener = socket.create_server(("127.0.0.1", 0))
 print(listener.getsockname()[1], flush=True)
 listener.settimeout(30)
@@ -148,6 +150,8 @@ while True:
     for e in c.receive_data(data):
         if isinstance(e, h2.events.RequestReceived):
             print("request grpc-timeout=" + dict(e.headers).get("grpc-timeout", "none"), flush=True)
+            if sys.argv[1] == "refuse":
+                c.reset_stream(e.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
         elif isinstance(e, h2.events.DataReceived):
             c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
         elif isinstance(e, h2.events.StreamReset):
@@ -337,16 +341,10 @@ fn the_proxy_answers_in_grpc_errors(driver: IoDriver) {
 fn grpc_timeout_is_the_calls_deadline(driver: IoDriver) {
     // A replica that ignores deadlines (tonic's would end the call itself
     // at the same moment, and win the race now and then).
-    let mut replica = Command::new(python())
-        .args(["-c", SILENT_REPLICA])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut replica, addr) = hand_replica("silent");
     let mut said = BufReader::new(replica.stdout.take().unwrap());
     let _stop = Killed(&mut replica);
     let mut line = String::new();
-    said.read_line(&mut line).unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().unwrap();
     let mut state = State::new(Routing::RoundRobin);
     state
         .apply(StateCommand::SetPool(Box::new(grpc_pool(
@@ -368,6 +366,64 @@ fn grpc_timeout_is_the_calls_deadline(driver: IoDriver) {
     }
     let stats = stats(&proxy);
     assert!(eventually(Duration::from_secs(5), || stats.in_flight() == 0));
+}
+
+fn a_stream_the_replica_refused_is_sent_to_another(driver: IoDriver) {
+    let (mut refusing, refusing_addr) = hand_replica("refuse");
+    let g1 = replica("g1", &["m1"]);
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(StateCommand::SetPool(Box::new(grpc_pool(
+            "m1",
+            &[INFERENCE_SERVICE],
+        ))))
+        .unwrap();
+    for (id, addr) in [("m1-0", refusing_addr), ("m1-1", g1.addr())] {
+        state
+            .apply(StateCommand::Add(support::pool_spec(id, addr, "m1")))
+            .unwrap();
+    }
+    let proxy = support::start_state(driver, state, |_| {});
+    // ModelInfer is not idempotent: only REFUSED_STREAM allows the retry.
+    // (Two calls: the retry budget's floor is three retries per window.)
+    let out = client("metadata", proxy.addr(), &["x-model", "m1", "m1"]);
+    assert_eq!(out, "m1 g1\nm1 g1\n");
+    refusing.kill().unwrap();
+    refusing.wait().unwrap();
+    let mut said = String::new();
+    use std::io::Read;
+    refusing
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert!(
+        said.contains("request "),
+        "the refusing replica got no call: {said}"
+    );
+}
+
+/// Starts [`HAND_REPLICA`] in `mode`; its address comes from its first line.
+fn hand_replica(mode: &str) -> (std::process::Child, SocketAddr) {
+    let mut child = Command::new(python())
+        .args(["-c", HAND_REPLICA, mode])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = [0u8; 6];
+    let mut stdout = child.stdout.take().unwrap();
+    let mut n = 0;
+    use std::io::Read;
+    while n == 0 || port[n - 1] != b'\n' {
+        n += stdout.read(&mut port[n..n + 1]).unwrap();
+    }
+    child.stdout = Some(stdout);
+    let port: u16 = std::str::from_utf8(&port[..n - 1])
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// Kills the child when the test ends, however it ends.
