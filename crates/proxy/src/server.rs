@@ -9,7 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use inferlb_core::{IoDriver, ProxyConfig, Snapshots};
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpListener;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use tokio::sync::watch;
 
@@ -151,18 +151,27 @@ static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 /// Binds the listeners and starts the workers; returns once every worker is
 /// accepting, or with the first worker's error.
 pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHandle> {
-    // A plain bind first: SO_REUSEPORT would let a second process share the
-    // port silently, and this also resolves port 0 for every worker.
+    // Every worker's listening sockets are opened here, each with
+    // SO_REUSEPORT (the kernel spreads connections over them), and handed
+    // over: no moment when a resolved port is free for someone else.
+    let workers = config.worker_count();
     let mut local_addrs = Vec::with_capacity(config.listeners.len());
-    // Each port is then held (bound with SO_REUSEPORT, not listening) until
-    // every worker has bound it: a port 0 resolved here is otherwise free
-    // for anyone (an outgoing connection's ephemeral port) until then.
-    let mut holders = Vec::with_capacity(config.listeners.len());
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers)
+        .map(|_| Vec::with_capacity(config.listeners.len()))
+        .collect();
     for listener in &config.listeners {
-        let probe = bind_retrying(listener.address)?;
-        let addr = probe.local_addr()?;
-        drop(probe);
-        holders.push(hold_port(addr)?);
+        let mut addr = listener.address;
+        if addr.port() != 0 {
+            // A plain bind first: SO_REUSEPORT would let a second process
+            // share the port silently.
+            drop(bind_retrying(addr)?);
+        }
+        for worker_sockets in &mut sockets {
+            let socket = listen_socket(addr)?;
+            // Port 0: the first socket's port is everyone's.
+            addr = socket.local_addr()?;
+            worker_sockets.push(socket);
+        }
         local_addrs.push(addr);
     }
     // Certificates are read once, here, and shared: a bad file stops the
@@ -176,7 +185,6 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         });
     }
 
-    let workers = config.worker_count();
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<ActiveDriver>>();
@@ -204,7 +212,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         let ready = ready_tx.clone();
         let clients = clients.clone();
         let worker_front = Arc::clone(&front);
-        let addrs = local_addrs.clone();
+        let listeners = std::mem::take(&mut sockets[index]);
         let roles = roles.clone();
         let access = access_tx
             .clone()
@@ -222,7 +230,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
                 worker.access = access;
                 worker.front = crate::front::FrontCache::new(worker_front);
                 worker.listeners = roles;
-                run_worker(&config, addrs, worker, ready);
+                run_worker(&config, listeners, worker, ready);
             })?;
         threads.push(thread);
     }
@@ -247,28 +255,10 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
             Err(_) => return Err(io::Error::other("a worker exited during start-up")),
         }
     }
-    drop(holders);
     if drivers.contains(&ActiveDriver::Legacy) {
         handle.driver = ActiveDriver::Legacy;
     }
     Ok(handle)
-}
-
-/// Binds `addr` with `SO_REUSEPORT` and does not listen: the port stays
-/// this process's while its workers bind it, and no connection reaches
-/// this socket.
-fn hold_port(addr: SocketAddr) -> io::Result<socket2::Socket> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    Ok(socket)
 }
 
 /// How long start-up waits for a listen address still in use, and how
@@ -277,6 +267,25 @@ fn hold_port(addr: SocketAddr) -> io::Result<socket2::Socket> {
 /// a moment; nginx retries its bind five times, half a second apart.
 const BIND_RETRY_FOR: Duration = Duration::from_secs(5);
 const BIND_RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// A listening socket on `addr` with SO_REUSEPORT, for one worker.
+fn listen_socket(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let open = || -> io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // The epoll driver needs it; io_uring does not mind.
+        socket.set_nonblocking(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        Ok(socket.into())
+    };
+    open().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
 
 /// Binds `addr`, retrying for [`BIND_RETRY_FOR`] while it is in use.
 fn bind_retrying(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -305,7 +314,7 @@ fn bind_retrying(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// Builds the worker's runtime and serves on it until the phase says stop.
 fn run_worker(
     config: &ProxyConfig,
-    addr: Vec<SocketAddr>,
+    listeners: Vec<std::net::TcpListener>,
     worker: Worker,
     ready: mpsc::Sender<io::Result<ActiveDriver>>,
 ) {
@@ -329,7 +338,7 @@ fn run_worker(
             });
         match built {
             Ok(mut runtime) => {
-                runtime.block_on(serve_on(addr.clone(), worker, ready, ActiveDriver::IoUring));
+                runtime.block_on(serve_on(listeners, worker, ready, ActiveDriver::IoUring));
                 return;
             }
             Err(e) if config.io_driver == IoDriver::Uring => {
@@ -347,7 +356,9 @@ fn run_worker(
         }
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut runtime) => runtime.block_on(serve_on(addr, worker, ready, ActiveDriver::Legacy)),
+        Ok(mut runtime) => {
+            runtime.block_on(serve_on(listeners, worker, ready, ActiveDriver::Legacy))
+        }
         Err(e) => {
             let _ = ready.send(Err(e));
         }
@@ -355,24 +366,17 @@ fn run_worker(
 }
 
 async fn serve_on(
-    addrs: Vec<SocketAddr>,
+    sockets: Vec<std::net::TcpListener>,
     worker: Worker,
     ready: mpsc::Sender<io::Result<ActiveDriver>>,
     driver: ActiveDriver,
 ) {
-    let opts = ListenerOpts::new()
-        .reuse_port(true)
-        .reuse_addr(true)
-        .backlog(BACKLOG);
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        match TcpListener::bind_with_config(addr, &opts) {
+    let mut listeners = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        match TcpListener::from_std(socket) {
             Ok(listener) => listeners.push(listener),
             Err(e) => {
-                let _ = ready.send(Err(io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on {addr}: {e}"),
-                )));
+                let _ = ready.send(Err(e));
                 return;
             }
         }
