@@ -259,6 +259,56 @@ fn proxy(driver: IoDriver, pools: &[(&str, &[&str], &[&GrpcReplicaHandle])]) -> 
     support::start_state(driver, state, |_| {})
 }
 
+/// A proxy in front of the gRPC pool `m1` with replicas at `addrs`.
+fn m1_proxy(
+    driver: IoDriver,
+    addrs: &[SocketAddr],
+    tweak: impl FnOnce(&mut inferlb_core::Config),
+) -> support::Proxy {
+    let mut state = State::new(Routing::RoundRobin);
+    state
+        .apply(StateCommand::SetPool(Box::new(grpc_pool(
+            "m1",
+            &[INFERENCE_SERVICE],
+        ))))
+        .unwrap();
+    for (i, &addr) in addrs.iter().enumerate() {
+        state
+            .apply(StateCommand::Add(support::pool_spec(
+                &format!("m1-{i}"),
+                addr,
+                "m1",
+            )))
+            .unwrap();
+    }
+    support::start_state(driver, state, tweak)
+}
+
+/// A grpcio call that the test cancels once `ready` holds; returns when the
+/// client says the call was cancelled.
+fn cancel_call_once(proxy: SocketAddr, ready: impl Fn() -> bool) {
+    let mut child = Command::new(python())
+        .args(["-c", CLIENT, "cancel", &proxy.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    assert!(
+        eventually(Duration::from_secs(10), ready),
+        "the call never got there"
+    );
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "cancelled True\n");
+    assert!(child.wait().unwrap().success());
+}
+
 fn stats(proxy: &support::Proxy) -> Arc<ReplicaStats> {
     Arc::clone(&proxy.snapshots.load().replicas()[0].stats)
 }
@@ -345,17 +395,7 @@ fn grpc_timeout_is_the_calls_deadline(driver: IoDriver) {
     let mut said = BufReader::new(replica.stdout.take().unwrap());
     let _stop = Killed(&mut replica);
     let mut line = String::new();
-    let mut state = State::new(Routing::RoundRobin);
-    state
-        .apply(StateCommand::SetPool(Box::new(grpc_pool(
-            "m1",
-            &[INFERENCE_SERVICE],
-        ))))
-        .unwrap();
-    state
-        .apply(StateCommand::Add(support::pool_spec("m1-0", addr, "m1")))
-        .unwrap();
-    let proxy = support::start_state(driver, state, |_| {});
+    let proxy = m1_proxy(driver, &[addr], |_| {});
     let out = run(DEADLINE, &[proxy.addr().port().to_string()]);
     assert_eq!(out, "200 4 deadline exceeded\n");
     // The replica got the deadline, and its stream was cancelled at it.
@@ -371,19 +411,7 @@ fn grpc_timeout_is_the_calls_deadline(driver: IoDriver) {
 fn a_stream_the_replica_refused_is_sent_to_another(driver: IoDriver) {
     let (mut refusing, refusing_addr) = hand_replica("refuse");
     let g1 = replica("g1", &["m1"]);
-    let mut state = State::new(Routing::RoundRobin);
-    state
-        .apply(StateCommand::SetPool(Box::new(grpc_pool(
-            "m1",
-            &[INFERENCE_SERVICE],
-        ))))
-        .unwrap();
-    for (id, addr) in [("m1-0", refusing_addr), ("m1-1", g1.addr())] {
-        state
-            .apply(StateCommand::Add(support::pool_spec(id, addr, "m1")))
-            .unwrap();
-    }
-    let proxy = support::start_state(driver, state, |_| {});
+    let proxy = m1_proxy(driver, &[refusing_addr, g1.addr()], |_| {});
     // ModelInfer is not idempotent: only REFUSED_STREAM allows the retry.
     // (Two calls: the retry budget's floor is three retries per window.)
     let out = client("metadata", proxy.addr(), &["x-model", "m1", "m1"]);
@@ -440,23 +468,7 @@ fn a_cancelled_call_cancels_the_replicas_stream(driver: IoDriver) {
     let g1 = replica("g1", &["m1"]);
     let proxy = proxy(driver, &[("m1", &[INFERENCE_SERVICE], &[&g1])]);
     let stats = stats(&proxy);
-    let mut child = Command::new(python())
-        .args(["-c", CLIENT, "cancel", &proxy.addr().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "started\n");
-    assert!(eventually(Duration::from_secs(10), || stats.in_flight() == 1));
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "cancelled True\n");
-    assert!(child.wait().unwrap().success());
+    cancel_call_once(proxy.addr(), || stats.in_flight() == 1);
     let replica_stats = Arc::clone(g1.stats());
     assert!(
         eventually(Duration::from_secs(5), || replica_stats
@@ -487,26 +499,7 @@ fn a_held_call_cancelled_by_its_client_leaves_the_queue(driver: IoDriver) {
             .queue()
             .unwrap(),
     );
-    let mut child = Command::new(python())
-        .args(["-c", CLIENT, "cancel", &proxy.addr().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "started\n");
-    assert!(
-        eventually(Duration::from_secs(10), || queue.held() == 1),
-        "never held"
-    );
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "cancelled True\n");
-    assert!(child.wait().unwrap().success());
+    cancel_call_once(proxy.addr(), || queue.held() == 1);
     // The client's RST_STREAM ends the hold: its place is free long
     // before the queue timeout.
     assert!(
@@ -517,21 +510,7 @@ fn a_held_call_cancelled_by_its_client_leaves_the_queue(driver: IoDriver) {
 
 fn an_idle_replica_connection_is_closed(driver: IoDriver) {
     let g1 = replica("g1", &["m1"]);
-    let mut state = State::new(Routing::RoundRobin);
-    state
-        .apply(StateCommand::SetPool(Box::new(grpc_pool(
-            "m1",
-            &[INFERENCE_SERVICE],
-        ))))
-        .unwrap();
-    state
-        .apply(StateCommand::Add(support::pool_spec(
-            "m1-0",
-            g1.addr(),
-            "m1",
-        )))
-        .unwrap();
-    let proxy = support::start_state(driver, state, |c| {
+    let proxy = m1_proxy(driver, &[g1.addr()], |c| {
         c.proxy.upstream.idle_timeout = Duration::from_millis(300);
     });
     let connections = || g1.stats().connections.load(Ordering::SeqCst);
