@@ -203,7 +203,7 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         None => (None, None),
     };
     let front = Arc::new(inferlb_core::FrontEnd::default());
-    for index in 0..workers {
+    for (index, listeners) in sockets.into_iter().enumerate() {
         let worker_stats = Arc::new(WorkerStats::default());
         stats.push(Arc::clone(&worker_stats));
         let config = config.clone();
@@ -212,7 +212,6 @@ pub fn start(config: &ProxyConfig, snapshots: Snapshots) -> io::Result<ProxyHand
         let ready = ready_tx.clone();
         let clients = clients.clone();
         let worker_front = Arc::clone(&front);
-        let listeners = std::mem::take(&mut sockets[index]);
         let roles = roles.clone();
         let access = access_tx
             .clone()
