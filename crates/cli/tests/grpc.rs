@@ -128,19 +128,7 @@ replicas = [{{ id = "g1", address = "{g1_addr}" }}, {{ id = "g2", address = "{}"
         ),
     )
     .unwrap();
-    let _server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_inferlb"))
-            .env_remove("INFERLB_CONFIG")
-            .env_remove("INFERLB_ADMIN_TOKEN")
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for_port(admin, Duration::from_secs(10)));
-    assert!(wait_for_port(listen, Duration::from_secs(10)));
+    let _server = serve(&config, &dir, &[listen, admin]);
     let pool = get(admin, "/v1/pools/m1");
     assert_eq!(pool["protocol"], "grpc", "{pool}");
     assert_eq!(pool["grpc_services"][0], "inference.GRPCInferenceService");
@@ -162,6 +150,26 @@ replicas = [{{ id = "g1", address = "{g1_addr}" }}, {{ id = "g2", address = "{}"
     assert!(eventually(Duration::from_secs(10), || state_of(
         admin, "g2"
     ) == "active"));
+}
+
+/// `inferlb serve --config config` (its log in `dir/serve.log`), once it
+/// listens on every address of `ports`.
+fn serve(config: &std::path::Path, dir: &std::path::Path, ports: &[SocketAddr]) -> Killed {
+    let server = Killed(
+        Command::new(env!("CARGO_BIN_EXE_inferlb"))
+            .env_remove("INFERLB_CONFIG")
+            .env_remove("INFERLB_ADMIN_TOKEN")
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    for &port in ports {
+        assert!(wait_for_port(port, Duration::from_secs(10)), "{port}");
+    }
+    server
 }
 
 /// Pids of live processes whose command line holds `mark`.
@@ -227,19 +235,7 @@ queue_timeout_ms = 30000
     )
     .unwrap();
     let _replicas = Marked(mark.clone());
-    let _server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_inferlb"))
-            .env_remove("INFERLB_CONFIG")
-            .env_remove("INFERLB_ADMIN_TOKEN")
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_for_port(admin, Duration::from_secs(10)));
-    assert!(wait_for_port(listen, Duration::from_secs(10)));
+    let _server = serve(&config, &dir, &[listen, admin]);
     assert!(
         processes_with(&format!("{mark}-")).is_empty(),
         "a replica ran before any call"

@@ -10,11 +10,10 @@ mod certs;
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use inferlb_core::config::{CertificateFiles, Listener, Protocol, Tls};
+use inferlb_core::config::Listener;
 use inferlb_core::{H2Abuse, IoDriver};
 use inferlb_testkit::{eventually, fresh_dir, EngineConfig};
 
@@ -72,34 +71,12 @@ fn an_idle_http2_connection_gets_goaway_at_the_keepalive_timeout(driver: IoDrive
         c.proxy.timeouts.client_header = Duration::from_millis(300);
         c.proxy.timeouts.client_keepalive = Duration::from_millis(300);
     });
-    let out = run_python(
+    let out = support::run_python(
         IDLE_SCRIPT,
         &["127.0.0.1", &proxy.addr().port().to_string()],
     );
     // One GOAWAY naming the last stream processed (none), and close.
     assert_eq!(out, "goaway 0 0\nclosed\n");
-}
-
-/// The Python with the SDKs; a loud failure without it.
-fn python() -> String {
-    std::env::var("INFERLB_PYTHON").unwrap_or_else(|_| {
-        panic!("INFERLB_PYTHON is not set: run these tests with `cargo xtask test`, which installs the Python clients")
-    })
-}
-
-fn run_python(script: &str, args: &[&str]) -> String {
-    let output = Command::new(python())
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "the script failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// A TLS listener and a plaintext one in front of the simulated engine.
@@ -119,18 +96,7 @@ fn start(driver: IoDriver, dir: &std::path::Path) -> (support::Proxy, certs::Ca)
     std::mem::forget(engine);
     let proxy = support::start(driver, &[engine_addr], |c| {
         c.proxy.listeners = vec![
-            Listener {
-                address: "127.0.0.1:0".parse().unwrap(),
-                tls: Some(Tls {
-                    certificates: vec![CertificateFiles {
-                        cert: leaf.cert.clone(),
-                        key: leaf.key.clone(),
-                    }],
-                    client_ca: None,
-                    refuse_unknown_server_name: false,
-                }),
-                alpn: vec![Protocol::H2, Protocol::Http1],
-            },
+            leaf.listener(),
             Listener::plain("127.0.0.1:0".parse().unwrap()),
         ];
         c.proxy.http2.max_resets_per_s = 50;
@@ -160,7 +126,7 @@ fn the_openai_sdk_and_httpx_speak_h2_over_tls(driver: IoDriver) {
     let (proxy, ca) = start(driver, &dir);
     let tls: SocketAddr = proxy.handle.local_addrs()[0];
     let base = format!("https://localhost:{}/v1", tls.port());
-    let out = run_python(SDK_SCRIPT, &[&base, ca.pem.to_str().unwrap()]);
+    let out = support::run_python(SDK_SCRIPT, &[&base, ca.pem.to_str().unwrap()]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, ["h2 HTTP/2 4 2", "h1 HTTP/1.1 4 2"], "{out}");
     assert!(
@@ -349,7 +315,7 @@ fn http2_abuse_ends_the_connection_and_nothing_else(driver: IoDriver) {
     let dir = fresh_dir(&format!("edge-py-abuse-{driver:?}"));
     let (proxy, _ca) = start(driver, &dir);
     let plain = proxy.handle.local_addrs()[1];
-    let out = run_python(ABUSE_SCRIPT, &["127.0.0.1", &plain.port().to_string()]);
+    let out = support::run_python(ABUSE_SCRIPT, &["127.0.0.1", &plain.port().to_string()]);
     let line = |name: &str| {
         out.lines()
             .find(|l| l.starts_with(name))
@@ -456,7 +422,7 @@ fn a_reset_stream_cancels_its_replica(driver: IoDriver) {
     let proxy = support::start(driver, &[replica.addr()], |c| {
         c.proxy.listeners = vec![Listener::plain("127.0.0.1:0".parse().unwrap())];
     });
-    let out = run_python(
+    let out = support::run_python(
         RESET_SCRIPT,
         &["127.0.0.1", &proxy.addr().port().to_string()],
     );

@@ -194,31 +194,11 @@ while True:
 print(fields.get(":status"), fields.get("grpc-status"), fields.get("grpc-message"))
 "#;
 
-fn python() -> String {
-    std::env::var("INFERLB_PYTHON").unwrap_or_else(|_| {
-        panic!("INFERLB_PYTHON is not set: run these tests with `cargo xtask test`, which installs the Python clients")
-    })
-}
-
-fn run(script: &str, args: &[String]) -> String {
-    let output = Command::new(python())
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "the client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 fn client(mode: &str, proxy: SocketAddr, rest: &[&str]) -> String {
-    let mut args = vec![mode.to_owned(), proxy.to_string()];
-    args.extend(rest.iter().map(|s| s.to_string()));
-    run(CLIENT, &args)
+    let proxy = proxy.to_string();
+    let mut args = vec![mode, proxy.as_str()];
+    args.extend(rest);
+    support::run_python(CLIENT, &args)
 }
 
 fn replica(name: &str, models: &[&str]) -> GrpcReplicaHandle {
@@ -287,7 +267,7 @@ fn m1_proxy(
 /// A grpcio call that the test cancels once `ready` holds; returns when the
 /// client says the call was cancelled.
 fn cancel_call_once(proxy: SocketAddr, ready: impl Fn() -> bool) {
-    let mut child = Command::new(python())
+    let mut child = Command::new(support::python())
         .args(["-c", CLIENT, "cancel", &proxy.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -396,7 +376,7 @@ fn grpc_timeout_is_the_calls_deadline(driver: IoDriver) {
     let _stop = Killed(&mut replica);
     let mut line = String::new();
     let proxy = m1_proxy(driver, &[addr], |_| {});
-    let out = run(DEADLINE, &[proxy.addr().port().to_string()]);
+    let out = support::run_python(DEADLINE, &[&proxy.addr().port().to_string()]);
     assert_eq!(out, "200 4 deadline exceeded\n");
     // The replica got the deadline, and its stream was cancelled at it.
     for expected in ["request grpc-timeout=300m\n", "reset\n"] {
@@ -434,7 +414,7 @@ fn a_stream_the_replica_refused_is_sent_to_another(driver: IoDriver) {
 
 /// Starts [`HAND_REPLICA`] in `mode`; its address comes from its first line.
 fn hand_replica(mode: &str) -> (std::process::Child, SocketAddr) {
-    let mut child = Command::new(python())
+    let mut child = Command::new(support::python())
         .args(["-c", HAND_REPLICA, mode])
         .stdout(Stdio::piped())
         .spawn()
@@ -546,7 +526,6 @@ fn a_replica_that_refuses_connections_is_passed_over(driver: IoDriver) {
 /// `[pools.upstream_tls]` on a gRPC pool: h2 over TLS (ALPN h2, verified),
 /// here to a second inferlb whose TLS listener fronts the replica.
 fn a_grpc_pool_reaches_its_replicas_over_tls(driver: IoDriver) {
-    use inferlb_core::config::{CertificateFiles, Listener, Protocol, Tls};
     use inferlb_core::pool::UpstreamTls;
     let dir = inferlb_testkit::fresh_dir(&format!("grpc-tls-{driver:?}"));
     let ca = certs::Ca::new(&dir, "grpc");
@@ -563,18 +542,7 @@ fn a_grpc_pool_reaches_its_replicas_over_tls(driver: IoDriver) {
         .apply(StateCommand::Add(support::pool_spec("g1", g1.addr(), "m1")))
         .unwrap();
     let back = support::start_state(driver, back_state, |c| {
-        c.proxy.listeners = vec![Listener {
-            address: "127.0.0.1:0".parse().unwrap(),
-            tls: Some(Tls {
-                certificates: vec![CertificateFiles {
-                    cert: leaf.cert.clone(),
-                    key: leaf.key.clone(),
-                }],
-                client_ca: None,
-                refuse_unknown_server_name: false,
-            }),
-            alpn: vec![Protocol::H2, Protocol::Http1],
-        }];
+        c.proxy.listeners = vec![leaf.listener()];
     });
     let mut front_state = State::new(Routing::RoundRobin);
     let mut pool = grpc_pool("m1", &[INFERENCE_SERVICE]);

@@ -18,7 +18,6 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use inferlb_core::config::{CertificateFiles, Listener, Protocol, Tls};
 use inferlb_core::{IoDriver, PoolName, PoolSpec, ReplicaStats, Routing, State};
 use inferlb_testkit::{eventually, fake_engine, fresh_dir, EngineConfig, EngineHandle};
 
@@ -148,28 +147,10 @@ elif mode == "hold":
         print("closed", flush=True)
 "#;
 
-fn python() -> String {
-    std::env::var("INFERLB_PYTHON").unwrap_or_else(|_| {
-        panic!("INFERLB_PYTHON is not set: run these tests with `cargo xtask test`, which installs the Python clients")
-    })
-}
-
 fn client(args: &[&str]) -> Command {
-    let mut command = Command::new(python());
+    let mut command = Command::new(support::python());
     command.args(["-c", CLIENT]).args(args);
     command
-}
-
-/// Runs a client to its end; its output.
-fn run(args: &[&str]) -> String {
-    let output = client(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "the client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// A `hold` client, started; returns it once it says `open`.
@@ -221,7 +202,7 @@ fn stats(proxy: &support::Proxy) -> Arc<ReplicaStats> {
 fn messages_flow_both_ways_through_a_websocket(driver: IoDriver) {
     let engine = engine("e1", "m1");
     let proxy = support::start(driver, &[engine.addr()], |_| {});
-    let out = run(&["session", &url(proxy.addr(), "?model=m1")]);
+    let out = support::run_python(CLIENT, &["session", &url(proxy.addr(), "?model=m1")]);
     assert_eq!(
         out,
         "m1 e1\nhello\n0001feff\nresponse.created response.output_text.delta \
@@ -249,19 +230,26 @@ fn the_model_comes_from_the_query_or_the_header(driver: IoDriver) {
     let proxy = support::start_state(driver, state, |_| {});
     let addr = proxy.addr();
     assert_eq!(
-        run(&["session", &url(addr, "?model=m2")]).lines().next(),
+        support::run_python(CLIENT, &["session", &url(addr, "?model=m2")])
+            .lines()
+            .next(),
         Some("m2 e2")
     );
     assert_eq!(
-        run(&["session", &url(addr, "?model=m1")]).lines().next(),
+        support::run_python(CLIENT, &["session", &url(addr, "?model=m1")])
+            .lines()
+            .next(),
         Some("m1 e1")
     );
     // The header wins; the engine reports the query's model, which it was
     // not asked to check.
-    let header = run(&["session", &url(addr, "?model=m1"), "X-Model=m2"]);
+    let header = support::run_python(CLIENT, &["session", &url(addr, "?model=m1"), "X-Model=m2"]);
     assert_eq!(header.lines().next(), Some("m1 e2"));
     // A model no pool serves is refused before the switch, OpenAI's 404.
-    assert_eq!(run(&["refused", &url(addr, "?model=nope")]), "status 404\n");
+    assert_eq!(
+        support::run_python(CLIENT, &["refused", &url(addr, "?model=nope")]),
+        "status 404\n"
+    );
 }
 
 fn a_tunnel_is_in_flight_until_it_closes(driver: IoDriver) {
@@ -309,17 +297,13 @@ fn a_websocket_over_http2_is_relayed_to_an_http1_upgrade(driver: IoDriver) {
     let engine = engine("e1", "m1");
     let proxy = support::start(driver, &[engine.addr()], |_| {});
     let stats = stats(&proxy);
-    let output = Command::new(python())
-        .args(["-c", H2_CLIENT, "127.0.0.1"])
-        .arg(proxy.addr().port().to_string())
-        .arg("/v1/realtime?model=m1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = support::run_python(
+        H2_CLIENT,
+        &[
+            "127.0.0.1",
+            &proxy.addr().port().to_string(),
+            "/v1/realtime?model=m1",
+        ],
     );
     assert_eq!(
         stdout,
@@ -335,18 +319,7 @@ fn a_websocket_over_tls_is_relayed(driver: IoDriver) {
     let leaf = ca.leaf(&dir, "api", &["localhost"]);
     let engine = engine("e1", "m1");
     let proxy = support::start(driver, &[engine.addr()], |c| {
-        c.proxy.listeners = vec![Listener {
-            address: "127.0.0.1:0".parse().unwrap(),
-            tls: Some(Tls {
-                certificates: vec![CertificateFiles {
-                    cert: leaf.cert.clone(),
-                    key: leaf.key.clone(),
-                }],
-                client_ca: None,
-                refuse_unknown_server_name: false,
-            }),
-            alpn: vec![Protocol::H2, Protocol::Http1],
-        }];
+        c.proxy.listeners = vec![leaf.listener()];
     });
     let url = format!(
         "wss://localhost:{}/v1/realtime?model=m1",
@@ -374,6 +347,6 @@ fn upgrades_can_be_turned_off(driver: IoDriver) {
     // `Upgrade` is dropped as hop-by-hop: the engine sees a plain GET and
     // refuses it (axum's 400 for a request that is not a WebSocket
     // handshake), and the client never switches.
-    let out = run(&["refused", &url(proxy.addr(), "")]);
+    let out = support::run_python(CLIENT, &["refused", &url(proxy.addr(), "")]);
     assert!(out.starts_with("status 4"), "{out}");
 }

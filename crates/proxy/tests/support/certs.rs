@@ -20,6 +20,26 @@ pub struct Leaf {
     pub key: PathBuf,
 }
 
+impl Leaf {
+    /// A listener on 127.0.0.1:0 serving this certificate, h2 and
+    /// HTTP/1.1 by ALPN.
+    pub fn listener(&self) -> inferlb_core::config::Listener {
+        use inferlb_core::config::{CertificateFiles, Listener, Protocol, Tls};
+        Listener {
+            address: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(Tls {
+                certificates: vec![CertificateFiles {
+                    cert: self.cert.clone(),
+                    key: self.key.clone(),
+                }],
+                client_ca: None,
+                refuse_unknown_server_name: false,
+            }),
+            alpn: vec![Protocol::H2, Protocol::Http1],
+        }
+    }
+}
+
 impl Ca {
     pub fn new(dir: &Path, name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -233,3 +233,28 @@ pub fn stalled() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>)
     });
     (addr, held)
 }
+
+/// The Python with the clients installed (`cargo xtask test` sets
+/// `INFERLB_PYTHON`).
+pub fn python() -> String {
+    std::env::var("INFERLB_PYTHON").unwrap_or_else(|_| {
+        panic!("INFERLB_PYTHON is not set: run these tests with `cargo xtask test`, which installs the Python clients")
+    })
+}
+
+/// Runs `script` with `args` to its end; its output, which must be a
+/// success.
+pub fn run_python(script: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(python())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
